@@ -1,0 +1,10 @@
+/* Subcommands of the xcpipe CLI. Each takes (argc, argv) with argv[0] = the subcommand name and
+ * returns the process exit code: 0 ok, 1 failure, 2 bad usage. */
+#pragma once
+
+int xc_cmd_model(int argc, char **argv);      /* model make-tiny | inspect */
+int xc_cmd_bench(int argc, char **argv);      /* bench kernels | model | vision | tokenize | ... */
+int xc_cmd_bench_kernels(int argc, char **argv);
+
+/* Prints "xcpipe <cmd>: <what>: <xc_err_last()>" to stderr for a failed status. */
+void xc_cli_report(const char *cmd, const char *what, int status);

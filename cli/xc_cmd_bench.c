@@ -1,0 +1,31 @@
+/* xcpipe bench: dispatches to the benchmark of each area. */
+#include <stdio.h>
+#include <string.h>
+
+#include "xc_cli.h"
+
+typedef struct bench_cmd {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *help;
+} bench_cmd;
+
+static const bench_cmd benches[] = {
+    {"kernels", xc_cmd_bench_kernels, "CPU kernels at the InternLM2-7B layer shapes"},
+};
+
+int xc_cmd_bench(int argc, char **argv) {
+    if (argc >= 2) {
+        for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++) {
+            if (!strcmp(argv[1], benches[i].name)) {
+                return benches[i].fn(argc - 1, argv + 1);
+            }
+        }
+    }
+    FILE *f = (argc >= 2 && !strcmp(argv[1], "--help")) ? stdout : stderr;
+    fprintf(f, "usage: xcpipe bench <name> [options]\n\nbenchmarks:\n");
+    for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++) {
+        fprintf(f, "  %-12s %s\n", benches[i].name, benches[i].help);
+    }
+    return f == stdout ? 0 : 2;
+}

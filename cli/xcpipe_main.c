@@ -1,0 +1,52 @@
+/* xcpipe: the command-line entry point; dispatches to subcommands in cli/xc_cmd_*.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include "xc_cli.h"
+#include "xc_log.h"
+#include "xc_status.h"
+
+typedef struct cli_cmd {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *help;
+} cli_cmd;
+
+static const cli_cmd cmds[] = {
+    {"model", xc_cmd_model, "make-tiny | inspect: write a tiny checkpoint, list a checkpoint"},
+    {"bench", xc_cmd_bench, "kernels | ...: print performance figures"},
+};
+
+void xc_cli_report(const char *cmd, const char *what, int status) {
+    const char *detail = xc_err_last();
+    fprintf(stderr, "xcpipe %s: %s: %s%s%s\n", cmd, what, xc_status_str((xc_status)status),
+            detail[0] ? ": " : "", detail);
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: xcpipe <command> [options]   (xcpipe <command> --help for details)\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        fprintf(f, "  %-12s %s\n", cmds[i].name, cmds[i].help);
+    }
+}
+
+int main(int argc, char **argv) {
+    xc_log_set_role("cli");
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        if (!strcmp(argv[1], cmds[i].name)) {
+            return cmds[i].fn(argc - 1, argv + 1);
+        }
+    }
+    fprintf(stderr, "xcpipe: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

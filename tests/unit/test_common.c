@@ -1,0 +1,221 @@
+/* common/: arena, config table, dtype conversions (against the F16C instructions), mmap. */
+#include <immintrin.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "xc_arena.h"
+#include "xc_conf.h"
+#include "xc_dtype.h"
+#include "xc_mmap.h"
+#include "xc_test.h"
+
+/* ---- arena ---- */
+
+static void test_common_arena_allocates_and_resets(void **state) {
+    (void)state;
+    xc_arena *a = NULL;
+    assert_int_equal(xc_arena_create(256, &a), XC_OK);
+    char *p = xc_arena_alloc(a, 10);
+    assert_non_null(p);
+    assert_int_equal((uintptr_t)p % 16, 0);
+    char *big = xc_arena_alloc(a, 100000); /* larger than a block: gets its own */
+    assert_non_null(big);
+    memset(big, 1, 100000);
+    int *z = xc_arena_calloc(a, 8, sizeof(int));
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(z[i], 0);
+    }
+    assert_string_equal(xc_arena_strndup(a, "hello world", 5), "hello");
+    assert_true(xc_arena_used(a) >= 100000);
+    xc_arena_reset(a);
+    assert_int_equal(xc_arena_used(a), 0);
+    assert_non_null(xc_arena_alloc(a, 32));
+    assert_null(xc_arena_calloc(a, SIZE_MAX / 2, 4)); /* overflow is refused */
+    xc_arena_destroy(a);
+    xc_arena_destroy(NULL);
+}
+
+/* ---- conf ---- */
+
+typedef struct demo_conf {
+    int port;
+    double temp;
+    const char *mode;
+    bool verbose;
+    xc_conf_list images;
+} demo_conf;
+
+static const xc_conf_entry demo_entries[] = {
+    XC_CONF_INT("port", "XC_TEST_PORT", demo_conf, port, 5555, 1, 65535, "listen port"),
+    XC_CONF_FLOAT("temperature", NULL, demo_conf, temp, 1.0, 0, 10, "temperature"),
+    XC_CONF_STR("mode", "XC_TEST_MODE", demo_conf, mode, "a", "a|bb|c", "mode"),
+    XC_CONF_BOOL("verbose", NULL, demo_conf, verbose, 0, "more output"),
+    XC_CONF_LIST("image", "XC_TEST_IMAGES", demo_conf, images, "an image"),
+};
+
+static const xc_conf_spec demo_spec = {"demo [options]", NULL, demo_entries,
+                                       sizeof demo_entries / sizeof demo_entries[0]};
+
+static void test_common_conf_precedence(void **state) {
+    (void)state;
+    demo_conf c;
+    char *argv0[] = {"demo", NULL};
+    unsetenv("XC_TEST_PORT");
+    unsetenv("XC_TEST_IMAGES");
+    assert_int_equal(xc_conf_parse(&demo_spec, &c, 1, argv0, NULL), XC_OK);
+    assert_int_equal(c.port, 5555);
+    assert_string_equal(c.mode, "a");
+    assert_false(c.verbose);
+
+    setenv("XC_TEST_PORT", "6000", 1);
+    setenv("XC_TEST_IMAGES", "x.png,y.png", 1);
+    assert_int_equal(xc_conf_parse(&demo_spec, &c, 1, argv0, NULL), XC_OK);
+    assert_int_equal(c.port, 6000);
+    assert_int_equal(c.images.n, 2);
+    assert_string_equal(c.images.items[1], "y.png");
+
+    char *argv1[] = {"demo",    "--port", "7000", "--verbose", "--mode", "bb",
+                     "--image", "1.jpg",  "--image", "2.jpg", "--temperature", "0.5", NULL};
+    assert_int_equal(xc_conf_parse(&demo_spec, &c, 12, argv1, NULL), XC_OK);
+    assert_int_equal(c.port, 7000); /* flag beats env */
+    assert_true(c.verbose);
+    assert_string_equal(c.mode, "bb");
+    assert_int_equal(c.images.n, 2);
+    assert_string_equal(c.images.items[0], "1.jpg");
+    assert_true(c.temp == 0.5);
+    unsetenv("XC_TEST_PORT");
+    unsetenv("XC_TEST_IMAGES");
+}
+
+static void expect_conf_error(int argc, char **argv, const char *needle) {
+    demo_conf c;
+    assert_int_equal(xc_conf_parse(&demo_spec, &c, argc, argv, NULL), XC_ERR_ARG);
+    if (!strstr(xc_err_last(), needle)) {
+        fail_msg("'%s' does not mention '%s'", xc_err_last(), needle);
+    }
+}
+
+static void test_common_conf_rejects_bad_values(void **state) {
+    (void)state;
+    char *a1[] = {"demo", "--port", "70000", NULL};
+    expect_conf_error(3, a1, "out of range");
+    char *a2[] = {"demo", "--port", "12x", NULL};
+    expect_conf_error(3, a2, "not a valid integer");
+    char *a3[] = {"demo", "--mode", "b", NULL};
+    expect_conf_error(3, a3, "not one of");
+    char *a4[] = {"demo", "--bogus", NULL};
+    expect_conf_error(2, a4, "unknown option --bogus");
+    char *a5[] = {"demo", "stray", NULL};
+    expect_conf_error(2, a5, "unexpected argument");
+    char *a6[] = {"demo", "--port", NULL};
+    expect_conf_error(2, a6, "--port needs a value");
+    setenv("XC_TEST_MODE", "zzz", 1);
+    char *a7[] = {"demo", NULL};
+    expect_conf_error(1, a7, "XC_TEST_MODE");
+    unsetenv("XC_TEST_MODE");
+}
+
+static void test_common_conf_positional(void **state) {
+    (void)state;
+    demo_conf c;
+    int first = 0;
+    char *argv[] = {"demo", "--port", "9", "sub", "--other", NULL};
+    assert_int_equal(xc_conf_parse(&demo_spec, &c, 5, argv, &first), XC_OK);
+    assert_int_equal(first, 3);
+    assert_int_equal(c.port, 9);
+}
+
+/* ---- dtype ---- */
+
+__attribute__((target("f16c"))) static uint16_t hw_f32_to_f16(float f) {
+    return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+}
+
+__attribute__((target("f16c"))) static float hw_f16_to_f32(uint16_t h) {
+    return _cvtsh_ss(h);
+}
+
+static void test_common_f16_matches_f16c(void **state) {
+    (void)state;
+    if (!__builtin_cpu_supports("f16c")) {
+        skip();
+    }
+    for (uint32_t h = 0; h < 65536; h++) { /* every half value */
+        float a = xc_f16_to_f32((uint16_t)h), b = hw_f16_to_f32((uint16_t)h);
+        if (xc_f32_bits(a) != xc_f32_bits(b)) {
+            fail_msg("f16 0x%04x: %a vs %a", h, a, b);
+        }
+    }
+    /* a dense sweep of f32 bit patterns, covering subnormal, rounding and overflow edges */
+    for (uint64_t u = 0; u < 0x100000000ull; u += 4093) {
+        float f = xc_bits_f32((uint32_t)u);
+        uint16_t a = xc_f32_to_f16(f), b = hw_f32_to_f16(f);
+        if (f != f) { /* NaN: both must stay NaN */
+            assert_true((a & 0x7c00) == 0x7c00 && (a & 0x3ff));
+            continue;
+        }
+        if (a != b) {
+            fail_msg("f32 0x%08x (%a): 0x%04x vs 0x%04x", (uint32_t)u, f, a, b);
+        }
+    }
+}
+
+static void test_common_bf16_rounds_to_nearest_even(void **state) {
+    (void)state;
+    assert_int_equal(xc_f32_to_bf16(1.0f), 0x3f80);
+    assert_int_equal(xc_f32_to_bf16(xc_bits_f32(0x3f808000)), 0x3f80); /* tie -> even */
+    assert_int_equal(xc_f32_to_bf16(xc_bits_f32(0x3f818000)), 0x3f82); /* tie -> even (up) */
+    assert_int_equal(xc_f32_to_bf16(xc_bits_f32(0x3f808001)), 0x3f81);
+    assert_true(xc_bf16_to_f32(0x4049) == xc_bits_f32(0x40490000));
+    uint16_t nan = xc_f32_to_bf16(xc_bits_f32(0x7fc00001));
+    assert_true((nan & 0x7f80) == 0x7f80 && (nan & 0x7f));
+    /* round trip of every bf16 value */
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = xc_bf16_to_f32((uint16_t)h);
+        if (f == f) {
+            assert_int_equal(xc_f32_to_bf16(f), h);
+        }
+    }
+}
+
+/* ---- mmap ---- */
+
+static void test_common_mmap_reads_files(void **state) {
+    (void)state;
+    char path[] = "/tmp/xc_test_mmapXXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    fputs("hello mmap", f);
+    fclose(f);
+    xc_mmap m;
+    assert_int_equal(xc_mmap_open(path, &m), XC_OK);
+    assert_int_equal(m.size, 10);
+    assert_memory_equal(m.data, "hello mmap", 10);
+    xc_mmap_close(&m);
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(xc_file_read_all(path, 100, &text, &len), XC_OK);
+    assert_string_equal(text, "hello mmap");
+    xc_free(text);
+    assert_int_equal(xc_file_read_all(path, 4, &text, &len), XC_ERR_ARG);
+    unlink(path);
+    assert_int_equal(xc_mmap_open(path, &m), XC_ERR_IO);
+    assert_non_null(strstr(xc_err_last(), "No such file"));
+    assert_int_equal(xc_mmap_open("/tmp", &m), XC_ERR_IO);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_common_arena_allocates_and_resets),
+        cmocka_unit_test(test_common_conf_precedence),
+        cmocka_unit_test(test_common_conf_rejects_bad_values),
+        cmocka_unit_test(test_common_conf_positional),
+        cmocka_unit_test(test_common_f16_matches_f16c),
+        cmocka_unit_test(test_common_bf16_rounds_to_nearest_even),
+        cmocka_unit_test(test_common_mmap_reads_files),
+    };
+    return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
+}
