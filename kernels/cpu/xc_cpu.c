@@ -1,0 +1,1 @@
+/* xc_cpu.c: being written (kernels). */

@@ -1,0 +1,20 @@
+/* Internal to kernels/cpu: the CPU backend's context, its thread pool and the matmul entry point
+ * shared between xc_cpu.c (ops table, pool, most ops) and xc_cpu_matmul.c (GEMM/GEMV kernels). */
+#pragma once
+
+#include "xc_backend.h"
+
+/* Runs fn(arg, task, n_tasks) for every task in [0, n_tasks) on the backend's thread pool (the
+ * calling thread takes part) and returns when all are done. Tasks must write disjoint outputs.
+ * n_tasks == 1 runs inline. */
+typedef void (*xc_cpu_task_fn)(void *arg, int task, int n_tasks);
+void xc_cpu_parallel(xc_backend *be, int n_tasks, xc_cpu_task_fn fn, void *arg);
+
+/* Threads in the pool, including the caller (>= 1). */
+int xc_cpu_n_threads(const xc_backend *be);
+
+/* y = alpha * x @ w^T (+ bias) (+ y): the fast, batch-invariant CPU matmul (xc_cpu_matmul.c). */
+xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a);
+
+/* Validates matmul args (shapes, strides, dtypes, aliasing); shared by the CPU paths and refs. */
+xc_status xc_cpu_matmul_check(const xc_matmul_args *a);

@@ -1,0 +1,1 @@
+/* xc_cpu_matmul.c: being written (kernels). */

@@ -1,0 +1,1 @@
+/* xc_ref.c: being written (kernels). */

@@ -1,0 +1,1 @@
+/* xc_ref_matmul.c: being written (kernels). */
