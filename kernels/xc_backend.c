@@ -123,3 +123,18 @@ XC_BACKEND_WRAP(softmax, xc_softmax_args)
 xc_status xc_backend_sync(xc_backend *be) {
     return be->ops->sync ? be->ops->sync(be) : XC_OK;
 }
+
+xc_status xc_backend_copy2d(xc_backend *be, const xc_copy2d_args *a) {
+    if (a->m < 0 || a->n < 0 || a->lds < a->n || a->ldd < a->n) {
+        return xc_errf(XC_ERR_ARG, "copy2d: bad shape m=%d n=%d lds=%d ldd=%d", a->m, a->n,
+                       a->lds, a->ldd);
+    }
+    if (be->ops->copy2d) {
+        return be->ops->copy2d(be, a);
+    }
+    for (int r = 0; r < a->m; r++) {
+        memcpy(a->dst + (size_t)r * (size_t)a->ldd, a->src + (size_t)r * (size_t)a->lds,
+               (size_t)a->n * sizeof(float));
+    }
+    return XC_OK;
+}

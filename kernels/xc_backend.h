@@ -177,6 +177,14 @@ typedef struct xc_softmax_args {
     int32_t *argmax;      /* (m) or NULL */
 } xc_softmax_args;
 
+/* 2-D strided copy (like cudaMemcpy2D) within backend memory: dst[r][0..n) = src[r][0..n) for
+ * r < m, in floats. Used to split the interleaved wqkv output, splice image rows and so on. */
+typedef struct xc_copy2d_args {
+    const float *src; /* (m, n), row stride lds */
+    float *dst;       /* (m, n), row stride ldd; must not overlap src */
+    int m, n, lds, ldd;
+} xc_copy2d_args;
+
 typedef struct xc_backend_ops {
     const char *name; /* "cpu", "cuda" */
     xc_status (*open)(xc_backend *be, const xc_backend_conf *conf);
@@ -199,6 +207,8 @@ typedef struct xc_backend_ops {
     xc_status (*patchify)(xc_backend *be, const xc_patchify_args *a);
     xc_status (*softmax)(xc_backend *be, const xc_softmax_args *a);
     xc_status (*sync)(xc_backend *be); /* (optional) NULL = synchronous */
+    /* (optional) NULL = host memcpy per row, valid only for host-memory backends (cpu) */
+    xc_status (*copy2d)(xc_backend *be, const xc_copy2d_args *a);
 } xc_backend_ops;
 
 extern const xc_backend_ops xc_backend_cpu_ops;
@@ -241,3 +251,4 @@ xc_status xc_backend_embed(xc_backend *be, const xc_embed_args *a);
 xc_status xc_backend_patchify(xc_backend *be, const xc_patchify_args *a);
 xc_status xc_backend_softmax(xc_backend *be, const xc_softmax_args *a);
 xc_status xc_backend_sync(xc_backend *be);
+xc_status xc_backend_copy2d(xc_backend *be, const xc_copy2d_args *a);
