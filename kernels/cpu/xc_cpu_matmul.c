@@ -1,1 +1,440 @@
-/* xc_cpu_matmul.c: being written (kernels). */
+/* The CPU matmul, y = alpha * x @ w^T (+ bias) (+ y), for f32, f16 and bf16 weights:
+ * batch-invariant AVX2/FMA/F16C kernels chosen at run time, with a portable scalar fallback.
+ *
+ * Reduction order (the batch-invariance contract). Every output element y[i][j] is computed the
+ * same way whatever m, the row's position in the batch, the tile it falls in or the thread count:
+ *   acc[0..7] = 0; for kk = 0, 8, 16, ...: acc[l] = fma(x[i][kk+l], w[j][kk+l], acc[l])
+ *   (the last block is zero-padded when k % 8 != 0);
+ *   s = ((acc0+acc4) + (acc2+acc6)) + ((acc1+acc5) + (acc3+acc7));
+ *   v = alpha * s; v += bias[j] (if any); v += y[i][j] (if accumulate).
+ * Tiles only reuse a loaded weight vector across several x rows and a loaded x vector across
+ * several weight rows; each (i, j) keeps its own accumulator. Threads split the output columns,
+ * which never changes an element's order. The scalar fallback performs the same operations with
+ * fmaf, so it is bit-identical to the AVX2 path (slow where the CPU lacks FMA, but deterministic
+ * everywhere).
+ *
+ * Why not OpenBLAS (measured on the 2-core Zen 4 dev machine, OpenBLAS 0.3.21, k = n = 4096):
+ * cblas_sgemm is row-invariant (rows of m = 2..64 and m = 256 bit-identical to m = 1, 1 vs 2
+ * threads identical), and it wins prefill (90 GFLOP/s on one thread at m = 256, 143 GFLOP/s on two
+ * at m = 100), but at m = 1 it takes 12.9 ms (2.6 GFLOP/s), 6x slower than streaming the f32
+ * weights at memory speed. cblas_sgemv is fast at m = 1 (3.1 ms) but its results differ from
+ * sgemm's, so mixing them breaks invariance. Using sgemm for every m would make decode 6x slower;
+ * using it only for large m would break invariance. So every dtype uses the kernels below; the f32
+ * prefill figures of both are in the report of `xcpipe bench kernels` (see kernels/xc_kbench.c). */
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "xc_cpu_impl.h"
+#include "xc_dtype.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define XC_MM_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#else
+#define XC_MM_X86 0
+#endif
+
+/* Register tile: up to TILE_R rows of x by TILE_C weight rows share one pass over k. */
+#define TILE_R 4
+#define TILE_C 4
+
+/* Weight rows per column group: the group's weights (about GROUP_BYTES) stay in L2 while every
+ * row tile of x passes over them. */
+#define GROUP_BYTES (192 * 1024)
+
+/* Below this many multiply-adds the pool's wake-up costs more than it saves. */
+#define PARALLEL_MIN_FMAS (1 << 16)
+
+/* A validated, normalised matmul (dense strides resolved, alpha resolved). */
+typedef struct mm_job {
+    const float *x; /* (m, k), row stride ldx */
+    const void *w;  /* (n, k) dense, dtype wt */
+    xc_dtype wt;
+    const void *bias; /* (n) or NULL, dtype bt */
+    xc_dtype bt;
+    float *y; /* (m, n), row stride ldy */
+    int m, n, k;
+    size_t ldx, ldy;
+    float alpha;
+    bool accumulate;
+    int tile_c;    /* weight rows per tile for this m */
+    int group;     /* weight rows per L2 column group (multiple of tile_c) */
+    int col_chunk; /* output columns per parallel task */
+} mm_job;
+
+/* ---- validation ---- */
+
+static bool mm_float_dtype(xc_dtype t) {
+    return t == XC_DTYPE_F32 || t == XC_DTYPE_F16 || t == XC_DTYPE_BF16;
+}
+
+static bool mm_overlap(const void *a, size_t a_bytes, const void *b, size_t b_bytes) {
+    uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
+    return pa < pb + b_bytes && pb < pa + a_bytes;
+}
+
+xc_status xc_cpu_matmul_check(const xc_matmul_args *a) {
+    if (!a) {
+        return xc_errf(XC_ERR_ARG, "matmul: args is NULL");
+    }
+    if (a->m <= 0 || a->n <= 0 || a->k <= 0) {
+        return xc_errf(XC_ERR_ARG, "matmul: m, n, k must be > 0 (got m=%d n=%d k=%d)", a->m, a->n,
+                       a->k);
+    }
+    if (!a->x || !a->w || !a->y) {
+        return xc_errf(XC_ERR_ARG, "matmul: %s is NULL", !a->x ? "x" : !a->w ? "w" : "y");
+    }
+    if ((unsigned)a->w_dtype >= XC_DTYPE_COUNT) {
+        return xc_errf(XC_ERR_ARG, "matmul: invalid weight dtype %d", (int)a->w_dtype);
+    }
+    if (!mm_float_dtype(a->w_dtype)) {
+        return xc_errf(XC_ERR_UNSUPPORTED,
+                       "matmul: weight dtype %s is not supported (f32, f16, bf16)",
+                       xc_dtype_name(a->w_dtype));
+    }
+    if (a->bias && (unsigned)a->bias_dtype >= XC_DTYPE_COUNT) {
+        return xc_errf(XC_ERR_ARG, "matmul: invalid bias dtype %d", (int)a->bias_dtype);
+    }
+    if (a->bias && !mm_float_dtype(a->bias_dtype)) {
+        return xc_errf(XC_ERR_UNSUPPORTED,
+                       "matmul: bias dtype %s is not supported (f32, f16, bf16)",
+                       xc_dtype_name(a->bias_dtype));
+    }
+    if (a->ldx != 0 && a->ldx < a->k) {
+        return xc_errf(XC_ERR_ARG, "matmul: ldx %d is smaller than k %d", a->ldx, a->k);
+    }
+    if (a->ldy != 0 && a->ldy < a->n) {
+        return xc_errf(XC_ERR_ARG, "matmul: ldy %d is smaller than n %d", a->ldy, a->n);
+    }
+    size_t ldx = a->ldx ? (size_t)a->ldx : (size_t)a->k;
+    size_t ldy = a->ldy ? (size_t)a->ldy : (size_t)a->n;
+    size_t x_bytes = ((size_t)(a->m - 1) * ldx + (size_t)a->k) * sizeof(float);
+    size_t y_bytes = ((size_t)(a->m - 1) * ldy + (size_t)a->n) * sizeof(float);
+    size_t w_bytes = (size_t)a->n * (size_t)a->k * xc_dtype_size(a->w_dtype);
+    if (mm_overlap(a->y, y_bytes, a->x, x_bytes)) {
+        return xc_errf(XC_ERR_ARG, "matmul: y overlaps x (in-place matmul is not supported)");
+    }
+    if (mm_overlap(a->y, y_bytes, a->w, w_bytes)) {
+        return xc_errf(XC_ERR_ARG, "matmul: y overlaps w");
+    }
+    if (a->bias &&
+        mm_overlap(a->y, y_bytes, a->bias, (size_t)a->n * xc_dtype_size(a->bias_dtype))) {
+        return xc_errf(XC_ERR_ARG, "matmul: y overlaps bias");
+    }
+    return XC_OK;
+}
+
+/* ---- the shared epilogue and the scalar kernel ---- */
+
+/* v = alpha * s (+ bias[j]) (+ y[i][j]); the one epilogue of every path. */
+static inline void mm_store(const mm_job *jb, int i, int j, float s) {
+    float v = jb->alpha * s;
+    if (jb->bias) {
+        v += xc_load_f32(jb->bias, jb->bt, (size_t)j);
+    }
+    float *out = jb->y + (size_t)i * jb->ldy + (size_t)j;
+    if (jb->accumulate) {
+        v += *out;
+    }
+    *out = v;
+}
+
+/* The horizontal sum of 8 lanes in the order the AVX2 reduction uses. */
+static inline float mm_hsum8_scalar(const float *acc) {
+    float b0 = acc[0] + acc[4], b1 = acc[1] + acc[5], b2 = acc[2] + acc[6], b3 = acc[3] + acc[7];
+    return (b0 + b2) + (b1 + b3);
+}
+
+/* Columns [j0, j1) of every row, one element at a time, in the contract's order. */
+static void mm_cols_scalar(const mm_job *jb, int j0, int j1) {
+    size_t wsz = xc_dtype_size(jb->wt);
+    for (int i = 0; i < jb->m; i++) {
+        const float *xr = jb->x + (size_t)i * jb->ldx;
+        for (int j = j0; j < j1; j++) {
+            const char *wr = (const char *)jb->w + (size_t)j * (size_t)jb->k * wsz;
+            float acc[8] = {0};
+            for (int kk = 0; kk < jb->k; kk += 8) {
+                for (int l = 0; l < 8; l++) {
+                    float xv = kk + l < jb->k ? xr[kk + l] : 0.0f;
+                    float wv = kk + l < jb->k ? xc_load_f32(wr, jb->wt, (size_t)(kk + l)) : 0.0f;
+                    acc[l] = fmaf(xv, wv, acc[l]);
+                }
+            }
+            mm_store(jb, i, j, mm_hsum8_scalar(acc));
+        }
+    }
+}
+
+/* ---- AVX2 / FMA / F16C kernels ---- */
+
+#if XC_MM_X86
+
+#define XC_AVX2_FN     __attribute__((target("avx2,fma,f16c")))
+#define XC_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+
+/* 8 weights from element idx, widened exactly to f32 (bf16: shift into the high half; f16: the
+ * F16C conversion). wt is a compile-time constant after inlining. */
+XC_AVX2_INLINE __m256 mm_load_w8(const void *w, size_t idx, xc_dtype wt) {
+    if (wt == XC_DTYPE_F32) {
+        return _mm256_loadu_ps((const float *)w + idx);
+    }
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + idx));
+    if (wt == XC_DTYPE_BF16) {
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    return _mm256_cvtph_ps(h);
+}
+
+/* Same lane order as mm_hsum8_scalar: (lo + hi), then (b0 + b2, b1 + b3), then the two. */
+XC_AVX2_INLINE float mm_hsum8(__m256 v) {
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    __m128 d = _mm_add_ss(c, _mm_movehdup_ps(c));
+    return _mm_cvtss_f32(d);
+}
+
+/* One R x C tile: rows i0.., weight rows j0.., the whole of k. R, C and wt are constants. */
+XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const int C,
+                            const xc_dtype wt) {
+    const int k = jb->k;
+    const int k8 = k & ~7;
+    const size_t wsz = wt == XC_DTYPE_F32 ? 4 : 2;
+    const float *xr[TILE_R];
+    const char *wr[TILE_C];
+    __m256 acc[TILE_R][TILE_C];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        xr[r] = jb->x + (size_t)(i0 + r) * jb->ldx;
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < C; c++) {
+        wr[c] = (const char *)jb->w + (size_t)(j0 + c) * (size_t)k * wsz;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+        }
+    }
+    for (int kk = 0; kk < k8; kk += 8) {
+        __m256 wv[TILE_C];
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) {
+            wv[c] = mm_load_w8(wr[c], (size_t)kk, wt);
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m256 xv = _mm256_loadu_ps(xr[r] + kk);
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) {
+                acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+            }
+        }
+    }
+    if (k8 < k) {
+        // Zero-padded last block; the widening is exact, so this equals the vector load.
+        float xt[TILE_R][8] = {{0}}, wtl[TILE_C][8] = {{0}};
+        for (int l = 0; l < k - k8; l++) {
+            for (int r = 0; r < R; r++) {
+                xt[r][l] = xr[r][k8 + l];
+            }
+            for (int c = 0; c < C; c++) {
+                wtl[c][l] = xc_load_f32(wr[c], wt, (size_t)(k8 + l));
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m256 xv = _mm256_loadu_ps(xt[r]);
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) {
+                acc[r][c] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wtl[c]), acc[r][c]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) {
+            mm_store(jb, i0 + r, j0 + c, mm_hsum8(acc[r][c]));
+        }
+    }
+}
+
+typedef void (*mm_tile_fn)(const mm_job *jb, int i0, int j0);
+
+/* One out-of-line function per (dtype, R, C) so each inner loop is fully specialised. */
+#define MM_TILE_DEF(NAME, WT, R, C)                                                                \
+    static XC_AVX2_FN void mm_tile_##NAME##_##R##x##C(const mm_job *jb, int i0, int j0) {          \
+        mm_tile(jb, i0, j0, R, C, WT);                                                             \
+    }
+#define MM_TILE_ROW(NAME, WT, R)                                                                   \
+    MM_TILE_DEF(NAME, WT, R, 1)                                                                    \
+    MM_TILE_DEF(NAME, WT, R, 2)                                                                    \
+    MM_TILE_DEF(NAME, WT, R, 3)                                                                    \
+    MM_TILE_DEF(NAME, WT, R, 4)
+#define MM_TILE_ALL(NAME, WT)                                                                      \
+    MM_TILE_ROW(NAME, WT, 1)                                                                       \
+    MM_TILE_ROW(NAME, WT, 2)                                                                       \
+    MM_TILE_ROW(NAME, WT, 3)                                                                       \
+    MM_TILE_ROW(NAME, WT, 4)
+#define MM_TILE_TAB_ROW(NAME, R)                                                                   \
+    {                                                                                              \
+        mm_tile_##NAME##_##R##x1, mm_tile_##NAME##_##R##x2, mm_tile_##NAME##_##R##x3,              \
+            mm_tile_##NAME##_##R##x4                                                               \
+    }
+#define MM_TILE_TAB(NAME)                                                                          \
+    {                                                                                              \
+        MM_TILE_TAB_ROW(NAME, 1), MM_TILE_TAB_ROW(NAME, 2), MM_TILE_TAB_ROW(NAME, 3),              \
+            MM_TILE_TAB_ROW(NAME, 4)                                                               \
+    }
+
+MM_TILE_ALL(f32, XC_DTYPE_F32)
+MM_TILE_ALL(f16, XC_DTYPE_F16)
+MM_TILE_ALL(bf16, XC_DTYPE_BF16)
+
+/* [dtype: f32, f16, bf16 as in xc_dtype][R - 1][C - 1] */
+static const mm_tile_fn mm_tiles[3][TILE_R][TILE_C] = {MM_TILE_TAB(f32), MM_TILE_TAB(f16),
+                                                       MM_TILE_TAB(bf16)};
+
+/* Columns [j0, j1): column groups that stay in L2, row tiles over all of m inside each group. */
+static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
+    const mm_tile_fn(*tab)[TILE_C] = mm_tiles[jb->wt];
+    for (int g0 = j0; g0 < j1; g0 += jb->group) {
+        int g1 = g0 + jb->group < j1 ? g0 + jb->group : j1;
+        for (int i0 = 0; i0 < jb->m; i0 += TILE_R) {
+            int r = jb->m - i0 < TILE_R ? jb->m - i0 : TILE_R;
+            for (int c0 = g0; c0 < g1; c0 += jb->tile_c) {
+                int c = g1 - c0 < jb->tile_c ? g1 - c0 : jb->tile_c;
+                tab[r - 1][c - 1](jb, i0, c0);
+            }
+        }
+    }
+}
+
+/* AVX2, FMA and F16C in the CPU and YMM state enabled by the OS. */
+static bool mm_cpu_has_avx2(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) {
+        return false;
+    }
+    bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28),
+         f16c = c & (1u << 29);
+    if (!(fma && osxsave && avx && f16c)) {
+        return false;
+    }
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    (void)xhi;
+    if ((xlo & 6u) != 6u) {
+        return false;
+    }
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        return false;
+    }
+    return b & (1u << 5);
+}
+
+#endif /* XC_MM_X86 */
+
+/* ---- dispatch ---- */
+
+/* -1 = not probed yet, 0 = scalar, 1 = AVX2. A benign race: every prober writes the same value. */
+static int mm_isa = -1;
+static bool mm_force_scalar;
+
+void xc_cpu_matmul_force_scalar(bool on) {
+    mm_force_scalar = on;
+}
+
+static bool mm_use_avx2(void) {
+    if (mm_force_scalar) {
+        return false;
+    }
+#if XC_MM_X86
+    if (mm_isa < 0) {
+        mm_isa = mm_cpu_has_avx2() ? 1 : 0;
+    }
+    return mm_isa == 1;
+#else
+    return false;
+#endif
+}
+
+typedef struct mm_task {
+    const mm_job *jb;
+    bool avx2;
+} mm_task;
+
+static void mm_run_task(void *arg, int task, int n_tasks) {
+    const mm_task *t = arg;
+    const mm_job *jb = t->jb;
+    (void)n_tasks;
+    int j0 = task * jb->col_chunk;
+    int j1 = j0 + jb->col_chunk < jb->n ? j0 + jb->col_chunk : jb->n;
+    if (j0 >= j1) {
+        return;
+    }
+#if XC_MM_X86
+    if (t->avx2) {
+        mm_cols_avx2(jb, j0, j1);
+        return;
+    }
+#endif
+    mm_cols_scalar(jb, j0, j1);
+}
+
+xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
+    XC_TRY(xc_cpu_matmul_check(a));
+    mm_job jb = {
+        .x = a->x,
+        .w = a->w,
+        .wt = a->w_dtype,
+        .bias = a->bias,
+        .bt = a->bias_dtype,
+        .y = a->y,
+        .m = a->m,
+        .n = a->n,
+        .k = a->k,
+        .ldx = a->ldx ? (size_t)a->ldx : (size_t)a->k,
+        .ldy = a->ldy ? (size_t)a->ldy : (size_t)a->n,
+        .alpha = a->alpha == 0.0f ? 1.0f : a->alpha,
+        .accumulate = a->accumulate,
+    };
+    // Few x rows: memory-bound, so more weight streams per tile; many: a 4 x 3 tile leaves
+    // registers for the loads (12 accumulators + 3 weight vectors + 1 x vector).
+    jb.tile_c = jb.m <= 2 ? 4 : 3;
+    size_t row_bytes = (size_t)jb.k * xc_dtype_size(jb.wt);
+    size_t g = GROUP_BYTES / row_bytes;
+    g = g < (size_t)jb.tile_c ? (size_t)jb.tile_c : g - g % (size_t)jb.tile_c;
+    jb.group = g > (size_t)jb.n ? jb.n : (int)g;
+
+    int threads = be ? xc_cpu_n_threads(be) : 1;
+    double fmas = (double)jb.m * jb.n * jb.k;
+    int n_tasks = 1;
+    if (threads > 1 && fmas >= PARALLEL_MIN_FMAS) {
+        // A few tasks per thread so a thread slowed by another process does not hold the rest
+        // up; chunks are whole tiles so the split never splits a tile (not needed for the
+        // order, but keeps tiles full).
+        n_tasks = threads * 4;
+        int max_tasks = (jb.n + jb.tile_c - 1) / jb.tile_c;
+        n_tasks = n_tasks < max_tasks ? n_tasks : max_tasks;
+    }
+    int chunk = (jb.n + n_tasks - 1) / n_tasks;
+    chunk = (chunk + jb.tile_c - 1) / jb.tile_c * jb.tile_c;
+    jb.col_chunk = chunk;
+    n_tasks = (jb.n + chunk - 1) / chunk;
+
+    mm_task t = {.jb = &jb, .avx2 = mm_use_avx2()};
+    if (n_tasks == 1 || !be) {
+        for (int i = 0; i < n_tasks; i++) {
+            mm_run_task(&t, i, n_tasks);
+        }
+    } else {
+        xc_cpu_parallel(be, n_tasks, mm_run_task, &t);
+    }
+    return XC_OK;
+}
