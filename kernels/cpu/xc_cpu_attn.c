@@ -1,0 +1,300 @@
+/* CPU attention: causal prefill, paged decode and bidirectional (CLIP) attention with GQA, as an
+ * online softmax over blocks of XC_ATTN_KB keys aligned to absolute key positions.
+ *
+ * Batch invariance: the result for one (query, head) depends only on its q, its visible keys and
+ * their values. Queries are processed in tiles of XC_ATTN_QT (query, head) items that share each
+ * loaded key row; an item's arithmetic is the same sequence of IEEE operations whatever the tile
+ * holds (keys an item cannot see contribute exact zeros: p = 0 and fma(0, v, acc) == acc), so it
+ * does not depend on the batch, the chunking of a prefill, the paging of the cache or the thread
+ * count. Parallel over tiles; every tile writes its own output rows. */
+#include <math.h>
+#include <string.h>
+
+#include "xc_cpu_impl.h"
+#include "xc_cpu_simd.h"
+#include "xc_opcheck.h"
+
+#define XC_ATTN_QT 4  /* (query, head) items per tile */
+#define XC_ATTN_KB 64 /* keys per softmax block, starting at multiples of XC_ATTN_KB */
+#define XC_SIMD_FN __attribute__((target("avx2,fma,f16c"))) static
+
+typedef struct xc_attn_job {
+    const xc_attention_args *a;
+    int group; /* query heads per kv head */
+    int hd, ldq, ldo, ldkv;
+    float scale;
+    bool simd;
+} xc_attn_job;
+
+/* The running state of one tile: per item its q/out rows, last visible key, running max m, sum l,
+ * unnormalised output acc, and the current block's scores/probabilities p. */
+typedef struct xc_attn_tile {
+    const float *q[XC_ATTN_QT];
+    float *out[XC_ATTN_QT];
+    int last[XC_ATTN_QT];
+    float m[XC_ATTN_QT], l[XC_ATTN_QT];
+    float acc[XC_ATTN_QT][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    float p[XC_ATTN_QT][XC_ATTN_KB] __attribute__((aligned(32)));
+    const float *kp[XC_ATTN_KB], *vp[XC_ATTN_KB];
+} xc_attn_tile;
+
+/* ---- AVX2 kernels ---- */
+
+/* p[it][j] = dot(q[it], kp[j]) * scale for j < nk: every dot is 8-lane FMAs over the full
+ * chunks from zero, a fixed horizontal sum, then scalar FMAs over the tail. */
+XC_SIMD_FN void xc_attn_scores_avx2(xc_attn_tile *t, int nk, int hd, float scale) {
+    int hd8 = hd & ~7;
+    int j = 0;
+    for (; j + 2 <= nk; j += 2) {
+        __m256 a0[XC_ATTN_QT], a1[XC_ATTN_QT];
+        for (int it = 0; it < XC_ATTN_QT; it++) {
+            a0[it] = _mm256_setzero_ps();
+            a1[it] = _mm256_setzero_ps();
+        }
+        const float *k0 = t->kp[j], *k1 = t->kp[j + 1];
+        for (int c = 0; c < hd8; c += 8) {
+            __m256 kv0 = _mm256_loadu_ps(k0 + c), kv1 = _mm256_loadu_ps(k1 + c);
+            for (int it = 0; it < XC_ATTN_QT; it++) {
+                __m256 qv = _mm256_loadu_ps(t->q[it] + c);
+                a0[it] = _mm256_fmadd_ps(qv, kv0, a0[it]);
+                a1[it] = _mm256_fmadd_ps(qv, kv1, a1[it]);
+            }
+        }
+        for (int it = 0; it < XC_ATTN_QT; it++) {
+            float s0 = xc_simd_hsum(a0[it]), s1 = xc_simd_hsum(a1[it]);
+            for (int d = hd8; d < hd; d++) {
+                s0 = fmaf(t->q[it][d], k0[d], s0);
+                s1 = fmaf(t->q[it][d], k1[d], s1);
+            }
+            t->p[it][j] = s0 * scale;
+            t->p[it][j + 1] = s1 * scale;
+        }
+    }
+    for (; j < nk; j++) {
+        __m256 a0[XC_ATTN_QT];
+        for (int it = 0; it < XC_ATTN_QT; it++) {
+            a0[it] = _mm256_setzero_ps();
+        }
+        const float *k0 = t->kp[j];
+        for (int c = 0; c < hd8; c += 8) {
+            __m256 kv0 = _mm256_loadu_ps(k0 + c);
+            for (int it = 0; it < XC_ATTN_QT; it++) {
+                a0[it] = _mm256_fmadd_ps(_mm256_loadu_ps(t->q[it] + c), kv0, a0[it]);
+            }
+        }
+        for (int it = 0; it < XC_ATTN_QT; it++) {
+            float s0 = xc_simd_hsum(a0[it]);
+            for (int d = hd8; d < hd; d++) {
+                s0 = fmaf(t->q[it][d], k0[d], s0);
+            }
+            t->p[it][j] = s0 * scale;
+        }
+    }
+}
+
+/* Turns item it's masked scores (the first nvis visible, the rest of the block -inf) into
+ * probabilities relative to the new running max and returns their sum (fixed lane order). */
+XC_SIMD_FN float xc_attn_exp_avx2(float *p, int nvis, float mnew) {
+    __m256 vm = _mm256_set1_ps(mnew);
+    __m256 sum = _mm256_setzero_ps();
+    for (int j = 0; j < XC_ATTN_KB; j += 8) {
+        if (j >= nvis) {
+            _mm256_store_ps(p + j, _mm256_setzero_ps());
+            continue;
+        }
+        __m256 e = xc_simd_exp(_mm256_sub_ps(_mm256_load_ps(p + j), vm));
+        if (j + 8 > nvis) {
+            __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nvis - j), idx));
+            e = _mm256_and_ps(e, keep);
+        }
+        _mm256_store_ps(p + j, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    return xc_simd_hsum(sum);
+}
+
+/* acc[it] = acc[it] * f[it] + sum_j p[it][j] v_j for j < nk, ascending j for every element. */
+XC_SIMD_FN void xc_attn_pv_avx2(xc_attn_tile *t, int nk, int hd, const float *f) {
+    int hd8 = hd & ~7;
+    for (int c = 0; c < hd8; c += 8) {
+        __m256 a[XC_ATTN_QT];
+        for (int it = 0; it < XC_ATTN_QT; it++) {
+            a[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c), _mm256_set1_ps(f[it]));
+        }
+        for (int j = 0; j < nk; j++) {
+            __m256 v = _mm256_loadu_ps(t->vp[j] + c);
+            for (int it = 0; it < XC_ATTN_QT; it++) {
+                a[it] = _mm256_fmadd_ps(_mm256_set1_ps(t->p[it][j]), v, a[it]);
+            }
+        }
+        for (int it = 0; it < XC_ATTN_QT; it++) {
+            _mm256_store_ps(t->acc[it] + c, a[it]);
+        }
+    }
+    for (int d = hd8; d < hd; d++) {
+        for (int it = 0; it < XC_ATTN_QT; it++) {
+            float a = t->acc[it][d] * f[it];
+            for (int j = 0; j < nk; j++) {
+                a = fmaf(t->p[it][j], t->vp[j][d], a);
+            }
+            t->acc[it][d] = a;
+        }
+    }
+}
+
+/* ---- portable kernels (same structure, plain C arithmetic) ---- */
+
+static void xc_attn_scores_scalar(xc_attn_tile *t, int nk, int hd, float scale) {
+    for (int it = 0; it < XC_ATTN_QT; it++) {
+        for (int j = 0; j < nk; j++) {
+            float s = 0;
+            for (int d = 0; d < hd; d++) {
+                s += t->q[it][d] * t->kp[j][d];
+            }
+            t->p[it][j] = s * scale;
+        }
+    }
+}
+
+static float xc_attn_exp_scalar(float *p, int nvis, float mnew) {
+    float sum = 0;
+    for (int j = 0; j < XC_ATTN_KB; j++) {
+        p[j] = j < nvis ? expf(p[j] - mnew) : 0.0f;
+        sum += p[j];
+    }
+    return sum;
+}
+
+static void xc_attn_pv_scalar(xc_attn_tile *t, int nk, int hd, const float *f) {
+    for (int it = 0; it < XC_ATTN_QT; it++) {
+        for (int d = 0; d < hd; d++) {
+            float a = t->acc[it][d] * f[it];
+            for (int j = 0; j < nk; j++) {
+                a += t->p[it][j] * t->vp[j][d];
+            }
+            t->acc[it][d] = a;
+        }
+    }
+}
+
+/* ---- tiles and tasks ---- */
+
+/* Row of key position p of sequence s in k/v: paged through the block table, or contiguous. */
+static inline size_t xc_attn_kv_row(const xc_attention_args *a, const xc_attn_seq *s, int p) {
+    if (s->block_table) {
+        return (size_t)s->block_table[p / a->block_size] * (size_t)a->block_size +
+               (size_t)(p % a->block_size);
+    }
+    return (size_t)s->kv_start + (size_t)p;
+}
+
+/* Items it0 .. it0 + nit - 1 of sequence s and kv head g: item i is query i / group with query
+ * head g * group + i % group. Missing items of a short tile repeat item 0 and are not stored. */
+static void xc_attn_tile_run(const xc_attn_job *j, xc_attn_tile *t, const xc_attn_seq *s, int g,
+                             int it0, int nit) {
+    const xc_attention_args *a = j->a;
+    int hd = j->hd;
+    int maxlast = 0;
+    for (int it = 0; it < XC_ATTN_QT; it++) {
+        int item = it0 + (it < nit ? it : 0);
+        int qi = item / j->group, h = g * j->group + item % j->group;
+        size_t row = (size_t)(s->q_start + qi);
+        t->q[it] = a->q + row * (size_t)j->ldq + (size_t)h * (size_t)hd;
+        t->out[it] = a->out + row * (size_t)j->ldo + (size_t)h * (size_t)hd;
+        t->last[it] = a->causal ? s->kv_len - s->n_q + qi : s->kv_len - 1;
+        t->m[it] = -INFINITY;
+        t->l[it] = 0.0f;
+        memset(t->acc[it], 0, (size_t)hd * sizeof(float));
+        maxlast = t->last[it] > maxlast ? t->last[it] : maxlast;
+    }
+    size_t kcol = (size_t)g * (size_t)hd;
+    for (int kb = 0; kb <= maxlast; kb += XC_ATTN_KB) {
+        int nk = maxlast + 1 - kb < XC_ATTN_KB ? maxlast + 1 - kb : XC_ATTN_KB;
+        for (int jj = 0; jj < nk; jj++) {
+            size_t r = xc_attn_kv_row(a, s, kb + jj) * (size_t)j->ldkv + kcol;
+            t->kp[jj] = a->k + r;
+            t->vp[jj] = a->v + r;
+        }
+        if (j->simd) {
+            xc_attn_scores_avx2(t, nk, hd, j->scale);
+        } else {
+            xc_attn_scores_scalar(t, nk, hd, j->scale);
+        }
+        float f[XC_ATTN_QT];
+        for (int it = 0; it < XC_ATTN_QT; it++) {
+            int nvis = t->last[it] + 1 - kb;
+            nvis = nvis < nk ? nvis : nk;
+            if (nvis <= 0) { /* the whole block is in this item's future: contributes nothing */
+                memset(t->p[it], 0, sizeof t->p[it]);
+                f[it] = 1.0f;
+                continue;
+            }
+            float bm = t->p[it][0];
+            for (int jj = 1; jj < nvis; jj++) {
+                bm = t->p[it][jj] > bm ? t->p[it][jj] : bm;
+            }
+            float mnew = bm > t->m[it] ? bm : t->m[it];
+            f[it] = expf(t->m[it] - mnew); /* 0 on the first block (m = -inf) */
+            float sum = j->simd ? xc_attn_exp_avx2(t->p[it], nvis, mnew)
+                                : xc_attn_exp_scalar(t->p[it], nvis, mnew);
+            t->l[it] = t->l[it] * f[it] + sum;
+            t->m[it] = mnew;
+        }
+        if (j->simd) {
+            xc_attn_pv_avx2(t, nk, hd, f);
+        } else {
+            xc_attn_pv_scalar(t, nk, hd, f);
+        }
+    }
+    for (int it = 0; it < nit; it++) {
+        float inv = 1.0f / t->l[it];
+        for (int d = 0; d < hd; d++) {
+            t->out[it][d] = t->acc[it][d] * inv;
+        }
+    }
+}
+
+/* Tasks enumerate (sequence, kv head, tile) in order. */
+static void xc_attn_task(void *p, int task, int n_tasks) {
+    (void)n_tasks;
+    const xc_attn_job *j = p;
+    const xc_attention_args *a = j->a;
+    xc_attn_tile t;
+    for (int si = 0; si < a->n_seqs; si++) {
+        const xc_attn_seq *s = &a->seqs[si];
+        int items = s->n_q * j->group;
+        int tiles = (items + XC_ATTN_QT - 1) / XC_ATTN_QT;
+        if (task < tiles * a->n_kv_heads) {
+            int g = task / tiles, it0 = (task % tiles) * XC_ATTN_QT;
+            int nit = items - it0 < XC_ATTN_QT ? items - it0 : XC_ATTN_QT;
+            xc_attn_tile_run(j, &t, s, g, it0, nit);
+            return;
+        }
+        task -= tiles * a->n_kv_heads;
+    }
+}
+
+xc_status xc_cpu_attention(xc_backend *be, const xc_attention_args *a) {
+    XC_TRY(xc_opcheck_attention(a));
+    xc_attn_job j = {
+        .a = a,
+        .group = a->n_heads / a->n_kv_heads,
+        .hd = a->head_dim,
+        .ldq = xc_opcheck_ld(a->ldq, a->n_heads * a->head_dim),
+        .ldo = xc_opcheck_ld(a->ldo, a->n_heads * a->head_dim),
+        .ldkv = xc_opcheck_ld(a->ldkv, a->n_kv_heads * a->head_dim),
+        .scale = a->scale != 0.0f ? a->scale : 1.0f / sqrtf((float)a->head_dim),
+        .simd = xc_cpu_simd(be),
+    };
+    long long n_tasks = 0;
+    for (int si = 0; si < a->n_seqs; si++) {
+        long long items = (long long)a->seqs[si].n_q * j.group;
+        n_tasks += (items + XC_ATTN_QT - 1) / XC_ATTN_QT * a->n_kv_heads;
+    }
+    if (n_tasks > INT32_MAX) {
+        return xc_errf(XC_ERR_ARG, "attention: %lld tiles is too many", n_tasks);
+    }
+    xc_cpu_parallel(be, (int)n_tasks, xc_attn_task, &j);
+    return XC_OK;
+}
