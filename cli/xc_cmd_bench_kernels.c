@@ -1,11 +1,210 @@
-/* xcpipe bench kernels (being written; see issue 2). */
+/* xcpipe bench kernels: the CPU matmul at the InternLM2-7B layer shapes, against this machine's
+ * measured DRAM read bandwidth. */
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "xc_backend.h"
 #include "xc_cli.h"
+#include "xc_conf.h"
+#include "xc_kbench.h"
+
+#define KB_MAX_M 16
+
+typedef struct kb_conf {
+    const char *dtype;
+    int threads;
+    int iters;
+    xc_conf_list m;
+    int bw_mib;
+    int bw_passes;
+    bool blas;
+} kb_conf;
+
+static const xc_conf_entry kb_entries[] = {
+    XC_CONF_STR("dtype", "XC_BENCH_DTYPE", kb_conf, dtype, "all", "f32|f16|bf16|all",
+                "weight dtype to time"),
+    XC_CONF_INT("threads", "XC_BENCH_THREADS", kb_conf, threads, 0, 0, 1024,
+                "CPU threads (0 = all online cores)"),
+    XC_CONF_INT("iters", "XC_BENCH_ITERS", kb_conf, iters, 5, 1, 1000,
+                "timed calls per case (best is kept; stops early after 2 s)"),
+    XC_CONF_LIST("m", "XC_BENCH_M", kb_conf, m, "rows per call, e.g. --m 1,16,256 (default)"),
+    XC_CONF_INT("bw-mib", "XC_BENCH_BW_MIB", kb_conf, bw_mib, 1024, 64, 65536,
+                "buffer for the read-bandwidth measurement, MiB (>> L3)"),
+    XC_CONF_INT("bw-passes", "XC_BENCH_BW_PASSES", kb_conf, bw_passes, 5, 1, 100,
+                "read-bandwidth passes (best is kept)"),
+    XC_CONF_BOOL("blas", "XC_BENCH_BLAS", kb_conf, blas, 0,
+                 "also time OpenBLAS on f32 weights (sgemv at M = 1, and sgemm at every M)"),
+};
+
+static const xc_conf_spec kb_spec = {
+    .usage = "xcpipe bench kernels [options]",
+    .summary = "Times the CPU matmul y = x @ W^T at the InternLM2-7B layer shapes (k x n: wqkv "
+               "4096x6144, wo 4096x4096, w1/w3 4096x14336, w2 14336x4096) and prints ms, GFLOP/s, "
+               "GB/s of weights and, for M = 1, the fraction of the read bandwidth measured here "
+               "with the same thread count. Caches are flushed before every timed call.",
+    .entries = kb_entries,
+    .n_entries = sizeof kb_entries / sizeof kb_entries[0],
+};
+
+static const struct {
+    const char *name;
+    int k, n;
+} kb_shapes[] = {
+    {"wqkv", 4096, 6144},
+    {"wo", 4096, 4096},
+    {"w1/w3", 4096, 14336},
+    {"w2", 14336, 4096},
+};
+
+/* Parses the --m items ("1,16" or repeated flags) into ms; defaults to 1, 16, 256. */
+static int kb_parse_m(const xc_conf_list *l, int *ms, int *n_ms) {
+    *n_ms = 0;
+    for (int i = 0; i < l->n; i++) {
+        const char *p = l->items[i];
+        while (*p) {
+            char *end = NULL;
+            long v = strtol(p, &end, 10);
+            if (end == p || v < 1 || v > 65536 || (*end != ',' && *end != '\0')) {
+                fprintf(stderr,
+                        "xcpipe bench kernels: --m: '%s' is not a list of integers in "
+                        "[1, 65536]\n",
+                        l->items[i]);
+                return 2;
+            }
+            if (*n_ms >= KB_MAX_M) {
+                fprintf(stderr, "xcpipe bench kernels: --m: at most %d values\n", KB_MAX_M);
+                return 2;
+            }
+            ms[(*n_ms)++] = (int)v;
+            p = *end == ',' ? end + 1 : end;
+        }
+    }
+    if (*n_ms == 0) {
+        ms[0] = 1;
+        ms[1] = 16;
+        ms[2] = 256;
+        *n_ms = 3;
+    }
+    return 0;
+}
+
+static void kb_print_row(const char *shape, int k, int n, int m, const char *kind, int threads,
+                         const xc_kbench_result *r, double bw) {
+    char dims[32];
+    snprintf(dims, sizeof dims, "%dx%d", k, n);
+    printf("%-6s %-11s %5d  %-11s %3d %9.3f %9.1f %8.1f", shape, dims, m, kind, threads, r->ms,
+           r->gflops, r->wgbps);
+    if (m == 1) {
+        printf(" %6.1f%%", 100.0 * r->wgbps / bw);
+    }
+    printf("\n");
+    fflush(stdout);
+}
+
+/* Times every shape and M for one dtype (and OpenBLAS when asked, f32 only). */
+static int kb_run_dtype(xc_backend *be, xc_dtype wt, const kb_conf *c, const int *ms, int n_ms,
+                        int max_m, int threads, double bw) {
+    for (size_t s = 0; s < sizeof kb_shapes / sizeof kb_shapes[0]; s++) {
+        xc_kbench_mm *mm = NULL;
+        xc_status st = xc_kbench_mm_create(kb_shapes[s].n, kb_shapes[s].k, wt, max_m, &mm);
+        if (st != XC_OK) {
+            xc_cli_report("bench kernels", "set up", st);
+            return 1;
+        }
+        for (int i = 0; i < n_ms; i++) {
+            xc_kbench_result r;
+            st = xc_kbench_mm_run(be, mm, ms[i], c->iters, false, false, &r);
+            if (st != XC_OK) {
+                break;
+            }
+            kb_print_row(kb_shapes[s].name, kb_shapes[s].k, kb_shapes[s].n, ms[i],
+                         xc_dtype_name(wt), threads, &r, bw);
+            if (c->blas && wt == XC_DTYPE_F32) {
+                for (int gemv = ms[i] == 1 ? 1 : 0; gemv >= 0 && st == XC_OK; gemv--) {
+                    st = xc_kbench_mm_run(be, mm, ms[i], c->iters, true, gemv, &r);
+                    if (st == XC_OK) {
+                        kb_print_row(kb_shapes[s].name, kb_shapes[s].k, kb_shapes[s].n, ms[i],
+                                     gemv ? "f32 sgemv" : "f32 sgemm", threads, &r, bw);
+                    }
+                }
+            }
+        }
+        xc_kbench_mm_destroy(mm);
+        if (st != XC_OK) {
+            xc_cli_report("bench kernels", "matmul", st);
+            return 1;
+        }
+    }
+    return 0;
+}
 
 int xc_cmd_bench_kernels(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "xcpipe bench kernels: not built yet\n");
-    return 1;
+    kb_conf c;
+    xc_status st = xc_conf_parse(&kb_spec, &c, argc, argv, NULL);
+    if (st == XC_AGAIN) {
+        return 0;
+    }
+    if (st != XC_OK) {
+        fprintf(stderr, "xcpipe bench kernels: %s\n", xc_err_last());
+        return 2;
+    }
+    int ms[KB_MAX_M], n_ms = 0;
+    if (kb_parse_m(&c.m, ms, &n_ms) != 0) {
+        return 2;
+    }
+    int max_m = 1;
+    for (int i = 0; i < n_ms; i++) {
+        max_m = ms[i] > max_m ? ms[i] : max_m;
+    }
+
+    xc_backend *be = NULL, *be1 = NULL;
+    xc_backend_conf bc = {.n_threads = c.threads};
+    xc_backend_conf bc1 = {.n_threads = 1};
+    int rc = 1;
+    if ((st = xc_backend_create("cpu", &bc, &be)) != XC_OK ||
+        (st = xc_backend_create("cpu", &bc1, &be1)) != XC_OK) {
+        xc_cli_report("bench kernels", "cpu backend", st);
+        goto out;
+    }
+    double bw1 = 0.0, bwn = 0.0;
+    size_t bw_bytes = (size_t)c.bw_mib << 20;
+    if ((st = xc_kbench_read_bw(be1, bw_bytes, c.bw_passes, &bw1)) != XC_OK) {
+        xc_cli_report("bench kernels", "read bandwidth", st);
+        goto out;
+    }
+    int threads = xc_kbench_threads(be); /* 0 resolved to the online core count */
+    if (threads > 1) {
+        if ((st = xc_kbench_read_bw(be, bw_bytes, c.bw_passes, &bwn)) != XC_OK) {
+            xc_cli_report("bench kernels", "read bandwidth", st);
+            goto out;
+        }
+    } else {
+        bwn = bw1;
+    }
+    printf("read bandwidth (%d MiB buffer, best of %d): 1 thread %.1f GB/s", c.bw_mib, c.bw_passes,
+           bw1);
+    if (threads > 1) {
+        printf(", %d threads %.1f GB/s", threads, bwn);
+    }
+    printf("\n\n%-6s %-11s %5s  %-11s %3s %9s %9s %8s %7s\n", "layer", "k x n", "M", "weights",
+           "thr", "ms", "GFLOP/s", "GB/s(w)", "%bw");
+    fflush(stdout);
+
+    static const xc_dtype all[3] = {XC_DTYPE_BF16, XC_DTYPE_F16, XC_DTYPE_F32};
+    for (int d = 0; d < 3; d++) {
+        if (strcmp(c.dtype, "all") != 0 && strcmp(c.dtype, xc_dtype_name(all[d])) != 0) {
+            continue;
+        }
+        if (kb_run_dtype(be, all[d], &c, ms, n_ms, max_m, threads, bwn) != 0) {
+            goto out;
+        }
+    }
+    printf("\n%%bw = GB/s of weights / read bandwidth with the same thread count (M = 1 only).\n");
+    rc = 0;
+out:
+    xc_backend_destroy(be);
+    xc_backend_destroy(be1);
+    return rc;
 }

@@ -1,0 +1,242 @@
+/* Kernel benchmarks: DRAM read bandwidth and matmul timings on the CPU backend. */
+#include "xc_kbench.h"
+
+#include <cblas.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu/xc_cpu_impl.h"
+#include "xc_dtype.h"
+#include "xc_mem.h"
+#include "xc_time.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define XC_KB_X86 1
+#else
+#define XC_KB_X86 0
+#endif
+
+#define FLUSH_BYTES   (64u << 20) /* twice the dev machine's 32 MiB L3 */
+#define TIME_BUDGET_S 2.0         /* stop repeating a case after this much timed work */
+
+/* ---- read bandwidth ---- */
+
+typedef struct kb_read {
+    const char *buf;
+    size_t bytes; /* multiple of 128 */
+    uint64_t sums[64];
+} kb_read;
+
+#if XC_KB_X86
+/* Sums 128-byte blocks with 4 independent vector adds (enough loads in flight to saturate DRAM). */
+__attribute__((target("avx2"))) static uint64_t kb_sum_avx2(const char *p, size_t n) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < n; i += 128) {
+        a0 = _mm256_add_epi64(a0, _mm256_load_si256((const __m256i *)(p + i)));
+        a1 = _mm256_add_epi64(a1, _mm256_load_si256((const __m256i *)(p + i + 32)));
+        a2 = _mm256_add_epi64(a2, _mm256_load_si256((const __m256i *)(p + i + 64)));
+        a3 = _mm256_add_epi64(a3, _mm256_load_si256((const __m256i *)(p + i + 96)));
+    }
+    __m256i s = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+    uint64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, s);
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+#endif
+
+static uint64_t kb_sum_scalar(const char *p, size_t n) {
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i < n; i += 32) {
+        uint64_t v[4];
+        memcpy(v, p + i, 32);
+        s0 += v[0];
+        s1 += v[1];
+        s2 += v[2];
+        s3 += v[3];
+    }
+    return s0 + s1 + s2 + s3;
+}
+
+static uint64_t kb_sum(const char *p, size_t n) {
+#if XC_KB_X86
+    if (__builtin_cpu_supports("avx2")) {
+        return kb_sum_avx2(p, n);
+    }
+#endif
+    return kb_sum_scalar(p, n);
+}
+
+/* Task t reads its contiguous 1/n_tasks of the buffer (in 128-byte blocks). */
+static void kb_read_task(void *arg, int t, int n_tasks) {
+    kb_read *r = arg;
+    size_t blocks = r->bytes / 128;
+    size_t b0 = blocks * (size_t)t / (size_t)n_tasks,
+           b1 = blocks * (size_t)(t + 1) / (size_t)n_tasks;
+    r->sums[t % 64] += kb_sum(r->buf + b0 * 128, (b1 - b0) * 128);
+}
+
+/* Streams the whole buffer once with the backend's threads. */
+static void kb_read_all(xc_backend *be, kb_read *r) {
+    int n = xc_cpu_n_threads(be);
+    n = n > 64 ? 64 : n;
+    xc_cpu_parallel(be, n, kb_read_task, r);
+}
+
+xc_status xc_kbench_read_bw(xc_backend *be, size_t bytes, int passes, double *gbps) {
+    if (bytes < (1u << 20) || passes < 1) {
+        return xc_errf(XC_ERR_ARG,
+                       "read bandwidth: need >= 1 MiB and >= 1 pass (got %zu bytes, "
+                       "%d passes)",
+                       bytes, passes);
+    }
+    bytes -= bytes % 128;
+    char *buf = xc_aligned_alloc(bytes);
+    if (!buf) {
+        return xc_errf(XC_ERR_NOMEM, "read bandwidth: cannot allocate %zu MiB", bytes >> 20);
+    }
+    // Touch every page first (and with non-zero data, so no page is the shared zero page).
+    memset(buf, 1, bytes);
+    kb_read r = {.buf = buf, .bytes = bytes};
+    kb_read_all(be, &r); /* warm-up: TLB, threads awake */
+    double best = 1e30;
+    for (int p = 0; p < passes; p++) {
+        double t0 = xc_now_s();
+        kb_read_all(be, &r);
+        double dt = xc_now_s() - t0;
+        best = dt < best ? dt : best;
+    }
+    xc_aligned_free(buf);
+    *gbps = (double)bytes / best * 1e-9;
+    return XC_OK;
+}
+
+int xc_kbench_threads(const xc_backend *be) {
+    return xc_cpu_n_threads(be);
+}
+
+/* ---- matmul ---- */
+
+struct xc_kbench_mm {
+    int n, k, max_m;
+    xc_dtype wt;
+    void *w;     /* (n, k) dtype wt */
+    float *x;    /* (max_m, k) */
+    float *y;    /* (max_m, n) */
+    char *flush; /* FLUSH_BYTES, streamed between timed calls */
+};
+
+static float kb_rnd(uint64_t *s) {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    uint64_t r = *s * 2685821657736338717ull;
+    return (float)((double)(r >> 40) / (double)(1ull << 24) - 0.5);
+}
+
+void xc_kbench_mm_destroy(xc_kbench_mm *mm) {
+    if (!mm) {
+        return;
+    }
+    xc_aligned_free(mm->w);
+    xc_aligned_free(mm->x);
+    xc_aligned_free(mm->y);
+    xc_aligned_free(mm->flush);
+    xc_free(mm);
+}
+
+xc_status xc_kbench_mm_create(int n, int k, xc_dtype wt, int max_m, xc_kbench_mm **out) {
+    if (n <= 0 || k <= 0 || max_m <= 0) {
+        return xc_errf(XC_ERR_ARG, "bench matmul: sizes must be > 0 (n=%d k=%d max_m=%d)", n, k,
+                       max_m);
+    }
+    if (wt != XC_DTYPE_F32 && wt != XC_DTYPE_F16 && wt != XC_DTYPE_BF16) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "bench matmul: dtype %s is not f32, f16 or bf16",
+                       xc_dtype_name(wt));
+    }
+    xc_kbench_mm *mm = xc_calloc(1, sizeof *mm);
+    if (!mm) {
+        return xc_errf(XC_ERR_NOMEM, "bench matmul: out of memory");
+    }
+    mm->n = n;
+    mm->k = k;
+    mm->max_m = max_m;
+    mm->wt = wt;
+    size_t nw = (size_t)n * (size_t)k;
+    mm->w = xc_aligned_alloc(nw * xc_dtype_size(wt));
+    mm->x = xc_aligned_alloc((size_t)max_m * (size_t)k * sizeof(float));
+    mm->y = xc_aligned_alloc((size_t)max_m * (size_t)n * sizeof(float));
+    mm->flush = xc_aligned_alloc(FLUSH_BYTES);
+    if (!mm->w || !mm->x || !mm->y || !mm->flush) {
+        xc_kbench_mm_destroy(mm);
+        return xc_errf(XC_ERR_NOMEM, "bench matmul: cannot allocate a %dx%d %s case", n, k,
+                       xc_dtype_name(wt));
+    }
+    uint64_t s = 0x9e3779b97f4a7c15ull ^ ((uint64_t)n << 32) ^ (uint64_t)k;
+    for (size_t i = 0; i < nw; i++) {
+        float v = kb_rnd(&s) * 0.1f;
+        if (wt == XC_DTYPE_F32) {
+            ((float *)mm->w)[i] = v;
+        } else if (wt == XC_DTYPE_F16) {
+            ((uint16_t *)mm->w)[i] = xc_f32_to_f16(v);
+        } else {
+            ((uint16_t *)mm->w)[i] = xc_f32_to_bf16(v);
+        }
+    }
+    for (size_t i = 0; i < (size_t)max_m * (size_t)k; i++) {
+        mm->x[i] = kb_rnd(&s);
+    }
+    memset(mm->y, 0, (size_t)max_m * (size_t)n * sizeof(float));
+    memset(mm->flush, 1, FLUSH_BYTES);
+    *out = mm;
+    return XC_OK;
+}
+
+static xc_status kb_call(xc_backend *be, xc_kbench_mm *mm, int m, bool blas, bool blas_gemv) {
+    if (!blas) {
+        xc_matmul_args a = {
+            .x = mm->x, .w = mm->w, .w_dtype = mm->wt, .y = mm->y, .m = m, .n = mm->n, .k = mm->k};
+        return xc_backend_matmul(be, &a);
+    }
+    if (m == 1 && blas_gemv) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, mm->n, mm->k, 1.0f, mm->w, mm->k, mm->x, 1, 0.0f,
+                    mm->y, 1);
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, mm->n, mm->k, 1.0f, mm->x, mm->k,
+                    mm->w, mm->k, 0.0f, mm->y, mm->n);
+    }
+    return XC_OK;
+}
+
+xc_status xc_kbench_mm_run(xc_backend *be, xc_kbench_mm *mm, int m, int iters, bool blas,
+                           bool blas_gemv, xc_kbench_result *out) {
+    if (m < 1 || m > mm->max_m || iters < 1) {
+        return xc_errf(XC_ERR_ARG, "bench matmul: m %d outside [1, %d] or iters %d < 1", m,
+                       mm->max_m, iters);
+    }
+    if (blas && mm->wt != XC_DTYPE_F32) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "bench matmul: OpenBLAS takes f32 weights only");
+    }
+    if (blas) {
+        openblas_set_num_threads(xc_cpu_n_threads(be));
+    }
+    kb_read fl = {.buf = mm->flush, .bytes = FLUSH_BYTES};
+    XC_TRY(kb_call(be, mm, m, blas, blas_gemv));
+    double best = 1e30, spent = 0.0;
+    int runs = 0;
+    while (runs < iters && (runs == 0 || spent < TIME_BUDGET_S)) {
+        kb_read_all(be, &fl);
+        double t0 = xc_now_s();
+        XC_TRY(kb_call(be, mm, m, blas, blas_gemv));
+        double dt = xc_now_s() - t0;
+        best = dt < best ? dt : best;
+        spent += dt;
+        runs++;
+    }
+    double wbytes = (double)mm->n * (double)mm->k * (double)xc_dtype_size(mm->wt);
+    out->ms = best * 1e3;
+    out->gflops = 2.0 * m * (double)mm->n * (double)mm->k / best * 1e-9;
+    out->wgbps = wbytes / best * 1e-9;
+    out->runs = runs;
+    return XC_OK;
+}
