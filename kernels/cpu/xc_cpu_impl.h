@@ -19,10 +19,6 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a);
 /* Validates matmul args (shapes, strides, dtypes, aliasing); shared by the CPU paths and refs. */
 xc_status xc_cpu_matmul_check(const xc_matmul_args *a);
 
-/* Tests and benchmarks only: true forces the portable scalar matmul kernel (same results as the
- * AVX2 one), false restores run-time CPU dispatch. Not thread-safe against running matmuls. */
-void xc_cpu_matmul_force_scalar(bool on);
-
 /* True when this backend uses its AVX2/FMA/F16C paths: the CPU has them and XC_CPU_NO_SIMD was
  * unset (or "0") when the backend was opened; tests open a second backend to cover the scalar
  * paths. Fixed for the backend's lifetime, so results never change between calls. */

@@ -1,5 +1,6 @@
 /* The CPU matmul, y = alpha * x @ w^T (+ bias) (+ y), for f32, f16 and bf16 weights:
- * batch-invariant AVX2/FMA/F16C kernels chosen at run time, with a portable scalar fallback.
+ * batch-invariant AVX2/FMA/F16C kernels when the backend has them (xc_cpu_simd: the CPU supports
+ * them and XC_CPU_NO_SIMD is unset), otherwise a portable scalar kernel.
  *
  * Reduction order (the batch-invariance contract). Every output element y[i][j] is computed the
  * same way whatever m, the row's position in the batch, the tile it falls in or the thread count:
@@ -31,8 +32,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #define XC_MM_X86 1
-#include <cpuid.h>
-#include <immintrin.h>
+#include "xc_cpu_simd.h"
 #else
 #define XC_MM_X86 0
 #endif
@@ -175,27 +175,6 @@ static void mm_cols_scalar(const mm_job *jb, int j0, int j1) {
 #define XC_AVX2_FN     __attribute__((target("avx2,fma,f16c")))
 #define XC_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
-/* 8 weights from element idx, widened exactly to f32 (bf16: shift into the high half; f16: the
- * F16C conversion). wt is a compile-time constant after inlining. */
-XC_AVX2_INLINE __m256 mm_load_w8(const void *w, size_t idx, xc_dtype wt) {
-    if (wt == XC_DTYPE_F32) {
-        return _mm256_loadu_ps((const float *)w + idx);
-    }
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + idx));
-    if (wt == XC_DTYPE_BF16) {
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-    return _mm256_cvtph_ps(h);
-}
-
-/* Same lane order as mm_hsum8_scalar: (lo + hi), then (b0 + b2, b1 + b3), then the two. */
-XC_AVX2_INLINE float mm_hsum8(__m256 v) {
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    __m128 d = _mm_add_ss(c, _mm_movehdup_ps(c));
-    return _mm_cvtss_f32(d);
-}
-
 /* One R x C tile: rows i0.., weight rows j0.., the whole of k. R, C and wt are constants. */
 XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const int C,
                             const xc_dtype wt) {
@@ -224,7 +203,7 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
         __m256 wv[TILE_C];
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++) {
-            wv[c] = mm_load_w8(wr[c], (size_t)kk, wt);
+            wv[c] = xc_simd_load_w(wr[c], wt, (size_t)kk);
         }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
@@ -259,7 +238,7 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
     for (int r = 0; r < R; r++) {
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++) {
-            mm_store(jb, i0 + r, j0 + c, mm_hsum8(acc[r][c]));
+            mm_store(jb, i0 + r, j0 + c, xc_simd_hsum(acc[r][c]));
         }
     }
 }
@@ -315,54 +294,9 @@ static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
     }
 }
 
-/* AVX2, FMA and F16C in the CPU and YMM state enabled by the OS. */
-static bool mm_cpu_has_avx2(void) {
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) {
-        return false;
-    }
-    bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28),
-         f16c = c & (1u << 29);
-    if (!(fma && osxsave && avx && f16c)) {
-        return false;
-    }
-    unsigned xlo, xhi;
-    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
-    (void)xhi;
-    if ((xlo & 6u) != 6u) {
-        return false;
-    }
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-        return false;
-    }
-    return b & (1u << 5);
-}
-
 #endif /* XC_MM_X86 */
 
 /* ---- dispatch ---- */
-
-/* -1 = not probed yet, 0 = scalar, 1 = AVX2. A benign race: every prober writes the same value. */
-static int mm_isa = -1;
-static bool mm_force_scalar;
-
-void xc_cpu_matmul_force_scalar(bool on) {
-    mm_force_scalar = on;
-}
-
-static bool mm_use_avx2(void) {
-    if (mm_force_scalar) {
-        return false;
-    }
-#if XC_MM_X86
-    if (mm_isa < 0) {
-        mm_isa = mm_cpu_has_avx2() ? 1 : 0;
-    }
-    return mm_isa == 1;
-#else
-    return false;
-#endif
-}
 
 typedef struct mm_task {
     const mm_job *jb;
@@ -412,7 +346,7 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
     g = g < (size_t)jb.tile_c ? (size_t)jb.tile_c : g - g % (size_t)jb.tile_c;
     jb.group = g > (size_t)jb.n ? jb.n : (int)g;
 
-    int threads = be ? xc_cpu_n_threads(be) : 1;
+    int threads = xc_cpu_n_threads(be);
     double fmas = (double)jb.m * jb.n * jb.k;
     int n_tasks = 1;
     if (threads > 1 && fmas >= PARALLEL_MIN_FMAS) {
@@ -428,13 +362,7 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
     jb.col_chunk = chunk;
     n_tasks = (jb.n + chunk - 1) / chunk;
 
-    mm_task t = {.jb = &jb, .avx2 = mm_use_avx2()};
-    if (n_tasks == 1 || !be) {
-        for (int i = 0; i < n_tasks; i++) {
-            mm_run_task(&t, i, n_tasks);
-        }
-    } else {
-        xc_cpu_parallel(be, n_tasks, mm_run_task, &t);
-    }
+    mm_task t = {.jb = &jb, .avx2 = XC_MM_X86 && xc_cpu_simd(be)};
+    xc_cpu_parallel(be, n_tasks, mm_run_task, &t);
     return XC_OK;
 }
