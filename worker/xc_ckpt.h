@@ -37,6 +37,10 @@ typedef struct xc_tensor_view {
  * XC_ERR_UNSUPPORTED (e.g. compressed zip entries, an unknown dtype). */
 xc_status xc_ckpt_open(const char *path, xc_ckpt **out);
 
+/* Opens one checkpoint file held in memory as fmt (no format sniffing): buf (size bytes) is
+ * borrowed and must outlive the xc_ckpt. For tests and fuzzers. Errors as xc_ckpt_open. */
+xc_status xc_ckpt_open_mem(const void *buf, size_t size, xc_ckpt_format fmt, xc_ckpt **out);
+
 /* Unmaps everything. NULL is a no-op. */
 void xc_ckpt_close(xc_ckpt *ck);
 
@@ -60,5 +64,6 @@ xc_status xc_ckpt_get_shaped(xc_ckpt *ck, const char *name, int ndim, const int6
 /* 1 if the tensor exists (no shard is mapped), else 0. */
 int xc_ckpt_has(const xc_ckpt *ck, const char *name);
 
-/* Total bytes of mapped tensor data so far (for memory accounting). */
+/* Total bytes of mapped tensor data so far (for memory accounting): the sizes of the files
+ * mapped so far (a shard is mapped whole when one of its tensors is first asked for). */
 size_t xc_ckpt_mapped_bytes(const xc_ckpt *ck);
