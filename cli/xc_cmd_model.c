@@ -1,11 +1,364 @@
-/* xcpipe model: make-tiny and inspect (being written; see issue 2). */
+/* xcpipe model: `make-tiny` writes a deterministic tiny checkpoint in the real layout;
+ * `inspect` lists a checkpoint's tensors and its parameter count per component. */
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 
+#include "xc_ckpt.h"
 #include "xc_cli.h"
+#include "xc_conf.h"
+#include "xc_mem.h"
+#include "xc_tiny.h"
+
+/* ---- argument helper ---- */
+
+/* xc_conf stops at the first positional argument; `inspect DIR --filter X` puts options after
+ * it. This moves the single positional argument out of argv (order of options kept). Returns the
+ * positional (NULL if none) and sets *n_pos to how many there were. */
+static const char *take_positional(const xc_conf_spec *spec, int argc, char **argv, char **out,
+                                   int *out_argc, int *n_pos) {
+    const char *pos = NULL;
+    int k = 0;
+    *n_pos = 0;
+    out[k++] = argv[0];
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] == '-' && a[1] != '\0') {
+            out[k++] = argv[i];
+            if (a[1] == '-' && !strchr(a, '=')) { /* does this option take the next argument? */
+                for (size_t e = 0; e < spec->n_entries; e++) {
+                    if (!strcmp(a + 2, spec->entries[e].name) &&
+                        spec->entries[e].type != XC_CONF_T_BOOL && i + 1 < argc) {
+                        out[k++] = argv[++i];
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if (!pos) {
+            pos = a;
+        }
+        (*n_pos)++;
+    }
+    *out_argc = k;
+    return pos;
+}
+
+static int parse_or_exit(const char *cmd, const xc_conf_spec *spec, void *obj, int argc,
+                         char **argv) {
+    xc_status st = xc_conf_parse(spec, obj, argc, argv, NULL);
+    if (st == XC_AGAIN) {
+        return 0; /* --help printed */
+    }
+    if (st != XC_OK) {
+        fprintf(stderr, "xcpipe model %s: %s\n", cmd, xc_err_last());
+        return 2;
+    }
+    return -1; /* go on */
+}
+
+/* ---- make-tiny ---- */
+
+typedef struct tiny_opts {
+    const char *out, *variant, *dtype, *format, *pos_table, *tokenizer;
+    int seed, hidden, layers, heads, kv_heads, intermediate, lora_rank, vocab;
+    int vision_dim, vision_layers, vision_mlp, patch, img_size, shards;
+    double size_gb;
+    bool post_layernorm, force;
+} tiny_opts;
+
+#define MAXD (1 << 24)
+
+static const xc_conf_entry tiny_entries[] = {
+    XC_CONF_STR("out", NULL, tiny_opts, out, NULL, NULL, "output directory (required)"),
+    XC_CONF_STR("variant", NULL, tiny_opts, variant, "7b", "7b|vl",
+                "config layout and default img_size (7b: 56, vl: 70)"),
+    XC_CONF_INT("seed", NULL, tiny_opts, seed, 1, 0, 2147483647,
+                "PRNG seed: same seed and sizes give identical bytes"),
+    XC_CONF_STR("dtype", NULL, tiny_opts, dtype, "bf16", "bf16|f16|f32", "weight dtype"),
+    XC_CONF_STR("format", NULL, tiny_opts, format, "safetensors", "safetensors|bin",
+                "model.safetensors or pytorch_model.bin (torch.save layout)"),
+    XC_CONF_INT("shards", NULL, tiny_opts, shards, 1, 1, 1000,
+                "write N shard files plus the HF index json"),
+    XC_CONF_INT("hidden", NULL, tiny_opts, hidden, 64, 2, MAXD, "hidden_size"),
+    XC_CONF_INT("layers", NULL, tiny_opts, layers, 2, 1, 4096, "num_hidden_layers"),
+    XC_CONF_INT("heads", NULL, tiny_opts, heads, 4, 1, MAXD, "num_attention_heads"),
+    XC_CONF_INT("kv-heads", NULL, tiny_opts, kv_heads, 2, 1, MAXD,
+                "num_key_value_heads (GQA groups)"),
+    XC_CONF_INT("intermediate", NULL, tiny_opts, intermediate, 128, 1, MAXD,
+                "intermediate_size (SwiGLU width)"),
+    XC_CONF_INT("lora-rank", NULL, tiny_opts, lora_rank, 8, 1, MAXD,
+                "PLoRA rank r on wqkv, wo, w1, w3, w2 (scaling 1)"),
+    XC_CONF_INT("vocab", NULL, tiny_opts, vocab, 512, 3, MAXD,
+                "vocab_size (match the tokenizer given with --tokenizer)"),
+    XC_CONF_INT("vision-dim", NULL, tiny_opts, vision_dim, 64, 64, MAXD,
+                "CLIP width D, a multiple of 64 (heads = D/64)"),
+    XC_CONF_INT("vision-layers", NULL, tiny_opts, vision_layers, 2, 1, 4096, "CLIP encoder layers"),
+    XC_CONF_INT("vision-mlp", NULL, tiny_opts, vision_mlp, 0, 0, MAXD, "CLIP MLP width (0 = 4*D)"),
+    XC_CONF_INT("patch", NULL, tiny_opts, patch, 14, 1, 4096, "patch size"),
+    XC_CONF_INT("img-size", NULL, tiny_opts, img_size, 0, 0, MAXD,
+                "config img_size (0 = variant default); grid = img_size/patch"),
+    XC_CONF_STR("pos-table", NULL, tiny_opts, pos_table, "grid", "grid|original",
+                "position table: grid*grid+1 rows, or the 577-row 24x24 original "
+                "(exercises interpolation)"),
+    XC_CONF_BOOL("post-layernorm", NULL, tiny_opts, post_layernorm, 0,
+                 "also write the (unused) vision post_layernorm"),
+    XC_CONF_STR("tokenizer", NULL, tiny_opts, tokenizer, NULL, NULL,
+                "copy this tokenizer.model into the output directory"),
+    XC_CONF_FLOAT("size-gb", NULL, tiny_opts, size_gb, 0, 0, 1000,
+                  "pick --layers so the checkpoint holds at least this many GB (1e9 bytes); "
+                  "0 = off"),
+    XC_CONF_BOOL("force", NULL, tiny_opts, force, 0,
+                 "replace checkpoint files already in the output directory"),
+};
+
+static const xc_conf_spec tiny_spec = {
+    "xcpipe model make-tiny --out DIR [options]",
+    "Writes a deterministic InternLM-XComposer2 checkpoint with the real tensor names, config "
+    "keys\n"
+    "and layouts (interleaved wqkv, PLoRA on all five projections, CLIP with class token and\n"
+    "position table, vision_proj) at reduced sizes: DIR/config.json plus model.safetensors or\n"
+    "pytorch_model.bin (or shards + index). Defaults: hidden 64, 2 layers, 4 heads, 2 KV heads,\n"
+    "intermediate 128, PLoRA rank 8, vocab 512, CLIP D 64 (1 head), 2 layers, patch 14,\n"
+    "img_size 56 (7b: 16 image tokens) or 70 (vl: 25 image tokens).\n\n"
+    "Large checkpoint for benchmarks (about 1.2 GB bf16, 6 layers):\n"
+    "  xcpipe model make-tiny --out /tmp/xc-1g --hidden 2048 --heads 16 --kv-heads 4 \\\n"
+    "      --intermediate 5632 --lora-rank 64 --vocab 92544 --vision-dim 1024 --size-gb 1",
+    tiny_entries,
+    sizeof tiny_entries / sizeof tiny_entries[0],
+};
+
+static int cmd_make_tiny(int argc, char **argv) {
+    tiny_opts o;
+    int rc = parse_or_exit("make-tiny", &tiny_spec, &o, argc, argv);
+    if (rc >= 0) {
+        return rc;
+    }
+    if (!o.out || !o.out[0]) {
+        fprintf(stderr, "xcpipe model make-tiny: --out DIR is required (see --help)\n");
+        return 2;
+    }
+    xc_tiny_conf c;
+    xc_tiny_conf_init(&c, o.variant);
+    c.seed = (uint64_t)o.seed;
+    c.hidden = o.hidden;
+    c.layers = o.layers;
+    c.heads = o.heads;
+    c.kv_heads = o.kv_heads;
+    c.intermediate = o.intermediate;
+    c.lora_rank = o.lora_rank;
+    c.vocab = o.vocab;
+    c.vision_dim = o.vision_dim;
+    c.vision_layers = o.vision_layers;
+    c.vision_mlp = o.vision_mlp;
+    c.patch = o.patch;
+    c.img_size = o.img_size;
+    c.pos_table_original = !strcmp(o.pos_table, "original");
+    c.post_layernorm = o.post_layernorm;
+    c.dtype = !strcmp(o.dtype, "f32")   ? XC_DTYPE_F32
+              : !strcmp(o.dtype, "f16") ? XC_DTYPE_F16
+                                        : XC_DTYPE_BF16;
+    c.format = !strcmp(o.format, "bin") ? XC_CKPT_FORMAT_TORCH_BIN : XC_CKPT_FORMAT_SAFETENSORS;
+    c.shards = o.shards;
+    c.tokenizer = o.tokenizer;
+    c.force = o.force;
+    xc_status st = xc_tiny_validate(&c);
+    if (st != XC_OK) {
+        fprintf(stderr, "xcpipe model make-tiny: %s\n", xc_err_last());
+        return 2;
+    }
+    if (o.size_gb > 0) {
+        st = xc_tiny_layers_for_bytes(&c, (uint64_t)(o.size_gb * 1e9), 4096, &c.layers);
+        if (st != XC_OK) {
+            fprintf(stderr, "xcpipe model make-tiny: --size-gb: %s\n", xc_err_last());
+            return 2;
+        }
+    }
+    size_t nt;
+    uint64_t np, nb;
+    st = xc_tiny_count(&c, &nt, &np, &nb);
+    if (st == XC_OK) {
+        st = xc_tiny_write(o.out, &c);
+    }
+    if (st != XC_OK) {
+        xc_cli_report("model make-tiny", o.out, st);
+        return 1;
+    }
+    printf("wrote %s: %s variant, %zu tensors, %" PRIu64 " parameters, %" PRIu64
+           " bytes of %s weights (%s, %d file%s), %d layers, seed %d\n",
+           o.out, c.variant, nt, np, nb, xc_dtype_name(c.dtype), o.format, c.shards,
+           c.shards > 1 ? "s + index" : "", c.layers, o.seed);
+    return 0;
+}
+
+/* ---- inspect ---- */
+
+typedef struct inspect_opts {
+    const char *filter;
+    bool summary;
+} inspect_opts;
+
+static const xc_conf_entry inspect_entries[] = {
+    XC_CONF_STR("filter", NULL, inspect_opts, filter, NULL, NULL,
+                "list and count only tensors whose name starts with this prefix"),
+    XC_CONF_BOOL("summary", NULL, inspect_opts, summary, 0,
+                 "print only the per-component counts, not every tensor"),
+};
+
+static const xc_conf_spec inspect_spec = {
+    "xcpipe model inspect DIR|FILE [--filter PREFIX] [--summary]",
+    "Lists every tensor of a checkpoint (safetensors or PyTorch .bin, single or sharded): name,\n"
+    "dtype, shape and bytes; then the parameter count per component (vision tower, projector,\n"
+    "token embeddings, decoder base weights, PLoRA, norms, output head) and the total.",
+    inspect_entries,
+    sizeof inspect_entries / sizeof inspect_entries[0],
+};
+
+enum { C_VISION, C_PROJ, C_EMBED, C_BASE, C_PLORA, C_NORM, C_OUTPUT, C_OTHER, C_COUNT };
+
+static const char *comp_names[C_COUNT] = {
+    "vision tower", "projector", "token embeddings", "decoder base weights",
+    "PLoRA",        "norms",     "output head",      "other",
+};
+
+static bool starts(const char *s, const char *p) {
+    return strncmp(s, p, strlen(p)) == 0;
+}
+
+static int component_of(const char *name) {
+    if (starts(name, "vit.")) {
+        return C_VISION;
+    }
+    if (starts(name, "vision_proj.")) {
+        return C_PROJ;
+    }
+    if (starts(name, "model.tok_embeddings.")) {
+        return C_EMBED;
+    }
+    if (strstr(name, ".Plora_A.") || strstr(name, ".Plora_B.")) {
+        return C_PLORA;
+    }
+    if (starts(name, "model.norm.") ||
+        (starts(name, "model.layers.") &&
+         (strstr(name, ".attention_norm.") || strstr(name, ".ffn_norm.")))) {
+        return C_NORM;
+    }
+    if (starts(name, "model.layers.")) {
+        return C_BASE;
+    }
+    if (starts(name, "output.")) {
+        return C_OUTPUT;
+    }
+    return C_OTHER;
+}
+
+static void fmt_shape(const xc_tensor_view *v, char *out, size_t cap) {
+    size_t k = (size_t)snprintf(out, cap, "[");
+    for (int d = 0; d < v->ndim && k < cap; d++) {
+        k += (size_t)snprintf(out + k, cap - k, "%s%" PRId64, d ? ", " : "", v->shape[d]);
+    }
+    if (k < cap) {
+        snprintf(out + k, cap - k, "]");
+    }
+}
+
+static int cmd_inspect(int argc, char **argv) {
+    char **av = xc_malloc((size_t)(argc + 1) * sizeof *av);
+    if (!av) {
+        fprintf(stderr, "xcpipe model inspect: out of memory\n");
+        return 1;
+    }
+    int ac, n_pos;
+    const char *path = take_positional(&inspect_spec, argc, argv, av, &ac, &n_pos);
+    inspect_opts o;
+    int rc = parse_or_exit("inspect", &inspect_spec, &o, ac, av);
+    xc_free(av);
+    if (rc >= 0) {
+        return rc;
+    }
+    if (n_pos != 1) {
+        fprintf(stderr,
+                "xcpipe model inspect: expected one checkpoint directory or file, got %d "
+                "(see --help)\n",
+                n_pos);
+        return 2;
+    }
+    xc_ckpt *ck = NULL;
+    xc_status st = xc_ckpt_open(path, &ck);
+    if (st != XC_OK) {
+        xc_cli_report("model inspect", path, st);
+        return 1;
+    }
+    size_t n = xc_ckpt_count(ck);
+    uint64_t params[C_COUNT] = {0}, bytes[C_COUNT] = {0}, tot_p = 0, tot_b = 0;
+    size_t listed = 0;
+    if (!o.summary) {
+        printf("%-64s %-5s %-18s %12s\n", "tensor", "dtype", "shape", "bytes");
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *name = xc_ckpt_name(ck, i);
+        if (o.filter && !starts(name, o.filter)) {
+            continue;
+        }
+        xc_tensor_view v;
+        st = xc_ckpt_get(ck, name, &v);
+        if (st != XC_OK) {
+            xc_cli_report("model inspect", name, st);
+            xc_ckpt_close(ck);
+            return 1;
+        }
+        uint64_t ne = 1;
+        for (int d = 0; d < v.ndim; d++) {
+            ne *= (uint64_t)v.shape[d];
+        }
+        int c = component_of(name);
+        params[c] += ne;
+        bytes[c] += v.nbytes;
+        tot_p += ne;
+        tot_b += v.nbytes;
+        listed++;
+        if (!o.summary) {
+            char shape[96];
+            fmt_shape(&v, shape, sizeof shape);
+            printf("%-64s %-5s %-18s %12zu\n", name, xc_dtype_name(v.dtype), shape, v.nbytes);
+        }
+    }
+    const char *fmt =
+        xc_ckpt_get_format(ck) == XC_CKPT_FORMAT_SAFETENSORS ? "safetensors" : "pytorch .bin";
+    xc_ckpt_close(ck);
+    printf("%s%s: %s, %zu of %zu tensors%s%s\n", o.summary ? "" : "\n", path, fmt, listed, n,
+           o.filter ? " with prefix " : "", o.filter ? o.filter : "");
+    printf("%-22s %14s %10s %14s\n", "component", "parameters", "millions", "bytes");
+    for (int c = 0; c < C_COUNT; c++) {
+        if (c == C_OTHER && params[c] == 0 && bytes[c] == 0) {
+            continue; /* only shown when something did not fit a known component */
+        }
+        printf("%-22s %14" PRIu64 " %10.3f %14" PRIu64 "\n", comp_names[c], params[c],
+               (double)params[c] / 1e6, bytes[c]);
+    }
+    printf("%-22s %14" PRIu64 " %10.3f %14" PRIu64 "\n", "total", tot_p, (double)tot_p / 1e6,
+           tot_b);
+    return 0;
+}
 
 int xc_cmd_model(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "xcpipe model: not built yet\n");
-    return 1;
+    if (argc >= 2 && !strcmp(argv[1], "make-tiny")) {
+        return cmd_make_tiny(argc - 1, argv + 1);
+    }
+    if (argc >= 2 && !strcmp(argv[1], "inspect")) {
+        return cmd_inspect(argc - 1, argv + 1);
+    }
+    bool help = argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"));
+    FILE *f = help ? stdout : stderr;
+    if (argc >= 2 && !help) {
+        fprintf(stderr, "xcpipe model: unknown subcommand '%s'\n", argv[1]);
+    }
+    fprintf(f, "usage: xcpipe model <subcommand> [options]   (--help on each)\n\n"
+               "subcommands:\n"
+               "  make-tiny    write a deterministic tiny checkpoint in the real layout\n"
+               "  inspect      list a checkpoint's tensors and parameter counts per component\n");
+    return help ? 0 : 2;
 }

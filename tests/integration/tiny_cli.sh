@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# xcpipe model make-tiny and inspect as processes: the inspect output lists every tensor and the
+# parameter counts per component, whose total matches what make-tiny reported; bad flags and
+# unreadable checkpoints fail with one line and the documented exit codes.
+set -euo pipefail
+XCPIPE=${1:?usage: tiny_cli.sh path/to/xcpipe}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "tiny_cli: $*" >&2; exit 1; }
+
+for fmt in safetensors bin; do
+  out=$("$XCPIPE" model make-tiny --out "$T/m_$fmt" --format "$fmt" --seed 3 --shards 2)
+  params=$(sed -n 's/.* tensors, \([0-9]*\) parameters.*/\1/p' <<<"$out")
+  [ -n "$params" ] || fail "make-tiny printed no parameter count: $out"
+  "$XCPIPE" model inspect "$T/m_$fmt" > "$T/inspect_$fmt.txt"
+  for comp in "vision tower" "projector" "token embeddings" "decoder base weights" "PLoRA" \
+              "norms" "output head" "total"; do
+    grep -q "^$comp " "$T/inspect_$fmt.txt" || fail "inspect ($fmt) lacks the '$comp' line"
+  done
+  total=$(awk '$1 == "total" {print $2}' "$T/inspect_$fmt.txt")
+  [ "$total" = "$params" ] || fail "inspect total $total != make-tiny's $params ($fmt)"
+  # the component lines add up to the total, and every tensor line is listed
+  sum=$(awk '/^component/ {on=1; next} on && $1 != "total" {s += $(NF-2)} END {print s}' \
+        "$T/inspect_$fmt.txt")
+  [ "$sum" = "$total" ] || fail "components sum to $sum, total says $total"
+  n=$(grep -c '^model.layers.0.attention.wqkv' "$T/inspect_$fmt.txt")
+  [ "$n" = 3 ] || fail "expected wqkv + Plora_A + Plora_B of layer 0, found $n lines"
+  grep -q '^model.layers.0.attention.wqkv.weight  *bf16  *\[128, 64\]  *16384$' \
+    "$T/inspect_$fmt.txt" || fail "wqkv line wrong ($fmt)"
+done
+# both formats hold the same tensors: the listings are identical but for the header line
+diff <(grep -v '^/' "$T/inspect_safetensors.txt") <(grep -v '^/' "$T/inspect_bin.txt") \
+  || fail "inspect listings differ between formats"
+
+# --filter counts only the prefix
+"$XCPIPE" model inspect "$T/m_bin" --filter vision_proj. --summary > "$T/f.txt"
+grep -q '^projector .* 8320 ' "$T/f.txt" || fail "--filter: $(cat "$T/f.txt")"
+grep -q '^total .* 8320 ' "$T/f.txt" || fail "--filter total: $(cat "$T/f.txt")"
+
+# errors: one line on stderr, exit 2 for usage, 1 for an unreadable checkpoint
+set +e
+"$XCPIPE" model make-tiny --out "$T/x" --hidden banana 2> "$T/err"; rc=$?
+[ $rc = 2 ] && [ "$(wc -l < "$T/err")" = 1 ] || fail "bad flag: rc $rc, $(cat "$T/err")"
+"$XCPIPE" model make-tiny --out "$T/x" --heads 5 2> "$T/err"; rc=$?
+[ $rc = 2 ] && grep -q heads "$T/err" || fail "bad heads: rc $rc, $(cat "$T/err")"
+"$XCPIPE" model inspect "$T/does-not-exist" 2> "$T/err"; rc=$?
+[ $rc = 1 ] && [ "$(wc -l < "$T/err")" = 1 ] || fail "missing dir: rc $rc, $(cat "$T/err")"
+head -c 1000 "$T/m_bin/pytorch_model-00001-of-00002.bin" > "$T/trunc.bin"
+"$XCPIPE" model inspect "$T/trunc.bin" 2> "$T/err"; rc=$?
+[ $rc = 1 ] && [ "$(wc -l < "$T/err")" = 1 ] || fail "truncated: rc $rc, $(cat "$T/err")"
+"$XCPIPE" model inspect 2> "$T/err"; rc=$?
+[ $rc = 2 ] || fail "no argument: rc $rc"
+set -e
+echo "tiny_cli: ok"
