@@ -34,7 +34,7 @@ xc_status xc_engine_create(const xc_engine_conf *conf, xc_engine **out) {
     }
     e->conf = *conf;
     XC_TRY_GOTO(xc_model_config_load(conf->model_dir, &e->cfg), st, fail);
-    XC_TRY_GOTO(xc_ckpt_open(conf->model_dir, &e->ck), st, fail);
+    XC_TRY_GOTO(xc_ckpt_open(conf->weights ? conf->weights : conf->model_dir, &e->ck), st, fail);
     xc_backend_conf bc = {.n_threads = conf->n_threads};
     XC_TRY_GOTO(xc_backend_create(conf->backend ? conf->backend : "cpu", &bc, &e->be), st, fail);
 

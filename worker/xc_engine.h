@@ -17,6 +17,8 @@ typedef struct xc_engine xc_engine;
 
 typedef struct xc_engine_conf {
     const char *model_dir; /* checkpoint directory (config.json + weights) */
+    const char *weights;   /* optional: a weights file or index to use instead of the one found
+                              in model_dir (e.g. pytorch_model.bin next to model.safetensors) */
     const char *backend;   /* "cpu" (default) or "cuda" */
     int n_threads;         /* CPU threads, 0 = all cores */
     int n_stages;          /* in-process stages, 0 or 1 = one; layers split evenly */

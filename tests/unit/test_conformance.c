@@ -1,0 +1,365 @@
+/* Conformance against the original XComposer2 code run under PyTorch (fixtures made by
+ * tools/reference/make_fixtures.py): vision features, bicubic position interpolation, per-layer
+ * hidden states and logits of a prefill mixing text and two images, greedy tokens, the same for a
+ * text-only prompt, both checkpoint formats, and stage cuts that must not change a single bit.
+ * Tolerances (f32 C vs f32 PyTorch; the script measured PyTorch's own f32-vs-f64 error at
+ * <= 4.2e-5 for logits): vision 1e-4, interpolation 1e-5, hidden states 2e-4, logits 1e-3. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "xc_ckpt.h"
+#include "xc_engine.h"
+#include "xc_mmap.h"
+#include "xc_model_config.h"
+#include "xc_test.h"
+#include "xc_vision.h"
+
+#define REF XC_FIXTURE_DIR "/reference"
+
+typedef struct fixture {
+    char dir[512];
+    xc_ckpt *exp; /* expected.safetensors */
+    cJSON *json;  /* expected.json */
+    int32_t *ids; /* image prompt ids, image rows = 0 */
+    int n;
+    xc_row_range img[8];
+    int n_img;
+    int32_t *text_ids;
+    int n_text;
+} fixture;
+
+static const float *tensor(fixture *f, const char *name, int64_t *shape0) {
+    xc_tensor_view tv;
+    if (xc_ckpt_get(f->exp, name, &tv) != XC_OK) {
+        fail_msg("expected.safetensors has no %s: %s", name, xc_err_last());
+    }
+    if (shape0) {
+        *shape0 = tv.shape[0];
+    }
+    return tv.data;
+}
+
+static const int64_t *tensor_i64(fixture *f, const char *name, int64_t *n) {
+    xc_tensor_view tv;
+    if (xc_ckpt_get(f->exp, name, &tv) != XC_OK || tv.dtype != XC_DTYPE_I64) {
+        fail_msg("expected.safetensors has no i64 %s", name);
+    }
+    *n = (int64_t)(tv.nbytes / 8);
+    return tv.data;
+}
+
+static void fixture_load(fixture *f, const char *variant) {
+    memset(f, 0, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, REF "/%s", variant);
+    char path[600];
+    snprintf(path, sizeof path, "%s/expected.safetensors", f->dir);
+    assert_int_equal(xc_ckpt_open(path, &f->exp), XC_OK);
+    snprintf(path, sizeof path, "%s/expected.json", f->dir);
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(xc_file_read_all(path, 1 << 22, &text, &len), XC_OK);
+    f->json = cJSON_ParseWithLength(text, len);
+    xc_free(text);
+    assert_non_null(f->json);
+    /* the image prompt as chat() built it: text segments' ids and image rows */
+    const cJSON *ip = cJSON_GetObjectItem(f->json, "image_prompt");
+    f->n = cJSON_GetObjectItem(ip, "seq_len")->valueint;
+    f->ids = xc_calloc((size_t)f->n, sizeof(int32_t));
+    const cJSON *seg;
+    cJSON_ArrayForEach(seg, cJSON_GetObjectItem(ip, "segments")) {
+        const cJSON *rows = cJSON_GetObjectItem(seg, "rows");
+        int a = cJSON_GetArrayItem(rows, 0)->valueint, b = cJSON_GetArrayItem(rows, 1)->valueint;
+        if (!strcmp(cJSON_GetObjectItem(seg, "type")->valuestring, "image")) {
+            f->img[f->n_img++] = (xc_row_range){a, b};
+        } else {
+            const cJSON *id;
+            int i = a;
+            cJSON_ArrayForEach(id, cJSON_GetObjectItem(seg, "ids")) {
+                f->ids[i++] = id->valueint;
+            }
+            assert_int_equal(i, b);
+        }
+    }
+    int64_t nt;
+    const int64_t *t = tensor_i64(f, "text_input_ids", &nt);
+    f->n_text = (int)nt;
+    f->text_ids = xc_malloc((size_t)nt * sizeof(int32_t));
+    for (int64_t i = 0; i < nt; i++) {
+        f->text_ids[i] = (int32_t)t[i];
+    }
+}
+
+static void fixture_free(fixture *f) {
+    xc_ckpt_close(f->exp);
+    cJSON_Delete(f->json);
+    xc_free(f->ids);
+    xc_free(f->text_ids);
+}
+
+static void assert_close(const float *got, const float *want, size_t n, float atol, float rtol,
+                         const char *what) {
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)want[i]);
+        double lim = atol + rtol * fabs((double)want[i]);
+        if (!(d <= lim)) {
+            fail_msg("%s: element %zu is %.7g, expected %.7g (|diff| %.3g > %.3g)", what, i, got[i],
+                     want[i], d, lim);
+        }
+    }
+}
+
+static xc_engine *engine(fixture *f, int n_stages, const int *cuts, const char *weights) {
+    char wpath[600];
+    xc_engine_conf c = {.model_dir = f->dir, .n_threads = 1, .n_stages = n_stages, .cuts = cuts};
+    if (weights) {
+        snprintf(wpath, sizeof wpath, "%s/%s", f->dir, weights);
+        c.weights = wpath;
+    }
+    xc_engine *e = NULL;
+    if (xc_engine_create(&c, &e) != XC_OK) {
+        fail_msg("engine on %s: %s", f->dir, xc_err_last());
+    }
+    return e;
+}
+
+/* ---- vision ---- */
+
+static void check_vision(const char *variant) {
+    fixture f;
+    fixture_load(&f, variant);
+    xc_model_config cfg;
+    assert_int_equal(xc_model_config_load(f.dir, &cfg), XC_OK);
+    xc_ckpt *ck = NULL;
+    assert_int_equal(xc_ckpt_open(f.dir, &ck), XC_OK);
+    xc_backend *be = NULL;
+    assert_int_equal(xc_backend_create("cpu", NULL, &be), XC_OK);
+    xc_vision *v = NULL;
+    assert_int_equal(xc_vision_create(be, ck, &cfg, &v), XC_OK);
+    const xc_vision_info *vi = xc_vision_get_info(v);
+    int64_t n_img;
+    const float *images = tensor(&f, "images", &n_img);
+    size_t rows = (size_t)n_img * (size_t)vi->n_tokens;
+    float *out = xc_malloc(rows * (size_t)vi->out_dim * sizeof(float));
+    float *clip = xc_malloc(rows * (size_t)vi->width * sizeof(float));
+    assert_int_equal(xc_vision_encode(v, images, (int)n_img, out, clip), XC_OK);
+    assert_close(clip, tensor(&f, "vit_out", NULL), rows * (size_t)vi->width, 1e-4f, 1e-4f,
+                 "vit_out");
+    assert_close(out, tensor(&f, "img_embeds", NULL), rows * (size_t)vi->out_dim, 1e-4f, 1e-4f,
+                 "img_embeds");
+    assert_true(vi->pos_interpolated == !strcmp(variant, "7b"));
+    xc_free(out);
+    xc_free(clip);
+    xc_vision_destroy(v);
+    xc_backend_destroy(be);
+    xc_ckpt_close(ck);
+    fixture_free(&f);
+}
+
+static void test_conformance_vision_7b(void **state) {
+    (void)state;
+    check_vision("7b"); /* stock 577-row table: interpolated 24x24 -> 4x4 at load */
+}
+
+static void test_conformance_vision_vl(void **state) {
+    (void)state;
+    check_vision("vl"); /* table stored already resized (26 rows), no post_layernorm */
+}
+
+static void test_conformance_bicubic_matches_torch(void **state) {
+    (void)state;
+    xc_ckpt *ck = NULL;
+    assert_int_equal(xc_ckpt_open(REF "/interp.safetensors", &ck), XC_OK);
+    xc_tensor_view src;
+    assert_int_equal(xc_ckpt_get(ck, "grid", &src), XC_OK); /* (1, C, 24, 24) */
+    int c = (int)src.shape[1], g0 = (int)src.shape[2];
+    float *in = xc_malloc((size_t)g0 * g0 * c * sizeof(float));
+    for (int ch = 0; ch < c; ch++) { /* to channels-last */
+        for (int i = 0; i < g0 * g0; i++) {
+            in[(size_t)i * c + ch] = ((const float *)src.data)[(size_t)ch * g0 * g0 + i];
+        }
+    }
+    const int grids[] = {4, 5, 16, 35};
+    for (size_t k = 0; k < 4; k++) {
+        int g = grids[k];
+        char name[32];
+        snprintf(name, sizeof name, "out_%d", g);
+        xc_tensor_view want;
+        assert_int_equal(xc_ckpt_get(ck, name, &want), XC_OK);
+        float *out = xc_malloc((size_t)g * g * c * sizeof(float));
+        float *chw = xc_malloc((size_t)g * g * c * sizeof(float));
+        xc_vision_bicubic_resize(in, g0, c, out, g);
+        for (int ch = 0; ch < c; ch++) {
+            for (int i = 0; i < g * g; i++) {
+                chw[(size_t)ch * g * g + i] = out[(size_t)i * c + ch];
+            }
+        }
+        assert_close(chw, want.data, (size_t)g * g * c, 1e-5f, 1e-5f, name);
+        xc_free(out);
+        xc_free(chw);
+    }
+    xc_free(in);
+    xc_ckpt_close(ck);
+}
+
+/* ---- prefill ---- */
+
+typedef struct hs_capture {
+    float *hs; /* (n_stages, rows, width) */
+    int rows, width, n;
+} hs_capture;
+
+static void capture(void *user, int stage, const float *hidden, int rows, int width) {
+    hs_capture *c = user;
+    assert_int_equal(rows, c->rows);
+    memcpy(c->hs + (size_t)stage * rows * width, hidden, (size_t)rows * width * sizeof(float));
+    c->n = stage + 1;
+}
+
+/* Runs the prefill with one layer per stage, checks every hidden state and the logit rows
+ * against the original, and returns all logits (caller frees). */
+static float *check_prefill(fixture *f, bool text, const char *weights) {
+    xc_engine *e = engine(f, 3, NULL, weights);
+    int V = xc_engine_vocab(e), H = xc_engine_hidden(e), L = xc_engine_n_layers(e);
+    assert_int_equal(L, 3);
+    int64_t nx = 0;
+    const float *pixels = text ? NULL : tensor(f, "images", &nx);
+    xc_prompt p = {.ids = text ? f->text_ids : f->ids,
+                   .n = text ? f->n_text : f->n,
+                   .img = f->img,
+                   .n_img = text ? 0 : f->n_img,
+                   .pixels = pixels};
+    float *logits = xc_malloc((size_t)p.n * V * sizeof(float));
+    hs_capture cap = {
+        .hs = xc_malloc((size_t)3 * p.n * H * sizeof(float)), .rows = p.n, .width = H};
+    assert_int_equal(xc_engine_prefill_logits(e, &p, logits, capture, &cap), XC_OK);
+    assert_int_equal(cap.n, 3);
+    /* hidden_states[l] (l = 1..L) is the output of layer l-1; the last one is after the final
+     * RMSNorm, as in HF's output_hidden_states */
+    const float *hs = tensor(f, text ? "text_hidden_states" : "hidden_states", NULL);
+    for (int l = 1; l <= L; l++) {
+        char what[64];
+        snprintf(what, sizeof what, "%s hidden_states[%d]", text ? "text" : "image", l);
+        assert_close(cap.hs + (size_t)(l - 1) * p.n * H, hs + (size_t)l * p.n * H, (size_t)p.n * H,
+                     2e-4f, 1e-4f, what);
+    }
+    int64_t nr;
+    const int64_t *rows = tensor_i64(f, text ? "text_logits_rows" : "logits_rows", &nr);
+    const float *want = tensor(f, text ? "text_logits" : "logits", NULL);
+    for (int64_t i = 0; i < nr; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "%s logits row %d", text ? "text" : "image", (int)rows[i]);
+        assert_close(logits + (size_t)rows[i] * V, want + (size_t)i * V, (size_t)V, 1e-3f, 1e-4f,
+                     what);
+    }
+    xc_free(cap.hs);
+    xc_engine_destroy(e);
+    return logits;
+}
+
+static void check_greedy(fixture *f, bool text) {
+    xc_engine *e = engine(f, 1, NULL, NULL);
+    int64_t nx = 0, n_want;
+    const float *pixels = text ? NULL : tensor(f, "images", &nx);
+    const int64_t *want = tensor_i64(f, text ? "text_greedy_tokens" : "greedy_tokens", &n_want);
+    xc_prompt p = {.ids = text ? f->text_ids : f->ids,
+                   .n = text ? f->n_text : f->n,
+                   .img = f->img,
+                   .n_img = text ? 0 : f->n_img,
+                   .pixels = pixels};
+    const int32_t stops[2] = {2, 3}; /* eos and [UNUSED_TOKEN_145] of the fixture tokenizer */
+    xc_gen_params g = {
+        .sampling = {.greedy = true, .temperature = 1, .top_p = 1, .repetition_penalty = 1},
+        .max_new_tokens = (int)n_want,
+        .stop_ids = stops,
+        .n_stop_ids = 2};
+    int32_t out[64];
+    int n_out = 0;
+    bool stopped = true;
+    assert_int_equal(xc_engine_generate(e, &p, &g, NULL, NULL, out, &n_out, &stopped), XC_OK);
+    assert_int_equal(n_out, n_want);
+    assert_false(stopped);
+    for (int i = 0; i < n_out; i++) {
+        if (out[i] != want[i]) {
+            fail_msg("%s greedy token %d is %d, the original gives %d", text ? "text" : "image", i,
+                     out[i], (int)want[i]);
+        }
+    }
+    xc_engine_destroy(e);
+}
+
+static void check_variant(const char *variant) {
+    fixture f;
+    fixture_load(&f, variant);
+    float *img_st = check_prefill(&f, false, NULL);
+    float *img_bin = check_prefill(&f, false, "pytorch_model.bin");
+    int V = 1000;
+    /* the .bin and the safetensors checkpoint hold the same bits: identical logits */
+    assert_memory_equal(img_st, img_bin, (size_t)f.n * V * sizeof(float));
+    float *txt = check_prefill(&f, true, NULL);
+    check_greedy(&f, false);
+    check_greedy(&f, true);
+    xc_free(img_st);
+    xc_free(img_bin);
+    xc_free(txt);
+    fixture_free(&f);
+}
+
+static void test_conformance_model_7b(void **state) {
+    (void)state;
+    check_variant("7b");
+}
+
+static void test_conformance_model_vl(void **state) {
+    (void)state;
+    check_variant("vl");
+}
+
+/* Cutting the decoder into 1, 2 or 3 stages anywhere gives bit-identical logits. */
+static void test_conformance_stage_cuts_identical(void **state) {
+    (void)state;
+    fixture f;
+    fixture_load(&f, "vl");
+    int64_t nx;
+    xc_prompt p = {.ids = f.ids,
+                   .n = f.n,
+                   .img = f.img,
+                   .n_img = f.n_img,
+                   .pixels = tensor(&f, "images", &nx)};
+    const int cut1[] = {1}, cut2[] = {2}, cut12[] = {1, 2};
+
+    struct {
+        int n;
+        const int *cuts;
+    } cfgs[] = {{1, NULL}, {2, cut1}, {2, cut2}, {3, cut12}};
+
+    float *ref = NULL;
+    size_t bytes = (size_t)f.n * 1000 * sizeof(float);
+    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) {
+        xc_engine *e = engine(&f, cfgs[i].n, cfgs[i].cuts, NULL);
+        float *lg = xc_malloc(bytes);
+        assert_int_equal(xc_engine_prefill_logits(e, &p, lg, NULL, NULL), XC_OK);
+        if (!ref) {
+            ref = lg;
+        } else {
+            assert_memory_equal(ref, lg, bytes);
+            xc_free(lg);
+        }
+        xc_engine_destroy(e);
+    }
+    xc_free(ref);
+    fixture_free(&f);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_conformance_bicubic_matches_torch),
+        cmocka_unit_test(test_conformance_vision_7b),
+        cmocka_unit_test(test_conformance_vision_vl),
+        cmocka_unit_test(test_conformance_model_7b),
+        cmocka_unit_test(test_conformance_model_vl),
+        cmocka_unit_test(test_conformance_stage_cuts_identical),
+    };
+    return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
+}
