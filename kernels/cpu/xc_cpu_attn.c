@@ -14,8 +14,10 @@
 #include "xc_cpu_simd.h"
 #include "xc_opcheck.h"
 
-#define XC_ATTN_QT 4  /* (query, head) items per tile */
-#define XC_ATTN_KB 64 /* keys per softmax block, starting at multiples of XC_ATTN_KB */
+#define XC_ATTN_QT 4 /* (query, head) items per tile */
+#define XC_ATTN_KB                                                                                 \
+    32 /* keys per softmax block, starting at multiples of XC_ATTN_KB; a block's                   \
+         K and V rows (2 x 32 x 128 floats) fit in L1 */
 #define XC_SIMD_FN __attribute__((target("avx2,fma,f16c"))) static
 
 typedef struct xc_attn_job {
@@ -114,10 +116,33 @@ XC_SIMD_FN float xc_attn_exp_avx2(float *p, int nvis, float mnew) {
     return xc_simd_hsum(sum);
 }
 
-/* acc[it] = acc[it] * f[it] + sum_j p[it][j] v_j for j < nk, ascending j for every element. */
+/* acc[it] = acc[it] * f[it] + sum_j p[it][j] v_j for j < nk, ascending j for every element.
+ * Two 8-float chunks of all items at a time keep 8 independent FMA chains in registers, and a
+ * block's V rows (XC_ATTN_KB x head_dim floats) stay in L1 across the passes. */
 XC_SIMD_FN void xc_attn_pv_avx2(xc_attn_tile *t, int nk, int hd, const float *f) {
     int hd8 = hd & ~7;
-    for (int c = 0; c < hd8; c += 8) {
+    int c = 0;
+    for (; c + 16 <= hd8; c += 16) {
+        __m256 a[XC_ATTN_QT], b[XC_ATTN_QT];
+        for (int it = 0; it < XC_ATTN_QT; it++) {
+            __m256 vf = _mm256_set1_ps(f[it]);
+            a[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c), vf);
+            b[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c + 8), vf);
+        }
+        for (int j = 0; j < nk; j++) {
+            __m256 v0 = _mm256_loadu_ps(t->vp[j] + c), v1 = _mm256_loadu_ps(t->vp[j] + c + 8);
+            for (int it = 0; it < XC_ATTN_QT; it++) {
+                __m256 pj = _mm256_broadcast_ss(&t->p[it][j]);
+                a[it] = _mm256_fmadd_ps(pj, v0, a[it]);
+                b[it] = _mm256_fmadd_ps(pj, v1, b[it]);
+            }
+        }
+        for (int it = 0; it < XC_ATTN_QT; it++) {
+            _mm256_store_ps(t->acc[it] + c, a[it]);
+            _mm256_store_ps(t->acc[it] + c + 8, b[it]);
+        }
+    }
+    for (; c < hd8; c += 8) {
         __m256 a[XC_ATTN_QT];
         for (int it = 0; it < XC_ATTN_QT; it++) {
             a[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c), _mm256_set1_ps(f[it]));
@@ -125,7 +150,7 @@ XC_SIMD_FN void xc_attn_pv_avx2(xc_attn_tile *t, int nk, int hd, const float *f)
         for (int j = 0; j < nk; j++) {
             __m256 v = _mm256_loadu_ps(t->vp[j] + c);
             for (int it = 0; it < XC_ATTN_QT; it++) {
-                a[it] = _mm256_fmadd_ps(_mm256_set1_ps(t->p[it][j]), v, a[it]);
+                a[it] = _mm256_fmadd_ps(_mm256_broadcast_ss(&t->p[it][j]), v, a[it]);
             }
         }
         for (int it = 0; it < XC_ATTN_QT; it++) {
@@ -145,12 +170,24 @@ XC_SIMD_FN void xc_attn_pv_avx2(xc_attn_tile *t, int nk, int hd, const float *f)
 
 /* ---- portable kernels (same structure, plain C arithmetic) ---- */
 
+/* Eight partial sums per dot product (like the SIMD lanes), which compilers can vectorise
+ * without reassociating anything. */
 static void xc_attn_scores_scalar(xc_attn_tile *t, int nk, int hd, float scale) {
+    int hd8 = hd & ~7;
     for (int it = 0; it < XC_ATTN_QT; it++) {
+        const float *q = t->q[it];
         for (int j = 0; j < nk; j++) {
-            float s = 0;
-            for (int d = 0; d < hd; d++) {
-                s += t->q[it][d] * t->kp[j][d];
+            const float *k = t->kp[j];
+            float part[8] = {0};
+            for (int c = 0; c < hd8; c += 8) {
+                for (int l = 0; l < 8; l++) {
+                    part[l] += q[c + l] * k[c + l];
+                }
+            }
+            float s = ((part[0] + part[4]) + (part[2] + part[6])) +
+                      ((part[1] + part[5]) + (part[3] + part[7]));
+            for (int d = hd8; d < hd; d++) {
+                s += q[d] * k[d];
             }
             t->p[it][j] = s * scale;
         }
@@ -166,14 +203,19 @@ static float xc_attn_exp_scalar(float *p, int nvis, float mnew) {
     return sum;
 }
 
+/* Ascending j for every element, streaming each V row once. */
 static void xc_attn_pv_scalar(xc_attn_tile *t, int nk, int hd, const float *f) {
     for (int it = 0; it < XC_ATTN_QT; it++) {
+        float *acc = t->acc[it];
         for (int d = 0; d < hd; d++) {
-            float a = t->acc[it][d] * f[it];
-            for (int j = 0; j < nk; j++) {
-                a += t->p[it][j] * t->vp[j][d];
+            acc[d] *= f[it];
+        }
+        for (int j = 0; j < nk; j++) {
+            float pj = t->p[it][j];
+            const float *v = t->vp[j];
+            for (int d = 0; d < hd; d++) {
+                acc[d] += pj * v[d];
             }
-            t->acc[it][d] = a;
         }
     }
 }
