@@ -42,7 +42,10 @@
 #define TILE_C 4
 
 /* Weight rows per column group: the group's weights (about GROUP_BYTES) stay in L2 while every
- * row tile of x passes over them. */
+ * row tile of x passes over them. Measured on the Zen 4 dev machine (1 MiB L2, thread CPU time,
+ * m = 256, n = 1024, k = 4096): this beats k-blocking with accumulators saved between blocks
+ * (BLOCK_K 512..4096: 2-15% slower) and 6x2 / 6x3 tiles (4-35% slower); 4x3 reaches 82 (f32),
+ * 89 (bf16), 88-99 (f16) GFLOP/s per core against OpenBLAS sgemm's 91-93 (f32). */
 #define GROUP_BYTES (192 * 1024)
 
 /* Below this many multiply-adds the pool's wake-up costs more than it saves. */
