@@ -3,6 +3,7 @@
 #include "xc_wire.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -655,9 +656,12 @@ xc_status xc_wire_encode(const xc_wire_msg *m, const size_t *frame_lens, size_t 
                          void **out, size_t *out_len) {
     xc_status st = xc_wire_check(m, frame_lens, n_frames);
     if (st != XC_OK) {
-        /* The same message the decoder would give, but it is our caller's mistake. */
+        /* The same message the decoder would give, but it is our caller's mistake. (Copied
+         * first: xc_errf writes the buffer xc_err_last points to.) */
+        char why[512];
+        snprintf(why, sizeof why, "%s", xc_err_last());
         return xc_errf(XC_ERR_ARG, "wire: refusing to encode an invalid %s message: %s",
-                       xc_wire_kind_name(m->kind), xc_err_last());
+                       xc_wire_kind_name(m->kind), why);
     }
     st = xc_wire_encode_unchecked(m, XC_WIRE_VERSION, out, out_len);
     if (st == XC_OK && *out_len > XC_WIRE_MAX_HEADER_BYTES) {
