@@ -83,7 +83,8 @@ typedef struct xc_norm_args {
 
 /* Rotary embedding, NeoX half-split: for d < half = head_dim/2,
  * x'[d] = x[d] cos - x[d+half] sin, x'[d+half] = x[d+half] cos + x[d] sin,
- * angle = pos * theta^(-2d/head_dim). In place on (m, n_heads, head_dim). */
+ * angle = pos * theta^(-2d/head_dim), with inv_freq = theta^(-2d/head_dim) and the angle each
+ * rounded to f32 as the HF tables are built. In place on (m, n_heads, head_dim). */
 typedef struct xc_rope_args {
     float *x;             /* (m, n_heads * head_dim), row stride ldx */
     const int32_t *pos;   /* (m) absolute positions (host memory on every backend) */
@@ -92,7 +93,8 @@ typedef struct xc_rope_args {
     float theta;
 } xc_rope_args;
 
-/* Writes rows of keys and values into cache slots: k_cache[slot[i]] = k[i] (same for v).
+/* Writes rows of keys and values into cache slots: k_cache[slot[i]] = k[i] (same for v); if two
+ * rows name the same slot, the later row wins.
  * A slot is block * block_size + offset in a cache of (n_slots, width) rows. */
 typedef struct xc_kv_store_args {
     const float *k;         /* (m, width), row stride ldk */
@@ -116,7 +118,8 @@ typedef struct xc_attn_seq {
 } xc_attn_seq;
 
 /* Scaled dot-product attention with GQA: query head h uses kv head h / (n_heads / n_kv_heads).
- * Softmax in f32 with the max subtracted. out = softmax(q k^T * scale) v. */
+ * Softmax in f32 with the max subtracted. out = softmax(q k^T * scale) v. head_dim <= 512; out
+ * may be q (same stride); query rows of different sequences must not overlap. */
 typedef struct xc_attention_args {
     const float *q;        /* (rows, n_heads * head_dim), row stride ldq */
     float *out;            /* (rows, n_heads * head_dim), row stride ldo */
@@ -126,7 +129,7 @@ typedef struct xc_attention_args {
     int ldq, ldo, ldkv;
     int n_heads, n_kv_heads, head_dim;
     int block_size;        /* paged mode only */
-    float scale;           /* usually 1/sqrt(head_dim) */
+    float scale;           /* usually 1/sqrt(head_dim); 0 is read as 1/sqrt(head_dim) */
     bool causal;
     const xc_attn_seq *seqs; /* host memory */
     int n_seqs;
@@ -160,7 +163,8 @@ typedef struct xc_embed_args {
 
 /* Conv patchify as im2col for stride == kernel: images (n_img, channels, size, size) f32 ->
  * y (n_img * grid * grid, channels * patch * patch) with grid = size / patch, patches in row-major
- * order and each row laid out (channel, ky, kx) like a Conv2d weight. */
+ * order and each row laid out (channel, ky, kx) like a Conv2d weight. size must be a multiple of
+ * patch (XC_ERR_ARG otherwise). */
 typedef struct xc_patchify_args {
     const float *images;
     float *y;
@@ -168,7 +172,8 @@ typedef struct xc_patchify_args {
 } xc_patchify_args;
 
 /* Row softmax in place with optional temperature (x / temperature first; 0 means 1), and argmax
- * (first maximum wins) into argmax (host memory, m entries) when argmax != NULL. */
+ * of the input row (before temperature; first maximum wins) into argmax (host memory, m entries)
+ * when argmax != NULL. */
 typedef struct xc_softmax_args {
     float *x;             /* (m, n), row stride ldx */
     int m, n, ldx;
