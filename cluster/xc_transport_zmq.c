@@ -44,6 +44,7 @@ static xc_status zmq_status(const char *endpoint, const char *what) {
     case EINVAL:
     case EPROTONOSUPPORT:
     case ENOCOMPATPROTO:
+    case ENODEV: /* bind to an address no interface has */
         st = XC_ERR_ARG;
         break;
     default:
