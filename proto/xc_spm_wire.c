@@ -87,6 +87,7 @@ xc_status xc_spm_wire_decode_model(const uint8_t *buf, size_t len, xc_spm_model 
     m.normalizer_name = p;
     memcpy(p, name, name_len + 1);
 
+    m.has_trainer_spec = mp->trainer_spec != NULL;
     m.model_type = (int)ts->model_type;
     m.vocab_size = ts->vocab_size;
     m.treat_whitespace_as_suffix = ts->treat_whitespace_as_suffix;

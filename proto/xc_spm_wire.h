@@ -37,7 +37,8 @@ typedef struct xc_spm_model {
     xc_spm_piece *pieces; /* (n_pieces); piece id = index */
     size_t n_pieces;
     /* trainer_spec */
-    int model_type; /* xc_spm_model_type */
+    bool has_trainer_spec; /* false: every trainer field below is its default */
+    int model_type;        /* xc_spm_model_type */
     int32_t vocab_size;
     bool treat_whitespace_as_suffix;
     bool byte_fallback;
