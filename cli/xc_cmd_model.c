@@ -296,8 +296,16 @@ static int cmd_inspect(int argc, char **argv) {
     size_t n = xc_ckpt_count(ck);
     uint64_t params[C_COUNT] = {0}, bytes[C_COUNT] = {0}, tot_p = 0, tot_b = 0;
     size_t listed = 0;
+    int width = 6; /* name column: the longest listed name */
+    for (size_t i = 0; i < n; i++) {
+        const char *name = xc_ckpt_name(ck, i);
+        if (!o.filter || starts(name, o.filter)) {
+            int len = (int)strlen(name);
+            width = len > width ? len : width;
+        }
+    }
     if (!o.summary) {
-        printf("%-64s %-5s %-18s %12s\n", "tensor", "dtype", "shape", "bytes");
+        printf("%-*s %-5s %-18s %12s\n", width, "tensor", "dtype", "shape", "bytes");
     }
     for (size_t i = 0; i < n; i++) {
         const char *name = xc_ckpt_name(ck, i);
@@ -324,7 +332,7 @@ static int cmd_inspect(int argc, char **argv) {
         if (!o.summary) {
             char shape[96];
             fmt_shape(&v, shape, sizeof shape);
-            printf("%-64s %-5s %-18s %12zu\n", name, xc_dtype_name(v.dtype), shape, v.nbytes);
+            printf("%-*s %-5s %-18s %12zu\n", width, name, xc_dtype_name(v.dtype), shape, v.nbytes);
         }
     }
     const char *fmt =
