@@ -2,7 +2,7 @@
  * online softmax over blocks of XC_ATTN_KB keys aligned to absolute key positions.
  *
  * Batch invariance: the result for one (query, head) depends only on its q, its visible keys and
- * their values. Queries are processed in tiles of XC_ATTN_QT (query, head) items that share each
+ * their values. Queries are processed in tiles of 4 or 8 (query, head) items that share each
  * loaded key row; an item's arithmetic is the same sequence of IEEE operations whatever the tile
  * holds (keys an item cannot see contribute exact zeros: p = 0 and fma(0, v, acc) == acc), so it
  * does not depend on the batch, the chunking of a prefill, the paging of the cache or the thread
@@ -14,7 +14,7 @@
 #include "xc_cpu_simd.h"
 #include "xc_opcheck.h"
 
-#define XC_ATTN_QT 4 /* (query, head) items per tile */
+#define XC_ATTN_QT 8 /* (query, head) items per tile, at most; 4 for small sequences (decode) */
 #define XC_ATTN_KB                                                                                 \
     32 /* keys per softmax block, starting at multiples of XC_ATTN_KB; a block's                   \
          K and V rows (2 x 32 x 128 floats) fit in L1 */
@@ -31,6 +31,7 @@ typedef struct xc_attn_job {
 /* The running state of one tile: per item its q/out rows, last visible key, running max m, sum l,
  * unnormalised output acc, and the current block's scores/probabilities p. */
 typedef struct xc_attn_tile {
+    int qt; /* items in this tile's kernels: 4 or 8 */
     const float *q[XC_ATTN_QT];
     float *out[XC_ATTN_QT];
     int last[XC_ATTN_QT];
@@ -43,26 +44,29 @@ typedef struct xc_attn_tile {
 /* ---- AVX2 kernels ---- */
 
 /* p[it][j] = dot(q[it], kp[j]) * scale for j < nk: every dot is 8-lane FMAs over the full
- * chunks from zero, a fixed horizontal sum, then scalar FMAs over the tail. */
-XC_SIMD_FN void xc_attn_scores_avx2(xc_attn_tile *t, int nk, int hd, float scale) {
+ * chunks from zero, a fixed horizontal sum, then scalar FMAs over the tail. qt items share each
+ * loaded key; with 4 items two keys go at once, so both shapes keep 8 FMA chains in flight. */
+#define XC_SIMD_INL __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
+
+XC_SIMD_INL void xc_attn_scores_avx2_q(xc_attn_tile *t, int nk, int hd, float scale, const int qt) {
     int hd8 = hd & ~7;
     int j = 0;
-    for (; j + 2 <= nk; j += 2) {
-        __m256 a0[XC_ATTN_QT], a1[XC_ATTN_QT];
-        for (int it = 0; it < XC_ATTN_QT; it++) {
+    for (; qt == 4 && j + 2 <= nk; j += 2) {
+        __m256 a0[4], a1[4];
+        for (int it = 0; it < 4; it++) {
             a0[it] = _mm256_setzero_ps();
             a1[it] = _mm256_setzero_ps();
         }
         const float *k0 = t->kp[j], *k1 = t->kp[j + 1];
         for (int c = 0; c < hd8; c += 8) {
             __m256 kv0 = _mm256_loadu_ps(k0 + c), kv1 = _mm256_loadu_ps(k1 + c);
-            for (int it = 0; it < XC_ATTN_QT; it++) {
+            for (int it = 0; it < 4; it++) {
                 __m256 qv = _mm256_loadu_ps(t->q[it] + c);
                 a0[it] = _mm256_fmadd_ps(qv, kv0, a0[it]);
                 a1[it] = _mm256_fmadd_ps(qv, kv1, a1[it]);
             }
         }
-        for (int it = 0; it < XC_ATTN_QT; it++) {
+        for (int it = 0; it < 4; it++) {
             float s0 = xc_simd_hsum(a0[it]), s1 = xc_simd_hsum(a1[it]);
             for (int d = hd8; d < hd; d++) {
                 s0 = fmaf(t->q[it][d], k0[d], s0);
@@ -74,23 +78,31 @@ XC_SIMD_FN void xc_attn_scores_avx2(xc_attn_tile *t, int nk, int hd, float scale
     }
     for (; j < nk; j++) {
         __m256 a0[XC_ATTN_QT];
-        for (int it = 0; it < XC_ATTN_QT; it++) {
+        for (int it = 0; it < qt; it++) {
             a0[it] = _mm256_setzero_ps();
         }
         const float *k0 = t->kp[j];
         for (int c = 0; c < hd8; c += 8) {
             __m256 kv0 = _mm256_loadu_ps(k0 + c);
-            for (int it = 0; it < XC_ATTN_QT; it++) {
+            for (int it = 0; it < qt; it++) {
                 a0[it] = _mm256_fmadd_ps(_mm256_loadu_ps(t->q[it] + c), kv0, a0[it]);
             }
         }
-        for (int it = 0; it < XC_ATTN_QT; it++) {
+        for (int it = 0; it < qt; it++) {
             float s0 = xc_simd_hsum(a0[it]);
             for (int d = hd8; d < hd; d++) {
                 s0 = fmaf(t->q[it][d], k0[d], s0);
             }
             t->p[it][j] = s0 * scale;
         }
+    }
+}
+
+XC_SIMD_FN void xc_attn_scores_avx2(xc_attn_tile *t, int nk, int hd, float scale) {
+    if (t->qt == 8) {
+        xc_attn_scores_avx2_q(t, nk, hd, scale, 8);
+    } else {
+        xc_attn_scores_avx2_q(t, nk, hd, scale, 4);
     }
 }
 
@@ -117,48 +129,48 @@ XC_SIMD_FN float xc_attn_exp_avx2(float *p, int nvis, float mnew) {
 }
 
 /* acc[it] = acc[it] * f[it] + sum_j p[it][j] v_j for j < nk, ascending j for every element.
- * Two 8-float chunks of all items at a time keep 8 independent FMA chains in registers, and a
- * block's V rows (XC_ATTN_KB x head_dim floats) stay in L1 across the passes. */
-XC_SIMD_FN void xc_attn_pv_avx2(xc_attn_tile *t, int nk, int hd, const float *f) {
+ * 8 accumulators in registers (4 items x 2 chunks, or 8 items x 1 chunk); a block's V rows
+ * (XC_ATTN_KB x head_dim floats) stay in L1 across the passes over head_dim. */
+XC_SIMD_INL void xc_attn_pv_avx2_q(xc_attn_tile *t, int nk, int hd, const float *f, const int qt) {
     int hd8 = hd & ~7;
     int c = 0;
-    for (; c + 16 <= hd8; c += 16) {
-        __m256 a[XC_ATTN_QT], b[XC_ATTN_QT];
-        for (int it = 0; it < XC_ATTN_QT; it++) {
+    for (; qt == 4 && c + 16 <= hd8; c += 16) {
+        __m256 a[4], b[4];
+        for (int it = 0; it < 4; it++) {
             __m256 vf = _mm256_set1_ps(f[it]);
             a[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c), vf);
             b[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c + 8), vf);
         }
         for (int j = 0; j < nk; j++) {
             __m256 v0 = _mm256_loadu_ps(t->vp[j] + c), v1 = _mm256_loadu_ps(t->vp[j] + c + 8);
-            for (int it = 0; it < XC_ATTN_QT; it++) {
+            for (int it = 0; it < 4; it++) {
                 __m256 pj = _mm256_broadcast_ss(&t->p[it][j]);
                 a[it] = _mm256_fmadd_ps(pj, v0, a[it]);
                 b[it] = _mm256_fmadd_ps(pj, v1, b[it]);
             }
         }
-        for (int it = 0; it < XC_ATTN_QT; it++) {
+        for (int it = 0; it < 4; it++) {
             _mm256_store_ps(t->acc[it] + c, a[it]);
             _mm256_store_ps(t->acc[it] + c + 8, b[it]);
         }
     }
     for (; c < hd8; c += 8) {
         __m256 a[XC_ATTN_QT];
-        for (int it = 0; it < XC_ATTN_QT; it++) {
+        for (int it = 0; it < qt; it++) {
             a[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c), _mm256_set1_ps(f[it]));
         }
         for (int j = 0; j < nk; j++) {
             __m256 v = _mm256_loadu_ps(t->vp[j] + c);
-            for (int it = 0; it < XC_ATTN_QT; it++) {
+            for (int it = 0; it < qt; it++) {
                 a[it] = _mm256_fmadd_ps(_mm256_broadcast_ss(&t->p[it][j]), v, a[it]);
             }
         }
-        for (int it = 0; it < XC_ATTN_QT; it++) {
+        for (int it = 0; it < qt; it++) {
             _mm256_store_ps(t->acc[it] + c, a[it]);
         }
     }
     for (int d = hd8; d < hd; d++) {
-        for (int it = 0; it < XC_ATTN_QT; it++) {
+        for (int it = 0; it < qt; it++) {
             float a = t->acc[it][d] * f[it];
             for (int j = 0; j < nk; j++) {
                 a = fmaf(t->p[it][j], t->vp[j][d], a);
@@ -168,13 +180,21 @@ XC_SIMD_FN void xc_attn_pv_avx2(xc_attn_tile *t, int nk, int hd, const float *f)
     }
 }
 
+XC_SIMD_FN void xc_attn_pv_avx2(xc_attn_tile *t, int nk, int hd, const float *f) {
+    if (t->qt == 8) {
+        xc_attn_pv_avx2_q(t, nk, hd, f, 8);
+    } else {
+        xc_attn_pv_avx2_q(t, nk, hd, f, 4);
+    }
+}
+
 /* ---- portable kernels (same structure, plain C arithmetic) ---- */
 
 /* Eight partial sums per dot product (like the SIMD lanes), which compilers can vectorise
  * without reassociating anything. */
 static void xc_attn_scores_scalar(xc_attn_tile *t, int nk, int hd, float scale) {
     int hd8 = hd & ~7;
-    for (int it = 0; it < XC_ATTN_QT; it++) {
+    for (int it = 0; it < t->qt; it++) {
         const float *q = t->q[it];
         for (int j = 0; j < nk; j++) {
             const float *k = t->kp[j];
@@ -205,7 +225,7 @@ static float xc_attn_exp_scalar(float *p, int nvis, float mnew) {
 
 /* Ascending j for every element, streaming each V row once. */
 static void xc_attn_pv_scalar(xc_attn_tile *t, int nk, int hd, const float *f) {
-    for (int it = 0; it < XC_ATTN_QT; it++) {
+    for (int it = 0; it < t->qt; it++) {
         float *acc = t->acc[it];
         for (int d = 0; d < hd; d++) {
             acc[d] *= f[it];
@@ -234,11 +254,12 @@ static inline size_t xc_attn_kv_row(const xc_attention_args *a, const xc_attn_se
 /* Items it0 .. it0 + nit - 1 of sequence s and kv head g: item i is query i / group with query
  * head g * group + i % group. Missing items of a short tile repeat item 0 and are not stored. */
 static void xc_attn_tile_run(const xc_attn_job *j, xc_attn_tile *t, const xc_attn_seq *s, int g,
-                             int it0, int nit) {
+                             int it0, int nit, int qt) {
     const xc_attention_args *a = j->a;
     int hd = j->hd;
     int maxlast = 0;
-    for (int it = 0; it < XC_ATTN_QT; it++) {
+    t->qt = qt;
+    for (int it = 0; it < qt; it++) {
         int item = it0 + (it < nit ? it : 0);
         int qi = item / j->group, h = g * j->group + item % j->group;
         size_t row = (size_t)(s->q_start + qi);
@@ -264,7 +285,7 @@ static void xc_attn_tile_run(const xc_attn_job *j, xc_attn_tile *t, const xc_att
             xc_attn_scores_scalar(t, nk, hd, j->scale);
         }
         float f[XC_ATTN_QT];
-        for (int it = 0; it < XC_ATTN_QT; it++) {
+        for (int it = 0; it < qt; it++) {
             int nvis = t->last[it] + 1 - kb;
             nvis = nvis < nk ? nvis : nk;
             if (nvis <= 0) { /* the whole block is in this item's future: contributes nothing */
@@ -297,6 +318,12 @@ static void xc_attn_tile_run(const xc_attn_job *j, xc_attn_tile *t, const xc_att
     }
 }
 
+/* Tile size for a sequence with `items` (query, head) pairs: 8 when it has that many (prefill),
+ * else 4 (decode: one query times a GQA group). Any tile size gives the same bits per item. */
+static int xc_attn_qt(long long items) {
+    return items >= 8 ? 8 : 4;
+}
+
 /* Tasks enumerate (sequence, kv head, tile) in order. */
 static void xc_attn_task(void *p, int task, int n_tasks) {
     (void)n_tasks;
@@ -306,11 +333,12 @@ static void xc_attn_task(void *p, int task, int n_tasks) {
     for (int si = 0; si < a->n_seqs; si++) {
         const xc_attn_seq *s = &a->seqs[si];
         int items = s->n_q * j->group;
-        int tiles = (items + XC_ATTN_QT - 1) / XC_ATTN_QT;
+        int qt = xc_attn_qt(items);
+        int tiles = (items + qt - 1) / qt;
         if (task < tiles * a->n_kv_heads) {
-            int g = task / tiles, it0 = (task % tiles) * XC_ATTN_QT;
-            int nit = items - it0 < XC_ATTN_QT ? items - it0 : XC_ATTN_QT;
-            xc_attn_tile_run(j, &t, s, g, it0, nit);
+            int g = task / tiles, it0 = (task % tiles) * qt;
+            int nit = items - it0 < qt ? items - it0 : qt;
+            xc_attn_tile_run(j, &t, s, g, it0, nit, qt);
             return;
         }
         task -= tiles * a->n_kv_heads;
@@ -332,7 +360,7 @@ xc_status xc_cpu_attention(xc_backend *be, const xc_attention_args *a) {
     long long n_tasks = 0;
     for (int si = 0; si < a->n_seqs; si++) {
         long long items = (long long)a->seqs[si].n_q * j.group;
-        n_tasks += (items + XC_ATTN_QT - 1) / XC_ATTN_QT * a->n_kv_heads;
+        n_tasks += (items + xc_attn_qt(items) - 1) / xc_attn_qt(items) * a->n_kv_heads;
     }
     if (n_tasks > INT32_MAX) {
         return xc_errf(XC_ERR_ARG, "attention: %lld tiles is too many", n_tasks);
