@@ -182,8 +182,8 @@ static xc_status pop_mark(up *u, pv ***items, size_t *n, const char *op) {
         return perr(u, "pickle %s without a MARK", op);
     }
     size_t m = u->marks[--u->n_marks];
-    *items = u->stack + m;
     *n = u->sp - m;
+    *items = *n ? u->stack + m : NULL;
     u->sp = m;
     return XC_OK;
 }
@@ -466,10 +466,11 @@ static xc_status op_reduce(up *u) {
     XC_TRY(pop(u, &args, "REDUCE"));
     XC_TRY(pop(u, &fn, "REDUCE"));
     if (fn->kind != PV_GLOBAL) {
-        return perr(u, "pickle REDUCE on a %s, not a callable", pv_kind_names[fn->kind]);
+        return perr(u, "pickle REDUCE target is not a callable (got %s)", pv_kind_names[fn->kind]);
     }
     if (args->kind != PV_TUPLE) {
-        return perr(u, "pickle REDUCE arguments are a %s, not a tuple", pv_kind_names[args->kind]);
+        return perr(u, "pickle REDUCE arguments are not a tuple (got %s)",
+                    pv_kind_names[args->kind]);
     }
     switch (fn->u.glob.which) {
     case G_ORDERED_DICT:
@@ -529,7 +530,7 @@ static xc_status op_setitems(up *u, int single) {
     pv *d = NULL;
     XC_TRY(top(u, &d, single ? "SETITEM" : "SETITEMS"));
     if (d->kind != PV_DICT) {
-        return perr(u, "pickle SETITEM(S) on a %s, not a dict", pv_kind_names[d->kind]);
+        return perr(u, "pickle SETITEM(S) target is not a dict (got %s)", pv_kind_names[d->kind]);
     }
     // items still point into the stack above sp: nothing is pushed before they are consumed.
     for (size_t i = 0; i < n; i += 2) {
@@ -544,8 +545,7 @@ static xc_status op_build(up *u) {
     XC_TRY(pop(u, &state, "BUILD"));
     XC_TRY(top(u, &obj, "BUILD"));
     if (obj->kind != PV_DICT) {
-        return perr(u, "pickle BUILD on a %s (only a state dict's attributes are accepted)",
-                    pv_kind_names[obj->kind]);
+        return perr(u, "pickle BUILD target is not a dict (got %s)", pv_kind_names[obj->kind]);
     }
     return XC_OK;
 }
@@ -647,7 +647,7 @@ static xc_status collect(up *u, xc_pickle_tensor **out, size_t *n) {
     pv *d = NULL;
     XC_TRY(top(u, &d, "STOP"));
     if (d->kind != PV_DICT) {
-        return perr(u, "pickle holds a %s, not a state dict", pv_kind_names[d->kind]);
+        return perr(u, "pickle result is not a state dict (got %s)", pv_kind_names[d->kind]);
     }
     size_t cnt = d->u.dict.n;
     xc_pickle_tensor *ts = xc_arena_calloc(u->arena, cnt ? cnt : 1, sizeof *ts);
@@ -657,7 +657,8 @@ static xc_status collect(up *u, xc_pickle_tensor **out, size_t *n) {
     for (size_t i = 0; i < cnt; i++) {
         const pv_pair *p = &d->u.dict.pairs[i];
         if (p->k->kind != PV_STR) {
-            return perr(u, "state dict key %zu is a %s, not a str", i, pv_kind_names[p->k->kind]);
+            return perr(u, "state dict key %zu is not a str (got %s)", i,
+                        pv_kind_names[p->k->kind]);
         }
         if (p->v->kind != PV_TENSOR) {
             char name[96];

@@ -209,7 +209,9 @@ static xc_status read_central(xc_zip *z, const cd_info *ci) {
         }
         p += CENTRAL_SIZE + nlen + xlen + clen;
     }
-    qsort(z->entries, z->n, sizeof *z->entries, entry_cmp);
+    if (z->n > 1) {
+        qsort(z->entries, z->n, sizeof *z->entries, entry_cmp);
+    }
     for (size_t i = 1; i < z->n; i++) {
         if (entry_cmp(&z->entries[i - 1], &z->entries[i]) == 0) {
             return xc_errf(XC_ERR_PROTO, "zip: duplicate entry '%.*s'", (int)z->entries[i].name_len,
