@@ -15,6 +15,7 @@ typedef struct cli_cmd {
 static const cli_cmd cmds[] = {
     {"model", xc_cmd_model, "make-tiny | inspect: write a tiny checkpoint, list a checkpoint"},
     {"bench", xc_cmd_bench, "kernels | ...: print performance figures"},
+    {"tokenize", xc_cmd_tokenize, "text <-> token ids with a tokenizer.model, line by line"},
     {"preprocess", xc_cmd_preprocess, "decode, resize, normalize one image (vision input)"},
     {"generate", xc_cmd_generate, "run the model in this process on a prompt"},
 };
