@@ -442,11 +442,22 @@ XC_SIMD_FN void xc_cpu_rope8_avx2(float *lo, float *hi, const float *c, const fl
     _mm256_storeu_ps(hi, _mm256_fmadd_ps(x1, vc, _mm256_mul_ps(x0, vs)));
 }
 
+/* theta^(-2d/head_dim) rounded to f32, exactly as xc_ref_rope computes it. */
+static float xc_cpu_rope_inv_freq(float theta, int d, int hd) {
+    return (float)(1.0 / pow((double)theta, 2.0 * d / hd));
+}
+
 static void xc_cpu_rope_rows(const void *p, int r0, int r1) {
     const xc_cpu_rope_job *j = p;
     const xc_rope_args *a = j->a;
     int hd = a->head_dim, half = hd / 2;
     int ldx = LD(a->ldx, a->n_heads * hd);
+    /* inv_freq depends on d only: computed once per call (for head_dim <= 512, the usual case). */
+    float invf[256];
+    int n_invf = half <= 256 ? half : 0;
+    for (int d = 0; d < n_invf; d++) {
+        invf[d] = xc_cpu_rope_inv_freq(a->theta, d, hd);
+    }
     for (int r = r0; r < r1; r++) {
         float *row = a->x + (size_t)r * (size_t)ldx;
         for (int d0 = 0; d0 < half; d0 += 8) {
@@ -454,7 +465,8 @@ static void xc_cpu_rope_rows(const void *p, int r0, int r1) {
             float c[8] = {0}, s[8] = {0};
             for (int d = 0; d < nd; d++) {
                 /* Same f32 angle as the reference and the HF tables (see xc_backend.h). */
-                float inv_freq = (float)(1.0 / pow((double)a->theta, 2.0 * (d0 + d) / (double)hd));
+                int dd = d0 + d;
+                float inv_freq = dd < n_invf ? invf[dd] : xc_cpu_rope_inv_freq(a->theta, dd, hd);
                 float angle = (float)a->pos[r] * inv_freq;
                 c[d] = cosf(angle);
                 s[d] = sinf(angle);
