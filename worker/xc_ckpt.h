@@ -19,15 +19,18 @@ typedef enum xc_ckpt_format {
 } xc_ckpt_format;
 
 /* A view of one tensor. data points into a read-only mapping owned by the xc_ckpt: valid until
- * xc_ckpt_close. Tensors are always dense row-major (the readers refuse other strides). */
+ * xc_ckpt_close. Tensors are always dense row-major (the readers refuse other strides). In a
+ * .bin, data is where torch put it (zip entries 64-byte aligned, plus storage_offset); in a
+ * safetensors file it is wherever data_offsets say (the library writes it element-aligned, but a
+ * hand-made file may not be). */
 typedef struct xc_tensor_view {
     const char *name;
     xc_dtype dtype;
     int ndim;
     int64_t shape[XC_CKPT_MAX_DIMS];
-    const void *data;  /* NULL until the tensor's shard is mapped (see xc_ckpt_get) */
+    const void *data; /* NULL until the tensor's shard is mapped (see xc_ckpt_get) */
     size_t nbytes;
-    int shard;         /* index of the file that holds it */
+    int shard; /* index of the file that holds it */
 } xc_tensor_view;
 
 /* Opens a checkpoint. path is a directory (looks for model.safetensors.index.json,

@@ -285,6 +285,14 @@ static xc_status op_global(up *u) {
     char pm[96], pn[96];
     printable(pm, sizeof pm, mod, nm);
     printable(pn, sizeof pn, name, nn);
+    if (eq(mod, nm, "torch") && nn > 7 && memcmp(name + nn - 7, "Storage", 7) == 0) {
+        // A storage class of a dtype with no xc_dtype (complex, quantized, fp8...): valid, but
+        // not something xcpipe can hold.
+        return xc_errf(XC_ERR_UNSUPPORTED,
+                       "pickle storage type 'torch.%s' is not supported (supported: bf16, f16, "
+                       "f32, f64, i64, i32, i16, i8, u8, bool) (pickle byte %zu)",
+                       pn, u->op_pos);
+    }
     return perr(u,
                 "pickle global '%s.%s' is not allowed (a state dict may use only "
                 "collections.OrderedDict, torch._utils._rebuild_tensor_v2 and torch.*Storage)",

@@ -35,6 +35,7 @@ typedef struct xc_pickle_tensor {
  * XC_ERR_PROTO with a message for: a global other than the allowed ones ("pickle global
  * 'os.system' is not allowed"), an unknown opcode (byte and offset), truncation, a malformed
  * stack, a value that is not a tensor, a limit exceeded. XC_ERR_UNSUPPORTED for another pickle
- * protocol. XC_ERR_NOMEM. Nothing is executed in any case. */
+ * protocol or a torch storage type with no xc_dtype (torch.ComplexFloatStorage). XC_ERR_NOMEM.
+ * Nothing is executed in any case. */
 xc_status xc_pickle_load_state_dict(const unsigned char *buf, size_t size, xc_arena *arena,
                                     xc_pickle_tensor **out, size_t *n);

@@ -284,6 +284,12 @@ static void test_pickle_refuses_other_globals(void **state) {
         snprintf(msg, sizeof msg, "pickle global '%s.%s' is not allowed", evil[i][0], evil[i][1]);
         expect_error(&p, XC_ERR_PROTO, msg);
     }
+    /* A real torch storage type of a dtype xcpipe has no type for. */
+    pk q = {.n = 0};
+    glob(&q, "torch", "ComplexFloatStorage");
+    op(&q, '.');
+    expect_error(&q, XC_ERR_UNSUPPORTED,
+                 "storage type 'torch.ComplexFloatStorage' is not supported");
     /* An allowed storage type used as a callable. */
     pk p = {.n = 0};
     glob(&p, "torch", "FloatStorage");
