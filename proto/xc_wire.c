@@ -108,16 +108,22 @@ static xc_status check_control(const xc_wire_control *c) {
             return BAD("assign.kv_block_size %u is outside [1, %u]", a->kv_block_size,
                        XC_WIRE_MAX_BLOCK_SIZE);
         }
+        if (a->max_rows > XC_WIRE_MAX_TOKENS) {
+            return BAD("assign.max_rows %u is above %u", a->max_rows, XC_WIRE_MAX_TOKENS);
+        }
         return check_str("assign.next_endpoint", a->next_endpoint, true);
     }
     case XC_WIRE_CTL_READY:
+        return check_str("ready.worker_id", c->u.ready.worker_id, false);
     case XC_WIRE_CTL_HEARTBEAT:
+        return check_str("heartbeat.worker_id", c->u.heartbeat.worker_id, false);
     case XC_WIRE_CTL_DRAIN:
         return XC_OK; /* every value of every field is meaningful */
     case XC_WIRE_CTL_ERROR:
         if (c->u.error.code >= 0 || c->u.error.code < -1000) {
             return BAD("error.code %d is not a negative xc_status", (int)c->u.error.code);
         }
+        XC_TRY(check_str("error.worker_id", c->u.error.worker_id, false));
         return check_str("error.message", c->u.error.message, false);
     case XC_WIRE_CTL_SHUTDOWN:
         return check_str("shutdown.reason", c->u.shutdown.reason, false);
@@ -149,6 +155,15 @@ static xc_status check_sampling(size_t i, const xc_wire_sampling *s) {
     for (size_t k = 0; k < s->n_stop_ids; k++) {
         if (s->stop_ids[k] > INT32_MAX) {
             return BAD("seq %zu: stop id %u is not a token id", i, s->stop_ids[k]);
+        }
+    }
+    if (s->prompt_len > XC_WIRE_MAX_POS || s->n_penalty_ids > XC_WIRE_MAX_POS) {
+        return BAD("seq %zu: sampling.prompt_len %u / %zu penalty ids past %u", i, s->prompt_len,
+                   s->n_penalty_ids, XC_WIRE_MAX_POS);
+    }
+    for (size_t k = 0; k < s->n_penalty_ids; k++) {
+        if (s->penalty_ids[k] > INT32_MAX) {
+            return BAD("seq %zu: penalty id %u is not a token id", i, s->penalty_ids[k]);
         }
     }
     return XC_OK;
@@ -444,6 +459,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->next_endpoint = pb_str(s->next_endpoint);
         r->kv_blocks = s->kv_blocks;
         r->kv_block_size = s->kv_block_size;
+        r->max_rows = s->max_rows;
         p->kind_case = XC__V1__CONTROL__KIND_ASSIGN;
         p->assign = r;
         break;
@@ -456,6 +472,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         xc__v1__ready__init(r);
         r->stage = c->u.ready.stage;
         r->kv_blocks = c->u.ready.kv_blocks;
+        r->worker_id = pb_str(c->u.ready.worker_id);
         p->kind_case = XC__V1__CONTROL__KIND_READY;
         p->ready = r;
         break;
@@ -469,6 +486,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->seq = c->u.heartbeat.seq;
         r->time_ns = c->u.heartbeat.time_ns;
         r->in_flight = c->u.heartbeat.in_flight;
+        r->worker_id = pb_str(c->u.heartbeat.worker_id);
         p->kind_case = XC__V1__CONTROL__KIND_HEARTBEAT;
         p->heartbeat = r;
         break;
@@ -493,6 +511,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->code = c->u.error.code;
         r->message = pb_str(c->u.error.message);
         r->fatal = c->u.error.fatal;
+        r->worker_id = pb_str(c->u.error.worker_id);
         if (c->u.error.has_microbatch) {
             r->maybe_microbatch_case = XC__V1__ERROR__MAYBE_MICROBATCH_MICROBATCH_ID;
             r->microbatch_id = c->u.error.microbatch_id;
@@ -559,6 +578,9 @@ static Xc__V1__Seq *seq_to_pb(xc_arena *a, const xc_wire_seq *s) {
         q->max_new_tokens = w->max_new_tokens;
         q->n_stop_ids = w->n_stop_ids;
         q->stop_ids = (uint32_t *)w->stop_ids;
+        q->prompt_len = w->prompt_len;
+        q->n_penalty_ids = w->n_penalty_ids;
+        q->penalty_ids = (uint32_t *)w->penalty_ids;
         p->sampling = q;
     }
     return p;
@@ -720,18 +742,22 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
                                        .model_path = s->model_path,
                                        .next_endpoint = s->next_endpoint,
                                        .kv_blocks = s->kv_blocks,
-                                       .kv_block_size = s->kv_block_size};
+                                       .kv_block_size = s->kv_block_size,
+                                       .max_rows = s->max_rows};
         return XC_OK;
     }
     case XC__V1__CONTROL__KIND_READY:
         c->kind = XC_WIRE_CTL_READY;
-        c->u.ready = (xc_wire_ready){.stage = p->ready->stage, .kv_blocks = p->ready->kv_blocks};
+        c->u.ready = (xc_wire_ready){.stage = p->ready->stage,
+                                     .kv_blocks = p->ready->kv_blocks,
+                                     .worker_id = p->ready->worker_id};
         return XC_OK;
     case XC__V1__CONTROL__KIND_HEARTBEAT:
         c->kind = XC_WIRE_CTL_HEARTBEAT;
         c->u.heartbeat = (xc_wire_heartbeat){.seq = p->heartbeat->seq,
                                              .time_ns = p->heartbeat->time_ns,
-                                             .in_flight = p->heartbeat->in_flight};
+                                             .in_flight = p->heartbeat->in_flight,
+                                             .worker_id = p->heartbeat->worker_id};
         return XC_OK;
     case XC__V1__CONTROL__KIND_DRAIN:
         c->kind = XC_WIRE_CTL_DRAIN;
@@ -745,7 +771,8 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
                             .fatal = p->error->fatal,
                             .has_microbatch = p->error->maybe_microbatch_case ==
                                               XC__V1__ERROR__MAYBE_MICROBATCH_MICROBATCH_ID,
-                            .microbatch_id = p->error->microbatch_id};
+                            .microbatch_id = p->error->microbatch_id,
+                            .worker_id = p->error->worker_id};
         return XC_OK;
     case XC__V1__CONTROL__KIND_SHUTDOWN:
         c->kind = XC_WIRE_CTL_SHUTDOWN;
@@ -812,7 +839,10 @@ static xc_status forward_from_pb(xc_arena *a, const Xc__V1__Forward *p, xc_wire_
                                       .seed = w->seed,
                                       .max_new_tokens = w->max_new_tokens,
                                       .n_stop_ids = w->n_stop_ids,
-                                      .stop_ids = w->stop_ids};
+                                      .stop_ids = w->stop_ids,
+                                      .prompt_len = w->prompt_len,
+                                      .n_penalty_ids = w->n_penalty_ids,
+                                      .penalty_ids = w->penalty_ids};
             s->sampling = smp;
         }
     }

@@ -79,17 +79,20 @@ typedef struct xc_wire_assign {
     const char *next_endpoint; /* non-empty for STAGE */
     uint32_t kv_blocks;        /* STAGE: >= 1 */
     uint32_t kv_block_size;    /* STAGE: 1 .. XC_WIRE_MAX_BLOCK_SIZE */
+    uint32_t max_rows;         /* rows per micro-batch at most, <= XC_WIRE_MAX_TOKENS; 0 = 256 */
 } xc_wire_assign;
 
 typedef struct xc_wire_ready {
     uint32_t stage;
     uint32_t kv_blocks;
+    const char *worker_id; /* may be NULL/empty: who is ready */
 } xc_wire_ready;
 
 typedef struct xc_wire_heartbeat {
     uint64_t seq;     /* +1 per heartbeat */
     uint64_t time_ns; /* sender's monotonic clock */
     uint32_t in_flight;
+    const char *worker_id; /* may be NULL/empty: who is alive */
 } xc_wire_heartbeat;
 
 typedef struct xc_wire_drain {
@@ -102,6 +105,7 @@ typedef struct xc_wire_error {
     bool fatal;          /* the sender is exiting */
     bool has_microbatch;
     uint64_t microbatch_id; /* valid when has_microbatch */
+    const char *worker_id;  /* may be NULL/empty: the sender */
 } xc_wire_error;
 
 typedef struct xc_wire_shutdown {
@@ -137,9 +141,13 @@ typedef struct xc_wire_sampling {
     float top_p;              /* (0, 1] */
     float repetition_penalty; /* (0, 1000]; 1 = off */
     uint64_t seed;
-    uint32_t max_new_tokens;  /* 1 .. XC_WIRE_MAX_POS */
-    size_t n_stop_ids;        /* <= XC_WIRE_MAX_STOP_IDS */
-    const uint32_t *stop_ids; /* (n_stop_ids), each <= INT32_MAX */
+    uint32_t max_new_tokens;     /* 1 .. XC_WIRE_MAX_POS */
+    size_t n_stop_ids;           /* <= XC_WIRE_MAX_STOP_IDS */
+    const uint32_t *stop_ids;    /* (n_stop_ids), each <= INT32_MAX */
+    uint32_t prompt_len;         /* <= XC_WIRE_MAX_POS: sample once rows [0, prompt_len) ran; 0 =
+                                    after every micro-batch */
+    size_t n_penalty_ids;        /* <= XC_WIRE_MAX_POS */
+    const uint32_t *penalty_ids; /* (n_penalty_ids) ids observed before the first sample */
 } xc_wire_sampling;
 
 typedef struct xc_wire_seq {
