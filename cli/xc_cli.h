@@ -12,6 +12,7 @@ int xc_cmd_bench_preprocess(int argc, char **argv); /* bench preprocess */
 int xc_cmd_generate(int argc, char **argv);     /* single-process generation */
 int xc_cmd_bench_model(int argc, char **argv);  /* bench model */
 int xc_cmd_bench_vision(int argc, char **argv); /* bench vision */
+int xc_cmd_bench_transport(int argc, char **argv); /* bench transport */
 
 /* Prints "xcpipe <cmd>: <what>: <xc_err_last()>" to stderr for a failed status. */
 void xc_cli_report(const char *cmd, const char *what, int status);

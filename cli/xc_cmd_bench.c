@@ -16,6 +16,7 @@ static const bench_cmd benches[] = {
     {"preprocess", xc_cmd_bench_preprocess, "image decode+resize+normalize vs PIL"},
     {"model", xc_cmd_bench_model, "prefill and decode tokens/s (llama-bench terms), roofline"},
     {"vision", xc_cmd_bench_vision, "CLIP ViT-L/14 + projector, ms per image"},
+    {"transport", xc_cmd_bench_transport, "forward-frame GB/s per transport vs raw zmq/MPI"},
 };
 
 int xc_cmd_bench(int argc, char **argv) {
