@@ -15,10 +15,15 @@
 #define MAX_MODEL_FILE   ((size_t)1 << 30)
 
 /* Open-addressing map from piece text to id; the text lives in the model. */
+typedef struct map_slot {
+    uint32_t hash; /* hash of the key */
+    int32_t id;    /* piece id, -1 for an empty slot */
+} map_slot;
+
 typedef struct piece_map {
-    uint32_t *hash; /* (cap) hash of the slot's key */
-    int32_t *id;    /* (cap) id or -1 for an empty slot */
+    map_slot *slot; /* (cap) */
     size_t cap;     /* power of two */
+    size_t max_len; /* longest key: longer lookups miss without probing */
 } piece_map;
 
 typedef struct piece_info {
@@ -67,19 +72,17 @@ static xc_status map_init(piece_map *m, size_t n) {
     while (cap < 2 * n) {
         cap *= 2;
     }
-    m->hash = xc_malloc(cap * sizeof *m->hash);
-    m->id = xc_malloc(cap * sizeof *m->id);
+    m->slot = xc_malloc(cap * sizeof *m->slot);
     m->cap = cap;
-    if (m->hash == NULL || m->id == NULL) {
+    if (m->slot == NULL) {
         return xc_errf(XC_ERR_NOMEM, "out of memory for a piece table of %zu slots", cap);
     }
-    memset(m->id, 0xff, cap * sizeof *m->id);
+    memset(m->slot, 0xff, cap * sizeof *m->slot);
     return XC_OK;
 }
 
 static void map_fini(piece_map *m) {
-    xc_free(m->hash);
-    xc_free(m->id);
+    xc_free(m->slot);
     memset(m, 0, sizeof *m);
 }
 
@@ -87,13 +90,15 @@ static int32_t map_find(const piece_map *m, const xc_spm_model *model, const cha
                         uint32_t h) {
     size_t mask = m->cap - 1;
     for (size_t i = h & mask;; i = (i + 1) & mask) {
-        int32_t id = m->id[i];
-        if (id < 0) {
+        const map_slot *e = &m->slot[i];
+        if (e->id < 0) {
             return -1;
         }
-        const xc_spm_piece *p = &model->pieces[id];
-        if (m->hash[i] == h && p->len == n && memcmp(p->text, s, n) == 0) {
-            return id;
+        if (e->hash == h) {
+            const xc_spm_piece *p = &model->pieces[e->id];
+            if (p->len == n && memcmp(p->text, s, n) == 0) {
+                return e->id;
+            }
         }
     }
 }
@@ -107,11 +112,14 @@ static bool map_insert(piece_map *m, const xc_spm_model *model, int32_t id) {
     }
     size_t mask = m->cap - 1;
     size_t i = h & mask;
-    while (m->id[i] >= 0) {
+    while (m->slot[i].id >= 0) {
         i = (i + 1) & mask;
     }
-    m->id[i] = id;
-    m->hash[i] = h;
+    m->slot[i].id = id;
+    m->slot[i].hash = h;
+    if (p->len > m->max_len) {
+        m->max_len = p->len;
+    }
     return true;
 }
 
@@ -705,6 +713,9 @@ static xc_status maybe_add_pair(encoder *e, int32_t l, int32_t r) {
     const xc_tokenizer *tok = e->tok;
     const char *s = e->norm + e->sym[l].start;
     uint32_t n = e->sym[l].len + e->sym[r].len;
+    if (n > tok->normal.max_len) {
+        return XC_OK;
+    }
     int32_t id = map_find(&tok->normal, &tok->m, s, n, hash_bytes((const unsigned char *)s, n));
     if (id < 0) {
         return XC_OK;
