@@ -9,11 +9,13 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "xc_chat.h"
 #include "xc_ckpt.h"
 #include "xc_engine.h"
 #include "xc_mmap.h"
 #include "xc_model_config.h"
 #include "xc_test.h"
+#include "xc_tokenizer.h"
 #include "xc_vision.h"
 
 #define REF XC_FIXTURE_DIR "/reference"
@@ -352,6 +354,57 @@ static void test_conformance_stage_cuts_identical(void **state) {
     fixture_free(&f);
 }
 
+/* The C chat template + tokenizer rebuild exactly the ids the original chat() fed the model. */
+static void check_chat(const char *variant) {
+    fixture f;
+    fixture_load(&f, variant);
+    char path[600];
+    snprintf(path, sizeof path, "%s/tokenizer.model", f.dir);
+    xc_tokenizer *tok = NULL;
+    assert_int_equal(xc_tokenizer_load(path, &tok), XC_OK);
+    const cJSON *ip = cJSON_GetObjectItem(f.json, "image_prompt");
+    const cJSON *tp = cJSON_GetObjectItem(f.json, "text_prompt");
+    xc_chat_request req = {.variant =
+                               strcmp(variant, "vl") ? XC_CHAT_VARIANT_7B : XC_CHAT_VARIANT_VL,
+                           .query = cJSON_GetObjectItem(ip, "query")->valuestring,
+                           .n_images = 2,
+                           .tokens_per_image = (size_t)(f.img[0].end - f.img[0].start)};
+    assert_string_equal(xc_chat_default_system(req.variant),
+                        cJSON_GetObjectItem(ip, "meta_instruction")->valuestring);
+    xc_chat_prompt p;
+    assert_int_equal(xc_chat_build(tok, &req, &p), XC_OK);
+    assert_int_equal(p.n, f.n);
+    assert_int_equal(p.n_images, 2);
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(p.images[r].start, f.img[r].start);
+        assert_int_equal(p.images[r].end, f.img[r].end);
+    }
+    for (size_t i = 0; i < p.n; i++) {
+        bool img = (int)i >= f.img[0].start && (int)i < f.img[1].end &&
+                   !((int)i >= f.img[0].end && (int)i < f.img[1].start);
+        assert_int_equal(p.ids[i], img ? XC_CHAT_IMAGE_ROW : f.ids[i]);
+    }
+    xc_chat_prompt_fini(&p);
+    req.query = cJSON_GetObjectItem(tp, "query")->valuestring;
+    req.n_images = 0;
+    assert_int_equal(xc_chat_build(tok, &req, &p), XC_OK);
+    assert_int_equal(p.n, f.n_text);
+    assert_memory_equal(p.ids, f.text_ids, p.n * sizeof(int32_t)); /* incl. the double BOS */
+    xc_chat_prompt_fini(&p);
+    xc_tokenizer_destroy(tok);
+    fixture_free(&f);
+}
+
+static void test_conformance_chat_prompt_7b(void **state) {
+    (void)state;
+    check_chat("7b");
+}
+
+static void test_conformance_chat_prompt_vl(void **state) {
+    (void)state;
+    check_chat("vl");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conformance_bicubic_matches_torch),
@@ -360,6 +413,8 @@ int main(void) {
         cmocka_unit_test(test_conformance_model_7b),
         cmocka_unit_test(test_conformance_model_vl),
         cmocka_unit_test(test_conformance_stage_cuts_identical),
+        cmocka_unit_test(test_conformance_chat_prompt_7b),
+        cmocka_unit_test(test_conformance_chat_prompt_vl),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }
