@@ -13,6 +13,7 @@
 #include "xc_backend.h"
 #include "xc_cpu_impl.h"
 #include "xc_cpu_simd.h"
+#include "xc_cpuid.h"
 #include "xc_mem.h"
 #include "xc_opcheck.h"
 
@@ -189,7 +190,7 @@ static xc_status xc_cpu_open(xc_backend *be, const xc_backend_conf *conf) {
     c->n_threads = n;
     const char *no_simd = getenv("XC_CPU_NO_SIMD");
     c->simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-              __builtin_cpu_supports("f16c") && !(no_simd && *no_simd && strcmp(no_simd, "0"));
+              xc_cpu_has_f16c() && !(no_simd && *no_simd && strcmp(no_simd, "0"));
     pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->call_mu, NULL);
     pthread_cond_init(&c->work, NULL);

@@ -7,6 +7,7 @@
 
 #include "xc_arena.h"
 #include "xc_conf.h"
+#include "xc_cpuid.h"
 #include "xc_dtype.h"
 #include "xc_mmap.h"
 #include "xc_test.h"
@@ -76,8 +77,8 @@ static void test_common_conf_precedence(void **state) {
     assert_int_equal(c.images.n, 2);
     assert_string_equal(c.images.items[1], "y.png");
 
-    char *argv1[] = {"demo",    "--port", "7000", "--verbose", "--mode", "bb",
-                     "--image", "1.jpg",  "--image", "2.jpg", "--temperature", "0.5", NULL};
+    char *argv1[] = {"demo",  "--port",  "7000",  "--verbose",     "--mode", "bb", "--image",
+                     "1.jpg", "--image", "2.jpg", "--temperature", "0.5",    NULL};
     assert_int_equal(xc_conf_parse(&demo_spec, &c, 12, argv1, NULL), XC_OK);
     assert_int_equal(c.port, 7000); /* flag beats env */
     assert_true(c.verbose);
@@ -139,7 +140,7 @@ __attribute__((target("f16c"))) static float hw_f16_to_f32(uint16_t h) {
 
 static void test_common_f16_matches_f16c(void **state) {
     (void)state;
-    if (!__builtin_cpu_supports("f16c")) {
+    if (!xc_cpu_has_f16c()) {
         skip();
     }
     for (uint32_t h = 0; h < 65536; h++) { /* every half value */
