@@ -1,0 +1,1216 @@
+/* The coordinator thread: one mailbox for every worker message, membership and heartbeats,
+ * placement and (re)assignment, vision jobs, per-replica schedulers turned into forward frames,
+ * results turned into token events, failure handling and shutdown. */
+#include "xc_coord.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "xc_log.h"
+#include "xc_mem.h"
+#include "xc_mmap.h"
+#include "xc_sched.h"
+#include "xc_time.h"
+
+#define MAX_WORKERS     512
+#define MAX_REPLICAS    64
+#define VISION_BLOCK    4096u
+#define VISION_JOB_FLAG (1ull << 63) /* vision job ids live apart from micro-batch ids */
+
+/* ---- model facts from config.json ---- */
+
+typedef struct model_info {
+    int n_layers, hidden, inter, heads, kv_heads, vocab, max_ctx, img_size, img_tokens;
+} model_info;
+
+static int json_int(const cJSON *o, const char *k, int def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? (int)v->valuedouble : def;
+}
+
+static xc_status model_info_load(const char *dir, model_info *mi) {
+    char path[4096];
+    size_t n = strlen(dir);
+    snprintf(path, sizeof path, "%s%s", dir,
+             n > 5 && !strcmp(dir + n - 5, ".json") ? "" : "/config.json");
+    xc_mmap m;
+    XC_TRY(xc_mmap_open(path, &m));
+    cJSON *o = cJSON_ParseWithLength((const char *)m.data, m.size);
+    xc_mmap_close(&m);
+    if (!o) {
+        return xc_errf(XC_ERR_PROTO, "%s is not JSON", path);
+    }
+    mi->n_layers = json_int(o, "num_hidden_layers", 0);
+    mi->hidden = json_int(o, "hidden_size", 0);
+    mi->inter = json_int(o, "intermediate_size", 0);
+    mi->heads = json_int(o, "num_attention_heads", 0);
+    mi->kv_heads = json_int(o, "num_key_value_heads", mi->heads);
+    mi->vocab = json_int(o, "vocab_size", 0);
+    int mpe = json_int(o, "max_position_embeddings", 4096);
+    mi->max_ctx = json_int(o, "max_length", mpe);
+    mi->max_ctx = mi->max_ctx < mpe ? mi->max_ctx : mpe;
+    mi->img_size = json_int(o, "img_size", 0);
+    cJSON_Delete(o);
+    if (mi->n_layers < 1 || mi->hidden < 1 || mi->heads < 1 || mi->kv_heads < 1 || mi->vocab < 1 ||
+        mi->hidden % mi->heads) {
+        return xc_errf(XC_ERR_PROTO,
+                       "%s: num_hidden_layers, hidden_size, heads or vocab_size "
+                       "missing or inconsistent",
+                       path);
+    }
+    int g = mi->img_size / 14;
+    mi->img_tokens = g * g;
+    return XC_OK;
+}
+
+/* ---- state ---- */
+
+typedef struct cworker {
+    char id[128];
+    char endpoint[512];
+    xc_transport *tx;
+    uint64_t mem;
+    uint64_t last_seen;
+    bool alive;
+    int role; /* -1 none, 0 vision, 1 stage */
+    int replica, stage;
+    bool ready;
+} cworker;
+
+typedef struct creq {
+    uint64_t id;
+    int replica; /* -1 until routed */
+    int32_t *ids;
+    int n;
+    xc_coord_range *img;
+    int n_img;
+    float *pixels;
+    float *emb; /* (n_img * img_tokens, hidden) once the vision worker answered */
+    bool vision_sent;
+    xc_coord_sampling sp;
+    int max_new;
+    int32_t *stop;
+    int n_stop;
+    bool penalize;
+    int n_gen;
+    xc_coord_event_fn fn;
+    void *user;
+} creq;
+
+typedef struct replica {
+    xc_sched *sched;
+    int P;
+    int bounds[XC_PLACE_MAX_STAGES + 1];
+    int worker[XC_PLACE_MAX_STAGES]; /* index into workers, -1 vacant */
+    int kv_blocks;
+    bool ready;
+} replica;
+
+struct xc_coord {
+    xc_coord_conf conf;
+    char model_dir[4096];
+    model_info mi;
+    xc_place_model cost;
+    xc_transport *rx;
+    xc_arena *arena;
+
+    cworker workers[MAX_WORKERS];
+    int n_workers;
+    bool placed;
+    int vision_worker; /* -1 none / vacant */
+    bool need_vision;
+    replica reps[MAX_REPLICAS];
+    int R, P;
+
+    creq **reqs;
+    int n_reqs, cap_reqs;
+
+    /* cross-thread */
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    creq **inbox;
+    int n_inbox, cap_inbox;
+    uint64_t next_id;
+    atomic_int ready_flag, n_active, stopping, stop_now;
+    double drain_s;
+    bool shutdown_workers;
+};
+
+/* ---- events ---- */
+
+static void emit_done(creq *r, xc_status st, bool retryable, bool stopped, const char *msg) {
+    xc_coord_event ev = {.id = r->id,
+                         .kind = XC_COORD_DONE,
+                         .status = st,
+                         .retryable = retryable,
+                         .stopped = stopped,
+                         .n_tokens = r->n_gen,
+                         .message = msg ? msg : ""};
+    r->fn(r->user, &ev);
+}
+
+static void req_free(creq *r) {
+    if (!r) {
+        return;
+    }
+    xc_free(r->ids);
+    xc_free(r->img);
+    xc_free(r->pixels);
+    xc_free(r->emb);
+    xc_free(r->stop);
+    xc_free(r);
+}
+
+static creq *req_find(xc_coord *c, uint64_t id, int *idx) {
+    for (int i = 0; i < c->n_reqs; i++) {
+        if (c->reqs[i]->id == id) {
+            if (idx) {
+                *idx = i;
+            }
+            return c->reqs[i];
+        }
+    }
+    return NULL;
+}
+
+/* Ends request r (done or failed): frees its KV in its replica and drops it. */
+static void req_end(xc_coord *c, creq *r, xc_status st, bool retryable, bool stopped,
+                    const char *msg) {
+    int idx = -1;
+    if (!req_find(c, r->id, &idx)) {
+        return;
+    }
+    if (r->replica >= 0 && c->reps[r->replica].sched) {
+        xc_sched_finish(c->reps[r->replica].sched, r->id);
+    }
+    emit_done(r, st, retryable, stopped, msg);
+    c->reqs[idx] = c->reqs[--c->n_reqs];
+    req_free(r);
+    atomic_fetch_sub(&c->n_active, 1);
+}
+
+/* ---- sending ---- */
+
+static xc_status send_ctl(xc_coord *c, cworker *w, const xc_wire_control *ctl) {
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = *ctl};
+    return xc_transport_send_wire(w->tx, &m, NULL, 0, c->conf.send_timeout_ms);
+}
+
+static void free_buf(void *data, void *hint) {
+    (void)hint;
+    xc_free(data);
+}
+
+/* ---- placement and assignment ---- */
+
+static void derive_cost(xc_coord *c) {
+    const model_info *m = &c->mi;
+    double H = m->hidden, I = m->inter ? m->inter : 4 * m->hidden;
+    double kvw = (double)m->kv_heads * (H / m->heads);
+    double rank = c->conf.plora_rank > 0 ? c->conf.plora_rank : 0;
+    double base = H * (H + 2 * kvw) + H * H + 3 * H * I;
+    /* PLoRA A (rank, in) and B (out, rank) on wqkv, wo, w1, w3, w2 */
+    double lora = rank * ((H + H + 2 * kvw) + (H + H) + (H + I) * 2 + (I + H));
+    double bytes = 2.0; /* bf16 checkpoints */
+    c->cost = (xc_place_model){.n_layers = m->n_layers,
+                               .layer_time = (base + lora) * bytes,
+                               .first_time = H * bytes, /* a gather: tiny */
+                               .last_time = (double)m->vocab * H * bytes,
+                               .layer_bytes = (base + lora) * bytes,
+                               .embed_bytes = (double)m->vocab * H * bytes,
+                               .head_bytes = (double)m->vocab * H * bytes + H * bytes,
+                               .kv_bytes_layer = 2 * kvw * 4,
+                               .kv_budget_tokens = c->conf.max_context};
+    if (c->conf.cost) {
+        c->cost = *c->conf.cost;
+        c->cost.n_layers = m->n_layers;
+    }
+}
+
+static void send_assign(xc_coord *c, int wi) {
+    cworker *w = &c->workers[wi];
+    xc_wire_assign a = {.model_path = c->model_dir, .n_layers = (uint32_t)c->mi.n_layers};
+    if (w->role == 0) {
+        a.role = XC_WIRE_ROLE_VISION;
+        a.n_stages = 1;
+    } else {
+        replica *r = &c->reps[w->replica];
+        a.role = XC_WIRE_ROLE_STAGE;
+        a.replica = (uint32_t)w->replica;
+        a.stage = (uint32_t)w->stage;
+        a.n_stages = (uint32_t)r->P;
+        a.layer_begin = (uint32_t)r->bounds[w->stage];
+        a.layer_end = (uint32_t)r->bounds[w->stage + 1];
+        a.kv_blocks = (uint32_t)r->kv_blocks;
+        a.kv_block_size = (uint32_t)c->conf.block_size;
+        a.max_rows = (uint32_t)c->conf.max_rows;
+        int nx = w->stage + 1 < r->P ? r->worker[w->stage + 1] : -1;
+        a.next_endpoint = nx >= 0 ? c->workers[nx].endpoint : xc_transport_endpoint(c->rx);
+    }
+    w->ready = false;
+    xc_wire_control ctl = {.kind = XC_WIRE_CTL_ASSIGN, .u.assign = a};
+    if (send_ctl(c, w, &ctl) != XC_OK) {
+        XC_LOG_WARN("assign to %s failed: %s", w->id, xc_err_last());
+    } else {
+        XC_LOG_INFO("assigned worker %s: %s replica %d stage %d layers [%u, %u)", w->id,
+                    w->role == 0 ? "vision" : "decoder", w->role ? w->replica : 0,
+                    w->role ? w->stage : 0, a.layer_begin, a.layer_end);
+    }
+}
+
+static int kv_blocks_for(xc_coord *c, const replica *r) {
+    int want = c->conf.kv_blocks;
+    for (int k = 0; k < r->P; k++) {
+        const cworker *w = &c->workers[r->worker[k]];
+        int layers = r->bounds[k + 1] - r->bounds[k];
+        double weights = xc_place_stage_bytes(&c->cost, r->bounds[k], r->bounds[k + 1], r->P, k) -
+                         layers * c->cost.kv_bytes_layer * c->cost.kv_budget_tokens;
+        double per_block = layers * c->cost.kv_bytes_layer * c->conf.block_size;
+        double fit = per_block > 0 ? ((double)w->mem - weights) / per_block : want;
+        if (fit < want) {
+            want = fit < 1 ? 1 : (int)fit;
+        }
+    }
+    return want;
+}
+
+static xc_status place(xc_coord *c) {
+    int need_total = c->conf.workers;
+    if (need_total <= 0) {
+        int p = c->conf.stages > 0 ? c->conf.stages : 1,
+            r = c->conf.replicas > 0 ? c->conf.replicas : 1;
+        need_total = p * r + (c->need_vision ? 1 : 0);
+    }
+    int alive = 0;
+    for (int i = 0; i < c->n_workers; i++) {
+        alive += c->workers[i].alive && c->workers[i].role < 0;
+    }
+    if (alive < need_total) {
+        return XC_AGAIN;
+    }
+    int idx[MAX_WORKERS] = {0}, n = 0;
+    for (int i = 0; i < c->n_workers; i++) {
+        if (c->workers[i].alive && c->workers[i].role < 0) {
+            idx[n++] = i;
+        }
+    }
+    int first_dec = 0;
+    if (c->need_vision) {
+        c->vision_worker = idx[0];
+        c->workers[idx[0]].role = 0;
+        first_dec = 1;
+    }
+    uint64_t mem[MAX_WORKERS];
+    for (int i = first_dec; i < n; i++) {
+        mem[i - first_dec] = c->workers[idx[i]].mem;
+    }
+    int P, R;
+    xc_status st =
+        xc_place_shape(&c->cost, mem, n - first_dec, c->conf.stages, c->conf.replicas, &P, &R);
+    if (st != XC_OK) {
+        XC_LOG_ERROR("placement: %s", xc_err_last());
+        if (c->need_vision) {
+            c->workers[idx[0]].role = -1;
+            c->vision_worker = -1;
+        }
+        return st;
+    }
+    if (R > MAX_REPLICAS) {
+        R = MAX_REPLICAS;
+    }
+    c->P = P;
+    c->R = R;
+    double tmax = 0;
+    for (int r = 0; r < R; r++) {
+        replica *rp = &c->reps[r];
+        rp->P = P;
+        XC_TRY(xc_place_split(&c->cost, P, rp->bounds, &tmax));
+        for (int k = 0; k < P; k++) {
+            int wi = idx[first_dec + r * P + k];
+            rp->worker[k] = wi;
+            c->workers[wi].role = 1;
+            c->workers[wi].replica = r;
+            c->workers[wi].stage = k;
+        }
+        rp->kv_blocks = kv_blocks_for(c, rp);
+        int inflight = c->conf.max_inflight > 0 ? c->conf.max_inflight : P + 1;
+        xc_sched_conf sc = {.max_rows = c->conf.max_rows,
+                            .chunk = c->conf.chunk,
+                            .block_size = c->conf.block_size,
+                            .n_blocks = rp->kv_blocks,
+                            .max_inflight = inflight,
+                            .n_stages = P};
+        XC_TRY(xc_sched_create(&sc, &rp->sched));
+    }
+    char cuts[256] = "";
+    for (int k = 0; k <= P; k++) {
+        size_t l = strlen(cuts);
+        snprintf(cuts + l, sizeof cuts - l, "%s%d", k ? "," : "", c->reps[0].bounds[k]);
+    }
+    XC_LOG_INFO("placement: %d replica(s) x %d stage(s), layer cuts %s, kv blocks %d x %d, "
+                "vision %s",
+                R, P, cuts, c->reps[0].kv_blocks, c->conf.block_size,
+                c->need_vision ? c->workers[c->vision_worker].id : "none");
+    c->placed = true;
+    for (int i = 0; i < c->n_workers; i++) {
+        if (c->workers[i].role >= 0) {
+            send_assign(c, i);
+        }
+    }
+    return XC_OK;
+}
+
+/* A fresh registered worker takes a vacant role; the whole replica is re-assigned so the
+ * previous stage points at the new endpoint and every stage forgets old sequences. */
+static void fill_vacancies(xc_coord *c) {
+    for (int i = 0; i < c->n_workers; i++) {
+        cworker *w = &c->workers[i];
+        if (!w->alive || w->role >= 0) {
+            continue;
+        }
+        if (c->need_vision && c->vision_worker < 0) {
+            w->role = 0;
+            c->vision_worker = i;
+            XC_LOG_INFO("worker %s replaces the vision worker", w->id);
+            send_assign(c, i);
+            continue;
+        }
+        for (int r = 0; r < c->R && w->role < 0; r++) {
+            replica *rp = &c->reps[r];
+            for (int k = 0; k < rp->P; k++) {
+                if (rp->worker[k] < 0) {
+                    rp->worker[k] = i;
+                    w->role = 1;
+                    w->replica = r;
+                    w->stage = k;
+                    XC_LOG_INFO("worker %s replaces replica %d stage %d", w->id, r, k);
+                    for (int j = 0; j < rp->P; j++) {
+                        if (rp->worker[j] >= 0) {
+                            send_assign(c, rp->worker[j]);
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+static void update_ready(xc_coord *c) {
+    bool all = c->placed &&
+               (!c->need_vision || (c->vision_worker >= 0 && c->workers[c->vision_worker].ready));
+    for (int r = 0; r < c->R; r++) {
+        replica *rp = &c->reps[r];
+        bool ok = true;
+        for (int k = 0; k < rp->P; k++) {
+            ok = ok && rp->worker[k] >= 0 && c->workers[rp->worker[k]].ready;
+        }
+        if (ok && !rp->ready) {
+            XC_LOG_INFO("replica %d ready", r);
+        }
+        rp->ready = ok;
+        all = all && ok;
+    }
+    if (all != (bool)atomic_load(&c->ready_flag)) {
+        XC_LOG_INFO("cluster %s", all ? "ready" : "NOT ready");
+        pthread_mutex_lock(&c->lock);
+        atomic_store(&c->ready_flag, all);
+        pthread_cond_broadcast(&c->cond);
+        pthread_mutex_unlock(&c->lock);
+    }
+}
+
+/* ---- failure ---- */
+
+static void fail_replica(xc_coord *c, int r, const char *why) {
+    replica *rp = &c->reps[r];
+    uint64_t ids[4096];
+    int n = 0;
+    xc_sched_fail_all(rp->sched, ids, 4096, &n);
+    for (int i = 0; i < c->n_reqs;) {
+        creq *q = c->reqs[i];
+        if (q->replica == r) {
+            q->replica = -1; /* its KV is gone with the scheduler state */
+            req_end(c, q, XC_ERR_IO, true, false, why);
+            continue;
+        }
+        i++;
+    }
+}
+
+static void worker_lost(xc_coord *c, int wi, const char *how) {
+    cworker *w = &c->workers[wi];
+    char why[512];
+    if (w->role == 1) {
+        snprintf(why, sizeof why, "worker %s (replica %d stage %d) %s", w->id, w->replica, w->stage,
+                 how);
+    } else {
+        snprintf(why, sizeof why, "worker %s (%s) %s", w->id, w->role == 0 ? "vision" : "idle",
+                 how);
+    }
+    XC_LOG_ERROR("%s", why);
+    if (w->role == 1) {
+        c->reps[w->replica].worker[w->stage] = -1;
+        c->reps[w->replica].ready = false;
+        fail_replica(c, w->replica, why);
+    } else if (w->role == 0) {
+        c->vision_worker = -1;
+        /* requests still waiting for image embeddings cannot proceed */
+        for (int i = 0; i < c->n_reqs;) {
+            creq *q = c->reqs[i];
+            if (q->n_img > 0 && !q->emb) {
+                req_end(c, q, XC_ERR_IO, true, false, why);
+                continue;
+            }
+            i++;
+        }
+    }
+    w->alive = false;
+    w->role = -1;
+    w->ready = false;
+    xc_transport_close(w->tx);
+    w->tx = NULL;
+    update_ready(c);
+}
+
+/* ---- incoming messages ---- */
+
+static int worker_by_id(xc_coord *c, const char *id) {
+    for (int i = 0; i < c->n_workers; i++) {
+        if (id && !strcmp(c->workers[i].id, id)) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static void on_register(xc_coord *c, const xc_wire_register *r) {
+    int wi = worker_by_id(c, r->worker_id);
+    if (wi >= 0 && c->workers[wi].alive) {
+        cworker *w = &c->workers[wi];
+        w->last_seen = xc_now_ns();
+        if (strcmp(w->endpoint, r->endpoint)) {
+            /* same name, new process: treat the old one as lost */
+            worker_lost(c, wi, "re-registered from a new endpoint");
+        } else {
+            if (w->role >= 0) {
+                send_assign(c, wi); /* the worker restarted its loop and lost its role */
+            }
+            return;
+        }
+    }
+    if (wi < 0) {
+        for (int i = 0; i < c->n_workers; i++) {
+            if (!c->workers[i].alive) {
+                wi = i; /* reuse the slot of a lost worker */
+                break;
+            }
+        }
+    }
+    if (wi < 0) {
+        if (c->n_workers == MAX_WORKERS) {
+            XC_LOG_WARN("register from %s ignored: %d workers already", r->worker_id, MAX_WORKERS);
+            return;
+        }
+        wi = c->n_workers++;
+    }
+    cworker *w = &c->workers[wi];
+    memset(w, 0, sizeof *w);
+    snprintf(w->id, sizeof w->id, "%s", r->worker_id);
+    snprintf(w->endpoint, sizeof w->endpoint, "%s", r->endpoint);
+    w->mem = r->host_mem_bytes + r->device_mem_bytes;
+    w->role = -1;
+    if (xc_transport_open(w->endpoint, XC_TRANSPORT_SEND, c->conf.tconf, &w->tx) != XC_OK) {
+        XC_LOG_WARN("register from %s: cannot reach %s: %s", w->id, w->endpoint, xc_err_last());
+        return;
+    }
+    w->alive = true;
+    w->last_seen = xc_now_ns();
+    XC_LOG_INFO("worker %s registered (%s, %.0f MiB)", w->id, w->endpoint,
+                (double)w->mem / 1048576.0);
+    if (c->placed) {
+        fill_vacancies(c);
+    }
+}
+
+static void on_vision_result(xc_coord *c, const xc_wire_forward *f, const xc_msg *msg) {
+    uint64_t rid = f->microbatch_id & ~VISION_JOB_FLAG;
+    creq *q = req_find(c, rid, NULL);
+    size_t per = (size_t)c->mi.img_tokens * (size_t)c->mi.hidden;
+    if (!q || q->emb) {
+        return; /* the request is gone */
+    }
+    if (f->payload.dtype != XC_DTYPE_F32 || f->payload.cols != (uint32_t)c->mi.hidden ||
+        (size_t)f->payload.rows != (size_t)q->n_img * c->mi.img_tokens) {
+        req_end(c, q, XC_ERR_PROTO, false, false, "vision worker sent embeddings of a wrong shape");
+        return;
+    }
+    q->emb = xc_malloc((size_t)q->n_img * per * sizeof(float));
+    if (!q->emb) {
+        req_end(c, q, XC_ERR_NOMEM, true, false, "no memory for image embeddings");
+        return;
+    }
+    memcpy(q->emb, msg->frames[1].data, (size_t)q->n_img * per * sizeof(float));
+    if (q->replica >= 0) {
+        xc_sched_set_ready(c->reps[q->replica].sched, q->id);
+    }
+}
+
+static bool is_stop(const creq *q, int32_t t) {
+    for (int i = 0; i < q->n_stop; i++) {
+        if (q->stop[i] == t) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void on_result(xc_coord *c, const xc_wire_result *res) {
+    /* find the replica whose scheduler has this micro-batch: ids are per replica, so the
+     * replica is encoded in the high bits */
+    int r = (int)((res->microbatch_id >> 48) & 0x3fff);
+    uint64_t mb = res->microbatch_id & ((1ull << 48) - 1);
+    if (r >= c->R || !c->reps[r].sched) {
+        return;
+    }
+    xc_sched *s = c->reps[r].sched;
+    xc_sched_batch_done(s, mb);
+    for (size_t i = 0; i < res->n; i++) {
+        creq *q = req_find(c, res->seq_ids[i], NULL);
+        if (!q || q->replica != r) {
+            continue; /* finished or failed meanwhile */
+        }
+        int32_t t = (int32_t)res->tokens[i];
+        if (xc_sched_token(s, q->id, t) != XC_OK) {
+            continue;
+        }
+        if (is_stop(q, t)) {
+            req_end(c, q, XC_OK, false, true, NULL);
+            continue;
+        }
+        q->n_gen++;
+        xc_coord_event ev = {.id = q->id, .kind = XC_COORD_TOKEN, .token = t};
+        q->fn(q->user, &ev);
+        if (q->n_gen >= q->max_new) {
+            req_end(c, q, XC_OK, false, false, NULL);
+        }
+    }
+}
+
+static void handle(xc_coord *c, const xc_wire_msg *m, const xc_msg *msg) {
+    if (m->kind == XC_WIRE_KIND_RESULT) {
+        on_result(c, &m->u.result);
+        return;
+    }
+    if (m->kind == XC_WIRE_KIND_FORWARD) {
+        if (m->u.forward.microbatch_id & VISION_JOB_FLAG) {
+            on_vision_result(c, &m->u.forward, msg);
+        } else {
+            XC_LOG_WARN("dropped a forward frame that is not a vision result");
+        }
+        return;
+    }
+    const xc_wire_control *ctl = &m->u.control;
+    int wi;
+    switch (ctl->kind) {
+    case XC_WIRE_CTL_REGISTER:
+        on_register(c, &ctl->u.reg);
+        break;
+    case XC_WIRE_CTL_HEARTBEAT:
+        wi = worker_by_id(c, ctl->u.heartbeat.worker_id);
+        if (wi >= 0 && c->workers[wi].alive) {
+            c->workers[wi].last_seen = xc_now_ns();
+        }
+        break;
+    case XC_WIRE_CTL_READY:
+        wi = worker_by_id(c, ctl->u.ready.worker_id);
+        if (wi >= 0 && c->workers[wi].alive && c->workers[wi].role >= 0) {
+            c->workers[wi].ready = true;
+            c->workers[wi].last_seen = xc_now_ns();
+            update_ready(c);
+        }
+        break;
+    case XC_WIRE_CTL_ERROR:
+        XC_LOG_WARN("worker %s reports: %s", ctl->u.error.worker_id, ctl->u.error.message);
+        wi = worker_by_id(c, ctl->u.error.worker_id);
+        if (wi >= 0 && ctl->u.error.fatal) {
+            worker_lost(c, wi, "failed fatally");
+        } else if (wi >= 0 && c->workers[wi].role == 1 && ctl->u.error.has_microbatch) {
+            /* a micro-batch failed on a stage: its sequences' KV state is unknown */
+            fail_replica(c, c->workers[wi].replica, ctl->u.error.message);
+        } else if (wi >= 0 && c->workers[wi].role == 0 && ctl->u.error.has_microbatch) {
+            creq *q = req_find(c, ctl->u.error.microbatch_id & ~VISION_JOB_FLAG, NULL);
+            if (q) {
+                req_end(c, q, XC_ERR_ARG, false, false, ctl->u.error.message);
+            }
+        }
+        break;
+    default:
+        XC_LOG_WARN("ignored a %s message", xc_wire_ctl_name(ctl->kind));
+    }
+}
+
+/* ---- sending work ---- */
+
+static void send_vision(xc_coord *c, creq *q) {
+    cworker *w = &c->workers[c->vision_worker];
+    uint32_t S = (uint32_t)c->mi.img_size;
+    xc_wire_seq *seqs = xc_arena_calloc(c->arena, (size_t)q->n_img, sizeof *seqs);
+    static const uint32_t block0 = 0;
+    size_t bytes = (size_t)q->n_img * 3 * S * S * sizeof(float);
+    float *px = xc_malloc(bytes);
+    if (!seqs || !px) {
+        xc_free(px);
+        return;
+    }
+    memcpy(px, q->pixels, bytes);
+    for (int i = 0; i < q->n_img; i++) {
+        seqs[i] = (xc_wire_seq){
+            .id = (uint64_t)i, .n_tokens = 3 * S, .n_blocks = 1, .block_table = &block0};
+    }
+    xc_wire_msg m = {
+        .kind = XC_WIRE_KIND_FORWARD,
+        .u.forward = {
+            .microbatch_id = q->id | VISION_JOB_FLAG,
+            .kv_block_size = VISION_BLOCK,
+            .n_seqs = (size_t)q->n_img,
+            .seqs = seqs,
+            .payload = {.dtype = XC_DTYPE_F32, .rows = (uint32_t)q->n_img * 3 * S, .cols = S}}};
+    xc_frame fr = {.data = px, .len = bytes, .free_fn = free_buf};
+    if (xc_transport_send_wire(w->tx, &m, &fr, 1, c->conf.send_timeout_ms) != XC_OK) {
+        xc_free(px);
+        XC_LOG_WARN("vision job for request %llu: %s", (unsigned long long)q->id, xc_err_last());
+        return;
+    }
+    q->vision_sent = true;
+}
+
+static void send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
+    replica *rp = &c->reps[r];
+    cworker *w0 = &c->workers[rp->worker[0]];
+    size_t H = (size_t)c->mi.hidden;
+    xc_wire_seq *seqs = xc_arena_calloc(c->arena, (size_t)b->n_items, sizeof *seqs);
+    int32_t *ids = xc_malloc((size_t)b->n_rows * sizeof(int32_t) + 4);
+    size_t img_rows = 0;
+    for (int i = 0; i < b->n_items; i++) {
+        const xc_sched_item *it = &b->items[i];
+        creq *q = req_find(c, it->id, NULL);
+        for (int k = 0; q && k < q->n_img; k++) {
+            int a = q->img[k].start > it->first_pos ? q->img[k].start : it->first_pos;
+            int e = q->img[k].end < it->first_pos + it->n_tokens ? q->img[k].end
+                                                                 : it->first_pos + it->n_tokens;
+            img_rows += e > a ? (size_t)(e - a) : 0;
+        }
+    }
+    float *img = img_rows ? xc_malloc(img_rows * H * sizeof(float)) : NULL;
+    if (!seqs || !ids || (img_rows && !img)) {
+        xc_free(ids);
+        xc_free(img);
+        XC_LOG_ERROR("no memory for a micro-batch");
+        return;
+    }
+    size_t row = 0, irow = 0;
+    for (int i = 0; i < b->n_items; i++) {
+        const xc_sched_item *it = &b->items[i];
+        creq *q = req_find(c, it->id, NULL);
+        XC_ASSERT(q);
+        int nb = 0;
+        const int32_t *bt = xc_sched_blocks(rp->sched, it->id, &nb);
+        uint32_t *bt32 = xc_arena_alloc(c->arena, (size_t)nb * sizeof(uint32_t) + 4);
+        xc_wire_range *rr = xc_arena_alloc(c->arena, (size_t)(q->n_img + 1) * sizeof *rr);
+        if (!bt32 || !rr) {
+            break;
+        }
+        for (int k = 0; k < nb; k++) {
+            bt32[k] = (uint32_t)bt[k];
+        }
+        /* image ranges of this chunk, relative to the chunk, and their embedding rows */
+        int n_rr = 0;
+        for (int k = 0; k < q->n_img; k++) {
+            int a = q->img[k].start > it->first_pos ? q->img[k].start : it->first_pos;
+            int e = q->img[k].end < it->first_pos + it->n_tokens ? q->img[k].end
+                                                                 : it->first_pos + it->n_tokens;
+            if (e <= a) {
+                continue;
+            }
+            rr[n_rr++] =
+                (xc_wire_range){(uint32_t)(a - it->first_pos), (uint32_t)(e - it->first_pos)};
+            size_t src = (size_t)k * c->mi.img_tokens + (size_t)(a - q->img[k].start);
+            memcpy(img + irow * H, q->emb + src * H, (size_t)(e - a) * H * sizeof(float));
+            irow += (size_t)(e - a);
+        }
+        if (it->n_tokens == 1 && it->first_pos >= q->n) {
+            ids[row] = it->token;
+        } else {
+            memcpy(ids + row, q->ids + it->first_pos, (size_t)it->n_tokens * sizeof(int32_t));
+            /* image rows carry a placeholder id (ignored by stage 0) */
+            for (int k = 0; k < n_rr; k++) {
+                for (uint32_t t = rr[k].start; t < rr[k].end; t++) {
+                    ids[row + t] = 0;
+                }
+            }
+        }
+        row += (size_t)it->n_tokens;
+        xc_wire_sampling *smp = NULL;
+        if (it->first_chunk) {
+            smp = xc_arena_calloc(c->arena, 1, sizeof *smp);
+            uint32_t *pen = xc_arena_alloc(c->arena, (size_t)q->n * sizeof(uint32_t) + 4);
+            if (!smp || !pen) {
+                break;
+            }
+            size_t n_pen = 0;
+            if (q->penalize) {
+                for (int t = 0; t < q->n; t++) {
+                    bool in_img = false;
+                    for (int k = 0; k < q->n_img; k++) {
+                        in_img = in_img || (t >= q->img[k].start && t < q->img[k].end);
+                    }
+                    if (!in_img) {
+                        pen[n_pen++] = (uint32_t)q->ids[t];
+                    }
+                }
+            }
+            *smp = (xc_wire_sampling){.greedy = q->sp.greedy,
+                                      .temperature = q->sp.greedy ? 1.0f : q->sp.temperature,
+                                      .top_k = (uint32_t)q->sp.top_k,
+                                      .top_p = q->sp.top_p,
+                                      .repetition_penalty = q->sp.repetition_penalty,
+                                      .seed = q->sp.seed,
+                                      .max_new_tokens = (uint32_t)q->max_new,
+                                      .prompt_len = (uint32_t)q->n,
+                                      .n_penalty_ids = n_pen,
+                                      .penalty_ids = pen};
+        }
+        seqs[i] = (xc_wire_seq){.id = it->id,
+                                .first_pos = (uint32_t)it->first_pos,
+                                .n_tokens = (uint32_t)it->n_tokens,
+                                .n_blocks = (size_t)nb,
+                                .block_table = bt32,
+                                .n_image_ranges = (size_t)n_rr,
+                                .image_ranges = rr,
+                                .sampling = smp};
+    }
+    xc_wire_forward f = {
+        .microbatch_id = ((uint64_t)r << 48) | b->id,
+        .kv_block_size = (uint32_t)c->conf.block_size,
+        .n_seqs = (size_t)b->n_items,
+        .seqs = seqs,
+        .n_release = (size_t)b->n_release,
+        .release_ids = b->release,
+        .payload = {.dtype = XC_DTYPE_I32, .rows = (uint32_t)b->n_rows, .cols = 1},
+        .has_image_rows = img_rows > 0,
+        .image_rows = {.dtype = XC_DTYPE_F32, .rows = (uint32_t)img_rows, .cols = (uint32_t)H}};
+    xc_frame fr[2] = {
+        {.data = ids, .len = (size_t)b->n_rows * sizeof(int32_t), .free_fn = free_buf},
+        {.data = img, .len = img_rows * H * sizeof(float), .free_fn = free_buf}};
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_FORWARD, .u.forward = f};
+    xc_status st =
+        xc_transport_send_wire(w0->tx, &m, fr, img_rows ? 2 : 1, c->conf.send_timeout_ms);
+    if (st != XC_OK) {
+        xc_free(ids);
+        xc_free(img);
+        char why[512];
+        snprintf(why, sizeof why, "replica %d: send to stage 0 (%s) failed: %s", r, w0->id,
+                 xc_err_last());
+        XC_LOG_ERROR("%s", why);
+        fail_replica(c, r, why);
+    } else if (!img_rows) {
+        xc_free(img);
+    }
+}
+
+/* ---- admission ---- */
+
+static int pick_replica(xc_coord *c) {
+    int best = -1, load = 0;
+    for (int r = 0; r < c->R; r++) {
+        if (!c->reps[r].ready) {
+            continue;
+        }
+        int l = xc_sched_n_live(c->reps[r].sched);
+        if (best < 0 || l < load) {
+            best = r;
+            load = l;
+        }
+    }
+    return best;
+}
+
+static void admit_inbox(xc_coord *c) {
+    pthread_mutex_lock(&c->lock);
+    int n = c->n_inbox;
+    creq **in = c->inbox;
+    c->inbox = NULL;
+    c->n_inbox = c->cap_inbox = 0;
+    pthread_mutex_unlock(&c->lock);
+    for (int i = 0; i < n; i++) {
+        creq *q = in[i];
+        if (c->n_reqs == c->cap_reqs) {
+            int cap = c->cap_reqs ? c->cap_reqs * 2 : 64;
+            creq **nr = xc_realloc(c->reqs, (size_t)cap * sizeof *nr);
+            if (!nr) {
+                emit_done(q, XC_ERR_NOMEM, true, false, "coordinator out of memory");
+                req_free(q);
+                atomic_fetch_sub(&c->n_active, 1);
+                continue;
+            }
+            c->reqs = nr;
+            c->cap_reqs = cap;
+        }
+        c->reqs[c->n_reqs++] = q;
+    }
+    xc_free(in);
+    /* route requests that wait for a replica */
+    for (int i = 0; i < c->n_reqs;) {
+        creq *q = c->reqs[i];
+        if (q->replica >= 0) {
+            i++;
+            continue;
+        }
+        if (c->placed && !atomic_load(&c->ready_flag)) {
+            req_end(c, q, XC_ERR_IO, true, false,
+                    "cluster not ready (a worker is lost or loading); retry later");
+            continue;
+        }
+        int r = pick_replica(c);
+        if (r < 0) {
+            i++; /* not placed yet: wait */
+            continue;
+        }
+        xc_status st = xc_sched_add(c->reps[r].sched, q->id, q->n, q->max_new,
+                                    q->n_img == 0 || q->emb != NULL);
+        if (st != XC_OK) {
+            req_end(c, q, st, false, false, xc_err_last());
+            continue;
+        }
+        q->replica = r;
+        i++;
+    }
+    for (int i = 0; i < c->n_reqs; i++) {
+        creq *q = c->reqs[i];
+        if (q->n_img > 0 && !q->vision_sent && c->vision_worker >= 0 &&
+            c->workers[c->vision_worker].ready) {
+            send_vision(c, q);
+        }
+    }
+}
+
+/* ---- loop ---- */
+
+static void check_liveness(xc_coord *c) {
+    uint64_t now = xc_now_ns(), dead = (uint64_t)(c->conf.dead_s * 1e9);
+    for (int i = 0; i < c->n_workers; i++) {
+        cworker *w = &c->workers[i];
+        if (w->alive && now - w->last_seen > dead) {
+            char how[64];
+            snprintf(how, sizeof how, "lost (no heartbeat for %.1f s)",
+                     (double)(now - w->last_seen) * 1e-9);
+            worker_lost(c, i, how);
+        }
+    }
+}
+
+static void fail_everything(xc_coord *c, const char *why) {
+    while (c->n_reqs > 0) {
+        req_end(c, c->reqs[0], XC_ERR_IO, true, false, why);
+    }
+    admit_inbox(c);
+    while (c->n_reqs > 0) {
+        req_end(c, c->reqs[0], XC_ERR_IO, true, false, why);
+    }
+}
+
+static void *coord_main(void *arg) {
+    xc_coord *c = arg;
+    xc_log_set_role("C");
+    uint64_t drain_deadline = 0;
+    while (!atomic_load(&c->stop_now)) {
+        xc_arena_reset(c->arena);
+        /* drain the mailbox, then schedule */
+        int timeout = 5;
+        for (int k = 0; k < 256; k++) {
+            xc_msg msg = {0};
+            xc_wire_msg m;
+            xc_status st = xc_transport_recv_wire(c->rx, timeout, c->arena, &msg, &m);
+            if (st != XC_OK) {
+                break;
+            }
+            handle(c, &m, &msg);
+            xc_msg_fini(&msg);
+            timeout = 0;
+        }
+        check_liveness(c);
+        if (!c->placed) {
+            place(c);
+            update_ready(c);
+        }
+        admit_inbox(c);
+        for (int r = 0; r < c->R; r++) {
+            xc_sched_batch b;
+            while (c->reps[r].ready && xc_sched_next(c->reps[r].sched, &b)) {
+                send_batch(c, r, &b);
+            }
+        }
+        if (atomic_load(&c->stopping)) {
+            uint64_t now = xc_now_ns();
+            if (!drain_deadline) {
+                drain_deadline = now + (uint64_t)(c->drain_s * 1e9);
+            }
+            if (c->n_reqs == 0 || now >= drain_deadline) {
+                break;
+            }
+        }
+    }
+    fail_everything(c, "coordinator shutting down");
+    if (c->shutdown_workers) {
+        for (int i = 0; i < c->n_workers; i++) {
+            if (c->workers[i].alive) {
+                xc_wire_control ctl = {.kind = XC_WIRE_CTL_SHUTDOWN,
+                                       .u.shutdown.reason = "coordinator stopped"};
+                (void)send_ctl(c, &c->workers[i], &ctl);
+            }
+        }
+    }
+    return NULL;
+}
+
+/* ---- API ---- */
+
+xc_status xc_coord_create(const xc_coord_conf *conf, xc_coord **out) {
+    if (!conf->model_dir) {
+        return xc_errf(XC_ERR_ARG, "coordinator: --model is required");
+    }
+    if (conf->max_rows < 1 || conf->chunk < 1 || conf->block_size < 1 || conf->kv_blocks < 1 ||
+        !(conf->dead_s > 0) || conf->stages < 0 || conf->replicas < 0) {
+        return xc_errf(XC_ERR_ARG, "coordinator: sizes and timeouts must be positive");
+    }
+    xc_status st = XC_OK;
+    xc_coord *c = xc_calloc(1, sizeof *c);
+    if (!c) {
+        return XC_ERR_NOMEM;
+    }
+    c->conf = *conf;
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->cond, NULL);
+    c->vision_worker = -1;
+    c->next_id = 1;
+    snprintf(c->model_dir, sizeof c->model_dir, "%s", conf->model_dir);
+    c->conf.model_dir = c->model_dir;
+    XC_TRY_GOTO(model_info_load(conf->model_dir, &c->mi), st, fail);
+    if (c->conf.max_context <= 0 || c->conf.max_context > c->mi.max_ctx) {
+        c->conf.max_context = c->mi.max_ctx;
+    }
+    if (c->conf.send_timeout_ms <= 0) {
+        c->conf.send_timeout_ms = 2000;
+    }
+    c->need_vision = !conf->no_vision && c->mi.img_size > 0;
+    derive_cost(c);
+    XC_TRY_GOTO(xc_arena_create(1 << 16, &c->arena), st, fail);
+    XC_TRY_GOTO(xc_transport_open(conf->endpoint ? conf->endpoint : "tcp://127.0.0.1:5555",
+                                  XC_TRANSPORT_RECV, conf->tconf, &c->rx),
+                st, fail);
+    if (pthread_create(&c->thread, NULL, coord_main, c) != 0) {
+        st = xc_errf(XC_ERR_IO, "coordinator: cannot start its thread");
+        goto fail;
+    }
+    c->started = true;
+    XC_LOG_INFO("coordinator on %s: model %s (%d layers, vocab %d%s), waiting for workers",
+                xc_transport_endpoint(c->rx), c->model_dir, c->mi.n_layers, c->mi.vocab,
+                c->need_vision ? ", vision" : "");
+    *out = c;
+    return XC_OK;
+fail:
+    xc_coord_destroy(c);
+    return st;
+}
+
+static xc_status check_request(const xc_coord *c, const xc_coord_request *r) {
+    if (!r->ids || r->n <= 0) {
+        return xc_errf(XC_ERR_ARG, "empty prompt");
+    }
+    if (r->max_new_tokens < 1) {
+        return xc_errf(XC_ERR_ARG, "max_new_tokens must be >= 1");
+    }
+    if ((long)r->n + r->max_new_tokens > c->conf.max_context) {
+        return xc_errf(XC_ERR_ARG, "prompt of %d tokens + %d new exceeds the context of %d", r->n,
+                       r->max_new_tokens, c->conf.max_context);
+    }
+    if (r->n_img > 0 && (!c->need_vision || !r->pixels)) {
+        return xc_errf(XC_ERR_ARG, "prompt has images but %s",
+                       c->need_vision ? "no pixels" : "the cluster serves no vision");
+    }
+    if (r->n_img < 0 || r->n_img > 64 || r->n_stop_ids < 0 || r->n_stop_ids > 64) {
+        return xc_errf(XC_ERR_ARG, "at most 64 images and 64 stop ids");
+    }
+    int prev = 0;
+    for (int k = 0; k < r->n_img; k++) {
+        if (r->img[k].start < prev || r->img[k].end > r->n ||
+            r->img[k].end - r->img[k].start != c->mi.img_tokens) {
+            return xc_errf(XC_ERR_ARG, "image range %d [%d, %d) must be %d rows inside the prompt",
+                           k, r->img[k].start, r->img[k].end, c->mi.img_tokens);
+        }
+        prev = r->img[k].end;
+    }
+    for (int i = 0, k = 0; i < r->n; i++) {
+        while (k < r->n_img && i >= r->img[k].end) {
+            k++;
+        }
+        bool in_img = k < r->n_img && i >= r->img[k].start;
+        if (!in_img && (r->ids[i] < 0 || r->ids[i] >= c->mi.vocab)) {
+            return xc_errf(XC_ERR_ARG, "token id %d at %d is outside the vocabulary of %d",
+                           r->ids[i], i, c->mi.vocab);
+        }
+    }
+    const xc_coord_sampling *s = &r->sampling;
+    if (!s->greedy && (!(s->temperature > 0) || !isfinite(s->temperature))) {
+        return xc_errf(XC_ERR_ARG, "temperature must be > 0");
+    }
+    if (!(s->top_p > 0) || s->top_p > 1 || s->top_k < 0 || !(s->repetition_penalty > 0) ||
+        s->repetition_penalty > 1000) {
+        return xc_errf(XC_ERR_ARG, "top_p in (0, 1], top_k >= 0, repetition penalty in (0, 1000]");
+    }
+    return XC_OK;
+}
+
+static void *dup_mem(const void *p, size_t n) {
+    void *q = xc_malloc(n ? n : 1);
+    if (q && n) {
+        memcpy(q, p, n);
+    }
+    return q;
+}
+
+xc_status xc_coord_submit(xc_coord *c, const xc_coord_request *r, xc_coord_event_fn fn, void *user,
+                          uint64_t *id) {
+    if (atomic_load(&c->stopping)) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "the coordinator is shutting down");
+    }
+    XC_TRY(check_request(c, r));
+    creq *q = xc_calloc(1, sizeof *q);
+    if (!q) {
+        return XC_ERR_NOMEM;
+    }
+    size_t S = (size_t)c->mi.img_size;
+    q->replica = -1;
+    q->n = r->n;
+    q->n_img = r->n_img;
+    q->n_stop = r->n_stop_ids;
+    q->ids = dup_mem(r->ids, (size_t)r->n * sizeof(int32_t));
+    q->img = dup_mem(r->img, (size_t)r->n_img * sizeof(xc_coord_range));
+    q->stop = dup_mem(r->stop_ids, (size_t)r->n_stop_ids * sizeof(int32_t));
+    q->pixels = r->n_img ? dup_mem(r->pixels, (size_t)r->n_img * 3 * S * S * sizeof(float)) : NULL;
+    q->sp = r->sampling;
+    if (q->sp.greedy) {
+        q->sp.temperature = 1.0f;
+    }
+    q->max_new = r->max_new_tokens;
+    q->penalize = r->penalize_prompt;
+    q->fn = fn;
+    q->user = user;
+    if (!q->ids || !q->img || !q->stop || (r->n_img && !q->pixels)) {
+        req_free(q);
+        return XC_ERR_NOMEM;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (c->n_inbox == c->cap_inbox) {
+        int cap = c->cap_inbox ? c->cap_inbox * 2 : 16;
+        creq **n = xc_realloc(c->inbox, (size_t)cap * sizeof *n);
+        if (!n) {
+            pthread_mutex_unlock(&c->lock);
+            req_free(q);
+            return XC_ERR_NOMEM;
+        }
+        c->inbox = n;
+        c->cap_inbox = cap;
+    }
+    q->id = c->next_id++;
+    c->inbox[c->n_inbox++] = q;
+    atomic_fetch_add(&c->n_active, 1);
+    if (id) {
+        *id = q->id;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return XC_OK;
+}
+
+bool xc_coord_ready(xc_coord *c) {
+    return atomic_load(&c->ready_flag);
+}
+
+int xc_coord_n_active(xc_coord *c) {
+    return atomic_load(&c->n_active);
+}
+
+xc_status xc_coord_wait_ready(xc_coord *c, double timeout_s) {
+    uint64_t end = xc_now_ns() + (uint64_t)(timeout_s * 1e9);
+    while (!atomic_load(&c->ready_flag)) {
+        if (xc_now_ns() >= end) {
+            return xc_errf(XC_ERR_TIMEOUT, "cluster not ready after %.1f s", timeout_s);
+        }
+        usleep(10000);
+    }
+    return XC_OK;
+}
+
+const char *xc_coord_endpoint(const xc_coord *c) {
+    return xc_transport_endpoint(c->rx);
+}
+
+int xc_coord_image_tokens(const xc_coord *c) {
+    return c->need_vision ? c->mi.img_tokens : 0;
+}
+
+int xc_coord_image_size(const xc_coord *c) {
+    return c->need_vision ? c->mi.img_size : 0;
+}
+
+int xc_coord_vocab(const xc_coord *c) {
+    return c->mi.vocab;
+}
+
+void xc_coord_stop(xc_coord *c, double drain_s, bool shutdown_workers) {
+    if (!c->started) {
+        return;
+    }
+    c->drain_s = drain_s;
+    c->shutdown_workers = shutdown_workers;
+    atomic_store(&c->stopping, 1);
+    pthread_join(c->thread, NULL);
+    c->started = false;
+}
+
+void xc_coord_destroy(xc_coord *c) {
+    if (!c) {
+        return;
+    }
+    if (c->started) {
+        atomic_store(&c->stop_now, 1);
+        xc_coord_stop(c, 0, false);
+    }
+    for (int i = 0; i < c->n_reqs; i++) {
+        req_free(c->reqs[i]);
+    }
+    for (int i = 0; i < c->n_inbox; i++) {
+        req_free(c->inbox[i]);
+    }
+    xc_free(c->reqs);
+    xc_free(c->inbox);
+    for (int i = 0; i < c->n_workers; i++) {
+        xc_transport_close(c->workers[i].tx);
+    }
+    for (int r = 0; r < MAX_REPLICAS; r++) {
+        xc_sched_destroy(c->reps[r].sched);
+    }
+    xc_transport_close(c->rx);
+    xc_arena_destroy(c->arena);
+    pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->cond);
+    xc_free(c);
+}

@@ -1,0 +1,117 @@
+/* The coordinator: membership and heartbeats of the workers, placement (vision on one worker,
+ * R replicas x P stages of decoder layers), the per-replica schedulers, vision jobs, readiness,
+ * failure handling, and a thread-safe API to submit a request and receive its tokens as they
+ * come. It never touches weights. See docs/cluster.md. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "xc_place.h"
+#include "xc_status.h"
+#include "xc_transport.h"
+
+typedef struct xc_coord xc_coord;
+
+/* [start, end) prompt rows that are one image's embeddings. */
+typedef struct xc_coord_range {
+    int32_t start;
+    int32_t end;
+} xc_coord_range;
+
+/* Sampling as the last stage applies it (HF order: repetition penalty, temperature, top-k, top-p;
+ * greedy = argmax after the penalty). */
+typedef struct xc_coord_sampling {
+    bool greedy;
+    float temperature;        /* > 0 unless greedy */
+    int top_k;                /* 0 = off */
+    float top_p;              /* (0, 1] */
+    float repetition_penalty; /* 1 = off */
+    uint64_t seed;
+} xc_coord_sampling;
+
+typedef struct xc_coord_conf {
+    const char *model_dir;      /* directory with config.json; sent to workers as the model path */
+    const char *endpoint;       /* own mailbox: tcp://0.0.0.0:5555, ipc:///tmp/xc-c, mpi://0 */
+    int stages, replicas;       /* 0 = chosen by placement */
+    int workers;                /* workers to wait for before placing (incl. vision); 0 = derive */
+    bool no_vision;             /* do not place a vision worker (text-only serving) */
+    double dead_s;              /* a worker silent this long is dead */
+    int max_rows;               /* rows per micro-batch */
+    int chunk;                  /* prefill rows of one sequence per micro-batch */
+    int block_size;             /* KV tokens per block */
+    int kv_blocks;              /* KV blocks per stage at most (also limited by worker memory) */
+    int max_inflight;           /* micro-batches in flight per replica; 0 = stages + 1 */
+    int max_context;            /* tokens per sequence; 0 = config max_length */
+    int plora_rank;             /* for the placement cost model when it cannot see the checkpoint */
+    int send_timeout_ms;        /* sends to workers */
+    const xc_place_model *cost; /* optional: overrides the cost model derived from config.json */
+    const xc_transport_conf *tconf;
+} xc_coord_conf;
+
+/* A request: prompt ids with image slots and preprocessed pixels, and how to sample. */
+typedef struct xc_coord_request {
+    const int32_t *ids; /* (n); rows inside img ranges are ignored */
+    int n;
+    const xc_coord_range *img; /* (n_img) sorted, disjoint, each exactly the image token count */
+    int n_img;
+    const float *pixels; /* (n_img, 3, S, S) host, normalized as CLIP expects */
+    xc_coord_sampling sampling;
+    int max_new_tokens;
+    const int32_t *stop_ids; /* a generated stop id ends the reply and is not delivered */
+    int n_stop_ids;
+    bool penalize_prompt; /* repetition penalty also on the prompt's text ids (text-only chat) */
+} xc_coord_request;
+
+typedef enum xc_coord_event_kind {
+    XC_COORD_TOKEN = 1, /* one generated token */
+    XC_COORD_DONE = 2,  /* the end: status XC_OK, or an error with a message */
+} xc_coord_event_kind;
+
+typedef struct xc_coord_event {
+    uint64_t id;
+    xc_coord_event_kind kind;
+    int32_t token;       /* TOKEN */
+    xc_status status;    /* DONE */
+    bool retryable;      /* DONE with an error: the same request may succeed later */
+    bool stopped;        /* DONE: a stop id ended it */
+    int n_tokens;        /* DONE: tokens delivered */
+    const char *message; /* DONE with an error; view valid during the callback */
+} xc_coord_event;
+
+/* Called on the coordinator's thread; must not block for long or call back into xc_coord. */
+typedef void (*xc_coord_event_fn)(void *user, const xc_coord_event *ev);
+
+/* Reads config.json, opens the mailbox and starts the coordinator thread. XC_ERR_ARG for a bad
+ * configuration, XC_ERR_IO if the endpoint cannot be bound. */
+xc_status xc_coord_create(const xc_coord_conf *conf, xc_coord **out);
+
+/* Queues a request (everything is copied). fn gets TOKEN events and exactly one DONE event,
+ * unless submit fails. XC_ERR_ARG names what is wrong with the request; XC_ERR_UNSUPPORTED while
+ * shutting down. *id (may be NULL) gets the request id. Thread-safe. */
+xc_status xc_coord_submit(xc_coord *c, const xc_coord_request *r, xc_coord_event_fn fn, void *user,
+                          uint64_t *id);
+
+/* All roles placed, loaded and heartbeating. Thread-safe. */
+bool xc_coord_ready(xc_coord *c);
+
+/* Requests submitted and not yet done. Thread-safe. */
+int xc_coord_n_active(xc_coord *c);
+
+/* Waits up to timeout_s for readiness; XC_ERR_TIMEOUT. */
+xc_status xc_coord_wait_ready(xc_coord *c, double timeout_s);
+
+/* The resolved mailbox endpoint (view). */
+const char *xc_coord_endpoint(const xc_coord *c);
+
+/* Image token rows per image (0 without vision) and vocabulary size. */
+int xc_coord_image_tokens(const xc_coord *c);
+int xc_coord_image_size(const xc_coord *c);
+int xc_coord_vocab(const xc_coord *c);
+
+/* Stops admitting, lets in-flight requests finish for up to drain_s seconds, fails the rest,
+ * tells every worker to shut down (if shutdown_workers) and stops the thread. */
+void xc_coord_stop(xc_coord *c, double drain_s, bool shutdown_workers);
+
+/* Stops (as xc_coord_stop(c, 0, false) if still running) and frees. NULL is a no-op. */
+void xc_coord_destroy(xc_coord *c);

@@ -1,0 +1,133 @@
+/* Placement cost model: exact min-max contiguous split by DP, and the choice of P and R. */
+#include "xc_place.h"
+
+#include <float.h>
+#include <stdbool.h>
+
+#include "xc_mem.h"
+
+static double range_time(const xc_place_model *m, int a, int b) {
+    double t = (double)(b - a) * m->layer_time;
+    if (a == 0) {
+        t += m->first_time;
+    }
+    if (b == m->n_layers) {
+        t += m->last_time;
+    }
+    return t;
+}
+
+xc_status xc_place_split(const xc_place_model *m, int P, int *bounds, double *max_time) {
+    int L = m->n_layers;
+    if (P < 1 || P > L || P > XC_PLACE_MAX_STAGES) {
+        return xc_errf(XC_ERR_ARG, "cannot cut %d layers into %d stages", L, P);
+    }
+    /* best[k][j]: least max time of layers [0, j) in k stages; from[k][j]: where stage k-1 starts
+     */
+    size_t n = (size_t)(P + 1) * (size_t)(L + 1);
+    double *best = xc_malloc(n * sizeof(double));
+    int *from = xc_malloc(n * sizeof(int));
+    if (!best || !from) {
+        xc_free(best);
+        xc_free(from);
+        return XC_ERR_NOMEM;
+    }
+#define AT(k, j) ((size_t)(k) * (size_t)(L + 1) + (size_t)(j))
+    for (size_t i = 0; i < n; i++) {
+        best[i] = DBL_MAX;
+        from[i] = -1;
+    }
+    best[AT(0, 0)] = 0;
+    for (int k = 1; k <= P; k++) {
+        for (int j = k; j <= L - (P - k); j++) {
+            for (int i = k - 1; i < j; i++) {
+                if (best[AT(k - 1, i)] == DBL_MAX) {
+                    continue;
+                }
+                double t = range_time(m, i, j);
+                double v = best[AT(k - 1, i)] > t ? best[AT(k - 1, i)] : t;
+                if (v < best[AT(k, j)]) {
+                    best[AT(k, j)] = v;
+                    from[AT(k, j)] = i;
+                }
+            }
+        }
+    }
+    bounds[P] = L;
+    for (int k = P, j = L; k > 0; k--) {
+        j = from[AT(k, j)];
+        bounds[k - 1] = j;
+    }
+    if (max_time) {
+        *max_time = best[AT(P, L)];
+    }
+#undef AT
+    xc_free(best);
+    xc_free(from);
+    return XC_OK;
+}
+
+double xc_place_stage_bytes(const xc_place_model *m, int a, int b, int P, int stage) {
+    double by = (double)(b - a) * (m->layer_bytes + m->kv_bytes_layer * m->kv_budget_tokens);
+    if (stage == 0) {
+        by += m->embed_bytes;
+    }
+    if (stage == P - 1) {
+        by += m->head_bytes;
+    }
+    return by;
+}
+
+static bool fits(const xc_place_model *m, int P, double mem) {
+    int b[XC_PLACE_MAX_STAGES + 1];
+    if (xc_place_split(m, P, b, NULL) != XC_OK) {
+        return false;
+    }
+    for (int k = 0; k < P; k++) {
+        if (xc_place_stage_bytes(m, b[k], b[k + 1], P, k) > mem) {
+            return false;
+        }
+    }
+    return true;
+}
+
+xc_status xc_place_shape(const xc_place_model *m, const uint64_t *mem, int n_workers, int fixed_P,
+                         int fixed_R, int *P, int *R) {
+    if (n_workers < 1) {
+        return xc_errf(XC_ERR_ARG, "placement: no decoder workers");
+    }
+    double smallest = DBL_MAX;
+    for (int i = 0; i < n_workers; i++) {
+        smallest = (double)mem[i] < smallest ? (double)mem[i] : smallest;
+    }
+    int p = fixed_P;
+    if (p <= 0) {
+        int hi = n_workers < m->n_layers ? n_workers : m->n_layers;
+        if (fixed_R > 0 && n_workers / fixed_R < hi) {
+            hi = n_workers / fixed_R;
+        }
+        for (p = 1; p <= hi && p <= XC_PLACE_MAX_STAGES; p++) {
+            if (fits(m, p, smallest)) {
+                break;
+            }
+        }
+        if (p > hi || p > XC_PLACE_MAX_STAGES) {
+            return xc_errf(XC_ERR_ARG,
+                           "placement: the model does not fit %d workers of %.0f MiB (weights + "
+                           "KV budget of %.0f tokens)",
+                           n_workers, smallest / 1048576.0, m->kv_budget_tokens);
+        }
+    } else if (p > m->n_layers || p > XC_PLACE_MAX_STAGES) {
+        return xc_errf(XC_ERR_ARG, "placement: %d stages for %d layers", p, m->n_layers);
+    }
+    int r = fixed_R > 0 ? fixed_R : n_workers / p;
+    if (r < 1 || r * p > n_workers) {
+        return xc_errf(XC_ERR_ARG,
+                       "placement: %d replicas x %d stages need %d decoder workers, %d "
+                       "registered",
+                       r < 1 ? 1 : r, p, (r < 1 ? 1 : r) * p, n_workers);
+    }
+    *P = p;
+    *R = r;
+    return XC_OK;
+}

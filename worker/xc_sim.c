@@ -1,0 +1,47 @@
+/* Simulated stage timing: a linear cost model and an absolute-deadline sleep. */
+#include "xc_sim.h"
+
+#include <errno.h>
+#include <math.h>
+#include <time.h>
+
+xc_status xc_sim_cost_validate(const xc_sim_cost *c) {
+    const double v[] = {c->layer_us, c->layer_row_us, c->embed_us, c->head_us, c->head_row_us};
+    const char *names[] = {"layer_us", "layer_row_us", "embed_us", "head_us", "head_row_us"};
+    for (int i = 0; i < 5; i++) {
+        if (!isfinite(v[i]) || v[i] < 0) {
+            return xc_errf(XC_ERR_ARG, "sim cost %s = %g must be finite and >= 0", names[i], v[i]);
+        }
+    }
+    if (!isfinite(c->scale) || !(c->scale > 0)) {
+        return xc_errf(XC_ERR_ARG, "sim cost scale %g must be > 0", c->scale);
+    }
+    return XC_OK;
+}
+
+double xc_sim_stage_us(const xc_sim_cost *c, int n_layers, bool first, bool last, int rows,
+                       int logit_rows) {
+    double us = (double)n_layers * (c->layer_us + c->layer_row_us * rows);
+    if (first) {
+        us += c->embed_us;
+    }
+    if (last) {
+        us += c->head_us + c->head_row_us * logit_rows;
+    }
+    return us * c->scale;
+}
+
+void xc_sim_wait_until(uint64_t start_ns, double us) {
+    uint64_t t = start_ns + (uint64_t)(us * 1000.0);
+    struct timespec ts = {.tv_sec = (time_t)(t / 1000000000ull),
+                          .tv_nsec = (long)(t % 1000000000ull)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+}
+
+int32_t xc_sim_token(uint64_t seq_id, uint32_t pos, int vocab) {
+    uint64_t h = (seq_id * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)pos * 0xbf58476d1ce4e5b9ull);
+    h ^= h >> 31;
+    int span = vocab > 32 ? vocab - 16 : 1;
+    return (int32_t)(16 + (int)(h % (uint64_t)span));
+}

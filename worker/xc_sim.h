@@ -1,0 +1,42 @@
+/* The simulated backend (--backend sim): a decoder stage that does no math but takes the time a
+ * cost model says an H100 stage would, so pipeline schedules can be measured at P = 2..8 stages
+ * on a small machine. The same cost model drives placement in benchmarks. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "xc_status.h"
+
+/* Microseconds a stage spends on one micro-batch (defaults: InternLM2-7B bf16 on one H100,
+ * ~3.3 TB/s and ~600 dense TFLOP/s: a layer reads 0.44 GB of weights, a prefill row costs
+ * 0.44 GFLOP per layer; the 92544-wide head reads 0.76 GB and costs 0.76 GFLOP per row). */
+typedef struct xc_sim_cost {
+    double layer_us;     /* per layer and micro-batch: weight read */
+    double layer_row_us; /* per layer and row */
+    double embed_us;     /* first stage, per micro-batch */
+    double head_us;      /* last stage, per micro-batch: output head weight read */
+    double head_row_us;  /* last stage, per row that gets logits */
+    double scale;        /* every cost is multiplied by this (> 0) */
+} xc_sim_cost;
+
+#define XC_SIM_COST_H100                                                                           \
+    {                                                                                              \
+        .layer_us = 140.0, .layer_row_us = 0.75, .embed_us = 5.0, .head_us = 230.0,                \
+        .head_row_us = 1.3, .scale = 1.0                                                           \
+    }
+
+/* XC_ERR_ARG unless every cost is finite, >= 0 and scale > 0. */
+xc_status xc_sim_cost_validate(const xc_sim_cost *c);
+
+/* Microseconds for one micro-batch of rows (logit_rows of them sampled) through n_layers layers,
+ * with the embedding (first) and the head (last). */
+double xc_sim_stage_us(const xc_sim_cost *c, int n_layers, bool first, bool last, int rows,
+                       int logit_rows);
+
+/* Sleeps until start_ns + us microseconds on the monotonic clock (absolute, so no drift). */
+void xc_sim_wait_until(uint64_t start_ns, double us);
+
+/* The token a sim last stage "samples": a fixed function of the sequence and position, never
+ * below 16 (so never a typical stop id) and below vocab. */
+int32_t xc_sim_token(uint64_t seq_id, uint32_t pos, int vocab);

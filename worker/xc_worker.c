@@ -1,0 +1,800 @@
+/* The worker's event loop: registration, role setup (vision, decoder stage, or simulated stage),
+ * stage execution with KV block tables from the frames, sampling on the last stage, heartbeats. */
+#include "xc_worker.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "xc_backend.h"
+#include "xc_ckpt.h"
+#include "xc_kv.h"
+#include "xc_llm.h"
+#include "xc_log.h"
+#include "xc_mem.h"
+#include "xc_model_config.h"
+#include "xc_sampler.h"
+#include "xc_time.h"
+#include "xc_vision.h"
+
+#define VISION_BLOCK 4096u /* kv_block_size of vision frames: one "block" covers an image */
+
+typedef struct seq_state {
+    uint64_t id;
+    xc_sampler *smp;
+    uint32_t prompt_len;
+} seq_state;
+
+struct xc_worker {
+    xc_worker_conf conf;
+    char id[128];
+    xc_transport *rx;    /* own mailbox */
+    xc_transport *coord; /* to the coordinator (main thread) */
+    xc_transport *next;  /* to the next stage (or the coordinator from the last stage) */
+    xc_arena *arena;
+    bool sim;
+
+    /* role */
+    bool assigned;
+    xc_wire_role role;
+    uint32_t stage, n_stages, layer_begin, layer_end, replica;
+    uint32_t kv_blocks, block_size, max_rows;
+    char model_path[1024];
+    char next_ep[1024];
+
+    /* model (cpu/cuda) */
+    xc_backend *be;
+    xc_ckpt *ck;
+    xc_model_config cfg;
+    xc_llm *llm;
+    xc_kv_cache *kv;
+    xc_vision *vision;
+    xc_buf hidden, logits, img;
+    int hidden_size, vocab;
+
+    /* last stage: one sampler per live sequence */
+    seq_state *seqs;
+    size_t n_seqs, cap_seqs;
+
+    /* heartbeat thread */
+    pthread_t hb_thread;
+    bool hb_started;
+    atomic_int hb_stop;
+    atomic_uint_fast64_t progress_ns; /* last time the main loop started or finished a message */
+    atomic_int busy;
+
+    /* stats */
+    atomic_uint_fast64_t busy_ns, n_mb, n_rows, n_bad;
+    atomic_int stat_stage;
+};
+
+/* ---- small helpers ---- */
+
+static void free_buf(void *data, void *hint) {
+    (void)hint;
+    xc_free(data);
+}
+
+static xc_status send_control(xc_worker *w, xc_transport *tx, const xc_wire_control *c) {
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = *c};
+    return xc_transport_send_wire(tx, &m, NULL, 0, w->conf.send_timeout_ms);
+}
+
+static void send_error(xc_worker *w, xc_status code, const char *msg, bool fatal) {
+    xc_wire_control c = {.kind = XC_WIRE_CTL_ERROR,
+                         .u.error = {.code = code < 0 ? code : XC_ERR_ARG,
+                                     .message = msg,
+                                     .fatal = fatal,
+                                     .worker_id = w->id}};
+    if (send_control(w, w->coord, &c) != XC_OK) {
+        XC_LOG_WARN("could not report an error to the coordinator: %s", xc_err_last());
+    }
+}
+
+static uint64_t host_mem(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
+}
+
+static seq_state *seq_find(xc_worker *w, uint64_t id) {
+    for (size_t i = 0; i < w->n_seqs; i++) {
+        if (w->seqs[i].id == id) {
+            return &w->seqs[i];
+        }
+    }
+    return NULL;
+}
+
+static void seq_drop(xc_worker *w, uint64_t id) {
+    seq_state *s = seq_find(w, id);
+    if (s) {
+        xc_sampler_destroy(s->smp);
+        *s = w->seqs[--w->n_seqs];
+    }
+}
+
+static void seqs_clear(xc_worker *w) {
+    for (size_t i = 0; i < w->n_seqs; i++) {
+        xc_sampler_destroy(w->seqs[i].smp);
+    }
+    w->n_seqs = 0;
+}
+
+static xc_status seq_add(xc_worker *w, uint64_t id, const xc_wire_sampling *ws) {
+    seq_drop(w, id); /* a re-sent first chunk replaces the state */
+    if (w->n_seqs == w->cap_seqs) {
+        size_t cap = w->cap_seqs ? w->cap_seqs * 2 : 64;
+        seq_state *n = xc_realloc(w->seqs, cap * sizeof *n);
+        if (!n) {
+            return XC_ERR_NOMEM;
+        }
+        w->seqs = n;
+        w->cap_seqs = cap;
+    }
+    xc_sampling sp = {.greedy = ws->greedy,
+                      .temperature = ws->greedy ? 1.0f : ws->temperature,
+                      .top_k = (int)ws->top_k,
+                      .top_p = ws->top_p,
+                      .repetition_penalty = ws->repetition_penalty,
+                      .seed = ws->seed};
+    seq_state s = {.id = id, .prompt_len = ws->prompt_len};
+    if (!w->sim) {
+        XC_TRY(xc_sampler_create(w->vocab, &sp, &s.smp));
+        for (size_t k = 0; k < ws->n_penalty_ids; k++) {
+            int32_t t = (int32_t)ws->penalty_ids[k];
+            xc_status st = xc_sampler_observe(s.smp, &t, 1);
+            if (st != XC_OK) {
+                xc_sampler_destroy(s.smp);
+                return st;
+            }
+        }
+    }
+    w->seqs[w->n_seqs++] = s;
+    return XC_OK;
+}
+
+/* ---- heartbeats ---- */
+
+static void *hb_main(void *arg) {
+    xc_worker *w = arg;
+    xc_transport *tx = NULL;
+    if (xc_transport_open(w->conf.coordinator, XC_TRANSPORT_SEND, w->conf.tconf, &tx) != XC_OK) {
+        XC_LOG_ERROR("heartbeat link to %s: %s", w->conf.coordinator, xc_err_last());
+        return NULL;
+    }
+    uint64_t seq = 0, period = (uint64_t)(w->conf.heartbeat_s * 1e9);
+    uint64_t next = xc_now_ns();
+    while (!atomic_load(&w->hb_stop)) {
+        uint64_t now = xc_now_ns();
+        if (now < next) {
+            uint64_t d = next - now;
+            usleep((useconds_t)(d / 1000 < 20000 ? d / 1000 : 20000));
+            continue;
+        }
+        next = now + period;
+        /* a main loop stuck in one message for longer than hang_s is a hung worker: go silent so
+         * that the coordinator declares it dead */
+        if (atomic_load(&w->busy) &&
+            now - atomic_load(&w->progress_ns) > (uint64_t)(w->conf.hang_s * 1e9)) {
+            continue;
+        }
+        xc_wire_control c = {.kind = XC_WIRE_CTL_HEARTBEAT,
+                             .u.heartbeat = {.seq = ++seq,
+                                             .time_ns = now,
+                                             .in_flight = (uint32_t)atomic_load(&w->busy),
+                                             .worker_id = w->id}};
+        xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = c};
+        (void)xc_transport_send_wire(tx, &m, NULL, 0, 100);
+    }
+    xc_transport_close(tx);
+    return NULL;
+}
+
+/* ---- create / destroy ---- */
+
+xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
+    if (!conf->coordinator || !conf->coordinator[0]) {
+        return xc_errf(XC_ERR_ARG, "worker: the coordinator endpoint is required");
+    }
+    if (!(conf->heartbeat_s > 0) || !(conf->hang_s > 0)) {
+        return xc_errf(XC_ERR_ARG, "worker: heartbeat and hang periods must be positive");
+    }
+    const char *bk = conf->backend ? conf->backend : "cpu";
+    bool sim = !strcmp(bk, "sim");
+    if (sim) {
+        XC_TRY(xc_sim_cost_validate(&conf->sim));
+        if (conf->sim_width < 1) {
+            return xc_errf(XC_ERR_ARG, "worker: sim width must be >= 1");
+        }
+    }
+    xc_status st = XC_OK;
+    xc_worker *w = xc_calloc(1, sizeof *w);
+    if (!w) {
+        return XC_ERR_NOMEM;
+    }
+    w->conf = *conf;
+    w->conf.backend = bk;
+    w->sim = sim;
+    atomic_init(&w->stat_stage, -1);
+    if (conf->id && conf->id[0]) {
+        snprintf(w->id, sizeof w->id, "%s", conf->id);
+    } else {
+        char host[64] = "host";
+        gethostname(host, sizeof host - 1);
+        snprintf(w->id, sizeof w->id, "%s:%d", host, (int)getpid());
+    }
+    XC_TRY_GOTO(xc_arena_create(1 << 16, &w->arena), st, fail);
+    XC_TRY_GOTO(xc_transport_open(conf->endpoint ? conf->endpoint : "tcp://127.0.0.1:*",
+                                  XC_TRANSPORT_RECV, conf->tconf, &w->rx),
+                st, fail);
+    XC_TRY_GOTO(xc_transport_open(conf->coordinator, XC_TRANSPORT_SEND, conf->tconf, &w->coord), st,
+                fail);
+    if (!sim) {
+        xc_backend_conf bc = {.n_threads = conf->n_threads};
+        XC_TRY_GOTO(xc_backend_create(bk, &bc, &w->be), st, fail);
+    }
+    *out = w;
+    return XC_OK;
+fail:
+    xc_worker_destroy(w);
+    return st;
+}
+
+static void unload(xc_worker *w) {
+    seqs_clear(w);
+    if (w->be) {
+        xc_backend_buf_free(w->be, &w->hidden);
+        xc_backend_buf_free(w->be, &w->logits);
+        xc_backend_buf_free(w->be, &w->img);
+    }
+    xc_llm_destroy(w->llm);
+    xc_kv_destroy(w->kv);
+    xc_vision_destroy(w->vision);
+    xc_ckpt_close(w->ck);
+    w->llm = NULL;
+    w->kv = NULL;
+    w->vision = NULL;
+    w->ck = NULL;
+    w->assigned = false;
+}
+
+void xc_worker_destroy(xc_worker *w) {
+    if (!w) {
+        return;
+    }
+    if (w->hb_started) {
+        atomic_store(&w->hb_stop, 1);
+        pthread_join(w->hb_thread, NULL);
+    }
+    unload(w);
+    xc_free(w->seqs);
+    xc_transport_close(w->next);
+    xc_transport_close(w->coord);
+    xc_transport_close(w->rx);
+    xc_backend_destroy(w->be);
+    xc_arena_destroy(w->arena);
+    xc_free(w);
+}
+
+const char *xc_worker_endpoint(const xc_worker *w) {
+    return xc_transport_endpoint(w->rx);
+}
+
+void xc_worker_get_stats(xc_worker *w, xc_worker_stats *out) {
+    out->busy_ns = atomic_load(&w->busy_ns);
+    out->microbatches = atomic_load(&w->n_mb);
+    out->rows = atomic_load(&w->n_rows);
+    out->bad_messages = atomic_load(&w->n_bad);
+    out->stage = atomic_load(&w->stat_stage);
+}
+
+void xc_worker_reset_stats(xc_worker *w) {
+    atomic_store(&w->busy_ns, 0);
+    atomic_store(&w->n_mb, 0);
+    atomic_store(&w->n_rows, 0);
+}
+
+/* ---- assignment ---- */
+
+static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
+    size_t f = sizeof(float);
+    if (w->sim) {
+        w->hidden_size = w->conf.sim_width;
+        w->vocab = 92544;
+        return XC_OK;
+    }
+    XC_TRY(xc_model_config_load(a->model_path, &w->cfg));
+    XC_TRY(xc_ckpt_open(a->model_path, &w->ck));
+    w->hidden_size = w->cfg.hidden_size;
+    w->vocab = w->cfg.vocab_size;
+    if (a->role == XC_WIRE_ROLE_VISION) {
+        return xc_vision_create(w->be, w->ck, &w->cfg, &w->vision);
+    }
+    if ((int)a->layer_end > w->cfg.num_hidden_layers) {
+        return xc_errf(XC_ERR_ARG, "assigned layers [%u, %u) but the model has %d", a->layer_begin,
+                       a->layer_end, w->cfg.num_hidden_layers);
+    }
+    bool last = a->stage + 1 == a->n_stages;
+    xc_llm_conf lc = {.layer_begin = (int)a->layer_begin,
+                      .layer_end = (int)a->layer_end,
+                      .first = a->stage == 0,
+                      .last = last,
+                      .max_rows = (int)w->max_rows};
+    XC_TRY(xc_llm_create(w->be, w->ck, &w->cfg, &lc, &w->llm));
+    XC_TRY(xc_kv_create(w->be, (int)(a->layer_end - a->layer_begin), (int)a->kv_blocks,
+                        (int)a->kv_block_size, xc_llm_kv_width(w->llm), &w->kv));
+    XC_TRY(
+        xc_backend_buf_alloc(w->be, (size_t)w->max_rows * (size_t)w->hidden_size * f, &w->hidden));
+    if (last) {
+        XC_TRY(xc_backend_buf_alloc(w->be, (size_t)w->max_rows * (size_t)w->vocab * f, &w->logits));
+    }
+    if (a->stage == 0) {
+        XC_TRY(
+            xc_backend_buf_alloc(w->be, (size_t)w->max_rows * (size_t)w->hidden_size * f, &w->img));
+    }
+    return XC_OK;
+}
+
+static void on_assign(xc_worker *w, const xc_wire_assign *a) {
+    uint32_t max_rows = a->max_rows ? a->max_rows : 256;
+    bool same = w->assigned && w->role == a->role && w->stage == a->stage &&
+                w->n_stages == a->n_stages && w->layer_begin == a->layer_begin &&
+                w->layer_end == a->layer_end && w->kv_blocks == a->kv_blocks &&
+                w->block_size == a->kv_block_size && w->max_rows == max_rows &&
+                !strcmp(w->model_path, a->model_path);
+    xc_status st = XC_OK;
+    seqs_clear(w); /* a (re)assignment starts every sequence afresh */
+    if (!same) {
+        unload(w);
+        w->role = a->role;
+        w->stage = a->stage;
+        w->n_stages = a->n_stages;
+        w->layer_begin = a->layer_begin;
+        w->layer_end = a->layer_end;
+        w->replica = a->replica;
+        w->kv_blocks = a->kv_blocks;
+        w->block_size = a->kv_block_size;
+        w->max_rows = max_rows;
+        snprintf(w->model_path, sizeof w->model_path, "%s", a->model_path);
+        uint64_t t0 = xc_now_ns();
+        st = load_role(w, a);
+        if (st == XC_OK) {
+            XC_LOG_INFO("loaded %s in %.2f s", a->role == XC_WIRE_ROLE_VISION ? "vision" : "layers",
+                        (double)(xc_now_ns() - t0) * 1e-9);
+        }
+    }
+    if (st == XC_OK && a->role == XC_WIRE_ROLE_STAGE &&
+        (!w->next || strcmp(w->next_ep, a->next_endpoint))) {
+        xc_transport_close(w->next);
+        w->next = NULL;
+        snprintf(w->next_ep, sizeof w->next_ep, "%s", a->next_endpoint);
+        st = xc_transport_open(a->next_endpoint, XC_TRANSPORT_SEND, w->conf.tconf, &w->next);
+    }
+    if (st != XC_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "worker %s: assignment failed: %s", w->id, xc_err_last());
+        XC_LOG_ERROR("%s", msg);
+        unload(w);
+        send_error(w, st, msg, false);
+        return;
+    }
+    w->assigned = true;
+    char tag[32];
+    if (a->role == XC_WIRE_ROLE_VISION) {
+        snprintf(tag, sizeof tag, "V");
+    } else {
+        if (a->replica) {
+            snprintf(tag, sizeof tag, "S%u.%u", a->stage, a->replica);
+        } else {
+            snprintf(tag, sizeof tag, "S%u", a->stage);
+        }
+        atomic_store(&w->stat_stage, (int)a->stage);
+    }
+    xc_log_set_role(tag);
+    XC_LOG_INFO("worker %s ready: %s stage %u/%u layers [%u, %u) kv %u x %u next %s", w->id,
+                a->role == XC_WIRE_ROLE_VISION ? "vision" : "decoder", a->stage, a->n_stages,
+                a->layer_begin, a->layer_end, a->kv_blocks, a->kv_block_size,
+                a->role == XC_WIRE_ROLE_STAGE ? a->next_endpoint : "-");
+    xc_wire_control c = {
+        .kind = XC_WIRE_CTL_READY,
+        .u.ready = {.stage = a->stage, .kv_blocks = a->kv_blocks, .worker_id = w->id}};
+    if (send_control(w, w->coord, &c) != XC_OK) {
+        XC_LOG_WARN("could not send ready: %s", xc_err_last());
+    }
+}
+
+/* ---- vision: frames of pixels in, image embeddings back to the coordinator ---- */
+
+static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg) {
+    const xc_vision_info *vi = xc_vision_get_info(w->vision);
+    uint32_t S = (uint32_t)vi->img_size;
+    if (f->payload.dtype != XC_DTYPE_F32 || f->payload.cols != S || f->n_seqs == 0) {
+        return xc_errf(XC_ERR_PROTO,
+                       "vision frame must carry f32 [3*%u*n, %u] pixels, not [%u, %u]", S, S,
+                       f->payload.rows, f->payload.cols);
+    }
+    for (size_t i = 0; i < f->n_seqs; i++) {
+        if (f->seqs[i].n_tokens != 3 * S) {
+            return xc_errf(XC_ERR_PROTO, "vision image %zu has %u rows, expected 3 x %u", i,
+                           f->seqs[i].n_tokens, S);
+        }
+    }
+    int n = (int)f->n_seqs;
+    size_t per = (size_t)vi->n_tokens * (size_t)vi->out_dim;
+    size_t px_bytes = msg->frames[1].len;
+    float *px = xc_malloc(px_bytes);
+    float *host = xc_malloc((size_t)n * per * sizeof(float));
+    xc_buf dev = {0};
+    xc_status st = px && host ? XC_OK : XC_ERR_NOMEM;
+    if (st == XC_OK) {
+        memcpy(px, msg->frames[1].data, px_bytes);
+        st = xc_backend_buf_alloc(w->be, (size_t)n * per * sizeof(float), &dev);
+    }
+    if (st == XC_OK) {
+        st = xc_vision_encode(w->vision, px, n, dev.data, NULL);
+    }
+    if (st == XC_OK) {
+        st = xc_backend_copy_out(w->be, host, dev.data, (size_t)n * per * sizeof(float));
+    }
+    xc_backend_buf_free(w->be, &dev);
+    xc_free(px);
+    if (st != XC_OK) {
+        xc_free(host);
+        return st;
+    }
+    xc_wire_seq *seqs = xc_arena_calloc(w->arena, (size_t)n, sizeof *seqs);
+    static const uint32_t block0 = 0;
+    if (!seqs) {
+        xc_free(host);
+        return XC_ERR_NOMEM;
+    }
+    for (int i = 0; i < n; i++) {
+        seqs[i] = (xc_wire_seq){.id = f->seqs[i].id,
+                                .first_pos = 0,
+                                .n_tokens = (uint32_t)vi->n_tokens,
+                                .n_blocks = 1,
+                                .block_table = &block0};
+    }
+    xc_wire_forward out = {.microbatch_id = f->microbatch_id,
+                           .kv_block_size = VISION_BLOCK,
+                           .n_seqs = (size_t)n,
+                           .seqs = seqs,
+                           .payload = {.dtype = XC_DTYPE_F32,
+                                       .rows = (uint32_t)(n * vi->n_tokens),
+                                       .cols = (uint32_t)vi->out_dim}};
+    xc_frame fr = {.data = host, .len = (size_t)n * per * sizeof(float), .free_fn = free_buf};
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_FORWARD, .u.forward = out};
+    st = xc_transport_send_wire(w->coord, &m, &fr, 1, w->conf.send_timeout_ms);
+    if (st != XC_OK) {
+        xc_free(host);
+    }
+    return st;
+}
+
+/* ---- decoder stage ---- */
+
+/* Checks what the wire decoder cannot know: block ids against this stage's KV, rows against the
+ * scratch, payload shape against the role. */
+static xc_status check_stage_frame(xc_worker *w, const xc_wire_forward *f) {
+    bool first = w->stage == 0;
+    if (f->payload.rows > w->max_rows) {
+        return xc_errf(XC_ERR_PROTO, "micro-batch of %u rows exceeds max_rows %u", f->payload.rows,
+                       w->max_rows);
+    }
+    if (f->n_seqs > 0 && f->kv_block_size != w->block_size) {
+        return xc_errf(XC_ERR_PROTO, "kv_block_size %u but this stage has %u", f->kv_block_size,
+                       w->block_size);
+    }
+    if (first ? f->payload.dtype != XC_DTYPE_I32
+              : (f->payload.dtype != XC_DTYPE_F32 || f->payload.cols != (uint32_t)w->hidden_size)) {
+        return xc_errf(XC_ERR_PROTO, "stage %u got a %s [%u, %u] payload", w->stage,
+                       xc_dtype_name(f->payload.dtype), f->payload.rows, f->payload.cols);
+    }
+    if (f->has_image_rows &&
+        (f->image_rows.dtype != XC_DTYPE_F32 || f->image_rows.cols != (uint32_t)w->hidden_size)) {
+        return xc_errf(XC_ERR_PROTO, "image rows must be f32 [n, %d]", w->hidden_size);
+    }
+    for (size_t i = 0; i < f->n_seqs; i++) {
+        const xc_wire_seq *s = &f->seqs[i];
+        for (size_t k = 0; k < s->n_blocks; k++) {
+            if (s->block_table[k] >= w->kv_blocks) {
+                return xc_errf(XC_ERR_PROTO, "seq %llu: block %u is not below %u",
+                               (unsigned long long)s->id, s->block_table[k], w->kv_blocks);
+            }
+        }
+        if (!s->sampling && w->stage + 1 == w->n_stages && !seq_find(w, s->id)) {
+            return xc_errf(XC_ERR_PROTO, "seq %llu is unknown here and has no sampling params",
+                           (unsigned long long)s->id);
+        }
+    }
+    return XC_OK;
+}
+
+static bool wants_token(const seq_state *s, const xc_wire_seq *q) {
+    return s->prompt_len == 0 || q->first_pos + q->n_tokens >= s->prompt_len;
+}
+
+static xc_status send_result(xc_worker *w, const xc_wire_forward *f, const int32_t *toks,
+                             const bool *want) {
+    uint64_t *ids = xc_arena_alloc(w->arena, f->n_seqs * sizeof(uint64_t) + 8);
+    uint32_t *tk = xc_arena_alloc(w->arena, f->n_seqs * sizeof(uint32_t) + 4);
+    if (!ids || !tk) {
+        return XC_ERR_NOMEM;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < f->n_seqs; i++) {
+        if (want[i]) {
+            ids[n] = f->seqs[i].id;
+            tk[n++] = (uint32_t)toks[i];
+        }
+    }
+    xc_wire_msg m = {
+        .kind = XC_WIRE_KIND_RESULT,
+        .u.result = {.microbatch_id = f->microbatch_id, .n = n, .seq_ids = ids, .tokens = tk}};
+    return xc_transport_send_wire(w->next, &m, NULL, 0, w->conf.send_timeout_ms);
+}
+
+/* Sends the hidden rows host (rows, cols) on with f's header; takes host on XC_OK. */
+static xc_status send_on(xc_worker *w, const xc_wire_forward *f, float *host, uint32_t cols) {
+    xc_wire_forward out = *f;
+    out.has_image_rows = false;
+    out.payload = (xc_wire_tensor){.dtype = XC_DTYPE_F32, .rows = f->payload.rows, .cols = cols};
+    xc_frame fr = {
+        .data = host, .len = (size_t)f->payload.rows * cols * sizeof(float), .free_fn = free_buf};
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_FORWARD, .u.forward = out};
+    return xc_transport_send_wire(w->next, &m, &fr, 1, w->conf.send_timeout_ms);
+}
+
+static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg) {
+    XC_TRY(check_stage_frame(w, f));
+    bool first = w->stage == 0, last = w->stage + 1 == w->n_stages;
+    for (size_t i = 0; i < f->n_seqs; i++) {
+        if (f->seqs[i].sampling && last) {
+            XC_TRY(seq_add(w, f->seqs[i].id, f->seqs[i].sampling));
+        }
+    }
+    size_t rows = f->payload.rows, H = (size_t)w->hidden_size;
+    int32_t *toks = xc_arena_calloc(w->arena, f->n_seqs + 1, sizeof(int32_t));
+    bool *want = xc_arena_calloc(w->arena, f->n_seqs + 1, sizeof(bool));
+    if (!toks || !want) {
+        return XC_ERR_NOMEM;
+    }
+    if (w->sim) {
+        uint64_t t0 = xc_now_ns();
+        int n_logit = 0;
+        for (size_t i = 0; i < f->n_seqs; i++) {
+            seq_state *s = last ? seq_find(w, f->seqs[i].id) : NULL;
+            if (s && wants_token(s, &f->seqs[i])) {
+                want[i] = true;
+                toks[i] = xc_sim_token(s->id, f->seqs[i].first_pos + f->seqs[i].n_tokens, w->vocab);
+                n_logit++;
+            }
+        }
+        double us = xc_sim_stage_us(&w->conf.sim, (int)(w->layer_end - w->layer_begin), first, last,
+                                    (int)rows, n_logit);
+        xc_sim_wait_until(t0, us);
+        if (last) {
+            return send_result(w, f, toks, want);
+        }
+        float *host = xc_calloc(rows * (size_t)w->conf.sim_width + 1, sizeof(float));
+        if (!host) {
+            return XC_ERR_NOMEM;
+        }
+        xc_status st = send_on(w, f, host, (uint32_t)w->conf.sim_width);
+        if (st != XC_OK) {
+            xc_free(host);
+        }
+        return st;
+    }
+
+    /* the batch: int32 block tables and row ranges from the header */
+    xc_llm_seq *ls = xc_arena_calloc(w->arena, f->n_seqs + 1, sizeof *ls);
+    int32_t *ids = first ? xc_arena_alloc(w->arena, rows * sizeof(int32_t) + 4) : NULL;
+    if (!ls || (first && !ids)) {
+        return XC_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < f->n_seqs; i++) {
+        const xc_wire_seq *q = &f->seqs[i];
+        int32_t *bt = xc_arena_alloc(w->arena, q->n_blocks * sizeof(int32_t) + 4);
+        xc_row_range *rr = xc_arena_alloc(w->arena, (q->n_image_ranges + 1) * sizeof *rr);
+        if (!bt || !rr) {
+            return XC_ERR_NOMEM;
+        }
+        for (size_t k = 0; k < q->n_blocks; k++) {
+            bt[k] = (int32_t)q->block_table[k];
+        }
+        for (size_t k = 0; k < q->n_image_ranges; k++) {
+            rr[k] =
+                (xc_row_range){(int32_t)q->image_ranges[k].start, (int32_t)q->image_ranges[k].end};
+        }
+        ls[i] = (xc_llm_seq){.n_tokens = (int)q->n_tokens,
+                             .pos0 = (int)q->first_pos,
+                             .block_table = bt,
+                             .img = rr,
+                             .n_img = (int)q->n_image_ranges};
+    }
+    if (first) {
+        memcpy(ids, msg->frames[1].data, rows * sizeof(int32_t));
+        size_t row = 0;
+        for (size_t i = 0; i < f->n_seqs; i++) {
+            const xc_wire_seq *q = &f->seqs[i];
+            for (uint32_t t = 0, r = 0; t < q->n_tokens; t++, row++) {
+                while (r < q->n_image_ranges && t >= q->image_ranges[r].end) {
+                    r++;
+                }
+                bool in_img = r < q->n_image_ranges && t >= q->image_ranges[r].start;
+                if (!in_img && (ids[row] < 0 || ids[row] >= w->vocab)) {
+                    return xc_errf(XC_ERR_PROTO, "token id %d outside the vocabulary of %d",
+                                   ids[row], w->vocab);
+                }
+            }
+        }
+        if (f->has_image_rows) {
+            XC_TRY(xc_backend_copy_in(w->be, w->img.data, msg->frames[2].data, msg->frames[2].len));
+        }
+    } else {
+        XC_TRY(xc_backend_copy_in(w->be, w->hidden.data, msg->frames[1].data,
+                                  rows * H * sizeof(float)));
+    }
+    xc_llm_batch b = {.seqs = ls,
+                      .n_seqs = (int)f->n_seqs,
+                      .n_rows = (int)rows,
+                      .ids = ids,
+                      .img_embeds = f->has_image_rows ? w->img.data : NULL,
+                      .all_logits = false};
+    XC_TRY(xc_llm_forward(w->llm, w->kv, &b, w->hidden.data, last ? w->logits.data : NULL));
+    if (last) {
+        float *host = xc_malloc((size_t)w->vocab * sizeof(float));
+        if (!host) {
+            return XC_ERR_NOMEM;
+        }
+        xc_status st = XC_OK;
+        for (size_t i = 0; i < f->n_seqs && st == XC_OK; i++) {
+            seq_state *s = seq_find(w, f->seqs[i].id);
+            if (!s || !wants_token(s, &f->seqs[i])) {
+                continue;
+            }
+            st = xc_backend_copy_out(w->be, host,
+                                     (const float *)w->logits.data + i * (size_t)w->vocab,
+                                     (size_t)w->vocab * sizeof(float));
+            if (st == XC_OK) {
+                st = xc_sampler_sample(s->smp, host, &toks[i]);
+            }
+            want[i] = true;
+        }
+        xc_free(host);
+        XC_TRY(st);
+        return send_result(w, f, toks, want);
+    }
+    float *host = xc_malloc(rows * H * sizeof(float) + 4);
+    if (!host) {
+        return XC_ERR_NOMEM;
+    }
+    xc_status st = xc_backend_copy_out(w->be, host, w->hidden.data, rows * H * sizeof(float));
+    if (st == XC_OK) {
+        st = send_on(w, f, host, (uint32_t)H);
+    }
+    if (st != XC_OK) {
+        xc_free(host);
+    }
+    return st;
+}
+
+static void on_forward(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg) {
+    if (!w->assigned) {
+        atomic_fetch_add(&w->n_bad, 1);
+        XC_LOG_WARN("dropped forward %llu: no role assigned yet",
+                    (unsigned long long)f->microbatch_id);
+        return;
+    }
+    uint64_t t0 = xc_now_ns();
+    xc_status st = w->role == XC_WIRE_ROLE_VISION ? run_vision(w, f, msg) : run_stage(w, f, msg);
+    if (w->role == XC_WIRE_ROLE_STAGE) {
+        for (size_t i = 0; i < f->n_release; i++) {
+            seq_drop(w, f->release_ids[i]);
+        }
+    }
+    atomic_fetch_add(&w->busy_ns, xc_now_ns() - t0);
+    atomic_fetch_add(&w->n_mb, 1);
+    atomic_fetch_add(&w->n_rows, f->payload.rows);
+    if (st != XC_OK) {
+        char m[512];
+        snprintf(m, sizeof m, "worker %s: micro-batch %llu failed: %s", w->id,
+                 (unsigned long long)f->microbatch_id, xc_err_last());
+        XC_LOG_WARN("%s", m);
+        if (st == XC_ERR_PROTO) {
+            atomic_fetch_add(&w->n_bad, 1);
+        }
+        xc_wire_control c = {.kind = XC_WIRE_CTL_ERROR,
+                             .u.error = {.code = st < 0 ? st : XC_ERR_ARG,
+                                         .message = m,
+                                         .fatal = st == XC_ERR_DEVICE,
+                                         .has_microbatch = true,
+                                         .microbatch_id = f->microbatch_id,
+                                         .worker_id = w->id}};
+        (void)send_control(w, w->coord, &c);
+    }
+}
+
+/* ---- loop ---- */
+
+static xc_status send_register(xc_worker *w) {
+    xc_wire_control c = {
+        .kind = XC_WIRE_CTL_REGISTER,
+        .u.reg = {.worker_id = w->id,
+                  .backend = w->be && !strcmp(w->conf.backend, "cuda") ? XC_WIRE_BACKEND_CUDA
+                                                                       : XC_WIRE_BACKEND_CPU,
+                  .device_mem_bytes = 0,
+                  .host_mem_bytes = w->conf.mem_bytes ? w->conf.mem_bytes : host_mem(),
+                  .endpoint = xc_transport_endpoint(w->rx),
+                  .device_name = w->conf.backend}};
+    return send_control(w, w->coord, &c);
+}
+
+xc_status xc_worker_run(xc_worker *w, volatile sig_atomic_t *stop) {
+    atomic_store(&w->progress_ns, xc_now_ns());
+    if (!w->hb_started) {
+        atomic_store(&w->hb_stop, 0);
+        if (pthread_create(&w->hb_thread, NULL, hb_main, w) != 0) {
+            return xc_errf(XC_ERR_IO, "worker: cannot start the heartbeat thread");
+        }
+        w->hb_started = true;
+    }
+    XC_LOG_INFO("worker %s listening on %s, coordinator %s, backend %s", w->id,
+                xc_transport_endpoint(w->rx), w->conf.coordinator, w->conf.backend);
+    uint64_t last_reg = 0;
+    xc_status ret = XC_OK;
+    while (!*stop) {
+        uint64_t now = xc_now_ns();
+        /* until assigned, re-register every 2 s: the coordinator may start after us, or may have
+         * restarted */
+        if (!w->assigned && now - last_reg > 2000000000ull) {
+            last_reg = now;
+            if (send_register(w) != XC_OK) {
+                XC_LOG_DEBUG("register: %s", xc_err_last());
+            }
+        }
+        xc_msg msg = {0};
+        xc_wire_msg m;
+        xc_arena_reset(w->arena);
+        xc_status st = xc_transport_recv_wire(w->rx, 100, w->arena, &msg, &m);
+        if (st == XC_ERR_TIMEOUT) {
+            continue;
+        }
+        if (st != XC_OK) {
+            atomic_fetch_add(&w->n_bad, 1);
+            continue; /* logged by the transport; the mailbox stays usable */
+        }
+        atomic_store(&w->progress_ns, xc_now_ns());
+        atomic_store(&w->busy, 1);
+        if (m.kind == XC_WIRE_KIND_CONTROL) {
+            const xc_wire_control *c = &m.u.control;
+            if (c->kind == XC_WIRE_CTL_ASSIGN) {
+                on_assign(w, &c->u.assign);
+            } else if (c->kind == XC_WIRE_CTL_SHUTDOWN) {
+                XC_LOG_INFO("shutdown: %s", c->u.shutdown.reason);
+                xc_msg_fini(&msg);
+                break;
+            } else if (c->kind == XC_WIRE_CTL_DRAIN) {
+                XC_LOG_INFO("drain requested");
+            } else {
+                atomic_fetch_add(&w->n_bad, 1);
+                XC_LOG_WARN("ignored a %s message", xc_wire_ctl_name(c->kind));
+            }
+        } else if (m.kind == XC_WIRE_KIND_FORWARD) {
+            on_forward(w, &m.u.forward, &msg);
+        } else {
+            atomic_fetch_add(&w->n_bad, 1);
+            XC_LOG_WARN("ignored a %s message", xc_wire_kind_name(m.kind));
+        }
+        atomic_store(&w->busy, 0);
+        atomic_store(&w->progress_ns, xc_now_ns());
+        xc_msg_fini(&msg);
+    }
+    atomic_store(&w->hb_stop, 1);
+    pthread_join(w->hb_thread, NULL);
+    w->hb_started = false;
+    return ret;
+}
