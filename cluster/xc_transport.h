@@ -57,6 +57,9 @@ typedef struct xc_transport_conf {
     const char *curve_server_key; /* the RECV side's public key (needed by SEND) */
     const char *curve_secret_key; /* own secret key (required by RECV; SEND makes one if unset) */
     const char *curve_public_key; /* own public key (derived from the secret if unset) */
+    /* RECV only: public keys of the senders let in (comma or whitespace separated); NULL reads
+     * XC_CURVE_CLIENT_KEYS(_FILE); none at all admits any sender that knows the server key. */
+    const char *curve_client_keys;
 } xc_transport_conf;
 
 #define XC_TRANSPORT_CONF_INIT                                                                     \

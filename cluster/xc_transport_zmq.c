@@ -7,6 +7,8 @@
  * transport owns its context (one I/O thread), so a transport survives fork() in its parent and
  * never shares sockets between threads. All native errors go through XC_ZMQ_CHECK. */
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,11 +23,20 @@
  * a header costs less than the zero-copy bookkeeping, and it keeps small frees on our thread. */
 #define ZMQ_COPY_BELOW (64u << 10)
 
+#define ZAP_MAX_KEYS 1024
+
 typedef struct zmq_tx {
     void *ctx;
     void *sock;
     int snd_timeo; /* last ZMQ_SNDTIMEO/RCVTIMEO set, to skip redundant setsockopt calls */
     int rcv_timeo;
+    /* CURVE client authentication (RECV side): a ZAP handler thread that admits only these
+     * client public keys. */
+    void *zap; /* REP socket on inproc://zeromq.zap.01, owned by the thread once it runs */
+    pthread_t zap_thread;
+    bool zap_running;
+    size_t n_keys;
+    uint8_t (*keys)[32]; /* (n_keys) */
 } zmq_tx;
 
 /* ---- native errors: converted here and only here ---- */
@@ -73,6 +84,165 @@ static xc_status zmq_status(const char *endpoint, const char *what) {
 
 static xc_status set_int(void *sock, const char *ep, int opt, int v, const char *what) {
     XC_ZMQ_CHECK(zmq_setsockopt(sock, opt, &v, sizeof v), ep, what);
+    return XC_OK;
+}
+
+/* ---- CURVE client authentication (ZAP, ZeroMQ RFC 27) ---- */
+
+/* Parses whitespace- or comma-separated Z85 public keys into z->keys. */
+static xc_status parse_client_keys(zmq_tx *z, const char *ep, const char *list, const char *from) {
+    size_t cap = 16;
+    z->keys = xc_malloc(cap * sizeof *z->keys);
+    if (!z->keys) {
+        return xc_errf(XC_ERR_NOMEM, "zmq %s: no memory", ep);
+    }
+    const char *p = list;
+    for (;;) {
+        p += strspn(p, " ,\t\r\n");
+        if (!*p) {
+            break;
+        }
+        size_t n = strcspn(p, " ,\t\r\n");
+        char key[41];
+        if (n != 40) {
+            return xc_errf(XC_ERR_ARG,
+                           "zmq %s: client key %zu from %s is not a 40-character Z85 key", ep,
+                           z->n_keys + 1, from);
+        }
+        memcpy(key, p, 40);
+        key[40] = '\0';
+        if (z->n_keys == ZAP_MAX_KEYS) {
+            return xc_errf(XC_ERR_ARG, "zmq %s: more than %d client keys in %s", ep, ZAP_MAX_KEYS,
+                           from);
+        }
+        if (z->n_keys == cap) {
+            void *more = xc_realloc(z->keys, 2 * cap * sizeof *z->keys);
+            if (!more) {
+                return xc_errf(XC_ERR_NOMEM, "zmq %s: no memory", ep);
+            }
+            z->keys = more;
+            cap *= 2;
+        }
+        if (!zmq_z85_decode(z->keys[z->n_keys], key)) {
+            return xc_errf(XC_ERR_ARG, "zmq %s: client key %zu from %s is not valid Z85", ep,
+                           z->n_keys + 1, from);
+        }
+        z->n_keys++;
+        p += n;
+    }
+    if (z->n_keys == 0) {
+        return xc_errf(XC_ERR_ARG, "zmq %s: %s lists no client key", ep, from);
+    }
+    return XC_OK;
+}
+
+/* Reads the allowed client keys from conf, XC_CURVE_CLIENT_KEYS or XC_CURVE_CLIENT_KEYS_FILE.
+ * *found is false when none is configured (then any client with the server key may connect). */
+static xc_status load_client_keys(zmq_tx *z, const char *ep, const xc_transport_conf *conf,
+                                  bool *found) {
+    *found = false;
+    if (conf->curve_client_keys) {
+        *found = true;
+        return parse_client_keys(z, ep, conf->curve_client_keys, "the transport config");
+    }
+    const char *env = getenv("XC_CURVE_CLIENT_KEYS");
+    if (env) {
+        *found = true;
+        return parse_client_keys(z, ep, env, "XC_CURVE_CLIENT_KEYS");
+    }
+    const char *path = getenv("XC_CURVE_CLIENT_KEYS_FILE");
+    if (!path) {
+        return XC_OK;
+    }
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        return xc_errf(XC_ERR_ARG, "zmq %s: cannot open XC_CURVE_CLIENT_KEYS_FILE=%s: %s", ep, path,
+                       strerror(errno));
+    }
+    size_t cap = (size_t)ZAP_MAX_KEYS * 42 + 1;
+    char *buf = xc_malloc(cap);
+    if (!buf) {
+        fclose(f);
+        return xc_errf(XC_ERR_NOMEM, "zmq %s: no memory", ep);
+    }
+    size_t n = fread(buf, 1, cap - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    *found = true;
+    xc_status st = parse_client_keys(z, ep, buf, "XC_CURVE_CLIENT_KEYS_FILE");
+    xc_free(buf);
+    return st;
+}
+
+static bool key_allowed(const zmq_tx *z, const uint8_t *key) {
+    for (size_t i = 0; i < z->n_keys; i++) {
+        if (!memcmp(z->keys[i], key, 32)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Answers ZAP requests until the context terminates. Uses no xc_malloc: it runs on its own
+ * thread. Request: version, request id, domain, address, identity, mechanism, credentials. */
+static void *zap_main(void *arg) {
+    zmq_tx *z = arg;
+    for (;;) {
+        char part[8][64];
+        size_t len[8];
+        int n = 0, more = 1;
+        while (more) {
+            int rc = zmq_recv(z->zap, part[n < 8 ? n : 7], sizeof part[0], 0);
+            if (rc == -1) {
+                if (zmq_errno() == EINTR) {
+                    continue;
+                }
+                goto done; /* ETERM: the transport is closing */
+            }
+            if (n < 8) {
+                len[n] = (size_t)rc < sizeof part[0] ? (size_t)rc : sizeof part[0];
+                n++;
+            }
+            size_t sz = sizeof more;
+            zmq_getsockopt(z->zap, ZMQ_RCVMORE, &more, &sz);
+        }
+        bool ok = n == 7 && len[5] == 5 && !memcmp(part[5], "CURVE", 5) && len[6] == 32 &&
+                  key_allowed(z, (const uint8_t *)part[6]);
+        if (!ok) {
+            XC_LOG_WARN("zmq: refused a CURVE client whose key is not in the allowed list");
+        }
+        zmq_send(z->zap, "1.0", 3, ZMQ_SNDMORE);
+        zmq_send(z->zap, part[1], n > 1 ? len[1] : 0, ZMQ_SNDMORE);
+        zmq_send(z->zap, ok ? "200" : "400", 3, ZMQ_SNDMORE);
+        zmq_send(z->zap, ok ? "OK" : "unknown client key", ok ? 2 : 18, ZMQ_SNDMORE);
+        zmq_send(z->zap, "", 0, ZMQ_SNDMORE);
+        zmq_send(z->zap, "", 0, 0);
+    }
+done:
+    zmq_close(z->zap);
+    return NULL;
+}
+
+/* Binds the ZAP endpoint in this transport's context and starts the handler; must run before
+ * the server socket binds. */
+static xc_status zap_start(zmq_tx *z, const char *ep) {
+    if (!(z->zap = zmq_socket(z->ctx, ZMQ_REP))) {
+        return zmq_status(ep, "ZAP zmq_socket");
+    }
+    int zero = 0;
+    zmq_setsockopt(z->zap, ZMQ_LINGER, &zero, sizeof zero);
+    if (zmq_bind(z->zap, "inproc://zeromq.zap.01") == -1) {
+        xc_status st = zmq_status(ep, "ZAP bind");
+        zmq_close(z->zap);
+        z->zap = NULL;
+        return st;
+    }
+    if (pthread_create(&z->zap_thread, NULL, zap_main, z) != 0) {
+        zmq_close(z->zap);
+        z->zap = NULL;
+        return xc_errf(XC_ERR_IO, "zmq %s: cannot start the ZAP thread", ep);
+    }
+    z->zap_running = true;
     return XC_OK;
 }
 
@@ -126,9 +296,11 @@ static bool curve_wanted(const xc_transport_conf *conf) {
     return conf->curve || (e && !strcmp(e, "1"));
 }
 
-/* Server (RECV) side: own secret key; the public key is derived by libzmq's peers. */
-static xc_status curve_setup(void *sock, const char *ep, xc_transport_mode mode,
+/* RECV (server): own secret key, and a ZAP handler when client keys are configured. SEND
+ * (client): the server's public key and own keypair (ephemeral when none is configured). */
+static xc_status curve_setup(zmq_tx *z, const char *ep, xc_transport_mode mode,
                              const xc_transport_conf *conf) {
+    void *sock = z->sock;
     if (!zmq_has("curve")) {
         return xc_errf(XC_ERR_UNSUPPORTED, "zmq %s: CURVE requested but libzmq lacks it", ep);
     }
@@ -146,6 +318,12 @@ static xc_status curve_setup(void *sock, const char *ep, xc_transport_mode mode,
         XC_TRY(set_int(sock, ep, ZMQ_CURVE_SERVER, 1, "ZMQ_CURVE_SERVER"));
         XC_ZMQ_CHECK(zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, secret, 40), ep,
                      "ZMQ_CURVE_SECRETKEY");
+        bool have_clients = false;
+        XC_TRY(load_client_keys(z, ep, conf, &have_clients));
+        if (have_clients) {
+            XC_ZMQ_CHECK(zmq_setsockopt(sock, ZMQ_ZAP_DOMAIN, "xc", 2), ep, "ZMQ_ZAP_DOMAIN");
+            XC_TRY(zap_start(z, ep));
+        }
         return XC_OK;
     }
     XC_TRY(curve_key(ep, conf->curve_server_key, "XC_CURVE_SERVER_KEY", server, &have_server));
@@ -178,9 +356,14 @@ static void zmq_close_tx(xc_transport *tx) {
         zmq_close(z->sock); /* LINGER (set at open) bounds how long ctx_term waits */
     }
     if (z->ctx) {
+        /* Terminating the context wakes the ZAP thread with ETERM; it closes its socket. */
         while (zmq_ctx_term(z->ctx) == -1 && zmq_errno() == EINTR) {
         }
     }
+    if (z->zap_running) {
+        pthread_join(z->zap_thread, NULL);
+    }
+    xc_free(z->keys);
     xc_free(z);
     tx->ctx = NULL;
 }
@@ -218,7 +401,7 @@ static xc_status zmq_open_tx(xc_transport *tx, const char *ep, const xc_transpor
     }
     if (curve_wanted(conf)) {
         if (!strncmp(ep, "ipc://", 6) || !strncmp(ep, "tcp://", 6)) {
-            XC_TRY_GOTO(curve_setup(z->sock, ep, tx->mode, conf), st, fail);
+            XC_TRY_GOTO(curve_setup(z, ep, tx->mode, conf), st, fail);
         }
     }
     if (recv) {

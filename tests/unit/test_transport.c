@@ -307,6 +307,26 @@ static void test_transport_zmq_curve(void **state) {
     xc_transport_close(tx);
     xc_transport_close(rx);
 
+    /* Client authentication: a server that lists the allowed client keys (ZAP) lets the
+     * listed client in and keeps a client with another keypair out. */
+    char allowed[100];
+    snprintf(allowed, sizeof allowed, "%s, %s", other_pub, cli_pub);
+    rc.curve_client_keys = allowed;
+    sc.curve_server_key = srv_pub;
+    roundtrip_three_frames("tcp://127.0.0.1:*", &rc, &sc);
+    snprintf(allowed, sizeof allowed, "%s", other_pub);
+    assert_int_equal(xc_transport_open("tcp://127.0.0.1:*", XC_TRANSPORT_RECV, &rc, &rx), XC_OK);
+    assert_int_equal(xc_transport_open(xc_transport_endpoint(rx), XC_TRANSPORT_SEND, &sc, &tx),
+                     XC_OK);
+    expect_send_timeout(tx, 300);
+    expect_recv_timeout(rx, 100);
+    xc_transport_close(tx);
+    xc_transport_close(rx);
+    rc.curve_client_keys = "not-a-key";
+    assert_int_equal(xc_transport_open("tcp://127.0.0.1:*", XC_TRANSPORT_RECV, &rc, &rx),
+                     XC_ERR_ARG);
+    assert_non_null(strstr(xc_err_last(), "client key 1 from the transport config is not"));
+
     /* Keys from the environment: the server's secret from a file, the client's server key from
      * a variable, the client's own keys generated. */
     char path[64];
