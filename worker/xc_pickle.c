@@ -6,6 +6,7 @@
 #include "xc_pickle.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -104,6 +105,7 @@ typedef struct up {
     int n_marks;
     pv **memo; /* (memo_cap), NULL = unset, xc_malloc'd */
     size_t memo_cap;
+    size_t n_puts; /* PUT opcodes executed so far */
 } up;
 
 /* XC_ERR_PROTO "<message> (pickle byte N)" for the current opcode. */
@@ -364,7 +366,9 @@ static xc_status op_long1(up *u) {
     return push_int(u, PV_INT, v);
 }
 
-static xc_status memo_index(up *u, size_t width, size_t *idx) {
+/* Reads a memo slot number. A PUT may name at most slot n_puts: Python's pickler numbers slots
+ * 0, 1, 2... in order, and the bound keeps the memo table linear in the number of opcodes. */
+static xc_status memo_index(up *u, size_t width, size_t limit, size_t *idx) {
     XC_TRY(need(u, width, "memo index"));
     const unsigned char *p = u->buf + u->pos;
     size_t i = p[0];
@@ -372,9 +376,9 @@ static xc_status memo_index(up *u, size_t width, size_t *idx) {
         i |= ((size_t)p[1] << 8) | ((size_t)p[2] << 16) | ((size_t)p[3] << 24);
     }
     u->pos += width;
-    // The pickler numbers memo slots 0, 1, 2...; a slot index past the pickle length is hostile.
-    if (i >= u->size) {
-        return perr(u, "pickle memo index %zu is out of range", i);
+    if (i > limit) {
+        return perr(u, "pickle memo index %zu is out of range (%zu slots assigned so far)", i,
+                    u->n_puts);
     }
     *idx = i;
     return XC_OK;
@@ -382,9 +386,10 @@ static xc_status memo_index(up *u, size_t width, size_t *idx) {
 
 static xc_status op_put(up *u, size_t width) {
     size_t i = 0;
-    XC_TRY(memo_index(u, width, &i));
+    XC_TRY(memo_index(u, width, u->n_puts, &i));
     pv *v = NULL;
     XC_TRY(top(u, &v, "BINPUT"));
+    u->n_puts++;
     if (i >= u->memo_cap) {
         size_t cap = u->memo_cap ? u->memo_cap : 64;
         while (cap <= i) {
@@ -404,7 +409,7 @@ static xc_status op_put(up *u, size_t width) {
 
 static xc_status op_get(up *u, size_t width) {
     size_t i = 0;
-    XC_TRY(memo_index(u, width, &i));
+    XC_TRY(memo_index(u, width, SIZE_MAX, &i));
     if (i >= u->memo_cap || !u->memo[i]) {
         return perr(u, "pickle BINGET of memo slot %zu that was never set", i);
     }

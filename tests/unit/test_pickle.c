@@ -161,8 +161,8 @@ static void test_pickle_reads_wide_ints_and_memo(void **state) {
     op(&p, 0x80);
     op(&p, 2);
     glob(&p, "collections", "OrderedDict");
-    op(&p, 'r'); /* LONG_BINPUT 100 (slot numbers stay below the pickle length) */
-    u32(&p, 100);
+    op(&p, 'r'); /* LONG_BINPUT 0 */
+    u32(&p, 0);
     op(&p, ')');
     op(&p, 'R');
     str(&p, "big");
@@ -188,8 +188,8 @@ static void test_pickle_reads_wide_ints_and_memo(void **state) {
     int1(&p, 1);
     op(&p, 0x87);
     op(&p, 0x88); /* NEWTRUE */
-    op(&p, 'j');  /* LONG_BINGET 100: the OrderedDict class */
-    u32(&p, 100);
+    op(&p, 'j');  /* LONG_BINGET 0: the OrderedDict class */
+    u32(&p, 0);
     op(&p, ')');
     op(&p, 'R');
     op(&p, 'N'); /* metadata None */
@@ -319,6 +319,9 @@ static void test_pickle_refuses_malformed(void **state) {
     p.n = 0;
     RAW(&p, "}r\xff\xff\xff\x7f.");
     expect_error(&p, XC_ERR_PROTO, "memo index 2147483647 is out of range");
+    p.n = 0;
+    RAW(&p, "}q\x00q\x02.");
+    expect_error(&p, XC_ERR_PROTO, "memo index 2 is out of range (1 slots assigned so far)");
     p.n = 0;
     RAW(&p, "X\xff\xff\x00\x00"
             "abc");
