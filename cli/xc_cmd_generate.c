@@ -1,17 +1,30 @@
-/* xcpipe generate: single-process generation on a checkpoint directory. */
+/* xcpipe generate: single-process generation on a checkpoint directory, from a chat prompt with
+ * images (tokenizer, chat template and image preprocessing as the original chat()) or from raw
+ * token ids and preprocessed pixels. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "xc_chat.h"
 #include "xc_cli.h"
 #include "xc_conf.h"
 #include "xc_engine.h"
+#include "xc_image.h"
 #include "xc_mem.h"
 #include "xc_mmap.h"
+#include "xc_tokenizer.h"
 
 typedef struct gen_conf {
     const char *model;
+    const char *prompt;
+    xc_conf_list images;
+    const char *system;
+    bool raw;
+    const char *variant;
+    bool single_bos;
+    const char *tokenizer;
     const char *input_ids;
     xc_conf_list pixels;
     int max_tokens;
@@ -23,22 +36,35 @@ typedef struct gen_conf {
     int threads;
     int stages;
     int chunk;
+    int max_image_bytes, max_image_mpixels, max_images;
     const char *backend;
 } gen_conf;
 
 static const xc_conf_entry gen_entries[] = {
     XC_CONF_STR("model", "XC_MODEL", gen_conf, model, NULL, NULL, "checkpoint directory"),
+    XC_CONF_STR("prompt", NULL, gen_conf, prompt, NULL, NULL,
+                "user text; each <ImageHere> marks where the next --image goes"),
+    XC_CONF_LIST("image", NULL, gen_conf, images, "image file (JPEG, PNG, WebP), in order"),
+    XC_CONF_STR("system", NULL, gen_conf, system, NULL, NULL,
+                "replace the default meta instruction (\"\" for none)"),
+    XC_CONF_BOOL("raw", NULL, gen_conf, raw, 0, "send the prompt untemplated (no chat markers)"),
+    XC_CONF_STR("variant", NULL, gen_conf, variant, "auto", "auto|7b|vl",
+                "default meta instruction: 7b or vl (auto: vl when img_size > 224)"),
+    XC_CONF_BOOL("single-bos", NULL, gen_conf, single_bos, 0,
+                 "one leading BOS instead of chat()'s BOS per text segment"),
+    XC_CONF_STR("tokenizer", NULL, gen_conf, tokenizer, NULL, NULL,
+                "SentencePiece model (default MODEL/tokenizer.model)"),
     XC_CONF_STR("input-ids", NULL, gen_conf, input_ids, NULL, NULL,
-                "prompt as comma-separated token ids; 'img' marks one image slot"),
+                "instead of --prompt: comma-separated token ids; 'img' marks one image slot"),
     XC_CONF_LIST("pixels", NULL, gen_conf, pixels,
-                 "preprocessed image: raw float32 (3, S, S) file, one per 'img' slot"),
+                 "with --input-ids: raw float32 (3, S, S) file per 'img' slot"),
     XC_CONF_INT("max-tokens", NULL, gen_conf, max_tokens, 128, 1, 1 << 20, "new tokens at most"),
     XC_CONF_BOOL("greedy", NULL, gen_conf, greedy, 0, "greedy decoding (argmax)"),
     XC_CONF_FLOAT("temperature", NULL, gen_conf, temperature, 1.0, 1e-3, 100, "temperature"),
     XC_CONF_FLOAT("top-p", NULL, gen_conf, top_p, 0.8, 1e-6, 1, "nucleus mass"),
     XC_CONF_INT("top-k", NULL, gen_conf, top_k, 50, 0, 1 << 24, "top-k (0 = off)"),
     XC_CONF_FLOAT("repetition-penalty", NULL, gen_conf, rep, 1.005, 1e-3, 100,
-                  "repetition penalty (HF rule)"),
+                  "repetition penalty (HF rule); ignored with --greedy"),
     XC_CONF_INT("seed", NULL, gen_conf, seed, 0, 0, 2147483647, "sampling seed"),
     XC_CONF_BOOL("print-ids", NULL, gen_conf, print_ids, 0,
                  "also print the prompt's and the answer's token ids"),
@@ -47,115 +73,219 @@ static const xc_conf_entry gen_entries[] = {
     XC_CONF_INT("stages", NULL, gen_conf, stages, 1, 1, 64,
                 "cut the decoder into this many in-process stages"),
     XC_CONF_INT("chunk", NULL, gen_conf, chunk, 256, 1, 1 << 16, "prefill chunk rows"),
+    XC_CONF_INT("max-image-bytes", "XC_IMAGE_MAX_BYTES", gen_conf, max_image_bytes,
+                XC_IMAGE_DEFAULT_MAX_BYTES, 1, 1 << 30, "largest encoded image"),
+    XC_CONF_INT("max-image-mpixels", NULL, gen_conf, max_image_mpixels, 40, 1, 1000,
+                "largest image in megapixels (checked before decoding)"),
+    XC_CONF_INT("max-images", NULL, gen_conf, max_images, XC_IMAGE_DEFAULT_MAX_IMAGES, 1, 64,
+                "images per request"),
     XC_CONF_STR("backend", "XC_BACKEND", gen_conf, backend, "cpu", "cpu|cuda", "compute backend"),
 };
 
 static const xc_conf_spec gen_spec = {
-    "xcpipe generate --model DIR --input-ids IDS [--pixels FILE]... [options]",
-    "Runs the model in this process and prints the generated token ids.", gen_entries,
-    sizeof gen_entries / sizeof gen_entries[0]};
+    "xcpipe generate --model DIR --prompt TEXT [--image FILE]... [options]",
+    "Runs the model in this process and prints the answer. The prompt is built as the original "
+    "model.chat() builds it; --input-ids/--pixels bypass the tokenizer and image decoding.",
+    gen_entries, sizeof gen_entries / sizeof gen_entries[0]};
+
+/* A prompt being assembled: ids with image rows, ranges, pixels. */
+typedef struct gen_prompt {
+    int32_t *ids;
+    int n;
+    xc_row_range *img;
+    int n_img;
+    float *pixels;
+} gen_prompt;
+
+static void gen_prompt_fini(gen_prompt *p) {
+    xc_free(p->ids);
+    xc_free(p->img);
+    xc_free(p->pixels);
+    memset(p, 0, sizeof *p);
+}
 
 /* Parses "1,2,img,3" into ids and image ranges of n_img_tokens rows each. */
-static int parse_ids(const char *s, int n_img_tokens, int32_t **ids, int *n, xc_row_range **rr,
-                     int *n_r) {
+static int parse_ids(const char *s, int n_img_tokens, gen_prompt *p) {
     size_t cap = 64;
-    int32_t *v = xc_malloc(cap * sizeof(int32_t));
-    xc_row_range *r = xc_malloc(64 * sizeof(xc_row_range));
-    int cnt = 0, nr = 0;
-    const char *p = s;
-    while (v && r && *p) {
-        while (*p == ',' || *p == ' ') {
-            p++;
+    p->ids = xc_malloc(cap * sizeof(int32_t));
+    p->img = xc_malloc(64 * sizeof(xc_row_range));
+    if (!p->ids || !p->img) {
+        return -1;
+    }
+    const char *c = s;
+    while (*c) {
+        while (*c == ',' || *c == ' ') {
+            c++;
         }
-        if (!*p) {
+        if (!*c) {
             break;
         }
         int add = 1;
         int32_t val = 0;
-        if (!strncmp(p, "img", 3)) {
-            if (n_img_tokens <= 0 || nr == 64) {
+        if (!strncmp(c, "img", 3)) {
+            if (n_img_tokens <= 0 || p->n_img == 64) {
                 fprintf(stderr, "xcpipe generate: 'img' slot but the model has no vision tower "
                                 "(or more than 64 images)\n");
-                goto fail;
+                return -1;
             }
             add = n_img_tokens;
-            r[nr++] = (xc_row_range){cnt, cnt + n_img_tokens};
-            p += 3;
+            p->img[p->n_img++] = (xc_row_range){p->n, p->n + n_img_tokens};
+            c += 3;
         } else {
             char *end;
             errno = 0;
-            long x = strtol(p, &end, 10);
-            if (end == p || errno || x < 0 || x > 0x7fffffff) {
-                fprintf(stderr, "xcpipe generate: bad token id near '%.16s'\n", p);
-                goto fail;
+            long x = strtol(c, &end, 10);
+            if (end == c || errno || x < 0 || x > 0x7fffffff) {
+                fprintf(stderr, "xcpipe generate: bad token id near '%.16s'\n", c);
+                return -1;
             }
             val = (int32_t)x;
-            p = end;
+            c = end;
         }
-        while ((size_t)(cnt + add) > cap) {
+        while ((size_t)(p->n + add) > cap) {
             cap *= 2;
-            int32_t *nv = xc_realloc(v, cap * sizeof(int32_t));
+            int32_t *nv = xc_realloc(p->ids, cap * sizeof(int32_t));
             if (!nv) {
-                goto fail;
+                return -1;
             }
-            v = nv;
+            p->ids = nv;
         }
         for (int i = 0; i < add; i++) {
-            v[cnt++] = val;
+            p->ids[p->n++] = val;
         }
-        if (*p && *p != ',' && *p != ' ') {
-            fprintf(stderr, "xcpipe generate: bad character '%c' in --input-ids\n", *p);
-            goto fail;
+        if (*c && *c != ',' && *c != ' ') {
+            fprintf(stderr, "xcpipe generate: bad character '%c' in --input-ids\n", *c);
+            return -1;
         }
     }
-    if (!v || !r) {
-        goto fail;
-    }
-    *ids = v;
-    *n = cnt;
-    *rr = r;
-    *n_r = nr;
     return 0;
-fail:
-    xc_free(v);
-    xc_free(r);
-    return -1;
 }
 
-static int load_pixels(const gen_conf *c, const xc_vision_info *vi, float **out) {
-    size_t per = 3u * (size_t)vi->img_size * (size_t)vi->img_size;
-    float *px = xc_malloc((size_t)c->pixels.n * per * sizeof(float));
-    if (!px) {
-        return -1;
-    }
+static int load_pixel_files(const gen_conf *c, int size, float *px) {
+    size_t per = 3u * (size_t)size * (size_t)size;
     for (int i = 0; i < c->pixels.n; i++) {
         xc_mmap m;
         if (xc_mmap_open(c->pixels.items[i], &m) != XC_OK) {
             xc_cli_report("generate", c->pixels.items[i], XC_ERR_IO);
-            xc_free(px);
             return -1;
         }
-        if (m.size != per * sizeof(float)) {
+        bool ok = m.size == per * sizeof(float);
+        if (ok) {
+            memcpy(px + (size_t)i * per, m.data, m.size);
+        } else {
             fprintf(stderr,
                     "xcpipe generate: %s has %zu bytes; a (3, %d, %d) float32 image has %zu\n",
-                    c->pixels.items[i], m.size, vi->img_size, vi->img_size, per * sizeof(float));
-            xc_mmap_close(&m);
-            xc_free(px);
+                    c->pixels.items[i], m.size, size, size, per * sizeof(float));
+        }
+        xc_mmap_close(&m);
+        if (!ok) {
             return -1;
         }
-        memcpy(px + (size_t)i * per, m.data, m.size);
-        xc_mmap_close(&m);
     }
-    *out = px;
     return 0;
 }
 
-static bool print_token(void *user, int32_t tok) {
-    int *first = user;
-    printf("%s%d", *first ? "" : " ", tok);
-    *first = 0;
+static int load_image_files(const gen_conf *c, const xc_image_limits *lim, int size, float *px) {
+    size_t per = 3u * (size_t)size * (size_t)size;
+    for (int i = 0; i < c->images.n; i++) {
+        char *data = NULL;
+        size_t len = 0;
+        xc_status st = xc_file_read_all(c->images.items[i], lim->max_bytes, &data, &len);
+        if (st == XC_OK) {
+            st = xc_image_preprocess(data, len, lim, size, NULL, px + (size_t)i * per);
+        }
+        xc_free(data);
+        if (st != XC_OK) {
+            xc_cli_report("generate", c->images.items[i], st);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Builds the prompt from --prompt/--image with the tokenizer and chat template. */
+static int build_chat(const gen_conf *c, const xc_tokenizer *tok, const xc_engine *e,
+                      gen_prompt *p) {
+    const xc_vision_info *vi = xc_engine_vision_info(e);
+    xc_image_limits lim;
+    xc_image_limits_default(&lim);
+    lim.max_bytes = (size_t)c->max_image_bytes;
+    lim.max_pixels = (uint64_t)c->max_image_mpixels * 1000000u;
+    lim.max_images = c->max_images;
+    if (c->images.n > 0 && !vi) {
+        fprintf(stderr, "xcpipe generate: --image given but the model has no vision tower\n");
+        return -1;
+    }
+    if (xc_image_check_count(c->images.n, &lim) != XC_OK) {
+        xc_cli_report("generate", "images", XC_ERR_ARG);
+        return -1;
+    }
+    bool vl =
+        !strcmp(c->variant, "vl") || (!strcmp(c->variant, "auto") && vi && vi->img_size > 224);
+    xc_chat_request req = {.variant = vl ? XC_CHAT_VARIANT_VL : XC_CHAT_VARIANT_7B,
+                           .system = c->system,
+                           .query = c->prompt,
+                           .n_images = (size_t)c->images.n,
+                           .tokens_per_image = vi ? (size_t)vi->n_tokens : 0,
+                           .bos = c->single_bos ? XC_CHAT_BOS_SINGLE : XC_CHAT_BOS_PER_SEGMENT,
+                           .max_rows = (size_t)xc_engine_max_context(e),
+                           .raw = c->raw};
+    xc_chat_prompt cp;
+    xc_status st = xc_chat_build(tok, &req, &cp);
+    if (st != XC_OK) {
+        xc_cli_report("generate", "prompt", st);
+        return -1;
+    }
+    p->n = (int)cp.n;
+    p->ids = cp.ids;
+    p->n_img = (int)cp.n_images;
+    p->img = p->n_img ? xc_malloc((size_t)p->n_img * sizeof(xc_row_range)) : NULL;
+    for (int i = 0; i < p->n_img && p->img; i++) {
+        p->img[i] = (xc_row_range){(int32_t)cp.images[i].start, (int32_t)cp.images[i].end};
+    }
+    cp.ids = NULL;
+    xc_chat_prompt_fini(&cp);
+    if (p->n_img && !p->img) {
+        return -1;
+    }
+    if (p->n_img) {
+        size_t per = 3u * (size_t)vi->img_size * (size_t)vi->img_size;
+        p->pixels = xc_malloc((size_t)p->n_img * per * sizeof(float));
+        if (!p->pixels || load_image_files(c, &lim, vi->img_size, p->pixels) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+typedef struct gen_out {
+    xc_tokenizer_stream stream;
+    bool have_tok;
+    bool first;
+} gen_out;
+
+static bool on_token(void *user, int32_t tok) {
+    gen_out *o = user;
+    if (o->have_tok) {
+        const char *text = NULL;
+        size_t len = 0;
+        if (xc_tokenizer_stream_feed(&o->stream, tok, &text, &len) == XC_OK && len) {
+            fwrite(text, 1, len, stdout);
+        }
+    } else {
+        printf("%s%d", o->first ? "" : " ", tok);
+    }
+    o->first = false;
     fflush(stdout);
     return true;
+}
+
+static void print_ids(const char *label, const int32_t *ids, int n) {
+    printf("%s:", label);
+    for (int i = 0; i < n; i++) {
+        printf(" %d", ids[i]);
+    }
+    printf("\n");
 }
 
 int xc_cmd_generate(int argc, char **argv) {
@@ -168,8 +298,13 @@ int xc_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "xcpipe generate: %s\n", xc_err_last());
         return 2;
     }
-    if (!c.model || !c.input_ids) {
-        fprintf(stderr, "xcpipe generate: --model and --input-ids are required (see --help)\n");
+    if (!c.model || (!c.prompt == !c.input_ids)) {
+        fprintf(stderr, "xcpipe generate: --model and one of --prompt or --input-ids are "
+                        "required (see --help)\n");
+        return 2;
+    }
+    if ((c.prompt && c.pixels.n) || (c.input_ids && c.images.n)) {
+        fprintf(stderr, "xcpipe generate: --image goes with --prompt, --pixels with --input-ids\n");
         return 2;
     }
     xc_engine_conf ec = {.model_dir = c.model,
@@ -178,62 +313,112 @@ int xc_cmd_generate(int argc, char **argv) {
                          .n_stages = c.stages,
                          .chunk = c.chunk};
     xc_engine *e = NULL;
-    int32_t *ids = NULL, *out = NULL;
-    xc_row_range *rr = NULL;
-    float *px = NULL;
-    int n = 0, n_r = 0, rc = 1;
+    xc_tokenizer *tok = NULL;
+    gen_prompt p = {0};
+    int32_t *out = NULL;
+    int rc = 1;
+    gen_out go = {.first = true};
     st = xc_engine_create(&ec, &e);
     if (st != XC_OK) {
         xc_cli_report("generate", c.model, st);
         return 1;
     }
+    char tpath[4096];
+    snprintf(tpath, sizeof tpath, "%s/tokenizer.model", c.model);
+    const char *tfile = c.tokenizer ? c.tokenizer : tpath;
+    if (c.tokenizer || c.prompt || access(tfile, R_OK) == 0) {
+        st = xc_tokenizer_load(tfile, &tok);
+        if (st != XC_OK) {
+            xc_cli_report("generate", tfile, st);
+            goto out;
+        }
+    }
     const xc_vision_info *vi = xc_engine_vision_info(e);
-    if (parse_ids(c.input_ids, vi ? vi->n_tokens : 0, &ids, &n, &rr, &n_r) != 0) {
-        rc = 2;
-        goto out;
+    if (c.prompt) {
+        if (build_chat(&c, tok, e, &p) != 0) {
+            rc = 2;
+            goto out;
+        }
+    } else {
+        if (parse_ids(c.input_ids, vi ? vi->n_tokens : 0, &p) != 0) {
+            rc = 2;
+            goto out;
+        }
+        if (p.n_img != c.pixels.n) {
+            fprintf(stderr, "xcpipe generate: %d 'img' slots but %d --pixels files\n", p.n_img,
+                    c.pixels.n);
+            rc = 2;
+            goto out;
+        }
+        if (p.n_img) {
+            size_t per = 3u * (size_t)vi->img_size * (size_t)vi->img_size;
+            p.pixels = xc_malloc((size_t)p.n_img * per * sizeof(float));
+            if (!p.pixels || load_pixel_files(&c, vi->img_size, p.pixels) != 0) {
+                goto out;
+            }
+        }
     }
-    if (n_r != c.pixels.n) {
-        fprintf(stderr, "xcpipe generate: %d 'img' slots but %d --pixels files\n", n_r, c.pixels.n);
-        rc = 2;
-        goto out;
-    }
-    if (n_r > 0 && load_pixels(&c, vi, &px) != 0) {
-        goto out;
+    /* stop ids of chat(): EOS and [UNUSED_TOKEN_145] from the tokenizer, else config EOS */
+    int32_t stops[2] = {2, -1};
+    size_t n_stops = 1;
+    if (tok) {
+        xc_chat_stop_ids(tok, stops, &n_stops);
     }
     xc_gen_params g = {.max_new_tokens = c.max_tokens,
-                       .penalize_prompt = n_r == 0,
+                       .stop_ids = stops,
+                       .n_stop_ids = (int)n_stops,
+                       .penalize_prompt = p.n_img == 0,
                        .sampling = {.greedy = c.greedy,
                                     .temperature = (float)c.temperature,
                                     .top_k = c.top_k,
                                     .top_p = (float)c.top_p,
-                                    .repetition_penalty = (float)c.rep,
+                                    .repetition_penalty = c.greedy ? 1.0f : (float)c.rep,
                                     .seed = (uint64_t)c.seed}};
-    if (c.greedy) {
-        g.sampling.repetition_penalty = 1.0f;
-    }
     out = xc_malloc((size_t)c.max_tokens * sizeof(int32_t));
     if (!out) {
         goto out;
     }
-    xc_prompt p = {.ids = ids, .n = n, .img = rr, .n_img = n_r, .pixels = px};
-    int first = 1, n_out = 0;
+    if (tok) {
+        xc_tokenizer_stream_init(&go.stream, tok);
+        go.have_tok = true;
+    }
+    for (int i = 0; i < p.n; i++) { /* image rows carry -1 from the template: any id will do */
+        if (p.ids[i] < 0) {
+            p.ids[i] = 0;
+        }
+    }
+    xc_prompt xp = {.ids = p.ids, .n = p.n, .img = p.img, .n_img = p.n_img, .pixels = p.pixels};
+    int n_out = 0;
     bool stopped = false;
-    st = xc_engine_generate(e, &p, &g, print_token, &first, out, &n_out, &stopped);
+    st = xc_engine_generate(e, &xp, &g, on_token, &go, out, &n_out, &stopped);
+    if (go.have_tok) {
+        const char *text = NULL;
+        size_t len = 0;
+        if (xc_tokenizer_stream_finish(&go.stream, &text, &len) == XC_OK && len) {
+            fwrite(text, 1, len, stdout);
+        }
+        xc_tokenizer_stream_fini(&go.stream);
+    }
     printf("\n");
     if (st != XC_OK) {
         xc_cli_report("generate", "generation failed", st);
         goto out;
     }
     if (c.print_ids) {
-        fprintf(stderr, "prompt tokens: %d (%d image rows), generated: %d%s\n", n,
-                n_r * (vi ? vi->n_tokens : 0), n_out, stopped ? " (stop id)" : "");
+        for (int r = 0; r < p.n_img; r++) { /* show image rows as -1 */
+            for (int i = p.img[r].start; i < p.img[r].end; i++) {
+                p.ids[i] = -1;
+            }
+        }
+        print_ids("prompt ids", p.ids, p.n);
+        print_ids("answer ids", out, n_out);
+        printf("finish: %s\n", stopped ? "stop" : "length");
     }
     rc = 0;
 out:
-    xc_free(ids);
-    xc_free(rr);
-    xc_free(px);
+    gen_prompt_fini(&p);
     xc_free(out);
+    xc_tokenizer_destroy(tok);
     xc_engine_destroy(e);
     return rc;
 }

@@ -70,6 +70,12 @@ xc_status xc_chat_prompt_text(const xc_chat_request *req, char **out, size_t *ou
     pbuf t = {0};
     xc_status st;
     XC_TRY_GOTO(text_add(&t, ""), st, fail);
+    if (req->raw) {
+        XC_TRY_GOTO(text_add(&t, req->query), st, fail);
+        *out = t.p;
+        *out_len = t.len;
+        return XC_OK;
+    }
     if (meta[0]) {
         XC_TRY_GOTO(text_add(&t, IM_START "system\n"), st, fail);
         XC_TRY_GOTO(text_add(&t, meta), st, fail);
@@ -138,7 +144,7 @@ xc_status xc_chat_build(const xc_tokenizer *tok, const xc_chat_request *req, xc_
     if (req->n_images == 0) {
         // build_inputs(): "<s>" + prompt through a tokenizer that also adds BOS -> two BOS.
         XC_TRY_GOTO(xc_tokenizer_tokens_push(&ids, sp->bos), st, out);
-        if (req->bos == XC_CHAT_BOS_PER_SEGMENT) {
+        if (req->bos == XC_CHAT_BOS_PER_SEGMENT && !req->raw) {
             XC_TRY_GOTO(xc_tokenizer_tokens_push(&ids, sp->bos), st, out);
         }
         XC_TRY_GOTO(xc_tokenizer_encode(tok, prompt, plen, &ids), st, out);

@@ -3,6 +3,7 @@
  * cut of a decoded reply at the first [UNUSED_TOKEN_145]. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,6 +47,8 @@ typedef struct xc_chat_request {
     size_t tokens_per_image; /* rows per image (256 for 7b, 1225 for VL) */
     xc_chat_bos bos;
     size_t max_rows; /* refuse prompts longer than this (0 = no limit) */
+    bool raw;        /* the query is the whole prompt: no markers, meta or history; text-only
+                        prompts get one BOS (images still split at <ImageHere>) */
 } xc_chat_request;
 
 /* [start, end) rows of one image in the prompt. */

@@ -258,6 +258,40 @@ static void test_chat_stop_ids_and_cut(void **state) {
     xc_tokenizer_destroy(tok);
 }
 
+/* --raw: the query alone, one BOS for text; images still split at the marker with BOS per
+ * segment. Compared against the tokenizer run on the same pieces. */
+static void test_chat_raw_prompt(void **state) {
+    (void)state;
+    xc_tokenizer *tok = load_tok();
+    const xc_tokenizer_special *sp = xc_tokenizer_special_ids(tok);
+    xc_chat_request req = {.query = "plain text, no template", .raw = true};
+    xc_chat_prompt p;
+    assert_int_equal(xc_chat_build(tok, &req, &p), XC_OK);
+    xc_tokens want = {0};
+    assert_int_equal(xc_tokenizer_tokens_push(&want, sp->bos), XC_OK);
+    assert_int_equal(xc_tokenizer_encode(tok, req.query, strlen(req.query), &want), XC_OK);
+    assert_int_equal(p.n, want.n);
+    assert_memory_equal(p.ids, want.ids, p.n * sizeof(int32_t));
+    xc_chat_prompt_fini(&p);
+    xc_tokenizer_tokens_fini(&want);
+
+    req.query = "<ImageHere>caption:";
+    req.n_images = 1;
+    req.tokens_per_image = 3;
+    assert_int_equal(xc_chat_build(tok, &req, &p), XC_OK);
+    assert_int_equal(p.n_images, 1);
+    assert_int_equal(p.images[0].start, 0);
+    assert_int_equal(p.images[0].end, 3);
+    assert_int_equal(p.ids[3], sp->bos);
+    xc_tokens tail = {0};
+    assert_int_equal(xc_tokenizer_encode(tok, "caption:", 8, &tail), XC_OK);
+    assert_int_equal(p.n, 4 + tail.n);
+    assert_memory_equal(p.ids + 4, tail.ids, tail.n * sizeof(int32_t));
+    xc_chat_prompt_fini(&p);
+    xc_tokenizer_tokens_fini(&tail);
+    xc_tokenizer_destroy(tok);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chat_matches_original_template),
@@ -265,6 +299,7 @@ int main(void) {
         cmocka_unit_test(test_chat_bos_modes),
         cmocka_unit_test(test_chat_prompt_text_and_meta),
         cmocka_unit_test(test_chat_stop_ids_and_cut),
+        cmocka_unit_test(test_chat_raw_prompt),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }
