@@ -643,8 +643,14 @@ static void handle(xc_coord *c, const xc_wire_msg *m, const xc_msg *msg) {
         if (wi >= 0 && ctl->u.error.fatal) {
             worker_lost(c, wi, "failed fatally");
         } else if (wi >= 0 && c->workers[wi].role == 1 && ctl->u.error.has_microbatch) {
-            /* a micro-batch failed on a stage: its sequences' KV state is unknown */
-            fail_replica(c, c->workers[wi].replica, ctl->u.error.message);
+            /* a micro-batch of ours failed on a stage: its sequences' KV state is unknown. An
+             * error about a frame we never sent (garbage from elsewhere) changes nothing. */
+            uint64_t mb = ctl->u.error.microbatch_id;
+            int r = (int)((mb >> 48) & 0x3fff);
+            if (r == c->workers[wi].replica && r < c->R &&
+                xc_sched_is_inflight(c->reps[r].sched, mb & ((1ull << 48) - 1))) {
+                fail_replica(c, r, ctl->u.error.message);
+            }
         } else if (wi >= 0 && c->workers[wi].role == 0 && ctl->u.error.has_microbatch) {
             creq *q = req_find(c, ctl->u.error.microbatch_id & ~VISION_JOB_FLAG, NULL);
             if (q) {

@@ -316,6 +316,15 @@ void xc_sched_fail_all(xc_sched *s, uint64_t *ids, int cap, int *n) {
     *n = k;
 }
 
+bool xc_sched_is_inflight(const xc_sched *s, uint64_t mb_id) {
+    for (int i = 0; i < s->n_inflight; i++) {
+        if (s->inflight[i] == mb_id) {
+            return true;
+        }
+    }
+    return false;
+}
+
 int xc_sched_n_live(const xc_sched *s) {
     return s->n_seqs;
 }

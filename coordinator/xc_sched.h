@@ -69,6 +69,9 @@ void xc_sched_finish(xc_sched *s, uint64_t id);
  * sequences that were live or waiting, *n their count. The block pool starts empty again. */
 void xc_sched_fail_all(xc_sched *s, uint64_t *ids, int cap, int *n);
 
+/* Whether micro-batch mb_id is in flight. */
+bool xc_sched_is_inflight(const xc_sched *s, uint64_t mb_id);
+
 int xc_sched_n_live(const xc_sched *s);     /* admitted + waiting sequences (load) */
 int xc_sched_n_inflight(const xc_sched *s); /* micro-batches in flight */
 int xc_sched_n_free_blocks(const xc_sched *s);

@@ -1,0 +1,202 @@
+/* Scheduler: driven by a fake pipeline of P FIFO stages; every sequence's rows must arrive in
+ * order with no gap (prefill chunks then one decode row per token), KV blocks are never shared
+ * and never over-committed, the in-flight limit holds, decode rows spread over P micro-batches,
+ * a long prompt has several chunks in flight at once, and failure drops everything. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "xc_sched.h"
+#include "xc_test.h"
+
+#define NS 24
+
+typedef struct ref_seq {
+    int n_prompt, max_new, next_pos, n_gen, tokens_pending;
+    bool done, added;
+} ref_seq;
+
+/* One fake run: n sequences with random sizes; completes a micro-batch when the pipeline has
+ * max_inflight in flight or nothing else can be formed. */
+static void run_fake(int P, int max_rows, int chunk, int n_blocks, unsigned seed) {
+    xc_sched_conf sc = {.max_rows = max_rows,
+                        .chunk = chunk,
+                        .block_size = 4,
+                        .n_blocks = n_blocks,
+                        .max_inflight = P + 1,
+                        .n_stages = P};
+    xc_sched *s;
+    assert_int_equal(xc_sched_create(&sc, &s), XC_OK);
+    ref_seq ref[NS];
+    srand(seed);
+    for (int i = 0; i < NS; i++) {
+        ref[i] = (ref_seq){.n_prompt = 1 + rand() % 40, .max_new = 1 + rand() % 12};
+        assert_int_equal(xc_sched_add(s, (uint64_t)i + 100, ref[i].n_prompt, ref[i].max_new, true),
+                         XC_OK);
+    }
+
+    /* queue of in-flight batches (FIFO, as the stages are) with the rows that sample */
+    typedef struct fb {
+        uint64_t id;
+        int n;
+        uint64_t ids[256];
+    } fb;
+
+    fb *q = calloc(64, sizeof(fb));
+    int qh = 0, qn = 0, n_done = 0, max_seen_inflight = 0, steps = 0;
+    while (n_done < NS) {
+        assert_true(++steps < 100000);
+        xc_sched_batch b;
+        bool formed = xc_sched_next(s, &b);
+        if (formed) {
+            assert_true(b.n_rows <= max_rows);
+            fb *f = &q[(qh + qn++) % 64];
+            f->id = b.id;
+            f->n = 0;
+            int rows = 0, n_decode = 0;
+            /* blocks of admitted sequences are disjoint and within the pool */
+            static int owner[4096];
+            memset(owner, -1, sizeof owner);
+            for (int i = 0; i < NS; i++) {
+                int nb = 0;
+                const int32_t *bt = xc_sched_blocks(s, (uint64_t)i + 100, &nb);
+                for (int k = 0; bt && k < nb; k++) {
+                    assert_true(bt[k] >= 0 && bt[k] < n_blocks);
+                    assert_int_equal(owner[bt[k]], -1);
+                    owner[bt[k]] = i;
+                }
+                if (bt) {
+                    assert_true(nb * 4 >= ref[i].n_prompt + ref[i].max_new);
+                }
+            }
+            for (int k = 0; k < b.n_items; k++) {
+                const xc_sched_item *it = &b.items[k];
+                int i = (int)(it->id - 100);
+                ref_seq *r = &ref[i];
+                assert_false(r->done);
+                assert_int_equal(it->first_pos, r->next_pos); /* in order, no gap */
+                if (it->first_pos < r->n_prompt) {
+                    assert_true(it->n_tokens <= chunk);
+                    assert_true(it->first_pos + it->n_tokens <= r->n_prompt);
+                    assert_int_equal(it->first_chunk, it->first_pos == 0);
+                    assert_int_equal(it->samples, it->first_pos + it->n_tokens == r->n_prompt);
+                } else {
+                    assert_int_equal(it->n_tokens, 1);
+                    assert_true(it->samples);
+                    assert_int_equal(r->tokens_pending, 0); /* the previous token came back */
+                    assert_int_equal(it->token, 1000 + r->n_gen - 1);
+                    n_decode++;
+                }
+                r->next_pos += it->n_tokens;
+                if (it->samples) {
+                    r->tokens_pending++;
+                    f->ids[f->n++] = it->id;
+                }
+                rows += it->n_tokens;
+            }
+            assert_int_equal(rows, b.n_rows);
+            int live_decoding = 0;
+            for (int i = 0; i < NS; i++) {
+                live_decoding += !ref[i].done && ref[i].n_gen > 0;
+            }
+            assert_true(n_decode <= (live_decoding + P - 1) / P);
+            int inf = xc_sched_n_inflight(s);
+            max_seen_inflight = inf > max_seen_inflight ? inf : max_seen_inflight;
+            assert_true(inf <= P + 1);
+            continue;
+        }
+        assert_true(qn > 0); /* nothing formed: something must be in flight */
+        fb *f = &q[qh];
+        qh = (qh + 1) % 64;
+        qn--;
+        xc_sched_batch_done(s, f->id);
+        for (int k = 0; k < f->n; k++) {
+            int i = (int)(f->ids[k] - 100);
+            ref_seq *r = &ref[i];
+            assert_int_equal(xc_sched_token(s, f->ids[k], 1000 + r->n_gen), XC_OK);
+            r->tokens_pending--;
+            r->n_gen++;
+            if (r->n_gen == r->max_new) {
+                xc_sched_finish(s, f->ids[k]);
+                r->done = true;
+                n_done++;
+            }
+        }
+    }
+    assert_int_equal(xc_sched_n_free_blocks(s), n_blocks);
+    assert_int_equal(xc_sched_n_live(s), 0);
+    assert_true(max_seen_inflight >= (P + 1 < 3 ? P + 1 : 3));
+    free(q);
+    xc_sched_destroy(s);
+}
+
+static void test_sched_rows_in_order_and_kv_disjoint(void **state) {
+    (void)state;
+    run_fake(1, 32, 8, 64, 1);
+    run_fake(2, 64, 16, 40, 2);
+    run_fake(4, 256, 7, 300, 3);
+    run_fake(8, 17, 5, 24, 4); /* small pool: admission waits for releases */
+}
+
+static void test_sched_long_prompt_chunks_in_flight(void **state) {
+    (void)state;
+    xc_sched_conf sc = {.max_rows = 64,
+                        .chunk = 16,
+                        .block_size = 16,
+                        .n_blocks = 64,
+                        .max_inflight = 4,
+                        .n_stages = 4};
+    xc_sched *s;
+    assert_int_equal(xc_sched_create(&sc, &s), XC_OK);
+    assert_int_equal(xc_sched_add(s, 1, 200, 4, true), XC_OK);
+    xc_sched_batch b;
+    for (int k = 0; k < 4; k++) {
+        assert_true(xc_sched_next(s, &b));
+        assert_int_equal(b.n_items, 1);
+        assert_int_equal(b.items[0].first_pos, 16 * k);
+        assert_int_equal(b.items[0].n_tokens, 16);
+    }
+    assert_false(xc_sched_next(s, &b)); /* the in-flight limit */
+    assert_int_equal(xc_sched_n_inflight(s), 4);
+    xc_sched_destroy(s);
+}
+
+static void test_sched_admission_and_errors(void **state) {
+    (void)state;
+    xc_sched_conf sc = {.max_rows = 8,
+                        .chunk = 8,
+                        .block_size = 4,
+                        .n_blocks = 4,
+                        .max_inflight = 2,
+                        .n_stages = 1};
+    xc_sched *s;
+    assert_int_equal(xc_sched_create(&sc, &s), XC_OK);
+    assert_int_equal(xc_sched_add(s, 1, 10, 7, true), XC_ERR_ARG); /* 17 tokens > 16 */
+    assert_int_equal(xc_sched_add(s, 1, 8, 4, true), XC_OK);       /* 3 blocks */
+    assert_int_equal(xc_sched_add(s, 1, 2, 2, true), XC_ERR_ARG);  /* id in use */
+    assert_int_equal(xc_sched_add(s, 2, 4, 4, true), XC_OK);       /* 2 blocks: must wait */
+    assert_int_equal(xc_sched_add(s, 3, 2, 2, false), XC_OK);      /* not ready */
+    xc_sched_batch b;
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.items[0].id, 1);
+    int nb;
+    assert_null(xc_sched_blocks(s, 2, &nb));
+    assert_int_equal(xc_sched_token(s, 2, 5), XC_ERR_PROTO);
+    uint64_t ids[8];
+    int n;
+    xc_sched_fail_all(s, ids, 8, &n);
+    assert_int_equal(n, 3);
+    assert_int_equal(xc_sched_n_free_blocks(s), 4);
+    assert_int_equal(xc_sched_n_inflight(s), 0);
+    assert_false(xc_sched_next(s, &b));
+    xc_sched_destroy(s);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sched_rows_in_order_and_kv_disjoint),
+        cmocka_unit_test(test_sched_long_prompt_chunks_in_flight),
+        cmocka_unit_test(test_sched_admission_and_errors),
+    };
+    return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
+}
