@@ -9,6 +9,10 @@ int xc_cmd_tokenize(int argc, char **argv);       /* tokenize --tokenizer FILE [
 int xc_cmd_bench_tokenize(int argc, char **argv); /* bench tokenize */
 int xc_cmd_preprocess(int argc, char **argv);       /* preprocess --image --size --out */
 int xc_cmd_bench_preprocess(int argc, char **argv); /* bench preprocess */
+int xc_cmd_serve(int argc, char **argv);          /* serve: a whole cluster, local or MPI */
+int xc_cmd_worker(int argc, char **argv);         /* worker: as xcpipe-worker */
+int xc_cmd_coordinator(int argc, char **argv);    /* coordinator: as xcpipe-coordinator */
+int xc_cmd_bench_pipeline(int argc, char **argv); /* bench pipeline (sim backend) */
 int xc_cmd_generate(int argc, char **argv);     /* single-process generation */
 int xc_cmd_bench_model(int argc, char **argv);  /* bench model */
 int xc_cmd_bench_vision(int argc, char **argv); /* bench vision */

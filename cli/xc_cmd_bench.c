@@ -13,9 +13,10 @@ typedef struct bench_cmd {
 static const bench_cmd benches[] = {
     {"kernels", xc_cmd_bench_kernels, "CPU kernels at the InternLM2-7B layer shapes"},
     {"tokenize", xc_cmd_bench_tokenize, "tokenizer MB/s next to spm_encode"},
-    {"preprocess", xc_cmd_bench_preprocess, "image decode+resize+normalize vs PIL"},
     {"model", xc_cmd_bench_model, "prefill and decode tokens/s (llama-bench terms), roofline"},
     {"vision", xc_cmd_bench_vision, "CLIP ViT-L/14 + projector, ms per image"},
+    {"preprocess", xc_cmd_bench_preprocess, "image decode+resize+normalize vs PIL"},
+    {"pipeline", xc_cmd_bench_pipeline, "pipeline efficiency, bubbles at P = 2, 4, 8 (sim)"},
     {"transport", xc_cmd_bench_transport, "forward-frame GB/s per transport vs raw zmq/MPI"},
 };
 

@@ -18,6 +18,9 @@ static const cli_cmd cmds[] = {
     {"tokenize", xc_cmd_tokenize, "text <-> token ids with a tokenizer.model, line by line"},
     {"preprocess", xc_cmd_preprocess, "decode, resize, normalize one image (vision input)"},
     {"generate", xc_cmd_generate, "run the model in this process on a prompt"},
+    {"serve", xc_cmd_serve, "run a cluster: coordinator + vision + decoder workers (local/MPI)"},
+    {"worker", xc_cmd_worker, "a cluster worker process (as xcpipe-worker)"},
+    {"coordinator", xc_cmd_coordinator, "the cluster coordinator (as xcpipe-coordinator)"},
 };
 
 void xc_cli_report(const char *cmd, const char *what, int status) {

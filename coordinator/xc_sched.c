@@ -171,6 +171,21 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
         }
     }
     int decode_cap = (n_decoding + s->conf.n_stages - 1) / s->conf.n_stages;
+    /* Decode rows form P groups that cycle through the pipeline. With P micro-batches already in
+     * flight, a smaller decode-only batch would only split a group and pay each layer's fixed
+     * cost twice: wait for the group unless prefill work can fill the batch. */
+    if (s->n_inflight >= s->conf.n_stages) {
+        int ready = 0;
+        bool prefill = false;
+        for (int i = 0; i < s->n_seqs; i++) {
+            const sseq *q = &s->seqs[i];
+            ready += q->admitted && q->prefilled == q->n_prompt && q->n_gen > 0 && !q->waiting;
+            prefill = prefill || (q->admitted && q->prefilled < q->n_prompt);
+        }
+        if (!prefill && ready < decode_cap) {
+            return false;
+        }
+    }
     int budget = s->conf.max_rows, n = 0, rows = 0, n_dec = 0;
     /* oldest first, so that every stream advances */
     for (int i = 0; i < s->n_seqs && n_dec < decode_cap && rows < budget; i++) {
