@@ -39,7 +39,7 @@
 
 /* Register tile: up to TILE_R rows of x by TILE_C weight rows share one pass over k. */
 #define TILE_R 4
-#define TILE_C 4
+#define TILE_C 8
 
 /* Weight rows per column group: the group's weights (about GROUP_BYTES) stay in L2 while every
  * row tile of x passes over them. Measured on the Zen 4 dev machine (1 MiB L2, thread CPU time,
@@ -47,11 +47,6 @@
  * (BLOCK_K 512..4096: 2-15% slower) and 6x2 / 6x3 tiles (4-35% slower); 4x3 reaches 82 (f32),
  * 89 (bf16), 88-99 (f16) GFLOP/s per core against OpenBLAS sgemm's 91-93 (f32). */
 #define GROUP_BYTES (192 * 1024)
-
-/* Decode tiles (R <= 2) prefetch each weight row this far ahead. With the hardware prefetcher alone
- * the four row streams of a 1x4 tile reached 50-65% of the read bandwidth on the dev machine; with
- * 512-4096 bytes ahead 60-100% (noisy, shared machine; 2048 was never worse than the others). */
-#define PREFETCH_BYTES 2048
 
 /* Below this many multiply-adds the pool's wake-up costs more than it saves. */
 #define PARALLEL_MIN_FMAS (1 << 16)
@@ -192,34 +187,31 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
     const float *xr[TILE_R];
     const char *wr[TILE_C];
     __m256 acc[TILE_R][TILE_C];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
         xr[r] = jb->x + (size_t)(i0 + r) * jb->ldx;
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int c = 0; c < C; c++) {
         wr[c] = (const char *)jb->w + (size_t)(j0 + c) * (size_t)k * wsz;
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
             acc[r][c] = _mm256_setzero_ps();
         }
     }
     for (int kk = 0; kk < k8; kk += 8) {
         __m256 wv[TILE_C];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
-            if (R <= 2) { /* decode: memory-bound, keep every weight stream ahead of its use */
-                _mm_prefetch(wr[c] + (size_t)kk * wsz + PREFETCH_BYTES, _MM_HINT_T0);
-            }
             wv[c] = xc_simd_load_w(wr[c], wt, (size_t)kk);
         }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             __m256 xv = _mm256_loadu_ps(xr[r] + kk);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int c = 0; c < C; c++) {
                 acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
             }
@@ -236,18 +228,18 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
                 wtl[c][l] = xc_load_f32(wr[c], wt, (size_t)(k8 + l));
             }
         }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             __m256 xv = _mm256_loadu_ps(xt[r]);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int c = 0; c < C; c++) {
                 acc[r][c] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wtl[c]), acc[r][c]);
             }
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
             mm_store(jb, i0 + r, j0 + c, xc_simd_hsum(acc[r][c]));
         }
@@ -265,7 +257,11 @@ typedef void (*mm_tile_fn)(const mm_job *jb, int i0, int j0);
     MM_TILE_DEF(NAME, WT, R, 1)                                                                    \
     MM_TILE_DEF(NAME, WT, R, 2)                                                                    \
     MM_TILE_DEF(NAME, WT, R, 3)                                                                    \
-    MM_TILE_DEF(NAME, WT, R, 4)
+    MM_TILE_DEF(NAME, WT, R, 4)                                                                    \
+    MM_TILE_DEF(NAME, WT, R, 5)                                                                    \
+    MM_TILE_DEF(NAME, WT, R, 6)                                                                    \
+    MM_TILE_DEF(NAME, WT, R, 7)                                                                    \
+    MM_TILE_DEF(NAME, WT, R, 8)
 #define MM_TILE_ALL(NAME, WT)                                                                      \
     MM_TILE_ROW(NAME, WT, 1)                                                                       \
     MM_TILE_ROW(NAME, WT, 2)                                                                       \
@@ -274,7 +270,8 @@ typedef void (*mm_tile_fn)(const mm_job *jb, int i0, int j0);
 #define MM_TILE_TAB_ROW(NAME, R)                                                                   \
     {                                                                                              \
         mm_tile_##NAME##_##R##x1, mm_tile_##NAME##_##R##x2, mm_tile_##NAME##_##R##x3,              \
-            mm_tile_##NAME##_##R##x4                                                               \
+            mm_tile_##NAME##_##R##x4, mm_tile_##NAME##_##R##x5, mm_tile_##NAME##_##R##x6,          \
+            mm_tile_##NAME##_##R##x7, mm_tile_##NAME##_##R##x8                                     \
     }
 #define MM_TILE_TAB(NAME)                                                                          \
     {                                                                                              \
@@ -349,9 +346,13 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
         .alpha = a->alpha == 0.0f ? 1.0f : a->alpha,
         .accumulate = a->accumulate,
     };
-    // Few x rows: memory-bound, so more weight streams per tile; many: a 4 x 3 tile leaves
-    // registers for the loads (12 accumulators + 3 weight vectors + 1 x vector).
-    jb.tile_c = jb.m <= 2 ? 4 : 3;
+    // Few x rows (decode): memory-bound, and a 1 x C tile has only C independent FMA chains, so
+    // take 8 weight rows at once. Measured on the dev machine (bf16, 4096 x 14336, shared and
+    // noisy, interleaved best-of-30): 1x8 reached 72-94% of the read bandwidth where 1x4 reached
+    // 47-87%; software prefetching (512-8192 bytes ahead) and a cheaper bf16 widening (shift + AND
+    // on deinterleaved x) gained nothing measurable and were dropped. Many rows (prefill): a
+    // 4 x 3 tile leaves registers for the loads (12 accumulators + 3 weights + 1 x vector).
+    jb.tile_c = jb.m <= 2 ? 8 : 3;
     size_t row_bytes = (size_t)jb.k * xc_dtype_size(jb.wt);
     size_t g = GROUP_BYTES / row_bytes;
     g = g < (size_t)jb.tile_c ? (size_t)jb.tile_c : g - g % (size_t)jb.tile_c;
