@@ -122,6 +122,7 @@ struct xc_coord {
     cworker workers[MAX_WORKERS];
     int n_workers;
     bool placed;
+    bool was_ready; /* ready once: from then on, not ready means a failure (fail fast) */
     int vision_worker; /* -1 none / vacant */
     bool need_vision;
     replica reps[MAX_REPLICAS];
@@ -418,6 +419,7 @@ static void update_ready(xc_coord *c) {
         rp->ready = ok;
         all = all && ok;
     }
+    c->was_ready = c->was_ready || all;
     if (all != (bool)atomic_load(&c->ready_flag)) {
         XC_LOG_INFO("cluster %s", all ? "ready" : "NOT ready");
         pthread_mutex_lock(&c->lock);
@@ -880,7 +882,7 @@ static void admit_inbox(xc_coord *c) {
             i++;
             continue;
         }
-        if (c->placed && !atomic_load(&c->ready_flag)) {
+        if (c->was_ready && !atomic_load(&c->ready_flag)) {
             req_end(c, q, XC_ERR_IO, true, false,
                     "cluster not ready (a worker is lost or loading); retry later");
             continue;
