@@ -230,7 +230,8 @@ static xc_status run_decode(const char *model, int P, int R, const bp_conf *bc,
             xc_worker_stats ws;
             xc_worker_get_stats(cl.ws[i].w, &ws);
             double b = 1.0 - (double)ws.busy_ns * 1e-9 / wall;
-            out->bubble[i] = b > 0 ? b : 0; /* busy can exceed the window by one send */
+            int at = R == 1 && ws.stage >= 0 && ws.stage < 64 ? ws.stage : i; /* stage order */
+            out->bubble[at] = b > 0 ? b : 0; /* busy can exceed the window by one send */
         }
     }
     while (st == XC_OK && atomic_load(&cnt.done) < streams) {
