@@ -19,6 +19,7 @@
 #include "xc_coord.h"
 #include "xc_coord_cli.h"
 #include "xc_coord_lines.h"
+#include "xc_http.h"
 #include "xc_log.h"
 #include "xc_time.h"
 #include "xc_worker_cli.h"
@@ -74,6 +75,8 @@ static const xc_conf_spec serve_spec = {
     "Runs a whole cluster: the coordinator here, the vision worker and the decoder workers as "
     "local processes (or as MPI ranks under mpirun). SIGTERM drains and stops everything.",
     serve_entries, sizeof serve_entries / sizeof serve_entries[0]};
+
+static xc_http_flags g_http_flags; /* api helper: HTTP flags, taken out of argv first */
 
 /* ---- local children ---- */
 
@@ -159,6 +162,13 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
         xc_coord_destroy(co);
         return 1;
     }
+    xc_http *http = NULL; /* api helper: the OpenAI-compatible HTTP API */
+    if (xc_http_start_if(&g_http_flags, c->requests != NULL, c->model, co, &http) != XC_OK) {
+        fprintf(stderr, "xcpipe serve: %s\n", xc_err_last());
+        free(s);
+        xc_coord_destroy(co);
+        return 1;
+    }
     s->c = c;
     s->coord_ep = xc_coord_endpoint(co);
     int n_workers = c->stages * c->replicas + (xc_coord_image_tokens(co) > 0 ? 1 : 0);
@@ -223,6 +233,7 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
         }
     }
     free(s);
+    xc_http_destroy(http);
     xc_coord_destroy(co);
     if (ipc) {
         char cmd[300];
@@ -248,6 +259,10 @@ static int env_int(const char *a, const char *b, int def) {
 }
 
 int xc_cmd_serve(int argc, char **argv) {
+    if (xc_http_cli_extract(&argc, argv, &g_http_flags) != XC_OK) {
+        fprintf(stderr, "xcpipe serve: %s\n", xc_err_last());
+        return 2;
+    }
     serve_conf c;
     xc_status st = xc_conf_parse(&serve_spec, &c, argc, argv, NULL);
     if (st == XC_AGAIN) {
@@ -298,7 +313,14 @@ int xc_cmd_serve(int argc, char **argv) {
             fprintf(stderr, "xcpipe serve: %s\n", xc_err_last());
             return 1;
         }
+        xc_http *http = NULL; /* api helper: the OpenAI-compatible HTTP API */
+        if (xc_http_start_if(&g_http_flags, c.requests != NULL, c.model, co, &http) != XC_OK) {
+            fprintf(stderr, "xcpipe serve: %s\n", xc_err_last());
+            xc_coord_destroy(co);
+            return 1;
+        }
         int rc = xc_coord_cli_serve(co, &f);
+        xc_http_destroy(http);
         xc_coord_destroy(co);
         return rc;
     }

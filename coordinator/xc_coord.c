@@ -142,7 +142,20 @@ struct xc_coord {
     atomic_int ready_flag, n_active, stopping, stop_now;
     double drain_s;
     bool shutdown_workers;
+
+    /* serving hooks (api helper): cancellations queued by any thread (under lock), statistics
+     * published by the coordinator thread (under stats_lock) */
+    uint64_t *cancels;
+    int n_cancels, cap_cancels;
+    pthread_mutex_t stats_lock;
+    xc_coord_stats stats;
+    double bytes_sent;
+    uint64_t vclock_id[256], vclock_ns[256]; /* send time of recent vision jobs, by id % 256 */
 };
+
+static void hooks_step(xc_coord *c);
+static void hooks_vision_sent(xc_coord *c, creq *q);
+static void hooks_vision_done(xc_coord *c, creq *q);
 
 /* ---- events ---- */
 
@@ -560,6 +573,7 @@ static void on_vision_result(xc_coord *c, const xc_wire_forward *f, const xc_msg
         return;
     }
     memcpy(q->emb, msg->frames[1].data, (size_t)q->n_img * per * sizeof(float));
+    hooks_vision_done(c, q);
     if (q->replica >= 0) {
         xc_sched_set_ready(c->reps[q->replica].sched, q->id);
     }
@@ -698,6 +712,7 @@ static void send_vision(xc_coord *c, creq *q) {
         return;
     }
     q->vision_sent = true;
+    hooks_vision_sent(c, q);
 }
 
 static void send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
@@ -829,8 +844,11 @@ static void send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                  xc_err_last());
         XC_LOG_ERROR("%s", why);
         fail_replica(c, r, why);
-    } else if (!img_rows) {
-        xc_free(img);
+    } else {
+        c->bytes_sent += (double)b->n_rows * sizeof(int32_t) + (double)img_rows * H * sizeof(float);
+        if (!img_rows) {
+            xc_free(img);
+        }
     }
 }
 
@@ -960,6 +978,7 @@ static void *coord_main(void *arg) {
             update_ready(c);
         }
         admit_inbox(c);
+        hooks_step(c); /* serving hooks: cancellations, then statistics */
         for (int r = 0; r < c->R; r++) {
             xc_sched_batch b;
             while (c->reps[r].ready && xc_sched_next(c->reps[r].sched, &b)) {
@@ -1007,6 +1026,7 @@ xc_status xc_coord_create(const xc_coord_conf *conf, xc_coord **out) {
     c->conf = *conf;
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->cond, NULL);
+    pthread_mutex_init(&c->stats_lock, NULL);
     c->vision_worker = -1;
     c->next_id = 1;
     snprintf(c->model_dir, sizeof c->model_dir, "%s", conf->model_dir);
@@ -1220,5 +1240,102 @@ void xc_coord_destroy(xc_coord *c) {
     xc_arena_destroy(c->arena);
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->cond);
+    pthread_mutex_destroy(&c->stats_lock);
+    xc_free(c->cancels);
     xc_free(c);
+}
+
+/* ---- serving hooks (api helper): cancellation and statistics for the HTTP API ---- */
+
+xc_status xc_coord_cancel(xc_coord *c, uint64_t id) {
+    pthread_mutex_lock(&c->lock);
+    if (c->n_cancels == c->cap_cancels) {
+        int cap = c->cap_cancels ? c->cap_cancels * 2 : 16;
+        uint64_t *n = xc_realloc(c->cancels, (size_t)cap * sizeof *n);
+        if (!n) {
+            pthread_mutex_unlock(&c->lock);
+            return xc_errf(XC_ERR_NOMEM, "no memory to queue a cancellation");
+        }
+        c->cancels = n;
+        c->cap_cancels = cap;
+    }
+    c->cancels[c->n_cancels++] = id;
+    pthread_mutex_unlock(&c->lock);
+    return XC_OK;
+}
+
+int xc_coord_max_context(const xc_coord *c) {
+    return c->conf.max_context;
+}
+
+void xc_coord_get_stats(xc_coord *c, xc_coord_stats *out) {
+    pthread_mutex_lock(&c->stats_lock);
+    *out = c->stats;
+    pthread_mutex_unlock(&c->stats_lock);
+}
+
+/* Vision round trip per job, measured on the coordinator thread (send to embeddings back). */
+static void hooks_vision_sent(xc_coord *c, creq *q) {
+    c->vclock_id[q->id % 256] = q->id;
+    c->vclock_ns[q->id % 256] = xc_now_ns();
+}
+
+static void hooks_vision_done(xc_coord *c, creq *q) {
+    if (c->vclock_id[q->id % 256] != q->id) {
+        return;
+    }
+    double s = (double)(xc_now_ns() - c->vclock_ns[q->id % 256]) * 1e-9;
+    pthread_mutex_lock(&c->stats_lock);
+    c->stats.vision_s += s;
+    c->stats.vision_images += q->n_img;
+    c->stats.vision_jobs++;
+    pthread_mutex_unlock(&c->stats_lock);
+}
+
+/* Runs once per scheduling step on the coordinator thread: ends cancelled requests (their KV
+ * blocks go back to the pool now; the release ids ride on the replica's next micro-batch), then
+ * publishes the statistics. */
+static void hooks_step(xc_coord *c) {
+    pthread_mutex_lock(&c->lock);
+    int n = c->n_cancels;
+    uint64_t ids[256];
+    n = n < 256 ? n : 256;
+    memcpy(ids, c->cancels, (size_t)n * sizeof *ids);
+    memmove(c->cancels, c->cancels + n, (size_t)(c->n_cancels - n) * sizeof *ids);
+    c->n_cancels -= n;
+    pthread_mutex_unlock(&c->lock);
+    for (int i = 0; i < n; i++) {
+        creq *q = req_find(c, ids[i], NULL);
+        if (q) {
+            req_end(c, q, XC_ERR_TIMEOUT, false, false, "cancelled");
+        }
+    }
+    xc_coord_stats st;
+    pthread_mutex_lock(&c->stats_lock);
+    st = c->stats;
+    pthread_mutex_unlock(&c->stats_lock);
+    st.running = st.waiting = st.kv_blocks_used = st.kv_blocks_total = 0;
+    for (int i = 0; i < c->n_reqs; i++) {
+        const creq *q = c->reqs[i];
+        int nb = 0;
+        if (q->replica >= 0 && c->reps[q->replica].sched &&
+            xc_sched_blocks(c->reps[q->replica].sched, q->id, &nb)) {
+            st.running++;
+        } else {
+            st.waiting++;
+        }
+    }
+    for (int r = 0; r < c->R; r++) {
+        if (c->reps[r].sched) {
+            st.kv_blocks_total += c->reps[r].kv_blocks;
+            st.kv_blocks_used += c->reps[r].kv_blocks - xc_sched_n_free_blocks(c->reps[r].sched);
+        }
+    }
+    pthread_mutex_lock(&c->lock);
+    st.waiting += c->n_inbox;
+    pthread_mutex_unlock(&c->lock);
+    st.bytes_to_stage0 = c->bytes_sent;
+    pthread_mutex_lock(&c->stats_lock);
+    c->stats = st;
+    pthread_mutex_unlock(&c->stats_lock);
 }

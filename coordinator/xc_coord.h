@@ -61,6 +61,8 @@ typedef struct xc_coord_request {
     const int32_t *stop_ids; /* a generated stop id ends the reply and is not delivered */
     int n_stop_ids;
     bool penalize_prompt; /* repetition penalty also on the prompt's text ids (text-only chat) */
+    bool logprobs;        /* api helper: TOKEN events carry the token's logprob ... */
+    int top_logprobs;     /* ... and this many most likely alternatives (0-20) */
 } xc_coord_request;
 
 typedef enum xc_coord_event_kind {
@@ -77,6 +79,14 @@ typedef struct xc_coord_event {
     bool stopped;        /* DONE: a stop id ended it */
     int n_tokens;        /* DONE: tokens delivered */
     const char *message; /* DONE with an error; view valid during the callback */
+    /* TOKEN, when the request asked for logprobs (api helper): log-softmax of the logits after
+     * repetition penalty and temperature; alternatives most likely first (views valid during the
+     * callback) */
+    bool has_logprob;
+    float logprob;
+    int n_top;
+    const int32_t *top_ids;
+    const float *top_logprobs;
 } xc_coord_event;
 
 /* Called on the coordinator's thread; must not block for long or call back into xc_coord. */
@@ -115,3 +125,29 @@ void xc_coord_stop(xc_coord *c, double drain_s, bool shutdown_workers);
 
 /* Stops (as xc_coord_stop(c, 0, false) if still running) and frees. NULL is a no-op. */
 void xc_coord_destroy(xc_coord *c);
+
+/* ---- serving hooks (api helper) ---- */
+
+/* Ends request id as soon as the coordinator thread runs its next scheduling step: its KV blocks
+ * return to the pool, its release id goes to every stage with the replica's next micro-batch, and
+ * its DONE event comes with XC_ERR_TIMEOUT and the message "cancelled". Unknown or finished ids
+ * are ignored. Thread-safe; XC_ERR_NOMEM. */
+xc_status xc_coord_cancel(xc_coord *c, uint64_t id);
+
+/* A snapshot of the coordinator's load, published once per scheduling step. */
+typedef struct xc_coord_stats {
+    int running;            /* requests whose sequence holds KV blocks */
+    int waiting;            /* requests queued (not admitted to a pipeline yet) */
+    int kv_blocks_used;     /* all replicas */
+    int kv_blocks_total;    /* all replicas */
+    double bytes_to_stage0; /* bytes of forward frames sent to first stages */
+    double vision_s;        /* summed vision round trips (send to embeddings back), seconds */
+    double vision_images;   /* images those jobs held */
+    double vision_jobs;     /* vision jobs completed */
+} xc_coord_stats;
+
+/* Copies the latest snapshot. Thread-safe. */
+void xc_coord_get_stats(xc_coord *c, xc_coord_stats *out);
+
+/* Tokens per sequence (prompt + generated) the coordinator accepts. */
+int xc_coord_max_context(const xc_coord *c);

@@ -8,6 +8,7 @@
 
 #include "xc_conf.h"
 #include "xc_coord_lines.h"
+#include "xc_http.h"
 #include "xc_log.h"
 
 static const xc_conf_entry coord_entries[] = {
@@ -125,6 +126,11 @@ int xc_coord_cli_serve(xc_coord *c, const xc_coord_flags *f) {
 
 int xc_coord_cli_main(int argc, char **argv) {
     xc_coord_flags f;
+    xc_http_flags hf; /* api helper: the HTTP flags come out of argv first */
+    if (xc_http_cli_extract(&argc, argv, &hf) != XC_OK) {
+        fprintf(stderr, "xcpipe-coordinator: %s\n", xc_err_last());
+        return 2;
+    }
     xc_status st = xc_coord_cli_parse(argc, argv, &f);
     if (st == XC_AGAIN) {
         return 0;
@@ -143,7 +149,14 @@ int xc_coord_cli_main(int argc, char **argv) {
         fprintf(stderr, "xcpipe-coordinator: %s\n", xc_err_last());
         return st == XC_ERR_ARG ? 2 : 1;
     }
+    xc_http *http = NULL; /* api helper: the OpenAI-compatible HTTP API */
+    if (xc_http_start_if(&hf, f.requests != NULL, f.model, c, &http) != XC_OK) {
+        fprintf(stderr, "xcpipe-coordinator: %s\n", xc_err_last());
+        xc_coord_destroy(c);
+        return 1;
+    }
     int rc = xc_coord_cli_serve(c, &f);
+    xc_http_destroy(http);
     xc_coord_destroy(c);
     return rc;
 }

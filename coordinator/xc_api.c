@@ -1,0 +1,1163 @@
+/* The OpenAI chat API's request parser, prompt preparation, stop-string text state and response
+ * JSON (no HTTP here: xc_http.c does the transport). */
+#include "xc_api.h"
+
+#include <cjson/cJSON.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xc_image.h"
+#include "xc_mem.h"
+#include "xc_mmap.h"
+#include "xc_time.h"
+
+/* ---- errors ---- */
+
+xc_status xc_api_error_set(xc_api_error *err, int http_status, const char *type, const char *code,
+                           const char *param, const char *fmt, ...) {
+    err->http_status = http_status;
+    err->type = type;
+    err->code = code;
+    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return XC_ERR_ARG;
+}
+
+static void *cjson_malloc(size_t n) {
+    return xc_malloc(n);
+}
+
+static void cjson_free(void *p) {
+    xc_free(p);
+}
+
+/* cJSON allocates through xc_malloc so that tests see its leaks (a process-wide setting; cJSON's
+ * other users in the coordinator are unaffected since xc_malloc defaults to malloc). */
+static void cjson_hooks_once(void) {
+    cJSON_Hooks h = {cjson_malloc, cjson_free};
+    cJSON_InitHooks(&h);
+}
+
+static pthread_once_t g_hooks_once = PTHREAD_ONCE_INIT;
+
+static char *print_free(cJSON *o) {
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return s;
+}
+
+char *xc_api_error_json(const xc_api_error *err) {
+    pthread_once(&g_hooks_once, cjson_hooks_once);
+    cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
+    if (!e) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    cJSON_AddStringToObject(e, "message", err->message);
+    cJSON_AddStringToObject(e, "type", err->type ? err->type : "invalid_request_error");
+    if (err->param[0]) {
+        cJSON_AddStringToObject(e, "param", err->param);
+    } else {
+        cJSON_AddNullToObject(e, "param");
+    }
+    if (err->code) {
+        cJSON_AddStringToObject(e, "code", err->code);
+    } else {
+        cJSON_AddNullToObject(e, "code");
+    }
+    return print_free(o);
+}
+
+#define BAD(param, ...)                                                                            \
+    xc_api_error_set(err, 400, "invalid_request_error", NULL, param, __VA_ARGS__)
+
+/* ---- small helpers ---- */
+
+/* A growing string. */
+typedef struct sbuf {
+    char *p;
+    size_t n, cap;
+} sbuf;
+
+static xc_status sb_add(sbuf *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->n + n + 1) {
+            cap *= 2;
+        }
+        char *p = xc_realloc(b->p, cap);
+        if (!p) {
+            return xc_errf(XC_ERR_NOMEM, "out of memory for request text");
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+    return XC_OK;
+}
+
+static xc_status sb_str(sbuf *b, const char *s) {
+    return sb_add(b, s, strlen(s));
+}
+
+/* Takes the string out of b ("" if nothing was added). */
+static char *sb_take(sbuf *b) {
+    char *p = b->p;
+    if (!p) {
+        p = xc_strdup("");
+    }
+    *b = (sbuf){0};
+    return p;
+}
+
+/* The integer value of a JSON number in [lo, hi], else false. */
+static bool json_int_in(const cJSON *v, double lo, double hi, long long *out) {
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) ||
+        v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo || v->valuedouble > hi) {
+        return false;
+    }
+    *out = (long long)v->valuedouble;
+    return true;
+}
+
+static int b64_val(unsigned char c) {
+    if (c >= 'A' && c <= 'Z') {
+        return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+        return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+        return c - '0' + 52;
+    }
+    if (c == '+' || c == '-') {
+        return 62;
+    }
+    if (c == '/' || c == '_') {
+        return 63;
+    }
+    return -1;
+}
+
+/* Strict base64 (standard or URL alphabet, padding optional). *out is xc_malloc'd. Returns 0, or
+ * -1 for a bad character or length, -2 when the result would exceed max bytes, -3 out of memory. */
+static int b64_decode(const char *s, size_t n, size_t max, uint8_t **out, size_t *out_len) {
+    while (n > 0 && s[n - 1] == '=') {
+        n--;
+    }
+    if (n % 4 == 1) {
+        return -1;
+    }
+    size_t len = n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0);
+    if (len > max) {
+        return -2;
+    }
+    uint8_t *p = xc_malloc(len ? len : 1);
+    if (!p) {
+        return -3;
+    }
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = b64_val((unsigned char)s[i]);
+        if (v < 0) {
+            xc_free(p);
+            return -1;
+        }
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            p[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    *out = p;
+    *out_len = o;
+    return 0;
+}
+
+static int hexv(char c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+/* ---- images ---- */
+
+static xc_status image_from_url(const xc_api_conf *conf, const char *url, const char *param,
+                                xc_api_image *img, xc_api_error *err) {
+    size_t max = conf->max_image_bytes ? conf->max_image_bytes : XC_IMAGE_DEFAULT_MAX_BYTES;
+    if (!strncmp(url, "data:", 5)) {
+        const char *comma = strchr(url, ',');
+        if (!comma) {
+            return BAD(param, "image data URL has no ',' before its data");
+        }
+        size_t hl = (size_t)(comma - url);
+        if (hl < 7 || memcmp(comma - 7, ";base64", 7) != 0) {
+            return BAD(param, "image data URL must be base64 (data:image/...;base64,...)");
+        }
+        if (strncmp(url + 5, "image/", 6) != 0) {
+            return BAD(param, "data URL media type must be image/*, not '%.*s'", (int)(hl - 12),
+                       url + 5);
+        }
+        const char *d = comma + 1;
+        int rc = b64_decode(d, strlen(d), max, &img->data, &img->len);
+        if (rc == -1) {
+            return BAD(param, "image data URL is not valid base64");
+        }
+        if (rc == -2) {
+            return BAD(param, "image is larger than the limit of %zu bytes", max);
+        }
+        if (rc == -3) {
+            return xc_api_error_set(err, 500, "server_error", NULL, param,
+                                    "out of memory for an image");
+        }
+        return XC_OK;
+    }
+    if (!strncmp(url, "file://", 7)) {
+        if (!conf->media_dir) {
+            return BAD(param, "file:// image URLs are not allowed on this server "
+                              "(see --allowed-media-dir)");
+        }
+        const char *p = url + 7;
+        if (*p != '/') {
+            return BAD(param, "file:// URL must have an absolute path (file:///...)");
+        }
+        char path[4096];
+        size_t o = 0;
+        for (; *p && o + 1 < sizeof path; p++) {
+            if (*p == '%') {
+                int a = hexv(p[1]), b = a >= 0 ? hexv(p[2]) : -1;
+                if (b < 0 || (a == 0 && b == 0)) {
+                    return BAD(param, "file:// URL has a bad %%-escape");
+                }
+                path[o++] = (char)(a * 16 + b);
+                p += 2;
+            } else {
+                path[o++] = *p;
+            }
+        }
+        if (*p) {
+            return BAD(param, "file:// URL is too long");
+        }
+        path[o] = 0;
+        char real[PATH_MAX], dir[PATH_MAX];
+        if (!realpath(conf->media_dir, dir) || !realpath(path, real)) {
+            return BAD(param, "file:// image not found");
+        }
+        size_t dl = strlen(dir);
+        if (strncmp(real, dir, dl) != 0 || (real[dl] != '/' && dl > 1)) {
+            return xc_api_error_set(err, 403, "permission_error", NULL, param,
+                                    "file:// image is outside the allowed media directory");
+        }
+        char *data = NULL;
+        size_t n = 0;
+        xc_status st = xc_file_read_all(real, max, &data, &n);
+        if (st != XC_OK) {
+            return BAD(param, "file:// image cannot be read (%s; at most %zu bytes)",
+                       xc_status_str(st), max);
+        }
+        img->data = (uint8_t *)data;
+        img->len = n;
+        return XC_OK;
+    }
+    if (!strncmp(url, "http://", 7) || !strncmp(url, "https://", 8)) {
+        return BAD(param, "http(s) image URLs are not fetched by this server; send the image as a "
+                          "data: URL (data:image/png;base64,...)");
+    }
+    return BAD(param, "image URL must be a data: URL (or file:// where allowed)");
+}
+
+/* ---- messages ---- */
+
+typedef struct parse_ctx {
+    const xc_api_conf *conf;
+    xc_api_request *r;
+    xc_api_error *err;
+    int cap_images;
+} parse_ctx;
+
+static xc_status add_image(parse_ctx *pc, const cJSON *part, const char *param) {
+    xc_api_error *err = pc->err;
+    xc_api_request *r = pc->r;
+    if (pc->conf->image_size <= 0) {
+        return BAD(param, "this server does not serve images (text-only model)");
+    }
+    const cJSON *iu = cJSON_GetObjectItemCaseSensitive(part, "image_url");
+    const cJSON *url = cJSON_IsString(iu) ? iu : cJSON_GetObjectItemCaseSensitive(iu, "url");
+    if (!cJSON_IsString(url)) {
+        return BAD(param, "image_url part needs image_url.url (a string)");
+    }
+    if (cJSON_IsObject(iu)) {
+        for (const cJSON *k = iu->child; k; k = k->next) {
+            if (strcmp(k->string, "url") && strcmp(k->string, "detail")) {
+                return BAD(param, "unknown image_url field '%s'", k->string);
+            }
+        }
+    }
+    int max = pc->conf->max_images > 0 ? pc->conf->max_images : XC_IMAGE_DEFAULT_MAX_IMAGES;
+    if (r->n_images >= max) {
+        return BAD("messages", "too many images: at most %d per request", max);
+    }
+    if (r->n_images == pc->cap_images) {
+        int cap = pc->cap_images ? pc->cap_images * 2 : 4;
+        xc_api_image *ni = xc_realloc(r->images, (size_t)cap * sizeof *ni);
+        if (!ni) {
+            return xc_errf(XC_ERR_NOMEM, "out of memory for images");
+        }
+        r->images = ni;
+        pc->cap_images = cap;
+    }
+    xc_api_image img = {0};
+    XC_TRY(image_from_url(pc->conf, url->valuestring, param, &img, err));
+    r->images[r->n_images++] = img;
+    return XC_OK;
+}
+
+/* Appends a message's content to b: a string, or text and image_url parts (an image part adds
+ * <ImageHere> at its place). images_ok: where image parts are allowed. */
+static xc_status content_text(parse_ctx *pc, const cJSON *content, int mi, bool images_ok,
+                              sbuf *b) {
+    xc_api_error *err = pc->err;
+    char param[64];
+    snprintf(param, sizeof param, "messages[%d].content", mi);
+    if (cJSON_IsString(content)) {
+        if (strstr(content->valuestring, XC_CHAT_IMAGE_MARKER)) {
+            return BAD(param, "text may not contain the reserved marker " XC_CHAT_IMAGE_MARKER);
+        }
+        return sb_str(b, content->valuestring);
+    }
+    if (!cJSON_IsArray(content)) {
+        return BAD(param, "content must be a string or an array of content parts");
+    }
+    int pi = 0;
+    bool last_text = false;
+    for (const cJSON *part = content->child; part; part = part->next, pi++) {
+        snprintf(param, sizeof param, "messages[%d].content[%d]", mi, pi);
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        if (!cJSON_IsObject(part) || !cJSON_IsString(type)) {
+            return BAD(param, "content part must be an object with a 'type'");
+        }
+        if (!strcmp(type->valuestring, "text")) {
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+            if (!cJSON_IsString(t)) {
+                return BAD(param, "text part needs 'text' (a string)");
+            }
+            if (strstr(t->valuestring, XC_CHAT_IMAGE_MARKER)) {
+                return BAD(param, "text may not contain the reserved marker " XC_CHAT_IMAGE_MARKER);
+            }
+            if (last_text) {
+                XC_TRY(sb_str(b, "\n"));
+            }
+            XC_TRY(sb_str(b, t->valuestring));
+            last_text = true;
+        } else if (!strcmp(type->valuestring, "image_url")) {
+            if (!images_ok) {
+                return BAD(param, "only user messages may hold images");
+            }
+            XC_TRY(add_image(pc, part, param));
+            XC_TRY(sb_str(b, XC_CHAT_IMAGE_MARKER));
+            last_text = false;
+        } else {
+            return BAD(param, "unsupported content part type '%s' (text and image_url are)",
+                       type->valuestring);
+        }
+    }
+    return XC_OK;
+}
+
+static xc_status parse_messages(parse_ctx *pc, const cJSON *msgs) {
+    xc_api_error *err = pc->err;
+    xc_api_request *r = pc->r;
+    if (!cJSON_IsArray(msgs) || !msgs->child) {
+        return BAD("messages", "messages must be a non-empty array");
+    }
+    int n_msgs = cJSON_GetArraySize(msgs);
+    r->history = xc_calloc((size_t)n_msgs, sizeof *r->history);
+    if (!r->history) {
+        return xc_errf(XC_ERR_NOMEM, "out of memory for messages");
+    }
+    sbuf sys = {0}, user = {0}, asst = {0};
+    bool have_sys = false, have_user = false, have_asst = false;
+    const char *last_role = NULL;
+    xc_status st = XC_OK;
+    int mi = 0;
+    for (const cJSON *m = msgs->child; m; m = m->next, mi++) {
+        char param[64];
+        snprintf(param, sizeof param, "messages[%d]", mi);
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
+            st = BAD(param, "each message must be an object with a string 'role'");
+            goto fail;
+        }
+        const cJSON *content = NULL;
+        for (const cJSON *k = m->child; k; k = k->next) {
+            if (!strcmp(k->string, "content")) {
+                content = k;
+            } else if (strcmp(k->string, "role") && strcmp(k->string, "name")) {
+                st = BAD(param, "unsupported message field '%s'", k->string);
+                goto fail;
+            }
+        }
+        const char *ro = role->valuestring;
+        bool is_sys = !strcmp(ro, "system") || !strcmp(ro, "developer");
+        if (!is_sys && strcmp(ro, "user") && strcmp(ro, "assistant")) {
+            st = BAD(param, "unsupported role '%s' (system, developer, user, assistant are)", ro);
+            goto fail;
+        }
+        if (!content || cJSON_IsNull(content)) {
+            st = BAD(param, "message has no content");
+            goto fail;
+        }
+        last_role = ro;
+        if (is_sys) {
+            if (have_user || have_asst || r->n_history) {
+                st = BAD(param, "system messages must come before the conversation");
+                goto fail;
+            }
+            if (have_sys) {
+                XC_TRY_GOTO(sb_str(&sys, "\n"), st, fail);
+            }
+            have_sys = true;
+            XC_TRY_GOTO(content_text(pc, content, mi, false, &sys), st, fail);
+        } else if (!strcmp(ro, "user")) {
+            if (have_asst) { /* a finished turn */
+                r->history[r->n_history].user = sb_take(&user);
+                r->history[r->n_history].assistant = sb_take(&asst);
+                r->n_history++;
+                have_user = have_asst = false;
+                if (!r->history[r->n_history - 1].user || !r->history[r->n_history - 1].assistant) {
+                    st = xc_errf(XC_ERR_NOMEM, "out of memory for messages");
+                    goto fail;
+                }
+            }
+            if (have_user) {
+                XC_TRY_GOTO(sb_str(&user, "\n"), st, fail);
+            }
+            have_user = true;
+            XC_TRY_GOTO(content_text(pc, content, mi, true, &user), st, fail);
+        } else {
+            if (!have_user) {
+                st = BAD(param, "an assistant message must follow a user message");
+                goto fail;
+            }
+            if (have_asst) {
+                XC_TRY_GOTO(sb_str(&asst, "\n"), st, fail);
+            }
+            have_asst = true;
+            XC_TRY_GOTO(content_text(pc, content, mi, false, &asst), st, fail);
+        }
+    }
+    if (strcmp(last_role, "user") != 0) {
+        st = BAD("messages", "the last message must be a user message");
+        goto fail;
+    }
+    r->query = sb_take(&user);
+    r->system = have_sys ? sb_take(&sys) : NULL;
+    if (!r->query || (have_sys && !r->system)) {
+        st = xc_errf(XC_ERR_NOMEM, "out of memory for messages");
+        goto fail;
+    }
+    xc_free(asst.p);
+    return XC_OK;
+fail:
+    xc_free(sys.p);
+    xc_free(user.p);
+    xc_free(asst.p);
+    return st;
+}
+
+/* ---- parameters ---- */
+
+static const char *const known_keys[] = {
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "stop",
+    "seed",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "stream",
+    "stream_options",
+    "user",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "response_format",
+};
+
+static xc_status check_keys(const cJSON *o, xc_api_error *err) {
+    for (const cJSON *k = o->child; k; k = k->next) {
+        bool known = false;
+        for (size_t i = 0; i < sizeof known_keys / sizeof known_keys[0]; i++) {
+            known = known || !strcmp(k->string, known_keys[i]);
+        }
+        if (!known) {
+            return BAD(k->string, "Unrecognized request argument supplied: %s", k->string);
+        }
+        for (const cJSON *j = k->next; j; j = j->next) {
+            if (!strcmp(j->string, k->string)) {
+                return BAD(k->string, "duplicate key '%s'", k->string);
+            }
+        }
+    }
+    return XC_OK;
+}
+
+/* The member k of o, NULL when absent or JSON null. */
+static const cJSON *get(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNull(v) ? NULL : v;
+}
+
+static xc_status get_float(const cJSON *o, const char *k, double lo, double hi, bool lo_open,
+                           float *out, xc_api_error *err) {
+    const cJSON *v = get(o, k);
+    if (!v) {
+        return XC_OK;
+    }
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble > hi ||
+        v->valuedouble < lo || (lo_open && v->valuedouble == lo)) {
+        return BAD(k, "%s must be a number in %c%g, %g]", k, lo_open ? '(' : '[', lo, hi);
+    }
+    *out = (float)v->valuedouble;
+    return XC_OK;
+}
+
+static xc_status parse_stop(parse_ctx *pc, const cJSON *v) {
+    xc_api_error *err = pc->err;
+    xc_api_request *r = pc->r;
+    if (!v) {
+        return XC_OK;
+    }
+    int n = cJSON_IsString(v) ? 1 : cJSON_IsArray(v) ? cJSON_GetArraySize(v) : -1;
+    int max = pc->conf->max_stop > 0 ? pc->conf->max_stop : 4;
+    if (n < 0) {
+        return BAD("stop", "stop must be a string or an array of strings");
+    }
+    if (n > max) {
+        return BAD("stop", "at most %d stop strings", max);
+    }
+    r->stop = xc_calloc((size_t)(n ? n : 1), sizeof *r->stop);
+    if (!r->stop) {
+        return xc_errf(XC_ERR_NOMEM, "out of memory for stop strings");
+    }
+    const cJSON *s = cJSON_IsString(v) ? v : v->child;
+    for (int i = 0; i < n; i++, s = s->next) {
+        if (!cJSON_IsString(s) || !s->valuestring[0] ||
+            strlen(s->valuestring) > XC_API_MAX_STOP_LEN) {
+            return BAD("stop", "each stop string must be a non-empty string of at most %d bytes",
+                       XC_API_MAX_STOP_LEN);
+        }
+        r->stop[i] = xc_strdup(s->valuestring);
+        if (!r->stop[i]) {
+            return xc_errf(XC_ERR_NOMEM, "out of memory for stop strings");
+        }
+        r->n_stop = i + 1;
+    }
+    return XC_OK;
+}
+
+static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
+    xc_api_error *err = pc->err;
+    xc_api_request *r = pc->r;
+    const xc_api_conf *conf = pc->conf;
+    long long iv;
+    const cJSON *v;
+    /* model */
+    v = cJSON_GetObjectItemCaseSensitive(o, "model");
+    if (!cJSON_IsString(v)) {
+        return BAD("model", "model is required (a string)");
+    }
+    if (conf->model_name && strcmp(v->valuestring, conf->model_name) != 0) {
+        return xc_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
+                                "The model '%.200s' does not exist (this server serves '%.200s')",
+                                v->valuestring, conf->model_name);
+    }
+    r->model = xc_strdup(v->valuestring);
+    if (!r->model) {
+        return xc_errf(XC_ERR_NOMEM, "out of memory");
+    }
+    /* max_tokens / max_completion_tokens */
+    const char *mk[2] = {"max_tokens", "max_completion_tokens"};
+    for (int i = 0; i < 2; i++) {
+        if ((v = get(o, mk[i]))) {
+            if (!json_int_in(v, 1, INT_MAX, &iv)) {
+                return BAD(mk[i], "%s must be an integer >= 1", mk[i]);
+            }
+            if (iv > conf->max_tokens_limit) {
+                return BAD(mk[i], "%s is %lld; this server allows at most %d", mk[i], iv,
+                           conf->max_tokens_limit);
+            }
+            if (r->max_tokens && r->max_tokens != (int)iv) {
+                return BAD(mk[i], "max_tokens and max_completion_tokens differ");
+            }
+            r->max_tokens = (int)iv;
+        }
+    }
+    /* sampling */
+    r->temperature = 1.0f;
+    r->top_p = 1.0f;
+    r->repetition_penalty = 1.0f;
+    XC_TRY(get_float(o, "temperature", 0, 2, false, &r->temperature, err));
+    r->greedy = r->temperature == 0.0f;
+    if (r->greedy) {
+        r->temperature = 1.0f;
+    }
+    XC_TRY(get_float(o, "top_p", 0, 1, true, &r->top_p, err));
+    XC_TRY(get_float(o, "repetition_penalty", 0, 100, true, &r->repetition_penalty, err));
+    if ((v = get(o, "top_k"))) {
+        if (!json_int_in(v, -1, INT_MAX, &iv)) {
+            return BAD("top_k", "top_k must be an integer >= -1 (0 or -1 = off)");
+        }
+        r->top_k = iv < 0 ? 0 : (int)iv;
+    }
+    const char *zero[2] = {"frequency_penalty", "presence_penalty"};
+    for (int i = 0; i < 2; i++) {
+        if ((v = get(o, zero[i])) && (!cJSON_IsNumber(v) || v->valuedouble != 0)) {
+            return BAD(zero[i], "%s is not supported (only 0); use repetition_penalty", zero[i]);
+        }
+    }
+    if ((v = get(o, "logit_bias")) && (!cJSON_IsObject(v) || v->child)) {
+        return BAD("logit_bias", "logit_bias is not supported (only {})");
+    }
+    if ((v = get(o, "response_format"))) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
+        if (!cJSON_IsString(t) || strcmp(t->valuestring, "text")) {
+            return BAD("response_format",
+                       "response_format: only {\"type\": \"text\"} is supported");
+        }
+    }
+    if ((v = get(o, "user")) && !cJSON_IsString(v)) {
+        return BAD("user", "user must be a string");
+    }
+    if ((v = get(o, "seed"))) {
+        if (!json_int_in(v, -9007199254740992.0, 9007199254740992.0, &iv)) {
+            return BAD("seed", "seed must be an integer");
+        }
+        r->has_seed = true;
+        r->seed = (uint64_t)iv;
+    }
+    r->n = 1;
+    if ((v = get(o, "n"))) {
+        int max_n = conf->max_n > 0 ? conf->max_n : 1;
+        if (!json_int_in(v, 1, max_n, &iv)) {
+            return BAD("n", "n must be an integer in [1, %d]", max_n);
+        }
+        r->n = (int)iv;
+    }
+    XC_TRY(parse_stop(pc, get(o, "stop")));
+    if ((v = get(o, "logprobs"))) {
+        if (!cJSON_IsBool(v)) {
+            return BAD("logprobs", "logprobs must be a boolean");
+        }
+        r->logprobs = cJSON_IsTrue(v);
+    }
+    if ((v = get(o, "top_logprobs"))) {
+        if (!json_int_in(v, 0, XC_API_MAX_TOP_LOGPROBS, &iv)) {
+            return BAD("top_logprobs", "top_logprobs must be an integer in [0, %d]",
+                       XC_API_MAX_TOP_LOGPROBS);
+        }
+        if (!r->logprobs) {
+            return BAD("top_logprobs", "top_logprobs needs logprobs: true");
+        }
+        r->top_logprobs = (int)iv;
+    }
+    if ((v = get(o, "stream"))) {
+        if (!cJSON_IsBool(v)) {
+            return BAD("stream", "stream must be a boolean");
+        }
+        r->stream = cJSON_IsTrue(v);
+    }
+    if ((v = get(o, "stream_options"))) {
+        if (!r->stream) {
+            return BAD("stream_options", "stream_options is only allowed with stream: true");
+        }
+        if (!cJSON_IsObject(v)) {
+            return BAD("stream_options", "stream_options must be an object");
+        }
+        for (const cJSON *k = v->child; k; k = k->next) {
+            if (strcmp(k->string, "include_usage") || !cJSON_IsBool(k)) {
+                return BAD("stream_options", "stream_options takes include_usage (a boolean)");
+            }
+            r->include_usage = cJSON_IsTrue(k);
+        }
+    }
+    return XC_OK;
+}
+
+xc_status xc_api_parse(const xc_api_conf *conf, const char *body, size_t len, xc_api_request *out,
+                       xc_api_error *err) {
+    pthread_once(&g_hooks_once, cjson_hooks_once);
+    memset(out, 0, sizeof *out);
+    memset(err, 0, sizeof *err);
+    cJSON *o = cJSON_ParseWithLength(body, len);
+    if (!o) {
+        return BAD(NULL, "the body is not valid JSON");
+    }
+    xc_status st = XC_OK;
+    parse_ctx pc = {.conf = conf, .r = out, .err = err};
+    if (!cJSON_IsObject(o)) {
+        st = BAD(NULL, "the body must be a JSON object");
+        goto out;
+    }
+    XC_TRY_GOTO(check_keys(o, err), st, out);
+    XC_TRY_GOTO(parse_params(&pc, o), st, out);
+    XC_TRY_GOTO(parse_messages(&pc, cJSON_GetObjectItemCaseSensitive(o, "messages")), st, out);
+out:
+    cJSON_Delete(o);
+    if (st == XC_ERR_NOMEM && !err->http_status) {
+        xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    if (st != XC_OK) {
+        xc_api_request_fini(out);
+    }
+    return st;
+}
+
+void xc_api_request_fini(xc_api_request *r) {
+    if (!r) {
+        return;
+    }
+    xc_free(r->model);
+    xc_free(r->system);
+    for (size_t i = 0; r->history && i < r->n_history; i++) {
+        xc_free((void *)r->history[i].user);
+        xc_free((void *)r->history[i].assistant);
+    }
+    xc_free(r->history);
+    xc_free(r->query);
+    for (int i = 0; i < r->n_images; i++) {
+        xc_free(r->images[i].data);
+    }
+    xc_free(r->images);
+    for (int i = 0; i < r->n_stop; i++) {
+        xc_free(r->stop[i]);
+    }
+    xc_free(r->stop);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- prompt ---- */
+
+xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const xc_api_request *r,
+                         xc_api_prepared *out, xc_api_error *err) {
+    memset(out, 0, sizeof *out);
+    xc_chat_request cr = {.variant = conf->variant,
+                          .system = r->system,
+                          .history = r->history,
+                          .n_history = r->n_history,
+                          .query = r->query,
+                          .n_images = (size_t)r->n_images,
+                          .tokens_per_image = (size_t)conf->image_tokens,
+                          .bos = XC_CHAT_BOS_PER_SEGMENT};
+    xc_chat_prompt cp = {0};
+    xc_status st = xc_chat_build(tok, &cr, &cp);
+    if (st != XC_OK) {
+        if (st == XC_ERR_NOMEM) {
+            return xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+        }
+        return BAD("messages", "cannot build the prompt: %s", xc_err_last());
+    }
+    int ctx = conf->max_context;
+    int n = (int)cp.n;
+    int max_new = r->max_tokens;
+    if (max_new == 0) {
+        max_new = conf->default_max_tokens < ctx - n ? conf->default_max_tokens : ctx - n;
+    }
+    if (n >= ctx || (long)n + max_new > ctx) {
+        xc_chat_prompt_fini(&cp);
+        return xc_api_error_set(err, 400, "invalid_request_error", "context_length_exceeded",
+                                "messages",
+                                "This model's maximum context length is %d tokens. However, you "
+                                "requested %ld tokens (%d in the messages, %d in the completion). "
+                                "Please reduce the length of the messages or completion.",
+                                ctx, (long)n + (r->max_tokens ? r->max_tokens : 1), n,
+                                r->max_tokens ? r->max_tokens : 1);
+    }
+    out->ids = cp.ids;
+    out->prompt_tokens = n;
+    cp.ids = NULL;
+    for (int i = 0; i < n; i++) {
+        if (out->ids[i] < 0) {
+            out->ids[i] = 0; /* image rows: any id, ignored by stage 0 */
+        }
+    }
+    int S = conf->image_size;
+    size_t per = 3u * (size_t)S * (size_t)S;
+    if (r->n_images > 0) {
+        out->img = xc_malloc((size_t)r->n_images * sizeof *out->img);
+        out->pixels = xc_malloc((size_t)r->n_images * per * sizeof(float));
+        if (!out->img || !out->pixels) {
+            xc_chat_prompt_fini(&cp);
+            xc_api_prepared_fini(out);
+            return xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+        }
+        for (int i = 0; i < r->n_images; i++) {
+            out->img[i] = (xc_coord_range){(int32_t)cp.images[i].start, (int32_t)cp.images[i].end};
+            out->image_tokens += (int)(cp.images[i].end - cp.images[i].start);
+        }
+    }
+    xc_chat_prompt_fini(&cp);
+    xc_image_limits lim;
+    xc_image_limits_default(&lim);
+    if (conf->max_image_bytes) {
+        lim.max_bytes = conf->max_image_bytes;
+    }
+    if (conf->max_pixels) {
+        lim.max_pixels = conf->max_pixels;
+    }
+    double t0 = xc_now_s();
+    for (int i = 0; i < r->n_images; i++) {
+        st = xc_image_preprocess(r->images[i].data, r->images[i].len, &lim, S, NULL,
+                                 out->pixels + (size_t)i * per);
+        if (st != XC_OK) {
+            char param[32];
+            snprintf(param, sizeof param, "image %d", i);
+            xc_api_error_set(err, st == XC_ERR_NOMEM ? 500 : 400,
+                             st == XC_ERR_NOMEM ? "server_error" : "invalid_request_error",
+                             st == XC_ERR_ARG ? "image_too_large" : "invalid_image", param,
+                             "image %d: %s", i, xc_err_last());
+            xc_api_prepared_fini(out);
+            return XC_ERR_ARG;
+        }
+    }
+    out->preprocess_s = xc_now_s() - t0;
+    size_t n_stop = 0;
+    xc_chat_stop_ids(tok, out->stop_ids, &n_stop);
+    out->req = (xc_coord_request){.ids = out->ids,
+                                  .n = n,
+                                  .img = out->img,
+                                  .n_img = r->n_images,
+                                  .pixels = out->pixels,
+                                  .sampling = {.greedy = r->greedy,
+                                               .temperature = r->temperature,
+                                               .top_k = r->top_k,
+                                               .top_p = r->top_p,
+                                               .repetition_penalty = r->repetition_penalty,
+                                               .seed = r->seed},
+                                  .max_new_tokens = max_new,
+                                  .stop_ids = out->stop_ids,
+                                  .n_stop_ids = (int)n_stop,
+                                  .penalize_prompt = r->n_images == 0};
+    return XC_OK;
+}
+
+void xc_api_prepared_fini(xc_api_prepared *p) {
+    if (!p) {
+        return;
+    }
+    xc_free(p->ids);
+    xc_free(p->img);
+    xc_free(p->pixels);
+    memset(p, 0, sizeof *p);
+}
+
+/* ---- generated text and stop strings ---- */
+
+void xc_api_text_init(xc_api_text *t, const xc_tokenizer *tok, char *const *stop, int n_stop) {
+    memset(t, 0, sizeof *t);
+    xc_tokenizer_stream_init(&t->ts, tok);
+    t->stop = stop;
+    t->n_stop = n_stop;
+}
+
+static xc_status grow(char **p, size_t *cap, size_t need) {
+    if (need <= *cap) {
+        return XC_OK;
+    }
+    size_t c = *cap ? *cap : 64;
+    while (c < need) {
+        c *= 2;
+    }
+    char *q = xc_realloc(*p, c);
+    if (!q) {
+        return xc_errf(XC_ERR_NOMEM, "out of memory for generated text");
+    }
+    *p = q;
+    *cap = c;
+    return XC_OK;
+}
+
+/* Moves the first k pending bytes to the output. */
+static xc_status emit_pending(xc_api_text *t, size_t k) {
+    XC_TRY(grow(&t->out, &t->cap_out, t->n_out + k + 1));
+    memcpy(t->out + t->n_out, t->pend, k);
+    t->n_out += k;
+    t->out[t->n_out] = 0;
+    memmove(t->pend, t->pend + k, t->n_pend - k);
+    t->n_pend -= k;
+    t->emitted += k;
+    return XC_OK;
+}
+
+/* Appends text to the pending bytes, then emits what can no longer begin a stop string. */
+static xc_status settle(xc_api_text *t, const char *text, size_t len, bool final) {
+    t->n_out = 0;
+    if (t->stopped) {
+        return XC_OK;
+    }
+    XC_TRY(grow(&t->pend, &t->cap_pend, t->n_pend + len + 1));
+    memcpy(t->pend + t->n_pend, text, len);
+    t->n_pend += len;
+    /* the earliest complete stop string ends the text */
+    size_t cut = SIZE_MAX;
+    for (int s = 0; s < t->n_stop; s++) {
+        size_t sl = strlen(t->stop[s]);
+        for (size_t i = 0; i + sl <= t->n_pend && i < cut; i++) {
+            if (!memcmp(t->pend + i, t->stop[s], sl)) {
+                cut = i;
+                break;
+            }
+        }
+    }
+    if (cut != SIZE_MAX) {
+        XC_TRY(emit_pending(t, cut));
+        t->n_pend = 0;
+        t->stopped = true;
+        return XC_OK;
+    }
+    /* hold back the longest tail that is a proper prefix of some stop string */
+    size_t hold = 0;
+    if (!final) {
+        for (int s = 0; s < t->n_stop; s++) {
+            size_t sl = strlen(t->stop[s]);
+            for (size_t h = sl - 1 < t->n_pend ? sl - 1 : t->n_pend; h > hold; h--) {
+                if (!memcmp(t->pend + t->n_pend - h, t->stop[s], h)) {
+                    hold = h;
+                    break;
+                }
+            }
+        }
+    }
+    return emit_pending(t, t->n_pend - hold);
+}
+
+xc_status xc_api_text_feed(xc_api_text *t, int32_t token, const char **emit, size_t *n_emit,
+                           bool *stopped) {
+    const char *text = NULL;
+    size_t len = 0;
+    XC_TRY(xc_tokenizer_stream_feed(&t->ts, token, &text, &len));
+    XC_TRY(settle(t, text, len, false));
+    *emit = t->out ? t->out : "";
+    *n_emit = t->n_out;
+    *stopped = t->stopped;
+    return XC_OK;
+}
+
+xc_status xc_api_text_finish(xc_api_text *t, const char **emit, size_t *n_emit) {
+    const char *text = NULL;
+    size_t len = 0;
+    XC_TRY(xc_tokenizer_stream_finish(&t->ts, &text, &len));
+    XC_TRY(settle(t, text, len, true));
+    *emit = t->out ? t->out : "";
+    *n_emit = t->n_out;
+    return XC_OK;
+}
+
+void xc_api_text_fini(xc_api_text *t) {
+    if (!t) {
+        return;
+    }
+    xc_tokenizer_stream_fini(&t->ts);
+    xc_free(t->pend);
+    xc_free(t->out);
+    memset(t, 0, sizeof *t);
+}
+
+/* ---- responses ---- */
+
+/* A JSON string from len bytes (may hold NULs or invalid UTF-8: cJSON copies bytes verbatim, so
+ * invalid sequences are replaced by U+FFFD here to keep the output valid JSON text). */
+static cJSON *str_n(const char *s, size_t len) {
+    char *tmp = xc_malloc(len * 3 + 1);
+    if (!tmp) {
+        return NULL;
+    }
+    size_t o = 0;
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < len;) {
+        unsigned c = u[i];
+        size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = k > 0 && i + k <= len && c != 0;
+        for (size_t j = 1; ok && j < k; j++) {
+            ok = (u[i + j] & 0xc0) == 0x80;
+        }
+        if (ok) {
+            memcpy(tmp + o, s + i, k);
+            o += k;
+            i += k;
+        } else {
+            memcpy(tmp + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    tmp[o] = 0;
+    cJSON *v = cJSON_CreateString(tmp);
+    xc_free(tmp);
+    return v;
+}
+
+/* {"token", "logprob", "bytes"} of one token id. */
+static cJSON *token_lp(const xc_tokenizer *tok, int32_t id, float lp) {
+    size_t len = 0;
+    const char *piece = tok ? xc_tokenizer_id_to_piece(tok, id, &len) : NULL;
+    char buf[128];
+    size_t o = 0;
+    int byte = -1;
+    if (piece && len == 6 && !strncmp(piece, "<0x", 3) && piece[5] == '>' && hexv(piece[3]) >= 0 &&
+        hexv(piece[4]) >= 0) {
+        byte = hexv(piece[3]) * 16 + hexv(piece[4]); /* a byte-fallback piece */
+    }
+    for (size_t i = 0; piece && byte < 0 && i < len && o + 4 < sizeof buf;) {
+        if (i + 3 <= len && !memcmp(piece + i, "\xe2\x96\x81", 3)) { /* U+2581 -> space */
+            buf[o++] = ' ';
+            i += 3;
+        } else {
+            buf[o++] = piece[i++];
+        }
+    }
+    if (byte >= 0) {
+        buf[o++] = (char)byte;
+    }
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddItemToObject(e, "token", str_n(buf, o));
+    cJSON_AddNumberToObject(e, "logprob", isfinite(lp) ? lp : -9999.0);
+    cJSON *b = cJSON_AddArrayToObject(e, "bytes");
+    for (size_t i = 0; b && i < o; i++) {
+        cJSON_AddItemToArray(b, cJSON_CreateNumber((unsigned char)buf[i]));
+    }
+    return e;
+}
+
+static cJSON *logprobs_json(const xc_api_logprob *lp, int n, const xc_tokenizer *tok) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *c = cJSON_AddArrayToObject(o, "content");
+    for (int i = 0; c && i < n; i++) {
+        cJSON *e = token_lp(tok, lp[i].token, lp[i].logprob);
+        cJSON *top = cJSON_AddArrayToObject(e, "top_logprobs");
+        for (int k = 0; top && k < lp[i].n_top; k++) {
+            cJSON_AddItemToArray(top, token_lp(tok, lp[i].top_ids[k], lp[i].top_logprobs[k]));
+        }
+        cJSON_AddItemToArray(c, e);
+    }
+    return o;
+}
+
+static cJSON *usage_json(const xc_api_usage *u) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "prompt_tokens", u->prompt_tokens);
+    cJSON_AddNumberToObject(o, "completion_tokens", u->completion_tokens);
+    cJSON_AddNumberToObject(o, "total_tokens", u->prompt_tokens + u->completion_tokens);
+    return o;
+}
+
+static cJSON *head_json(const char *id, long created, const char *model, const char *object) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddStringToObject(o, "object", object);
+    cJSON_AddNumberToObject(o, "created", (double)created);
+    cJSON_AddStringToObject(o, "model", model);
+    return o;
+}
+
+char *xc_api_completion_json(const char *id, long created, const char *model,
+                             const xc_api_choice *choices, int n, const xc_api_usage *usage,
+                             const xc_tokenizer *tok) {
+    pthread_once(&g_hooks_once, cjson_hooks_once);
+    cJSON *o = head_json(id, created, model, "chat.completion");
+    cJSON *arr = cJSON_AddArrayToObject(o, "choices");
+    for (int i = 0; arr && i < n; i++) {
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddNumberToObject(c, "index", i);
+        cJSON *m = cJSON_AddObjectToObject(c, "message");
+        cJSON_AddStringToObject(m, "role", "assistant");
+        cJSON_AddItemToObject(m, "content", str_n(choices[i].text, choices[i].len));
+        if (choices[i].logprobs) {
+            cJSON_AddItemToObject(c, "logprobs",
+                                  logprobs_json(choices[i].logprobs, choices[i].n_logprobs, tok));
+        } else {
+            cJSON_AddNullToObject(c, "logprobs");
+        }
+        cJSON_AddStringToObject(c, "finish_reason", choices[i].finish_reason);
+        cJSON_AddItemToArray(arr, c);
+    }
+    cJSON_AddItemToObject(o, "usage", usage_json(usage));
+    return print_free(o);
+}
+
+char *xc_api_chunk_json(const char *id, long created, const char *model, int index, bool role,
+                        const char *content, size_t len, const xc_api_logprob *lp, int n_lp,
+                        const char *finish_reason, const xc_api_usage *usage, bool with_usage_null,
+                        const xc_tokenizer *tok) {
+    pthread_once(&g_hooks_once, cjson_hooks_once);
+    cJSON *o = head_json(id, created, model, "chat.completion.chunk");
+    cJSON *arr = cJSON_AddArrayToObject(o, "choices");
+    if (index >= 0 && arr) {
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddNumberToObject(c, "index", index);
+        cJSON *d = cJSON_AddObjectToObject(c, "delta");
+        if (role) {
+            cJSON_AddStringToObject(d, "role", "assistant");
+        }
+        if (content) {
+            cJSON_AddItemToObject(d, "content", str_n(content, len));
+        }
+        if (lp) {
+            cJSON_AddItemToObject(c, "logprobs", logprobs_json(lp, n_lp, tok));
+        } else {
+            cJSON_AddNullToObject(c, "logprobs");
+        }
+        if (finish_reason) {
+            cJSON_AddStringToObject(c, "finish_reason", finish_reason);
+        } else {
+            cJSON_AddNullToObject(c, "finish_reason");
+        }
+        cJSON_AddItemToArray(arr, c);
+        if (with_usage_null) {
+            cJSON_AddNullToObject(o, "usage");
+        }
+    } else if (usage) {
+        cJSON_AddItemToObject(o, "usage", usage_json(usage));
+    }
+    return print_free(o);
+}
+
+char *xc_api_models_json(const char *model, long created) {
+    pthread_once(&g_hooks_once, cjson_hooks_once);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "object", "list");
+    cJSON *d = cJSON_AddArrayToObject(o, "data");
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", model);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", (double)created);
+    cJSON_AddStringToObject(m, "owned_by", "xcpipe");
+    cJSON_AddItemToArray(d, m);
+    return print_free(o);
+}

@@ -1,0 +1,678 @@
+/* Tests of the chat API's request parser (every parameter, every error with its status and
+ * param), prompt preparation (against xc_chat_build and xc_image_preprocess on the raw file),
+ * stop strings (against a naive cut of the whole decoded text), and the response JSON (parsed
+ * back with cJSON). */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xc_api.h"
+#include "xc_chat.h"
+#include "xc_image.h"
+#include "xc_mem.h"
+#include "xc_mmap.h"
+#include "xc_test.h"
+#include "xc_tokenizer.h"
+
+#define TOKFILE XC_FIXTURE_DIR "/tokenizer/tiny.model"
+#define IMGFILE XC_FIXTURE_DIR "/image/src/png_p4bit_80x60.png"
+
+static xc_api_conf conf_default(void) {
+    return (xc_api_conf){.model_name = "tiny",
+                         .max_n = 4,
+                         .max_stop = 4,
+                         .max_tokens_limit = 100,
+                         .default_max_tokens = 50,
+                         .max_context = 400,
+                         .max_images = 2,
+                         .max_image_bytes = 1 << 20,
+                         .max_pixels = 1000000,
+                         .image_size = 56,
+                         .image_tokens = 16,
+                         .media_dir = NULL,
+                         .variant = XC_CHAT_VARIANT_7B};
+}
+
+static xc_status parse(const xc_api_conf *c, const char *body, xc_api_request *r, xc_api_error *e) {
+    return xc_api_parse(c, body, strlen(body), r, e);
+}
+
+/* Expects body to fail with status and param. */
+static void expect_error(const xc_api_conf *c, const char *body, int status, const char *param) {
+    xc_api_request r;
+    xc_api_error e;
+    xc_status st = parse(c, body, &r, &e);
+    if (st == XC_OK) {
+        xc_api_request_fini(&r);
+        fail_msg("accepted: %s", body);
+    }
+    if (e.http_status != status || strcmp(e.param, param) != 0) {
+        fail_msg("%s -> %d '%s' (%s), want %d '%s'", body, e.http_status, e.param, e.message,
+                 status, param);
+    }
+    assert_true(e.message[0] != 0);
+    /* the error renders as OpenAI's shape */
+    char *js = xc_api_error_json(&e);
+    cJSON *o = cJSON_Parse(js);
+    xc_free(js);
+    cJSON *err = cJSON_GetObjectItem(o, "error");
+    assert_true(cJSON_IsString(cJSON_GetObjectItem(err, "message")));
+    assert_true(cJSON_IsString(cJSON_GetObjectItem(err, "type")));
+    assert_non_null(cJSON_GetObjectItem(err, "param"));
+    assert_non_null(cJSON_GetObjectItem(err, "code"));
+    cJSON_Delete(o);
+}
+
+static void test_api_parse_defaults(void **state) {
+    (void)state;
+    xc_api_conf c = conf_default();
+    xc_api_request r;
+    xc_api_error e;
+    assert_int_equal(
+        parse(&c, "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", &r,
+              &e),
+        XC_OK);
+    assert_string_equal(r.model, "tiny");
+    assert_null(r.system);
+    assert_int_equal(r.n_history, 0);
+    assert_string_equal(r.query, "hi");
+    assert_int_equal(r.n, 1);
+    assert_int_equal(r.max_tokens, 0);
+    assert_false(r.greedy);
+    assert_true(r.temperature == 1.0f && r.top_p == 1.0f && r.repetition_penalty == 1.0f);
+    assert_int_equal(r.top_k, 0);
+    assert_false(r.has_seed || r.stream || r.logprobs || r.include_usage);
+    assert_int_equal(r.n_stop, 0);
+    xc_api_request_fini(&r);
+}
+
+static void test_api_parse_every_parameter(void **state) {
+    (void)state;
+    xc_api_conf c = conf_default();
+    xc_api_request r;
+    xc_api_error e;
+    const char *body =
+        "{\"model\":\"tiny\",\"messages\":["
+        "{\"role\":\"system\",\"content\":\"be brief\"},"
+        "{\"role\":\"developer\",\"content\":[{\"type\":\"text\",\"text\":\"and kind\"}]},"
+        "{\"role\":\"user\",\"content\":\"q1\",\"name\":\"bob\"},"
+        "{\"role\":\"assistant\",\"content\":\"a1\"},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"look\"},"
+        "{\"type\":\"text\",\"text\":\"here\"}]}],"
+        "\"max_completion_tokens\":7,\"temperature\":0.5,\"top_p\":0.9,\"top_k\":-1,"
+        "\"repetition_penalty\":1.1,\"stop\":[\"a\",\"bc\"],\"seed\":-3,\"n\":3,"
+        "\"logprobs\":true,\"top_logprobs\":5,\"stream\":true,"
+        "\"stream_options\":{\"include_usage\":true},\"user\":\"u\",\"frequency_penalty\":0,"
+        "\"presence_penalty\":0,\"logit_bias\":{},\"response_format\":{\"type\":\"text\"}}";
+    assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+    assert_string_equal(r.system, "be brief\nand kind");
+    assert_int_equal(r.n_history, 1);
+    assert_string_equal(r.history[0].user, "q1");
+    assert_string_equal(r.history[0].assistant, "a1");
+    assert_string_equal(r.query, "look\nhere");
+    assert_int_equal(r.max_tokens, 7);
+    assert_true(fabsf(r.temperature - 0.5f) < 1e-7f && fabsf(r.top_p - 0.9f) < 1e-7f);
+    assert_int_equal(r.top_k, 0);
+    assert_true(fabsf(r.repetition_penalty - 1.1f) < 1e-6f);
+    assert_int_equal(r.n_stop, 2);
+    assert_string_equal(r.stop[1], "bc");
+    assert_true(r.has_seed);
+    assert_true(r.seed == (uint64_t)-3);
+    assert_int_equal(r.n, 3);
+    assert_true(r.logprobs);
+    assert_int_equal(r.top_logprobs, 5);
+    assert_true(r.stream && r.include_usage);
+    xc_api_request_fini(&r);
+    /* temperature 0 is greedy; a single stop string; max_tokens; null means absent */
+    assert_int_equal(parse(&c,
+                           "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}"
+                           "],\"temperature\":0,\"stop\":\"END\",\"max_tokens\":3,\"seed\":null,"
+                           "\"top_k\":4}",
+                           &r, &e),
+                     XC_OK);
+    assert_true(r.greedy);
+    assert_int_equal(r.n_stop, 1);
+    assert_string_equal(r.stop[0], "END");
+    assert_int_equal(r.max_tokens, 3);
+    assert_int_equal(r.top_k, 4);
+    assert_false(r.has_seed);
+    xc_api_request_fini(&r);
+}
+
+static void test_api_parse_errors(void **state) {
+    (void)state;
+    xc_api_conf c = conf_default();
+#define U "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]"
+    expect_error(&c, "", 400, "");
+    expect_error(&c, "{\"model\":", 400, "");
+    expect_error(&c, "[1,2]", 400, "");
+    expect_error(&c, "{" U "}", 400, "model");
+    expect_error(&c, "{\"model\":5," U "}", 400, "model");
+    expect_error(&c, "{\"model\":\"gpt-4\"," U "}", 404, "model");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"bogus\":1}", 400, "bogus");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"n\":1,\"n\":2}", 400, "n");
+    expect_error(&c, "{\"model\":\"tiny\"}", 400, "messages");
+    expect_error(&c, "{\"model\":\"tiny\",\"messages\":[]}", 400, "messages");
+    expect_error(&c, "{\"model\":\"tiny\",\"messages\":{}}", 400, "messages");
+    expect_error(&c, "{\"model\":\"tiny\",\"messages\":[5]}", 400, "messages[0]");
+    expect_error(&c, "{\"model\":\"tiny\",\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}",
+                 400, "messages[0]");
+    expect_error(&c, "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\"}]}", 400, "messages[0]");
+    expect_error(&c,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"x\","
+                 "\"tool_calls\":[]}]}",
+                 400, "messages[0]");
+    expect_error(&c,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"},"
+                 "{\"role\":\"assistant\",\"content\":\"y\"}]}",
+                 400, "messages");
+    expect_error(&c,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"assistant\",\"content\":\"y\"},"
+                 "{\"role\":\"user\",\"content\":\"x\"}]}",
+                 400, "messages[0]");
+    expect_error(&c,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"},"
+                 "{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"x\"}]}",
+                 400, "messages[1]");
+    expect_error(&c,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"a "
+                 "<ImageHere>\"}]}",
+                 400, "messages[0].content");
+    expect_error(&c, "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":7}]}", 400,
+                 "messages[0].content");
+    expect_error(&c,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                 "\"audio\"}]}]}",
+                 400, "messages[0].content[0]");
+    expect_error(&c,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                 "\"text\"}]}]}",
+                 400, "messages[0].content[0]");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"max_tokens\":0}", 400, "max_tokens");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"max_tokens\":1.5}", 400, "max_tokens");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"max_tokens\":101}", 400, "max_tokens");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"max_completion_tokens\":\"5\"}", 400,
+                 "max_completion_tokens");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"max_tokens\":5,\"max_completion_tokens\":6}", 400,
+                 "max_completion_tokens");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"temperature\":2.5}", 400, "temperature");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"temperature\":-1}", 400, "temperature");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"temperature\":\"hot\"}", 400, "temperature");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"top_p\":0}", 400, "top_p");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"top_p\":1.01}", 400, "top_p");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"top_k\":-2}", 400, "top_k");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"top_k\":2.5}", 400, "top_k");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"repetition_penalty\":0}", 400,
+                 "repetition_penalty");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"frequency_penalty\":0.5}", 400,
+                 "frequency_penalty");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"presence_penalty\":1}", 400, "presence_penalty");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"logit_bias\":{\"1\":5}}", 400, "logit_bias");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"response_format\":{\"type\":\"json_object\"}}",
+                 400, "response_format");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"user\":1}", 400, "user");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":\"x\"}", 400, "seed");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":0.5}", 400, "seed");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"n\":0}", 400, "n");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"n\":5}", 400, "n");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"stop\":5}", 400, "stop");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"stop\":[\"\"]}", 400, "stop");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"stop\":[\"a\",1]}", 400, "stop");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400,
+                 "stop");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"logprobs\":1}", 400, "logprobs");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"top_logprobs\":2}", 400, "top_logprobs");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"logprobs\":true,\"top_logprobs\":21}", 400,
+                 "top_logprobs");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"stream\":\"yes\"}", 400, "stream");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"stream_options\":{\"include_usage\":true}}", 400,
+                 "stream_options");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"stream\":true,\"stream_options\":{\"x\":true}}",
+                 400, "stream_options");
+#undef U
+    /* a stop string longer than the limit */
+    char body[1024];
+    char longstop[XC_API_MAX_STOP_LEN + 2];
+    memset(longstop, 'a', sizeof longstop - 1);
+    longstop[sizeof longstop - 1] = 0;
+    snprintf(body, sizeof body,
+             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":"
+             "\"%s\"}",
+             longstop);
+    expect_error(&c, body, 400, "stop");
+}
+
+/* base64 of a file's bytes. */
+static char *b64_file(const char *path, size_t *raw_len) {
+    char *data = NULL;
+    size_t n = 0;
+    assert_int_equal(xc_file_read_all(path, 1 << 24, &data, &n), XC_OK);
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = xc_malloc(n * 4 / 3 + 8);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)(unsigned char)data[i] << 16;
+        if (i + 1 < n) {
+            v |= (uint32_t)(unsigned char)data[i + 1] << 8;
+        }
+        if (i + 2 < n) {
+            v |= (unsigned char)data[i + 2];
+        }
+        out[o++] = tbl[(v >> 18) & 63];
+        out[o++] = tbl[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < n ? tbl[v & 63] : '=';
+    }
+    out[o] = 0;
+    xc_free(data);
+    *raw_len = n;
+    return out;
+}
+
+static char *image_body(const char *b64, int n_images, const char *extra) {
+    size_t cap = strlen(b64) * (size_t)(n_images + 1) + 1024;
+    char *b = xc_malloc(cap);
+    size_t o = (size_t)snprintf(b, cap,
+                                "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\","
+                                "\"content\":[");
+    for (int i = 0; i < n_images; i++) {
+        o += (size_t)snprintf(b + o, cap - o,
+                              "{\"type\":\"image_url\",\"image_url\":{\"url\":"
+                              "\"data:image/png;base64,%s\"}},",
+                              b64);
+    }
+    snprintf(b + o, cap - o, "{\"type\":\"text\",\"text\":\"what?\"}]}]%s}", extra);
+    return b;
+}
+
+static void test_api_images_and_prepare(void **state) {
+    (void)state;
+    xc_api_conf c = conf_default();
+    xc_tokenizer *tok = NULL;
+    assert_int_equal(xc_tokenizer_load(TOKFILE, &tok), XC_OK);
+    size_t raw = 0;
+    char *b64 = b64_file(IMGFILE, &raw);
+    char *body = image_body(b64, 1, ",\"max_tokens\":9,\"temperature\":0");
+    xc_api_request r;
+    xc_api_error e;
+    assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+    assert_int_equal(r.n_images, 1);
+    assert_int_equal(r.images[0].len, raw);
+    assert_string_equal(r.query, "<ImageHere>what?");
+    xc_api_prepared p;
+    assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_OK);
+    /* the prompt as xc_chat_build makes it */
+    xc_chat_request cr = {.variant = XC_CHAT_VARIANT_7B,
+                          .query = "<ImageHere>what?",
+                          .n_images = 1,
+                          .tokens_per_image = 16};
+    xc_chat_prompt cp;
+    assert_int_equal(xc_chat_build(tok, &cr, &cp), XC_OK);
+    assert_int_equal(p.req.n, (int)cp.n);
+    assert_int_equal(p.prompt_tokens, (int)cp.n);
+    assert_int_equal(p.image_tokens, 16);
+    assert_int_equal(p.req.n_img, 1);
+    assert_int_equal(p.req.img[0].start, (int)cp.images[0].start);
+    assert_int_equal(p.req.img[0].end, (int)cp.images[0].end);
+    for (size_t i = 0; i < cp.n; i++) {
+        assert_int_equal(p.req.ids[i], cp.ids[i] < 0 ? 0 : cp.ids[i]);
+    }
+    xc_chat_prompt_fini(&cp);
+    /* the pixels as xc_image_preprocess gives them from the file */
+    char *data = NULL;
+    size_t n = 0;
+    assert_int_equal(xc_file_read_all(IMGFILE, 1 << 24, &data, &n), XC_OK);
+    float *want = xc_malloc(3 * 56 * 56 * sizeof(float));
+    assert_int_equal(xc_image_preprocess(data, n, NULL, 56, NULL, want), XC_OK);
+    assert_memory_equal(want, p.req.pixels, 3 * 56 * 56 * sizeof(float));
+    xc_free(want);
+    xc_free(data);
+    assert_true(p.req.sampling.greedy);
+    assert_int_equal(p.req.max_new_tokens, 9);
+    assert_int_equal(p.req.n_stop_ids, 2);
+    assert_int_equal(p.req.stop_ids[0], 2);
+    assert_int_equal(p.req.stop_ids[1], 148);
+    assert_false(p.req.penalize_prompt);
+    xc_api_prepared_fini(&p);
+    xc_api_request_fini(&r);
+    xc_free(body);
+    /* too many images; a server without vision */
+    body = image_body(b64, 3, "");
+    expect_error(&c, body, 400, "messages");
+    xc_free(body);
+    xc_api_conf nov = c;
+    nov.image_size = 0;
+    body = image_body(b64, 1, "");
+    expect_error(&nov, body, 400, "messages[0].content[0]");
+    /* bytes over the limit */
+    xc_api_conf small = c;
+    small.max_image_bytes = raw - 1;
+    expect_error(&small, body, 400, "messages[0].content[0]");
+    /* pixels over the limit: parsed, refused while preparing */
+    xc_api_conf tinypx = c;
+    tinypx.max_pixels = 80 * 60 - 1;
+    assert_int_equal(parse(&tinypx, body, &r, &e), XC_OK);
+    assert_int_equal(xc_api_prepare(&tinypx, tok, &r, &p, &e), XC_ERR_ARG);
+    assert_int_equal(e.http_status, 400);
+    assert_string_equal(e.code, "image_too_large");
+    xc_api_request_fini(&r);
+    xc_free(body);
+    xc_free(b64);
+    /* an image part in an assistant message, bad base64, not an image, http and file URLs */
+    const char *bad[] = {
+        "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":"
+        "\"assistant\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/"
+        "png;base64,AAAA\"}}]},{\"role\":\"user\",\"content\":\"b\"}]}",
+        "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+        "\"image_url\":{\"url\":\"data:image/png;base64,A*AA\"}}]}]}",
+        "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+        "\"image_url\":{\"url\":\"data:text/plain;base64,AAAA\"}}]}]}",
+        "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+        "\"image_url\":{\"url\":\"data:image/png,AAAA\"}}]}]}",
+        "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+        "\"image_url\":{\"url\":\"https://example.com/a.png\"}}]}]}",
+        "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+        "\"image_url\":{\"url\":\"file:///etc/passwd\"}}]}]}",
+        "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+        "\"image_url\":{\"url\":\"data:image/png;base64,AAAA\",\"x\":1}}]}]}",
+    };
+    const char *bad_param[] = {"messages[1].content[0]", "messages[0].content[0]",
+                               "messages[0].content[0]", "messages[0].content[0]",
+                               "messages[0].content[0]", "messages[0].content[0]",
+                               "messages[0].content[0]"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        expect_error(&c, bad[i], 400, bad_param[i]);
+    }
+    /* garbage bytes that are valid base64 parse, but do not decode as an image */
+    assert_int_equal(parse(&c,
+                           "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{"
+                           "\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,"
+                           "AAAAAAAA\"}}]}]}",
+                           &r, &e),
+                     XC_OK);
+    assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_ERR_ARG);
+    assert_int_equal(e.http_status, 400);
+    xc_api_request_fini(&r);
+    xc_tokenizer_destroy(tok);
+}
+
+static void test_api_file_urls(void **state) {
+    (void)state;
+    xc_api_conf c = conf_default();
+    c.media_dir = XC_FIXTURE_DIR "/image/src";
+    xc_api_request r;
+    xc_api_error e;
+    assert_int_equal(parse(&c,
+                           "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{"
+                           "\"type\":\"image_url\",\"image_url\":{\"url\":\"file://" XC_FIXTURE_DIR
+                           "/image/src/png%5Fp4bit_80x60.png\"}}]}]}",
+                           &r, &e),
+                     XC_OK);
+    char *data = NULL;
+    size_t n = 0;
+    assert_int_equal(xc_file_read_all(IMGFILE, 1 << 24, &data, &n), XC_OK);
+    assert_int_equal(r.images[0].len, n);
+    assert_memory_equal(r.images[0].data, data, n);
+    xc_free(data);
+    xc_api_request_fini(&r);
+    /* escaping the directory with .. is refused (403), a missing file is 400 */
+    expect_error(&c,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                 "\"image_url\",\"image_url\":{\"url\":\"file://" XC_FIXTURE_DIR
+                 "/image/src/../../tokenizer/tiny.meta\"}}]}]}",
+                 403, "messages[0].content[0]");
+    expect_error(&c,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                 "\"image_url\",\"image_url\":{\"url\":\"file://" XC_FIXTURE_DIR
+                 "/image/src/nope.png\"}}]}]}",
+                 400, "messages[0].content[0]");
+}
+
+static void test_api_prepare_context(void **state) {
+    (void)state;
+    xc_api_conf c = conf_default();
+    c.max_context = 100000;
+    xc_tokenizer *tok = NULL;
+    assert_int_equal(xc_tokenizer_load(TOKFILE, &tok), XC_OK);
+    xc_api_request r;
+    xc_api_error e;
+    xc_api_prepared p;
+    assert_int_equal(parse(&c,
+                           "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi"
+                           "\"}]}",
+                           &r, &e),
+                     XC_OK);
+    assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_OK);
+    int n_prompt = p.prompt_tokens;
+    assert_int_equal(p.req.max_new_tokens, 50); /* the default fits */
+    assert_true(p.req.penalize_prompt);
+    xc_api_prepared_fini(&p);
+    /* default max_tokens is cut to the context left */
+    c.max_context = n_prompt + 20;
+    assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_OK);
+    assert_int_equal(p.req.max_new_tokens, 20);
+    xc_api_prepared_fini(&p);
+    xc_api_request_fini(&r);
+    /* an explicit max_tokens that does not fit */
+    char body[256];
+    snprintf(body, sizeof body,
+             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+             "\"max_tokens\":%d}",
+             21);
+    assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+    assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_ERR_ARG);
+    assert_int_equal(e.http_status, 400);
+    assert_string_equal(e.code, "context_length_exceeded");
+    xc_api_request_fini(&r);
+    /* a prompt longer than the context */
+    char big[2048] = "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"";
+    for (int i = 0; i < 20; i++) {
+        strcat(big, "word ");
+    }
+    strcat(big, "\"}]}");
+    assert_int_equal(parse(&c, big, &r, &e), XC_OK);
+    assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_ERR_ARG);
+    assert_string_equal(e.code, "context_length_exceeded");
+    xc_api_request_fini(&r);
+    xc_tokenizer_destroy(tok);
+}
+
+/* Naive reference: decode everything, cut at the earliest occurrence of any stop string. */
+static size_t naive_cut(const char *text, size_t len, char *const *stop, int n_stop, bool *hit) {
+    size_t cut = len;
+    *hit = false;
+    for (int s = 0; s < n_stop; s++) {
+        size_t sl = strlen(stop[s]);
+        for (size_t i = 0; i + sl <= len; i++) {
+            if (!memcmp(text + i, stop[s], sl)) {
+                if (i < cut) {
+                    cut = i;
+                    *hit = true;
+                }
+                break;
+            }
+        }
+    }
+    return cut;
+}
+
+static void test_api_stop_strings_match_naive_cut(void **state) {
+    (void)state;
+    xc_tokenizer *tok = NULL;
+    assert_int_equal(xc_tokenizer_load(TOKFILE, &tok), XC_OK);
+    uint64_t rng = 12345;
+    int n_hits = 0;
+    for (int trial = 0; trial < 400; trial++) {
+        int32_t ids[40];
+        int n = 1 + (int)((rng >> 33) % 40);
+        for (int i = 0; i < n; i++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            ids[i] = 3 + (int32_t)((rng >> 33) % 997); /* plain and byte pieces */
+        }
+        char *full = NULL;
+        size_t flen = 0;
+        assert_int_equal(xc_tokenizer_decode(tok, ids, (size_t)n, &full, &flen), XC_OK);
+        /* stop strings: pieces of the text itself (so they hit, often across tokens), and one
+         * that never occurs */
+        char s1[8] = "", s2[8] = "";
+        if (flen > 2) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            size_t a = (rng >> 33) % (flen - 1), l = 1 + (rng >> 40) % 4;
+            l = a + l > flen ? flen - a : l;
+            memcpy(s1, full + a, l);
+            s1[l] = 0;
+        }
+        snprintf(s2, sizeof s2, "\x01zz");
+        char *stops[2] = {s1[0] && !memchr(s1, 0, 1) ? s1 : s2, s2};
+        int n_stop = trial % 3 == 0 ? 0 : 2;
+        bool hit = false;
+        size_t cut = naive_cut(full, flen, stops, n_stop, &hit);
+        xc_api_text t;
+        xc_api_text_init(&t, tok, stops, n_stop);
+        char got[4096];
+        size_t g = 0;
+        bool stopped = false;
+        for (int i = 0; i < n && !stopped; i++) {
+            const char *em;
+            size_t ne;
+            assert_int_equal(xc_api_text_feed(&t, ids[i], &em, &ne, &stopped), XC_OK);
+            memcpy(got + g, em, ne);
+            g += ne;
+        }
+        if (!stopped) {
+            const char *em;
+            size_t ne;
+            assert_int_equal(xc_api_text_finish(&t, &em, &ne), XC_OK);
+            memcpy(got + g, em, ne);
+            g += ne;
+        }
+        assert_int_equal(stopped, hit);
+        n_hits += hit;
+        assert_int_equal(g, cut);
+        assert_memory_equal(got, full, cut);
+        xc_api_text_fini(&t);
+        xc_free(full);
+    }
+    assert_true(n_hits > 100); /* the test exercised stops, many across token boundaries */
+    xc_tokenizer_destroy(tok);
+}
+
+static void test_api_response_json(void **state) {
+    (void)state;
+    xc_tokenizer *tok = NULL;
+    assert_int_equal(xc_tokenizer_load(TOKFILE, &tok), XC_OK);
+    xc_api_logprob lp[2] = {{.token = 500,
+                             .logprob = -0.5f,
+                             .n_top = 2,
+                             .top_ids = {500, 201},
+                             .top_logprobs = {-0.5f, -1.25f}},
+                            {.token = 600, .logprob = -2.0f}};
+    xc_api_choice ch[2] = {{.text = "h\xc3\xa9llo",
+                            .len = 6,
+                            .finish_reason = "stop",
+                            .logprobs = lp,
+                            .n_logprobs = 2},
+                           {.text = "bad \xff byte", .len = 10, .finish_reason = "length"}};
+    xc_api_usage u = {11, 7};
+    char *js = xc_api_completion_json("chatcmpl-1", 1700000000, "tiny", ch, 2, &u, tok);
+    cJSON *o = cJSON_Parse(js);
+    xc_free(js);
+    assert_non_null(o);
+    assert_string_equal(cJSON_GetObjectItem(o, "object")->valuestring, "chat.completion");
+    assert_string_equal(cJSON_GetObjectItem(o, "model")->valuestring, "tiny");
+    cJSON *choices = cJSON_GetObjectItem(o, "choices");
+    assert_int_equal(cJSON_GetArraySize(choices), 2);
+    cJSON *c0 = cJSON_GetArrayItem(choices, 0);
+    cJSON *m = cJSON_GetObjectItem(c0, "message");
+    assert_string_equal(cJSON_GetObjectItem(m, "role")->valuestring, "assistant");
+    assert_string_equal(cJSON_GetObjectItem(m, "content")->valuestring, "h\xc3\xa9llo");
+    assert_string_equal(cJSON_GetObjectItem(c0, "finish_reason")->valuestring, "stop");
+    cJSON *content = cJSON_GetObjectItem(cJSON_GetObjectItem(c0, "logprobs"), "content");
+    assert_int_equal(cJSON_GetArraySize(content), 2);
+    cJSON *e0 = cJSON_GetArrayItem(content, 0);
+    size_t plen = 0;
+    const char *piece = xc_tokenizer_id_to_piece(tok, 500, &plen);
+    char want[64];
+    size_t w = 0;
+    for (size_t i = 0; i < plen;) { /* U+2581 shows as a space, <0xNN> as the byte */
+        if (plen == 6 && !strncmp(piece, "<0x", 3)) {
+            want[w++] = (char)strtol(piece + 3, NULL, 16);
+            break;
+        }
+        if (i + 3 <= plen && !memcmp(piece + i, "\xe2\x96\x81", 3)) {
+            want[w++] = ' ';
+            i += 3;
+        } else {
+            want[w++] = piece[i++];
+        }
+    }
+    want[w] = 0;
+    assert_string_equal(cJSON_GetObjectItem(e0, "token")->valuestring, want);
+    assert_true(cJSON_GetObjectItem(e0, "logprob")->valuedouble == -0.5);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(e0, "bytes")), (int)w);
+    cJSON *top = cJSON_GetObjectItem(e0, "top_logprobs");
+    assert_int_equal(cJSON_GetArraySize(top), 2);
+    assert_true(cJSON_GetObjectItem(cJSON_GetArrayItem(top, 1), "logprob")->valuedouble == -1.25);
+    cJSON *c1 = cJSON_GetArrayItem(choices, 1);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(c1, "logprobs")));
+    assert_string_equal(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(c1, "message"), "content")->valuestring,
+        "bad \xef\xbf\xbd byte"); /* invalid UTF-8 replaced, JSON stays valid */
+    cJSON *us = cJSON_GetObjectItem(o, "usage");
+    assert_int_equal(cJSON_GetObjectItem(us, "prompt_tokens")->valueint, 11);
+    assert_int_equal(cJSON_GetObjectItem(us, "completion_tokens")->valueint, 7);
+    assert_int_equal(cJSON_GetObjectItem(us, "total_tokens")->valueint, 18);
+    cJSON_Delete(o);
+    /* stream chunks: first (role), content, final, usage-only */
+    js = xc_api_chunk_json("id", 1, "tiny", 1, true, "", 0, NULL, 0, NULL, NULL, true, tok);
+    o = cJSON_Parse(js);
+    xc_free(js);
+    assert_string_equal(cJSON_GetObjectItem(o, "object")->valuestring, "chat.completion.chunk");
+    cJSON *ck = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    assert_int_equal(cJSON_GetObjectItem(ck, "index")->valueint, 1);
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(ck, "delta"), "role")->valuestring,
+                        "assistant");
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(ck, "finish_reason")));
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(o, "usage")));
+    cJSON_Delete(o);
+    js = xc_api_chunk_json("id", 1, "tiny", 0, false, NULL, 0, NULL, 0, "length", NULL, false, tok);
+    o = cJSON_Parse(js);
+    xc_free(js);
+    ck = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    assert_string_equal(cJSON_GetObjectItem(ck, "finish_reason")->valuestring, "length");
+    assert_null(cJSON_GetObjectItem(cJSON_GetObjectItem(ck, "delta"), "content"));
+    assert_null(cJSON_GetObjectItem(o, "usage"));
+    cJSON_Delete(o);
+    js = xc_api_chunk_json("id", 1, "tiny", -1, false, NULL, 0, NULL, 0, NULL, &u, false, tok);
+    o = cJSON_Parse(js);
+    xc_free(js);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(o, "choices")), 0);
+    assert_int_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "usage"), "total_tokens")->valueint,
+                     18);
+    cJSON_Delete(o);
+    js = xc_api_models_json("tiny", 5);
+    o = cJSON_Parse(js);
+    xc_free(js);
+    assert_string_equal(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "data"), 0), "id")
+            ->valuestring,
+        "tiny");
+    cJSON_Delete(o);
+    xc_tokenizer_destroy(tok);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_api_parse_defaults),
+        cmocka_unit_test(test_api_parse_every_parameter),
+        cmocka_unit_test(test_api_parse_errors),
+        cmocka_unit_test(test_api_images_and_prepare),
+        cmocka_unit_test(test_api_file_urls),
+        cmocka_unit_test(test_api_prepare_context),
+        cmocka_unit_test(test_api_stop_strings_match_naive_cut),
+        cmocka_unit_test(test_api_response_json),
+    };
+    return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
+}
