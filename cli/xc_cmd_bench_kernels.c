@@ -90,45 +90,76 @@ static int kb_parse_m(const xc_conf_list *l, int *ms, int *n_ms) {
     return 0;
 }
 
-static void kb_print_row(const char *shape, int k, int n, int m, const char *kind, int threads,
-                         const xc_kbench_result *r, double bw) {
-    char dims[32];
-    snprintf(dims, sizeof dims, "%dx%d", k, n);
-    printf("%-6s %-11s %5d  %-11s %3d %9.3f %9.1f %8.1f", shape, dims, m, kind, threads, r->ms,
-           r->gflops, r->wgbps);
-    if (m == 1) {
-        printf(" %6.1f%%", 100.0 * r->wgbps / bw);
+/* One line of the table, kept until the end so that every M = 1 ratio uses the best bandwidth
+ * measured during the whole run. */
+typedef struct kb_row {
+    int shape, m;
+    const char *kind;
+    xc_kbench_result r;
+} kb_row;
+
+#define KB_MAX_ROWS 640
+
+/* The state of one run: backends, the bandwidth probe and the rows so far. */
+typedef struct kb_run {
+    const kb_conf *c;
+    xc_backend *be;  /* the benchmark's threads */
+    xc_backend *be1; /* one thread */
+    int threads;
+    xc_kbench_bw *bw;
+    double bw1, bwn; /* best read bandwidth with 1 and with `threads` threads, GB/s */
+    kb_row rows[KB_MAX_ROWS];
+    int n_rows;
+} kb_run;
+
+static void kb_add_row(kb_run *run, int shape, int m, const char *kind, const xc_kbench_result *r) {
+    if (run->n_rows < KB_MAX_ROWS) {
+        run->rows[run->n_rows++] = (kb_row){shape, m, kind, *r};
     }
-    printf("\n");
-    fflush(stdout);
+    fprintf(stderr, ".");
+}
+
+/* Re-measures the read bandwidth (both thread counts) and keeps the best seen. */
+static xc_status kb_measure_bw(kb_run *run, int passes) {
+    double g;
+    XC_TRY(xc_kbench_bw_run(run->be1, run->bw, passes, &g));
+    run->bw1 = g > run->bw1 ? g : run->bw1;
+    if (run->threads > 1) {
+        XC_TRY(xc_kbench_bw_run(run->be, run->bw, passes, &g));
+        run->bwn = g > run->bwn ? g : run->bwn;
+    } else {
+        run->bwn = run->bw1;
+    }
+    return XC_OK;
 }
 
 /* Times every shape and M for one dtype (and OpenBLAS when asked, f32 only). */
-static int kb_run_dtype(xc_backend *be, xc_dtype wt, const kb_conf *c, const int *ms, int n_ms,
-                        int max_m, int threads, double bw) {
-    for (size_t s = 0; s < sizeof kb_shapes / sizeof kb_shapes[0]; s++) {
+static int kb_run_dtype(kb_run *run, xc_dtype wt, const int *ms, int n_ms, int max_m) {
+    const kb_conf *c = run->c;
+    for (int s = 0; s < (int)(sizeof kb_shapes / sizeof kb_shapes[0]); s++) {
         xc_kbench_mm *mm = NULL;
         xc_status st = xc_kbench_mm_create(kb_shapes[s].n, kb_shapes[s].k, wt, max_m, &mm);
         if (st != XC_OK) {
             xc_cli_report("bench kernels", "set up", st);
             return 1;
         }
-        for (int i = 0; i < n_ms; i++) {
+        for (int i = 0; i < n_ms && st == XC_OK; i++) {
             xc_kbench_result r;
-            st = xc_kbench_mm_run(be, mm, ms[i], c->iters, false, false, &r);
+            st = xc_kbench_mm_run(run->be, mm, ms[i], c->iters, false, false, &r);
             if (st != XC_OK) {
                 break;
             }
-            kb_print_row(kb_shapes[s].name, kb_shapes[s].k, kb_shapes[s].n, ms[i],
-                         xc_dtype_name(wt), threads, &r, bw);
+            kb_add_row(run, s, ms[i], xc_dtype_name(wt), &r);
             if (c->blas && wt == XC_DTYPE_F32) {
                 for (int gemv = ms[i] == 1 ? 1 : 0; gemv >= 0 && st == XC_OK; gemv--) {
-                    st = xc_kbench_mm_run(be, mm, ms[i], c->iters, true, gemv, &r);
+                    st = xc_kbench_mm_run(run->be, mm, ms[i], c->iters, true, gemv, &r);
                     if (st == XC_OK) {
-                        kb_print_row(kb_shapes[s].name, kb_shapes[s].k, kb_shapes[s].n, ms[i],
-                                     gemv ? "f32 sgemv" : "f32 sgemm", threads, &r, bw);
+                        kb_add_row(run, s, ms[i], gemv ? "f32 sgemv" : "f32 sgemm", &r);
                     }
                 }
+            }
+            if (st == XC_OK && ms[i] == 1) {
+                st = kb_measure_bw(run, 2); /* next to the memory-bound case */
             }
         }
         xc_kbench_mm_destroy(mm);
@@ -138,6 +169,33 @@ static int kb_run_dtype(xc_backend *be, xc_dtype wt, const kb_conf *c, const int
         }
     }
     return 0;
+}
+
+static void kb_print(const kb_run *run) {
+    const kb_conf *c = run->c;
+    fprintf(stderr, "\n");
+    printf("read bandwidth (%d MiB buffer, best of %d passes at the start and 2 after each M = 1 "
+           "case): 1 thread %.1f GB/s",
+           c->bw_mib, c->bw_passes, run->bw1);
+    if (run->threads > 1) {
+        printf(", %d threads %.1f GB/s", run->threads, run->bwn);
+    }
+    printf("\n\n%-6s %-11s %5s  %-11s %3s %9s %9s %8s %7s\n", "layer", "k x n", "M", "weights",
+           "thr", "ms", "GFLOP/s", "GB/s(w)", "%bw");
+    for (int i = 0; i < run->n_rows; i++) {
+        const kb_row *w = &run->rows[i];
+        char dims[32];
+        snprintf(dims, sizeof dims, "%dx%d", kb_shapes[w->shape].k, kb_shapes[w->shape].n);
+        printf("%-6s %-11s %5d  %-11s %3d %9.3f %9.1f %8.1f", kb_shapes[w->shape].name, dims, w->m,
+               w->kind, run->threads, w->r.ms, w->r.gflops, w->r.wgbps);
+        if (w->m == 1) {
+            printf(" %6.1f%%", 100.0 * w->r.wgbps / run->bwn);
+        }
+        printf("\n");
+    }
+    printf("\n%%bw = GB/s of weights / best read bandwidth with the same thread count (%d), M = 1 "
+           "only.\n",
+           run->threads);
 }
 
 int xc_cmd_bench_kernels(int argc, char **argv) {
@@ -159,52 +217,41 @@ int xc_cmd_bench_kernels(int argc, char **argv) {
         max_m = ms[i] > max_m ? ms[i] : max_m;
     }
 
-    xc_backend *be = NULL, *be1 = NULL;
+    int rc = 1;
+    kb_run *run = calloc(1, sizeof *run);
+    if (!run) {
+        fprintf(stderr, "xcpipe bench kernels: out of memory\n");
+        return 1;
+    }
+    run->c = &c;
     xc_backend_conf bc = {.n_threads = c.threads};
     xc_backend_conf bc1 = {.n_threads = 1};
-    int rc = 1;
-    if ((st = xc_backend_create("cpu", &bc, &be)) != XC_OK ||
-        (st = xc_backend_create("cpu", &bc1, &be1)) != XC_OK) {
+    if ((st = xc_backend_create("cpu", &bc, &run->be)) != XC_OK ||
+        (st = xc_backend_create("cpu", &bc1, &run->be1)) != XC_OK) {
         xc_cli_report("bench kernels", "cpu backend", st);
         goto out;
     }
-    double bw1 = 0.0, bwn = 0.0;
-    size_t bw_bytes = (size_t)c.bw_mib << 20;
-    if ((st = xc_kbench_read_bw(be1, bw_bytes, c.bw_passes, &bw1)) != XC_OK) {
+    run->threads = xc_kbench_threads(run->be); /* 0 resolved to the online core count */
+    if ((st = xc_kbench_bw_create((size_t)c.bw_mib << 20, &run->bw)) != XC_OK ||
+        (st = kb_measure_bw(run, c.bw_passes)) != XC_OK) {
         xc_cli_report("bench kernels", "read bandwidth", st);
         goto out;
     }
-    int threads = xc_kbench_threads(be); /* 0 resolved to the online core count */
-    if (threads > 1) {
-        if ((st = xc_kbench_read_bw(be, bw_bytes, c.bw_passes, &bwn)) != XC_OK) {
-            xc_cli_report("bench kernels", "read bandwidth", st);
-            goto out;
-        }
-    } else {
-        bwn = bw1;
-    }
-    printf("read bandwidth (%d MiB buffer, best of %d): 1 thread %.1f GB/s", c.bw_mib, c.bw_passes,
-           bw1);
-    if (threads > 1) {
-        printf(", %d threads %.1f GB/s", threads, bwn);
-    }
-    printf("\n\n%-6s %-11s %5s  %-11s %3s %9s %9s %8s %7s\n", "layer", "k x n", "M", "weights",
-           "thr", "ms", "GFLOP/s", "GB/s(w)", "%bw");
-    fflush(stdout);
-
     static const xc_dtype all[3] = {XC_DTYPE_BF16, XC_DTYPE_F16, XC_DTYPE_F32};
     for (int d = 0; d < 3; d++) {
         if (strcmp(c.dtype, "all") != 0 && strcmp(c.dtype, xc_dtype_name(all[d])) != 0) {
             continue;
         }
-        if (kb_run_dtype(be, all[d], &c, ms, n_ms, max_m, threads, bwn) != 0) {
+        if (kb_run_dtype(run, all[d], ms, n_ms, max_m) != 0) {
             goto out;
         }
     }
-    printf("\n%%bw = GB/s of weights / read bandwidth with the same thread count (M = 1 only).\n");
+    kb_print(run);
     rc = 0;
 out:
-    xc_backend_destroy(be);
-    xc_backend_destroy(be1);
+    xc_kbench_bw_destroy(run->bw);
+    xc_backend_destroy(run->be);
+    xc_backend_destroy(run->be1);
+    free(run);
     return rc;
 }

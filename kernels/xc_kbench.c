@@ -83,21 +83,44 @@ static void kb_read_all(xc_backend *be, kb_read *r) {
     xc_cpu_parallel(be, n, kb_read_task, r);
 }
 
-xc_status xc_kbench_read_bw(xc_backend *be, size_t bytes, int passes, double *gbps) {
-    if (bytes < (1u << 20) || passes < 1) {
-        return xc_errf(XC_ERR_ARG,
-                       "read bandwidth: need >= 1 MiB and >= 1 pass (got %zu bytes, "
-                       "%d passes)",
-                       bytes, passes);
+struct xc_kbench_bw {
+    char *buf;
+    size_t bytes; /* multiple of 128 */
+};
+
+void xc_kbench_bw_destroy(xc_kbench_bw *bw) {
+    if (!bw) {
+        return;
     }
-    bytes -= bytes % 128;
-    char *buf = xc_aligned_alloc(bytes);
-    if (!buf) {
+    xc_aligned_free(bw->buf);
+    xc_free(bw);
+}
+
+xc_status xc_kbench_bw_create(size_t bytes, xc_kbench_bw **out) {
+    if (bytes < (1u << 20)) {
+        return xc_errf(XC_ERR_ARG, "read bandwidth: buffer of %zu bytes is under 1 MiB", bytes);
+    }
+    xc_kbench_bw *bw = xc_calloc(1, sizeof *bw);
+    if (!bw) {
+        return xc_errf(XC_ERR_NOMEM, "read bandwidth: out of memory");
+    }
+    bw->bytes = bytes - bytes % 128;
+    bw->buf = xc_aligned_alloc(bw->bytes);
+    if (!bw->buf) {
+        xc_kbench_bw_destroy(bw);
         return xc_errf(XC_ERR_NOMEM, "read bandwidth: cannot allocate %zu MiB", bytes >> 20);
     }
     // Touch every page first (and with non-zero data, so no page is the shared zero page).
-    memset(buf, 1, bytes);
-    kb_read r = {.buf = buf, .bytes = bytes};
+    memset(bw->buf, 1, bw->bytes);
+    *out = bw;
+    return XC_OK;
+}
+
+xc_status xc_kbench_bw_run(xc_backend *be, xc_kbench_bw *bw, int passes, double *gbps) {
+    if (passes < 1) {
+        return xc_errf(XC_ERR_ARG, "read bandwidth: passes %d < 1", passes);
+    }
+    kb_read r = {.buf = bw->buf, .bytes = bw->bytes};
     kb_read_all(be, &r); /* warm-up: TLB, threads awake */
     double best = 1e30;
     for (int p = 0; p < passes; p++) {
@@ -106,13 +129,16 @@ xc_status xc_kbench_read_bw(xc_backend *be, size_t bytes, int passes, double *gb
         double dt = xc_now_s() - t0;
         best = dt < best ? dt : best;
     }
-    xc_aligned_free(buf);
-    *gbps = (double)bytes / best * 1e-9;
+    *gbps = (double)bw->bytes / best * 1e-9;
     return XC_OK;
 }
 
-int xc_kbench_threads(const xc_backend *be) {
-    return xc_cpu_n_threads(be);
+xc_status xc_kbench_read_bw(xc_backend *be, size_t bytes, int passes, double *gbps) {
+    xc_kbench_bw *bw = NULL;
+    XC_TRY(xc_kbench_bw_create(bytes, &bw));
+    xc_status st = xc_kbench_bw_run(be, bw, passes, gbps);
+    xc_kbench_bw_destroy(bw);
+    return st;
 }
 
 /* ---- matmul ---- */

@@ -13,6 +13,14 @@
  * XC_ERR_NOMEM if the buffer cannot be allocated. */
 xc_status xc_kbench_read_bw(xc_backend *be, size_t bytes, int passes, double *gbps);
 
+/* The same measurement with a buffer kept between calls, so that a benchmark can re-measure next
+ * to the cases it compares against (the bandwidth of a shared machine drifts). create: XC_ERR_ARG
+ * for bytes < 1 MiB, XC_ERR_NOMEM; the caller owns *out. run: XC_ERR_ARG for passes < 1. */
+typedef struct xc_kbench_bw xc_kbench_bw;
+xc_status xc_kbench_bw_create(size_t bytes, xc_kbench_bw **out);
+xc_status xc_kbench_bw_run(xc_backend *be, xc_kbench_bw *bw, int passes, double *gbps);
+void xc_kbench_bw_destroy(xc_kbench_bw *bw);
+
 /* Threads of a CPU backend, including the caller (what n_threads = 0 resolved to). */
 int xc_kbench_threads(const xc_backend *be);
 

@@ -48,6 +48,13 @@
  * 89 (bf16), 88-99 (f16) GFLOP/s per core against OpenBLAS sgemm's 91-93 (f32). */
 #define GROUP_BYTES (192 * 1024)
 
+/* Decode tiles (R <= 2) prefetch every weight row this far ahead into L2, once per cache line
+ * (integer address arithmetic: the address may lie past the array, which a prefetch tolerates).
+ * Measured on the dev machine (bf16 m = 1, two threads, interleaved best-of-20 runs on a shared
+ * machine): 1.1-2x the GB/s of the hardware prefetcher alone at 2048 bytes (4096: about the same,
+ * 8192: worse); prefetching into L1 (_MM_HINT_T0), or on every 16-32 bytes, was slower. */
+#define PREFETCH_BYTES 2048
+
 /* Below this many multiply-adds the pool's wake-up costs more than it saves. */
 #define PARALLEL_MIN_FMAS (1 << 16)
 
@@ -206,6 +213,11 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
         __m256 wv[TILE_C];
 #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
+            if (R <= 2 && (((size_t)kk * wsz) & 63) == 0) {
+                // Decode: once per cache line, ask for the line PREFETCH_BYTES ahead into L2.
+                _mm_prefetch((const char *)((uintptr_t)wr[c] + (size_t)kk * wsz + PREFETCH_BYTES),
+                             _MM_HINT_T1);
+            }
             wv[c] = xc_simd_load_w(wr[c], wt, (size_t)kk);
         }
 #pragma GCC unroll 8
@@ -349,8 +361,8 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
     // Few x rows (decode): memory-bound, and a 1 x C tile has only C independent FMA chains, so
     // take 8 weight rows at once. Measured on the dev machine (bf16, 4096 x 14336, shared and
     // noisy, interleaved best-of-30): 1x8 reached 72-94% of the read bandwidth where 1x4 reached
-    // 47-87%; software prefetching (512-8192 bytes ahead) and a cheaper bf16 widening (shift + AND
-    // on deinterleaved x) gained nothing measurable and were dropped. Many rows (prefill): a
+    // 47-87%; a cheaper bf16 widening (shift + AND on deinterleaved x) gained nothing measurable
+    // and was dropped. Many rows (prefill): a
     // 4 x 3 tile leaves registers for the loads (12 accumulators + 3 weights + 1 x vector).
     jb.tile_c = jb.m <= 2 ? 8 : 3;
     size_t row_bytes = (size_t)jb.k * xc_dtype_size(jb.wt);
