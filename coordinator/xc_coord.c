@@ -100,6 +100,8 @@ typedef struct creq {
     int n_gen;
     xc_coord_event_fn fn;
     void *user;
+    bool logprobs; /* api helper: ask the last stage for logprobs ... */
+    int top;       /* ... and this many alternatives */
 } creq;
 
 typedef struct replica {
@@ -151,7 +153,12 @@ struct xc_coord {
     xc_coord_stats stats;
     double bytes_sent;
     uint64_t vclock_id[256], vclock_ns[256]; /* send time of recent vision jobs, by id % 256 */
+    /* per worker: last heartbeat's cumulative counters and the busy ratio between the last two */
+    uint64_t hb_busy[MAX_WORKERS], hb_time[MAX_WORKERS];
+    double hb_ratio[MAX_WORKERS], hb_bytes[MAX_WORKERS], hb_mb[MAX_WORKERS];
 };
+
+static void hooks_heartbeat(xc_coord *c, int wi, const xc_wire_heartbeat *hb);
 
 static void hooks_step(xc_coord *c);
 static void hooks_vision_sent(xc_coord *c, creq *q);
@@ -613,6 +620,27 @@ static void on_result(xc_coord *c, const xc_wire_result *res) {
         }
         q->n_gen++;
         xc_coord_event ev = {.id = q->id, .kind = XC_COORD_TOKEN, .token = t};
+        if (q->logprobs && res->n_logprobs == res->n) { /* api helper: logprobs */
+            size_t off = 0;
+            for (size_t k = 0; k < i; k++) {
+                off += res->n_top[k];
+            }
+            int32_t top_ids[XC_WIRE_MAX_TOP_LOGPROBS];
+            int n_top = (int)res->n_top[i];
+            for (int k = 0; k < n_top; k++) {
+                top_ids[k] = (int32_t)res->top_ids[off + (size_t)k];
+            }
+            ev.has_logprob = true;
+            ev.logprob = res->logprobs[i];
+            ev.n_top = n_top;
+            ev.top_ids = top_ids;
+            ev.top_logprobs = res->top_logprobs + off;
+            q->fn(q->user, &ev);
+            if (q->n_gen >= q->max_new) {
+                req_end(c, q, XC_OK, false, false, NULL);
+            }
+            continue;
+        }
         q->fn(q->user, &ev);
         if (q->n_gen >= q->max_new) {
             req_end(c, q, XC_OK, false, false, NULL);
@@ -643,6 +671,7 @@ static void handle(xc_coord *c, const xc_wire_msg *m, const xc_msg *msg) {
         wi = worker_by_id(c, ctl->u.heartbeat.worker_id);
         if (wi >= 0 && c->workers[wi].alive) {
             c->workers[wi].last_seen = xc_now_ns();
+            hooks_heartbeat(c, wi, &ctl->u.heartbeat);
         }
         break;
     case XC_WIRE_CTL_READY:
@@ -809,7 +838,9 @@ static void send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                                       .max_new_tokens = (uint32_t)q->max_new,
                                       .prompt_len = (uint32_t)q->n,
                                       .n_penalty_ids = n_pen,
-                                      .penalty_ids = pen};
+                                      .penalty_ids = pen,
+                                      .logprobs = q->logprobs, /* api helper */
+                                      .top_logprobs = (uint32_t)q->top};
         }
         seqs[i] = (xc_wire_seq){.id = it->id,
                                 .first_pos = (uint32_t)it->first_pos,
@@ -1140,6 +1171,8 @@ xc_status xc_coord_submit(xc_coord *c, const xc_coord_request *r, xc_coord_event
     }
     q->max_new = r->max_new_tokens;
     q->penalize = r->penalize_prompt;
+    q->logprobs = r->logprobs; /* api helper */
+    q->top = r->top_logprobs < 0 ? 0 : r->top_logprobs > 20 ? 20 : r->top_logprobs;
     q->fn = fn;
     q->user = user;
     if (!q->ids || !q->img || !q->stop || (r->n_img && !q->pixels)) {
@@ -1335,7 +1368,32 @@ static void hooks_step(xc_coord *c) {
     st.waiting += c->n_inbox;
     pthread_mutex_unlock(&c->lock);
     st.bytes_to_stage0 = c->bytes_sent;
+    st.n_stages = 0;
+    for (int r = 0; r < c->R; r++) {
+        for (int k = 0; k < c->reps[r].P && st.n_stages < XC_COORD_STATS_MAX_STAGES; k++) {
+            int wi = c->reps[r].worker[k];
+            st.stages[st.n_stages++] =
+                (xc_coord_stage_stats){.replica = r,
+                                       .stage = k,
+                                       .busy_ratio = wi >= 0 ? c->hb_ratio[wi] : 0,
+                                       .bytes_sent = wi >= 0 ? c->hb_bytes[wi] : 0,
+                                       .microbatches = wi >= 0 ? c->hb_mb[wi] : 0};
+        }
+    }
     pthread_mutex_lock(&c->stats_lock);
     c->stats = st;
     pthread_mutex_unlock(&c->stats_lock);
+}
+
+/* Busy ratio of worker wi between its last two heartbeats (cumulative busy time over elapsed
+ * time, both on the worker's clock), and its cumulative counters. */
+static void hooks_heartbeat(xc_coord *c, int wi, const xc_wire_heartbeat *hb) {
+    if (c->hb_time[wi] && hb->time_ns > c->hb_time[wi] && hb->busy_ns >= c->hb_busy[wi]) {
+        double r = (double)(hb->busy_ns - c->hb_busy[wi]) / (double)(hb->time_ns - c->hb_time[wi]);
+        c->hb_ratio[wi] = r > 1 ? 1 : r;
+    }
+    c->hb_time[wi] = hb->time_ns;
+    c->hb_busy[wi] = hb->busy_ns;
+    c->hb_bytes[wi] = (double)hb->bytes_sent;
+    c->hb_mb[wi] = (double)hb->microbatches;
 }

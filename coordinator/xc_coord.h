@@ -134,6 +134,16 @@ void xc_coord_destroy(xc_coord *c);
  * are ignored. Thread-safe; XC_ERR_NOMEM. */
 xc_status xc_coord_cancel(xc_coord *c, uint64_t id);
 
+#define XC_COORD_STATS_MAX_STAGES 64
+
+/* One decoder stage's work, from its heartbeats. */
+typedef struct xc_coord_stage_stats {
+    int replica, stage;
+    double busy_ratio;   /* computing time / elapsed time between its last two heartbeats */
+    double bytes_sent;   /* frame bytes it sent downstream, cumulative */
+    double microbatches; /* messages it processed, cumulative */
+} xc_coord_stage_stats;
+
 /* A snapshot of the coordinator's load, published once per scheduling step. */
 typedef struct xc_coord_stats {
     int running;            /* requests whose sequence holds KV blocks */
@@ -144,6 +154,8 @@ typedef struct xc_coord_stats {
     double vision_s;        /* summed vision round trips (send to embeddings back), seconds */
     double vision_images;   /* images those jobs held */
     double vision_jobs;     /* vision jobs completed */
+    int n_stages;
+    xc_coord_stage_stats stages[XC_COORD_STATS_MAX_STAGES];
 } xc_coord_stats;
 
 /* Copies the latest snapshot. Thread-safe. */

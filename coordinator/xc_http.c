@@ -1041,6 +1041,14 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
         xc_coord_stats cs;
         xc_coord_get_stats(h->c, &cs);
         char why[8];
+        xc_metrics_stage ms[XC_COORD_STATS_MAX_STAGES];
+        for (int i = 0; i < cs.n_stages; i++) {
+            ms[i] = (xc_metrics_stage){.replica = cs.stages[i].replica,
+                                       .stage = cs.stages[i].stage,
+                                       .busy_ratio = cs.stages[i].busy_ratio,
+                                       .bytes_out = cs.stages[i].bytes_sent,
+                                       .mbatches = cs.stages[i].microbatches};
+        }
         xc_metrics_gauges g = {.running = cs.running,
                                .waiting = cs.waiting,
                                .http_active = atomic_load(&h->active),
@@ -1050,8 +1058,8 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
                                .vision_encode_s = cs.vision_s,
                                .vision_images = cs.vision_images,
                                .bytes_to_stage0 = cs.bytes_to_stage0,
-                               .stages = NULL,
-                               .n_stages = 0};
+                               .stages = ms,
+                               .n_stages = cs.n_stages};
         size_t len = 0;
         char *text = xc_metrics_render(h->metrics, &g, &len);
         if (!text) {

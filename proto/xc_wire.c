@@ -157,6 +157,10 @@ static xc_status check_sampling(size_t i, const xc_wire_sampling *s) {
             return BAD("seq %zu: stop id %u is not a token id", i, s->stop_ids[k]);
         }
     }
+    if (s->top_logprobs > XC_WIRE_MAX_TOP_LOGPROBS) { /* api helper */
+        return BAD("seq %zu: sampling.top_logprobs %u is over %u", i, s->top_logprobs,
+                   XC_WIRE_MAX_TOP_LOGPROBS);
+    }
     if (s->prompt_len > XC_WIRE_MAX_POS || s->n_penalty_ids > XC_WIRE_MAX_POS) {
         return BAD("seq %zu: sampling.prompt_len %u / %zu penalty ids past %u", i, s->prompt_len,
                    s->n_penalty_ids, XC_WIRE_MAX_POS);
@@ -331,6 +335,26 @@ static xc_status check_result(const xc_wire_result *r) {
                        (unsigned long long)r->seq_ids[i]);
         }
     }
+    /* api helper: logprobs */
+    if (r->n_logprobs != 0 && r->n_logprobs != r->n) {
+        return BAD("result: %zu logprobs for %zu sequences", r->n_logprobs, r->n);
+    }
+    size_t tops = 0;
+    for (size_t i = 0; i < r->n_logprobs; i++) {
+        if (r->n_top[i] > XC_WIRE_MAX_TOP_LOGPROBS || !(r->logprobs[i] <= 0.0f)) {
+            return BAD("result: logprob %g with %u alternatives for sequence %zu", r->logprobs[i],
+                       r->n_top[i], i);
+        }
+        tops += r->n_top[i];
+    }
+    if (tops != r->n_top_ids) {
+        return BAD("result: %zu alternatives listed, %zu counted", r->n_top_ids, tops);
+    }
+    for (size_t i = 0; i < r->n_top_ids; i++) {
+        if (r->top_ids[i] > INT32_MAX || !(r->top_logprobs[i] <= 0.0f)) {
+            return BAD("result: alternative %zu is not a token id with a logprob", i);
+        }
+    }
     return XC_OK;
 }
 
@@ -487,6 +511,9 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->time_ns = c->u.heartbeat.time_ns;
         r->in_flight = c->u.heartbeat.in_flight;
         r->worker_id = pb_str(c->u.heartbeat.worker_id);
+        r->busy_ns = c->u.heartbeat.busy_ns; /* api helper */
+        r->microbatches = c->u.heartbeat.microbatches;
+        r->bytes_sent = c->u.heartbeat.bytes_sent;
         p->kind_case = XC__V1__CONTROL__KIND_HEARTBEAT;
         p->heartbeat = r;
         break;
@@ -581,6 +608,8 @@ static Xc__V1__Seq *seq_to_pb(xc_arena *a, const xc_wire_seq *s) {
         q->prompt_len = w->prompt_len;
         q->n_penalty_ids = w->n_penalty_ids;
         q->penalty_ids = (uint32_t *)w->penalty_ids;
+        q->logprobs = w->logprobs; /* api helper */
+        q->top_logprobs = w->top_logprobs;
         p->sampling = q;
     }
     return p;
@@ -626,6 +655,14 @@ static Xc__V1__Result *result_to_pb(xc_arena *a, const xc_wire_result *r) {
         p->seq_ids = (uint64_t *)r->seq_ids;
         p->n_tokens = r->n;
         p->tokens = (uint32_t *)r->tokens;
+        p->n_logprobs = r->n_logprobs; /* api helper: logprobs */
+        p->logprobs = (float *)r->logprobs;
+        p->n_n_top = r->n_logprobs;
+        p->n_top = (uint32_t *)r->n_top;
+        p->n_top_ids = r->n_top_ids;
+        p->top_ids = (uint32_t *)r->top_ids;
+        p->n_top_logprobs = r->n_top_ids;
+        p->top_logprobs = (float *)r->top_logprobs;
     }
     return p;
 }
@@ -757,7 +794,10 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
         c->u.heartbeat = (xc_wire_heartbeat){.seq = p->heartbeat->seq,
                                              .time_ns = p->heartbeat->time_ns,
                                              .in_flight = p->heartbeat->in_flight,
-                                             .worker_id = p->heartbeat->worker_id};
+                                             .worker_id = p->heartbeat->worker_id,
+                                             .busy_ns = p->heartbeat->busy_ns,
+                                             .microbatches = p->heartbeat->microbatches,
+                                             .bytes_sent = p->heartbeat->bytes_sent};
         return XC_OK;
     case XC__V1__CONTROL__KIND_DRAIN:
         c->kind = XC_WIRE_CTL_DRAIN;
@@ -842,7 +882,9 @@ static xc_status forward_from_pb(xc_arena *a, const Xc__V1__Forward *p, xc_wire_
                                       .stop_ids = w->stop_ids,
                                       .prompt_len = w->prompt_len,
                                       .n_penalty_ids = w->n_penalty_ids,
-                                      .penalty_ids = w->penalty_ids};
+                                      .penalty_ids = w->penalty_ids,
+                                      .logprobs = w->logprobs, /* api helper */
+                                      .top_logprobs = w->top_logprobs};
             s->sampling = smp;
         }
     }
@@ -869,6 +911,17 @@ static xc_status result_from_pb(const Xc__V1__Result *p, xc_wire_result *r) {
     r->n = p->n_seq_ids;
     r->seq_ids = p->seq_ids;
     r->tokens = p->tokens;
+    /* api helper: logprobs */
+    if ((p->n_logprobs && p->n_logprobs != p->n_seq_ids) || p->n_n_top != p->n_logprobs ||
+        p->n_top_ids != p->n_top_logprobs) {
+        return BAD("result: logprob arrays of inconsistent lengths");
+    }
+    r->n_logprobs = p->n_logprobs;
+    r->logprobs = p->logprobs;
+    r->n_top = p->n_top;
+    r->n_top_ids = p->n_top_ids;
+    r->top_ids = p->top_ids;
+    r->top_logprobs = p->top_logprobs;
     return XC_OK;
 }
 

@@ -93,6 +93,9 @@ typedef struct xc_wire_heartbeat {
     uint64_t time_ns; /* sender's monotonic clock */
     uint32_t in_flight;
     const char *worker_id; /* may be NULL/empty: who is alive */
+    uint64_t busy_ns;      /* api helper: cumulative time processing messages */
+    uint64_t microbatches; /* api helper: cumulative messages processed */
+    uint64_t bytes_sent;   /* api helper: cumulative frame bytes sent downstream */
 } xc_wire_heartbeat;
 
 typedef struct xc_wire_drain {
@@ -148,7 +151,11 @@ typedef struct xc_wire_sampling {
                                     after every micro-batch */
     size_t n_penalty_ids;        /* <= XC_WIRE_MAX_POS */
     const uint32_t *penalty_ids; /* (n_penalty_ids) ids observed before the first sample */
+    bool logprobs;               /* api helper: return the token's logprob ... */
+    uint32_t top_logprobs;       /* ... and this many alternatives (<= XC_WIRE_MAX_TOP_LOGPROBS) */
 } xc_wire_sampling;
+
+#define XC_WIRE_MAX_TOP_LOGPROBS 20
 
 typedef struct xc_wire_seq {
     uint64_t id;        /* unique within the micro-batch */
@@ -189,6 +196,14 @@ typedef struct xc_wire_result {
     size_t n;                /* <= XC_WIRE_MAX_SEQS */
     const uint64_t *seq_ids; /* (n) */
     const uint32_t *tokens;  /* (n), each <= INT32_MAX */
+    /* api helper: logprobs, present when n_logprobs == n (else 0): per sequence the token's
+     * logprob and n_top[i] (<= XC_WIRE_MAX_TOP_LOGPROBS) alternatives, concatenated */
+    size_t n_logprobs;
+    const float *logprobs;     /* (n_logprobs) */
+    const uint32_t *n_top;     /* (n_logprobs) */
+    size_t n_top_ids;          /* sum of n_top */
+    const uint32_t *top_ids;   /* (n_top_ids) */
+    const float *top_logprobs; /* (n_top_ids) */
 } xc_wire_result;
 
 /* ---- any message ---- */

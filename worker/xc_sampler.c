@@ -245,3 +245,40 @@ xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out) {
     *out = tok;
     return xc_sampler_observe(s, &tok, 1);
 }
+
+/* ---- logprobs (api helper) ---- */
+
+xc_status xc_sampler_logprobs(const float *logits, int n_vocab, int32_t token, int k, float *lp,
+                              int32_t *top_ids, float *top_lps) {
+    if (token < 0 || token >= n_vocab || k < 0 || k > 20) {
+        return xc_errf(XC_ERR_ARG, "logprobs: token %d of %d, k %d (0..20)", token, n_vocab, k);
+    }
+    float mx = logits[0];
+    for (int i = 1; i < n_vocab; i++) {
+        mx = logits[i] > mx ? logits[i] : mx;
+    }
+    double sum = 0.0;
+    for (int i = 0; i < n_vocab; i++) {
+        sum += exp((double)logits[i] - mx);
+    }
+    double lse = mx + log(sum);
+    *lp = (float)((double)logits[token] - lse);
+    /* the k largest by insertion into a sorted list (k is small) */
+    int n = 0;
+    for (int i = 0; i < n_vocab && k > 0; i++) {
+        float v = logits[i];
+        if (n == k && !(v > logits[top_ids[k - 1]])) {
+            continue;
+        }
+        int pos = n < k ? n++ : k - 1;
+        while (pos > 0 && v > logits[top_ids[pos - 1]]) {
+            top_ids[pos] = top_ids[pos - 1];
+            pos--;
+        }
+        top_ids[pos] = i;
+    }
+    for (int i = 0; i < n; i++) {
+        top_lps[i] = (float)((double)logits[top_ids[i]] - lse);
+    }
+    return XC_OK;
+}

@@ -36,3 +36,11 @@ xc_status xc_sampler_observe(xc_sampler *s, const int32_t *ids, int n);
 
 /* Picks the next token from logits (n_vocab, host memory; modified in place). */
 xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out);
+
+/* api helper: OpenAI-style logprobs from the logits xc_sampler_sample left behind (it leaves them
+ * after the repetition penalty and, unless greedy, the temperature): lp = log-softmax over the
+ * whole vocabulary of those logits at token, and the k (<= 20) most likely ids with theirs, most
+ * likely first (ties: lower id first). Top-k/top-p truncation is not applied. XC_ERR_ARG for a
+ * token out of range or k outside [0, 20]. */
+xc_status xc_sampler_logprobs(const float *logits, int n_vocab, int32_t token, int k, float *lp,
+                              int32_t *top_ids, float *top_lps);

@@ -2,6 +2,7 @@
  * stage execution with KV block tables from the frames, sampling on the last stage, heartbeats. */
 #include "xc_worker.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,6 +26,8 @@ typedef struct seq_state {
     uint64_t id;
     xc_sampler *smp;
     uint32_t prompt_len;
+    bool logprobs; /* api helper: return logprobs ... */
+    uint32_t top;  /* ... and this many alternatives */
 } seq_state;
 
 struct xc_worker {
@@ -67,6 +70,7 @@ struct xc_worker {
 
     /* stats */
     atomic_uint_fast64_t busy_ns, n_mb, n_rows, n_bad;
+    atomic_uint_fast64_t bytes_out; /* api helper: frame bytes sent downstream */
     atomic_int stat_stage;
 };
 
@@ -139,7 +143,8 @@ static xc_status seq_add(xc_worker *w, uint64_t id, const xc_wire_sampling *ws) 
                       .top_p = ws->top_p,
                       .repetition_penalty = ws->repetition_penalty,
                       .seed = ws->seed};
-    seq_state s = {.id = id, .prompt_len = ws->prompt_len};
+    seq_state s = {
+        .id = id, .prompt_len = ws->prompt_len, .logprobs = ws->logprobs, .top = ws->top_logprobs};
     if (!w->sim) {
         XC_TRY(xc_sampler_create(w->vocab, &sp, &s.smp));
         for (size_t k = 0; k < ws->n_penalty_ids; k++) {
@@ -184,7 +189,10 @@ static void *hb_main(void *arg) {
                              .u.heartbeat = {.seq = ++seq,
                                              .time_ns = now,
                                              .in_flight = (uint32_t)atomic_load(&w->busy),
-                                             .worker_id = w->id}};
+                                             .worker_id = w->id,
+                                             .busy_ns = atomic_load(&w->busy_ns),
+                                             .microbatches = atomic_load(&w->n_mb),
+                                             .bytes_sent = atomic_load(&w->bytes_out)}};
         xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = c};
         (void)xc_transport_send_wire(tx, &m, NULL, 0, 100);
     }
@@ -466,6 +474,7 @@ static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg
                                        .cols = (uint32_t)vi->out_dim}};
     xc_frame fr = {.data = host, .len = (size_t)n * per * sizeof(float), .free_fn = free_buf};
     xc_wire_msg m = {.kind = XC_WIRE_KIND_FORWARD, .u.forward = out};
+    atomic_fetch_add(&w->bytes_out, fr.len); /* api helper */
     st = xc_transport_send_wire(w->coord, &m, &fr, 1, w->conf.send_timeout_ms);
     if (st != XC_OK) {
         xc_free(host);
@@ -516,23 +525,51 @@ static bool wants_token(const seq_state *s, const xc_wire_seq *q) {
     return s->prompt_len == 0 || q->first_pos + q->n_tokens >= s->prompt_len;
 }
 
+/* lp (api helper): per sequence of f, the token's logprob (NaN = none asked), n_top and up to 20
+ * alternatives at [i * 20]; NULL when no sequence asked. */
+typedef struct result_lp {
+    float *lp;
+    uint32_t *n_top;
+    int32_t *top_ids;
+    float *top_lps;
+} result_lp;
+
 static xc_status send_result(xc_worker *w, const xc_wire_forward *f, const int32_t *toks,
-                             const bool *want) {
+                             const bool *want, const result_lp *lp) {
     uint64_t *ids = xc_arena_alloc(w->arena, f->n_seqs * sizeof(uint64_t) + 8);
     uint32_t *tk = xc_arena_alloc(w->arena, f->n_seqs * sizeof(uint32_t) + 4);
-    if (!ids || !tk) {
+    float *lps = xc_arena_alloc(w->arena, f->n_seqs * sizeof(float) + 4);
+    uint32_t *nt = xc_arena_alloc(w->arena, f->n_seqs * sizeof(uint32_t) + 4);
+    uint32_t *tid = xc_arena_alloc(w->arena, f->n_seqs * 20 * sizeof(uint32_t) + 4);
+    float *tlp = xc_arena_alloc(w->arena, f->n_seqs * 20 * sizeof(float) + 4);
+    if (!ids || !tk || !lps || !nt || !tid || !tlp) {
         return XC_ERR_NOMEM;
     }
-    size_t n = 0;
+    size_t n = 0, n_top = 0;
     for (size_t i = 0; i < f->n_seqs; i++) {
         if (want[i]) {
             ids[n] = f->seqs[i].id;
+            lps[n] = lp && lp->lp[i] == lp->lp[i] ? lp->lp[i] : 0.0f;
+            nt[n] = lp && lp->lp[i] == lp->lp[i] ? lp->n_top[i] : 0;
+            for (uint32_t k = 0; k < nt[n]; k++) {
+                tid[n_top] = (uint32_t)lp->top_ids[i * 20 + k];
+                tlp[n_top++] = lp->top_lps[i * 20 + k];
+            }
             tk[n++] = (uint32_t)toks[i];
         }
     }
-    xc_wire_msg m = {
-        .kind = XC_WIRE_KIND_RESULT,
-        .u.result = {.microbatch_id = f->microbatch_id, .n = n, .seq_ids = ids, .tokens = tk}};
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_RESULT,
+                     .u.result = {.microbatch_id = f->microbatch_id,
+                                  .n = n,
+                                  .seq_ids = ids,
+                                  .tokens = tk,
+                                  .n_logprobs = lp ? n : 0,
+                                  .logprobs = lps,
+                                  .n_top = nt,
+                                  .n_top_ids = lp ? n_top : 0,
+                                  .top_ids = tid,
+                                  .top_logprobs = tlp}};
+    atomic_fetch_add(&w->bytes_out, n * (sizeof(uint64_t) + sizeof(uint32_t)));
     return xc_transport_send_wire(w->next, &m, NULL, 0, w->conf.send_timeout_ms);
 }
 
@@ -544,6 +581,7 @@ static xc_status send_on(xc_worker *w, const xc_wire_forward *f, float *host, ui
     xc_frame fr = {
         .data = host, .len = (size_t)f->payload.rows * cols * sizeof(float), .free_fn = free_buf};
     xc_wire_msg m = {.kind = XC_WIRE_KIND_FORWARD, .u.forward = out};
+    atomic_fetch_add(&w->bytes_out, fr.len); /* api helper */
     return xc_transport_send_wire(w->next, &m, &fr, 1, w->conf.send_timeout_ms);
 }
 
@@ -576,7 +614,7 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
                                     (int)rows, n_logit);
         xc_sim_wait_until(t0, us);
         if (last) {
-            return send_result(w, f, toks, want);
+            return send_result(w, f, toks, want, NULL);
         }
         float *host = xc_calloc(rows * (size_t)w->conf.sim_width + 1, sizeof(float));
         if (!host) {
@@ -651,6 +689,25 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
             return XC_ERR_NOMEM;
         }
         xc_status st = XC_OK;
+        result_lp lp = {0}; /* api helper: logprobs for the sequences that asked */
+        bool any_lp = false;
+        for (size_t i = 0; i < f->n_seqs; i++) {
+            seq_state *s = seq_find(w, f->seqs[i].id);
+            any_lp = any_lp || (s && s->logprobs);
+        }
+        if (any_lp) {
+            lp.lp = xc_arena_alloc(w->arena, f->n_seqs * sizeof(float) + 4);
+            lp.n_top = xc_arena_calloc(w->arena, f->n_seqs + 1, sizeof(uint32_t));
+            lp.top_ids = xc_arena_alloc(w->arena, f->n_seqs * 20 * sizeof(int32_t) + 4);
+            lp.top_lps = xc_arena_alloc(w->arena, f->n_seqs * 20 * sizeof(float) + 4);
+            if (!lp.lp || !lp.n_top || !lp.top_ids || !lp.top_lps) {
+                xc_free(host);
+                return XC_ERR_NOMEM;
+            }
+            for (size_t i = 0; i < f->n_seqs; i++) {
+                lp.lp[i] = NAN;
+            }
+        }
         for (size_t i = 0; i < f->n_seqs && st == XC_OK; i++) {
             seq_state *s = seq_find(w, f->seqs[i].id);
             if (!s || !wants_token(s, &f->seqs[i])) {
@@ -662,11 +719,16 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
             if (st == XC_OK) {
                 st = xc_sampler_sample(s->smp, host, &toks[i]);
             }
+            if (st == XC_OK && s->logprobs) {
+                lp.n_top[i] = s->top;
+                st = xc_sampler_logprobs(host, w->vocab, toks[i], (int)s->top, &lp.lp[i],
+                                         lp.top_ids + i * 20, lp.top_lps + i * 20);
+            }
             want[i] = true;
         }
         xc_free(host);
         XC_TRY(st);
-        return send_result(w, f, toks, want);
+        return send_result(w, f, toks, want, any_lp ? &lp : NULL);
     }
     float *host = xc_malloc(rows * H * sizeof(float) + 4);
     if (!host) {
