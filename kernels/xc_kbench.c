@@ -141,6 +141,10 @@ xc_status xc_kbench_read_bw(xc_backend *be, size_t bytes, int passes, double *gb
     return st;
 }
 
+int xc_kbench_threads(const xc_backend *be) {
+    return xc_cpu_n_threads(be);
+}
+
 /* ---- matmul ---- */
 
 struct xc_kbench_mm {
