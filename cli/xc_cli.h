@@ -16,6 +16,10 @@ int xc_cmd_bench_pipeline(int argc, char **argv); /* bench pipeline (sim backend
 int xc_cmd_generate(int argc, char **argv);     /* single-process generation */
 int xc_cmd_bench_model(int argc, char **argv);  /* bench model */
 int xc_cmd_bench_vision(int argc, char **argv); /* bench vision */
+/* bench model|vision --backend cuda (xc_cmd_bench_cuda.c); the --backend value of argv or NULL */
+int xc_cmd_bench_model_cuda(int argc, char **argv);
+int xc_cmd_bench_vision_cuda(int argc, char **argv);
+const char *xc_cli_backend_arg(int argc, char **argv);
 int xc_cmd_bench_transport(int argc, char **argv); /* bench transport */
 
 /* Prints "xcpipe <cmd>: <what>: <xc_err_last()>" to stderr for a failed status. */

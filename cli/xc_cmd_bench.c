@@ -12,12 +12,16 @@ typedef struct bench_cmd {
 
 static const bench_cmd benches[] = {
     {"kernels", xc_cmd_bench_kernels, "CPU kernels at the InternLM2-7B layer shapes"},
+#ifndef XC_CLI_SUBSET /* XC_CLUSTER=OFF builds */
     {"tokenize", xc_cmd_bench_tokenize, "tokenizer MB/s next to spm_encode"},
+#endif
     {"model", xc_cmd_bench_model, "prefill and decode tokens/s (llama-bench terms), roofline"},
     {"vision", xc_cmd_bench_vision, "CLIP ViT-L/14 + projector, ms per image"},
     {"preprocess", xc_cmd_bench_preprocess, "image decode+resize+normalize vs PIL"},
+#ifndef XC_CLI_SUBSET
     {"pipeline", xc_cmd_bench_pipeline, "pipeline efficiency, bubbles at P = 2, 4, 8 (sim)"},
     {"transport", xc_cmd_bench_transport, "forward-frame GB/s per transport vs raw zmq/MPI"},
+#endif
 };
 
 int xc_cmd_bench(int argc, char **argv) {

@@ -136,6 +136,10 @@ static xc_status run_gen(xc_engine *e, int32_t *ids, int n_prompt, int n_new, tg
 }
 
 int xc_cmd_bench_model(int argc, char **argv) {
+    const char *backend = xc_cli_backend_arg(argc, argv); /* cuda: xc_cmd_bench_cuda.c */
+    if (backend && strcmp(backend, "cpu") != 0) {
+        return xc_cmd_bench_model_cuda(argc, argv);
+    }
     bm_conf c;
     xc_status st = xc_conf_parse(&bm_spec, &c, argc, argv, NULL);
     if (st == XC_AGAIN) {
@@ -298,6 +302,10 @@ static const xc_conf_spec bv_spec = {
     sizeof bv_entries / sizeof bv_entries[0]};
 
 int xc_cmd_bench_vision(int argc, char **argv) {
+    const char *backend = xc_cli_backend_arg(argc, argv); /* cuda: xc_cmd_bench_cuda.c */
+    if (backend && strcmp(backend, "cpu") != 0) {
+        return xc_cmd_bench_vision_cuda(argc, argv);
+    }
     bv_conf c;
     xc_status st = xc_conf_parse(&bv_spec, &c, argc, argv, NULL);
     if (st == XC_AGAIN) {

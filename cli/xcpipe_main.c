@@ -15,12 +15,16 @@ typedef struct cli_cmd {
 static const cli_cmd cmds[] = {
     {"model", xc_cmd_model, "make-tiny | inspect: write a tiny checkpoint, list a checkpoint"},
     {"bench", xc_cmd_bench, "kernels | ...: print performance figures"},
+#ifndef XC_CLI_SUBSET /* XC_CLUSTER=OFF builds leave out what needs the cluster libraries */
     {"tokenize", xc_cmd_tokenize, "text <-> token ids with a tokenizer.model, line by line"},
+#endif
     {"preprocess", xc_cmd_preprocess, "decode, resize, normalize one image (vision input)"},
+#ifndef XC_CLI_SUBSET
     {"generate", xc_cmd_generate, "run the model in this process on a prompt"},
     {"serve", xc_cmd_serve, "run a cluster: coordinator + vision + decoder workers (local/MPI)"},
     {"worker", xc_cmd_worker, "a cluster worker process (as xcpipe-worker)"},
     {"coordinator", xc_cmd_coordinator, "the cluster coordinator (as xcpipe-coordinator)"},
+#endif
 };
 
 void xc_cli_report(const char *cmd, const char *what, int status) {

@@ -1,0 +1,470 @@
+/* The CUDA backend against the CPU backend and the naive references (label cuda; exits 77, which
+ * ctest reports as skipped, when no CUDA device can be opened). test_backend also runs every op on
+ * "cuda" with the f32 tolerances and bit-exact batch invariance; this file adds what is particular
+ * to the CUDA backend:
+ *  - matmul and PLoRA, whose 16-bit paths round x to the weight type for the tensor cores:
+ *    |got - ref| <= tol * sum_k |x w| + 1e-6, tol = 1e-5 (f32 weights: f32 GEMM), 2e-3 (f16:
+ *    x rounded to 11 bits, 2^-11 relative), 8e-3 (bf16: 8 bits, 2^-8 relative with margin);
+ *  - attention through the split-over-keys decode path (long contexts, few queries) against the
+ *    reference (atol 2e-6, rtol 1e-4) and bit-identical to the same query computed by the
+ *    one-block-per-query path inside a large batch;
+ *  - kv_store with a slot named twice (the later row wins) and argmax ties (first index);
+ *  - the whole tiny conformance models (7b and vl, f32 weights) on "cuda": the same greedy tokens
+ *    as the CPU backend and as the original PyTorch code (expected.safetensors), with one stage
+ *    and with two in-process stages. */
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xc_backend.h"
+#include "xc_ckpt.h"
+#include "xc_dtype.h"
+#include "xc_engine.h"
+#include "xc_mem.h"
+#include "xc_ref.h"
+#include "xc_test.h"
+
+static xc_backend *open_cuda(void) {
+    xc_backend *be = NULL;
+    xc_backend_conf c = {0};
+    assert_int_equal(xc_backend_create("cuda", &c, &be), XC_OK);
+    return be;
+}
+
+static uint64_t rng = 88172645463325252ull;
+
+static float rnd(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((double)(rng >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
+}
+
+static void *rnd_weights(xc_dtype t, size_t n, float amp) {
+    void *p = malloc((n ? n : 1) * xc_dtype_size(t));
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) {
+        float v = amp * rnd();
+        if (t == XC_DTYPE_F32) {
+            ((float *)p)[i] = v;
+        } else if (t == XC_DTYPE_F16) {
+            ((uint16_t *)p)[i] = xc_f32_to_f16(v);
+        } else {
+            ((uint16_t *)p)[i] = xc_f32_to_bf16(v);
+        }
+    }
+    return p;
+}
+
+static float *rnd_floats(size_t n, float amp) {
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = amp * rnd();
+    }
+    return p;
+}
+
+static float wval(const void *w, xc_dtype t, size_t i) {
+    if (t == XC_DTYPE_F32) {
+        return ((const float *)w)[i];
+    }
+    uint16_t h = ((const uint16_t *)w)[i];
+    return t == XC_DTYPE_F16 ? xc_f16_to_f32(h) : xc_bf16_to_f32(h);
+}
+
+static void *put(xc_backend *be, xc_buf *b, const void *host, size_t bytes) {
+    assert_int_equal(xc_backend_buf_alloc(be, bytes ? bytes : 4, b), XC_OK);
+    if (bytes) {
+        assert_int_equal(xc_backend_copy_in(be, b->data, host, bytes), XC_OK);
+    }
+    return b->data;
+}
+
+static void get(xc_backend *be, void *host, const void *dev, size_t bytes) {
+    assert_int_equal(xc_backend_sync(be), XC_OK);
+    assert_int_equal(xc_backend_copy_out(be, host, dev, bytes), XC_OK);
+}
+
+static double gemm_tol(xc_dtype t) {
+    return t == XC_DTYPE_F32 ? 1e-5 : t == XC_DTYPE_F16 ? 2e-3 : 8e-3;
+}
+
+/* ---- matmul ---- */
+
+static void matmul_case(xc_backend *be, xc_dtype t, int m, int n, int k, int ldx, int ldy,
+                        bool bias, bool acc, float alpha) {
+    int lx = ldx ? ldx : k, ly = ldy ? ldy : n;
+    float *x = rnd_floats((size_t)m * lx, 1.0f);
+    void *w = rnd_weights(t, (size_t)n * k, 0.5f);
+    void *b = bias ? rnd_weights(t, (size_t)n, 1.0f) : NULL;
+    float *y0 = rnd_floats((size_t)m * ly, 1.0f);
+    xc_buf bx, bw, bb = {0}, by;
+    xc_matmul_args a = {.x = put(be, &bx, x, (size_t)m * lx * 4),
+                        .w = put(be, &bw, w, (size_t)n * k * xc_dtype_size(t)),
+                        .w_dtype = t,
+                        .bias = bias ? put(be, &bb, b, (size_t)n * xc_dtype_size(t)) : NULL,
+                        .bias_dtype = t,
+                        .y = put(be, &by, y0, (size_t)m * ly * 4),
+                        .m = m,
+                        .n = n,
+                        .k = k,
+                        .ldx = ldx,
+                        .ldy = ldy,
+                        .alpha = alpha,
+                        .accumulate = acc};
+    assert_int_equal(xc_backend_matmul(be, &a), XC_OK);
+    float *got = malloc((size_t)m * ly * 4);
+    get(be, got, a.y, (size_t)m * ly * 4);
+    double al = alpha != 0.0f ? alpha : 1.0;
+    for (int r = 0; r < m; r++) {
+        for (int j = 0; j < ly; j++) {
+            size_t o = (size_t)r * ly + j;
+            if (j >= n) {
+                if (memcmp(&got[o], &y0[o], 4) != 0) {
+                    fail_msg("matmul %s: wrote into the padding of row %d", xc_dtype_name(t), r);
+                }
+                continue;
+            }
+            double s = 0, mag = 0;
+            for (int i = 0; i < k; i++) {
+                double p = (double)x[(size_t)r * lx + i] * wval(w, t, (size_t)j * k + i);
+                s += p;
+                mag += fabs(p);
+            }
+            double want = al * s + (bias ? wval(b, t, (size_t)j) : 0.0) + (acc ? y0[o] : 0.0);
+            double lim = gemm_tol(t) * fabs(al) * mag + 1e-6 + 1e-6 * fabs(want);
+            if (!(fabs(got[o] - want) <= lim)) {
+                fail_msg("matmul %s m=%d n=%d k=%d: y[%d][%d] = %.7g, want %.7g (> %.3g)",
+                         xc_dtype_name(t), m, n, k, r, j, got[o], want, lim);
+            }
+        }
+    }
+    xc_backend_buf_free(be, &bx);
+    xc_backend_buf_free(be, &bw);
+    xc_backend_buf_free(be, &bb);
+    xc_backend_buf_free(be, &by);
+    free(x);
+    free(w);
+    free(b);
+    free(y0);
+    free(got);
+}
+
+static void test_cuda_matmul_matches_ref(void **state) {
+    (void)state;
+    xc_backend *be = open_cuda();
+    static const xc_dtype ts[3] = {XC_DTYPE_F32, XC_DTYPE_F16, XC_DTYPE_BF16};
+    for (int ti = 0; ti < 3; ti++) {
+        matmul_case(be, ts[ti], 1, 1, 1, 0, 0, false, false, 0);
+        matmul_case(be, ts[ti], 1, 300, 257, 0, 0, true, false, 0);
+        matmul_case(be, ts[ti], 3, 65, 130, 140, 70, false, true, 0.5f);
+        matmul_case(be, ts[ti], 64, 128, 512, 0, 0, true, true, 0);
+        matmul_case(be, ts[ti], 130, 97, 33, 40, 0, true, false, 2.0f);
+    }
+    /* argument errors come back as statuses, not device faults */
+    xc_matmul_args bad = {.m = 0, .n = 1, .k = 1};
+    assert_int_equal(xc_backend_matmul(be, &bad), XC_ERR_ARG);
+    xc_backend_destroy(be);
+}
+
+/* ---- PLoRA ---- */
+
+static void test_cuda_plora_matches_ref(void **state) {
+    (void)state;
+    xc_backend *be = open_cuda();
+    static const xc_dtype ts[3] = {XC_DTYPE_F32, XC_DTYPE_F16, XC_DTYPE_BF16};
+    int m = 40, n = 96, k = 80, rank = 8;
+    for (int ti = 0; ti < 3; ti++) {
+        xc_dtype t = ts[ti];
+        float *x = rnd_floats((size_t)m * k, 1.0f), *y0 = rnd_floats((size_t)m * n, 1.0f);
+        void *wa = rnd_weights(t, (size_t)rank * k, 0.5f),
+             *wb = rnd_weights(t, (size_t)n * rank, 0.5f);
+        xc_row_range ranges[2] = {{3, 10}, {20, 37}};
+        float *want = malloc((size_t)m * n * 4);
+        memcpy(want, y0, (size_t)m * n * 4);
+        xc_plora_args ra = {.x = x,
+                            .a = wa,
+                            .b = wb,
+                            .ab_dtype = t,
+                            .y = want,
+                            .m = m,
+                            .n = n,
+                            .k = k,
+                            .rank = rank,
+                            .scale = 0.75f,
+                            .ranges = ranges,
+                            .n_ranges = 2};
+        assert_int_equal(xc_ref_plora(&ra), XC_OK);
+        xc_buf bx, ba, bb, by;
+        xc_plora_args a = ra;
+        a.x = put(be, &bx, x, (size_t)m * k * 4);
+        a.a = put(be, &ba, wa, (size_t)rank * k * xc_dtype_size(t));
+        a.b = put(be, &bb, wb, (size_t)n * rank * xc_dtype_size(t));
+        a.y = put(be, &by, y0, (size_t)m * n * 4);
+        assert_int_equal(xc_backend_plora(be, &a), XC_OK);
+        float *got = malloc((size_t)m * n * 4);
+        get(be, got, a.y, (size_t)m * n * 4);
+        for (int r = 0; r < m; r++) {
+            bool in = (r >= 3 && r < 10) || (r >= 20 && r < 37);
+            for (int j = 0; j < n; j++) {
+                size_t o = (size_t)r * n + j;
+                if (!in) { /* rows outside the ranges are untouched */
+                    if (memcmp(&got[o], &y0[o], 4) != 0) {
+                        fail_msg("plora %s: row %d outside the ranges changed", xc_dtype_name(t),
+                                 r);
+                    }
+                    continue;
+                }
+                /* two GEMMs: the low-rank product bounded by sum |b| * max|t| */
+                double lim = gemm_tol(t) * 0.75 * rank * 0.5 * (k * 0.5) * 2 + 1e-5;
+                if (!(fabs(got[o] - want[o]) <= lim)) {
+                    fail_msg("plora %s: y[%d][%d] = %.7g, want %.7g (> %.3g)", xc_dtype_name(t), r,
+                             j, got[o], want[o], lim);
+                }
+            }
+        }
+        xc_backend_buf_free(be, &bx);
+        xc_backend_buf_free(be, &ba);
+        xc_backend_buf_free(be, &bb);
+        xc_backend_buf_free(be, &by);
+        free(x);
+        free(y0);
+        free(wa);
+        free(wb);
+        free(want);
+        free(got);
+    }
+    xc_backend_destroy(be);
+}
+
+/* ---- attention: split decode vs one block per query ---- */
+
+/* Runs attention on the device for host q/k/v and returns host out (rows, qw). */
+static float *attn_dev(xc_backend *be, const xc_attention_args *h, size_t q_rows, size_t kv_rows) {
+    size_t qw = (size_t)h->n_heads * h->head_dim, kw = (size_t)h->n_kv_heads * h->head_dim;
+    xc_buf bq, bo, bk, bv;
+    xc_attention_args a = *h;
+    a.q = put(be, &bq, h->q, q_rows * qw * 4);
+    float *zero = calloc(q_rows * qw, 4);
+    a.out = put(be, &bo, zero, q_rows * qw * 4);
+    a.k = put(be, &bk, h->k, kv_rows * kw * 4);
+    a.v = put(be, &bv, h->v, kv_rows * kw * 4);
+    assert_int_equal(xc_backend_attention(be, &a), XC_OK);
+    float *out = malloc(q_rows * qw * 4);
+    get(be, out, a.out, q_rows * qw * 4);
+    xc_backend_buf_free(be, &bq);
+    xc_backend_buf_free(be, &bo);
+    xc_backend_buf_free(be, &bk);
+    xc_backend_buf_free(be, &bv);
+    free(zero);
+    return out;
+}
+
+static void test_cuda_attention_split_matches(void **state) {
+    (void)state;
+    xc_backend *be = open_cuda();
+    const int H = 8, KV = 2, hd = 128, bs = 16, kv_len = 1500, big = 300;
+    size_t qw = (size_t)H * hd, kw = (size_t)KV * hd;
+    int nb1 = (kv_len + bs - 1) / bs, nb2 = (big + bs - 1) / bs;
+    size_t kv_rows = (size_t)(nb1 + nb2 + 1) * bs;
+    float *k = rnd_floats(kv_rows * kw, 1.0f), *v = rnd_floats(kv_rows * kw, 1.0f);
+    float *q = rnd_floats((size_t)(1 + big) * qw, 1.5f);
+    int32_t t1[128], t2[32];
+    for (int b = 0; b < nb1; b++) {
+        t1[b] = nb1 - b; /* reversed order, block 0 unused */
+    }
+    for (int b = 0; b < nb2; b++) {
+        t2[b] = nb1 + 1 + b;
+    }
+    /* alone: one decode query over 1500 keys -> the split path */
+    xc_attn_seq s1 = {.q_start = 0, .n_q = 1, .kv_len = kv_len, .block_table = t1};
+    xc_attention_args a = {.q = q,
+                           .k = k,
+                           .v = v,
+                           .n_heads = H,
+                           .n_kv_heads = KV,
+                           .head_dim = hd,
+                           .block_size = bs,
+                           .causal = true,
+                           .seqs = &s1,
+                           .n_seqs = 1};
+    float *alone = attn_dev(be, &a, 1, kv_rows);
+    float *ref = calloc(qw, 4);
+    xc_attention_args ra = a;
+    ra.out = ref;
+    assert_int_equal(xc_ref_attention(&ra), XC_OK);
+    for (size_t i = 0; i < qw; i++) {
+        if (!(fabs(alone[i] - ref[i]) <= 2e-6 + 1e-4 * fabs(ref[i]))) {
+            fail_msg("split attention: out[%zu] = %.7g, reference %.7g", i, alone[i], ref[i]);
+        }
+    }
+    /* batched with a 300-row prefill: enough blocks for the one-block-per-query path */
+    xc_attn_seq s2[2] = {s1, {.q_start = 1, .n_q = big, .kv_len = big, .block_table = t2}};
+    a.seqs = s2;
+    a.n_seqs = 2;
+    float *batched = attn_dev(be, &a, (size_t)1 + big, kv_rows);
+    if (memcmp(alone, batched, qw * 4) != 0) {
+        for (size_t i = 0; i < qw; i++) {
+            if (memcmp(&alone[i], &batched[i], 4) != 0) {
+                fail_msg("split vs batched attention differ at %zu: %.9g vs %.9g", i, alone[i],
+                         batched[i]);
+            }
+        }
+    }
+    free(k);
+    free(v);
+    free(q);
+    free(alone);
+    free(batched);
+    free(ref);
+    xc_backend_destroy(be);
+}
+
+/* ---- kv_store duplicates, argmax ties ---- */
+
+static void test_cuda_kv_store_dup_and_argmax_ties(void **state) {
+    (void)state;
+    xc_backend *be = open_cuda();
+    int m = 6, w = 5, n_slots = 4;
+    float *k = rnd_floats((size_t)m * w, 1.0f), *v = rnd_floats((size_t)m * w, 1.0f);
+    float *kc = rnd_floats((size_t)n_slots * w, 1.0f), *vc = rnd_floats((size_t)n_slots * w, 1.0f);
+    int32_t slots[6] = {2, 1, 2, 3, 1, 2};
+    float *kr = malloc((size_t)n_slots * w * 4), *vr = malloc((size_t)n_slots * w * 4);
+    memcpy(kr, kc, (size_t)n_slots * w * 4);
+    memcpy(vr, vc, (size_t)n_slots * w * 4);
+    xc_kv_store_args ra = {k, v, kr, vr, slots, m, w, 0, 0, n_slots};
+    assert_int_equal(xc_ref_kv_store(&ra), XC_OK);
+    xc_buf b[4];
+    xc_kv_store_args a = ra;
+    a.k = put(be, &b[0], k, (size_t)m * w * 4);
+    a.v = put(be, &b[1], v, (size_t)m * w * 4);
+    a.k_cache = put(be, &b[2], kc, (size_t)n_slots * w * 4);
+    a.v_cache = put(be, &b[3], vc, (size_t)n_slots * w * 4);
+    assert_int_equal(xc_backend_kv_store(be, &a), XC_OK);
+    float *got = malloc((size_t)n_slots * w * 4);
+    get(be, got, a.k_cache, (size_t)n_slots * w * 4);
+    assert_memory_equal(got, kr, (size_t)n_slots * w * 4);
+    get(be, got, a.v_cache, (size_t)n_slots * w * 4);
+    assert_memory_equal(got, vr, (size_t)n_slots * w * 4);
+    for (int i = 0; i < 4; i++) {
+        xc_backend_buf_free(be, &b[i]);
+    }
+    /* argmax: ties go to the first index, whatever thread saw them */
+    int n = 5000;
+    float *x = rnd_floats((size_t)2 * n, 1.0f);
+    x[4000] = 3.0f;
+    x[4001] = 3.0f;
+    x[777] = 3.0f;
+    x[n + 10] = 2.0f;
+    x[n + 4999] = 2.0f;
+    xc_buf bx;
+    int32_t am[2] = {-1, -1};
+    xc_softmax_args sa = {.x = put(be, &bx, x, (size_t)2 * n * 4),
+                          .m = 2,
+                          .n = n,
+                          .skip_softmax = true,
+                          .argmax = am};
+    assert_int_equal(xc_backend_softmax(be, &sa), XC_OK);
+    assert_int_equal(am[0], 777);
+    assert_int_equal(am[1], 10);
+    xc_backend_buf_free(be, &bx);
+    free(x);
+    free(k);
+    free(v);
+    free(kc);
+    free(vc);
+    free(kr);
+    free(vr);
+    free(got);
+    xc_backend_destroy(be);
+}
+
+/* ---- whole model: greedy tokens on the conformance fixtures ---- */
+
+#define REF XC_FIXTURE_DIR "/reference"
+
+static int greedy(const char *dir, const char *backend, int n_stages, const xc_prompt *p, int n_new,
+                  int32_t *out) {
+    xc_engine_conf c = {.model_dir = dir, .backend = backend, .n_threads = 2, .n_stages = n_stages};
+    xc_engine *e = NULL;
+    if (xc_engine_create(&c, &e) != XC_OK) {
+        fail_msg("engine %s on %s: %s", backend, dir, xc_err_last());
+    }
+    const int32_t stops[2] = {2, 3};
+    xc_gen_params g = {
+        .sampling = {.greedy = true, .temperature = 1, .top_p = 1, .repetition_penalty = 1},
+        .max_new_tokens = n_new,
+        .stop_ids = stops,
+        .n_stop_ids = 2};
+    int n_out = 0;
+    bool stopped = false;
+    assert_int_equal(xc_engine_generate(e, p, &g, NULL, NULL, out, &n_out, &stopped), XC_OK);
+    xc_engine_destroy(e);
+    return n_out;
+}
+
+static void model_tokens(const char *variant) {
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, REF "/%s", variant);
+    snprintf(path, sizeof path, "%s/expected.safetensors", dir);
+    xc_ckpt *exp = NULL;
+    assert_int_equal(xc_ckpt_open(path, &exp), XC_OK);
+    xc_tensor_view ids, want;
+    assert_int_equal(xc_ckpt_get(exp, "text_input_ids", &ids), XC_OK);
+    assert_int_equal(xc_ckpt_get(exp, "text_greedy_tokens", &want), XC_OK);
+    int n = (int)(ids.nbytes / 8), n_want = (int)(want.nbytes / 8);
+    int32_t *pid = xc_malloc((size_t)n * sizeof(int32_t));
+    for (int i = 0; i < n; i++) {
+        pid[i] = (int32_t)((const int64_t *)ids.data)[i];
+    }
+    xc_prompt p = {.ids = pid, .n = n};
+    int32_t cpu[64], cuda[64], cuda2[64];
+    assert_true(n_want <= 64);
+    int nc = greedy(dir, "cpu", 1, &p, n_want, cpu);
+    int ng = greedy(dir, "cuda", 1, &p, n_want, cuda);
+    int ng2 = greedy(dir, "cuda", 2, &p, n_want, cuda2);
+    assert_int_equal(nc, n_want);
+    assert_int_equal(ng, n_want);
+    assert_int_equal(ng2, n_want);
+    for (int i = 0; i < n_want; i++) {
+        int w = (int)((const int64_t *)want.data)[i];
+        if (cuda[i] != cpu[i] || cuda[i] != w || cuda2[i] != cuda[i]) {
+            fail_msg("%s greedy token %d: cuda %d, cuda 2 stages %d, cpu %d, original %d", variant,
+                     i, cuda[i], cuda2[i], cpu[i], w);
+        }
+    }
+    xc_free(pid);
+    xc_ckpt_close(exp);
+}
+
+static void test_cuda_model_tokens_7b(void **state) {
+    (void)state;
+    model_tokens("7b");
+}
+
+static void test_cuda_model_tokens_vl(void **state) {
+    (void)state;
+    model_tokens("vl");
+}
+
+int main(void) {
+    xc_backend *be = NULL;
+    xc_backend_conf c = {0};
+    if (xc_backend_create("cuda", &c, &be) != XC_OK) {
+        printf("skipping the cuda tests: %s\n", xc_err_last());
+        return 77; /* SKIP_RETURN_CODE */
+    }
+    xc_backend_destroy(be);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cuda_matmul_matches_ref),
+        cmocka_unit_test(test_cuda_plora_matches_ref),
+        cmocka_unit_test(test_cuda_attention_split_matches),
+        cmocka_unit_test(test_cuda_kv_store_dup_and_argmax_ties),
+        cmocka_unit_test(test_cuda_model_tokens_7b),
+        cmocka_unit_test(test_cuda_model_tokens_vl),
+    };
+    return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
+}
