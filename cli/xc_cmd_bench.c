@@ -21,6 +21,7 @@ static const bench_cmd benches[] = {
 #ifndef XC_CLI_SUBSET
     {"pipeline", xc_cmd_bench_pipeline, "pipeline efficiency, bubbles at P = 2, 4, 8 (sim)"},
     {"transport", xc_cmd_bench_transport, "forward-frame GB/s per transport vs raw zmq/MPI"},
+    {"serve", xc_cmd_bench_serve, "HTTP load test: N streaming clients, req/s, TTFT, ITL, RSS"},
 #endif
 };
 

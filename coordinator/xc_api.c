@@ -508,6 +508,7 @@ static const char *const known_keys[] = {
     "presence_penalty",
     "logit_bias",
     "response_format",
+    "ignore_eos",
 };
 
 static xc_status check_keys(const cJSON *o, xc_api_error *err) {
@@ -687,6 +688,12 @@ static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
         }
         r->top_logprobs = (int)iv;
     }
+    if ((v = get(o, "ignore_eos"))) {
+        if (!cJSON_IsBool(v)) {
+            return BAD("ignore_eos", "ignore_eos must be a boolean");
+        }
+        r->ignore_eos = cJSON_IsTrue(v);
+    }
     if ((v = get(o, "stream"))) {
         if (!cJSON_IsBool(v)) {
             return BAD("stream", "stream must be a boolean");
@@ -862,7 +869,7 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
                                                .seed = r->seed},
                                   .max_new_tokens = max_new,
                                   .stop_ids = out->stop_ids,
-                                  .n_stop_ids = (int)n_stop,
+                                  .n_stop_ids = r->ignore_eos ? 0 : (int)n_stop,
                                   .penalize_prompt = r->n_images == 0};
     return XC_OK;
 }

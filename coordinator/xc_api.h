@@ -79,6 +79,7 @@ typedef struct xc_api_request {
     bool logprobs;
     int top_logprobs;
     bool stream, include_usage;
+    bool ignore_eos; /* extension: generate past EOS/<|im_end|> (benchmarks) */
 } xc_api_request;
 
 /* Parses and checks a /v1/chat/completions body (len bytes, need not be NUL-terminated). On XC_OK

@@ -105,7 +105,8 @@ static void test_api_parse_every_parameter(void **state) {
         "\"repetition_penalty\":1.1,\"stop\":[\"a\",\"bc\"],\"seed\":-3,\"n\":3,"
         "\"logprobs\":true,\"top_logprobs\":5,\"stream\":true,"
         "\"stream_options\":{\"include_usage\":true},\"user\":\"u\",\"frequency_penalty\":0,"
-        "\"presence_penalty\":0,\"logit_bias\":{},\"response_format\":{\"type\":\"text\"}}";
+        "\"presence_penalty\":0,\"logit_bias\":{},\"response_format\":{\"type\":\"text\"},"
+        "\"ignore_eos\":true}";
     assert_int_equal(parse(&c, body, &r, &e), XC_OK);
     assert_string_equal(r.system, "be brief\nand kind");
     assert_int_equal(r.n_history, 1);
@@ -123,7 +124,7 @@ static void test_api_parse_every_parameter(void **state) {
     assert_int_equal(r.n, 3);
     assert_true(r.logprobs);
     assert_int_equal(r.top_logprobs, 5);
-    assert_true(r.stream && r.include_usage);
+    assert_true(r.stream && r.include_usage && r.ignore_eos);
     xc_api_request_fini(&r);
     /* temperature 0 is greedy; a single stop string; max_tokens; null means absent */
     assert_int_equal(parse(&c,
@@ -227,6 +228,7 @@ static void test_api_parse_errors(void **state) {
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"logprobs\":true,\"top_logprobs\":21}", 400,
                  "top_logprobs");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"stream\":\"yes\"}", 400, "stream");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"ignore_eos\":1}", 400, "ignore_eos");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"stream_options\":{\"include_usage\":true}}", 400,
                  "stream_options");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"stream\":true,\"stream_options\":{\"x\":true}}",
