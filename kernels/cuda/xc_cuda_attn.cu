@@ -255,8 +255,9 @@ extern "C" size_t xc_cuda_attn_smem(int head_dim) {
            sizeof(float);
 }
 
-extern "C" cudaError_t xc_cuda_attn_setup(void) {
-    int bytes = (int)xc_cuda_attn_smem(512);
+extern "C" cudaError_t xc_cuda_attn_setup(size_t max_bytes) {
+    size_t want = xc_cuda_attn_smem(512);
+    int bytes = (int)(want < max_bytes ? want : max_bytes);
     cudaFuncSetAttribute(xc_cuda_attn_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          bytes);
     cudaFuncSetAttribute(xc_cuda_attn_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -58,6 +58,7 @@ static xc_status xc_cublas_fail(cublasStatus_t e, const char *call, const char *
 typedef struct xc_cuda_ctx {
     int device;
     int n_sm;
+    size_t smem_optin; /* most shared memory one block may use */
     char name[256];
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -74,6 +75,10 @@ typedef struct xc_cuda_ctx {
      * pinned memory and copied on the stream ahead of the kernel that reads them */
     char *ring_host, *ring_dev;
     size_t ring_size, ring_off;
+    /* rings outgrown in the middle of an op: earlier puts of that op still point into them, so
+     * they are freed only at close */
+    void *retired[2 * 40];
+    int n_retired;
     /* weight upload: two pinned staging buffers used in turn */
     void *stage[2];
     cudaEvent_t stage_ev[2];
@@ -115,8 +120,11 @@ static xc_status xc_cuda_put(xc_cuda_ctx *c, const void *host, size_t n, void **
         c->ring_off = 0;
         if (need > c->ring_size) {
             size_t size = need * 2;
-            cudaFreeHost(c->ring_host);
-            cudaFree(c->ring_dev);
+            if (c->n_retired + 2 > (int)(sizeof c->retired / sizeof c->retired[0])) {
+                return xc_errf(XC_ERR_NOMEM, "cuda: parameter ring grew too often");
+            }
+            c->retired[c->n_retired++] = c->ring_host;
+            c->retired[c->n_retired++] = c->ring_dev;
             c->ring_host = NULL;
             c->ring_dev = NULL;
             c->ring_size = 0;
@@ -153,6 +161,10 @@ static void xc_cuda_close(xc_backend *be) {
     cudaFree(c->argmax);
     cudaFree(c->ring_dev);
     cudaFreeHost(c->ring_host);
+    for (int i = 0; i + 1 < c->n_retired; i += 2) { /* (host, device) pairs */
+        cudaFreeHost(c->retired[i]);
+        cudaFree(c->retired[i + 1]);
+    }
     for (int i = 0; i < 2; i++) {
         cudaFreeHost(c->stage[i]);
         if (c->stage_ev[i]) {
@@ -181,7 +193,8 @@ static xc_status xc_cuda_open_ctx(xc_cuda_ctx *c) {
     for (int i = 0; i < 2; i++) {
         XC_CUDA_CHECK(cudaEventCreateWithFlags(&c->stage_ev[i], cudaEventDisableTiming));
     }
-    XC_CUDA_CHECK(xc_cuda_attn_setup());
+    c->smem_optin = prop.sharedMemPerBlockOptin;
+    XC_CUDA_CHECK(xc_cuda_attn_setup(c->smem_optin));
     return XC_OK;
 }
 
@@ -662,6 +675,12 @@ static xc_status xc_cuda_attn_build(const xc_attention_args *a, int n_sm, xc_cud
 static xc_status xc_cuda_attention(xc_backend *be, const xc_attention_args *a) {
     xc_cuda_ctx *c = xc_cuda_get(be);
     XC_TRY(xc_opcheck_attention(a));
+    if (xc_cuda_attn_smem(a->head_dim) > c->smem_optin) {
+        return xc_errf(XC_ERR_UNSUPPORTED,
+                       "attention: head_dim %d needs %zu bytes of shared memory, this device "
+                       "allows %zu",
+                       a->head_dim, xc_cuda_attn_smem(a->head_dim), c->smem_optin);
+    }
     xc_cuda_attn_plan pl;
     XC_TRY(xc_cuda_attn_build(a, c->n_sm, &pl));
     xc_cuda_attn_params p = {

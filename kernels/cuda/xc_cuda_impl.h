@@ -112,8 +112,9 @@ typedef struct xc_cuda_attn_params {
  * limit once at open). */
 size_t xc_cuda_attn_smem(int head_dim);
 
-/* Raises the attention kernels' dynamic shared memory limit to cover head_dim 512. */
-cudaError_t xc_cuda_attn_setup(void);
+/* Raises the attention kernels' dynamic shared memory limit to cover head_dim 512, or to
+ * max_bytes (the device's opt-in limit) if that is less. */
+cudaError_t xc_cuda_attn_setup(size_t max_bytes);
 
 /* Runs n_work blocks (times n_kv_heads). With split, blocks write partial records; then
  * xc_cuda_attn_combine_launch folds them for the n_rows (seq, query) pairs in rows (device,
