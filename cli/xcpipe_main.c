@@ -24,6 +24,7 @@ static const cli_cmd cmds[] = {
     {"serve", xc_cmd_serve, "run a cluster: coordinator + vision + decoder workers (local/MPI)"},
     {"worker", xc_cmd_worker, "a cluster worker process (as xcpipe-worker)"},
     {"coordinator", xc_cmd_coordinator, "the cluster coordinator (as xcpipe-coordinator)"},
+    {"batch", xc_cmd_batch, "run an OpenAI Batch JSONL file against the API (resumable)"},
 #endif
 };
 

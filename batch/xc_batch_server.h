@@ -1,0 +1,41 @@
+/* The local cluster a batch run starts for itself (--model DIR --stages N): `xcpipe serve` as a
+ * child process on a free loopback port with a random API key, ready when /ready answers 200,
+ * stopped with SIGTERM (and SIGKILL after a grace period). The child gets SIGTERM if the batch
+ * process dies, and runs in its own process group so a terminal's ^C reaches only the batch. */
+#pragma once
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "xc_status.h"
+
+typedef struct xc_batch_server xc_batch_server;
+
+typedef struct xc_batch_server_conf {
+    const char *exe;          /* the xcpipe binary (its `serve` subcommand runs) */
+    const char *model;        /* model directory */
+    int stages;               /* decoder stages */
+    const char *const *extra; /* (n_extra) more `xcpipe serve` arguments */
+    int n_extra;
+    const char *log_path;         /* the server's stdout and stderr (appended); NULL = /dev/null */
+    double ready_timeout_s;       /* start-up at most */
+    volatile sig_atomic_t *abort; /* optional: non-zero stops the wait for readiness */
+} xc_batch_server_conf;
+
+/* Starts the server and waits until it is ready. XC_ERR_ARG for a missing model directory,
+ * XC_ERR_IO when it cannot start or exits (the message quotes the end of its log),
+ * XC_ERR_TIMEOUT when it is not ready in time (it is stopped then). */
+xc_status xc_batch_server_start(const xc_batch_server_conf *c, xc_batch_server **out);
+
+/* "http://127.0.0.1:PORT" and the API key it accepts (views valid until stop). */
+const char *xc_batch_server_url(const xc_batch_server *s);
+const char *xc_batch_server_key(const xc_batch_server *s);
+
+/* False once the server process has exited (s is an xc_batch_server *; fits
+ * xc_batch_conf.alive). */
+bool xc_batch_server_alive(void *s);
+
+/* SIGTERM (the server drains and stops its workers), SIGKILL after grace_s, then frees. Returns
+ * XC_ERR_IO when the server exited with a failure or had to be killed. NULL is XC_OK. */
+xc_status xc_batch_server_stop(xc_batch_server *s, double grace_s);
