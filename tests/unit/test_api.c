@@ -9,12 +9,15 @@
 #include <string.h>
 
 #include "xc_api.h"
+#include "xc_arena.h"
 #include "xc_chat.h"
 #include "xc_image.h"
 #include "xc_mem.h"
 #include "xc_mmap.h"
+#include "xc_sampler.h"
 #include "xc_test.h"
 #include "xc_tokenizer.h"
+#include "xc_wire.h"
 
 #define TOKFILE XC_FIXTURE_DIR "/tokenizer/tiny.model"
 #define IMGFILE XC_FIXTURE_DIR "/image/src/png_p4bit_80x60.png"
@@ -665,6 +668,87 @@ static void test_api_response_json(void **state) {
     xc_tokenizer_destroy(tok);
 }
 
+/* xc_sampler_logprobs against a naive float64 log-softmax and a full sort. */
+static void test_api_logprobs_match_naive(void **state) {
+    (void)state;
+
+    enum { V = 517 };
+
+    float z[V];
+    uint64_t rng = 99;
+    for (int trial = 0; trial < 20; trial++) {
+        for (int i = 0; i < V; i++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            z[i] = (float)((double)(rng >> 40) / (double)(1ull << 24) * 20.0 - 10.0);
+        }
+        z[trial * 7] = z[trial * 7 + 1]; /* a tie */
+        double sum = 0;
+        for (int i = 0; i < V; i++) {
+            sum += exp((double)z[i]);
+        }
+        int k = trial % 21;
+        int32_t tok = (int32_t)(trial * 25 % V), ids[20];
+        float lp, lps[20];
+        assert_int_equal(xc_sampler_logprobs(z, V, tok, k, &lp, ids, lps), XC_OK);
+        assert_true(fabs(lp - ((double)z[tok] - log(sum))) < 1e-5);
+        int order[V];
+        for (int i = 0; i < V; i++) {
+            order[i] = i;
+        }
+        for (int i = 0; i < k; i++) { /* selection sort: larger first, lower id on ties */
+            for (int j = i + 1; j < V; j++) {
+                if (z[order[j]] > z[order[i]] ||
+                    (z[order[j]] == z[order[i]] && order[j] < order[i])) {
+                    int t = order[i];
+                    order[i] = order[j];
+                    order[j] = t;
+                }
+            }
+            assert_int_equal(ids[i], order[i]);
+            assert_true(fabs(lps[i] - ((double)z[order[i]] - log(sum))) < 1e-5);
+        }
+    }
+    float lp;
+    int32_t ids[20];
+    float lps[20];
+    assert_int_equal(xc_sampler_logprobs(z, V, V, 0, &lp, ids, lps), XC_ERR_ARG);
+    assert_int_equal(xc_sampler_logprobs(z, V, 0, 21, &lp, ids, lps), XC_ERR_ARG);
+}
+
+/* The wire fields the API added (Result logprobs, Sampling.logprobs, Heartbeat counters) survive
+ * an encode/decode round trip; inconsistent lengths are refused. */
+static void test_api_wire_logprob_fields(void **state) {
+    (void)state;
+    uint64_t ids[2] = {7, 9};
+    uint32_t toks[2] = {11, 12}, n_top[2] = {2, 0}, top_ids[2] = {11, 5};
+    float lps[2] = {-0.25f, -3.5f}, top_lps[2] = {-0.25f, -1.5f};
+    xc_wire_result r = {.microbatch_id = 3,
+                        .n = 2,
+                        .seq_ids = ids,
+                        .tokens = toks,
+                        .n_logprobs = 2,
+                        .logprobs = lps,
+                        .n_top = n_top,
+                        .n_top_ids = 2,
+                        .top_ids = top_ids,
+                        .top_logprobs = top_lps};
+    void *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(xc_wire_encode_result(&r, &buf, &len), XC_OK);
+    xc_arena *a = NULL;
+    assert_int_equal(xc_arena_create(4096, &a), XC_OK);
+    xc_wire_result d;
+    assert_int_equal(xc_wire_decode_result(buf, len, a, &d), XC_OK);
+    assert_int_equal(d.n_logprobs, 2);
+    assert_true(d.logprobs[1] == -3.5f && d.n_top[0] == 2 && d.n_top[1] == 0);
+    assert_int_equal(d.n_top_ids, 2);
+    assert_true(d.top_ids[1] == 5 && d.top_logprobs[1] == -1.5f);
+    xc_free(buf);
+    r.n_top_ids = 1; /* counts disagree */
+    assert_int_not_equal(xc_wire_encode_result(&r, &buf, &len), XC_OK);
+    xc_arena_destroy(a);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_api_parse_defaults),
@@ -675,6 +759,8 @@ int main(void) {
         cmocka_unit_test(test_api_prepare_context),
         cmocka_unit_test(test_api_stop_strings_match_naive_cut),
         cmocka_unit_test(test_api_response_json),
+        cmocka_unit_test(test_api_logprobs_match_naive),
+        cmocka_unit_test(test_api_wire_logprob_fields),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }
