@@ -466,6 +466,41 @@ def run(a):
         log("image chat: 200, %d prompt tokens (image included), %d completion tokens" %
             (body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"]))
 
+        if a.curve:
+            # the cluster port admits only holders of the cluster key: a worker without CURVE
+            # and one with CURVE but its own keypair never get to register
+            coord_ep = coord.env["XC_COORD_ENDPOINT"]
+            other_pub, other_sec = curve_keypair()
+            intruders = {
+                "intruder-plain": {},
+                "intruder-key": {"XC_CURVE": "1", "XC_CURVE_SECRET_KEY": other_sec,
+                                 "XC_CURVE_SERVER_KEY": open(os.path.join(
+                                     coord.mounts["/etc/xcpipe/curve"], "curve-public-key")).read().strip()},
+            }
+            # control: the same process with the cluster's key files does register
+            intruders["member-extra"] = {k: v for k, v in coord.env.items() if k.startswith("XC_CURVE")}
+            ipods = []
+            for n, extra in intruders.items():
+                ip = Pod(n, "127.0.0.99", {}, "none", n, {})
+                ip.dir = os.path.join(tmp, "pods", n)
+                os.makedirs(ip.dir)
+                env = {"PATH": "/usr/bin:/bin"}
+                env.update(extra)
+                ip.proc, ip.log = cl.spawn(ip, [os.path.join(a.bin, "xcpipe-worker"), "--coordinator", coord_ep,
+                                                "--endpoint", "tcp://127.0.0.99:*", "--id", n,
+                                                "--backend", "cpu", "--threads", "1"], env, "main.log")
+                ipods.append(ip)
+            time.sleep(3)
+            with open(coord.log) as f:
+                clog = f.read()
+            for ip in ipods:
+                joined = ("worker %s registered" % ip.name) in clog
+                if joined != (ip.name == "member-extra"):
+                    raise Fail("%s: registered=%s through CURVE" % (ip.name, joined))
+                ip.proc.kill()
+                ip.proc.wait()
+            log("CURVE: workers without the cluster key were not let in (3 s); one with it was")
+
         # helm uninstall: SIGTERM to every pod; the coordinator drains
         grace = max(p.spec.get("terminationGracePeriodSeconds", 30) for p in cl.pods)
         rcs = cl.stop_all(min(grace, 30))
