@@ -634,6 +634,9 @@ static xc_status fetch_default_model(runner *r) {
     if (cJSON_IsString(id)) {
         r->default_model = xc_strdup(id->valuestring);
         st = r->default_model ? XC_OK : xc_errf(XC_ERR_NOMEM, "out of memory");
+    } else if (status == 401 || status == 403) {
+        st = xc_errf(XC_ERR_ARG, "%s answered %ld: the API key was refused (see --api-key-file)",
+                     r->models_url, status);
     } else {
         st = xc_errf(XC_ERR_IO, "%s: %s", r->models_url,
                      res != CURLE_OK ? curl_easy_strerror(res)
@@ -891,8 +894,11 @@ xc_status xc_batch_run(const xc_batch_conf *c, xc_batch_summary *out) {
         }
     }
     if (st == XC_OK && r->n_items && need_model) {
-        if (fetch_default_model(r) == XC_OK) {
+        xc_status ms = fetch_default_model(r);
+        if (ms == XC_OK) {
             r->ic.default_model = r->default_model;
+        } else if (ms == XC_ERR_ARG) {
+            fail_run(r, "%s; stopped", xc_err_last()); /* a refused key: nothing would pass */
         } else {
             logf_(r,
                   "batch: some bodies name no model and the endpoint's model list failed "
