@@ -917,7 +917,9 @@ xc_status xc_batch_run(const xc_batch_conf *c, xc_batch_summary *out) {
             r->t_run = xc_now_ns();
             loop(r);
             progress(r, true);
-            clear_bar(r);
+            if (r->bar) {
+                fputc('\n', c->log); /* the last bar stays on screen */
+            }
         }
     }
     out->wall_s = elapsed(r);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -134,6 +135,15 @@ static xc_status sync_dir(const char *path) {
     /* some file systems refuse fsync on directories (EINVAL); nothing more can be done there */
     if (r != 0 && e != EINVAL) {
         return xc_errf(XC_ERR_IO, "%s: fsync of its directory: %s", path, strerror(e));
+    }
+    return XC_OK;
+}
+
+static xc_status lock(xc_batch_output *o) {
+    if (flock(o->fd, LOCK_EX | LOCK_NB) != 0) {
+        return xc_errf(XC_ERR_IO, "%s: %s", o->path,
+                       errno == EWOULDBLOCK ? "in use by another batch run (locked)"
+                                            : strerror(errno));
     }
     return XC_OK;
 }
@@ -273,7 +283,12 @@ xc_status xc_batch_output_open(const char *path, int fsync_every, bool drop_fail
     o->fd = fd;
     o->path = p;
     o->fsync_every = fsync_every;
-    xc_status st = existed ? XC_OK : sync_dir(path);
+    /* one writer per file: a second run on the same output would answer requests twice (the
+     * lock goes away with the process, SIGKILL included) */
+    xc_status st = lock(o);
+    if (st == XC_OK && !existed) {
+        st = sync_dir(path);
+    }
     long long good_end = 0, total = 0;
     if (st == XC_OK) {
         st = scan(path, drop_failed, done, rec, &good_end, &total);
@@ -292,6 +307,8 @@ xc_status xc_batch_output_open(const char *path, int fsync_every, bool drop_fail
             o->fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
             if (o->fd < 0) {
                 st = xc_errf(XC_ERR_IO, "%s: cannot reopen: %s", path, strerror(errno));
+            } else {
+                st = lock(o);
             }
         }
     }

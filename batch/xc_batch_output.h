@@ -25,8 +25,9 @@ typedef struct xc_batch_output_recovery {
  * string custom_id are dropped by rewriting the file (a temporary file, fsync, rename); with
  * drop_failed, failed records (see xc_batch_output_is_failure) are dropped too. The custom_id of
  * every record kept is added to done (borrowed; the value is -1). fsync_every: 1 = fsync after
- * every line, N = after every N lines, 0 = only on close. XC_ERR_IO (with the path and errno),
- * XC_ERR_NOMEM. */
+ * every line, N = after every N lines, 0 = only on close. The file stays locked (flock) until
+ * close, so a second run on it fails. XC_ERR_IO (with the path and errno, or "in use by another
+ * batch run"), XC_ERR_NOMEM. */
 xc_status xc_batch_output_open(const char *path, int fsync_every, bool drop_failed,
                                xc_batch_ids *done, xc_batch_output **out,
                                xc_batch_output_recovery *rec);

@@ -146,6 +146,11 @@ static void test_batch_output_new_file_and_appends(void **state) {
     assert_int_equal(rec.torn_bytes + rec.bad_lines + rec.dropped_failed, 0);
     assert_true(xc_batch_ids_find(done, "a", 1, NULL));
     assert_true(xc_batch_ids_find(done, "b", 1, NULL));
+    /* a second writer is refused while the first holds the file */
+    xc_batch_output *o2 = NULL;
+    assert_int_equal(xc_batch_output_open(p, 1, false, done, &o2, &rec), XC_ERR_IO);
+    assert_non_null(strstr(xc_err_last(), "in use by another batch run"));
+    assert_null(o2);
     assert_int_equal(xc_batch_output_close(o), XC_OK);
     xc_batch_ids_destroy(done);
 }
