@@ -16,7 +16,8 @@ stood in for as follows, and nothing else is changed:
   SERVICE-PORT by that pod's target port.
 * Volumes: each volume mount's mountPath is replaced (as a path prefix) by a local directory:
   Secrets and ConfigMaps are written out from the rendered manifests (item paths, modes),
-  hostPath is the host directory itself, emptyDir a fresh directory.
+  hostPath is the host directory itself, emptyDir a fresh directory, a claim a directory per
+  claim name.
 * Environment: value, $(VAR) expansion (the Kubernetes rules), fieldRef (metadata.name,
   metadata.namespace, status.podIP), secretKeyRef/configMapKeyRef from the rendered objects.
 * Start order: init containers run to completion first; StatefulSet pods start one by one
@@ -29,7 +30,8 @@ stood in for as follows, and nothing else is changed:
 Then: every startup/readiness probe passes, the coordinator's readiness (/ready through the
 whole pipeline) passes, the roles are the chart's intent (vision on the vision pod, decoder pod
 K = stage K), a request without a key gets 401, a text chat and an image chat request through the
-HTTP Service get answers, and SIGTERM to every pod (what `helm uninstall` does) ends every
+HTTP Service get answers, the batch Job (`xcpipe batch` with the chart's arguments, input from a
+ConfigMap, output on a claim) writes a record with status 200 per request, and SIGTERM to every pod (what `helm uninstall` does) ends every
 process with status 0 within the grace period. Everything is killed on any failure; bounded time.
 """
 import argparse
@@ -116,15 +118,15 @@ class Pod:
 
 
 class Cluster:
-    def __init__(self, docs, root, bindir):
-        self.docs, self.root, self.bindir = docs, root, bindir
+    def __init__(self, docs, root, bindir, claims):
+        self.docs, self.root, self.bindir, self.claims = docs, root, bindir, claims
         self.secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
         self.configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
         self.pods, self.dns = [], []
         self.procs = []
         ip = 10
         for d in docs:
-            if d["kind"] in ("Deployment", "StatefulSet"):
+            if d["kind"] in ("Deployment", "StatefulSet", "Job"):
                 for k in range(d["spec"].get("replicas", 1)):
                     self.pods.append(Pod("%s-%d" % (d["metadata"]["name"], k), "127.0.0.%d" % ip,
                                          d["spec"]["template"]["spec"], d["kind"], d["metadata"]["name"],
@@ -184,8 +186,11 @@ class Cluster:
                 obj = (self.secrets if "secret" in v else self.configmaps).get(objname)
                 if obj is None:
                     raise Fail("pod %s: volume %s names %s, which the chart did not render" % (pod.name, v["name"], objname))
-                data = {k: base64.b64decode(x) for k, x in obj.get("data", {}).items()}
-                data.update({k: x.encode() for k, x in obj.get("stringData", {}).items()})
+                if "secret" in v:
+                    data = {k: base64.b64decode(x) for k, x in obj.get("data", {}).items()}
+                    data.update({k: x.encode() for k, x in obj.get("stringData", {}).items()})
+                else:
+                    data = {k: x.encode() for k, x in obj.get("data", {}).items()}
                 items = src.get("items") or [{"key": k, "path": k} for k in data]
                 os.makedirs(d, exist_ok=True)
                 for it in items:
@@ -201,8 +206,11 @@ class Cluster:
                     raise Fail("hostPath %s is not a directory" % d)
             elif "emptyDir" in v:
                 os.makedirs(d, exist_ok=True)
+            elif "persistentVolumeClaim" in v:
+                d = os.path.join(self.claims, v["persistentVolumeClaim"]["claimName"])
+                os.makedirs(d, exist_ok=True)
             else:
-                raise Fail("pod %s: volume %s: only secret, configMap, hostPath and emptyDir are stood in for" % (pod.name, v["name"]))
+                raise Fail("pod %s: volume %s: only secret, configMap, hostPath, emptyDir and claims are stood in for" % (pod.name, v["name"]))
             out[v["name"]] = d
         return out
 
@@ -322,7 +330,7 @@ class Cluster:
         end = time.time() + grace
         rcs = {}
         for pod in self.pods:
-            if pod.proc is None:
+            if pod.proc is None or pod.kind == "Job":
                 continue
             try:
                 rcs[pod.name] = pod.proc.wait(timeout=max(0.1, end - time.time()))
@@ -382,7 +390,16 @@ def run(a):
         if r.returncode != 0:
             raise Fail("helm template: " + r.stderr)
         docs = [d for d in yaml.safe_load_all(r.stdout) if d]
-        cl = Cluster(docs, root, a.bin)
+        # the batch Job's input: a ConfigMap the operator would create (kubectl create configmap)
+        model = wv["coordinator"]["http"]["servedModelName"]
+        lines = [json.dumps({"custom_id": "req-%d" % i, "method": "POST", "url": "/v1/chat/completions",
+                             "body": {"model": model, "max_tokens": 4,
+                                      "messages": [{"role": "user", "content": "Tell me %d things" % i}]}})
+                 for i in range(3)]
+        b = wv["batch"]
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": b["inputConfigMap"]},
+                     "data": {b.get("inputFile", "requests.jsonl"): "\n".join(lines) + "\n"}})
+        cl = Cluster(docs, root, a.bin, os.path.join(tmp, "claims"))
         log("rendered %d objects; pods: %s" % (len(docs), ", ".join("%s=%s" % (p.name, p.ip) for p in cl.pods)))
 
         # Pods start in an order a cluster may well choose: the workers first, the coordinator
@@ -414,13 +431,14 @@ def run(a):
         th.join()
         if errs:
             raise errs[0]
-        for pod in cl.pods:
+        running = [p for p in cl.pods if p.kind != "Job"]
+        for pod in running:
             cl.wait_probe(pod, "startupProbe", a.timeout)
             cl.wait_probe(pod, "livenessProbe", a.timeout)
         coord = next(p for p in cl.pods if p.labels.get("app.kubernetes.io/component") == "coordinator")
         cl.wait_probe(coord, "readinessProbe", a.timeout)
         log("coordinator ready (its readiness probe: /ready through the whole pipeline)")
-        for pod in cl.pods:
+        for pod in running:
             cl.wait_probe(pod, "readinessProbe", 10)
 
         # the roles the chart intends
@@ -445,7 +463,6 @@ def run(a):
             raise Fail("the wiring values set API keys; the coordinator got no XC_API_KEY_FILE")
         with open(keyfile) as f:
             key = next(line.strip() for line in f if line.strip() and not line.startswith("#"))
-        model = wv["coordinator"]["http"]["servedModelName"]
         st, _ = http("http://%s/v1/models" % svc)
         if st != 401:
             raise Fail("GET /v1/models without a key: %d, want 401" % st)
@@ -500,6 +517,23 @@ def run(a):
                 ip.proc.kill()
                 ip.proc.wait()
             log("CURVE: workers without the cluster key were not let in (3 s); one with it was")
+
+        # the batch Job: xcpipe batch against the HTTP Service, results on the claim
+        job = next(p for p in cl.pods if p.kind == "Job")
+        cl.start_pod(job, tmp, a.timeout)
+        try:
+            rc = job.proc.wait(timeout=a.timeout)
+        except subprocess.TimeoutExpired:
+            raise Fail("the batch Job did not finish in %d s" % a.timeout)
+        if rc != 0:
+            raise Fail("the batch Job exited %d" % rc)
+        out = os.path.join(tmp, "claims", b["outputClaim"], b.get("outputFile", "results.jsonl"))
+        with open(out) as f:
+            recs = [json.loads(line) for line in f]
+        ids = sorted(r["custom_id"] for r in recs)
+        if ids != ["req-0", "req-1", "req-2"] or any(r["response"]["status_code"] != 200 for r in recs):
+            raise Fail("batch results: %s" % recs)
+        log("batch Job: exit 0, %d records with status 200 on the output claim" % len(recs))
 
         # helm uninstall: SIGTERM to every pod; the coordinator drains
         grace = max(p.spec.get("terminationGracePeriodSeconds", 30) for p in cl.pods)
