@@ -259,17 +259,16 @@ int xc_cmd_batch(int argc, char **argv) {
             fprintf(stderr, "xcpipe batch: %s (log: %s)\n", xc_err_last(), log_path);
         }
     }
-    xc_batch_summary_print(stderr, &s);
     if (st != XC_OK && !s.fatal[0]) {
+        /* nothing ran: a bad flag value or a file that cannot be opened */
         fprintf(stderr, "xcpipe batch: %s\n", why);
-    }
-    if (st == XC_ERR_ARG) {
         return 2;
     }
+    xc_batch_summary_print(stderr, &s);
     if (s.interrupted) {
         return 130;
     }
-    if (st != XC_OK || s.failed || s.invalid || s.duplicates || s.left) {
+    if (st != XC_OK || sst != XC_OK || s.failed || s.invalid || s.duplicates || s.left) {
         return 1;
     }
     return 0;
