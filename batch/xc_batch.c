@@ -522,14 +522,25 @@ static void finish(runner *r, xfer *x, CURLcode res) {
         }
         return; /* when stopping it stays unanswered: a rerun sends it again */
     }
-    char *line =
-        xc_batch_output_response(id, it->custom_id, (int)status,
-                                 x->request_id[0] ? x->request_id : NULL, body, x->n_resp, NULL);
-    if (write_record(r, status != 200, line) != XC_OK) {
+    /* a 200 must carry a JSON object (a chat.completion); anything else is not an answer */
+    cJSON *parsed = status == 200 ? cJSON_ParseWithLength(body, x->n_resp) : NULL;
+    bool ok = status == 200 && cJSON_IsObject(parsed);
+    cJSON_Delete(parsed);
+    char *line;
+    if (status == 200 && !ok) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "status 200 with a body that is not a JSON object: %.200s", body);
+        line = xc_batch_output_error(id, it->custom_id, "invalid_response", msg, NULL);
+    } else {
+        line = xc_batch_output_response(id, it->custom_id, (int)status,
+                                        x->request_id[0] ? x->request_id : NULL, body, x->n_resp,
+                                        NULL);
+    }
+    if (write_record(r, !ok, line) != XC_OK) {
         return;
     }
     xc_batch_ids_add(r->done, it->custom_id, strlen(it->custom_id), -1, NULL);
-    if (status == 200) {
+    if (ok) {
         r->s->ok++;
         add_usage(r, body, x->n_resp);
     } else {

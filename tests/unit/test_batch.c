@@ -151,6 +151,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         ret = reply(c, 503, "{\"error\":{\"message\":\"not ready\"}}", NULL);
     } else if (!strncmp(text, "bad:", 4)) {
         ret = reply(c, 400, "{\"error\":{\"message\":\"bad request\"}}", NULL);
+    } else if (!strncmp(text, "garbage:", 8)) {
+        ret = reply(c, 200, "<html>oops</html>", NULL);
     } else if (!strncmp(text, "drop:", 5) && attempt == 1) {
         ret = MHD_NO; /* close the connection without an answer */
     } else {
@@ -386,6 +388,7 @@ static void test_batch_retries_with_limits_and_records_failures(void **state) {
     request_line(f, "r2", "bad:c", true);
     request_line(f, "r3", "drop:d", true);
     request_line(f, "r4", "ok:4", true);
+    request_line(f, "r5", "garbage:e", true);
     fclose(f);
     FILE *log = tmpfile();
     xc_batch_conf c = base_conf(log);
@@ -399,12 +402,12 @@ static void test_batch_retries_with_limits_and_records_failures(void **state) {
     assert_int_equal(attempts_of("drop:d"), 2);     /* a dropped connection is */
     assert_int_equal(s.retries, 2 + 2 + 1);
     assert_int_equal(s.ok, 3);
-    assert_int_equal(s.failed, 2);
-    int per_id[5] = {0}, ok = 0;
-    assert_int_equal(read_records(g_out, 5, per_id, &ok), 3);
+    assert_int_equal(s.failed, 3);
+    int per_id[6] = {0}, ok = 0;
+    assert_int_equal(read_records(g_out, 6, per_id, &ok), 3);
     assert_int_equal(ok, 3);
-    assert_int_equal(read_records(g_err, 5, per_id, &ok), 2);
-    for (int i = 0; i < 5; i++) {
+    assert_int_equal(read_records(g_err, 6, per_id, &ok), 3);
+    for (int i = 0; i < 6; i++) {
         assert_int_equal(per_id[i], 1);
     }
     /* the failures keep the server's status and body */
@@ -413,30 +416,37 @@ static void test_batch_retries_with_limits_and_records_failures(void **state) {
     int seen = 0;
     while (fgets(line, sizeof line, f)) {
         cJSON *o = cJSON_Parse(line);
-        int code = (int)cJSON_GetObjectItem(cJSON_GetObjectItem(o, "response"), "status_code")
-                       ->valuedouble;
         const char *id = cJSON_GetObjectItem(o, "custom_id")->valuestring;
-        assert_int_equal(code, !strcmp(id, "r1") ? 503 : 400);
-        seen |= !strcmp(id, "r1") ? 1 : 2;
+        if (!strcmp(id, "r5")) { /* a 200 that is not JSON: not an answer */
+            cJSON *e = cJSON_GetObjectItem(o, "error");
+            assert_string_equal(cJSON_GetObjectItem(e, "code")->valuestring, "invalid_response");
+            assert_true(cJSON_IsNull(cJSON_GetObjectItem(o, "response")));
+            seen |= 4;
+        } else {
+            int code = (int)cJSON_GetObjectItem(cJSON_GetObjectItem(o, "response"), "status_code")
+                           ->valuedouble;
+            assert_int_equal(code, !strcmp(id, "r1") ? 503 : 400);
+            seen |= !strcmp(id, "r1") ? 1 : 2;
+        }
         cJSON_Delete(o);
     }
     fclose(f);
-    assert_int_equal(seen, 3);
-    /* --retry-errors sends the two failures again and only them */
+    assert_int_equal(seen, 7);
+    /* --retry-errors sends the three failures again and only them */
     fake_reset(NULL, 1000);
     c.retry_errors = true;
     c.max_retries = 0;
     assert_int_equal(xc_batch_run(&c, &s), XC_OK);
-    assert_int_equal(s.to_run, 2);
+    assert_int_equal(s.to_run, 3);
     assert_int_equal(s.skipped, 3);
-    assert_int_equal(atomic_load(&fk.received), 2);
+    assert_int_equal(atomic_load(&fk.received), 3);
     memset(per_id, 0, sizeof per_id);
-    read_records(g_out, 5, per_id, &ok);
-    read_records(g_err, 5, per_id, &ok);
-    for (int i = 0; i < 5; i++) {
+    read_records(g_out, 6, per_id, &ok);
+    read_records(g_err, 6, per_id, &ok);
+    for (int i = 0; i < 6; i++) {
         assert_int_equal(per_id[i], 1);
     }
-    assert_true(log_has(log, "removed 2 failed record(s)"));
+    assert_true(log_has(log, "removed 3 failed record(s)"));
     fclose(log);
 }
 
