@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static _Thread_local char err_buf[512];
 
@@ -39,7 +40,11 @@ const char *xc_status_str(xc_status st) {
 }
 
 xc_status xc_verrf(xc_status st, const char *fmt, va_list ap) {
-    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    /* format into a scratch buffer first: callers may pass xc_err_last() as an argument to add
+     * context to a lower layer's message, and vsnprintf must not read what it is writing */
+    char tmp[sizeof err_buf];
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
+    memcpy(err_buf, tmp, sizeof err_buf);
     return st;
 }
 

@@ -208,8 +208,20 @@ static void test_common_mmap_reads_files(void **state) {
     assert_int_equal(xc_mmap_open("/tmp", &m), XC_ERR_IO);
 }
 
+/* ---- status ---- */
+
+static void test_common_errf_may_quote_the_last_error(void **state) {
+    (void)state;
+    xc_errf(XC_ERR_IO, "cannot open %s: %s", "a.model", "No such file or directory");
+    assert_int_equal(xc_errf(XC_ERR_ARG, "tokenizer: %s", xc_err_last()), XC_ERR_ARG);
+    assert_string_equal(xc_err_last(), "tokenizer: cannot open a.model: No such file or directory");
+    xc_err_clear();
+    assert_string_equal(xc_err_last(), "");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_common_errf_may_quote_the_last_error),
         cmocka_unit_test(test_common_arena_allocates_and_resets),
         cmocka_unit_test(test_common_conf_precedence),
         cmocka_unit_test(test_common_conf_rejects_bad_values),
