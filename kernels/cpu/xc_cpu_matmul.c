@@ -53,8 +53,9 @@
 /* Weight rows per column group: the group's weights (about GROUP_BYTES) stay in L2 while every
  * row tile of x passes over them. Measured on the Zen 4 dev machine (1 MiB L2, thread CPU time,
  * m = 256, n = 1024, k = 4096): this beats k-blocking with accumulators saved between blocks
- * (BLOCK_K 512..4096: 2-15% slower) and 6x2 / 6x3 tiles (4-35% slower); 4x3 reaches 82 (f32),
- * 89 (bf16), 88-99 (f16) GFLOP/s per core against OpenBLAS sgemm's 91-93 (f32). */
+ * (BLOCK_K 512..4096: 2-15% slower) and 6x2 / 6x3 tiles (4-35% slower); 4x3 reaches 74-82 (f32),
+ * 82 (bf16; 90 before the even/odd bf16 order), 88-99 (f16) GFLOP/s per core, against OpenBLAS
+ * sgemm's 91-93 (f32). */
 #define GROUP_BYTES (192 * 1024)
 
 /* Decode tiles (R <= 2) prefetch every weight row this far ahead into L2, once per cache line
@@ -64,8 +65,9 @@
  * 8192: worse); prefetching into L1 (_MM_HINT_T0), or on every 16-32 bytes, was slower. */
 #define PREFETCH_BYTES 2048
 
-/* Packed-x floats kept on the stack (16 KiB); more goes to the heap. */
-#define MM_XP_STACK 4096
+/* Packed-x floats kept on the stack (64 KiB: a decode row up to k = 16384); more goes to the heap.
+ */
+#define MM_XP_STACK 16384
 
 /* Below this many multiply-adds the pool's wake-up costs more than it saves. */
 #define PARALLEL_MIN_FMAS (1 << 16)
@@ -480,8 +482,8 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
     // Few x rows (decode): memory-bound, and a 1 x C tile has only C independent FMA chains, so
     // take 8 weight rows at once. Measured on the dev machine (bf16, 4096 x 14336, shared and
     // noisy, interleaved best-of-30): 1x8 reached 72-94% of the read bandwidth where 1x4 reached
-    // 47-87%. Many rows (prefill): a
-    // 4 x 3 tile leaves registers for the loads (12 accumulators + 3 weights + 1 x vector).
+    // 47-87%. Many rows (prefill): a 4 x 3 tile leaves registers for the loads (12 accumulators
+    // + 3 weights + 1 x vector).
     jb.tile_c = jb.m <= 2 ? 8 : 3;
     size_t row_bytes = (size_t)jb.k * xc_dtype_size(jb.wt);
     size_t g = GROUP_BYTES / row_bytes;
