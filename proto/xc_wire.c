@@ -25,9 +25,9 @@ const char *xc_wire_kind_name(xc_wire_kind kind) {
 }
 
 const char *xc_wire_ctl_name(xc_wire_ctl kind) {
-    static const char *names[] = {"register", "assign", "ready",   "heartbeat",
-                                  "drain",    "error",  "shutdown"};
-    if (kind >= XC_WIRE_CTL_REGISTER && kind <= XC_WIRE_CTL_SHUTDOWN) {
+    static const char *names[] = {"register", "assign", "ready",    "heartbeat",
+                                  "drain",    "error",  "shutdown", "reregister"};
+    if (kind >= XC_WIRE_CTL_REGISTER && kind <= XC_WIRE_CTL_REREGISTER) {
         return names[kind - XC_WIRE_CTL_REGISTER];
     }
     return "invalid";
@@ -74,6 +74,10 @@ static xc_status check_control(const xc_wire_control *c) {
             return BAD("register.backend %d is not cpu (1) or cuda (2)", (int)r->backend);
         }
         XC_TRY(check_str("register.endpoint", r->endpoint, true));
+        if (r->role != XC_WIRE_ROLE_ANY && r->role != XC_WIRE_ROLE_VISION &&
+            r->role != XC_WIRE_ROLE_STAGE) {
+            return BAD("register.role %d is not any (0), vision (1) or stage (2)", (int)r->role);
+        }
         return check_str("register.device_name", r->device_name, false);
     }
     case XC_WIRE_CTL_ASSIGN: {
@@ -116,6 +120,7 @@ static xc_status check_control(const xc_wire_control *c) {
     case XC_WIRE_CTL_READY:
         return check_str("ready.worker_id", c->u.ready.worker_id, false);
     case XC_WIRE_CTL_HEARTBEAT:
+        XC_TRY(check_str("heartbeat.endpoint", c->u.heartbeat.endpoint, false));
         return check_str("heartbeat.worker_id", c->u.heartbeat.worker_id, false);
     case XC_WIRE_CTL_DRAIN:
         return XC_OK; /* every value of every field is meaningful */
@@ -127,6 +132,8 @@ static xc_status check_control(const xc_wire_control *c) {
         return check_str("error.message", c->u.error.message, false);
     case XC_WIRE_CTL_SHUTDOWN:
         return check_str("shutdown.reason", c->u.shutdown.reason, false);
+    case XC_WIRE_CTL_REREGISTER:
+        return check_str("reregister.reason", c->u.reregister.reason, false);
     }
     return BAD("control kind %d is unknown", (int)c->kind);
 }
@@ -461,6 +468,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->host_mem_bytes = c->u.reg.host_mem_bytes;
         r->endpoint = pb_str(c->u.reg.endpoint);
         r->device_name = pb_str(c->u.reg.device_name);
+        r->role = (Xc__V1__Role)c->u.reg.role;
         p->kind_case = XC__V1__CONTROL__KIND_REGISTER;
         p->register_ = r;
         break;
@@ -514,6 +522,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->busy_ns = c->u.heartbeat.busy_ns; /* api helper */
         r->microbatches = c->u.heartbeat.microbatches;
         r->bytes_sent = c->u.heartbeat.bytes_sent;
+        r->endpoint = pb_str(c->u.heartbeat.endpoint);
         p->kind_case = XC__V1__CONTROL__KIND_HEARTBEAT;
         p->heartbeat = r;
         break;
@@ -556,6 +565,17 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->reason = pb_str(c->u.shutdown.reason);
         p->kind_case = XC__V1__CONTROL__KIND_SHUTDOWN;
         p->shutdown = r;
+        break;
+    }
+    case XC_WIRE_CTL_REREGISTER: {
+        Xc__V1__Reregister *r = A_NEW(a, Xc__V1__Reregister, 1);
+        if (!r) {
+            return NULL;
+        }
+        xc__v1__reregister__init(r);
+        r->reason = pb_str(c->u.reregister.reason);
+        p->kind_case = XC__V1__CONTROL__KIND_REREGISTER;
+        p->reregister = r;
         break;
     }
     default:
@@ -764,7 +784,8 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
                                       .device_mem_bytes = p->register_->device_mem_bytes,
                                       .host_mem_bytes = p->register_->host_mem_bytes,
                                       .endpoint = p->register_->endpoint,
-                                      .device_name = p->register_->device_name};
+                                      .device_name = p->register_->device_name,
+                                      .role = (xc_wire_role)p->register_->role};
         return XC_OK;
     case XC__V1__CONTROL__KIND_ASSIGN: {
         const Xc__V1__Assign *s = p->assign;
@@ -797,7 +818,8 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
                                              .worker_id = p->heartbeat->worker_id,
                                              .busy_ns = p->heartbeat->busy_ns,
                                              .microbatches = p->heartbeat->microbatches,
-                                             .bytes_sent = p->heartbeat->bytes_sent};
+                                             .bytes_sent = p->heartbeat->bytes_sent,
+                                             .endpoint = p->heartbeat->endpoint};
         return XC_OK;
     case XC__V1__CONTROL__KIND_DRAIN:
         c->kind = XC_WIRE_CTL_DRAIN;
@@ -817,6 +839,10 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
     case XC__V1__CONTROL__KIND_SHUTDOWN:
         c->kind = XC_WIRE_CTL_SHUTDOWN;
         c->u.shutdown.reason = p->shutdown->reason;
+        return XC_OK;
+    case XC__V1__CONTROL__KIND_REREGISTER:
+        c->kind = XC_WIRE_CTL_REREGISTER;
+        c->u.reregister.reason = p->reregister->reason;
         return XC_OK;
     default:
         return BAD("control message has no kind (unknown to protocol version %u)", XC_WIRE_VERSION);

@@ -43,6 +43,7 @@ typedef enum xc_wire_backend {
 } xc_wire_backend;
 
 typedef enum xc_wire_role {
+    XC_WIRE_ROLE_ANY = 0,    /* Register only: the worker takes whichever role it is given */
     XC_WIRE_ROLE_VISION = 1, /* CLIP + vision_proj */
     XC_WIRE_ROLE_STAGE = 2,  /* a contiguous range of decoder layers */
 } xc_wire_role;
@@ -55,6 +56,7 @@ typedef enum xc_wire_ctl {
     XC_WIRE_CTL_DRAIN = 5,
     XC_WIRE_CTL_ERROR = 6,
     XC_WIRE_CTL_SHUTDOWN = 7,
+    XC_WIRE_CTL_REREGISTER = 8, /* coordinator -> worker: unknown here, register again */
 } xc_wire_ctl;
 
 /* Strings are NUL-terminated, at most XC_WIRE_MAX_STR bytes, without control characters. */
@@ -65,6 +67,7 @@ typedef struct xc_wire_register {
     uint64_t host_mem_bytes;
     const char *endpoint;    /* non-empty: where this worker receives forward frames */
     const char *device_name; /* may be empty */
+    xc_wire_role role;       /* the role the worker accepts: ANY, VISION or STAGE */
 } xc_wire_register;
 
 typedef struct xc_wire_assign {
@@ -96,6 +99,7 @@ typedef struct xc_wire_heartbeat {
     uint64_t busy_ns;      /* api helper: cumulative time processing messages */
     uint64_t microbatches; /* api helper: cumulative messages processed */
     uint64_t bytes_sent;   /* api helper: cumulative frame bytes sent downstream */
+    const char *endpoint;  /* may be NULL/empty: the sender's mailbox (for Reregister) */
 } xc_wire_heartbeat;
 
 typedef struct xc_wire_drain {
@@ -115,6 +119,10 @@ typedef struct xc_wire_shutdown {
     const char *reason;
 } xc_wire_shutdown;
 
+typedef struct xc_wire_reregister {
+    const char *reason; /* may be empty */
+} xc_wire_reregister;
+
 typedef struct xc_wire_control {
     xc_wire_ctl kind; /* selects the member of u */
 
@@ -126,6 +134,7 @@ typedef struct xc_wire_control {
         xc_wire_drain drain;
         xc_wire_error error;
         xc_wire_shutdown shutdown;
+        xc_wire_reregister reregister;
     } u;
 } xc_wire_control;
 

@@ -694,6 +694,65 @@ static void test_wire_decode_rejects_bad_control(void **state) {
     expect_bytes_reject(nokind, sizeof nokind, "control message has no kind");
 }
 
+/* Runtime-helper additions (Register.role, Heartbeat.endpoint, Control.reregister) against the
+ * protobuf wire format written out by hand: Envelope{version: 1, control: {heartbeat: {seq: 5,
+ * endpoint: "e"}}} is 08 01 | 12 07 | 22 05 | 08 05 42 01 65 (endpoint = field 8, bytes: tag
+ * 0x42); {reregister: {reason: "x"}} is 08 01 | 12 05 | 42 03 | 0a 01 78 (reregister = control
+ * field 8); a register's role = field 7, varint: tag 0x38. */
+static void test_wire_runtime_fields(void **state) {
+    (void)state;
+    xc_arena *a = NULL;
+    assert_int_equal(xc_arena_create(4096, &a), XC_OK);
+    static const uint8_t hb[] = {0x08, 0x01, 0x12, 0x07, 0x22, 0x05, 0x08, 0x05, 0x42, 0x01, 0x65};
+    static const uint8_t rr[] = {0x08, 0x01, 0x12, 0x05, 0x42, 0x03, 0x0a, 0x01, 0x78};
+    xc_wire_control c = {.kind = XC_WIRE_CTL_HEARTBEAT, .u.heartbeat = {.seq = 5, .endpoint = "e"}};
+    void *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(xc_wire_encode_control(&c, &buf, &len), XC_OK);
+    assert_int_equal(len, sizeof hb);
+    assert_memory_equal(buf, hb, sizeof hb);
+    xc_free(buf);
+    xc_wire_control d;
+    assert_int_equal(xc_wire_decode_control(hb, sizeof hb, a, &d), XC_OK);
+    assert_int_equal(d.kind, XC_WIRE_CTL_HEARTBEAT);
+    assert_string_equal(d.u.heartbeat.endpoint, "e");
+
+    c = (xc_wire_control){.kind = XC_WIRE_CTL_REREGISTER, .u.reregister = {.reason = "x"}};
+    assert_int_equal(xc_wire_encode_control(&c, &buf, &len), XC_OK);
+    assert_int_equal(len, sizeof rr);
+    assert_memory_equal(buf, rr, sizeof rr);
+    xc_free(buf);
+    assert_int_equal(xc_wire_decode_control(rr, sizeof rr, a, &d), XC_OK);
+    assert_int_equal(d.kind, XC_WIRE_CTL_REREGISTER);
+    assert_string_equal(d.u.reregister.reason, "x");
+    assert_string_equal(xc_wire_ctl_name(d.kind), "reregister");
+
+    /* register with role stage: the encoding ends with 38 02 (fields in number order) */
+    c = (xc_wire_control){.kind = XC_WIRE_CTL_REGISTER,
+                          .u.reg = {.worker_id = "w",
+                                    .backend = XC_WIRE_BACKEND_CPU,
+                                    .endpoint = "ipc:///w",
+                                    .role = XC_WIRE_ROLE_STAGE}};
+    assert_int_equal(xc_wire_encode_control(&c, &buf, &len), XC_OK);
+    assert_true(len > 2);
+    assert_int_equal(((const uint8_t *)buf)[len - 2], 0x38);
+    assert_int_equal(((const uint8_t *)buf)[len - 1], 0x02);
+    assert_int_equal(xc_wire_decode_control(buf, len, a, &d), XC_OK);
+    xc_free(buf);
+    assert_int_equal(d.u.reg.role, XC_WIRE_ROLE_STAGE);
+    c.u.reg.role = XC_WIRE_ROLE_ANY; /* proto3 default: not on the wire, decodes as any */
+    check_control_roundtrip(&c, &d, a);
+    assert_int_equal(d.u.reg.role, XC_WIRE_ROLE_ANY);
+
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = c};
+    m.u.control.u.reg.role = (xc_wire_role)3;
+    expect_reject(&m, NULL, 0, "register.role 3 is not any (0), vision (1) or stage (2)");
+    m.u.control = (xc_wire_control){.kind = XC_WIRE_CTL_HEARTBEAT,
+                                    .u.heartbeat = {.endpoint = "tcp://w\t:1"}};
+    expect_reject(&m, NULL, 0, "heartbeat.endpoint has a control character (0x09) at byte 7");
+    xc_arena_destroy(a);
+}
+
 /* ---- garbage ---- */
 
 static uint64_t rng_next(uint64_t *s) {
@@ -765,6 +824,7 @@ int main(void) {
         cmocka_unit_test(test_wire_decode_rejects_impossible_forward),
         cmocka_unit_test(test_wire_decode_rejects_counts_past_limits),
         cmocka_unit_test(test_wire_decode_rejects_bad_control),
+        cmocka_unit_test(test_wire_runtime_fields),
         cmocka_unit_test(test_wire_random_garbage_never_crashes),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
