@@ -2,7 +2,8 @@
  * process and the vision worker plus R x P decoder workers as child processes (posix_spawn of
  * this binary's `worker` subcommand over ipc:// sockets), restarting a child that dies. MPI mode
  * (mpirun -np N xcpipe serve --transport mpi): rank 0 is the coordinator, every other rank a
- * worker (rank 1 becomes the vision worker by registration order, then the stages).
+ * worker (rank 1 accepts any role and becomes the vision worker when the model has one, the other
+ * ranks take stages only, in rank order).
  * Also `xcpipe worker` and `xcpipe coordinator`, the same as the standalone binaries. */
 #include <errno.h>
 #include <signal.h>
@@ -83,6 +84,7 @@ static xc_http_flags g_http_flags; /* api helper: HTTP flags, taken out of argv 
 typedef struct child {
     pid_t pid;
     char id[32];
+    const char *role; /* --role: "vision" for w0 when the model has vision, else "stage" */
     char endpoint[320];
 } child;
 
@@ -101,10 +103,24 @@ static pid_t spawn_worker(supervisor *s, child *k) {
         return -1;
     }
     exe[n] = 0;
-    char *argv[] = {exe,           "worker",    "--coordinator", (char *)s->coord_ep,
-                    "--endpoint",  k->endpoint, "--id",          k->id,
-                    "--threads",   s->threads,  "--backend",     (char *)s->c->backend,
-                    "--heartbeat", s->hb,       "--log-level",   (char *)s->c->log_level,
+    char *argv[] = {exe,
+                    "worker",
+                    "--coordinator",
+                    (char *)s->coord_ep,
+                    "--endpoint",
+                    k->endpoint,
+                    "--id",
+                    k->id,
+                    "--threads",
+                    s->threads,
+                    "--backend",
+                    (char *)s->c->backend,
+                    "--heartbeat",
+                    s->hb,
+                    "--log-level",
+                    (char *)s->c->log_level,
+                    "--role",
+                    (char *)k->role,
                     NULL};
     pid_t pid;
     if (posix_spawn(&pid, exe, NULL, NULL, argv, environ) != 0) {
@@ -171,7 +187,8 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
     }
     s->c = c;
     s->coord_ep = xc_coord_endpoint(co);
-    int n_workers = c->stages * c->replicas + (xc_coord_image_tokens(co) > 0 ? 1 : 0);
+    bool vision = xc_coord_image_tokens(co) > 0;
+    int n_workers = c->stages * c->replicas + (vision ? 1 : 0);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int thr = c->threads > 0 ? c->threads : (int)(cores / n_workers > 0 ? cores / n_workers : 1);
     snprintf(s->threads, sizeof s->threads, "%d", thr);
@@ -179,6 +196,7 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
     for (int i = 0; i < n_workers && i < 130; i++) {
         child *k = &s->kids[s->n++];
         snprintf(k->id, sizeof k->id, "w%d", i);
+        k->role = vision && i == 0 ? "vision" : "stage";
         if (ipc) {
             snprintf(k->endpoint, sizeof k->endpoint, "ipc://%s/w%d", dir, i);
         } else {
@@ -344,6 +362,8 @@ int xc_cmd_serve(int argc, char **argv) {
                      hb,
                      "--log-level",
                      (char *)c.log_level,
+                     "--role",
+                     rank == 1 ? "any" : "stage", /* rank 1: vision if the model has it */
                      NULL};
-    return xc_worker_cli_main(15, wargv);
+    return xc_worker_cli_main(17, wargv);
 }

@@ -80,6 +80,7 @@ typedef struct cworker {
     int role; /* -1 none, 0 vision, 1 stage */
     int replica, stage;
     bool ready;
+    xc_place_want want; /* the role it accepts (Register.role) */
 } cworker;
 
 typedef struct creq {
@@ -124,9 +125,10 @@ struct xc_coord {
     cworker workers[MAX_WORKERS];
     int n_workers;
     bool placed;
-    bool was_ready; /* ready once: from then on, not ready means a failure (fail fast) */
+    bool was_ready;    /* ready once: from then on, not ready means a failure (fail fast) */
     int vision_worker; /* -1 none / vacant */
     bool need_vision;
+    char place_msg[256]; /* why placement waits or fails, logged once per change */
     replica reps[MAX_REPLICAS];
     int R, P;
 
@@ -302,6 +304,18 @@ static int kv_blocks_for(xc_coord *c, const replica *r) {
     return want;
 }
 
+/* Logs why placement cannot happen yet, once per distinct reason (place() runs every loop). */
+static void place_note(xc_coord *c, bool error, const char *why) {
+    if (strcmp(c->place_msg, why)) {
+        snprintf(c->place_msg, sizeof c->place_msg, "%s", why);
+        if (error) {
+            XC_LOG_ERROR("%s", why);
+        } else {
+            XC_LOG_INFO("%s", why);
+        }
+    }
+}
+
 static xc_status place(xc_coord *c) {
     int need_total = c->conf.workers;
     if (need_total <= 0) {
@@ -317,31 +331,39 @@ static xc_status place(xc_coord *c) {
         return XC_AGAIN;
     }
     int idx[MAX_WORKERS] = {0}, n = 0;
+    xc_place_worker pw[MAX_WORKERS];
     for (int i = 0; i < c->n_workers; i++) {
         if (c->workers[i].alive && c->workers[i].role < 0) {
+            pw[n] = (xc_place_worker){c->workers[i].id, c->workers[i].want, c->workers[i].mem};
             idx[n++] = i;
         }
     }
-    int first_dec = 0;
-    if (c->need_vision) {
-        c->vision_worker = idx[0];
-        c->workers[idx[0]].role = 0;
-        first_dec = 1;
+    /* roles: vision to a worker that accepts it, stages to the others in name order (so that
+     * the same workers get the same stages whatever order they registered in) */
+    int vis = -1, order[MAX_WORKERS], n_dec = 0;
+    XC_TRY(xc_place_roles(pw, n, c->need_vision, &vis, order, &n_dec));
+    if (c->need_vision && vis < 0) {
+        place_note(c, false,
+                   "placement waits for a worker that accepts the vision role (--role "
+                   "vision or any)");
+        return XC_AGAIN;
     }
     uint64_t mem[MAX_WORKERS];
-    for (int i = first_dec; i < n; i++) {
-        mem[i - first_dec] = c->workers[idx[i]].mem;
+    for (int i = 0; i < n_dec; i++) {
+        mem[i] = pw[order[i]].mem;
     }
     int P, R;
-    xc_status st =
-        xc_place_shape(&c->cost, mem, n - first_dec, c->conf.stages, c->conf.replicas, &P, &R);
+    xc_status st = xc_place_shape(&c->cost, mem, n_dec, c->conf.stages, c->conf.replicas, &P, &R);
     if (st != XC_OK) {
-        XC_LOG_ERROR("placement: %s", xc_err_last());
-        if (c->need_vision) {
-            c->workers[idx[0]].role = -1;
-            c->vision_worker = -1;
-        }
+        char why[256];
+        snprintf(why, sizeof why, "placement: %s", xc_err_last());
+        place_note(c, true, why);
         return st;
+    }
+    c->place_msg[0] = 0;
+    if (vis >= 0) {
+        c->vision_worker = idx[vis];
+        c->workers[idx[vis]].role = 0;
     }
     if (R > MAX_REPLICAS) {
         R = MAX_REPLICAS;
@@ -354,7 +376,7 @@ static xc_status place(xc_coord *c) {
         rp->P = P;
         XC_TRY(xc_place_split(&c->cost, P, rp->bounds, &tmax));
         for (int k = 0; k < P; k++) {
-            int wi = idx[first_dec + r * P + k];
+            int wi = idx[order[r * P + k]];
             rp->worker[k] = wi;
             c->workers[wi].role = 1;
             c->workers[wi].replica = r;
@@ -391,33 +413,36 @@ static xc_status place(xc_coord *c) {
 /* A fresh registered worker takes a vacant role; the whole replica is re-assigned so the
  * previous stage points at the new endpoint and every stage forgets old sequences. */
 static void fill_vacancies(xc_coord *c) {
-    for (int i = 0; i < c->n_workers; i++) {
-        cworker *w = &c->workers[i];
-        if (!w->alive || w->role >= 0) {
-            continue;
-        }
-        if (c->need_vision && c->vision_worker < 0) {
-            w->role = 0;
-            c->vision_worker = i;
-            XC_LOG_INFO("worker %s replaces the vision worker", w->id);
-            send_assign(c, i);
-            continue;
-        }
-        for (int r = 0; r < c->R && w->role < 0; r++) {
-            replica *rp = &c->reps[r];
-            for (int k = 0; k < rp->P; k++) {
-                if (rp->worker[k] < 0) {
-                    rp->worker[k] = i;
-                    w->role = 1;
-                    w->replica = r;
-                    w->stage = k;
-                    XC_LOG_INFO("worker %s replaces replica %d stage %d", w->id, r, k);
-                    for (int j = 0; j < rp->P; j++) {
-                        if (rp->worker[j] >= 0) {
-                            send_assign(c, rp->worker[j]);
+    /* dedicated workers first, then those that accept any role */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < c->n_workers; i++) {
+            cworker *w = &c->workers[i];
+            if (!w->alive || w->role >= 0 || (pass == 0) == (w->want == XC_PLACE_ANY)) {
+                continue;
+            }
+            if (c->need_vision && c->vision_worker < 0 && w->want != XC_PLACE_STAGE) {
+                w->role = 0;
+                c->vision_worker = i;
+                XC_LOG_INFO("worker %s replaces the vision worker", w->id);
+                send_assign(c, i);
+                continue;
+            }
+            for (int r = 0; r < c->R && w->role < 0 && w->want != XC_PLACE_VISION; r++) {
+                replica *rp = &c->reps[r];
+                for (int k = 0; k < rp->P; k++) {
+                    if (rp->worker[k] < 0) {
+                        rp->worker[k] = i;
+                        w->role = 1;
+                        w->replica = r;
+                        w->stage = k;
+                        XC_LOG_INFO("worker %s replaces replica %d stage %d", w->id, r, k);
+                        for (int j = 0; j < rp->P; j++) {
+                            if (rp->worker[j] >= 0) {
+                                send_assign(c, rp->worker[j]);
+                            }
                         }
+                        break;
                     }
-                    break;
                 }
             }
         }
@@ -499,6 +524,9 @@ static void worker_lost(xc_coord *c, int wi, const char *how) {
     w->ready = false;
     xc_transport_close(w->tx);
     w->tx = NULL;
+    if (c->placed) {
+        fill_vacancies(c); /* an idle spare takes the role at once */
+    }
     update_ready(c);
 }
 
@@ -549,14 +577,21 @@ static void on_register(xc_coord *c, const xc_wire_register *r) {
     snprintf(w->endpoint, sizeof w->endpoint, "%s", r->endpoint);
     w->mem = r->host_mem_bytes + r->device_mem_bytes;
     w->role = -1;
+    w->want = (xc_place_want)r->role;
     if (xc_transport_open(w->endpoint, XC_TRANSPORT_SEND, c->conf.tconf, &w->tx) != XC_OK) {
         XC_LOG_WARN("register from %s: cannot reach %s: %s", w->id, w->endpoint, xc_err_last());
         return;
     }
     w->alive = true;
     w->last_seen = xc_now_ns();
-    XC_LOG_INFO("worker %s registered (%s, %.0f MiB)", w->id, w->endpoint,
-                (double)w->mem / 1048576.0);
+    static const char *wants[] = {"any role", "vision only", "stages only"};
+    XC_LOG_INFO("worker %s registered (%s, %.0f MiB, %s)", w->id, w->endpoint,
+                (double)w->mem / 1048576.0, wants[w->want]);
+    if (w->want == XC_PLACE_VISION && !c->need_vision) {
+        XC_LOG_WARN("worker %s accepts only the vision role, which this cluster does not have "
+                    "(text only): it stays idle",
+                    w->id);
+    }
     if (c->placed) {
         fill_vacancies(c);
     }

@@ -1,8 +1,10 @@
 /* Placement cost model: exact min-max contiguous split by DP, and the choice of P and R. */
 #include "xc_place.h"
 
+#include <ctype.h>
 #include <float.h>
 #include <stdbool.h>
+#include <string.h>
 
 #include "xc_mem.h"
 
@@ -129,5 +131,92 @@ xc_status xc_place_shape(const xc_place_model *m, const uint64_t *mem, int n_wor
     }
     *P = p;
     *R = r;
+    return XC_OK;
+}
+
+/* ---- roles ---- */
+
+int xc_place_id_cmp(const char *a, const char *b) {
+    const char *a0 = a, *b0 = b;
+    while (*a && *b) {
+        if (isdigit((unsigned char)*a) && isdigit((unsigned char)*b)) {
+            // compare the digit runs as numbers: skip leading zeros, then the longer run is
+            // larger, then the first differing digit decides
+            while (*a == '0' && isdigit((unsigned char)a[1])) {
+                a++;
+            }
+            while (*b == '0' && isdigit((unsigned char)b[1])) {
+                b++;
+            }
+            size_t na = 0, nb = 0;
+            while (isdigit((unsigned char)a[na])) {
+                na++;
+            }
+            while (isdigit((unsigned char)b[nb])) {
+                nb++;
+            }
+            if (na != nb) {
+                return na < nb ? -1 : 1;
+            }
+            int d = memcmp(a, b, na);
+            if (d) {
+                return d;
+            }
+            a += na;
+            b += nb;
+            continue;
+        }
+        if (*a != *b) {
+            return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+        }
+        a++;
+        b++;
+    }
+    if (*a || *b) {
+        return *a ? 1 : -1;
+    }
+    return strcmp(a0, b0); /* equal but for leading zeros: still a total order */
+}
+
+xc_status xc_place_roles(const xc_place_worker *w, int n, bool need_vision, int *vision, int *order,
+                         int *n_dec) {
+    if (n < 0) {
+        return xc_errf(XC_ERR_ARG, "placement: %d workers", n);
+    }
+    int v = -1;
+    if (need_vision) {
+        for (int i = 0; i < n; i++) {
+            if (w[i].want == XC_PLACE_VISION && (v < 0 || xc_place_id_cmp(w[i].id, w[v].id) < 0)) {
+                v = i;
+            }
+        }
+        for (int i = 0; i < n && (v < 0 || w[v].want == XC_PLACE_ANY); i++) {
+            if (w[i].want == XC_PLACE_ANY &&
+                (v < 0 || w[i].mem < w[v].mem ||
+                 (w[i].mem == w[v].mem && xc_place_id_cmp(w[i].id, w[v].id) < 0))) {
+                v = i;
+            }
+        }
+    }
+    int k = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        xc_place_want want = pass == 0 ? XC_PLACE_STAGE : XC_PLACE_ANY;
+        int first = k;
+        for (int i = 0; i < n; i++) {
+            if (w[i].want == want && i != v) {
+                order[k++] = i;
+            }
+        }
+        // insertion sort by name: n is at most a few hundred workers
+        for (int a = first + 1; a < k; a++) {
+            int x = order[a], b = a;
+            for (; b > first && xc_place_id_cmp(w[order[b - 1]].id, w[x].id) > 0; b--) {
+                order[b] = order[b - 1];
+            }
+            order[b] = x;
+        }
+    }
+    *vision = v;
+    *n_dec = k;
     return XC_OK;
 }

@@ -2,6 +2,7 @@
  * every stage costs about the same. Pure logic, no I/O. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "xc_status.h"
@@ -35,3 +36,31 @@ double xc_place_stage_bytes(const xc_place_model *m, int a, int b, int P, int st
  * more workers than there are (message says what). */
 xc_status xc_place_shape(const xc_place_model *m, const uint64_t *mem, int n_workers, int fixed_P,
                          int fixed_R, int *P, int *R);
+
+/* ---- roles (runtime helper) ---- */
+
+/* The role a worker accepts (its --role; the wire's Register.role). */
+typedef enum xc_place_want {
+    XC_PLACE_ANY = 0,    /* vision or a decoder stage */
+    XC_PLACE_VISION = 1, /* only the vision encoder */
+    XC_PLACE_STAGE = 2,  /* only decoder stages */
+} xc_place_want;
+
+typedef struct xc_place_worker {
+    const char *id; /* its name (pod name, host:pid) */
+    xc_place_want want;
+    uint64_t mem; /* memory it advertises */
+} xc_place_worker;
+
+/* Natural order of worker names: runs of digits compare as numbers ("dec-2" < "dec-10"), the rest
+ * byte by byte. <0, 0, >0 like strcmp. */
+int xc_place_id_cmp(const char *a, const char *b);
+
+/* Sorts out the roles of n idle workers w (borrowed). *vision gets the vision worker (-1 if
+ * !need_vision or none accepts it): the first worker in name order that asked for vision, else
+ * the `any` worker with the least memory (ties: name order), so that the larger ones hold stages.
+ * order (n) gets the decoder candidates, *n_dec of them: every `stage` worker in name order, then
+ * the other `any` workers in name order (dedicated workers first; a pipeline's stages are
+ * order[r * P + k]). Vision-only workers are never candidates. XC_ERR_ARG if n < 0. */
+xc_status xc_place_roles(const xc_place_worker *w, int n, bool need_vision, int *vision, int *order,
+                         int *n_dec);

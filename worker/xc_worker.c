@@ -209,6 +209,10 @@ xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
     if (!(conf->heartbeat_s > 0) || !(conf->hang_s > 0)) {
         return xc_errf(XC_ERR_ARG, "worker: heartbeat and hang periods must be positive");
     }
+    if (conf->role != XC_WIRE_ROLE_ANY && conf->role != XC_WIRE_ROLE_VISION &&
+        conf->role != XC_WIRE_ROLE_STAGE) {
+        return xc_errf(XC_ERR_ARG, "worker: role %d is not any, vision or stage", (int)conf->role);
+    }
     const char *bk = conf->backend ? conf->backend : "cpu";
     bool sim = !strcmp(bk, "sim");
     if (sim) {
@@ -345,7 +349,20 @@ static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
     return XC_OK;
 }
 
+static const char *role_name(xc_wire_role r) {
+    return r == XC_WIRE_ROLE_VISION ? "vision" : r == XC_WIRE_ROLE_STAGE ? "stage" : "any";
+}
+
 static void on_assign(xc_worker *w, const xc_wire_assign *a) {
+    if (w->conf.role != XC_WIRE_ROLE_ANY && a->role != w->conf.role) {
+        /* never take a role this worker did not ask for (a coordinator bug or an old one) */
+        char msg[256];
+        snprintf(msg, sizeof msg, "worker %s accepts only the %s role, refused a %s assignment",
+                 w->id, role_name(w->conf.role), role_name(a->role));
+        XC_LOG_ERROR("%s", msg);
+        send_error(w, XC_ERR_ARG, msg, false);
+        return;
+    }
     uint32_t max_rows = a->max_rows ? a->max_rows : 256;
     bool same = w->assigned && w->role == a->role && w->stage == a->stage &&
                 w->n_stages == a->n_stages && w->layer_begin == a->layer_begin &&
@@ -791,7 +808,8 @@ static xc_status send_register(xc_worker *w) {
                   .device_mem_bytes = 0,
                   .host_mem_bytes = w->conf.mem_bytes ? w->conf.mem_bytes : host_mem(),
                   .endpoint = xc_transport_endpoint(w->rx),
-                  .device_name = w->conf.backend}};
+                  .device_name = w->conf.backend,
+                  .role = w->conf.role}};
     return send_control(w, w->coord, &c);
 }
 
@@ -804,8 +822,9 @@ xc_status xc_worker_run(xc_worker *w, volatile sig_atomic_t *stop) {
         }
         w->hb_started = true;
     }
-    XC_LOG_INFO("worker %s listening on %s, coordinator %s, backend %s", w->id,
-                xc_transport_endpoint(w->rx), w->conf.coordinator, w->conf.backend);
+    XC_LOG_INFO("worker %s listening on %s, coordinator %s, backend %s, role %s", w->id,
+                xc_transport_endpoint(w->rx), w->conf.coordinator, w->conf.backend,
+                role_name(w->conf.role));
     uint64_t last_reg = 0;
     xc_status ret = XC_OK;
     while (!*stop) {

@@ -12,6 +12,7 @@
 #include "xc_sim.h"
 #include "xc_status.h"
 #include "xc_transport.h"
+#include "xc_wire.h"
 
 typedef struct xc_worker xc_worker;
 
@@ -27,6 +28,7 @@ typedef struct xc_worker_conf {
     uint64_t mem_bytes;             /* memory advertised to placement; 0 = physical host memory */
     xc_sim_cost sim;                /* backend "sim" */
     int sim_width;                  /* columns of the hidden rows a sim stage sends (>= 1) */
+    xc_wire_role role;              /* the role it accepts: ANY (0), VISION or STAGE */
     const xc_transport_conf *tconf; /* NULL = defaults */
 } xc_worker_conf;
 

@@ -10,7 +10,7 @@
 #include "xc_worker.h"
 
 typedef struct worker_flags {
-    const char *coordinator, *endpoint, *id, *backend, *log_level;
+    const char *coordinator, *endpoint, *id, *backend, *log_level, *role;
     int threads, send_timeout_ms, mem_mb, sim_width;
     double heartbeat_s, hang_s;
     double sim_layer_us, sim_layer_row_us, sim_embed_us, sim_head_us, sim_head_row_us, sim_scale;
@@ -25,6 +25,8 @@ static const xc_conf_entry worker_entries[] = {
                 "unique worker name (default HOST:PID)"),
     XC_CONF_STR("backend", "XC_BACKEND", worker_flags, backend, "cpu", "cpu|cuda|sim",
                 "compute backend; sim does no math and sleeps per the cost model"),
+    XC_CONF_STR("role", "XC_ROLE", worker_flags, role, "any", "any|vision|stage",
+                "the role this worker accepts: vision encoder, decoder stages, or any"),
     XC_CONF_INT("threads", "XC_THREADS", worker_flags, threads, 0, 0, 1024,
                 "CPU threads (0 = all cores)"),
     XC_CONF_FLOAT("heartbeat", "XC_HEARTBEAT", worker_flags, heartbeat_s, 0.5, 0.01, 60,
@@ -97,7 +99,10 @@ int xc_worker_cli_main(int argc, char **argv) {
                                  .head_us = c.sim_head_us,
                                  .head_row_us = c.sim_head_row_us,
                                  .scale = c.sim_scale},
-                         .sim_width = c.sim_width};
+                         .sim_width = c.sim_width,
+                         .role = !strcmp(c.role, "vision")  ? XC_WIRE_ROLE_VISION
+                                 : !strcmp(c.role, "stage") ? XC_WIRE_ROLE_STAGE
+                                                            : XC_WIRE_ROLE_ANY};
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;

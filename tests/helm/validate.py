@@ -115,8 +115,10 @@ def check_shape(name, docs, values):
     sts = by_kind["StatefulSet"]
     if len(sts) != 1 or sts[0]["spec"]["replicas"] != stages * replicas:
         fail("%s: want one decoder StatefulSet of %d pods" % (name, stages * replicas))
-    if sts[0]["spec"]["podManagementPolicy"] != "OrderedReady":
-        fail("%s: decoder pods must start in order" % name)
+    # roles come from XC_ROLE and the pod names, not from the start order: decoder pods start in
+    # parallel and need no init container that waits for their turn
+    if sts[0]["spec"]["podManagementPolicy"] != "Parallel" or pod_spec(sts[0]).get("initContainers"):
+        fail("%s: decoder pods must start in parallel, without init containers" % name)
     if set(deps) != ({"coordinator", "vision"} if vision else {"coordinator"}):
         fail("%s: Deployments %s" % (name, sorted(deps)))
     coord = pod_spec(deps["coordinator"])["containers"][0]
@@ -149,6 +151,9 @@ def check_shape(name, docs, values):
             fail("%s: worker backend %s with nvidia.com/gpu=%r" % (name, backend, gpu))
         if env_of(c).get("XC_BACKEND") != backend:
             fail("%s: XC_BACKEND" % name)
+    roles = [env_of(spec["containers"][0]).get("XC_ROLE") for spec in workers]
+    if roles != ["stage"] + (["vision"] if vision else []):
+        fail("%s: XC_ROLE of the decoder and vision pods: %s" % (name, roles))
     anti = values.get("decoder", {}).get("podAntiAffinity", "soft")
     aff = pod_spec(sts[0]).get("affinity", {}).get("podAntiAffinity", {})
     if (anti == "hard") != ("requiredDuringSchedulingIgnoredDuringExecution" in aff):

@@ -21,9 +21,11 @@ stood in for as follows, and nothing else is changed:
 * Environment: value, $(VAR) expansion (the Kubernetes rules), fieldRef (metadata.name,
   metadata.namespace, status.podIP), secretKeyRef/configMapKeyRef from the rendered objects.
 * Start order: init containers run to completion first; StatefulSet pods start one by one
-  (OrderedReady: the next after the previous passed its readiness probe), the coordinator
-  1.5 s after the workers; probes (httpGet, tcpSocket, exec) are run as a kubelet would, from
-  the pod's address.
+  (OrderedReady: the next after the previous passed its readiness probe) or, with the chart's
+  Parallel policy, all at once in an adverse order (highest ordinal first, 0.3 s apart); the
+  vision pod after the decoder pods and the coordinator 1.5 s after the workers, so that the
+  roles cannot come from the start order; probes (httpGet, tcpSocket, exec) are run as a
+  kubelet would, from the pod's address.
 * Ports: the test picks free ports for the HTTP and cluster ports (values overrides), since
   the machine is shared.
 
@@ -46,7 +48,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -402,35 +403,31 @@ def run(a):
         cl = Cluster(docs, root, a.bin, os.path.join(tmp, "claims"))
         log("rendered %d objects; pods: %s" % (len(docs), ", ".join("%s=%s" % (p.name, p.ip) for p in cl.pods)))
 
-        # Pods start in an order a cluster may well choose: the workers first, the coordinator
-        # 1.5 s later (workers retry their registration); StatefulSet pods one by one, each
-        # after the previous passed its readiness probe (OrderedReady).
+        # Pods start in an order a cluster may well choose, and the worst one for roles that
+        # would follow registration order: the decoder pods first (highest ordinal first when
+        # the StatefulSet starts them in parallel), then the vision pod, the coordinator 1.5 s
+        # after the workers (workers retry their registration).
         def is_coord(p):
             return p.labels.get("app.kubernetes.io/component") == "coordinator"
-        errs = []
-
-        def statefulset():
-            try:
-                for pod in cl.pods:
-                    if pod.kind == "StatefulSet":
-                        cl.start_pod(pod, tmp, a.timeout)
-                        cl.wait_probe(pod, "startupProbe", a.timeout)
-                        cl.wait_probe(pod, "readinessProbe", a.timeout)
-                        log("pod %s ready" % pod.name)
-            except Exception as e:  # reported by the main thread
-                errs.append(e)
+        sts_pods = [p for p in cl.pods if p.kind == "StatefulSet"]
+        sts_doc = next(d for d in docs if d["kind"] == "StatefulSet")
+        if sts_doc["spec"].get("podManagementPolicy", "OrderedReady") == "Parallel":
+            for pod in reversed(sts_pods):
+                cl.start_pod(pod, tmp, a.timeout)
+                time.sleep(0.3)
+        else:
+            for pod in sts_pods:
+                cl.start_pod(pod, tmp, a.timeout)
+                cl.wait_probe(pod, "startupProbe", a.timeout)
+                cl.wait_probe(pod, "readinessProbe", a.timeout)
+                log("pod %s ready" % pod.name)
         for pod in cl.pods:
             if pod.kind == "Deployment" and not is_coord(pod):
                 cl.start_pod(pod, tmp, a.timeout)
-        th = threading.Thread(target=statefulset)
-        th.start()
         time.sleep(1.5)
         for pod in cl.pods:
             if is_coord(pod):
                 cl.start_pod(pod, tmp, a.timeout)
-        th.join()
-        if errs:
-            raise errs[0]
         running = [p for p in cl.pods if p.kind != "Job"]
         for pod in running:
             cl.wait_probe(pod, "startupProbe", a.timeout)

@@ -1,7 +1,12 @@
 /* Placement: the DP split against brute force over every set of cuts, the P/R choice against the
- * memory rule written out by hand, and argument errors. */
+ * memory rule written out by hand, and argument errors; the role rules (natural name order
+ * against a chunk-by-chunk reference, vision and decoder candidates against the rules stated in
+ * xc_place.h, on hand cases and random sets). */
+#include <ctype.h>
 #include <float.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "xc_place.h"
 #include "xc_test.h"
@@ -111,12 +116,170 @@ static void test_place_shape_fewest_stages_then_replicas(void **state) {
     assert_int_equal(xc_place_shape(&m, tiny, 8, 0, 0, &P, &R), XC_ERR_ARG);
 }
 
+/* ---- roles ---- */
+
+/* reference natural compare: split into chunks (a digit run parsed with strtoull, or one other
+ * byte) and compare the chunk lists; all equal: strcmp */
+static int ref_cmp(const char *a, const char *b) {
+    const char *p = a, *q = b;
+    while (*p && *q) {
+        bool dp = isdigit((unsigned char)*p), dq = isdigit((unsigned char)*q);
+        if (dp && dq) {
+            char *ep, *eq;
+            unsigned long long x = strtoull(p, &ep, 10), y = strtoull(q, &eq, 10);
+            if (x != y) {
+                return x < y ? -1 : 1;
+            }
+            p = ep;
+            q = eq;
+        } else {
+            if (*p != *q) {
+                return (unsigned char)*p < (unsigned char)*q ? -1 : 1;
+            }
+            p++;
+            q++;
+        }
+    }
+    if (*p || *q) {
+        return *p ? 1 : -1;
+    }
+    return strcmp(a, b);
+}
+
+static int sgn(int x) {
+    return (x > 0) - (x < 0);
+}
+
+static void rand_name(char *s, unsigned *seed) {
+    static const char alpha[] = "ab-:019";
+    int n = (int)(rand_r(seed) % 9);
+    for (int i = 0; i < n; i++) {
+        s[i] = alpha[rand_r(seed) % (sizeof alpha - 1)];
+    }
+    s[n] = 0;
+}
+
+static void test_place_id_cmp_natural_order(void **state) {
+    (void)state;
+    assert_true(xc_place_id_cmp("rel-xcpipe-decoder-2", "rel-xcpipe-decoder-10") < 0);
+    assert_true(xc_place_id_cmp("w10", "w9") > 0);
+    assert_true(xc_place_id_cmp("w1", "w1") == 0);
+    assert_true(xc_place_id_cmp("w", "w0") < 0);
+    assert_true(xc_place_id_cmp("w01", "w1") != 0); /* total order: not equal */
+    unsigned seed = 12345;
+    char x[12], y[12];
+    for (int t = 0; t < 20000; t++) {
+        rand_name(x, &seed);
+        rand_name(y, &seed);
+        assert_int_equal(sgn(xc_place_id_cmp(x, y)), sgn(ref_cmp(x, y)));
+        assert_int_equal(sgn(xc_place_id_cmp(x, y)), -sgn(xc_place_id_cmp(y, x)));
+    }
+}
+
+static void test_place_roles_hand_cases(void **state) {
+    (void)state;
+    int v = -2, order[8], n = -1;
+    /* dedicated vision wins; stages: dedicated in name order, then the any workers */
+    const xc_place_worker a[] = {{"dec-10", XC_PLACE_STAGE, 100}, {"x", XC_PLACE_ANY, 500},
+                                 {"dec-2", XC_PLACE_STAGE, 100},  {"vis", XC_PLACE_ANY, 10},
+                                 {"v2", XC_PLACE_VISION, 900},    {"v1", XC_PLACE_VISION, 900}};
+    assert_int_equal(xc_place_roles(a, 6, true, &v, order, &n), XC_OK);
+    assert_int_equal(v, 5); /* v1 before v2 */
+    assert_int_equal(n, 4);
+    assert_int_equal(order[0], 2); /* dec-2 */
+    assert_int_equal(order[1], 0); /* dec-10 */
+    assert_int_equal(order[2], 3); /* vis */
+    assert_int_equal(order[3], 1); /* x */
+    /* no dedicated vision worker: the any worker with the least memory */
+    const xc_place_worker b[] = {{"w0", XC_PLACE_ANY, 64},
+                                 {"w1", XC_PLACE_STAGE, 8},
+                                 {"w2", XC_PLACE_ANY, 32},
+                                 {"w3", XC_PLACE_ANY, 32}};
+    assert_int_equal(xc_place_roles(b, 4, true, &v, order, &n), XC_OK);
+    assert_int_equal(v, 2);
+    assert_int_equal(n, 3);
+    assert_int_equal(order[0], 1);
+    assert_int_equal(order[1], 0);
+    assert_int_equal(order[2], 3);
+    /* only stage workers: nobody takes vision */
+    const xc_place_worker c[] = {{"s1", XC_PLACE_STAGE, 1}, {"s0", XC_PLACE_STAGE, 1}};
+    assert_int_equal(xc_place_roles(c, 2, true, &v, order, &n), XC_OK);
+    assert_int_equal(v, -1);
+    assert_int_equal(n, 2);
+    assert_int_equal(order[0], 1);
+    /* text only: no vision; vision-only workers are no candidates */
+    assert_int_equal(xc_place_roles(a, 6, false, &v, order, &n), XC_OK);
+    assert_int_equal(v, -1);
+    assert_int_equal(n, 4);
+    assert_int_equal(order[2], 3);
+    assert_int_equal(xc_place_roles(a, -1, false, &v, order, &n), XC_ERR_ARG);
+}
+
+/* random sets against the rules of xc_place.h */
+static void test_place_roles_random_sets(void **state) {
+    (void)state;
+    unsigned seed = 7;
+    char names[16][16];
+    xc_place_worker w[16];
+    int order[16];
+    for (int t = 0; t < 3000; t++) {
+        int n = (int)(rand_r(&seed) % 16);
+        bool need = rand_r(&seed) % 4 != 0;
+        for (int i = 0; i < n; i++) {
+            snprintf(names[i], sizeof names[i], "p%u-%d", rand_r(&seed) % 3, i * 7 % 16);
+            w[i] = (xc_place_worker){names[i], (xc_place_want)(rand_r(&seed) % 3),
+                                     (uint64_t)(rand_r(&seed) % 4)};
+        }
+        int v = -2, nd = -1;
+        assert_int_equal(xc_place_roles(w, n, need, &v, order, &nd), XC_OK);
+        int n_vis = 0, n_any = 0, n_stage = 0;
+        for (int i = 0; i < n; i++) {
+            n_vis += w[i].want == XC_PLACE_VISION;
+            n_any += w[i].want == XC_PLACE_ANY;
+            n_stage += w[i].want == XC_PLACE_STAGE;
+        }
+        if (!need || (n_vis == 0 && n_any == 0)) {
+            assert_int_equal(v, -1);
+        } else if (n_vis > 0) {
+            assert_int_equal(w[v].want, XC_PLACE_VISION);
+            for (int i = 0; i < n; i++) {
+                assert_false(w[i].want == XC_PLACE_VISION &&
+                             xc_place_id_cmp(names[i], names[v]) < 0);
+            }
+        } else {
+            assert_int_equal(w[v].want, XC_PLACE_ANY);
+            for (int i = 0; i < n; i++) {
+                assert_false(w[i].want == XC_PLACE_ANY && w[i].mem < w[v].mem);
+            }
+        }
+        bool taken_vision = v >= 0 && w[v].want == XC_PLACE_ANY;
+        assert_int_equal(nd, n_stage + n_any - (taken_vision ? 1 : 0));
+        bool seen[16] = {false};
+        for (int k = 0; k < nd; k++) {
+            int i = order[k];
+            assert_true(i >= 0 && i < n && i != v && !seen[i]);
+            seen[i] = true;
+            assert_true(w[i].want != XC_PLACE_VISION);
+            if (k > 0) {
+                const xc_place_worker *p = &w[order[k - 1]];
+                assert_false(p->want == XC_PLACE_ANY && w[i].want == XC_PLACE_STAGE);
+                if (p->want == w[i].want) {
+                    assert_true(xc_place_id_cmp(p->id, w[i].id) < 0);
+                }
+            }
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_place_split_matches_brute_force),
         cmocka_unit_test(test_place_split_head_gets_fewer_layers),
         cmocka_unit_test(test_place_split_rejects_bad_counts),
         cmocka_unit_test(test_place_shape_fewest_stages_then_replicas),
+        cmocka_unit_test(test_place_id_cmp_natural_order),
+        cmocka_unit_test(test_place_roles_hand_cases),
+        cmocka_unit_test(test_place_roles_random_sets),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }

@@ -143,7 +143,8 @@ capabilities:
 {{- end -}}
 {{- end -}}
 
-{{/* Worker env (vision and decoder). Argument: dict "ctx" . "mem" memMiB. */}}
+{{/* Worker env (vision and decoder). Argument: dict "ctx" . "mem" memMiB "role" vision|stage
+     (XC_ROLE: the coordinator gives each pod only the role it asks for). */}}
 {{- define "xcpipe.workerEnv" -}}
 {{- $v := .ctx.Values -}}
 {{ include "xcpipe.podEnv" .ctx }}
@@ -169,6 +170,8 @@ capabilities:
   value: {{ $v.worker.sendTimeoutMs | quote }}
 - name: XC_MEM_MB
   value: {{ .mem | quote }}
+- name: XC_ROLE
+  value: {{ .role | quote }}
 {{- with include "xcpipe.curveEnv" .ctx }}
 {{ . }}
 {{- end }}
