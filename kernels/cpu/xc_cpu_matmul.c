@@ -29,10 +29,11 @@
  * weights at memory speed. cblas_sgemv is fast at m = 1 (3.1 ms) but its results differ from
  * sgemm's, so mixing them breaks invariance. Using sgemm for every m would make decode 6x slower;
  * using it only for large m would break invariance. So every dtype uses the kernels below. Side by
- * side on f32 weights (`xcpipe bench kernels --dtype f32 --blas`, two threads, noisy shared
- * machine): m = 1 these kernels 27-51 GB/s against sgemv's 16-29 and sgemm's 5; m = 16 58-86
- * GFLOP/s against sgemm's 30-63; m = 256 86-117 against sgemm's 93-185 (a tie on three of the
- * four shapes, sgemm ahead on w2). */
+ * side on f32 weights (`xcpipe bench kernels --dtype f32 --blas`, two threads, two runs on the
+ * noisy shared machine): m = 1 these kernels 27-52 GB/s against sgemv's 16-40 and sgemm's 5;
+ * m = 16 57-116 GFLOP/s against sgemm's 30-63; m = 256 87-171 against sgemm's 93-185, where
+ * sgemm is 5-10% faster on three shapes and up to 1.6x on w2 (k = 14336): the price of invariance
+ * at large m. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
