@@ -47,11 +47,15 @@ typedef struct upload {
 static int count_attempt(const char *text) {
     pthread_mutex_lock(&fk.mu);
     int i = 0;
-    while (i < fk.n_keys && strcmp(fk.keys[i], text)) {
+    /* keys are the first (sizeof key - 1) bytes of the text, compared the same way */
+    size_t klen = sizeof fk.keys[0] - 1;
+    while (i < fk.n_keys && strncmp(fk.keys[i], text, klen)) {
         i++;
     }
     if (i == fk.n_keys && fk.n_keys < MAX_KEYS) {
-        snprintf(fk.keys[fk.n_keys++], sizeof fk.keys[0], "%s", text);
+        size_t n = strnlen(text, klen);
+        memcpy(fk.keys[fk.n_keys], text, n);
+        fk.keys[fk.n_keys++][n] = '\0';
     }
     int a = i < MAX_KEYS ? ++fk.attempts[i] : 0;
     pthread_mutex_unlock(&fk.mu);
@@ -62,7 +66,7 @@ static int attempts_of(const char *text) {
     pthread_mutex_lock(&fk.mu);
     int a = 0;
     for (int i = 0; i < fk.n_keys; i++) {
-        if (!strcmp(fk.keys[i], text)) {
+        if (!strncmp(fk.keys[i], text, sizeof fk.keys[0] - 1)) {
             a = fk.attempts[i];
         }
     }
