@@ -306,6 +306,7 @@ int xc_cmd_serve(int argc, char **argv) {
     f.max_rows = c.max_rows;
     f.requests = c.requests;
     f.exit_when_done = c.exit_when_done;
+    f.shutdown_workers = true; /* serve owns its workers */
     if (strcmp(c.transport, "mpi")) {
         xc_log_set_role("C");
         return serve_local(&c, &f);
@@ -320,6 +321,7 @@ int xc_cmd_serve(int argc, char **argv) {
     if (rank == 0) {
         xc_log_set_role("C");
         f.endpoint = "mpi://0";
+        f.shutdown_workers = true; /* the ranks are ours: mpirun ends when they do */
         f.workers = size - 1;
         f.stages = c.stages;
         f.replicas = 0;

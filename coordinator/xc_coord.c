@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "xc_log.h"
@@ -129,6 +130,13 @@ struct xc_coord {
     int vision_worker; /* -1 none / vacant */
     bool need_vision;
     char place_msg[256]; /* why placement waits or fails, logged once per change */
+
+    /* Reregister sent to unknown heartbeating workers, at most once a second each */
+    struct {
+        char id[128];
+        uint64_t ns;
+    } rereg[64];
+
     replica reps[MAX_REPLICAS];
     int R, P;
 
@@ -541,6 +549,50 @@ static int worker_by_id(xc_coord *c, const char *id) {
     return -1;
 }
 
+/* A heartbeat from a worker this coordinator does not know (it restarted, or declared the worker
+ * dead): tell it to register again, through a one-shot link to the endpoint the heartbeat names.
+ * At most once a second per worker name; the short linger keeps a gone peer from stalling us. */
+static void ask_reregister(xc_coord *c, const xc_wire_heartbeat *hb) {
+    if (!hb->worker_id || !hb->worker_id[0] || !hb->endpoint || !hb->endpoint[0] ||
+        atomic_load(&c->stopping)) {
+        return;
+    }
+    uint64_t now = xc_now_ns();
+    int slot = 0;
+    for (int i = 0; i < 64; i++) {
+        if (!strcmp(c->rereg[i].id, hb->worker_id)) {
+            slot = i;
+            break;
+        }
+        if (c->rereg[i].ns < c->rereg[slot].ns) {
+            slot = i; /* else the oldest entry */
+        }
+    }
+    if (!strcmp(c->rereg[slot].id, hb->worker_id) && now - c->rereg[slot].ns < 1000000000ull) {
+        return;
+    }
+    snprintf(c->rereg[slot].id, sizeof c->rereg[slot].id, "%s", hb->worker_id);
+    c->rereg[slot].ns = now;
+    xc_transport_conf tc = XC_TRANSPORT_CONF_INIT;
+    if (c->conf.tconf) {
+        tc = *c->conf.tconf;
+    }
+    tc.linger_ms = 200;
+    xc_transport *tx = NULL;
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL,
+                     .u.control = {.kind = XC_WIRE_CTL_REREGISTER,
+                                   .u.reregister.reason = "unknown to this coordinator"}};
+    if (xc_transport_open(hb->endpoint, XC_TRANSPORT_SEND, &tc, &tx) != XC_OK ||
+        xc_transport_send_wire(tx, &m, NULL, 0, 200) != XC_OK) {
+        XC_LOG_WARN("heartbeat from unknown worker %s: cannot ask it to register at %s: %s",
+                    hb->worker_id, hb->endpoint, xc_err_last());
+    } else {
+        XC_LOG_INFO("heartbeat from unknown worker %s (%s): asked it to register", hb->worker_id,
+                    hb->endpoint);
+    }
+    xc_transport_close(tx);
+}
+
 static void on_register(xc_coord *c, const xc_wire_register *r) {
     int wi = worker_by_id(c, r->worker_id);
     if (wi >= 0 && c->workers[wi].alive) {
@@ -707,6 +759,8 @@ static void handle(xc_coord *c, const xc_wire_msg *m, const xc_msg *msg) {
         if (wi >= 0 && c->workers[wi].alive) {
             c->workers[wi].last_seen = xc_now_ns();
             hooks_heartbeat(c, wi, &ctl->u.heartbeat);
+        } else {
+            ask_reregister(c, &ctl->u.heartbeat);
         }
         break;
     case XC_WIRE_CTL_READY:
@@ -1094,7 +1148,12 @@ xc_status xc_coord_create(const xc_coord_conf *conf, xc_coord **out) {
     pthread_cond_init(&c->cond, NULL);
     pthread_mutex_init(&c->stats_lock, NULL);
     c->vision_worker = -1;
-    c->next_id = 1;
+    /* request (= sequence) ids start at the wall clock in microseconds, so that a restarted
+     * coordinator never reuses an id of its predecessor: a late Result of the old one then
+     * matches no sequence and is dropped (ids stay far below bit 63, the vision job flag) */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    c->next_id = 1 + (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
     snprintf(c->model_dir, sizeof c->model_dir, "%s", conf->model_dir);
     c->conf.model_dir = c->model_dir;
     XC_TRY_GOTO(model_info_load(conf->model_dir, &c->mi), st, fail);

@@ -45,6 +45,9 @@ static const xc_conf_entry coord_entries[] = {
                 "line-protocol requests from this file or FIFO ('-' = stdin); answers on stdout"),
     XC_CONF_BOOL("exit-when-done", "XC_EXIT_WHEN_DONE", xc_coord_flags, exit_when_done, 0,
                  "exit (and stop the workers) when --requests reaches its end"),
+    XC_CONF_BOOL("shutdown-workers", "XC_SHUTDOWN_WORKERS", xc_coord_flags, shutdown_workers, 0,
+                 "on exit (SIGTERM, --exit-when-done) tell every worker to exit too; off: the "
+                 "workers stay up and a new coordinator on this endpoint adopts them"),
     XC_CONF_FLOAT("drain-timeout", "XC_DRAIN_TIMEOUT", xc_coord_flags, drain_s, 10, 0, 3600,
                   "on SIGTERM, seconds to let in-flight requests finish"),
     XC_CONF_FLOAT("ready-timeout", "XC_READY_TIMEOUT", xc_coord_flags, ready_timeout_s, 0, 0, 86400,
@@ -120,7 +123,7 @@ int xc_coord_cli_serve(xc_coord *c, const xc_coord_flags *f) {
         }
         XC_LOG_INFO("SIGTERM: draining for up to %.1f s", f->drain_s);
     }
-    xc_coord_stop(c, f->drain_s, true);
+    xc_coord_stop(c, f->drain_s, f->shutdown_workers);
     return rc;
 }
 

@@ -12,6 +12,7 @@ typedef struct xc_coord_flags {
     int max_context, plora_rank;
     double dead_s, drain_s, ready_timeout_s;
     bool no_vision, exit_when_done;
+    bool shutdown_workers; /* on exit, tell every worker to exit too (xcpipe serve: always) */
 } xc_coord_flags;
 
 /* Parses argv into flags (XC_AGAIN after --help; XC_ERR_ARG with a message). extra/n_extra are

@@ -39,8 +39,10 @@ struct xc_worker {
     xc_arena *arena;
     bool sim;
 
-    /* role */
+    /* role: assigned = serving it for the current coordinator; loaded = the model state below
+     * matches the fields (kept across a Reregister, so the same role again reloads nothing) */
     bool assigned;
+    bool loaded;
     xc_wire_role role;
     uint32_t stage, n_stages, layer_begin, layer_end, replica;
     uint32_t kv_blocks, block_size, max_rows;
@@ -192,7 +194,8 @@ static void *hb_main(void *arg) {
                                              .worker_id = w->id,
                                              .busy_ns = atomic_load(&w->busy_ns),
                                              .microbatches = atomic_load(&w->n_mb),
-                                             .bytes_sent = atomic_load(&w->bytes_out)}};
+                                             .bytes_sent = atomic_load(&w->bytes_out),
+                                             .endpoint = xc_transport_endpoint(w->rx)}};
         xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = c};
         (void)xc_transport_send_wire(tx, &m, NULL, 0, 100);
     }
@@ -270,6 +273,7 @@ static void unload(xc_worker *w) {
     w->vision = NULL;
     w->ck = NULL;
     w->assigned = false;
+    w->loaded = false;
 }
 
 void xc_worker_destroy(xc_worker *w) {
@@ -364,7 +368,7 @@ static void on_assign(xc_worker *w, const xc_wire_assign *a) {
         return;
     }
     uint32_t max_rows = a->max_rows ? a->max_rows : 256;
-    bool same = w->assigned && w->role == a->role && w->stage == a->stage &&
+    bool same = w->loaded && w->role == a->role && w->stage == a->stage &&
                 w->n_stages == a->n_stages && w->layer_begin == a->layer_begin &&
                 w->layer_end == a->layer_end && w->kv_blocks == a->kv_blocks &&
                 w->block_size == a->kv_block_size && w->max_rows == max_rows &&
@@ -406,6 +410,7 @@ static void on_assign(xc_worker *w, const xc_wire_assign *a) {
         return;
     }
     w->assigned = true;
+    w->loaded = true;
     char tag[32];
     if (a->role == XC_WIRE_ROLE_VISION) {
         snprintf(tag, sizeof tag, "V");
@@ -831,7 +836,7 @@ xc_status xc_worker_run(xc_worker *w, volatile sig_atomic_t *stop) {
         uint64_t now = xc_now_ns();
         /* until assigned, re-register every 2 s: the coordinator may start after us, or may have
          * restarted */
-        if (!w->assigned && now - last_reg > 2000000000ull) {
+        if (!w->assigned && (last_reg == 0 || now - last_reg > 2000000000ull)) {
             last_reg = now;
             if (send_register(w) != XC_OK) {
                 XC_LOG_DEBUG("register: %s", xc_err_last());
@@ -860,6 +865,14 @@ xc_status xc_worker_run(xc_worker *w, volatile sig_atomic_t *stop) {
                 break;
             } else if (c->kind == XC_WIRE_CTL_DRAIN) {
                 XC_LOG_INFO("drain requested");
+            } else if (c->kind == XC_WIRE_CTL_REREGISTER) {
+                /* a coordinator that does not know us (it restarted): forget the sequences and
+                 * the assignment, keep the weights, register at once */
+                XC_LOG_INFO("coordinator asks to register again (%s)%s", c->u.reregister.reason,
+                            w->assigned ? "; dropping the assignment, keeping the weights" : "");
+                seqs_clear(w);
+                w->assigned = false;
+                last_reg = 0;
             } else {
                 atomic_fetch_add(&w->n_bad, 1);
                 XC_LOG_WARN("ignored a %s message", xc_wire_ctl_name(c->kind));

@@ -32,7 +32,8 @@ stood in for as follows, and nothing else is changed:
 Then: every startup/readiness probe passes, the coordinator's readiness (/ready through the
 whole pipeline) passes, the roles are the chart's intent (vision on the vision pod, decoder pod
 K = stage K), a request without a key gets 401, a text chat and an image chat request through the
-HTTP Service get answers, the batch Job (`xcpipe batch` with the chart's arguments, input from a
+HTTP Service get answers, a coordinator restart (SIGTERM, exit 0, a new process) leaves the
+workers running and the new coordinator adopts them and answers, the batch Job (`xcpipe batch` with the chart's arguments, input from a
 ConfigMap, output on a claim) writes a record with status 200 per request, and SIGTERM to every pod (what `helm uninstall` does) ends every
 process with status 0 within the grace period. Everything is killed on any failure; bounded time.
 """
@@ -479,6 +480,33 @@ def run(a):
             raise Fail("image chat: %d %s" % (st, body))
         log("image chat: 200, %d prompt tokens (image included), %d completion tokens" %
             (body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"]))
+
+        # a coordinator upgrade (Recreate: SIGTERM, then a new pod): it drains and exits 0, the
+        # workers stay up (XC_SHUTDOWN_WORKERS=0) and the new coordinator adopts them
+        workers = [p for p in running if p is not coord]
+        coord.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = coord.proc.wait(timeout=coord.spec.get("terminationGracePeriodSeconds", 30))
+        except subprocess.TimeoutExpired:
+            raise Fail("the coordinator did not exit on SIGTERM")
+        if rc != 0:
+            raise Fail("the coordinator exited %d on SIGTERM" % rc)
+        time.sleep(1)
+        gone = [p.name for p in workers if p.proc.poll() is not None]
+        if gone:
+            raise Fail("workers exited with the coordinator: %s" % gone)
+        t_new = time.time()
+        cl.start_pod(coord, tmp, a.timeout)
+        cl.wait_probe(coord, "readinessProbe", a.timeout)
+        gone = [p.name for p in workers if p.proc.poll() is not None]
+        if gone:
+            raise Fail("workers exited while the new coordinator adopted them: %s" % gone)
+        st, body = http("http://%s/v1/chat/completions" % svc,
+                        {"model": model, "messages": [{"role": "user", "content": "Hello again"}], "max_tokens": 4}, key)
+        if st != 200:
+            raise Fail("chat after the coordinator restart: %d %s" % (st, body))
+        log("coordinator restarted (SIGTERM, new process): the workers stayed up, the new one was ready "
+            "%.1f s after its start and answered" % (time.time() - t_new))
 
         if a.curve:
             # the cluster port admits only holders of the cluster key: a worker without CURVE

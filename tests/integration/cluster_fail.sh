@@ -13,7 +13,7 @@ reference "$T/one.txt" "$T/want.txt"
 ep="tcp://127.0.0.1:$(free_port)"
 mkfifo "$T/in"
 start_workers 3 "$ep" w --heartbeat 0.2
-"$COORD" --model "$T/m" --endpoint "$ep" --stages 2 --dead-timeout 1 --requests "$T/in" \
+"$COORD" --model "$T/m" --endpoint "$ep" --stages 2 --dead-timeout 1 --shutdown-workers --requests "$T/in" \
   > "$T/out.txt" 2> "$T/coord.log" &
 CPID=$!
 PIDS+=($CPID)

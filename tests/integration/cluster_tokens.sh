@@ -14,7 +14,7 @@ for tr in tcp ipc; do
     if [ $tr = tcp ]; then ep="tcp://127.0.0.1:$(free_port)"; else ep="ipc://$T/coord-$stages.sock"; fi
     PIDS=()
     start_workers $((stages + 1)) "$ep" "w$tr$stages-"
-    timeout 60 "$COORD" --model "$T/m" --endpoint "$ep" --stages "$stages" --replicas 1 \
+    timeout 60 "$COORD" --model "$T/m" --endpoint "$ep" --stages "$stages" --replicas 1 --shutdown-workers \
       --chunk 7 --max-rows 40 --requests "$T/req.txt" --exit-when-done --ready-timeout 20 \
       > "$T/got.txt" 2> "$T/coord.log" || fail "$tr/$stages stages: coordinator failed"
     for p in "${PIDS[@]}"; do
