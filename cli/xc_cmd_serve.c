@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "xc_cgroup.h"
 #include "xc_cli.h"
 #include "xc_conf.h"
 #include "xc_coord.h"
@@ -189,7 +190,7 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
     s->coord_ep = xc_coord_endpoint(co);
     bool vision = xc_coord_image_tokens(co) > 0;
     int n_workers = c->stages * c->replicas + (vision ? 1 : 0);
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long cores = xc_cgroup_cpus(); /* online CPUs, affinity, cgroup quota */
     int thr = c->threads > 0 ? c->threads : (int)(cores / n_workers > 0 ? cores / n_workers : 1);
     snprintf(s->threads, sizeof s->threads, "%d", thr);
     snprintf(s->hb, sizeof s->hb, "%g", c->heartbeat_s);

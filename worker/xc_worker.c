@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "xc_backend.h"
+#include "xc_cgroup.h"
 #include "xc_ckpt.h"
 #include "xc_kv.h"
 #include "xc_llm.h"
@@ -33,6 +34,7 @@ typedef struct seq_state {
 struct xc_worker {
     xc_worker_conf conf;
     char id[128];
+    uint64_t host_mem;   /* physical memory or the container's limit, if smaller */
     xc_transport *rx;    /* own mailbox */
     xc_transport *coord; /* to the coordinator (main thread) */
     xc_transport *next;  /* to the next stage (or the coordinator from the last stage) */
@@ -97,11 +99,6 @@ static void send_error(xc_worker *w, xc_status code, const char *msg, bool fatal
     if (send_control(w, w->coord, &c) != XC_OK) {
         XC_LOG_WARN("could not report an error to the coordinator: %s", xc_err_last());
     }
-}
-
-static uint64_t host_mem(void) {
-    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
 }
 
 static seq_state *seq_find(xc_worker *w, uint64_t id) {
@@ -246,8 +243,12 @@ xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
                 st, fail);
     XC_TRY_GOTO(xc_transport_open(conf->coordinator, XC_TRANSPORT_SEND, conf->tconf, &w->coord), st,
                 fail);
+    /* in a container the node's memory and cores are not ours: the cgroup limits cap both */
+    w->host_mem = xc_cgroup_host_mem();
     if (!sim) {
-        xc_backend_conf bc = {.n_threads = conf->n_threads};
+        xc_backend_conf bc = {.n_threads = conf->n_threads ? conf->n_threads : xc_cgroup_cpus()};
+        XC_LOG_INFO("worker %s: %d CPU threads, %.0f MiB memory (node and cgroup limits)", w->id,
+                    bc.n_threads, (double)w->host_mem / 1048576.0);
         XC_TRY_GOTO(xc_backend_create(bk, &bc, &w->be), st, fail);
     }
     *out = w;
@@ -811,7 +812,7 @@ static xc_status send_register(xc_worker *w) {
                   .backend = w->be && !strcmp(w->conf.backend, "cuda") ? XC_WIRE_BACKEND_CUDA
                                                                        : XC_WIRE_BACKEND_CPU,
                   .device_mem_bytes = 0,
-                  .host_mem_bytes = w->conf.mem_bytes ? w->conf.mem_bytes : host_mem(),
+                  .host_mem_bytes = w->conf.mem_bytes ? w->conf.mem_bytes : w->host_mem,
                   .endpoint = xc_transport_endpoint(w->rx),
                   .device_name = w->conf.backend,
                   .role = w->conf.role}};

@@ -28,7 +28,8 @@ static const xc_conf_entry worker_entries[] = {
     XC_CONF_STR("role", "XC_ROLE", worker_flags, role, "any", "any|vision|stage",
                 "the role this worker accepts: vision encoder, decoder stages, or any"),
     XC_CONF_INT("threads", "XC_THREADS", worker_flags, threads, 0, 0, 1024,
-                "CPU threads (0 = all cores)"),
+                "CPU threads (0 = the cores this process may use: online CPUs, affinity and the "
+                "cgroup CPU quota)"),
     XC_CONF_FLOAT("heartbeat", "XC_HEARTBEAT", worker_flags, heartbeat_s, 0.5, 0.01, 60,
                   "heartbeat period in seconds"),
     XC_CONF_FLOAT("hang-timeout", "XC_HANG_TIMEOUT", worker_flags, hang_s, 60, 0.1, 86400,
@@ -36,7 +37,8 @@ static const xc_conf_entry worker_entries[] = {
     XC_CONF_INT("send-timeout-ms", "XC_SEND_TIMEOUT_MS", worker_flags, send_timeout_ms, 2000, 1,
                 600000, "give up a send to a peer that is gone after this"),
     XC_CONF_INT("mem-mb", "XC_MEM_MB", worker_flags, mem_mb, 0, 0, 1 << 30,
-                "memory advertised to placement in MiB (0 = physical memory)"),
+                "memory advertised to placement in MiB (0 = physical memory or the cgroup limit, "
+                "if smaller)"),
     XC_CONF_FLOAT("sim-layer-us", "XC_SIM_LAYER_US", worker_flags, sim_layer_us, 140, 0, 1e9,
                   "sim: microseconds per layer and micro-batch"),
     XC_CONF_FLOAT("sim-layer-row-us", "XC_SIM_LAYER_ROW_US", worker_flags, sim_layer_row_us, 0.75,
