@@ -143,11 +143,14 @@ static void reap_and_restart(supervisor *s, bool restart) {
     }
 }
 
-static volatile sig_atomic_t g_serve_stop;
+static volatile sig_atomic_t g_serve_stop, g_serve_reload;
 
 static void on_serve_signal(int sig) {
-    (void)sig;
-    g_serve_stop = 1;
+    if (sig == SIGHUP) {
+        g_serve_reload = 1;
+    } else {
+        g_serve_stop = 1;
+    }
 }
 
 static int serve_local(const serve_conf *c, xc_coord_flags *f) {
@@ -213,6 +216,7 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
     sa.sa_handler = on_serve_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL); /* reload the API key file */
     signal(SIGPIPE, SIG_IGN);
     int rc = 0;
     if (c->requests) {
@@ -231,6 +235,14 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
     }
     while (rc == 0 && !(c->requests && c->exit_when_done) && !g_serve_stop) {
         reap_and_restart(s, true);
+        if (g_serve_reload) {
+            g_serve_reload = 0;
+            if (http) {
+                (void)xc_http_reload_keys(http); /* logs what happened */
+            } else {
+                XC_LOG_WARN("SIGHUP: no HTTP API, nothing to reload");
+            }
+        }
         usleep(200000);
     }
     xc_coord_stop(co, f->drain_s, true);
@@ -340,7 +352,7 @@ int xc_cmd_serve(int argc, char **argv) {
             xc_coord_destroy(co);
             return 1;
         }
-        int rc = xc_coord_cli_serve(co, &f);
+        int rc = xc_coord_cli_serve(co, &f, http);
         xc_http_destroy(http);
         xc_coord_destroy(co);
         return rc;

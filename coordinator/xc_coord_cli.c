@@ -62,11 +62,14 @@ static const xc_conf_spec coord_spec = {
     "come through the library API or the line protocol of --requests.",
     coord_entries, sizeof coord_entries / sizeof coord_entries[0]};
 
-static volatile sig_atomic_t g_stop;
+static volatile sig_atomic_t g_stop, g_reload;
 
 static void on_signal(int sig) {
-    (void)sig;
-    g_stop = 1;
+    if (sig == SIGHUP) {
+        g_reload = 1;
+    } else {
+        g_stop = 1;
+    }
 }
 
 xc_status xc_coord_cli_parse(int argc, char **argv, xc_coord_flags *f) {
@@ -94,12 +97,13 @@ void xc_coord_cli_conf(const xc_coord_flags *f, xc_coord_conf *out) {
                            .plora_rank = f->plora_rank};
 }
 
-int xc_coord_cli_serve(xc_coord *c, const xc_coord_flags *f) {
+int xc_coord_cli_serve(xc_coord *c, const xc_coord_flags *f, xc_http *http) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL); /* reload the API key file (key rotation without a restart) */
     signal(SIGPIPE, SIG_IGN);
     int rc = 0;
     if (f->ready_timeout_s > 0 && xc_coord_wait_ready(c, f->ready_timeout_s) != XC_OK) {
@@ -119,6 +123,14 @@ int xc_coord_cli_serve(xc_coord *c, const xc_coord_flags *f) {
     }
     if (rc == 0 && !(f->requests && f->exit_when_done)) {
         while (!g_stop) {
+            if (g_reload) {
+                g_reload = 0;
+                if (http) {
+                    (void)xc_http_reload_keys(http); /* logs what happened */
+                } else {
+                    XC_LOG_WARN("SIGHUP: no HTTP API, nothing to reload");
+                }
+            }
             usleep(50000);
         }
         XC_LOG_INFO("SIGTERM: draining for up to %.1f s", f->drain_s);
@@ -158,7 +170,7 @@ int xc_coord_cli_main(int argc, char **argv) {
         xc_coord_destroy(c);
         return 1;
     }
-    int rc = xc_coord_cli_serve(c, &f);
+    int rc = xc_coord_cli_serve(c, &f, http);
     xc_http_destroy(http);
     xc_coord_destroy(c);
     return rc;

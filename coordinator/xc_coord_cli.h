@@ -5,6 +5,7 @@
 #include <stdbool.h>
 
 #include "xc_coord.h"
+#include "xc_http.h"
 
 typedef struct xc_coord_flags {
     const char *model, *endpoint, *requests, *log_level;
@@ -23,9 +24,10 @@ xc_status xc_coord_cli_parse(int argc, char **argv, xc_coord_flags *f);
 void xc_coord_cli_conf(const xc_coord_flags *f, xc_coord_conf *out);
 
 /* Runs a created coordinator as the command line does: the line protocol on --requests (a file,
- * a FIFO or "-" for stdin) and/or until SIGTERM/SIGINT; then drains and stops the workers.
- * Returns the exit code. */
-int xc_coord_cli_serve(xc_coord *c, const xc_coord_flags *f);
+ * a FIFO or "-" for stdin) and/or until SIGTERM/SIGINT; then drains (and stops the workers with
+ * --shutdown-workers). SIGHUP reloads http's API key file (http may be NULL; handled between
+ * line-protocol reads only once --requests ended). Returns the exit code. */
+int xc_coord_cli_serve(xc_coord *c, const xc_coord_flags *f, xc_http *http);
 
 /* Parse, create, serve, destroy. */
 int xc_coord_cli_main(int argc, char **argv);

@@ -39,8 +39,13 @@ struct xc_http {
     int port;
     char model_name[256];
     char media_dir[PATH_MAX];
+    xc_media_conf media; /* http(s) image URLs */
+    /* API keys: --api-keys / XC_API_KEYS, then the key file's; the file's part is replaced by
+     * xc_http_reload_keys (SIGHUP) while connection threads read them, hence the lock */
+    pthread_rwlock_t keys_lock;
     char *keys[MAX_KEYS];
     int n_keys;
+    int n_fixed_keys;  /* keys[0, n_fixed_keys) come from --api-keys, the rest from the file */
     atomic_int active; /* chat requests in service */
     atomic_uint_fast64_t next_id;
     long started;
@@ -74,6 +79,17 @@ static const xc_conf_entry http_entries[] = {
                 "SentencePiece model (default MODEL/tokenizer.model)"),
     XC_CONF_STR("allowed-media-dir", "XC_ALLOWED_MEDIA_DIR", xc_http_flags, media_dir, NULL, NULL,
                 "file:// image URLs may name files below this directory"),
+    XC_CONF_STR("allowed-media-domains", "XC_ALLOWED_MEDIA_DOMAINS", xc_http_flags, media_hosts,
+                NULL, NULL,
+                "http(s) image URLs may name these hosts (comma-separated; *.example.com = its "
+                "subdomains); none = not fetched"),
+    XC_CONF_INT("media-max-bytes", "XC_MEDIA_MAX_BYTES", xc_http_flags, media_max_bytes, 0, 0,
+                INT_MAX, "largest fetched image in bytes (0 = --max-image-mb)"),
+    XC_CONF_FLOAT("media-timeout", "XC_MEDIA_TIMEOUT", xc_http_flags, media_timeout_s, 10, 0.001,
+                  3600, "seconds one image fetch may take in all (resolve, connect, transfer)"),
+    XC_CONF_BOOL("allow-private-media", "XC_ALLOW_PRIVATE_MEDIA", xc_http_flags,
+                 allow_private_media, 0,
+                 "fetch images from loopback, private, link-local addresses too (off: refused)"),
     XC_CONF_STR("chat-variant", "XC_CHAT_VARIANT", xc_http_flags, variant, "auto", "auto|7b|vl",
                 "default meta instruction (auto: vl when img_size > 224)"),
     XC_CONF_INT("max-body-kb", "XC_MAX_BODY_KB", xc_http_flags, max_body_kb, 32768, 1, 1 << 21,
@@ -705,6 +721,16 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, const char 
                          h->f.max_concurrent);
         return respond_error(h, conn, "chat", &e);
     }
+    /* http(s) images: fetched now, before queueing, within the request's deadline */
+    uint64_t fetch_end = 0;
+    if (h->f.request_timeout_s > 0) {
+        fetch_end = t0 + (uint64_t)(h->f.request_timeout_s * 1e9);
+    }
+    if (xc_api_fetch(&h->api, &j->req, fetch_end, &e) != XC_OK) {
+        atomic_fetch_sub(&h->active, 1);
+        job_free(j);
+        return respond_error(h, conn, "chat", &e);
+    }
     xc_api_prepared p;
     if (xc_api_prepare(&h->api, h->tok, &j->req, &p, &e) != XC_OK) {
         atomic_fetch_sub(&h->active, 1);
@@ -968,16 +994,15 @@ typedef struct conn_ctx {
 } conn_ctx;
 
 static bool authorized(xc_http *h, struct MHD_Connection *conn) {
-    if (h->n_keys == 0) {
-        return true;
-    }
+    pthread_rwlock_rdlock(&h->keys_lock);
+    bool ok = h->n_keys == 0;
     const char *a = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
-    if (!a || strncasecmp(a, "Bearer ", 7) != 0) {
-        return false;
+    if (ok || !a || strncasecmp(a, "Bearer ", 7) != 0) {
+        pthread_rwlock_unlock(&h->keys_lock);
+        return ok;
     }
     a += 7;
     size_t la = strlen(a);
-    bool ok = false;
     for (int i = 0; i < h->n_keys; i++) {
         /* constant time in the key's content */
         size_t lk = strlen(h->keys[i]);
@@ -987,6 +1012,7 @@ static bool authorized(xc_http *h, struct MHD_Connection *conn) {
         }
         ok = ok || diff == 0;
     }
+    pthread_rwlock_unlock(&h->keys_lock);
     return ok;
 }
 
@@ -1121,7 +1147,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---- lifecycle ---- */
 
-static xc_status add_keys(xc_http *h, const char *list, const char *seps) {
+/* Appends the keys of list (split at seps; blank lines and '#' comments skipped) to keys[*n]. On
+ * failure the keys added so far stay in keys (the caller frees them). */
+static xc_status add_keys(char **keys, int *n, const char *list, const char *seps) {
     char *dup = xc_strdup(list);
     if (!dup) {
         return xc_errf(XC_ERR_NOMEM, "out of memory for API keys");
@@ -1138,18 +1166,68 @@ static xc_status add_keys(xc_http *h, const char *list, const char *seps) {
         if (!l || t[0] == '#') {
             continue;
         }
-        if (h->n_keys == MAX_KEYS) {
+        if (*n == MAX_KEYS) {
             xc_free(dup);
             return xc_errf(XC_ERR_ARG, "at most %d API keys", MAX_KEYS);
         }
-        h->keys[h->n_keys] = xc_strdup(t);
-        if (!h->keys[h->n_keys]) {
+        keys[*n] = xc_strdup(t);
+        if (!keys[*n]) {
             xc_free(dup);
             return xc_errf(XC_ERR_NOMEM, "out of memory for API keys");
         }
-        h->n_keys++;
+        (*n)++;
     }
     xc_free(dup);
+    return XC_OK;
+}
+
+/* Appends the keys of the key file path to keys[*n]. XC_ERR_ARG if it cannot be read. */
+static xc_status read_key_file(const char *path, char **keys, int *n) {
+    char *text = NULL;
+    size_t len = 0;
+    if (xc_file_read_all(path, 1 << 20, &text, &len) != XC_OK) {
+        return xc_errf(XC_ERR_ARG, "cannot read --api-key-file %s: %s", path, xc_err_last());
+    }
+    xc_status st = add_keys(keys, n, text, "\n");
+    xc_free(text);
+    return st;
+}
+
+xc_status xc_http_reload_keys(xc_http *h) {
+    if (!h->f.api_key_file) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "no --api-key-file to reload");
+    }
+    char *keys[MAX_KEYS];
+    pthread_rwlock_rdlock(&h->keys_lock);
+    int n = h->n_fixed_keys, old_n = h->n_keys;
+    pthread_rwlock_unlock(&h->keys_lock);
+    int n0 = n;
+    for (int i = 0; i < n0; i++) {
+        keys[i] = NULL; /* the fixed keys are moved over below, under the lock */
+    }
+    xc_status st = read_key_file(h->f.api_key_file, keys, &n);
+    if (st == XC_OK && n == n0 && old_n > 0) {
+        /* an empty file would turn authentication off: a half-written Secret, not a policy */
+        st = xc_errf(XC_ERR_ARG, "--api-key-file %s has no keys", h->f.api_key_file);
+    }
+    if (st != XC_OK) {
+        for (int i = n0; i < n; i++) {
+            xc_free(keys[i]);
+        }
+        XC_LOG_ERROR("API keys not reloaded, the %d keys in use stay: %s", old_n, xc_err_last());
+        return st;
+    }
+    pthread_rwlock_wrlock(&h->keys_lock);
+    for (int i = 0; i < n0; i++) {
+        keys[i] = h->keys[i];
+    }
+    for (int i = n0; i < h->n_keys; i++) {
+        xc_free(h->keys[i]);
+    }
+    memcpy(h->keys, keys, (size_t)n * sizeof *keys);
+    h->n_keys = n;
+    pthread_rwlock_unlock(&h->keys_lock);
+    XC_LOG_INFO("API keys reloaded from %s: %d key(s) (was %d)", h->f.api_key_file, n, old_n);
     return XC_OK;
 }
 
@@ -1166,6 +1244,7 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
     atomic_init(&h->next_id, rand64() & 0xffffffffffffull);
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->cond, NULL);
+    pthread_rwlock_init(&h->keys_lock, NULL);
     XC_TRY_GOTO(xc_metrics_create(&h->metrics), st, fail);
     /* model name: the flag, else the directory's base name */
     if (f->model_name) {
@@ -1188,24 +1267,23 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
         goto fail;
     }
     if (f->api_keys) {
-        XC_TRY_GOTO(add_keys(h, f->api_keys, ","), st, fail);
+        XC_TRY_GOTO(add_keys(h->keys, &h->n_keys, f->api_keys, ","), st, fail);
     }
+    h->n_fixed_keys = h->n_keys;
     if (f->api_key_file) {
-        char *text = NULL;
-        size_t n = 0;
-        if ((st = xc_file_read_all(f->api_key_file, 1 << 20, &text, &n)) != XC_OK) {
-            st = xc_errf(XC_ERR_ARG, "cannot read --api-key-file %s", f->api_key_file);
-            goto fail;
-        }
-        st = add_keys(h, text, "\n");
-        xc_free(text);
-        if (st != XC_OK) {
-            goto fail;
-        }
+        XC_TRY_GOTO(read_key_file(f->api_key_file, h->keys, &h->n_keys), st, fail);
     }
     if (f->media_dir && !realpath(f->media_dir, h->media_dir)) {
         st = xc_errf(XC_ERR_ARG, "--allowed-media-dir %s does not exist", f->media_dir);
         goto fail;
+    }
+    if (f->media_hosts && f->media_hosts[0]) {
+        XC_TRY_GOTO(xc_media_global_init(), st, fail);
+        size_t cap = (size_t)f->max_image_mb << 20, want = (size_t)f->media_max_bytes;
+        h->media.allowed_domains = f->media_hosts;
+        h->media.max_bytes = want > 0 && want < cap ? want : cap;
+        h->media.timeout_s = f->media_timeout_s;
+        h->media.allow_private = f->allow_private_media;
     }
     int S = xc_coord_image_size(c);
     bool vl = !strcmp(f->variant, "vl") || (!strcmp(f->variant, "auto") && S > 224);
@@ -1221,6 +1299,7 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
                            .image_size = S,
                            .image_tokens = xc_coord_image_tokens(c),
                            .media_dir = f->media_dir ? h->media_dir : NULL,
+                           .media = h->media.allowed_domains ? &h->media : NULL,
                            .variant = vl ? XC_CHAT_VARIANT_VL : XC_CHAT_VARIANT_7B};
     /* the listen address */
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
@@ -1303,5 +1382,6 @@ void xc_http_destroy(xc_http *h) {
     xc_metrics_destroy(h->metrics);
     pthread_mutex_destroy(&h->lock);
     pthread_cond_destroy(&h->cond);
+    pthread_rwlock_destroy(&h->keys_lock);
     xc_free(h);
 }

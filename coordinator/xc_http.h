@@ -22,6 +22,10 @@ typedef struct xc_http_flags {
     const char *model_name;   /* served model id; NULL = the model directory's base name */
     const char *tokenizer;    /* NULL = MODEL/tokenizer.model */
     const char *media_dir;    /* file:// image URLs allowed below it */
+    const char *media_hosts;  /* http(s) image hosts, comma-separated; "*.a.com" */
+    int media_max_bytes;      /* largest fetched image; 0 = --max-image-mb */
+    double media_timeout_s;   /* whole fetch of one image */
+    bool allow_private_media; /* fetch from loopback/private addresses too */
     const char *variant;      /* auto|7b|vl: default meta instruction */
     int max_body_kb;
     int max_concurrent; /* chat requests in service at once; more get 429 */
@@ -49,6 +53,13 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
  * server was started. */
 xc_status xc_http_start_if(const xc_http_flags *f, bool line_protocol, const char *model_dir,
                            xc_coord *c, xc_http **out);
+
+/* Reads the --api-key-file again (SIGHUP: key rotation without a restart): its keys replace the
+ * previous file's, the --api-keys ones stay; requests in service are not affected. On failure
+ * (unreadable file, bad or too many keys, no keys at all while keys were on) the keys in use
+ * stay and the error is logged: XC_ERR_ARG, XC_ERR_NOMEM; XC_ERR_UNSUPPORTED without a key
+ * file. Thread-safe. */
+xc_status xc_http_reload_keys(xc_http *h);
 
 /* The bound port (the one picked with --port 0). */
 int xc_http_port(const xc_http *h);
