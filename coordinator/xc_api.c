@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "xc_image.h"
 #include "xc_mem.h"
@@ -202,6 +203,9 @@ static int hexv(char c) {
 
 /* ---- images ---- */
 
+static xc_status media_error(xc_api_error *err, xc_media_error me, bool deadline, const char *param,
+                             const char *msg);
+
 static xc_status image_from_url(const xc_api_conf *conf, const char *url, const char *param,
                                 xc_api_image *img, xc_api_error *err) {
     size_t max = conf->max_image_bytes ? conf->max_image_bytes : XC_IMAGE_DEFAULT_MAX_BYTES;
@@ -279,11 +283,79 @@ static xc_status image_from_url(const xc_api_conf *conf, const char *url, const 
         img->len = n;
         return XC_OK;
     }
-    if (!strncmp(url, "http://", 7) || !strncmp(url, "https://", 8)) {
-        return BAD(param, "http(s) image URLs are not fetched by this server; send the image as a "
-                          "data: URL (data:image/png;base64,...)");
+    if (!strncasecmp(url, "http://", 7) || !strncasecmp(url, "https://", 8)) {
+        char msg[400];
+        xc_media_error me = xc_media_check_url(conf->media, url, msg, sizeof msg);
+        if (me != XC_MEDIA_OK) {
+            return media_error(err, me, false, param, msg);
+        }
+        img->url = xc_strdup(url); /* fetched by xc_api_fetch, after the admission checks */
+        if (!img->url) {
+            return xc_api_error_set(err, 500, "server_error", NULL, param,
+                                    "out of memory for an image URL");
+        }
+        return XC_OK;
     }
-    return BAD(param, "image URL must be a data: URL (or file:// where allowed)");
+    return BAD(param, "image URL must be a data: URL, file:// or http(s):// where allowed");
+}
+
+/* An http(s) image failure as an API error (statuses and codes: docs/api.md). */
+static xc_status media_error(xc_api_error *err, xc_media_error me, bool deadline, const char *param,
+                             const char *msg) {
+    switch (me) {
+    case XC_MEDIA_HOST:
+        return xc_api_error_set(err, 403, "permission_error", "media_host_not_allowed", param, "%s",
+                                msg);
+    case XC_MEDIA_PRIVATE:
+        return xc_api_error_set(err, 403, "permission_error", "media_address_not_allowed", param,
+                                "%s", msg);
+    case XC_MEDIA_TOO_LARGE:
+        return xc_api_error_set(err, 400, "invalid_request_error", "image_too_large", param, "%s",
+                                msg);
+    case XC_MEDIA_TIMEOUT:
+        if (deadline) {
+            return xc_api_error_set(err, 408, "timeout", "request_timeout", param, "%s", msg);
+        }
+        return xc_api_error_set(err, 400, "invalid_request_error", "media_timeout", param, "%s",
+                                msg);
+    case XC_MEDIA_REDIRECT:
+    case XC_MEDIA_STATUS:
+    case XC_MEDIA_NETWORK:
+        return xc_api_error_set(err, 400, "invalid_request_error", "media_fetch_failed", param,
+                                "%s", msg);
+    case XC_MEDIA_NOMEM:
+        return xc_api_error_set(err, 500, "server_error", NULL, param, "%s", msg);
+    default: /* XC_MEDIA_BAD_URL, XC_MEDIA_DISABLED */
+        return xc_api_error_set(err, 400, "invalid_request_error", "invalid_image_url", param, "%s",
+                                msg);
+    }
+}
+
+xc_status xc_api_fetch(const xc_api_conf *conf, xc_api_request *r, uint64_t deadline_ns,
+                       xc_api_error *err) {
+    for (int i = 0; i < r->n_images; i++) {
+        xc_api_image *img = &r->images[i];
+        if (!img->url) {
+            continue;
+        }
+        char param[32], msg[400];
+        snprintf(param, sizeof param, "image %d", i);
+        uint8_t *data = NULL;
+        size_t len = 0;
+        bool deadline = false;
+        xc_media_error me = xc_media_fetch(conf->media, img->url, deadline_ns, &data, &len,
+                                           &deadline, msg, sizeof msg);
+        if (me != XC_MEDIA_OK) {
+            char full[512];
+            snprintf(full, sizeof full, "image %d: %s", i, msg);
+            return media_error(err, me, deadline, param, full);
+        }
+        img->data = data;
+        img->len = len;
+        xc_free(img->url);
+        img->url = NULL;
+    }
+    return XC_OK;
 }
 
 /* ---- messages ---- */
@@ -760,6 +832,7 @@ void xc_api_request_fini(xc_api_request *r) {
     xc_free(r->query);
     for (int i = 0; i < r->n_images; i++) {
         xc_free(r->images[i].data);
+        xc_free(r->images[i].url);
     }
     xc_free(r->images);
     for (int i = 0; i < r->n_stop; i++) {
@@ -840,6 +913,12 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
     }
     double t0 = xc_now_s();
     for (int i = 0; i < r->n_images; i++) {
+        if (!r->images[i].data) {
+            xc_api_error_set(err, 500, "server_error", NULL, NULL,
+                             "image %d was not fetched (xc_api_fetch)", i);
+            xc_api_prepared_fini(out);
+            return XC_ERR_ARG;
+        }
         st = xc_image_preprocess(r->images[i].data, r->images[i].len, &lim, S, NULL,
                                  out->pixels + (size_t)i * per);
         if (st != XC_OK) {

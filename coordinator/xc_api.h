@@ -12,6 +12,7 @@
 
 #include "xc_chat.h"
 #include "xc_coord.h"
+#include "xc_media.h"
 #include "xc_status.h"
 #include "xc_tokenizer.h"
 
@@ -20,19 +21,20 @@
 
 /* What the server accepts (immutable after startup). */
 typedef struct xc_api_conf {
-    const char *model_name;  /* the served model id: requests must name it */
-    int max_n;               /* choices per request at most */
-    int max_stop;            /* stop strings at most */
-    int max_tokens_limit;    /* largest max_tokens accepted */
-    int default_max_tokens;  /* when the request gives none (cut to the context left) */
-    int max_context;         /* prompt + max_tokens at most (tokens, image rows included) */
-    int max_images;          /* images per request, all messages together */
-    size_t max_image_bytes;  /* encoded bytes of one image */
-    uint64_t max_pixels;     /* width * height of one image, checked before decoding */
-    int image_size;          /* S of the (3, S, S) vision input; 0 = no vision served */
-    int image_tokens;        /* prompt rows per image */
-    const char *media_dir;   /* file:// URLs are allowed below this directory; NULL = refused */
-    xc_chat_variant variant; /* default meta instruction */
+    const char *model_name;     /* the served model id: requests must name it */
+    int max_n;                  /* choices per request at most */
+    int max_stop;               /* stop strings at most */
+    int max_tokens_limit;       /* largest max_tokens accepted */
+    int default_max_tokens;     /* when the request gives none (cut to the context left) */
+    int max_context;            /* prompt + max_tokens at most (tokens, image rows included) */
+    int max_images;             /* images per request, all messages together */
+    size_t max_image_bytes;     /* encoded bytes of one image */
+    uint64_t max_pixels;        /* width * height of one image, checked before decoding */
+    int image_size;             /* S of the (3, S, S) vision input; 0 = no vision served */
+    int image_tokens;           /* prompt rows per image */
+    const char *media_dir;      /* file:// URLs are allowed below this directory; NULL = refused */
+    const xc_media_conf *media; /* http(s) URLs (xc_api_fetch); NULL = refused */
+    xc_chat_variant variant;    /* default meta instruction */
 } xc_api_conf;
 
 /* An error in OpenAI's shape plus the HTTP status to send. */
@@ -52,10 +54,12 @@ xc_status xc_api_error_set(xc_api_error *err, int http_status, const char *type,
 /* The error as JSON {"error": {message, type, param, code}}: a new xc_malloc'd string. */
 char *xc_api_error_json(const xc_api_error *err);
 
-/* One image of a request: its encoded bytes (xc_malloc'd, owned by the request). */
+/* One image of a request: its encoded bytes (xc_malloc'd, owned by the request), or, for an
+ * http(s) URL that xc_api_fetch has not fetched yet, the URL (data NULL). */
 typedef struct xc_api_image {
     uint8_t *data;
     size_t len;
+    char *url; /* xc_malloc'd; NULL for data: and file:// images and once fetched */
 } xc_api_image;
 
 /* A parsed, checked request. Strings point into memory the request owns. */
@@ -84,9 +88,18 @@ typedef struct xc_api_request {
 
 /* Parses and checks a /v1/chat/completions body (len bytes, need not be NUL-terminated). On XC_OK
  * *out is filled (release with xc_api_request_fini); otherwise err says what is wrong (status 400,
- * 404 for an unknown model) and the status is XC_ERR_ARG (or XC_ERR_NOMEM). Never reads files
- * outside conf->media_dir; http(s) image URLs are refused. */
+ * 404 for an unknown model, 403 for a file outside conf->media_dir or an http(s) host outside
+ * conf->media's allowlist) and the status is XC_ERR_ARG (or XC_ERR_NOMEM). Never reads files
+ * outside conf->media_dir and makes no network traffic: http(s) images are only checked here and
+ * fetched by xc_api_fetch. */
 xc_status xc_api_parse(const xc_api_conf *conf, const char *body, size_t len, xc_api_request *out,
+                       xc_api_error *err);
+
+/* Fetches the request's http(s) images (in order, each within conf->media->timeout_s and all
+ * before deadline_ns, xc_now_ns clock, 0 = none). err on failure: 403 (private address), 400
+ * (redirect, HTTP error, network, too large: code image_too_large, media timeout: code
+ * media_timeout), 408 request_timeout when deadline_ns cut the fetch short; XC_ERR_ARG. */
+xc_status xc_api_fetch(const xc_api_conf *conf, xc_api_request *r, uint64_t deadline_ns,
                        xc_api_error *err);
 
 /* Frees what a parsed request owns and zeroes it. NULL is a no-op. */
@@ -108,7 +121,8 @@ typedef struct xc_api_prepared {
 /* Builds the prompt with tok (chat template of conf->variant), decodes and preprocesses the
  * images, fixes max_tokens (the request's, or the default cut to the context left) and fills
  * out. err: 400 for an image that does not decode or is over a limit, for a prompt that leaves
- * no room in the context (code context_length_exceeded). Release with xc_api_prepared_fini. */
+ * no room in the context (code context_length_exceeded); 500 for an http(s) image that
+ * xc_api_fetch did not fetch. Release with xc_api_prepared_fini. */
 xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const xc_api_request *r,
                          xc_api_prepared *out, xc_api_error *err);
 
