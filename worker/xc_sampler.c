@@ -11,11 +11,12 @@ struct xc_sampler {
     int n_vocab;
     xc_sampling p;
     uint64_t rng[4];
-    uint8_t *seen; /* (n_vocab) */
-    int32_t *seen_list;
-    int n_seen;
-    int32_t *idx; /* (n_vocab) scratch */
-    float *prob;  /* (n_vocab) scratch */
+    uint8_t *seen;      /* (n_vocab) 1 if seen */
+    int32_t *seen_list; /* (cap_seen) distinct seen ids in first-seen order */
+    int n_seen, cap_seen;
+    int32_t *idx; /* (cap) candidate ids: scratch grown on demand, usually a few hundred */
+    float *prob;  /* (cap) their unnormalised probabilities */
+    int cap;
 };
 
 xc_sampling xc_sampling_defaults(void) {
@@ -28,8 +29,9 @@ xc_sampling xc_sampling_defaults(void) {
 }
 
 xc_status xc_sampling_validate(const xc_sampling *s) {
-    if (!(s->temperature > 0.0f) || s->temperature > 100.0f) {
-        return xc_errf(XC_ERR_ARG, "temperature must be in (0, 100], got %g", s->temperature);
+    if (!(s->temperature > 0.0f) || s->temperature > XC_SAMPLING_MAX_TEMPERATURE) {
+        return xc_errf(XC_ERR_ARG, "temperature must be in (0, %g], got %g",
+                       (double)XC_SAMPLING_MAX_TEMPERATURE, s->temperature);
     }
     if (s->top_k < 0) {
         return xc_errf(XC_ERR_ARG, "top_k must be >= 0, got %d", s->top_k);
@@ -37,9 +39,9 @@ xc_status xc_sampling_validate(const xc_sampling *s) {
     if (!(s->top_p > 0.0f && s->top_p <= 1.0f)) {
         return xc_errf(XC_ERR_ARG, "top_p must be in (0, 1], got %g", s->top_p);
     }
-    if (!(s->repetition_penalty > 0.0f) || s->repetition_penalty > 100.0f) {
-        return xc_errf(XC_ERR_ARG, "repetition_penalty must be in (0, 100], got %g",
-                       s->repetition_penalty);
+    if (!(s->repetition_penalty > 0.0f) || s->repetition_penalty > XC_SAMPLING_MAX_PENALTY) {
+        return xc_errf(XC_ERR_ARG, "repetition_penalty must be in (0, %g], got %g",
+                       (double)XC_SAMPLING_MAX_PENALTY, s->repetition_penalty);
     }
     return XC_OK;
 }
@@ -87,10 +89,7 @@ xc_status xc_sampler_create(int n_vocab, const xc_sampling *params, xc_sampler *
         s->rng[i] = splitmix64(&seed);
     }
     s->seen = xc_calloc((size_t)n_vocab, 1);
-    s->seen_list = xc_malloc((size_t)n_vocab * sizeof(int32_t));
-    s->idx = xc_malloc((size_t)n_vocab * sizeof(int32_t));
-    s->prob = xc_malloc((size_t)n_vocab * sizeof(float));
-    if (!s->seen || !s->seen_list || !s->idx || !s->prob) {
+    if (!s->seen) {
         xc_sampler_destroy(s);
         return XC_ERR_NOMEM;
     }
@@ -117,11 +116,40 @@ xc_status xc_sampler_observe(xc_sampler *s, const int32_t *ids, int n) {
         }
     }
     for (int i = 0; i < n; i++) {
-        if (!s->seen[ids[i]]) {
-            s->seen[ids[i]] = 1;
-            s->seen_list[s->n_seen++] = ids[i];
+        if (s->seen[ids[i]]) {
+            continue;
         }
+        if (s->n_seen == s->cap_seen) {
+            int cap = s->cap_seen ? s->cap_seen * 2 : 256;
+            int32_t *nl = xc_realloc(s->seen_list, (size_t)cap * sizeof(int32_t));
+            if (!nl) {
+                return XC_ERR_NOMEM;
+            }
+            s->seen_list = nl;
+            s->cap_seen = cap;
+        }
+        s->seen[ids[i]] = 1;
+        s->seen_list[s->n_seen++] = ids[i];
     }
+    return XC_OK;
+}
+
+/* Grows the candidate scratch to at least n entries. */
+static xc_status reserve(xc_sampler *s, int n) {
+    if (n <= s->cap) {
+        return XC_OK;
+    }
+    int32_t *ni = xc_realloc(s->idx, (size_t)n * sizeof(int32_t));
+    if (!ni) {
+        return XC_ERR_NOMEM;
+    }
+    s->idx = ni;
+    float *np = xc_realloc(s->prob, (size_t)n * sizeof(float));
+    if (!np) {
+        return XC_ERR_NOMEM;
+    }
+    s->prob = np;
+    s->cap = n;
     return XC_OK;
 }
 
@@ -155,6 +183,23 @@ static void heap_down(int32_t *h, int n, int i, const float *x) {
     }
 }
 
+/* The k largest logits' ids into h (k <= n), in heap order; returns the k-th largest value. */
+static float select_top(const float *x, int n, int k, int32_t *h) {
+    for (int i = 0; i < k; i++) {
+        h[i] = i;
+    }
+    for (int i = k / 2 - 1; i >= 0; i--) {
+        heap_down(h, k, i, x);
+    }
+    for (int i = k; i < n; i++) {
+        if (x[i] > x[h[0]]) {
+            h[0] = i;
+            heap_down(h, k, 0, x);
+        }
+    }
+    return x[h[0]];
+}
+
 static int cmp_desc(const void *a, const void *b, void *key) {
     const float *k = key;
     float x = k[*(const int32_t *)a], y = k[*(const int32_t *)b];
@@ -162,6 +207,45 @@ static int cmp_desc(const void *a, const void *b, void *key) {
         return x > y ? -1 : 1;
     }
     return *(const int32_t *)a - *(const int32_t *)b;
+}
+
+/* Nucleus over candidates sorted by descending logit with probabilities prob and total mass
+ * denom: HF drops the tokens whose ascending cumulative mass is <= (1 - top_p), i.e. keeps a
+ * descending prefix while the mass strictly above a token is < top_p * denom (at least one).
+ * Returns the kept count, or -1 when all n_c candidates are kept but more may be needed. */
+static int nucleus(const float *prob, int n_c, double denom, float top_p) {
+    double above = 0.0, target = (double)top_p * denom;
+    for (int i = 0; i < n_c; i++) {
+        if (i > 0 && above >= target) {
+            return i;
+        }
+        above += prob[i];
+    }
+    return -1;
+}
+
+/* Draws from candidates c[0..keep) with unnormalised probabilities prob. */
+static int32_t draw(xc_sampler *s, const int32_t *c, const float *prob, int keep) {
+    double total = 0.0;
+    for (int i = 0; i < keep; i++) {
+        total += prob[i];
+    }
+    double r = next_unit(s->rng) * total, acc = 0.0;
+    for (int i = 0; i < keep; i++) {
+        acc += prob[i];
+        if (r < acc) {
+            return c[i];
+        }
+    }
+    return c[keep - 1];
+}
+
+/* Sorts the candidate ids in s->idx[0..n_c) by descending logit and fills their probabilities. */
+static void sort_candidates(xc_sampler *s, const float *logits, int n_c, float mx) {
+    qsort_r(s->idx, (size_t)n_c, sizeof(int32_t), cmp_desc, (void *)logits);
+    for (int i = 0; i < n_c; i++) {
+        s->prob[i] = expf(logits[s->idx[i]] - mx);
+    }
 }
 
 xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out) {
@@ -175,69 +259,67 @@ xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out) {
     int32_t tok;
     if (s->p.greedy) {
         tok = argmax(logits, n);
-    } else {
+        *out = tok;
+        return xc_sampler_observe(s, &tok, 1);
+    }
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        logits[i] /= s->p.temperature;
+        mx = logits[i] > mx ? logits[i] : mx;
+    }
+    if (s->p.top_k > 0 && s->p.top_k < n) {
+        /* every token >= the k-th largest (HF keeps ties), then top-p within them */
+        XC_TRY(reserve(s, s->p.top_k));
+        float kth = select_top(logits, n, s->p.top_k, s->idx);
+        int n_c = 0;
         for (int i = 0; i < n; i++) {
-            logits[i] /= s->p.temperature;
+            n_c += logits[i] >= kth;
         }
-        /* candidates: every token >= the k-th largest (HF keeps ties), else all */
-        int n_c = n;
-        int32_t *c = s->idx;
-        if (s->p.top_k > 0 && s->p.top_k < n) {
-            int k = s->p.top_k;
-            for (int i = 0; i < k; i++) {
-                c[i] = i;
-            }
-            for (int i = k / 2 - 1; i >= 0; i--) {
-                heap_down(c, k, i, logits);
-            }
-            for (int i = k; i < n; i++) {
-                if (logits[i] > logits[c[0]]) {
-                    c[0] = i;
-                    heap_down(c, k, 0, logits);
-                }
-            }
-            float kth = logits[c[0]];
-            n_c = 0;
-            for (int i = 0; i < n; i++) {
-                if (logits[i] >= kth) {
-                    c[n_c++] = i;
-                }
-            }
-        } else {
-            for (int i = 0; i < n; i++) {
-                c[i] = i;
+        XC_TRY(reserve(s, n_c));
+        for (int i = 0, j = 0; i < n; i++) {
+            if (logits[i] >= kth) {
+                s->idx[j++] = i;
             }
         }
-        qsort_r(c, (size_t)n_c, sizeof(int32_t), cmp_desc, logits);
-        float mx = logits[c[0]];
-        double sum = 0.0;
+        sort_candidates(s, logits, n_c, mx);
+        double denom = 0.0;
         for (int i = 0; i < n_c; i++) {
-            s->prob[i] = expf(logits[c[i]] - mx);
-            sum += s->prob[i];
+            denom += s->prob[i];
         }
-        /* nucleus: HF drops tokens whose ascending cumulative probability is <= 1 - top_p,
-         * i.e. keeps the smallest descending prefix whose mass reaches top_p (at least one) */
-        int keep = n_c;
-        if (s->p.top_p < 1.0f) {
-            double cum = 0.0, drop = (1.0 - (double)s->p.top_p) * sum;
-            for (int i = n_c - 1; i > 0; i--) {
-                cum += s->prob[i];
-                if (cum > drop) {
-                    break;
-                }
-                keep = i;
+        int keep = s->p.top_p < 1.0f ? nucleus(s->prob, n_c, denom, s->p.top_p) : n_c;
+        tok = draw(s, s->idx, s->prob, keep < 0 ? n_c : keep);
+    } else if (s->p.top_p < 1.0f) {
+        /* nucleus over the whole vocabulary: sort only as many of the largest logits as the
+         * nucleus needs, growing the block until it covers top_p of the mass */
+        double denom = 0.0;
+        for (int i = 0; i < n; i++) {
+            denom += expf(logits[i] - mx);
+        }
+        int keep = -1, b = 256;
+        for (;;) {
+            b = b < n ? b : n;
+            XC_TRY(reserve(s, b));
+            select_top(logits, n, b, s->idx);
+            sort_candidates(s, logits, b, mx);
+            keep = nucleus(s->prob, b, denom, s->p.top_p);
+            if (keep >= 0 || b == n) {
+                break;
             }
+            b *= 4;
         }
-        double total = 0.0;
-        for (int i = 0; i < keep; i++) {
-            total += s->prob[i];
+        tok = draw(s, s->idx, s->prob, keep < 0 ? b : keep);
+    } else {
+        /* no filter: one pass for the mass, one to draw */
+        double denom = 0.0;
+        for (int i = 0; i < n; i++) {
+            denom += expf(logits[i] - mx);
         }
-        double r = next_unit(s->rng) * total, acc = 0.0;
-        tok = c[keep - 1];
-        for (int i = 0; i < keep; i++) {
-            acc += s->prob[i];
+        double r = next_unit(s->rng) * denom, acc = 0.0;
+        tok = n - 1;
+        for (int i = 0; i < n; i++) {
+            acc += expf(logits[i] - mx);
             if (r < acc) {
-                tok = c[i];
+                tok = i;
                 break;
             }
         }
@@ -245,8 +327,6 @@ xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out) {
     *out = tok;
     return xc_sampler_observe(s, &tok, 1);
 }
-
-/* ---- logprobs (api helper) ---- */
 
 xc_status xc_sampler_logprobs(const float *logits, int n_vocab, int32_t token, int k, float *lp,
                               int32_t *top_ids, float *top_lps) {

@@ -7,6 +7,11 @@
 
 #include "xc_status.h"
 
+/* Upper bounds of temperature and repetition penalty: the same numbers the wire protocol
+ * (proto/xc_wire.c) and the coordinator accept, so a request that passes them never fails here. */
+#define XC_SAMPLING_MAX_TEMPERATURE 1000.0f
+#define XC_SAMPLING_MAX_PENALTY     1000.0f
+
 typedef struct xc_sampling {
     bool greedy;              /* argmax after the repetition penalty (ignores the rest) */
     float temperature;        /* > 0; 1 = unchanged */

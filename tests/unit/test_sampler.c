@@ -196,11 +196,68 @@ static void test_sampler_validates_params(void **state) {
     assert_int_equal(xc_sampler_create(0, &p, &s), XC_ERR_ARG);
 }
 
+/* A flat distribution over a vocabulary larger than the first nucleus block (256): the sampler
+ * must grow its block until the nucleus is covered; draws stay inside the reference's set. */
+static int cmp_desc_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return x > y ? -1 : (x < y ? 1 : 0);
+}
+
+static void test_sampler_wide_nucleus_grows_block(void **state) {
+    (void)state;
+
+    enum { W = 3000 };
+
+    static float base[W], sorted[W];
+    for (int i = 0; i < W; i++) {
+        base[i] = (float)((i * 7919) % W) / (float)W; /* distinct, nearly flat */
+    }
+    const float top_p = 0.9f;
+    /* reference: keep the descending prefix while the mass above a token is < top_p of all */
+    memcpy(sorted, base, sizeof base);
+    qsort(sorted, W, sizeof(float), cmp_desc_float);
+    double total = 0, above = 0;
+    for (int i = 0; i < W; i++) {
+        total += exp((double)sorted[i] - sorted[0]);
+    }
+    float cutoff = sorted[W - 1];
+    for (int i = 0; i < W; i++) {
+        if (i > 0 && above >= top_p * total) {
+            cutoff = sorted[i - 1];
+            break;
+        }
+        above += exp((double)sorted[i] - sorted[0]);
+    }
+    int kept = 0;
+    for (int i = 0; i < W; i++) {
+        kept += base[i] >= cutoff;
+    }
+    assert_true(kept > 1024); /* the block had to grow past 256 and 1024 */
+    for (int d = 0; d < 300; d++) {
+        xc_sampling p = {.temperature = 1,
+                         .top_k = 0,
+                         .top_p = top_p,
+                         .repetition_penalty = 1,
+                         .seed = (uint64_t)d};
+        xc_sampler *s = NULL;
+        assert_int_equal(xc_sampler_create(W, &p, &s), XC_OK);
+        static float x[W];
+        memcpy(x, base, sizeof base);
+        int32_t t;
+        assert_int_equal(xc_sampler_sample(s, x, &t), XC_OK);
+        if (!(base[t] >= cutoff)) {
+            fail_msg("draw %d picked token %d outside the nucleus", d, t);
+        }
+        xc_sampler_destroy(s);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sampler_greedy_applies_penalty),
         cmocka_unit_test(test_sampler_draws_only_kept_tokens_with_ref_frequencies),
         cmocka_unit_test(test_sampler_is_reproducible_per_seed),
+        cmocka_unit_test(test_sampler_wide_nucleus_grows_block),
         cmocka_unit_test(test_sampler_validates_params),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
