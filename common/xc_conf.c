@@ -99,23 +99,40 @@ static void set_default(const xc_conf_entry *e, void *obj) {
     }
 }
 
-/* Environment lists are split on commas into strings that live as long as the process: the
- * config is immutable and process-lifetime, so these few bytes are intentionally never freed. */
+/* Environment lists are split on commas into copies that live as long as the process: the config
+ * is immutable and process-lifetime. The copies stay reachable from this registry (a few bytes,
+ * never freed), so leak checkers see them as in use rather than lost. */
+static char **env_items;
+static size_t n_env_items, cap_env_items;
+
+static char *env_item_dup(const char *p, size_t len) {
+    if (n_env_items == cap_env_items) {
+        size_t cap = cap_env_items ? cap_env_items * 2 : 16;
+        char **ni = realloc(env_items, cap * sizeof *ni);
+        if (!ni) {
+            return NULL;
+        }
+        env_items = ni;
+        cap_env_items = cap;
+    }
+    char *item = strndup(p, len);
+    if (item) {
+        env_items[n_env_items++] = item;
+    }
+    return item;
+}
+
 static xc_status set_env_list(const xc_conf_entry *e, void *obj, const char *val) {
     const char *p = val;
     while (*p) {
         const char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
         if (len > 0) {
-            char *item = strndup(p, len);
+            char *item = env_item_dup(p, len);
             if (!item) {
                 return XC_ERR_NOMEM;
             }
-            xc_status st = set_value(e, obj, item, e->env);
-            if (st != XC_OK) {
-                free(item);
-                return st;
-            }
+            XC_TRY(set_value(e, obj, item, e->env));
         }
         p += len + (comma ? 1 : 0);
     }
@@ -131,8 +148,8 @@ void xc_conf_print_help(const xc_conf_spec *spec) {
     for (size_t i = 0; i < spec->n_entries; i++) {
         const xc_conf_entry *e = &spec->entries[i];
         char flag[64];
-        const char *arg = e->type == XC_CONF_T_BOOL   ? ""
-                          : e->type == XC_CONF_T_INT  ? " N"
+        const char *arg = e->type == XC_CONF_T_BOOL    ? ""
+                          : e->type == XC_CONF_T_INT   ? " N"
                           : e->type == XC_CONF_T_FLOAT ? " X"
                                                        : " S";
         snprintf(flag, sizeof flag, "--%s%s", e->name, arg);
@@ -175,9 +192,9 @@ xc_status xc_conf_parse(const xc_conf_spec *spec, void *obj, int argc, char **ar
     for (size_t i = 0; i < spec->n_entries; i++) {
         const xc_conf_entry *e = &spec->entries[i];
         set_default(e, obj);
-        opts[i] = (struct option){e->name, e->type == XC_CONF_T_BOOL ? no_argument
-                                                                      : required_argument,
-                                  NULL, (int)i + 256};
+        opts[i] =
+            (struct option){e->name, e->type == XC_CONF_T_BOOL ? no_argument : required_argument,
+                            NULL, (int)i + 256};
     }
     opts[spec->n_entries] = (struct option){"help", no_argument, NULL, 'h'};
     opts[spec->n_entries + 1] = (struct option){NULL, 0, NULL, 0};
@@ -188,8 +205,8 @@ xc_status xc_conf_parse(const xc_conf_spec *spec, void *obj, int argc, char **ar
         if (!v) {
             continue;
         }
-        xc_status st = e->type == XC_CONF_T_LIST ? set_env_list(e, obj, v)
-                                                 : set_value(e, obj, v, e->env);
+        xc_status st =
+            e->type == XC_CONF_T_LIST ? set_env_list(e, obj, v) : set_value(e, obj, v, e->env);
         if (st != XC_OK) {
             return st;
         }
