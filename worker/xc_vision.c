@@ -22,6 +22,10 @@ typedef struct vis_layer {
     vis_wt fc1_w, fc1_b, fc2_w, fc2_b;
 } vis_layer;
 
+typedef struct vis_scratch {
+    xc_buf px, patches, x, a, q, k, v, o, f, feats, p;
+} vis_scratch;
+
 struct xc_vision {
     xc_backend *be;
     xc_vision_info info;
@@ -33,6 +37,8 @@ struct xc_vision {
     vis_wt proj0_w, proj0_b, proj2_w, proj2_b;
     xc_buf *bufs;
     int n_bufs, cap_bufs;
+    vis_scratch scratch; /* activations for up to scratch_images images, reused across calls */
+    int scratch_images;
 };
 
 #define VIT "vit.vision_tower.vision_model."
@@ -280,6 +286,8 @@ fail:
     return st;
 }
 
+static void scratch_free(xc_vision *v, vis_scratch *s);
+
 void xc_vision_destroy(xc_vision *v) {
     if (!v) {
         return;
@@ -288,6 +296,7 @@ void xc_vision_destroy(xc_vision *v) {
         xc_backend_buf_free(v->be, &v->bufs[i]);
     }
     xc_backend_buf_free(v->be, &v->pos);
+    scratch_free(v, &v->scratch);
     xc_free(v->bufs);
     xc_free(v->layers);
     xc_free(v);
@@ -330,10 +339,6 @@ static xc_status layernorm(xc_vision *v, const vis_wt *w, const vis_wt *b, const
     }
     return xc_backend_layernorm(v->be, &a);
 }
-
-typedef struct vis_scratch {
-    xc_buf px, patches, x, a, q, k, v, o, f, feats, p;
-} vis_scratch;
 
 static void scratch_free(xc_vision *v, vis_scratch *s) {
     xc_buf *all[] = {&s->px, &s->patches, &s->x, &s->a,     &s->q, &s->k,
@@ -457,12 +462,13 @@ xc_status xc_vision_encode(xc_vision *v, const float *pixels, int n, float *out,
     if (n <= 0 || !pixels || !out) {
         return xc_errf(XC_ERR_ARG, "vision encode: %d images", n);
     }
-    vis_scratch s;
-    memset(&s, 0, sizeof s);
-    xc_status st = scratch_alloc(v, n, &s);
-    if (st == XC_OK) {
-        st = encode(v, pixels, n, out, clip_out, &s);
+    /* the scratch is kept between calls (no per-request allocation, which on CUDA would also
+     * synchronise the device on every free) and grows to the largest batch seen */
+    if (n > v->scratch_images) {
+        scratch_free(v, &v->scratch);
+        v->scratch_images = 0;
+        XC_TRY(scratch_alloc(v, n, &v->scratch));
+        v->scratch_images = n;
     }
-    scratch_free(v, &s);
-    return st;
+    return encode(v, pixels, n, out, clip_out, &v->scratch);
 }
