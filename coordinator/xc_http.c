@@ -1053,12 +1053,12 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
         if (ok) {
             snprintf(body, sizeof body, "{\"ready\":true}");
         } else {
-            snprintf(body, sizeof body, "{\"ready\":false,\"reason\":\"%s\"}", why);
-            for (char *q = body + 25; *q && q[1]; q++) { /* keep the JSON valid */
+            for (char *q = why; *q; q++) { /* keep the JSON string valid */
                 if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20) {
                     *q = ' ';
                 }
             }
+            snprintf(body, sizeof body, "{\"ready\":false,\"reason\":\"%s\"}", why);
         }
         return respond(h, conn, "ready", ok ? 200 : 503, "application/json", body, strlen(body),
                        ok ? NULL : "5");
@@ -1073,7 +1073,8 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
                                        .stage = cs.stages[i].stage,
                                        .busy_ratio = cs.stages[i].busy_ratio,
                                        .bytes_out = cs.stages[i].bytes_sent,
-                                       .mbatches = cs.stages[i].microbatches};
+                                       .mbatches = cs.stages[i].microbatches,
+                                       .sequences = cs.stages[i].sequences};
         }
         xc_metrics_gauges g = {.running = cs.running,
                                .waiting = cs.waiting,

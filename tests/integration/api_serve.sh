@@ -115,6 +115,9 @@ until [ "$(code "${AUTH[@]}" "$U/ready")" = 503 ]; do
   sleep 0.05
 done
 expect 200 - "$U/health"
+# the 503 body is valid JSON with a reason
+curl -s "${AUTH[@]}" "$U/ready" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["ready"] is False and d["reason"], d' ||
+  fail "/ready 503 body is not valid JSON with a reason"
 expect 503 - "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",$MSG,\"max_tokens\":2}"
 start_workers 1 "$ep" "r" --heartbeat 0.2
 wait_ready 20
