@@ -166,6 +166,7 @@ struct xc_coord {
     /* per worker: last heartbeat's cumulative counters and the busy ratio between the last two */
     uint64_t hb_busy[MAX_WORKERS], hb_time[MAX_WORKERS];
     double hb_ratio[MAX_WORKERS], hb_bytes[MAX_WORKERS], hb_mb[MAX_WORKERS];
+    double hb_live[MAX_WORKERS]; /* Heartbeat.live_sequences */
 };
 
 static void hooks_heartbeat(xc_coord *c, int wi, const xc_wire_heartbeat *hb);
@@ -1420,8 +1421,8 @@ static void hooks_vision_done(xc_coord *c, creq *q) {
 }
 
 /* Runs once per scheduling step on the coordinator thread: ends cancelled requests (their KV
- * blocks go back to the pool now; the release ids ride on the replica's next micro-batch), then
- * publishes the statistics. */
+ * blocks go back to the pool now; the release ids leave in this step's micro-batches, a
+ * release-only one if nothing else is due), then publishes the statistics. */
 static void hooks_step(xc_coord *c) {
     pthread_mutex_lock(&c->lock);
     int n = c->n_cancels;
@@ -1434,6 +1435,8 @@ static void hooks_step(xc_coord *c) {
     for (int i = 0; i < n; i++) {
         creq *q = req_find(c, ids[i], NULL);
         if (q) {
+            XC_LOG_DEBUG("request %llu cancelled: KV blocks freed, release id queued",
+                         (unsigned long long)q->id);
             req_end(c, q, XC_ERR_TIMEOUT, false, false, "cancelled");
         }
     }
@@ -1471,7 +1474,8 @@ static void hooks_step(xc_coord *c) {
                                        .stage = k,
                                        .busy_ratio = wi >= 0 ? c->hb_ratio[wi] : 0,
                                        .bytes_sent = wi >= 0 ? c->hb_bytes[wi] : 0,
-                                       .microbatches = wi >= 0 ? c->hb_mb[wi] : 0};
+                                       .microbatches = wi >= 0 ? c->hb_mb[wi] : 0,
+                                       .sequences = wi >= 0 ? c->hb_live[wi] : 0};
         }
     }
     pthread_mutex_lock(&c->stats_lock);
@@ -1490,4 +1494,5 @@ static void hooks_heartbeat(xc_coord *c, int wi, const xc_wire_heartbeat *hb) {
     c->hb_busy[wi] = hb->busy_ns;
     c->hb_bytes[wi] = (double)hb->bytes_sent;
     c->hb_mb[wi] = (double)hb->microbatches;
+    c->hb_live[wi] = (double)hb->live_seqs;
 }

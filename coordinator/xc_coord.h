@@ -142,6 +142,7 @@ typedef struct xc_coord_stage_stats {
     double busy_ratio;   /* computing time / elapsed time between its last two heartbeats */
     double bytes_sent;   /* frame bytes it sent downstream, cumulative */
     double microbatches; /* messages it processed, cumulative */
+    double sequences;    /* sequences it holds state for (its last heartbeat) */
 } xc_coord_stage_stats;
 
 /* A snapshot of the coordinator's load, published once per scheduling step. */

@@ -214,6 +214,12 @@ char *xc_metrics_render(xc_metrics *m, const xc_metrics_gauges *g, size_t *len) 
             outf(&o, "xcpipe_stage_microbatches_total{replica=\"%d\",stage=\"%d\"} %.17g\n",
                  g->stages[i].replica, g->stages[i].stage, g->stages[i].mbatches);
         }
+        outf(&o, "# HELP xcpipe_stage_sequences Sequences a decoder stage holds state for (its "
+                 "last heartbeat).\n# TYPE xcpipe_stage_sequences gauge\n");
+        for (int i = 0; i < g->n_stages; i++) {
+            outf(&o, "xcpipe_stage_sequences{replica=\"%d\",stage=\"%d\"} %.17g\n",
+                 g->stages[i].replica, g->stages[i].stage, g->stages[i].sequences);
+        }
     }
     pthread_mutex_lock(&m->lock);
     for (int c = 0; c < XC_METRICS_N_COUNTERS; c++) {

@@ -33,6 +33,7 @@ typedef struct xc_metrics_stage {
     double busy_ratio; /* fraction of time computing over the last heartbeat window */
     double bytes_out;  /* bytes this stage sent to the next (or results to the coordinator) */
     double mbatches;   /* micro-batches processed */
+    double sequences;  /* sequences it holds state for (last heartbeat) */
 } xc_metrics_stage;
 
 typedef struct xc_metrics_gauges {

@@ -234,9 +234,9 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
     if (n == 0 && s->n_release == 0) {
         return false;
     }
-    if (n == 0) {
-        return false; /* releases ride on the next real micro-batch */
-    }
+    /* n == 0 with releases pending: a release-only micro-batch (no rows), so that the stages drop
+     * finished or cancelled sequences now rather than with the next request's rows; every stage
+     * passes it on and the last stage answers it, like any micro-batch */
     uint64_t id = s->next_mb++;
     s->inflight[s->n_inflight++] = id;
     /* hand out the pending releases */

@@ -49,7 +49,9 @@ xc_status xc_sched_add(xc_sched *s, uint64_t id, int n_prompt, int max_new, bool
 xc_status xc_sched_set_ready(xc_sched *s, uint64_t id);
 
 /* Forms the next micro-batch if the in-flight limit allows and there is work: admits waiting
- * sequences (FIFO) while KV blocks are free. Returns false when nothing can be sent. */
+ * sequences (FIFO) while KV blocks are free. With no rows to send but sequences to release, the
+ * micro-batch has no items and only the release ids (it is in flight like any other until its
+ * Result comes back). Returns false when nothing can be sent. */
 bool xc_sched_next(xc_sched *s, xc_sched_batch *out);
 
 /* The block table of an admitted sequence (view). NULL if not admitted. */
@@ -62,7 +64,8 @@ void xc_sched_batch_done(xc_sched *s, uint64_t mb_id);
 xc_status xc_sched_token(xc_sched *s, uint64_t id, int32_t token);
 
 /* Ends a sequence (done, stopped, cancelled or failed): frees its blocks and queues its id for
- * release in the next micro-batch. Unknown ids are ignored. */
+ * release in the next micro-batch (a release-only one if no rows are due). Unknown ids are
+ * ignored. */
 void xc_sched_finish(xc_sched *s, uint64_t id);
 
 /* Drops every sequence and in-flight micro-batch (a stage was lost): ids (capacity cap) gets the

@@ -523,6 +523,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->microbatches = c->u.heartbeat.microbatches;
         r->bytes_sent = c->u.heartbeat.bytes_sent;
         r->endpoint = pb_str(c->u.heartbeat.endpoint);
+        r->live_sequences = c->u.heartbeat.live_seqs;
         p->kind_case = XC__V1__CONTROL__KIND_HEARTBEAT;
         p->heartbeat = r;
         break;
@@ -819,7 +820,8 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
                                              .busy_ns = p->heartbeat->busy_ns,
                                              .microbatches = p->heartbeat->microbatches,
                                              .bytes_sent = p->heartbeat->bytes_sent,
-                                             .endpoint = p->heartbeat->endpoint};
+                                             .endpoint = p->heartbeat->endpoint,
+                                             .live_seqs = p->heartbeat->live_sequences};
         return XC_OK;
     case XC__V1__CONTROL__KIND_DRAIN:
         c->kind = XC_WIRE_CTL_DRAIN;

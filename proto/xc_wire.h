@@ -100,6 +100,7 @@ typedef struct xc_wire_heartbeat {
     uint64_t microbatches; /* api helper: cumulative messages processed */
     uint64_t bytes_sent;   /* api helper: cumulative frame bytes sent downstream */
     const char *endpoint;  /* may be NULL/empty: the sender's mailbox (for Reregister) */
+    uint32_t live_seqs;    /* sequences the sending stage holds state for */
 } xc_wire_heartbeat;
 
 typedef struct xc_wire_drain {

@@ -76,6 +76,7 @@ struct xc_worker {
     atomic_uint_fast64_t busy_ns, n_mb, n_rows, n_bad;
     atomic_uint_fast64_t bytes_out; /* api helper: frame bytes sent downstream */
     atomic_int stat_stage;
+    atomic_uint live_seqs; /* n_seqs, for the heartbeat thread */
 };
 
 /* ---- small helpers ---- */
@@ -115,6 +116,7 @@ static void seq_drop(xc_worker *w, uint64_t id) {
     if (s) {
         xc_sampler_destroy(s->smp);
         *s = w->seqs[--w->n_seqs];
+        atomic_store(&w->live_seqs, (unsigned)w->n_seqs);
     }
 }
 
@@ -123,6 +125,7 @@ static void seqs_clear(xc_worker *w) {
         xc_sampler_destroy(w->seqs[i].smp);
     }
     w->n_seqs = 0;
+    atomic_store(&w->live_seqs, 0);
 }
 
 static xc_status seq_add(xc_worker *w, uint64_t id, const xc_wire_sampling *ws) {
@@ -144,7 +147,7 @@ static xc_status seq_add(xc_worker *w, uint64_t id, const xc_wire_sampling *ws) 
                       .seed = ws->seed};
     seq_state s = {
         .id = id, .prompt_len = ws->prompt_len, .logprobs = ws->logprobs, .top = ws->top_logprobs};
-    if (!w->sim) {
+    if (!w->sim && w->stage + 1 == w->n_stages) { /* only the last stage samples */
         XC_TRY(xc_sampler_create(w->vocab, &sp, &s.smp));
         for (size_t k = 0; k < ws->n_penalty_ids; k++) {
             int32_t t = (int32_t)ws->penalty_ids[k];
@@ -156,6 +159,7 @@ static xc_status seq_add(xc_worker *w, uint64_t id, const xc_wire_sampling *ws) 
         }
     }
     w->seqs[w->n_seqs++] = s;
+    atomic_store(&w->live_seqs, (unsigned)w->n_seqs);
     return XC_OK;
 }
 
@@ -192,7 +196,8 @@ static void *hb_main(void *arg) {
                                              .busy_ns = atomic_load(&w->busy_ns),
                                              .microbatches = atomic_load(&w->n_mb),
                                              .bytes_sent = atomic_load(&w->bytes_out),
-                                             .endpoint = xc_transport_endpoint(w->rx)}};
+                                             .endpoint = xc_transport_endpoint(w->rx),
+                                             .live_seqs = atomic_load(&w->live_seqs)}};
         xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = c};
         (void)xc_transport_send_wire(tx, &m, NULL, 0, 100);
     }
@@ -608,13 +613,35 @@ static xc_status send_on(xc_worker *w, const xc_wire_forward *f, float *host, ui
     return xc_transport_send_wire(w->next, &m, &fr, 1, w->conf.send_timeout_ms);
 }
 
+/* A micro-batch without rows carries only release ids (the coordinator sends one when it has
+ * sequences to release and nothing to compute): pass it on, or answer it from the last stage. */
+static xc_status pass_releases(xc_worker *w, const xc_wire_forward *f, bool last) {
+    if (last) {
+        return send_result(w, f, NULL, NULL, NULL);
+    }
+    float *none = xc_malloc(sizeof(float));
+    if (!none) {
+        return XC_ERR_NOMEM;
+    }
+    xc_status st = send_on(w, f, none, (uint32_t)w->hidden_size); /* rows 0 */
+    if (st != XC_OK) {
+        xc_free(none);
+    }
+    return st;
+}
+
 static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg) {
     XC_TRY(check_stage_frame(w, f));
     bool first = w->stage == 0, last = w->stage + 1 == w->n_stages;
+    /* every stage knows the live sequences (the last one with a sampler each), so that a
+     * release is seen to reach all of them (Heartbeat.live_sequences) */
     for (size_t i = 0; i < f->n_seqs; i++) {
-        if (f->seqs[i].sampling && last) {
+        if (f->seqs[i].sampling) {
             XC_TRY(seq_add(w, f->seqs[i].id, f->seqs[i].sampling));
         }
+    }
+    if (f->n_seqs == 0) {
+        return pass_releases(w, f, last);
     }
     size_t rows = f->payload.rows, H = (size_t)w->hidden_size;
     int32_t *toks = xc_arena_calloc(w->arena, f->n_seqs + 1, sizeof(int32_t));
@@ -779,6 +806,12 @@ static void on_forward(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg
     if (w->role == XC_WIRE_ROLE_STAGE) {
         for (size_t i = 0; i < f->n_release; i++) {
             seq_drop(w, f->release_ids[i]);
+        }
+        if (f->n_release > 0) {
+            XC_LOG_DEBUG("stage %u: released %zu sequence(s) (micro-batch %llu, %zu rows), %zu "
+                         "live",
+                         w->stage, f->n_release, (unsigned long long)f->microbatch_id,
+                         (size_t)f->payload.rows, w->n_seqs);
         }
     }
     atomic_fetch_add(&w->busy_ns, xc_now_ns() - t0);

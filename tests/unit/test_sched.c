@@ -13,7 +13,18 @@
 typedef struct ref_seq {
     int n_prompt, max_new, next_pos, n_gen, tokens_pending;
     bool done, added;
+    int released; /* times its id came in a micro-batch's release list */
 } ref_seq;
+
+/* Counts b's release ids in ref; each must belong to a finished sequence. */
+static void count_releases(ref_seq *ref, const xc_sched_batch *b) {
+    for (int k = 0; k < b->n_release; k++) {
+        int i = (int)(b->release[k] - 100);
+        assert_true(i >= 0 && i < NS);
+        assert_true(ref[i].done);
+        ref[i].released++;
+    }
+}
 
 /* One fake run: n sequences with random sizes; completes a micro-batch when the pipeline has
  * max_inflight in flight or nothing else can be formed. */
@@ -49,6 +60,8 @@ static void run_fake(int P, int max_rows, int chunk, int n_blocks, unsigned seed
         bool formed = xc_sched_next(s, &b);
         if (formed) {
             assert_true(b.n_rows <= max_rows);
+            count_releases(ref, &b);
+            assert_true(b.n_items > 0 || b.n_release > 0); /* never an empty micro-batch */
             fb *f = &q[(qh + qn++) % 64];
             f->id = b.id;
             f->n = 0;
@@ -125,6 +138,22 @@ static void run_fake(int P, int max_rows, int chunk, int n_blocks, unsigned seed
     assert_int_equal(xc_sched_n_free_blocks(s), n_blocks);
     assert_int_equal(xc_sched_n_live(s), 0);
     assert_true(max_seen_inflight >= (P + 1 < 3 ? P + 1 : 3));
+    /* the last releases go out on their own once the in-flight limit allows, then nothing */
+    for (int guard = 0; guard < 2 * (P + 2); guard++) {
+        xc_sched_batch b;
+        if (xc_sched_next(s, &b)) {
+            assert_int_equal(b.n_items, 0);
+            assert_int_equal(b.n_rows, 0);
+            count_releases(ref, &b);
+        } else if (qn > 0) {
+            xc_sched_batch_done(s, q[qh].id);
+            qh = (qh + 1) % 64;
+            qn--;
+        }
+    }
+    for (int i = 0; i < NS; i++) {
+        assert_int_equal(ref[i].released, 1); /* every sequence released exactly once */
+    }
     free(q);
     xc_sched_destroy(s);
 }
@@ -192,11 +221,73 @@ static void test_sched_admission_and_errors(void **state) {
     xc_sched_destroy(s);
 }
 
+/* A finished or cancelled sequence's release goes out in the very next xc_sched_next, on a
+ * micro-batch of its own when there are no rows to send (the stages drop the sequence without
+ * waiting for the next request). */
+static void test_sched_release_only_batch(void **state) {
+    (void)state;
+    xc_sched_conf sc = {.max_rows = 16,
+                        .chunk = 16,
+                        .block_size = 4,
+                        .n_blocks = 16,
+                        .max_inflight = 2,
+                        .n_stages = 2};
+    xc_sched *s;
+    assert_int_equal(xc_sched_create(&sc, &s), XC_OK);
+    xc_sched_batch b;
+    assert_false(xc_sched_next(s, &b)); /* idle: nothing to send */
+    assert_int_equal(xc_sched_add(s, 7, 5, 10, true), XC_OK);
+    assert_int_equal(xc_sched_add(s, 8, 3, 10, true), XC_OK);
+    assert_true(xc_sched_next(s, &b)); /* both prompts */
+    assert_int_equal(b.n_items, 2);
+    assert_int_equal(b.n_release, 0);
+    uint64_t mb1 = b.id;
+    assert_false(xc_sched_next(s, &b)); /* both wait for their first token */
+    /* 8 is cancelled while its prompt is in flight: released at once, on a batch of its own */
+    xc_sched_finish(s, 8);
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 0);
+    assert_int_equal(b.n_rows, 0);
+    assert_int_equal(b.n_release, 1);
+    assert_int_equal(b.release[0], 8);
+    uint64_t mb2 = b.id;
+    assert_true(mb2 != mb1);
+    assert_true(xc_sched_is_inflight(s, mb2)); /* answered like any micro-batch */
+    assert_int_equal(xc_sched_n_inflight(s), 2);
+    assert_false(xc_sched_next(s, &b)); /* released once only */
+    /* 7 ends while the in-flight limit is reached: its release waits for room */
+    xc_sched_finish(s, 7);
+    assert_false(xc_sched_next(s, &b));
+    xc_sched_batch_done(s, mb1);
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 0);
+    assert_int_equal(b.n_release, 1);
+    assert_int_equal(b.release[0], 7);
+    xc_sched_batch_done(s, mb2);
+    xc_sched_batch_done(s, b.id);
+    assert_int_equal(xc_sched_n_inflight(s), 0);
+    assert_false(xc_sched_next(s, &b));
+    /* with rows due, the release rides on them */
+    assert_int_equal(xc_sched_add(s, 9, 4, 2, true), XC_OK);
+    assert_int_equal(xc_sched_add(s, 10, 4, 2, true), XC_OK);
+    assert_true(xc_sched_next(s, &b));
+    xc_sched_batch_done(s, b.id);
+    xc_sched_finish(s, 9);
+    assert_int_equal(xc_sched_token(s, 10, 1), XC_OK);
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.items[0].id, 10);
+    assert_int_equal(b.n_release, 1);
+    assert_int_equal(b.release[0], 9);
+    xc_sched_destroy(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sched_rows_in_order_and_kv_disjoint),
         cmocka_unit_test(test_sched_long_prompt_chunks_in_flight),
         cmocka_unit_test(test_sched_admission_and_errors),
+        cmocka_unit_test(test_sched_release_only_batch),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }
