@@ -162,10 +162,6 @@ bool xc_media_addr_private(const struct sockaddr *addr) {
 /* Parses and checks url into *out (a CURLU the caller frees) and host. */
 static xc_media_error parse_url(const xc_media_conf *conf, const char *url, CURLU **out, char *host,
                                 size_t host_len, char *msg, size_t msg_len) {
-    if (xc_media_global_init() != XC_OK) {
-        snprintf(msg, msg_len, "image URLs cannot be fetched: %s", xc_err_last());
-        return XC_MEDIA_NETWORK;
-    }
     if (strncasecmp(url, "http://", 7) && strncasecmp(url, "https://", 8)) {
         snprintf(msg, msg_len, "only http:// and https:// image URLs are fetched");
         return XC_MEDIA_BAD_URL;
@@ -176,6 +172,10 @@ static xc_media_error parse_url(const xc_media_conf *conf, const char *url, CURL
                  "--allowed-media-domains); send the image as a data: URL "
                  "(data:image/png;base64,...)");
         return XC_MEDIA_DISABLED;
+    }
+    if (xc_media_global_init() != XC_OK) {
+        snprintf(msg, msg_len, "image URLs cannot be fetched: %s", xc_err_last());
+        return XC_MEDIA_NETWORK;
     }
     if (strlen(url) > MAX_URL_LEN) {
         snprintf(msg, msg_len, "image URL is longer than %d bytes", MAX_URL_LEN);
