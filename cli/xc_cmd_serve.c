@@ -39,7 +39,7 @@ int xc_cmd_coordinator(int argc, char **argv) {
 typedef struct serve_conf {
     const char *model, *transport, *requests, *backend, *log_level, *endpoint;
     int stages, replicas, threads, chunk, max_rows;
-    double dead_s, heartbeat_s;
+    double dead_s, heartbeat_s, orphan_s;
     bool no_vision, exit_when_done;
 } serve_conf;
 
@@ -63,6 +63,9 @@ static const xc_conf_entry serve_entries[] = {
                   "seconds without a heartbeat after which a worker is dead"),
     XC_CONF_FLOAT("heartbeat", "XC_HEARTBEAT", serve_conf, heartbeat_s, 0.5, 0.01, 60,
                   "workers' heartbeat period"),
+    XC_CONF_FLOAT("orphan-timeout", "XC_ORPHAN_TIMEOUT", serve_conf, orphan_s, 60, 0, 1e7,
+                  "local workers exit after this many seconds without a message from the "
+                  "coordinator (0 = never; they also exit when serve dies)"),
     XC_CONF_BOOL("no-vision", "XC_NO_VISION", serve_conf, no_vision, 0, "text only"),
     XC_CONF_STR("requests", "XC_REQUESTS", serve_conf, requests, NULL, NULL,
                 "line-protocol requests (file, FIFO or '-'); answers on stdout"),
@@ -92,7 +95,7 @@ typedef struct child {
 typedef struct supervisor {
     const serve_conf *c;
     const char *coord_ep;
-    char threads[16], hb[32];
+    char threads[16], hb[32], orphan[32], ppid[16];
     child kids[130];
     int n;
 } supervisor;
@@ -104,25 +107,12 @@ static pid_t spawn_worker(supervisor *s, child *k) {
         return -1;
     }
     exe[n] = 0;
-    char *argv[] = {exe,
-                    "worker",
-                    "--coordinator",
-                    (char *)s->coord_ep,
-                    "--endpoint",
-                    k->endpoint,
-                    "--id",
-                    k->id,
-                    "--threads",
-                    s->threads,
-                    "--backend",
-                    (char *)s->c->backend,
-                    "--heartbeat",
-                    s->hb,
-                    "--log-level",
-                    (char *)s->c->log_level,
-                    "--role",
+    char *argv[] = {exe, "worker", "--coordinator", (char *)s->coord_ep, "--endpoint", k->endpoint,
+                    "--id", k->id, "--threads", s->threads, "--backend", (char *)s->c->backend,
+                    "--heartbeat", s->hb, "--log-level", (char *)s->c->log_level, "--role",
                     (char *)k->role,
-                    NULL};
+                    /* gone with serve: a parent-death signal, and silence as the fallback */
+                    "--parent-pid", s->ppid, "--orphan-timeout", s->orphan, NULL};
     pid_t pid;
     if (posix_spawn(&pid, exe, NULL, NULL, argv, environ) != 0) {
         return -1;
@@ -197,6 +187,8 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
     int thr = c->threads > 0 ? c->threads : (int)(cores / n_workers > 0 ? cores / n_workers : 1);
     snprintf(s->threads, sizeof s->threads, "%d", thr);
     snprintf(s->hb, sizeof s->hb, "%g", c->heartbeat_s);
+    snprintf(s->orphan, sizeof s->orphan, "%g", c->orphan_s);
+    snprintf(s->ppid, sizeof s->ppid, "%d", (int)getpid());
     for (int i = 0; i < n_workers && i < 130; i++) {
         child *k = &s->kids[s->n++];
         snprintf(k->id, sizeof k->id, "w%d", i);

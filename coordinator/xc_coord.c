@@ -1074,10 +1074,29 @@ static void fail_everything(xc_coord *c, const char *why) {
     }
 }
 
+/* Once a second, a Heartbeat (worker_id empty) to every registered worker: a worker that hears
+ * nothing from its coordinator for --orphan-timeout seconds knows it is gone. Never waits for a
+ * worker whose mailbox is full or gone (that one is handled by its own heartbeats). */
+static void send_heartbeats(xc_coord *c, uint64_t *last, uint64_t *seq) {
+    uint64_t now = xc_now_ns();
+    if (now - *last < 1000000000ull) {
+        return;
+    }
+    *last = now;
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL,
+                     .u.control = {.kind = XC_WIRE_CTL_HEARTBEAT,
+                                   .u.heartbeat = {.seq = ++*seq, .time_ns = now}}};
+    for (int i = 0; i < c->n_workers; i++) {
+        if (c->workers[i].alive && c->workers[i].tx) {
+            (void)xc_transport_send_wire(c->workers[i].tx, &m, NULL, 0, 0);
+        }
+    }
+}
+
 static void *coord_main(void *arg) {
     xc_coord *c = arg;
     xc_log_set_role("C");
-    uint64_t drain_deadline = 0;
+    uint64_t drain_deadline = 0, hb_last = 0, hb_seq = 0;
     while (!atomic_load(&c->stop_now)) {
         xc_arena_reset(c->arena);
         /* drain the mailbox, then schedule */
@@ -1094,6 +1113,7 @@ static void *coord_main(void *arg) {
             timeout = 0;
         }
         check_liveness(c);
+        send_heartbeats(c, &hb_last, &hb_seq);
         if (!c->placed) {
             place(c);
             update_ready(c);

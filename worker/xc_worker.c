@@ -71,6 +71,7 @@ struct xc_worker {
     atomic_int hb_stop;
     atomic_uint_fast64_t progress_ns; /* last time the main loop started or finished a message */
     atomic_int busy;
+    atomic_int adoptable; /* assigned: heartbeats carry the endpoint (Reregister is then useful) */
 
     /* stats */
     atomic_uint_fast64_t busy_ns, n_mb, n_rows, n_bad;
@@ -196,7 +197,11 @@ static void *hb_main(void *arg) {
                                              .busy_ns = atomic_load(&w->busy_ns),
                                              .microbatches = atomic_load(&w->n_mb),
                                              .bytes_sent = atomic_load(&w->bytes_out),
-                                             .endpoint = xc_transport_endpoint(w->rx),
+                                             /* only an assigned worker can be
+                                              * adopted by a coordinator that lost it */
+                                             .endpoint = atomic_load(&w->adoptable)
+                                                             ? xc_transport_endpoint(w->rx)
+                                                             : NULL,
                                              .live_seqs = atomic_load(&w->live_seqs)}};
         xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = c};
         (void)xc_transport_send_wire(tx, &m, NULL, 0, 100);
@@ -280,6 +285,7 @@ static void unload(xc_worker *w) {
     w->ck = NULL;
     w->assigned = false;
     w->loaded = false;
+    atomic_store(&w->adoptable, 0);
 }
 
 void xc_worker_destroy(xc_worker *w) {
@@ -417,6 +423,7 @@ static void on_assign(xc_worker *w, const xc_wire_assign *a) {
     }
     w->assigned = true;
     w->loaded = true;
+    atomic_store(&w->adoptable, 1);
     char tag[32];
     if (a->role == XC_WIRE_ROLE_VISION) {
         snprintf(tag, sizeof tag, "V");
@@ -864,10 +871,18 @@ xc_status xc_worker_run(xc_worker *w, volatile sig_atomic_t *stop) {
     XC_LOG_INFO("worker %s listening on %s, coordinator %s, backend %s, role %s", w->id,
                 xc_transport_endpoint(w->rx), w->conf.coordinator, w->conf.backend,
                 role_name(w->conf.role));
-    uint64_t last_reg = 0;
+    uint64_t last_reg = 0, last_coord = xc_now_ns(); /* last message from the coordinator */
     xc_status ret = XC_OK;
     while (!*stop) {
         uint64_t now = xc_now_ns();
+        if (w->conf.orphan_s > 0 && now - last_coord > (uint64_t)(w->conf.orphan_s * 1e9)) {
+            ret = xc_errf(XC_ERR_TIMEOUT,
+                          "worker %s: no message from the coordinator for %.1f s "
+                          "(--orphan-timeout): it is gone",
+                          w->id, (double)(now - last_coord) * 1e-9);
+            XC_LOG_ERROR("%s", xc_err_last());
+            break;
+        }
         /* until assigned, re-register every 2 s: the coordinator may start after us, or may have
          * restarted */
         if (!w->assigned && (last_reg == 0 || now - last_reg > 2000000000ull)) {
@@ -891,7 +906,9 @@ xc_status xc_worker_run(xc_worker *w, volatile sig_atomic_t *stop) {
         atomic_store(&w->busy, 1);
         if (m.kind == XC_WIRE_KIND_CONTROL) {
             const xc_wire_control *c = &m.u.control;
-            if (c->kind == XC_WIRE_CTL_ASSIGN) {
+            if (c->kind == XC_WIRE_CTL_HEARTBEAT) {
+                /* the coordinator is alive; nothing else to do */
+            } else if (c->kind == XC_WIRE_CTL_ASSIGN) {
                 on_assign(w, &c->u.assign);
             } else if (c->kind == XC_WIRE_CTL_SHUTDOWN) {
                 XC_LOG_INFO("shutdown: %s", c->u.shutdown.reason);
@@ -906,6 +923,7 @@ xc_status xc_worker_run(xc_worker *w, volatile sig_atomic_t *stop) {
                             w->assigned ? "; dropping the assignment, keeping the weights" : "");
                 seqs_clear(w);
                 w->assigned = false;
+                atomic_store(&w->adoptable, 0);
                 last_reg = 0;
             } else {
                 atomic_fetch_add(&w->n_bad, 1);
@@ -918,7 +936,11 @@ xc_status xc_worker_run(xc_worker *w, volatile sig_atomic_t *stop) {
             XC_LOG_WARN("ignored a %s message", xc_wire_kind_name(m.kind));
         }
         atomic_store(&w->busy, 0);
-        atomic_store(&w->progress_ns, xc_now_ns());
+        uint64_t done = xc_now_ns();
+        atomic_store(&w->progress_ns, done);
+        /* silence counts only while waiting: time spent on this message (loading weights, a long
+         * prefill) is not the coordinator's */
+        last_coord = m.kind == XC_WIRE_KIND_CONTROL ? done : last_coord + (done - now);
         xc_msg_fini(&msg);
     }
     atomic_store(&w->hb_stop, 1);

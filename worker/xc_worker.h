@@ -17,18 +17,19 @@
 typedef struct xc_worker xc_worker;
 
 typedef struct xc_worker_conf {
-    const char *coordinator;        /* the coordinator's mailbox endpoint (required) */
-    const char *endpoint;           /* own mailbox, e.g. "tcp://127.0.0.1:*", "ipc:///tmp/w1" */
-    const char *id;                 /* unique name; NULL = "HOST:PID" */
-    const char *backend;            /* "cpu", "cuda" or "sim" */
-    int n_threads;                  /* CPU threads, 0 = all cores */
-    double heartbeat_s;             /* heartbeat period (> 0) */
-    double hang_s;                  /* stop heartbeating when one message runs longer than this */
-    int send_timeout_ms;            /* a send to a peer that is gone gives up after this */
-    uint64_t mem_bytes;             /* memory advertised to placement; 0 = physical host memory */
-    xc_sim_cost sim;                /* backend "sim" */
-    int sim_width;                  /* columns of the hidden rows a sim stage sends (>= 1) */
-    xc_wire_role role;              /* the role it accepts: ANY (0), VISION or STAGE */
+    const char *coordinator; /* the coordinator's mailbox endpoint (required) */
+    const char *endpoint;    /* own mailbox, e.g. "tcp://127.0.0.1:*", "ipc:///tmp/w1" */
+    const char *id;          /* unique name; NULL = "HOST:PID" */
+    const char *backend;     /* "cpu", "cuda" or "sim" */
+    int n_threads;           /* CPU threads, 0 = all cores */
+    double heartbeat_s;      /* heartbeat period (> 0) */
+    double hang_s;           /* stop heartbeating when one message runs longer than this */
+    int send_timeout_ms;     /* a send to a peer that is gone gives up after this */
+    uint64_t mem_bytes;      /* memory advertised to placement; 0 = physical host memory */
+    xc_sim_cost sim;         /* backend "sim" */
+    int sim_width;           /* columns of the hidden rows a sim stage sends (>= 1) */
+    xc_wire_role role;       /* the role it accepts: ANY (0), VISION or STAGE */
+    double orphan_s;         /* > 0: exit when nothing came from the coordinator for this long */
     const xc_transport_conf *tconf; /* NULL = defaults */
 } xc_worker_conf;
 
@@ -46,7 +47,8 @@ typedef struct xc_worker_stats {
 xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out);
 
 /* Registers and serves until *stop becomes non-zero or a Shutdown arrives. Returns XC_OK on a
- * clean stop; a fatal backend error (XC_ERR_DEVICE) is reported to the coordinator and returned. */
+ * clean stop; a fatal backend error (XC_ERR_DEVICE) is reported to the coordinator and returned;
+ * XC_ERR_TIMEOUT when orphan_s passed without any message from the coordinator. */
 xc_status xc_worker_run(xc_worker *w, volatile sig_atomic_t *stop);
 
 /* The resolved mailbox endpoint (tcp port * replaced). View valid until destroy. */

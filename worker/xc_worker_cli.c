@@ -1,9 +1,12 @@
 /* Worker command line: config table, signal handling, create / run / destroy. */
 #include "xc_worker_cli.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
 
 #include "xc_conf.h"
 #include "xc_log.h"
@@ -11,8 +14,8 @@
 
 typedef struct worker_flags {
     const char *coordinator, *endpoint, *id, *backend, *log_level, *role;
-    int threads, send_timeout_ms, mem_mb, sim_width;
-    double heartbeat_s, hang_s;
+    int threads, send_timeout_ms, mem_mb, sim_width, parent_pid;
+    double heartbeat_s, hang_s, orphan_s;
     double sim_layer_us, sim_layer_row_us, sim_embed_us, sim_head_us, sim_head_row_us, sim_scale;
 } worker_flags;
 
@@ -34,6 +37,12 @@ static const xc_conf_entry worker_entries[] = {
                   "heartbeat period in seconds"),
     XC_CONF_FLOAT("hang-timeout", "XC_HANG_TIMEOUT", worker_flags, hang_s, 60, 0.1, 86400,
                   "seconds one message may run before the worker stops heartbeating"),
+    XC_CONF_FLOAT("orphan-timeout", "XC_ORPHAN_TIMEOUT", worker_flags, orphan_s, 0, 0, 1e7,
+                  "exit (status 1) after this many seconds without a message from the "
+                  "coordinator, which sends one every second (0 = wait for it forever)"),
+    XC_CONF_INT("parent-pid", "XC_PARENT_PID", worker_flags, parent_pid, 0, 0, 1 << 30,
+                "exit when process PID, which started this worker, exits (Linux parent-death "
+                "signal; 0 = no such parent)"),
     XC_CONF_INT("send-timeout-ms", "XC_SEND_TIMEOUT_MS", worker_flags, send_timeout_ms, 2000, 1,
                 600000, "give up a send to a peer that is gone after this"),
     XC_CONF_INT("mem-mb", "XC_MEM_MB", worker_flags, mem_mb, 0, 0, 1 << 30,
@@ -86,6 +95,24 @@ int xc_worker_cli_main(int argc, char **argv) {
     }
     xc_log_set_level((xc_log_level)xc_log_parse_level(c.log_level));
     xc_log_set_role("W");
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (c.parent_pid > 0) {
+        /* started by xcpipe serve: SIGTERM when it dies, however it dies (SIGKILL included).
+         * The parent may have died before the prctl: then no signal will come, so check. */
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) {
+            fprintf(stderr, "xcpipe-worker: prctl(PR_SET_PDEATHSIG): %s\n", strerror(errno));
+            return 1;
+        }
+        if (getppid() != (pid_t)c.parent_pid) {
+            fprintf(stderr, "xcpipe-worker: parent %d is gone; exiting\n", c.parent_pid);
+            return 1;
+        }
+    }
     xc_worker_conf wc = {.coordinator = c.coordinator,
                          .endpoint = c.endpoint,
                          .id = c.id,
@@ -102,15 +129,10 @@ int xc_worker_cli_main(int argc, char **argv) {
                                  .head_row_us = c.sim_head_row_us,
                                  .scale = c.sim_scale},
                          .sim_width = c.sim_width,
+                         .orphan_s = c.orphan_s,
                          .role = !strcmp(c.role, "vision")  ? XC_WIRE_ROLE_VISION
                                  : !strcmp(c.role, "stage") ? XC_WIRE_ROLE_STAGE
                                                             : XC_WIRE_ROLE_ANY};
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
     xc_worker *w = NULL;
     st = xc_worker_create(&wc, &w);
     if (st != XC_OK) {

@@ -73,6 +73,7 @@ for i in 1 2; do echo "long$i ids=1,2,3,$i max=4000 greedy=1" >&3; done
 sleep 0.5
 grep -q "^long" "$T/out$N.txt" && fail "a long request finished before the kill; make them longer"
 { kill -9 "$CPID" && wait "$CPID"; } 2> /dev/null || true
+forget "$CPID"
 exec 3>&-
 t0=$(date +%s.%N)
 start_coord
@@ -95,6 +96,7 @@ kill -TERM "$CPID"
 timeout 15 tail --pid="$CPID" -f /dev/null || fail "coordinator 2 did not exit on SIGTERM"
 wait "$CPID"; rc=$?
 [ $rc = 0 ] || fail "coordinator 2 exit code $rc after SIGTERM"
+forget "$CPID"
 exec 3>&-
 sleep 1
 for w in dec-0 dec-1 vis; do

@@ -11,6 +11,11 @@ cleanup() {
   rm -rf "$T"
 }
 trap cleanup EXIT
+forget() { # forget PID: a process known to be gone leaves PIDS (its number may be reused)
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
 fail() { echo "$(basename "$0"): $*" >&2; for f in "$T"/*.log; do [ -f "$f" ] && { echo "== $f" >&2; tail -15 "$f" >&2; }; done; exit 1; }
 
 make_model() { # 4 layers so that 1, 2 and 3 stages all hold layers; 16 image tokens
