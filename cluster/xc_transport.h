@@ -80,8 +80,16 @@ void xc_transport_close(xc_transport *tx);
 
 /* Sends frames[0..n) as one message (1 <= n <= XC_MSG_MAX_FRAMES), waiting at most timeout_ms
  * (< 0: forever) for room or for a connected peer. On XC_OK the frames with a free_fn belong to
- * the transport; on failure the caller still owns them. XC_ERR_TIMEOUT, XC_ERR_ARG, XC_ERR_IO. */
+ * the transport; on failure the caller still owns them (nothing was taken). A send that fails
+ * after the native layer took part of the message (a ZeroMQ context terminated mid-message, an
+ * MPI send of a later part refused) has consumed every frame: it is logged and returns XC_OK,
+ * and the message is lost as if the peer had failed after receiving it. XC_ERR_TIMEOUT,
+ * XC_ERR_ARG, XC_ERR_IO. */
 xc_status xc_transport_send(xc_transport *tx, xc_frame *frames, size_t n, int timeout_ms);
+
+/* Tests only: the next ZeroMQ multipart send fails at part `part` (>= 1) as if its context had
+ * been terminated (ETERM) after libzmq took the earlier parts; -1 cancels. */
+void xc_transport_zmq_fault_at(int part);
 
 /* Receives one whole message into *out (owned by the caller: xc_msg_fini), waiting at most
  * timeout_ms (< 0: forever). XC_ERR_TIMEOUT, XC_ERR_PROTO (a message with too many frames, which

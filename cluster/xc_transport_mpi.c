@@ -296,9 +296,12 @@ static xc_status mpi_send(xc_transport *tx, xc_frame *frames, size_t n, int time
             p->n_reqs = 0;
         } else {
             /* Part of the message is posted and MPI may read it: the frames are consumed and
-             * released once the posted sends complete. */
-            XC_LOG_ERROR("mpi %s: send failed after %d of %zu parts; frames consumed", tx->endpoint,
-                         posted, n + 1);
+             * released once the posted sends complete, so this counts as sent (ownership moves
+             * only on XC_OK: the caller must not free them) and the message is lost. */
+            XC_LOG_ERROR("mpi %s: send failed after %d of %zu parts (%s); the frames are consumed "
+                         "and the message is lost",
+                         tx->endpoint, posted, n + 1, xc_err_last());
+            return XC_OK;
         }
         return st;
     }

@@ -451,6 +451,14 @@ static xc_status set_timeo(zmq_tx *z, const char *ep, int opt, int *cache, int m
     return XC_OK;
 }
 
+/* Tests only (xc_transport_zmq_fault_at): the part at which the next multipart send fails as if
+ * the context had been terminated; -1 = none. */
+static int g_fault_part = -1;
+
+void xc_transport_zmq_fault_at(int part) {
+    __atomic_store_n(&g_fault_part, part, __ATOMIC_SEQ_CST);
+}
+
 static xc_status zmq_send_tx(xc_transport *tx, xc_frame *frames, size_t n, int timeout_ms) {
     zmq_tx *z = tx->ctx;
     const char *ep = tx->endpoint;
@@ -496,6 +504,11 @@ static xc_status zmq_send_tx(xc_transport *tx, xc_frame *frames, size_t n, int t
                                              xc_deadline_left_ms(deadline))) != XC_OK) {
                 break;
             }
+            if (sent > 0 && (int)sent == __atomic_load_n(&g_fault_part, __ATOMIC_SEQ_CST)) {
+                __atomic_store_n(&g_fault_part, -1, __ATOMIC_SEQ_CST);
+                errno = ETERM; /* fault injection: what a terminated context does mid-message */
+                break;
+            }
             rc = zmq_msg_send(&msgs[sent], z->sock, flags);
             if (rc != -1 || zmq_errno() != EINTR) {
                 break;
@@ -507,10 +520,17 @@ static xc_status zmq_send_tx(xc_transport *tx, xc_frame *frames, size_t n, int t
         }
     }
     /* On success, or after a failure past the first part (which only context termination can
-     * cause: the sent parts are libzmq's already), every frame counts as consumed. */
+     * cause: the sent parts are libzmq's already), every frame counts as consumed. Such a send
+     * returns XC_OK (ownership moves only on XC_OK, so the caller must not free the frames): the
+     * message is lost, as if the peer had failed right after receiving it, which the cluster's
+     * failure handling (heartbeats) covers. An empty last part closes the open multipart message
+     * so that the next send starts a new one (the receiver drops the truncated message). */
     bool consumed = sent > 0;
     if (consumed && sent < n) {
-        XC_LOG_ERROR("zmq %s: multipart send failed after part %zu; frames consumed", ep, sent);
+        XC_LOG_ERROR("zmq %s: multipart send failed after part %zu of %zu (%s); the frames are "
+                     "consumed and the message is lost",
+                     ep, sent, n, xc_err_last());
+        (void)zmq_send(z->sock, "", 0, ZMQ_DONTWAIT);
     }
     for (size_t k = sent; k < n; k++) {
         if (boxes[k]) {
@@ -526,7 +546,7 @@ static xc_status zmq_send_tx(xc_transport *tx, xc_frame *frames, size_t n, int t
             }
         }
     }
-    return sent == n ? XC_OK : st;
+    return consumed ? XC_OK : st;
 fail:
     for (size_t k = 0; k < built; k++) {
         zmq_msg_close(&msgs[k]);

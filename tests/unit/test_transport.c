@@ -458,6 +458,86 @@ static void test_transport_zmq_drops_too_many_frames(void **state) {
     xc_transport_close(rx);
 }
 
+/* ---- a send that fails after libzmq took part of the message (fault injection) ---- */
+
+static int g_freed_small;
+
+static void count_free_small(void *data, void *hint) {
+    (void)data;
+    (void)hint;
+    __atomic_add_fetch(&g_freed_small, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Part 1 fails as if the context had been terminated: every frame was consumed, so the send must
+ * say so with XC_OK (ownership moves only on XC_OK) and release each frame exactly once. A caller
+ * that follows the contract frees its frames after a failure; before the fix this freed them a
+ * second time. The link stays usable: the truncated message arrives closed by an empty part and
+ * the next message arrives whole. */
+static void test_transport_zmq_send_consumed_midway(void **state) {
+    (void)state;
+    xc_transport *rx = NULL, *tx = NULL;
+    assert_int_equal(xc_transport_open("tcp://127.0.0.1:*", XC_TRANSPORT_RECV, NULL, &rx), XC_OK);
+    assert_int_equal(xc_transport_open(xc_transport_endpoint(rx), XC_TRANSPORT_SEND, NULL, &tx),
+                     XC_OK);
+    fill(g_big, sizeof g_big, 3);
+    char hdr[] = "header";
+    g_freed = 0;
+    g_freed_small = 0;
+    xc_frame frames[3] = {
+        {.data = hdr, .len = sizeof hdr, .free_fn = count_free_small},         /* copied */
+        {.data = g_big, .len = sizeof g_big, .free_fn = count_free},           /* zero-copy */
+        {.data = g_small, .len = sizeof g_small, .free_fn = count_free_small}, /* copied */
+    };
+    xc_transport_zmq_fault_at(1);
+    xc_status st = xc_transport_send(tx, frames, 3, 5000);
+    if (st != XC_OK) { /* the caller still owns its frames: free them as a caller would */
+        for (int i = 0; i < 3; i++) {
+            frames[i].free_fn(frames[i].data, NULL);
+        }
+    }
+    assert_int_equal(st, XC_OK);
+    xc_msg m;
+    assert_int_equal(xc_transport_recv(rx, 5000, &m), XC_OK);
+    assert_int_equal(m.n, 2);
+    assert_memory_equal(m.frames[0].data, hdr, sizeof hdr);
+    assert_int_equal(m.frames[1].len, 0);
+    xc_msg_fini(&m);
+    /* the wire helper: its header is freed once, the tensor once, and the receiver drops the
+     * truncated message as malformed */
+    static const uint32_t block0 = 0;
+    xc_wire_seq seq = {.id = 1, .n_tokens = 1024, .n_blocks = 1, .block_table = &block0};
+    xc_wire_msg w = {.kind = XC_WIRE_KIND_FORWARD,
+                     .u.forward = {.microbatch_id = 7,
+                                   .kv_block_size = 4096,
+                                   .n_seqs = 1,
+                                   .seqs = &seq,
+                                   .payload = {.dtype = XC_DTYPE_F32,
+                                               .rows = (uint32_t)(sizeof g_big / 1024),
+                                               .cols = 256}}};
+    xc_frame t = {.data = g_big, .len = sizeof g_big, .free_fn = count_free};
+    xc_transport_zmq_fault_at(1);
+    st = xc_transport_send_wire(tx, &w, &t, 1, 5000);
+    if (st != XC_OK) {
+        t.free_fn(t.data, NULL);
+    }
+    assert_int_equal(st, XC_OK);
+    xc_arena *arena = NULL;
+    assert_int_equal(xc_arena_create(4096, &arena), XC_OK);
+    xc_wire_msg got;
+    assert_int_equal(xc_transport_recv_wire(rx, 5000, arena, &m, &got), XC_ERR_PROTO);
+    /* the next message arrives whole */
+    assert_int_equal(xc_transport_send(tx, &frames[2], 1, 5000), XC_OK);
+    assert_int_equal(xc_transport_recv(rx, 5000, &m), XC_OK);
+    assert_int_equal(m.n, 1);
+    assert_memory_equal(m.frames[0].data, g_small, sizeof g_small);
+    xc_msg_fini(&m);
+    xc_arena_destroy(arena);
+    xc_transport_close(tx);
+    xc_transport_close(rx);
+    assert_int_equal(freed(), 2);       /* the big frame, once per message */
+    assert_int_equal(g_freed_small, 3); /* header and small frame once, then once */
+}
+
 static void test_transport_rejects_bad_arguments(void **state) {
     (void)state;
     xc_transport *tx = NULL;
@@ -497,6 +577,7 @@ int main(void) {
         cmocka_unit_test(test_transport_wire_zmq_tcp),
         cmocka_unit_test(test_transport_zmq_drops_too_many_frames),
         cmocka_unit_test(test_transport_rejects_bad_arguments),
+        cmocka_unit_test(test_transport_zmq_send_consumed_midway),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }
