@@ -15,6 +15,7 @@
 #include "xc_log.h"
 #include "xc_mem.h"
 #include "xc_mmap.h"
+#include "xc_sampler.h"
 #include "xc_sched.h"
 #include "xc_time.h"
 
@@ -734,6 +735,19 @@ static void on_result(xc_coord *c, const xc_wire_result *res) {
             req_end(c, q, XC_OK, false, false, NULL);
         }
     }
+    /* sequences that failed on the last stage alone: only their requests end (retryable when
+     * the stage lacked memory); the replica and the other sequences go on */
+    for (size_t i = 0; i < res->n_failed; i++) {
+        creq *q = req_find(c, res->failed_ids[i], NULL);
+        if (!q || q->replica != r) {
+            continue;
+        }
+        xc_status code = (xc_status)res->failed_codes[i];
+        XC_LOG_WARN("request %llu failed on replica %d's last stage: %s", (unsigned long long)q->id,
+                    r, res->failed_messages[i]);
+        req_end(c, q, code, code == XC_ERR_NOMEM || code == XC_ERR_IO || code == XC_ERR_TIMEOUT,
+                false, res->failed_messages[i]);
+    }
 }
 
 static void handle(xc_coord *c, const xc_wire_msg *m, const xc_msg *msg) {
@@ -1242,15 +1256,16 @@ static xc_status check_request(const xc_coord *c, const xc_coord_request *r) {
                            r->ids[i], i, c->mi.vocab);
         }
     }
+    /* the last stage's own validator (the wire accepts the same ranges), so that a request
+     * accepted here never fails there; greedy ignores the temperature */
     const xc_coord_sampling *s = &r->sampling;
-    if (!s->greedy && (!(s->temperature > 0) || !isfinite(s->temperature))) {
-        return xc_errf(XC_ERR_ARG, "temperature must be > 0");
-    }
-    if (!(s->top_p > 0) || s->top_p > 1 || s->top_k < 0 || !(s->repetition_penalty > 0) ||
-        s->repetition_penalty > 1000) {
-        return xc_errf(XC_ERR_ARG, "top_p in (0, 1], top_k >= 0, repetition penalty in (0, 1000]");
-    }
-    return XC_OK;
+    xc_sampling sp = {.greedy = s->greedy,
+                      .temperature = s->greedy ? 1.0f : s->temperature,
+                      .top_k = s->top_k,
+                      .top_p = s->top_p,
+                      .repetition_penalty = s->repetition_penalty,
+                      .seed = s->seed};
+    return xc_sampling_validate(&sp);
 }
 
 static void *dup_mem(const void *p, size_t n) {

@@ -362,6 +362,17 @@ static xc_status check_result(const xc_wire_result *r) {
             return BAD("result: alternative %zu is not a token id with a logprob", i);
         }
     }
+    /* per-sequence failures */
+    if (r->n_failed > XC_WIRE_MAX_SEQS) {
+        return BAD("result: %zu failed sequences (at most %u)", r->n_failed, XC_WIRE_MAX_SEQS);
+    }
+    for (size_t i = 0; i < r->n_failed; i++) {
+        if (r->failed_codes[i] >= 0 || r->failed_codes[i] < -1000) {
+            return BAD("result: failed sequence %llu has code %d (an error status is negative)",
+                       (unsigned long long)r->failed_ids[i], (int)r->failed_codes[i]);
+        }
+        XC_TRY(check_str("result.failed_messages", r->failed_messages[i], false));
+    }
     return XC_OK;
 }
 
@@ -684,6 +695,20 @@ static Xc__V1__Result *result_to_pb(xc_arena *a, const xc_wire_result *r) {
         p->top_ids = (uint32_t *)r->top_ids;
         p->n_top_logprobs = r->n_top_ids;
         p->top_logprobs = (float *)r->top_logprobs;
+        if (r->n_failed > 0) { /* per-sequence failures */
+            p->failed_messages = A_NEW(a, char *, r->n_failed);
+            if (!p->failed_messages) {
+                return NULL;
+            }
+            for (size_t i = 0; i < r->n_failed; i++) {
+                p->failed_messages[i] = pb_str(r->failed_messages[i]);
+            }
+            p->n_failed_ids = r->n_failed;
+            p->failed_ids = (uint64_t *)r->failed_ids;
+            p->n_failed_codes = r->n_failed;
+            p->failed_codes = (int32_t *)r->failed_codes;
+            p->n_failed_messages = r->n_failed;
+        }
     }
     return p;
 }
@@ -950,6 +975,13 @@ static xc_status result_from_pb(const Xc__V1__Result *p, xc_wire_result *r) {
     r->n_top_ids = p->n_top_ids;
     r->top_ids = p->top_ids;
     r->top_logprobs = p->top_logprobs;
+    if (p->n_failed_ids != p->n_failed_codes || p->n_failed_ids != p->n_failed_messages) {
+        return BAD("result: failed-sequence arrays of inconsistent lengths");
+    }
+    r->n_failed = p->n_failed_ids;
+    r->failed_ids = p->failed_ids;
+    r->failed_codes = p->failed_codes;
+    r->failed_messages = (const char *const *)p->failed_messages;
     return XC_OK;
 }
 

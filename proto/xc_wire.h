@@ -214,6 +214,12 @@ typedef struct xc_wire_result {
     size_t n_top_ids;          /* sum of n_top */
     const uint32_t *top_ids;   /* (n_top_ids) */
     const float *top_logprobs; /* (n_top_ids) */
+    /* sequences that failed on the last stage alone (only their requests end): ids, codes (an
+     * xc_status, negative) and messages (strings as everywhere) */
+    size_t n_failed;                    /* <= XC_WIRE_MAX_SEQS */
+    const uint64_t *failed_ids;         /* (n_failed) */
+    const int32_t *failed_codes;        /* (n_failed) */
+    const char *const *failed_messages; /* (n_failed) */
 } xc_wire_result;
 
 /* ---- any message ---- */

@@ -548,10 +548,6 @@ static xc_status check_stage_frame(xc_worker *w, const xc_wire_forward *f) {
                                (unsigned long long)s->id, s->block_table[k], w->kv_blocks);
             }
         }
-        if (!s->sampling && w->stage + 1 == w->n_stages && !seq_find(w, s->id)) {
-            return xc_errf(XC_ERR_PROTO, "seq %llu is unknown here and has no sampling params",
-                           (unsigned long long)s->id);
-        }
     }
     return XC_OK;
 }
@@ -569,8 +565,43 @@ typedef struct result_lp {
     float *top_lps;
 } result_lp;
 
+/* Per-sequence failures on the last stage (index of f->seqs): code 0 = none. Such a sequence
+ * fails alone (Result.failed_*): the micro-batch, the replica and the other sequences go on. */
+typedef struct seq_fail {
+    int32_t *code;
+    const char **msg;
+    size_t n;
+} seq_fail;
+
+static xc_status seq_fail_init(xc_worker *w, size_t n_seqs, seq_fail *sf) {
+    sf->code = xc_arena_calloc(w->arena, n_seqs + 1, sizeof(int32_t));
+    sf->msg = xc_arena_calloc(w->arena, n_seqs + 1, sizeof(const char *));
+    sf->n = 0;
+    return sf->code && sf->msg ? XC_OK : XC_ERR_NOMEM;
+}
+
+/* Records that sequence i of f failed with st (message: xc_err_last()). */
+static void seq_fail_set(xc_worker *w, seq_fail *sf, const xc_wire_forward *f, size_t i,
+                         xc_status st) {
+    if (sf->code[i]) {
+        return;
+    }
+    char m[512];
+    snprintf(m, sizeof m, "stage %u: sequence %llu failed: %s", w->stage,
+             (unsigned long long)f->seqs[i].id, xc_err_last());
+    XC_LOG_WARN("%s", m);
+    size_t len = strlen(m) + 1;
+    char *copy = xc_arena_alloc(w->arena, len);
+    if (copy) {
+        memcpy(copy, m, len);
+    }
+    sf->code[i] = st < 0 ? st : XC_ERR_ARG;
+    sf->msg[i] = copy ? copy : "sequence failed on the last stage";
+    sf->n++;
+}
+
 static xc_status send_result(xc_worker *w, const xc_wire_forward *f, const int32_t *toks,
-                             const bool *want, const result_lp *lp) {
+                             const bool *want, const result_lp *lp, const seq_fail *sf) {
     uint64_t *ids = xc_arena_alloc(w->arena, f->n_seqs * sizeof(uint64_t) + 8);
     uint32_t *tk = xc_arena_alloc(w->arena, f->n_seqs * sizeof(uint32_t) + 4);
     float *lps = xc_arena_alloc(w->arena, f->n_seqs * sizeof(float) + 4);
@@ -580,9 +611,27 @@ static xc_status send_result(xc_worker *w, const xc_wire_forward *f, const int32
     if (!ids || !tk || !lps || !nt || !tid || !tlp) {
         return XC_ERR_NOMEM;
     }
-    size_t n = 0, n_top = 0;
+    size_t n = 0, n_top = 0, n_failed = 0;
+    uint64_t *fid = NULL;
+    int32_t *fcode = NULL;
+    const char **fmsg = NULL;
+    if (sf && sf->n > 0) {
+        fid = xc_arena_alloc(w->arena, sf->n * sizeof(uint64_t));
+        fcode = xc_arena_alloc(w->arena, sf->n * sizeof(int32_t));
+        fmsg = xc_arena_alloc(w->arena, sf->n * sizeof(const char *));
+        if (!fid || !fcode || !fmsg) {
+            return XC_ERR_NOMEM;
+        }
+        for (size_t i = 0; i < f->n_seqs; i++) {
+            if (sf->code[i]) {
+                fid[n_failed] = f->seqs[i].id;
+                fcode[n_failed] = sf->code[i];
+                fmsg[n_failed++] = sf->msg[i];
+            }
+        }
+    }
     for (size_t i = 0; i < f->n_seqs; i++) {
-        if (want[i]) {
+        if (want[i] && !(sf && sf->code[i])) {
             ids[n] = f->seqs[i].id;
             lps[n] = lp && lp->lp[i] == lp->lp[i] ? lp->lp[i] : 0.0f;
             nt[n] = lp && lp->lp[i] == lp->lp[i] ? lp->n_top[i] : 0;
@@ -603,7 +652,11 @@ static xc_status send_result(xc_worker *w, const xc_wire_forward *f, const int32
                                   .n_top = nt,
                                   .n_top_ids = lp ? n_top : 0,
                                   .top_ids = tid,
-                                  .top_logprobs = tlp}};
+                                  .top_logprobs = tlp,
+                                  .n_failed = n_failed,
+                                  .failed_ids = fid,
+                                  .failed_codes = fcode,
+                                  .failed_messages = fmsg}};
     atomic_fetch_add(&w->bytes_out, n * (sizeof(uint64_t) + sizeof(uint32_t)));
     return xc_transport_send_wire(w->next, &m, NULL, 0, w->conf.send_timeout_ms);
 }
@@ -624,7 +677,7 @@ static xc_status send_on(xc_worker *w, const xc_wire_forward *f, float *host, ui
  * sequences to release and nothing to compute): pass it on, or answer it from the last stage. */
 static xc_status pass_releases(xc_worker *w, const xc_wire_forward *f, bool last) {
     if (last) {
-        return send_result(w, f, NULL, NULL, NULL);
+        return send_result(w, f, NULL, NULL, NULL, NULL);
     }
     float *none = xc_malloc(sizeof(float));
     if (!none) {
@@ -640,15 +693,31 @@ static xc_status pass_releases(xc_worker *w, const xc_wire_forward *f, bool last
 static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg) {
     XC_TRY(check_stage_frame(w, f));
     bool first = w->stage == 0, last = w->stage + 1 == w->n_stages;
-    /* every stage knows the live sequences (the last one with a sampler each), so that a
-     * release is seen to reach all of them (Heartbeat.live_sequences) */
-    for (size_t i = 0; i < f->n_seqs; i++) {
-        if (f->seqs[i].sampling) {
-            XC_TRY(seq_add(w, f->seqs[i].id, f->seqs[i].sampling));
-        }
-    }
     if (f->n_seqs == 0) {
         return pass_releases(w, f, last);
+    }
+    seq_fail sf = {0};
+    if (last) {
+        XC_TRY(seq_fail_init(w, f->n_seqs, &sf));
+    }
+    /* every stage knows the live sequences (the last one with a sampler each), so that a
+     * release is seen to reach all of them (Heartbeat.live_sequences). On the last stage a
+     * sequence whose sampler cannot be made, or that it does not know, fails alone; elsewhere the
+     * state only counts sequences, so failing to record one fails nothing. */
+    for (size_t i = 0; i < f->n_seqs; i++) {
+        xc_status st = XC_OK;
+        if (f->seqs[i].sampling) {
+            st = seq_add(w, f->seqs[i].id, f->seqs[i].sampling);
+        } else if (last && !seq_find(w, f->seqs[i].id)) {
+            st = xc_errf(XC_ERR_PROTO, "sequence %llu is unknown here and has no sampling params",
+                         (unsigned long long)f->seqs[i].id);
+        }
+        if (st != XC_OK && last) {
+            seq_fail_set(w, &sf, f, i, st);
+        } else if (st != XC_OK) {
+            XC_LOG_WARN("stage %u: sequence %llu not recorded: %s", w->stage,
+                        (unsigned long long)f->seqs[i].id, xc_err_last());
+        }
     }
     size_t rows = f->payload.rows, H = (size_t)w->hidden_size;
     int32_t *toks = xc_arena_calloc(w->arena, f->n_seqs + 1, sizeof(int32_t));
@@ -660,7 +729,7 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
         uint64_t t0 = xc_now_ns();
         int n_logit = 0;
         for (size_t i = 0; i < f->n_seqs; i++) {
-            seq_state *s = last ? seq_find(w, f->seqs[i].id) : NULL;
+            seq_state *s = last && !sf.code[i] ? seq_find(w, f->seqs[i].id) : NULL;
             if (s && wants_token(s, &f->seqs[i])) {
                 want[i] = true;
                 toks[i] = xc_sim_token(s->id, f->seqs[i].first_pos + f->seqs[i].n_tokens, w->vocab);
@@ -671,7 +740,7 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
                                     (int)rows, n_logit);
         xc_sim_wait_until(t0, us);
         if (last) {
-            return send_result(w, f, toks, want, NULL);
+            return send_result(w, f, toks, want, NULL, &sf);
         }
         float *host = xc_calloc(rows * (size_t)w->conf.sim_width + 1, sizeof(float));
         if (!host) {
@@ -766,26 +835,32 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
             }
         }
         for (size_t i = 0; i < f->n_seqs && st == XC_OK; i++) {
-            seq_state *s = seq_find(w, f->seqs[i].id);
+            seq_state *s = sf.code[i] ? NULL : seq_find(w, f->seqs[i].id);
             if (!s || !wants_token(s, &f->seqs[i])) {
                 continue;
             }
+            /* a device copy that fails fails the micro-batch; sampling fails one sequence */
             st = xc_backend_copy_out(w->be, host,
                                      (const float *)w->logits.data + i * (size_t)w->vocab,
                                      (size_t)w->vocab * sizeof(float));
-            if (st == XC_OK) {
-                st = xc_sampler_sample(s->smp, host, &toks[i]);
+            if (st != XC_OK) {
+                break;
             }
-            if (st == XC_OK && s->logprobs) {
+            xc_status ss = xc_sampler_sample(s->smp, host, &toks[i]);
+            if (ss == XC_OK && s->logprobs) {
                 lp.n_top[i] = s->top;
-                st = xc_sampler_logprobs(host, w->vocab, toks[i], (int)s->top, &lp.lp[i],
+                ss = xc_sampler_logprobs(host, w->vocab, toks[i], (int)s->top, &lp.lp[i],
                                          lp.top_ids + i * 20, lp.top_lps + i * 20);
+            }
+            if (ss != XC_OK) {
+                seq_fail_set(w, &sf, f, i, ss);
+                continue;
             }
             want[i] = true;
         }
         xc_free(host);
         XC_TRY(st);
-        return send_result(w, f, toks, want, any_lp ? &lp : NULL);
+        return send_result(w, f, toks, want, any_lp ? &lp : NULL, &sf);
     }
     float *host = xc_malloc(rows * H * sizeof(float) + 4);
     if (!host) {

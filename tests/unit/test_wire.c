@@ -313,6 +313,73 @@ static void test_wire_result_roundtrip(void **state) {
     xc_arena_destroy(a);
 }
 
+/* Result.failed_ids/codes/messages (fields 8-10, added): the encoding against protobuf's wire
+ * format written out by hand (Envelope{version: 1, result: {failed_ids: [5], failed_codes: [-2],
+ * failed_messages: ["x"]}}: packed varints, -2 as a ten-byte varint), the round trip, and the
+ * checks (lengths, codes that are not errors, control characters). */
+static void test_wire_result_failed_sequences(void **state) {
+    (void)state;
+    static const uint8_t want[] = {0x08, 0x01, 0x22, 0x12, 0x42, 0x01, 0x05, 0x4a,
+                                   0x0a, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                   0xff, 0xff, 0x01, 0x52, 0x01, 0x78};
+    const uint64_t fid[] = {5};
+    const int32_t fcode[] = {XC_ERR_ARG};
+    const char *fmsg[] = {"x"};
+    xc_wire_result r = {
+        .n_failed = 1, .failed_ids = fid, .failed_codes = fcode, .failed_messages = fmsg};
+    void *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(xc_wire_encode_result(&r, &buf, &len), XC_OK);
+    assert_int_equal(len, sizeof want);
+    assert_memory_equal(buf, want, sizeof want);
+    xc_free(buf);
+    xc_arena *a = NULL;
+    assert_int_equal(xc_arena_create(4096, &a), XC_OK);
+    xc_wire_result g;
+    assert_int_equal(xc_wire_decode_result(want, sizeof want, a, &g), XC_OK);
+    assert_int_equal(g.n, 0);
+    assert_int_equal(g.n_failed, 1);
+    assert_int_equal(g.failed_ids[0], 5);
+    assert_int_equal(g.failed_codes[0], XC_ERR_ARG);
+    assert_string_equal(g.failed_messages[0], "x");
+    /* with tokens for other sequences and two failures */
+    const uint64_t ids[] = {1, 2};
+    const uint32_t toks[] = {3, 4};
+    const uint64_t fid2[] = {7, 8};
+    const int32_t fcode2[] = {XC_ERR_NOMEM, XC_ERR_PROTO};
+    const char *fmsg2[] = {"no memory for a sampler", "seq 8 is unknown here"};
+    r = (xc_wire_result){.microbatch_id = 9,
+                         .n = 2,
+                         .seq_ids = ids,
+                         .tokens = toks,
+                         .n_failed = 2,
+                         .failed_ids = fid2,
+                         .failed_codes = fcode2,
+                         .failed_messages = fmsg2};
+    assert_int_equal(xc_wire_encode_result(&r, &buf, &len), XC_OK);
+    assert_int_equal(xc_wire_decode_result(buf, len, a, &g), XC_OK);
+    xc_free(buf);
+    assert_int_equal(g.n, 2);
+    assert_int_equal(g.n_failed, 2);
+    assert_memory_equal(g.failed_ids, fid2, sizeof fid2);
+    assert_memory_equal(g.failed_codes, fcode2, sizeof fcode2);
+    assert_string_equal(g.failed_messages[1], "seq 8 is unknown here");
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_RESULT, .u.result = r};
+    const int32_t ok_code[] = {XC_ERR_NOMEM, 0};
+    m.u.result.failed_codes = ok_code;
+    expect_reject(&m, NULL, 0,
+                  "result: failed sequence 8 has code 0 (an error status is negative)");
+    const char *bad_msg[] = {"a", "b\n"};
+    m.u.result.failed_codes = fcode2;
+    m.u.result.failed_messages = bad_msg;
+    expect_reject(&m, NULL, 0, "result.failed_messages has a control character (0x0a) at byte 1");
+    /* inconsistent lengths on the wire: failed_ids [5] without codes or messages */
+    static const uint8_t short_lists[] = {0x08, 0x01, 0x22, 0x03, 0x42, 0x01, 0x05};
+    assert_int_equal(xc_wire_decode_result(short_lists, sizeof short_lists, a, &g), XC_ERR_PROTO);
+    assert_non_null(strstr(xc_err_last(), "failed-sequence arrays of inconsistent lengths"));
+    xc_arena_destroy(a);
+}
+
 /* The bytes against protobuf's wire format written out by hand: Envelope{version: 1, control:
  * {heartbeat: {seq: 5}}} is 08 01 | 12 04 | 22 02 | 08 05 (field 1 varint; field 2 and, inside,
  * field 4 length-delimited; seq = field 1 varint). */
@@ -816,6 +883,7 @@ int main(void) {
         cmocka_unit_test(test_wire_forward_hidden_roundtrip),
         cmocka_unit_test(test_wire_control_roundtrip),
         cmocka_unit_test(test_wire_result_roundtrip),
+        cmocka_unit_test(test_wire_result_failed_sequences),
         cmocka_unit_test(test_wire_bytes_match_protobuf_encoding),
         cmocka_unit_test(test_wire_decodes_hand_encoded_seeds),
         cmocka_unit_test(test_wire_decode_rejects_bad_version),

@@ -1,0 +1,487 @@
+/* Coordinator tests: the real coordinator (xc_coord) against fake workers on threads that speak
+ * the wire protocol over inproc links (register, assign, ready, heartbeats, forward frames,
+ * results), so that failure paths can be driven exactly: a sequence that fails alone on the last
+ * stage, a micro-batch that cannot be built, a stage error, an assignment that cannot load, and a
+ * stop racing submissions. Tokens come from a formula of (sequence id, position) that the test
+ * checks independently. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "xc_coord.h"
+#include "xc_test.h"
+#include "xc_time.h"
+#include "xc_transport.h"
+#include "xc_wire.h"
+
+/* ---- leak-checking hooks that several threads may use, and one-shot allocation faults ---- */
+
+static pthread_mutex_t g_mem_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_t g_main_thread;
+static size_t g_fail_size;     /* the next allocation of exactly this size off the main thread */
+static atomic_int g_fail_hits; /* ... fails, and counts here */
+
+static bool fault(size_t n) {
+    if (g_fail_size && n == g_fail_size && !pthread_equal(pthread_self(), g_main_thread)) {
+        g_fail_size = 0;
+        atomic_fetch_add(&g_fail_hits, 1);
+        return true;
+    }
+    return false;
+}
+
+static void *lk_malloc(size_t n) {
+    pthread_mutex_lock(&g_mem_lock);
+    void *p = fault(n) ? NULL : test_malloc(n);
+    pthread_mutex_unlock(&g_mem_lock);
+    return p;
+}
+
+static void *lk_calloc(size_t c, size_t s) {
+    pthread_mutex_lock(&g_mem_lock);
+    void *p = fault(c * s) ? NULL : test_calloc(c, s);
+    pthread_mutex_unlock(&g_mem_lock);
+    return p;
+}
+
+static void *lk_realloc(void *q, size_t n) {
+    pthread_mutex_lock(&g_mem_lock);
+    void *p = fault(n) ? NULL : test_realloc(q, n);
+    pthread_mutex_unlock(&g_mem_lock);
+    return p;
+}
+
+static void lk_free(void *p) {
+    pthread_mutex_lock(&g_mem_lock);
+    test_free(p);
+    pthread_mutex_unlock(&g_mem_lock);
+}
+
+static char g_dir[64];
+
+static int group_setup(void **state) {
+    (void)state;
+    g_main_thread = pthread_self();
+    snprintf(g_dir, sizeof g_dir, "/tmp/xc-test-coord-XXXXXX");
+    if (!mkdtemp(g_dir)) {
+        return -1;
+    }
+    char path[128];
+    snprintf(path, sizeof path, "%s/config.json", g_dir);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        return -1;
+    }
+    fputs("{\"num_hidden_layers\": 4, \"hidden_size\": 8, \"intermediate_size\": 16, "
+          "\"num_attention_heads\": 2, \"num_key_value_heads\": 2, \"vocab_size\": 100, "
+          "\"max_position_embeddings\": 4096}\n",
+          f);
+    fclose(f);
+    static const xc_mem_hooks h = {lk_malloc, lk_calloc, lk_realloc, lk_free};
+    xc_mem_set_hooks(&h);
+    return 0;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    xc_mem_set_hooks(NULL);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static int g_serial; /* unique inproc names per test */
+
+/* The token the fake last stage samples for sequence id after its rows up to pos ran. */
+static int32_t tok_of(uint64_t id, uint32_t pos) {
+    return (int32_t)(10 + (pos * 7u + (uint32_t)(id % 13u)) % 80u);
+}
+
+/* ---- a fake worker ---- */
+
+#define FAKE_SEQS 64
+#define FAKE_IDS  4096
+
+typedef struct fake {
+    char id[32];
+    char ep[64];
+    const char *coord_ep;
+    /* behaviour */
+    bool fail_assign;        /* answer every Assign with a non-fatal Error (cannot load) */
+    uint64_t fail_seed;      /* last stage: sequences sampled with this seed fail alone */
+    atomic_int fail_next_mb; /* the next micro-batch with rows fails with Error{microbatch} */
+    /* state */
+    pthread_t th;
+    atomic_int stop;
+    atomic_int n_assign;
+    atomic_int assigned;
+    uint32_t stage, n_stages;
+    char next[128];
+
+    struct {
+        uint64_t id, seed;
+        uint32_t prompt_len;
+        bool live;
+    } seqs[FAKE_SEQS];
+
+    pthread_mutex_t mu;
+    uint64_t released[FAKE_IDS];
+    int n_released;
+} fake;
+
+static void fake_init(fake *f, const char *name, const char *coord_ep) {
+    memset(f, 0, sizeof *f);
+    snprintf(f->id, sizeof f->id, "%s", name);
+    snprintf(f->ep, sizeof f->ep, "inproc://tc-%s-%d", name, g_serial);
+    f->coord_ep = coord_ep;
+    pthread_mutex_init(&f->mu, NULL);
+}
+
+static void fake_seq_add(fake *f, uint64_t id, const xc_wire_sampling *s) {
+    for (int i = 0; i < FAKE_SEQS; i++) {
+        if (!f->seqs[i].live) {
+            f->seqs[i].live = true;
+            f->seqs[i].id = id;
+            f->seqs[i].seed = s->seed;
+            f->seqs[i].prompt_len = s->prompt_len;
+            return;
+        }
+    }
+}
+
+static int fake_seq_find(fake *f, uint64_t id) {
+    for (int i = 0; i < FAKE_SEQS; i++) {
+        if (f->seqs[i].live && f->seqs[i].id == id) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static void fake_send(fake *f, xc_transport *tx, const xc_wire_control *c) {
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = *c};
+    (void)xc_transport_send_wire(tx, &m, NULL, 0, 1000);
+    (void)f;
+}
+
+static void fake_forward(fake *f, xc_transport *coord, xc_transport *next, xc_arena *arena,
+                         const xc_wire_forward *fw) {
+    pthread_mutex_lock(&f->mu);
+    for (size_t i = 0; i < fw->n_release && f->n_released < FAKE_IDS; i++) {
+        f->released[f->n_released++] = fw->release_ids[i];
+        int k = fake_seq_find(f, fw->release_ids[i]);
+        if (k >= 0) {
+            f->seqs[k].live = false;
+        }
+    }
+    pthread_mutex_unlock(&f->mu);
+    for (size_t i = 0; i < fw->n_seqs; i++) {
+        if (fw->seqs[i].sampling && fake_seq_find(f, fw->seqs[i].id) < 0) {
+            fake_seq_add(f, fw->seqs[i].id, fw->seqs[i].sampling);
+        }
+    }
+    if (fw->n_seqs > 0 && atomic_exchange(&f->fail_next_mb, 0)) {
+        xc_wire_control e = {.kind = XC_WIRE_CTL_ERROR,
+                             .u.error = {.code = XC_ERR_IO,
+                                         .message = "fake stage: micro-batch failed",
+                                         .has_microbatch = true,
+                                         .microbatch_id = fw->microbatch_id,
+                                         .worker_id = f->id}};
+        fake_send(f, coord, &e);
+        return;
+    }
+    if (f->stage + 1 < f->n_stages) { /* pass hidden rows on */
+        xc_wire_forward out = *fw;
+        out.has_image_rows = false;
+        out.payload = (xc_wire_tensor){.dtype = XC_DTYPE_F32, .rows = fw->payload.rows, .cols = 8};
+        size_t len = (size_t)fw->payload.rows * 8 * sizeof(float);
+        float *rows = xc_arena_calloc(arena, len / sizeof(float) + 1, sizeof(float));
+        xc_frame fr = {.data = rows, .len = len};
+        xc_wire_msg m = {.kind = XC_WIRE_KIND_FORWARD, .u.forward = out};
+        (void)xc_transport_send_wire(next, &m, &fr, 1, 1000);
+        return;
+    }
+    uint64_t *ids = xc_arena_alloc(arena, (fw->n_seqs + 1) * sizeof(uint64_t));
+    uint32_t *toks = xc_arena_alloc(arena, (fw->n_seqs + 1) * sizeof(uint32_t));
+    uint64_t *fids = xc_arena_alloc(arena, (fw->n_seqs + 1) * sizeof(uint64_t));
+    int32_t *fcodes = xc_arena_alloc(arena, (fw->n_seqs + 1) * sizeof(int32_t));
+    const char **fmsgs = xc_arena_alloc(arena, (fw->n_seqs + 1) * sizeof(char *));
+    size_t n = 0, nf = 0;
+    for (size_t i = 0; i < fw->n_seqs; i++) {
+        const xc_wire_seq *q = &fw->seqs[i];
+        int k = fake_seq_find(f, q->id);
+        if (k < 0) {
+            continue;
+        }
+        if (f->fail_seed && f->seqs[k].seed == f->fail_seed) {
+            fids[nf] = q->id;
+            fcodes[nf] = XC_ERR_ARG;
+            fmsgs[nf++] = "fake stage: bad sampler";
+            continue;
+        }
+        if (q->first_pos + q->n_tokens >= f->seqs[k].prompt_len) {
+            ids[n] = q->id;
+            toks[n++] = (uint32_t)tok_of(q->id, q->first_pos + q->n_tokens);
+        }
+    }
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_RESULT,
+                     .u.result = {.microbatch_id = fw->microbatch_id,
+                                  .n = n,
+                                  .seq_ids = ids,
+                                  .tokens = toks,
+                                  .n_failed = nf,
+                                  .failed_ids = fids,
+                                  .failed_codes = fcodes,
+                                  .failed_messages = fmsgs}};
+    (void)xc_transport_send_wire(next, &m, NULL, 0, 1000);
+}
+
+static void *fake_main(void *arg) {
+    fake *f = arg;
+    xc_transport *rx = NULL, *coord = NULL, *next = NULL;
+    xc_arena *arena = NULL;
+    if (xc_transport_open(f->ep, XC_TRANSPORT_RECV, NULL, &rx) != XC_OK ||
+        xc_transport_open(f->coord_ep, XC_TRANSPORT_SEND, NULL, &coord) != XC_OK ||
+        xc_arena_create(1 << 16, &arena) != XC_OK) {
+        goto out;
+    }
+    uint64_t last_reg = 0, last_hb = 0;
+    while (!atomic_load(&f->stop)) {
+        uint64_t now = xc_now_ns();
+        /* like a real worker: register until assigned (every 0.2 s instead of 2 s), heartbeat */
+        if (!atomic_load(&f->assigned) && now - last_reg > 200000000ull) {
+            last_reg = now;
+            xc_wire_control r = {.kind = XC_WIRE_CTL_REGISTER,
+                                 .u.reg = {.worker_id = f->id,
+                                           .backend = XC_WIRE_BACKEND_CPU,
+                                           .host_mem_bytes = 1ull << 30,
+                                           .endpoint = f->ep}};
+            fake_send(f, coord, &r);
+        }
+        if (now - last_hb > 200000000ull) {
+            last_hb = now;
+            xc_wire_control h = {.kind = XC_WIRE_CTL_HEARTBEAT,
+                                 .u.heartbeat = {.time_ns = now, .worker_id = f->id}};
+            fake_send(f, coord, &h);
+        }
+        xc_msg msg = {0};
+        xc_wire_msg m;
+        xc_arena_reset(arena);
+        if (xc_transport_recv_wire(rx, 20, arena, &msg, &m) != XC_OK) {
+            continue;
+        }
+        if (m.kind == XC_WIRE_KIND_CONTROL && m.u.control.kind == XC_WIRE_CTL_ASSIGN) {
+            const xc_wire_assign *a = &m.u.control.u.assign;
+            atomic_fetch_add(&f->n_assign, 1);
+            atomic_store(&f->assigned, 0);
+            memset(f->seqs, 0, sizeof f->seqs);
+            if (f->fail_assign) {
+                xc_wire_control e = {.kind = XC_WIRE_CTL_ERROR,
+                                     .u.error = {.code = XC_ERR_IO,
+                                                 .message = "fake: assignment failed: no weights",
+                                                 .worker_id = f->id}};
+                fake_send(f, coord, &e);
+            } else {
+                f->stage = a->stage;
+                f->n_stages = a->n_stages;
+                if (!next || strcmp(f->next, a->next_endpoint)) {
+                    xc_transport_close(next);
+                    next = NULL;
+                    snprintf(f->next, sizeof f->next, "%s", a->next_endpoint);
+                    (void)xc_transport_open(f->next, XC_TRANSPORT_SEND, NULL, &next);
+                }
+                atomic_store(&f->assigned, 1);
+                xc_wire_control r = {.kind = XC_WIRE_CTL_READY,
+                                     .u.ready = {.stage = a->stage, .worker_id = f->id}};
+                fake_send(f, coord, &r);
+            }
+        } else if (m.kind == XC_WIRE_KIND_FORWARD && atomic_load(&f->assigned) && next) {
+            fake_forward(f, coord, next, arena, &m.u.forward);
+        }
+        xc_msg_fini(&msg);
+    }
+out:
+    xc_transport_close(next);
+    xc_transport_close(coord);
+    xc_transport_close(rx);
+    xc_arena_destroy(arena);
+    return NULL;
+}
+
+static void fake_start(fake *f) {
+    assert_int_equal(pthread_create(&f->th, NULL, fake_main, f), 0);
+}
+
+static void fake_stop(fake *f) {
+    atomic_store(&f->stop, 1);
+    pthread_join(f->th, NULL);
+    pthread_mutex_destroy(&f->mu);
+}
+
+/* ---- requests ---- */
+
+typedef struct result {
+    pthread_mutex_t mu;
+    uint64_t id;
+    int32_t toks[256];
+    int n;
+    int n_done;
+    xc_status status;
+    bool retryable;
+    char msg[256];
+} result;
+
+static void on_event(void *user, const xc_coord_event *ev) {
+    result *r = user;
+    pthread_mutex_lock(&r->mu);
+    if (ev->kind == XC_COORD_TOKEN && r->n < 256) {
+        r->toks[r->n++] = ev->token;
+    } else if (ev->kind == XC_COORD_DONE) {
+        r->n_done++;
+        r->status = ev->status;
+        r->retryable = ev->retryable;
+        snprintf(r->msg, sizeof r->msg, "%s", ev->message ? ev->message : "");
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static bool wait_done(result *r, double s) {
+    uint64_t end = xc_now_ns() + (uint64_t)(s * 1e9);
+    for (;;) {
+        pthread_mutex_lock(&r->mu);
+        int d = r->n_done;
+        pthread_mutex_unlock(&r->mu);
+        if (d > 0) {
+            return true;
+        }
+        if (xc_now_ns() > end) {
+            return false;
+        }
+        usleep(2000);
+    }
+}
+
+static int32_t g_prompt[4096];
+
+static xc_status submit(xc_coord *c, result *r, int n, int max_new, uint64_t seed, bool greedy) {
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->mu, NULL);
+    for (int i = 0; i < n; i++) {
+        g_prompt[i] = 1 + i % 90;
+    }
+    xc_coord_request q = {.ids = g_prompt,
+                          .n = n,
+                          .sampling = {.greedy = greedy,
+                                       .temperature = 1.0f,
+                                       .top_p = 1.0f,
+                                       .repetition_penalty = 1.0f,
+                                       .seed = seed},
+                          .max_new_tokens = max_new};
+    return xc_coord_submit(c, &q, on_event, r, &r->id);
+}
+
+/* Tokens r got equal the fake's formula for its positions. */
+static void check_tokens(result *r, int n_prompt, int max_new) {
+    assert_int_equal(r->n, max_new);
+    for (int k = 0; k < max_new; k++) {
+        assert_int_equal(r->toks[k], tok_of(r->id, (uint32_t)(n_prompt + k)));
+    }
+}
+
+static xc_coord *coord_start(char *ep, size_t cap, int stages, int workers) {
+    snprintf(ep, cap, "inproc://tc-coord-%d", ++g_serial);
+    xc_coord_conf cc = {.model_dir = g_dir,
+                        .endpoint = ep,
+                        .stages = stages,
+                        .replicas = 1,
+                        .workers = workers,
+                        .no_vision = true,
+                        .dead_s = 5,
+                        .max_rows = 2048,
+                        .chunk = 2048,
+                        .block_size = 16,
+                        .kv_blocks = 512,
+                        .send_timeout_ms = 1000};
+    xc_coord *c = NULL;
+    assert_int_equal(xc_coord_create(&cc, &c), XC_OK);
+    return c;
+}
+
+/* ---- tests ---- */
+
+/* The coordinator refuses what the last stage's sampler would refuse (review #1): before, a
+ * temperature of 1500 passed here and failed on the last stage. */
+static void test_coord_sampling_bounds_match_the_sampler(void **state) {
+    (void)state;
+    char ep[64];
+    xc_coord *c = coord_start(ep, sizeof ep, 1, 1);
+    result r;
+    xc_coord_request q = {
+        .ids = g_prompt,
+        .n = 4,
+        .sampling = {.temperature = 1500.0f, .top_p = 1.0f, .repetition_penalty = 1.0f},
+        .max_new_tokens = 2};
+    g_prompt[0] = g_prompt[1] = g_prompt[2] = g_prompt[3] = 5;
+    memset(&r, 0, sizeof r);
+    pthread_mutex_init(&r.mu, NULL);
+    assert_int_equal(xc_coord_submit(c, &q, on_event, &r, NULL), XC_ERR_ARG);
+    assert_non_null(strstr(xc_err_last(), "temperature"));
+    q.sampling.temperature = 1.0f;
+    q.sampling.repetition_penalty = 1001.0f;
+    assert_int_equal(xc_coord_submit(c, &q, on_event, &r, NULL), XC_ERR_ARG);
+    assert_non_null(strstr(xc_err_last(), "repetition_penalty"));
+    q.sampling.repetition_penalty = 1000.0f;
+    q.sampling.temperature = 1000.0f;
+    assert_int_equal(xc_coord_submit(c, &q, on_event, &r, NULL), XC_OK); /* the limits pass */
+    q.sampling.greedy = true;
+    q.sampling.temperature = 0.0f; /* ignored when greedy */
+    assert_int_equal(xc_coord_submit(c, &q, on_event, &r, NULL), XC_OK);
+    xc_coord_destroy(c);
+    assert_int_equal(r.n_done, 2); /* both ended by the shutdown */
+}
+
+/* A sequence that fails alone on the last stage (Result.failed_*) ends only its own request
+ * with the stage's code and message; the other request on the replica finishes with the right
+ * tokens (review #1). Before, the failed sequence never ended. */
+static void test_coord_sequence_failure_fails_one_request(void **state) {
+    (void)state;
+    char ep[64];
+    xc_coord *c = coord_start(ep, sizeof ep, 1, 1);
+    fake w;
+    fake_init(&w, "w0", ep);
+    w.fail_seed = 666;
+    fake_start(&w);
+    assert_int_equal(xc_coord_wait_ready(c, 5), XC_OK);
+    result bad, good;
+    assert_int_equal(submit(c, &bad, 20, 5, 666, false), XC_OK);
+    assert_int_equal(submit(c, &good, 30, 5, 1, true), XC_OK);
+    assert_true(wait_done(&good, 5));
+    assert_true(wait_done(&bad, 5));
+    assert_int_equal(good.status, XC_OK);
+    check_tokens(&good, 30, 5);
+    assert_int_equal(bad.status, XC_ERR_ARG);
+    assert_false(bad.retryable);
+    assert_string_equal(bad.msg, "fake stage: bad sampler");
+    assert_int_equal(bad.n, 0);
+    /* the replica still serves */
+    result again;
+    assert_int_equal(submit(c, &again, 10, 3, 2, true), XC_OK);
+    assert_true(wait_done(&again, 5));
+    assert_int_equal(again.status, XC_OK);
+    check_tokens(&again, 10, 3);
+    xc_coord_destroy(c);
+    fake_stop(&w);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_coord_sampling_bounds_match_the_sampler),
+        cmocka_unit_test(test_coord_sequence_failure_fails_one_request),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
