@@ -168,6 +168,7 @@ struct xc_coord {
     uint64_t hb_busy[MAX_WORKERS], hb_time[MAX_WORKERS];
     double hb_ratio[MAX_WORKERS], hb_bytes[MAX_WORKERS], hb_mb[MAX_WORKERS];
     double hb_live[MAX_WORKERS]; /* Heartbeat.live_sequences */
+    uint64_t nomem_log_ns;       /* last "no memory to build a micro-batch" line */
 };
 
 static void hooks_heartbeat(xc_coord *c, int wi, const xc_wire_heartbeat *hb);
@@ -848,7 +849,25 @@ static void send_vision(xc_coord *c, creq *q) {
     hooks_vision_sent(c, q);
 }
 
-static void send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
+/* A micro-batch that cannot be built (no memory) is undone in the scheduler and formed again at
+ * the next step; the log says so at most once a second. */
+static xc_status batch_unbuilt(xc_coord *c, int r, const xc_sched_batch *b, int32_t *ids,
+                               float *img) {
+    xc_free(ids);
+    xc_free(img);
+    xc_sched_abort(c->reps[r].sched, b);
+    uint64_t now = xc_now_ns();
+    if (now - c->nomem_log_ns > 1000000000ull) {
+        c->nomem_log_ns = now;
+        XC_LOG_ERROR("replica %d: no memory to build a micro-batch of %d rows; retrying", r,
+                     b->n_rows);
+    }
+    return XC_ERR_NOMEM;
+}
+
+/* Builds micro-batch b of replica r and sends it to stage 0. Every failure before the send
+ * undoes b in the scheduler (XC_ERR_NOMEM); a failed send fails the replica (XC_ERR_IO). */
+static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
     replica *rp = &c->reps[r];
     cworker *w0 = &c->workers[rp->worker[0]];
     size_t H = (size_t)c->mi.hidden;
@@ -867,10 +886,7 @@ static void send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
     }
     float *img = img_rows ? xc_malloc(img_rows * H * sizeof(float)) : NULL;
     if (!seqs || !ids || (img_rows && !img)) {
-        xc_free(ids);
-        xc_free(img);
-        XC_LOG_ERROR("no memory for a micro-batch");
-        return;
+        return batch_unbuilt(c, r, b, ids, img);
     }
     size_t row = 0, irow = 0;
     for (int i = 0; i < b->n_items; i++) {
@@ -882,7 +898,7 @@ static void send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
         uint32_t *bt32 = xc_arena_alloc(c->arena, (size_t)nb * sizeof(uint32_t) + 4);
         xc_wire_range *rr = xc_arena_alloc(c->arena, (size_t)(q->n_img + 1) * sizeof *rr);
         if (!bt32 || !rr) {
-            break;
+            return batch_unbuilt(c, r, b, ids, img);
         }
         for (int k = 0; k < nb; k++) {
             bt32[k] = (uint32_t)bt[k];
@@ -919,7 +935,7 @@ static void send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
             smp = xc_arena_calloc(c->arena, 1, sizeof *smp);
             uint32_t *pen = xc_arena_alloc(c->arena, (size_t)q->n * sizeof(uint32_t) + 4);
             if (!smp || !pen) {
-                break;
+                return batch_unbuilt(c, r, b, ids, img);
             }
             size_t n_pen = 0;
             if (q->penalize) {
@@ -979,12 +995,13 @@ static void send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                  xc_err_last());
         XC_LOG_ERROR("%s", why);
         fail_replica(c, r, why);
-    } else {
-        c->bytes_sent += (double)b->n_rows * sizeof(int32_t) + (double)img_rows * H * sizeof(float);
-        if (!img_rows) {
-            xc_free(img);
-        }
+        return XC_ERR_IO;
     }
+    c->bytes_sent += (double)b->n_rows * sizeof(int32_t) + (double)img_rows * H * sizeof(float);
+    if (!img_rows) {
+        xc_free(img);
+    }
+    return XC_OK;
 }
 
 /* ---- admission ---- */
@@ -1137,7 +1154,9 @@ static void *coord_main(void *arg) {
         for (int r = 0; r < c->R; r++) {
             xc_sched_batch b;
             while (c->reps[r].ready && xc_sched_next(c->reps[r].sched, &b)) {
-                send_batch(c, r, &b);
+                if (send_batch(c, r, &b) != XC_OK) {
+                    break; /* undone (tried again next step) or the replica failed */
+                }
             }
         }
         if (atomic_load(&c->stopping)) {

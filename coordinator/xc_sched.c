@@ -254,6 +254,30 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
     return true;
 }
 
+void xc_sched_abort(xc_sched *s, const xc_sched_batch *b) {
+    xc_sched_batch_done(s, b->id);
+    for (int i = 0; i < b->n_items; i++) {
+        const xc_sched_item *it = &b->items[i];
+        sseq *q = find(s, it->id);
+        if (!q) {
+            continue;
+        }
+        if (it->first_pos >= q->n_prompt) { /* a decode row */
+            q->waiting = false;
+        } else if (q->prefilled == it->first_pos + it->n_tokens) { /* a prefill chunk */
+            q->prefilled = it->first_pos;
+            q->waiting = q->waiting && !it->samples;
+        }
+    }
+    /* the releases it carried are pending again (release_out holds them; release is empty, and
+     * both arrays have the same capacity) */
+    if (b->n_release > 0 && b->release == s->release_out) {
+        memmove(s->release + b->n_release, s->release, (size_t)s->n_release * sizeof(uint64_t));
+        memcpy(s->release, s->release_out, (size_t)b->n_release * sizeof(uint64_t));
+        s->n_release += b->n_release;
+    }
+}
+
 const int32_t *xc_sched_blocks(const xc_sched *s, uint64_t id, int *n_blocks) {
     const sseq *q = find(s, id);
     if (!q || !q->admitted) {

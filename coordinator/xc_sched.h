@@ -54,6 +54,12 @@ xc_status xc_sched_set_ready(xc_sched *s, uint64_t id);
  * Result comes back). Returns false when nothing can be sent. */
 bool xc_sched_next(xc_sched *s, xc_sched_batch *out);
 
+/* Undoes the micro-batch b that xc_sched_next just returned (no other xc_sched call between),
+ * because it could not be sent (no memory to build it): its id leaves the in-flight set, its
+ * decode rows and prefill chunks become due again and its release ids are pending again, so the
+ * next xc_sched_next forms it anew. */
+void xc_sched_abort(xc_sched *s, const xc_sched_batch *b);
+
 /* The block table of an admitted sequence (view). NULL if not admitted. */
 const int32_t *xc_sched_blocks(const xc_sched *s, uint64_t id, int *n_blocks);
 

@@ -477,11 +477,43 @@ static void test_coord_sequence_failure_fails_one_request(void **state) {
     fake_stop(&w);
 }
 
+static void arm_fault(size_t n) {
+    pthread_mutex_lock(&g_mem_lock);
+    g_fail_size = n;
+    pthread_mutex_unlock(&g_mem_lock);
+}
+
+/* A micro-batch that cannot be built (its token-id buffer cannot be allocated, once) is rolled
+ * back in the scheduler and sent again at the next step: the request completes with the right
+ * tokens (review #2). Before, the batch stayed in flight forever and the request never ended. */
+static void test_coord_unbuilt_batch_is_rolled_back(void **state) {
+    (void)state;
+    char ep[64];
+    xc_coord *c = coord_start(ep, sizeof ep, 1, 1);
+    fake w;
+    fake_init(&w, "w0", ep);
+    fake_start(&w);
+    assert_int_equal(xc_coord_wait_ready(c, 5), XC_OK);
+    atomic_store(&g_fail_hits, 0);
+    arm_fault(1000 * sizeof(int32_t) + 4); /* the ids of a 1000-row prefill micro-batch */
+    result r;
+    assert_int_equal(submit(c, &r, 1000, 4, 1, true), XC_OK);
+    bool done = wait_done(&r, 5);
+    arm_fault(0);
+    assert_int_equal(atomic_load(&g_fail_hits), 1);
+    assert_true(done);
+    assert_int_equal(r.status, XC_OK);
+    check_tokens(&r, 1000, 4);
+    xc_coord_destroy(c);
+    fake_stop(&w);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_coord_sampling_bounds_match_the_sampler),
         cmocka_unit_test(test_coord_sequence_failure_fails_one_request),
+        cmocka_unit_test(test_coord_unbuilt_batch_is_rolled_back),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -27,8 +27,11 @@ static void count_releases(ref_seq *ref, const xc_sched_batch *b) {
 }
 
 /* One fake run: n sequences with random sizes; completes a micro-batch when the pipeline has
- * max_inflight in flight or nothing else can be formed. */
-static void run_fake(int P, int max_rows, int chunk, int n_blocks, unsigned seed) {
+ * max_inflight in flight or nothing else can be formed. With abort_one_in > 0, about one formed
+ * micro-batch in abort_one_in cannot be sent and is undone (xc_sched_abort) at once: the rows must
+ * still arrive in order without gaps, and every release exactly once. */
+static void run_fake(int P, int max_rows, int chunk, int n_blocks, unsigned seed,
+                     int abort_one_in) {
     xc_sched_conf sc = {.max_rows = max_rows,
                         .chunk = chunk,
                         .block_size = 4,
@@ -58,6 +61,12 @@ static void run_fake(int P, int max_rows, int chunk, int n_blocks, unsigned seed
         assert_true(++steps < 100000);
         xc_sched_batch b;
         bool formed = xc_sched_next(s, &b);
+        if (formed && abort_one_in > 0 && rand() % abort_one_in == 0) {
+            uint64_t id = b.id;
+            xc_sched_abort(s, &b);
+            assert_false(xc_sched_is_inflight(s, id));
+            continue;
+        }
         if (formed) {
             assert_true(b.n_rows <= max_rows);
             count_releases(ref, &b);
@@ -160,10 +169,66 @@ static void run_fake(int P, int max_rows, int chunk, int n_blocks, unsigned seed
 
 static void test_sched_rows_in_order_and_kv_disjoint(void **state) {
     (void)state;
-    run_fake(1, 32, 8, 64, 1);
-    run_fake(2, 64, 16, 40, 2);
-    run_fake(4, 256, 7, 300, 3);
-    run_fake(8, 17, 5, 24, 4); /* small pool: admission waits for releases */
+    run_fake(1, 32, 8, 64, 1, 0);
+    run_fake(2, 64, 16, 40, 2, 0);
+    run_fake(4, 256, 7, 300, 3, 0);
+    run_fake(8, 17, 5, 24, 4, 0); /* small pool: admission waits for releases */
+}
+
+/* A micro-batch that could not be sent is undone: the next one is the same (items, positions,
+ * input tokens, releases) under a new id, and random aborts in full runs keep every sequence's
+ * rows in order (review #2: before, an unsent batch stayed in flight and its rows never came). */
+static void test_sched_abort_forms_the_batch_again(void **state) {
+    (void)state;
+    xc_sched_conf sc = {.max_rows = 16,
+                        .chunk = 6,
+                        .block_size = 4,
+                        .n_blocks = 32,
+                        .max_inflight = 4,
+                        .n_stages = 1};
+    xc_sched *s;
+    assert_int_equal(xc_sched_create(&sc, &s), XC_OK);
+    assert_int_equal(xc_sched_add(s, 1, 3, 5, true), XC_OK);
+    assert_int_equal(xc_sched_add(s, 2, 10, 5, true), XC_OK);
+    assert_int_equal(xc_sched_add(s, 3, 2, 2, true), XC_OK);
+    xc_sched_batch b;
+    assert_true(xc_sched_next(s, &b)); /* 1 [0,3) samples, 2 [0,6), 3 [0,2) samples */
+    assert_int_equal(b.n_items, 3);
+    xc_sched_batch_done(s, b.id);
+    assert_int_equal(xc_sched_token(s, 1, 42), XC_OK);
+    assert_int_equal(xc_sched_token(s, 3, 43), XC_OK);
+    xc_sched_finish(s, 3);
+    assert_true(xc_sched_next(s, &b)); /* decode row of 1, chunk [6,10) of 2, release 3 */
+    xc_sched_item want[4];
+    int n = b.n_items;
+    assert_int_equal(n, 2);
+    memcpy(want, b.items, (size_t)n * sizeof *want);
+    assert_int_equal(want[0].first_pos, 3);
+    assert_int_equal(want[0].token, 42);
+    assert_int_equal(want[1].first_pos, 6);
+    assert_true(want[1].samples);
+    assert_int_equal(b.n_release, 1);
+    uint64_t id = b.id;
+    xc_sched_abort(s, &b);
+    assert_false(xc_sched_is_inflight(s, id));
+    assert_int_equal(xc_sched_n_inflight(s), 0);
+    assert_true(xc_sched_next(s, &b));
+    assert_true(b.id != id);
+    assert_int_equal(b.n_items, n);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(b.items[i].id, want[i].id);
+        assert_int_equal(b.items[i].first_pos, want[i].first_pos);
+        assert_int_equal(b.items[i].n_tokens, want[i].n_tokens);
+        assert_int_equal(b.items[i].samples, want[i].samples);
+        assert_int_equal(b.items[i].first_chunk, want[i].first_chunk);
+        assert_int_equal(b.items[i].token, want[i].token);
+    }
+    assert_int_equal(b.n_release, 1);
+    assert_int_equal(b.release[0], 3);
+    xc_sched_destroy(s);
+    run_fake(1, 32, 8, 64, 5, 3);
+    run_fake(4, 64, 7, 200, 6, 4);
+    run_fake(8, 17, 5, 24, 7, 2);
 }
 
 static void test_sched_long_prompt_chunks_in_flight(void **state) {
@@ -288,6 +353,7 @@ int main(void) {
         cmocka_unit_test(test_sched_long_prompt_chunks_in_flight),
         cmocka_unit_test(test_sched_admission_and_errors),
         cmocka_unit_test(test_sched_release_only_batch),
+        cmocka_unit_test(test_sched_abort_forms_the_batch_again),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }
