@@ -110,6 +110,25 @@ xc_status xc_sched_add(xc_sched *s, uint64_t id, int n_prompt, int max_new, bool
         s->seqs = n;
         s->cap_seqs = cap;
     }
+    /* room for this sequence's release id now, so that finishing or failing it never has to
+     * allocate (a dropped release would leave its state on every stage) */
+    if (s->n_release + s->n_seqs + 1 > s->cap_release) {
+        int cap = s->cap_release ? s->cap_release * 2 : 64;
+        while (cap < s->n_release + s->n_seqs + 1) {
+            cap *= 2;
+        }
+        uint64_t *a = xc_realloc(s->release, (size_t)cap * sizeof *a);
+        if (!a) {
+            return XC_ERR_NOMEM;
+        }
+        s->release = a;
+        uint64_t *b = xc_realloc(s->release_out, (size_t)cap * sizeof *b);
+        if (!b) {
+            return XC_ERR_NOMEM; /* the bigger release array stays; cap is the smaller one */
+        }
+        s->release_out = b;
+        s->cap_release = cap;
+    }
     s->seqs[s->n_seqs++] = (sseq){.id = id,
                                   .n_prompt = n_prompt,
                                   .max_new = max_new,
@@ -317,21 +336,8 @@ void xc_sched_finish(xc_sched *s, uint64_t id) {
         for (int k = 0; k < q->n_blocks; k++) {
             s->free_blocks[s->n_free++] = q->blocks[k];
         }
-        if (s->n_release == s->cap_release) {
-            int cap = s->cap_release ? s->cap_release * 2 : 64;
-            uint64_t *a = xc_realloc(s->release, (size_t)cap * sizeof *a);
-            uint64_t *b = a ? xc_realloc(s->release_out, (size_t)cap * sizeof *b) : NULL;
-            if (a) {
-                s->release = a;
-            }
-            if (b) {
-                s->release_out = b;
-                s->cap_release = cap;
-            }
-        }
-        if (s->n_release < s->cap_release) {
-            s->release[s->n_release++] = id;
-        }
+        XC_ASSERT(s->n_release < s->cap_release); /* reserved by xc_sched_add */
+        s->release[s->n_release++] = id;
     }
     xc_free(q->blocks);
     *q = s->seqs[--s->n_seqs];
@@ -343,11 +349,16 @@ void xc_sched_fail_all(xc_sched *s, uint64_t *ids, int cap, int *n) {
         if (k < cap) {
             ids[k++] = s->seqs[i].id;
         }
+        /* the stages may hold state for an admitted sequence: release it there too (pending
+         * releases stay queued as well) */
+        if (s->seqs[i].admitted) {
+            XC_ASSERT(s->n_release < s->cap_release); /* reserved by xc_sched_add */
+            s->release[s->n_release++] = s->seqs[i].id;
+        }
         xc_free(s->seqs[i].blocks);
     }
     s->n_seqs = 0;
     s->n_inflight = 0;
-    s->n_release = 0;
     for (int i = 0; i < s->conf.n_blocks; i++) {
         s->free_blocks[i] = s->conf.n_blocks - 1 - i;
     }

@@ -44,7 +44,8 @@ void xc_sched_destroy(xc_sched *s);
 
 /* Queues a sequence of n_prompt prompt rows that may generate max_new tokens. ready = false
  * holds it back (images not encoded yet) until xc_sched_set_ready. XC_ERR_ARG if it can never
- * fit (more blocks than the replica has), or the id is in use. */
+ * fit (more blocks than the replica has), or the id is in use; XC_ERR_NOMEM (room for its
+ * release id is reserved here, so that ending it never allocates). */
 xc_status xc_sched_add(xc_sched *s, uint64_t id, int n_prompt, int max_new, bool ready);
 xc_status xc_sched_set_ready(xc_sched *s, uint64_t id);
 
@@ -74,8 +75,10 @@ xc_status xc_sched_token(xc_sched *s, uint64_t id, int32_t token);
  * ignored. */
 void xc_sched_finish(xc_sched *s, uint64_t id);
 
-/* Drops every sequence and in-flight micro-batch (a stage was lost): ids (capacity cap) gets the
- * sequences that were live or waiting, *n their count. The block pool starts empty again. */
+/* Drops every sequence and in-flight micro-batch (a stage failed): ids (capacity cap) gets the
+ * sequences that were live or waiting, *n their count. The block pool is whole again. The ids of
+ * the admitted ones join the pending releases (which are kept), so that the next micro-batch (a
+ * release-only one if nothing else is due) tells every stage to drop them. */
 void xc_sched_fail_all(xc_sched *s, uint64_t *ids, int cap, int *n);
 
 /* Whether micro-batch mb_id is in flight. */

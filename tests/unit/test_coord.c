@@ -508,12 +508,85 @@ static void test_coord_unbuilt_batch_is_rolled_back(void **state) {
     fake_stop(&w);
 }
 
+static bool fake_released(fake *f, uint64_t id) {
+    pthread_mutex_lock(&f->mu);
+    bool yes = false;
+    for (int i = 0; i < f->n_released && !yes; i++) {
+        yes = f->released[i] == id;
+    }
+    pthread_mutex_unlock(&f->mu);
+    return yes;
+}
+
+static int n_tokens(result *r) {
+    pthread_mutex_lock(&r->mu);
+    int n = r->n;
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+/* A stage error fails the replica's requests (retryable), and every stage then gets their
+ * release ids, so no stage keeps their state (review #3). Before, the ids were dropped. */
+static void test_coord_failed_replica_releases_sequences(void **state) {
+    (void)state;
+    char ep[64];
+    xc_coord *c = coord_start(ep, sizeof ep, 2, 2);
+    fake s0, s1;
+    fake_init(&s0, "s0", ep);
+    fake_init(&s1, "s1", ep);
+    fake_start(&s0);
+    fake_start(&s1);
+    assert_int_equal(xc_coord_wait_ready(c, 5), XC_OK);
+    result r[3];
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(submit(c, &r[i], 8 + i, 200, 1, true), XC_OK);
+    }
+    for (int i = 0; i < 3; i++) {
+        uint64_t end = xc_now_ns() + 5000000000ull;
+        while (n_tokens(&r[i]) < 2 && xc_now_ns() < end) {
+            usleep(1000);
+        }
+        assert_true(n_tokens(&r[i]) >= 2);
+    }
+    atomic_store(&s1.fail_next_mb, 1);
+    for (int i = 0; i < 3; i++) {
+        assert_true(wait_done(&r[i], 5));
+        assert_int_equal(r[i].status, XC_ERR_IO);
+        assert_true(r[i].retryable);
+    }
+    uint64_t end = xc_now_ns() + 3000000000ull;
+    bool all = false;
+    while (!all && xc_now_ns() < end) {
+        all = true;
+        for (int i = 0; i < 3; i++) {
+            all = all && fake_released(&s0, r[i].id) && fake_released(&s1, r[i].id);
+        }
+        usleep(2000);
+    }
+    for (int i = 0; i < 3; i++) {
+        if (!fake_released(&s0, r[i].id) || !fake_released(&s1, r[i].id)) {
+            fail_msg("request %d (%llu) was not released on stage %s", i,
+                     (unsigned long long)r[i].id, fake_released(&s0, r[i].id) ? "1" : "0");
+        }
+    }
+    /* and the replica serves again */
+    result again;
+    assert_int_equal(submit(c, &again, 12, 3, 2, true), XC_OK);
+    assert_true(wait_done(&again, 5));
+    assert_int_equal(again.status, XC_OK);
+    check_tokens(&again, 12, 3);
+    xc_coord_destroy(c);
+    fake_stop(&s0);
+    fake_stop(&s1);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_coord_sampling_bounds_match_the_sampler),
         cmocka_unit_test(test_coord_sequence_failure_fails_one_request),
         cmocka_unit_test(test_coord_unbuilt_batch_is_rolled_back),
+        cmocka_unit_test(test_coord_failed_replica_releases_sequences),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -282,7 +282,65 @@ static void test_sched_admission_and_errors(void **state) {
     assert_int_equal(n, 3);
     assert_int_equal(xc_sched_n_free_blocks(s), 4);
     assert_int_equal(xc_sched_n_inflight(s), 0);
+    assert_true(xc_sched_next(s, &b)); /* the admitted sequence is released on the stages */
+    assert_int_equal(b.n_items, 0);
+    assert_int_equal(b.n_release, 1);
+    assert_int_equal(b.release[0], 1);
     assert_false(xc_sched_next(s, &b));
+    xc_sched_destroy(s);
+}
+
+/* After a replica failure every stage must drop the failed sequences: xc_sched_fail_all queues
+ * the admitted ones for release and keeps releases that were pending (review #3: before, both
+ * were dropped and the last stage kept a sampler per sequence forever). Waiting sequences never
+ * reached a stage and are not released. */
+static void test_sched_fail_all_releases_on_the_stages(void **state) {
+    (void)state;
+    xc_sched_conf sc = {.max_rows = 32,
+                        .chunk = 32,
+                        .block_size = 4,
+                        .n_blocks = 8,
+                        .max_inflight = 4,
+                        .n_stages = 2};
+    xc_sched *s;
+    assert_int_equal(xc_sched_create(&sc, &s), XC_OK);
+    assert_int_equal(xc_sched_add(s, 1, 4, 4, true), XC_OK); /* 2 blocks each */
+    assert_int_equal(xc_sched_add(s, 2, 4, 4, true), XC_OK);
+    assert_int_equal(xc_sched_add(s, 3, 4, 4, true), XC_OK);
+    assert_int_equal(xc_sched_add(s, 4, 20, 4, true), XC_OK); /* 6 blocks: waits */
+    xc_sched_batch b;
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 3);
+    xc_sched_finish(s, 3); /* pending release of 3 */
+    uint64_t ids[8];
+    int n;
+    xc_sched_fail_all(s, ids, 8, &n);
+    assert_int_equal(n, 3); /* 1, 2 (admitted) and 4 (waiting) */
+    assert_false(xc_sched_is_inflight(s, b.id));
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 0);
+    bool seen[5] = {false};
+    for (int i = 0; i < b.n_release; i++) {
+        assert_true(b.release[i] >= 1 && b.release[i] <= 4);
+        assert_false(seen[b.release[i]]);
+        seen[b.release[i]] = true;
+    }
+    assert_int_equal(b.n_release, 3);
+    assert_true(seen[1] && seen[2] && seen[3]);
+    assert_false(seen[4]);
+    xc_sched_batch_done(s, b.id);
+    assert_false(xc_sched_next(s, &b));
+    /* many sequences: every release id fits without allocating at finish time */
+    for (uint64_t id = 10; id < 210; id++) {
+        assert_int_equal(xc_sched_add(s, id, 1, 1, true), XC_OK);
+    }
+    int admitted = 0;
+    while (xc_sched_next(s, &b)) {
+        admitted += b.n_items;
+    }
+    xc_sched_fail_all(s, ids, 8, &n);
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_release, admitted);
     xc_sched_destroy(s);
 }
 
@@ -352,6 +410,7 @@ int main(void) {
         cmocka_unit_test(test_sched_rows_in_order_and_kv_disjoint),
         cmocka_unit_test(test_sched_long_prompt_chunks_in_flight),
         cmocka_unit_test(test_sched_admission_and_errors),
+        cmocka_unit_test(test_sched_fail_all_releases_on_the_stages),
         cmocka_unit_test(test_sched_release_only_batch),
         cmocka_unit_test(test_sched_abort_forms_the_batch_again),
     };
