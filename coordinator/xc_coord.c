@@ -83,6 +83,8 @@ typedef struct cworker {
     int replica, stage;
     bool ready;
     xc_place_want want; /* the role it accepts (Register.role) */
+    int n_assign_fail;  /* assignments in a row it could not load (reset by Ready) */
+    uint64_t retry_ns;  /* after such a failure: no role for it before this time */
 } cworker;
 
 typedef struct creq {
@@ -425,10 +427,12 @@ static xc_status place(xc_coord *c) {
  * previous stage points at the new endpoint and every stage forgets old sequences. */
 static void fill_vacancies(xc_coord *c) {
     /* dedicated workers first, then those that accept any role */
+    uint64_t now = xc_now_ns();
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < c->n_workers; i++) {
             cworker *w = &c->workers[i];
-            if (!w->alive || w->role >= 0 || (pass == 0) == (w->want == XC_PLACE_ANY)) {
+            if (!w->alive || w->role >= 0 || (pass == 0) == (w->want == XC_PLACE_ANY) ||
+                now < w->retry_ns) {
                 continue;
             }
             if (c->need_vision && c->vision_worker < 0 && w->want != XC_PLACE_STAGE) {
@@ -503,17 +507,10 @@ static void fail_replica(xc_coord *c, int r, const char *why) {
     }
 }
 
-static void worker_lost(xc_coord *c, int wi, const char *how) {
+/* Takes worker wi's role away: a stage leaves its replica vacant (the replica's requests fail),
+ * the vision role fails the requests still waiting for image embeddings. */
+static void vacate_role(xc_coord *c, int wi, const char *why) {
     cworker *w = &c->workers[wi];
-    char why[512];
-    if (w->role == 1) {
-        snprintf(why, sizeof why, "worker %s (replica %d stage %d) %s", w->id, w->replica, w->stage,
-                 how);
-    } else {
-        snprintf(why, sizeof why, "worker %s (%s) %s", w->id, w->role == 0 ? "vision" : "idle",
-                 how);
-    }
-    XC_LOG_ERROR("%s", why);
     if (w->role == 1) {
         c->reps[w->replica].worker[w->stage] = -1;
         c->reps[w->replica].ready = false;
@@ -530,13 +527,51 @@ static void worker_lost(xc_coord *c, int wi, const char *how) {
             i++;
         }
     }
-    w->alive = false;
     w->role = -1;
     w->ready = false;
+}
+
+static void role_name_of(const cworker *w, const char *how, char *why, size_t cap) {
+    if (w->role == 1) {
+        snprintf(why, cap, "worker %s (replica %d stage %d) %s", w->id, w->replica, w->stage, how);
+    } else {
+        snprintf(why, cap, "worker %s (%s) %s", w->id, w->role == 0 ? "vision" : "idle", how);
+    }
+}
+
+static void worker_lost(xc_coord *c, int wi, const char *how) {
+    cworker *w = &c->workers[wi];
+    char why[512];
+    role_name_of(w, how, why, sizeof why);
+    XC_LOG_ERROR("%s", why);
+    vacate_role(c, wi, why);
+    w->alive = false;
     xc_transport_close(w->tx);
     w->tx = NULL;
     if (c->placed) {
         fill_vacancies(c); /* an idle spare takes the role at once */
+    }
+    update_ready(c);
+}
+
+/* Worker wi reports that it could not take the role it was assigned (weights that do not load
+ * or fit, a role it refuses): the role is freed for another worker at once, and wi gets none for
+ * a while (5 s, doubling per failure in a row up to 320 s) although it keeps registering, so that
+ * it is not re-assigned in a loop. It stays registered and may get a role after that. */
+static void assignment_failed(xc_coord *c, int wi, const char *msg) {
+    cworker *w = &c->workers[wi];
+    int k = w->n_assign_fail < 6 ? w->n_assign_fail : 6;
+    double backoff_s = 5.0 * (double)(1 << k);
+    w->n_assign_fail++;
+    w->retry_ns = xc_now_ns() + (uint64_t)(backoff_s * 1e9);
+    char how[768], why[1024];
+    snprintf(how, sizeof how, "could not take its role: %s", msg ? msg : "");
+    role_name_of(w, how, why, sizeof why);
+    XC_LOG_ERROR("%s; the role is free for another worker, none for this one for %.0f s", why,
+                 backoff_s);
+    vacate_role(c, wi, why);
+    if (c->placed) {
+        fill_vacancies(c);
     }
     update_ready(c);
 }
@@ -607,6 +642,9 @@ static void on_register(xc_coord *c, const xc_wire_register *r) {
         } else {
             if (w->role >= 0) {
                 send_assign(c, wi); /* the worker restarted its loop and lost its role */
+            } else if (c->placed) {
+                fill_vacancies(c); /* an idle worker (its back-off after a failed
+                                      assignment may be over) */
             }
             return;
         }
@@ -783,6 +821,7 @@ static void handle(xc_coord *c, const xc_wire_msg *m, const xc_msg *msg) {
         wi = worker_by_id(c, ctl->u.ready.worker_id);
         if (wi >= 0 && c->workers[wi].alive && c->workers[wi].role >= 0) {
             c->workers[wi].ready = true;
+            c->workers[wi].n_assign_fail = 0;
             c->workers[wi].last_seen = xc_now_ns();
             update_ready(c);
         }
@@ -792,6 +831,10 @@ static void handle(xc_coord *c, const xc_wire_msg *m, const xc_msg *msg) {
         wi = worker_by_id(c, ctl->u.error.worker_id);
         if (wi >= 0 && ctl->u.error.fatal) {
             worker_lost(c, wi, "failed fatally");
+        } else if (wi >= 0 && c->workers[wi].alive && c->workers[wi].role >= 0 &&
+                   !ctl->u.error.has_microbatch) {
+            /* an error about no micro-batch from a worker with a role: its assignment failed */
+            assignment_failed(c, wi, ctl->u.error.message);
         } else if (wi >= 0 && c->workers[wi].role == 1 && ctl->u.error.has_microbatch) {
             /* a micro-batch of ours failed on a stage: its sequences' KV state is unknown. An
              * error about a frame we never sent (garbage from elsewhere) changes nothing. */

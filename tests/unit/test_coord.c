@@ -580,6 +580,38 @@ static void test_coord_failed_replica_releases_sequences(void **state) {
     fake_stop(&s1);
 }
 
+/* A worker whose assignment fails to load loses the role, which goes to a spare, and is not
+ * assigned again at once although it keeps registering (review #7). Before, every Register got
+ * the same Assign again and the spare never got the role. */
+static void test_coord_failed_assignment_frees_the_role(void **state) {
+    (void)state;
+    char ep[64];
+    xc_coord *c = coord_start(ep, sizeof ep, 1, 1);
+    fake bad, spare;
+    fake_init(&bad, "wa", ep);
+    bad.fail_assign = true;
+    fake_init(&spare, "wb", ep);
+    fake_start(&bad);
+    uint64_t end = xc_now_ns() + 5000000000ull;
+    while (atomic_load(&bad.n_assign) < 1 && xc_now_ns() < end) {
+        usleep(1000);
+    }
+    assert_int_equal(atomic_load(&bad.n_assign), 1);
+    fake_start(&spare);
+    assert_int_equal(xc_coord_wait_ready(c, 5), XC_OK);
+    assert_int_equal(atomic_load(&spare.n_assign), 1);
+    result r;
+    assert_int_equal(submit(c, &r, 6, 3, 1, true), XC_OK);
+    assert_true(wait_done(&r, 5));
+    assert_int_equal(r.status, XC_OK);
+    check_tokens(&r, 6, 3);
+    usleep(600000); /* three more Registers from the failed worker */
+    assert_int_equal(atomic_load(&bad.n_assign), 1);
+    xc_coord_destroy(c);
+    fake_stop(&bad);
+    fake_stop(&spare);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
@@ -587,6 +619,7 @@ int main(void) {
         cmocka_unit_test(test_coord_sequence_failure_fails_one_request),
         cmocka_unit_test(test_coord_unbuilt_batch_is_rolled_back),
         cmocka_unit_test(test_coord_failed_replica_releases_sequences),
+        cmocka_unit_test(test_coord_failed_assignment_frees_the_role),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
