@@ -153,6 +153,7 @@ struct xc_coord {
     pthread_cond_t cond;
     creq **inbox;
     int n_inbox, cap_inbox;
+    bool closed; /* the coordinator thread drained the inbox for the last time (under lock) */
     uint64_t next_id;
     atomic_int ready_flag, n_active, stopping, stop_now;
     double drain_s;
@@ -1138,14 +1139,31 @@ static void check_liveness(xc_coord *c) {
     }
 }
 
-static void fail_everything(xc_coord *c, const char *why) {
+/* Ends a request that never reached c->reqs (inbox leftovers at shutdown): its DONE event, then
+ * free. */
+static void drop_queued(xc_coord *c, creq *q, const char *why) {
+    emit_done(q, XC_ERR_IO, true, false, why);
+    req_free(q);
+    atomic_fetch_sub(&c->n_active, 1);
+}
+
+/* Ends every request with a DONE event; with close, also closes the inbox for good (submit
+ * refuses from then on) and ends what was queued up to that moment. */
+static void fail_everything(xc_coord *c, const char *why, bool close) {
     while (c->n_reqs > 0) {
         req_end(c, c->reqs[0], XC_ERR_IO, true, false, why);
     }
-    admit_inbox(c);
-    while (c->n_reqs > 0) {
-        req_end(c, c->reqs[0], XC_ERR_IO, true, false, why);
+    pthread_mutex_lock(&c->lock);
+    int n = c->n_inbox;
+    creq **in = c->inbox;
+    c->inbox = NULL;
+    c->n_inbox = c->cap_inbox = 0;
+    c->closed = c->closed || close;
+    pthread_mutex_unlock(&c->lock);
+    for (int i = 0; i < n; i++) {
+        drop_queued(c, in[i], why);
     }
+    xc_free(in);
 }
 
 /* Once a second, a Heartbeat (worker_id empty) to every registered worker: a worker that hears
@@ -1212,7 +1230,7 @@ static void *coord_main(void *arg) {
             }
         }
     }
-    fail_everything(c, "coordinator shutting down");
+    fail_everything(c, "coordinator shutting down", true);
     if (c->shutdown_workers) {
         for (int i = 0; i < c->n_workers; i++) {
             if (c->workers[i].alive) {
@@ -1372,6 +1390,13 @@ xc_status xc_coord_submit(xc_coord *c, const xc_coord_request *r, xc_coord_event
         return XC_ERR_NOMEM;
     }
     pthread_mutex_lock(&c->lock);
+    if (c->closed || atomic_load(&c->stopping)) {
+        /* checked again under the lock: the coordinator thread's last drain of the inbox takes
+         * it, so nothing can be queued after that drain */
+        pthread_mutex_unlock(&c->lock);
+        req_free(q);
+        return xc_errf(XC_ERR_UNSUPPORTED, "the coordinator is shutting down");
+    }
     if (c->n_inbox == c->cap_inbox) {
         int cap = c->cap_inbox ? c->cap_inbox * 2 : 16;
         creq **n = xc_realloc(c->inbox, (size_t)cap * sizeof *n);
@@ -1447,14 +1472,10 @@ void xc_coord_destroy(xc_coord *c) {
         atomic_store(&c->stop_now, 1);
         xc_coord_stop(c, 0, false);
     }
-    for (int i = 0; i < c->n_reqs; i++) {
-        req_free(c->reqs[i]);
-    }
-    for (int i = 0; i < c->n_inbox; i++) {
-        req_free(c->inbox[i]);
-    }
+    /* normally empty (the thread's last step ended everything): never drop a request without
+     * its DONE event */
+    fail_everything(c, "coordinator destroyed", true);
     xc_free(c->reqs);
-    xc_free(c->inbox);
     for (int i = 0; i < c->n_workers; i++) {
         xc_transport_close(c->workers[i].tx);
     }

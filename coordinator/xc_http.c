@@ -864,8 +864,16 @@ static void canary_event(void *user, const xc_coord_event *ev) {
     canary_unref(k);
 }
 
+static bool http_stopping(xc_http *h) {
+    pthread_mutex_lock(&h->lock);
+    bool s = h->stopping;
+    pthread_mutex_unlock(&h->lock);
+    return s;
+}
+
 /* One greedy token from a prompt with one image (when vision is served) through the whole
- * pipeline. Returns true on success; why gets the reason otherwise. */
+ * pipeline. Returns true on success; why gets the reason otherwise. The wait for the answer ends
+ * early when the server stops (xc_http_destroy must not wait for it). */
 static bool canary_once(xc_http *h, char *why, size_t why_len) {
     int T = h->api.image_tokens, S = h->api.image_size;
     int n = (S > 0 ? T : 0) + 3;
@@ -907,7 +915,7 @@ static bool canary_once(xc_http *h, char *why, size_t why_len) {
     double limit = h->f.canary_interval_s * 2 + 5;
     uint64_t end = xc_now_ns() + (uint64_t)(limit * 1e9);
     pthread_mutex_lock(&k->lock);
-    while (!k->done && xc_now_ns() < end) {
+    while (!k->done && xc_now_ns() < end && !http_stopping(h)) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 50000000L;

@@ -612,6 +612,69 @@ static void test_coord_failed_assignment_frees_the_role(void **state) {
     fake_stop(&spare);
 }
 
+/* Submissions racing xc_coord_stop: every accepted request gets exactly one DONE event by the
+ * time destroy returns (review #9). Before, a request queued after the coordinator's last drain
+ * was freed by destroy without one, and its client waited forever. */
+typedef struct racer {
+    xc_coord *c;
+    atomic_int accepted;
+    atomic_int done;
+    atomic_int stop;
+} racer;
+
+static void on_race_event(void *user, const xc_coord_event *ev) {
+    racer *r = user;
+    if (ev->kind == XC_COORD_DONE) {
+        atomic_fetch_add(&r->done, 1);
+    }
+}
+
+static int32_t g_race_prompt[3000];
+
+static void *race_main(void *arg) {
+    racer *r = arg;
+    xc_coord_request q = {.ids = g_race_prompt,
+                          .n = 3000,
+                          .sampling = {.greedy = true, .top_p = 1.0f, .repetition_penalty = 1.0f},
+                          .max_new_tokens = 1};
+    while (!atomic_load(&r->stop)) {
+        xc_status st = xc_coord_submit(r->c, &q, on_race_event, r, NULL);
+        if (st == XC_OK) {
+            atomic_fetch_add(&r->accepted, 1);
+        } else if (st == XC_ERR_UNSUPPORTED) {
+            break; /* shutting down */
+        }
+    }
+    return NULL;
+}
+
+static void test_coord_stop_race_ends_every_request(void **state) {
+    (void)state;
+    for (int i = 0; i < 3000; i++) {
+        g_race_prompt[i] = 1 + i % 90;
+    }
+    for (int round = 0; round < 20; round++) {
+        char ep[64];
+        xc_coord *c = coord_start(ep, sizeof ep, 1, 1);
+        racer r = {.c = c};
+        pthread_t th[3];
+        for (int k = 0; k < 3; k++) {
+            assert_int_equal(pthread_create(&th[k], NULL, race_main, &r), 0);
+        }
+        usleep(5000);
+        xc_coord_stop(c, 0, false);
+        atomic_store(&r.stop, 1);
+        for (int k = 0; k < 3; k++) {
+            pthread_join(th[k], NULL);
+        }
+        xc_coord_destroy(c);
+        if (atomic_load(&r.done) != atomic_load(&r.accepted)) {
+            fail_msg("round %d: %d requests accepted, %d DONE events", round,
+                     atomic_load(&r.accepted), atomic_load(&r.done));
+        }
+    }
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
@@ -620,6 +683,7 @@ int main(void) {
         cmocka_unit_test(test_coord_unbuilt_batch_is_rolled_back),
         cmocka_unit_test(test_coord_failed_replica_releases_sequences),
         cmocka_unit_test(test_coord_failed_assignment_frees_the_role),
+        cmocka_unit_test(test_coord_stop_race_ends_every_request),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
