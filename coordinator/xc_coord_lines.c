@@ -15,6 +15,7 @@ typedef struct line_req {
     char name[64];
     int32_t *toks;
     int n, cap;
+    bool lost; /* a token could not be kept (no memory): the answer is an error, not "ok" */
     struct lines_ctx *ctx;
 } line_req;
 
@@ -31,6 +32,7 @@ static void on_event(void *user, const xc_coord_event *ev) {
             int cap = lr->cap ? lr->cap * 2 : 64;
             int32_t *t = xc_realloc(lr->toks, (size_t)cap * sizeof(int32_t));
             if (!t) {
+                lr->lost = true;
                 return;
             }
             lr->toks = t;
@@ -41,7 +43,11 @@ static void on_event(void *user, const xc_coord_event *ev) {
     }
     lines_ctx *ctx = lr->ctx;
     pthread_mutex_lock(&ctx->lock);
-    if (ev->status == XC_OK) {
+    if (ev->status == XC_OK && lr->lost) {
+        ctx->n_errors++;
+        fprintf(ctx->out, "%s error XC_ERR_NOMEM retryable no memory to keep the tokens\n",
+                lr->name);
+    } else if (ev->status == XC_OK) {
         fprintf(ctx->out, "%s ok", lr->name);
         for (int i = 0; i < lr->n; i++) {
             fprintf(ctx->out, " %d", lr->toks[i]);
@@ -205,8 +211,13 @@ static void submit_line(xc_coord *c, lines_ctx *ctx, char *line) {
             snprintf(err, sizeof err, "out of memory");
         }
     }
+    const char *code = "XC_ERR_ARG";
     line_req *lr = xc_calloc(1, sizeof *lr);
-    if (!err[0] && lr) {
+    if (!err[0] && !lr) {
+        code = "XC_ERR_NOMEM";
+        snprintf(err, sizeof err, "out of memory"); /* every request gets an answer line */
+    }
+    if (!err[0]) {
         snprintf(lr->name, sizeof lr->name, "%s", name);
         lr->ctx = ctx;
         r.ids = ids;
@@ -216,7 +227,9 @@ static void submit_line(xc_coord *c, lines_ctx *ctx, char *line) {
         r.stop_ids = stop;
         r.n_stop_ids = n_stop;
         r.penalize_prompt = n_r == 0;
-        if (xc_coord_submit(c, &r, on_event, lr, NULL) != XC_OK) {
+        xc_status st = xc_coord_submit(c, &r, on_event, lr, NULL);
+        if (st != XC_OK) {
+            code = xc_status_str(st);
             snprintf(err, sizeof err, "%s", xc_err_last());
         } else {
             lr = NULL;
@@ -225,7 +238,7 @@ static void submit_line(xc_coord *c, lines_ctx *ctx, char *line) {
     if (err[0]) {
         pthread_mutex_lock(&ctx->lock);
         ctx->n_errors++;
-        fprintf(ctx->out, "%s error XC_ERR_ARG %s\n", name, err);
+        fprintf(ctx->out, "%s error %s %s\n", name, code, err);
         fflush(ctx->out);
         pthread_mutex_unlock(&ctx->lock);
     }

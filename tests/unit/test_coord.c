@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "xc_coord.h"
+#include "xc_coord_lines.h"
 #include "xc_test.h"
 #include "xc_time.h"
 #include "xc_transport.h"
@@ -675,6 +676,53 @@ static void test_coord_stop_race_ends_every_request(void **state) {
     }
 }
 
+/* The line protocol answers every request line (review #14): when its per-request record cannot
+ * be allocated the line gets "error XC_ERR_NOMEM" and counts as an error; before, it got no line
+ * at all and a driver waiting for one answer per request waited forever. The lines run on a
+ * thread of their own (the allocation fault only fires off the main thread). */
+typedef struct lines_run {
+    xc_coord *c;
+    const char *in;
+    char *out;
+    size_t out_len;
+    int errors;
+} lines_run;
+
+static void *lines_main(void *arg) {
+    lines_run *l = arg;
+    FILE *in = fmemopen((void *)l->in, strlen(l->in), "r");
+    FILE *out = open_memstream(&l->out, &l->out_len);
+    l->errors = xc_coord_lines_run(l->c, in, out);
+    fclose(in);
+    fclose(out);
+    return NULL;
+}
+
+static void test_coord_lines_answer_every_request(void **state) {
+    (void)state;
+    char ep[64];
+    xc_coord *c = coord_start(ep, sizeof ep, 1, 1);
+    fake w;
+    fake_init(&w, "w0", ep);
+    fake_start(&w);
+    assert_int_equal(xc_coord_wait_ready(c, 5), XC_OK);
+    /* the line record: char[64] name, int32 pointer, two ints, a bool, a context pointer */
+    lines_run l = {.c = c, .in = "a ids=1,2,3 max=2 greedy=1\nb ids=4,5 max=2 greedy=1\n"};
+    arm_fault(64 + sizeof(void *) + 2 * sizeof(int) + sizeof(void *) + sizeof(void *));
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, lines_main, &l), 0);
+    pthread_join(th, NULL);
+    arm_fault(0);
+    assert_non_null(l.out);
+    if (!strstr(l.out, "a error XC_ERR_NOMEM") || !strstr(l.out, "b ok ")) {
+        fail_msg("line protocol output: '%s'", l.out);
+    }
+    assert_int_equal(l.errors, 1);
+    free(l.out); /* open_memstream's buffer comes from libc */
+    xc_coord_destroy(c);
+    fake_stop(&w);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
@@ -684,6 +732,7 @@ int main(void) {
         cmocka_unit_test(test_coord_failed_replica_releases_sequences),
         cmocka_unit_test(test_coord_failed_assignment_frees_the_role),
         cmocka_unit_test(test_coord_stop_race_ends_every_request),
+        cmocka_unit_test(test_coord_lines_answer_every_request),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
