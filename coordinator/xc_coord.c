@@ -1546,9 +1546,11 @@ static void hooks_step(xc_coord *c) {
     int n = c->n_cancels;
     uint64_t ids[256];
     n = n < 256 ? n : 256;
-    memcpy(ids, c->cancels, (size_t)n * sizeof *ids);
-    memmove(c->cancels, c->cancels + n, (size_t)(c->n_cancels - n) * sizeof *ids);
-    c->n_cancels -= n;
+    if (n > 0) { /* cancels is NULL until the first one (memcpy must not see NULL) */
+        memcpy(ids, c->cancels, (size_t)n * sizeof *ids);
+        memmove(c->cancels, c->cancels + n, (size_t)(c->n_cancels - n) * sizeof *ids);
+        c->n_cancels -= n;
+    }
     pthread_mutex_unlock(&c->lock);
     for (int i = 0; i < n; i++) {
         creq *q = req_find(c, ids[i], NULL);

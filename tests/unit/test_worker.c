@@ -62,6 +62,7 @@ static int group_teardown(void **state) {
 
 typedef struct harness {
     char dir[64];
+    char cep[64], wep[64]; /* the worker keeps pointers to its conf strings */
     xc_worker *w;
     pthread_t th;
     volatile sig_atomic_t stop;
@@ -105,9 +106,9 @@ static void start(harness *h, const char *tag) {
     xc_tiny_conf_init(&tc, "7b");
     tc.dtype = XC_DTYPE_F32;
     assert_int_equal(xc_tiny_write(h->dir, &tc), XC_OK);
-    char cep[64], wep[64];
-    snprintf(cep, sizeof cep, "inproc://tw-coord-%s", tag);
-    snprintf(wep, sizeof wep, "inproc://tw-worker-%s", tag);
+    char *cep = h->cep, *wep = h->wep;
+    snprintf(h->cep, sizeof h->cep, "inproc://tw-coord-%s", tag);
+    snprintf(h->wep, sizeof h->wep, "inproc://tw-worker-%s", tag);
     assert_int_equal(xc_transport_open(cep, XC_TRANSPORT_RECV, NULL, &h->rx), XC_OK);
     assert_int_equal(xc_arena_create(1 << 16, &h->arena), XC_OK);
     xc_worker_conf wc = {.coordinator = cep,
