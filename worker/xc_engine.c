@@ -40,7 +40,7 @@ xc_status xc_engine_create(const xc_engine_conf *conf, xc_engine **out) {
 
     int L = e->cfg.num_hidden_layers;
     e->n_stages = conf->n_stages > 0 ? conf->n_stages : 1;
-    if (e->n_stages > XC_ENGINE_MAX_STAGES || e->n_stages > L) {
+    if (e->n_stages > XC_ENGINE_MAX_STAGES || e->n_stages > (conf->unit_cuts ? 2 * L : L)) {
         st = xc_errf(XC_ERR_ARG, "%d stages for a model of %d layers", e->n_stages, L);
         goto fail;
     }
@@ -52,23 +52,25 @@ xc_status xc_engine_create(const xc_engine_conf *conf, xc_engine **out) {
     e->block_size = conf->block_size > 0 ? conf->block_size : 16;
     e->n_blocks = (e->max_ctx + e->block_size - 1) / e->block_size;
 
-    int begin = 0;
+    /* stage boundaries in half-layer units (unit 2l = attention of layer l, 2l+1 its FFN) */
+    int begin = 0, U = 2 * L;
     for (int s = 0; s < e->n_stages; s++) {
-        int end = (s == e->n_stages - 1) ? L
-                  : conf->cuts           ? conf->cuts[s]
-                                         : (int)((long)L * (s + 1) / e->n_stages);
-        if (end <= begin || end > L) {
-            st = xc_errf(XC_ERR_ARG, "stage %d would hold layers [%d, %d)", s, begin, end);
+        int end = (s == e->n_stages - 1) ? U
+                  : conf->unit_cuts      ? conf->unit_cuts[s]
+                  : conf->cuts           ? 2 * conf->cuts[s]
+                                         : 2 * (int)((long)L * (s + 1) / e->n_stages);
+        if (end <= begin || end > U) {
+            st = xc_errf(XC_ERR_ARG, "stage %d would hold units [%d, %d) of %d", s, begin, end, U);
             goto fail;
         }
-        xc_llm_conf lc = {.layer_begin = begin,
-                          .layer_end = end,
+        xc_llm_conf lc = {.unit_begin = begin,
+                          .unit_end = end,
                           .first = s == 0,
                           .last = s == e->n_stages - 1,
                           .max_rows = e->chunk};
         XC_TRY_GOTO(xc_llm_create(e->be, e->ck, &e->cfg, &lc, &e->stages[s]), st, fail);
-        XC_TRY_GOTO(xc_kv_create(e->be, end - begin, e->n_blocks, e->block_size,
-                                 xc_llm_kv_width(e->stages[s]), &e->kv[s]),
+        XC_TRY_GOTO(xc_kv_create(e->be, xc_llm_n_kv_layers(e->stages[s]), e->n_blocks,
+                                 e->block_size, xc_llm_kv_width(e->stages[s]), &e->kv[s]),
                     st, fail);
         begin = end;
     }

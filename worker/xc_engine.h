@@ -23,6 +23,8 @@ typedef struct xc_engine_conf {
     int n_threads;         /* CPU threads, 0 = all cores */
     int n_stages;          /* in-process stages, 0 or 1 = one; layers split evenly */
     const int *cuts;       /* optional: n_stages - 1 increasing layer indices to cut at */
+    const int *unit_cuts;  /* optional, instead of cuts: n_stages - 1 increasing half-layer unit
+                              indices (unit 2l = layer l's attention, 2l+1 its FFN) to cut at */
     int max_context;       /* tokens per sequence (prompt + reply); 0 = config max_length */
     int chunk;             /* prefill rows per forward; 0 = 256 */
     int block_size;        /* KV block size in tokens; 0 = 16 */

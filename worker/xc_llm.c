@@ -4,6 +4,8 @@
  *   split the interleaved qkv (per KV group: q_per_kv query heads, one key head, one value head);
  *   RoPE(q, k) at absolute positions; store k, v in the paged cache; o = attention;
  *   h += wo(o) [+ PLoRA];  f = RMSNorm(h);  h += w2(silu(w1 f) * w3 f) [each + PLoRA].
+ * The first line up to h += wo(o) is the attention unit, the rest the FFN unit; a stage holds a
+ * contiguous run of units and only their tensors.
  * Decode rows carry no image ranges, so no PLoRA runs for them (DESIGN.md, model reference 4.4). */
 #include "xc_llm.h"
 
@@ -29,6 +31,8 @@ typedef struct llm_proj {
 } llm_proj;
 
 typedef struct llm_layer {
+    bool has_attn, has_ffn;     /* which of the layer's two units this stage holds */
+    int kv_index;               /* its layer in this stage's KV cache (has_attn) */
     llm_wt attn_norm, ffn_norm; /* (hidden) */
     llm_proj wqkv;              /* ((heads + 2 kv_heads) * head_dim, hidden), interleaved */
     llm_proj wo;                /* (hidden, heads * head_dim) */
@@ -39,7 +43,10 @@ typedef struct llm_layer {
 struct xc_llm {
     xc_backend *be;
     xc_llm_conf conf;
-    int hidden, inter, n_heads, n_kv, head_dim, vocab, n_layers;
+    int hidden, inter, n_heads, n_kv, head_dim, vocab;
+    int unit_begin, unit_end; /* half-layer units held */
+    int layer0, n_layers;     /* layers touched: [layer0, layer0 + n_layers) */
+    int n_kv_layers;          /* attention units held */
     int q_per_kv, qkv_width, kv_width;
     float eps, theta, plora_scale;
     int max_pos;   /* positions must stay below this (dynamic NTK is a no-op below it) */
@@ -125,10 +132,23 @@ static xc_status alloc_scratch(xc_llm *m) {
 
 xc_status xc_llm_create(xc_backend *be, xc_ckpt *ck, const xc_model_config *cfg,
                         const xc_llm_conf *conf, xc_llm **out) {
-    if (conf->layer_begin < 0 || conf->layer_end > cfg->num_hidden_layers ||
-        conf->layer_begin > conf->layer_end) {
-        return xc_errf(XC_ERR_ARG, "stage layers [%d, %d) outside the model's %d layers",
-                       conf->layer_begin, conf->layer_end, cfg->num_hidden_layers);
+    int ub, ue;
+    if (conf->unit_end > 0) {
+        ub = conf->unit_begin;
+        ue = conf->unit_end;
+        if (ub < 0 || ue > 2 * cfg->num_hidden_layers || ub > ue) {
+            return xc_errf(XC_ERR_ARG,
+                           "stage units [%d, %d) outside the model's %d units (%d layers)", ub, ue,
+                           2 * cfg->num_hidden_layers, cfg->num_hidden_layers);
+        }
+    } else {
+        if (conf->layer_begin < 0 || conf->layer_end > cfg->num_hidden_layers ||
+            conf->layer_begin > conf->layer_end) {
+            return xc_errf(XC_ERR_ARG, "stage layers [%d, %d) outside the model's %d layers",
+                           conf->layer_begin, conf->layer_end, cfg->num_hidden_layers);
+        }
+        ub = 2 * conf->layer_begin;
+        ue = 2 * conf->layer_end;
     }
     if (conf->max_rows <= 0) {
         return xc_errf(XC_ERR_ARG, "stage max_rows must be positive");
@@ -158,7 +178,10 @@ xc_status xc_llm_create(xc_backend *be, xc_ckpt *ck, const xc_model_config *cfg,
     m->theta = cfg->rope_theta;
     m->plora_scale = conf->plora_scale > 0 ? conf->plora_scale : 1.0f;
     m->max_pos = cfg->max_position_embeddings;
-    m->n_layers = conf->layer_end - conf->layer_begin;
+    m->unit_begin = ub;
+    m->unit_end = ue;
+    m->layer0 = ub / 2;
+    m->n_layers = ub < ue ? (ue + 1) / 2 - ub / 2 : 0;
     if (m->n_layers > 0) {
         m->layers = xc_calloc((size_t)m->n_layers, sizeof(llm_layer));
         if (!m->layers) {
@@ -171,17 +194,25 @@ xc_status xc_llm_create(xc_backend *be, xc_ckpt *ck, const xc_model_config *cfg,
                     st, fail);
     }
     for (int i = 0; i < m->n_layers; i++) {
-        int l = conf->layer_begin + i;
+        int l = m->layer0 + i;
         llm_layer *L = &m->layers[i];
+        L->has_attn = 2 * l >= ub && 2 * l < ue;
+        L->has_ffn = 2 * l + 1 >= ub && 2 * l + 1 < ue;
         char p[192];
-        snprintf(p, sizeof p, "model.layers.%d.attention_norm.weight", l);
-        XC_TRY_GOTO(load_wt(m, ck, p, m->hidden, 0, &L->attn_norm), st, fail);
+        if (L->has_attn) {
+            L->kv_index = m->n_kv_layers++;
+            snprintf(p, sizeof p, "model.layers.%d.attention_norm.weight", l);
+            XC_TRY_GOTO(load_wt(m, ck, p, m->hidden, 0, &L->attn_norm), st, fail);
+            snprintf(p, sizeof p, "model.layers.%d.attention.wqkv", l);
+            XC_TRY_GOTO(load_proj(m, ck, p, m->qkv_width, m->hidden, &L->wqkv), st, fail);
+            snprintf(p, sizeof p, "model.layers.%d.attention.wo", l);
+            XC_TRY_GOTO(load_proj(m, ck, p, m->hidden, m->n_heads * m->head_dim, &L->wo), st, fail);
+        }
+        if (!L->has_ffn) {
+            continue;
+        }
         snprintf(p, sizeof p, "model.layers.%d.ffn_norm.weight", l);
         XC_TRY_GOTO(load_wt(m, ck, p, m->hidden, 0, &L->ffn_norm), st, fail);
-        snprintf(p, sizeof p, "model.layers.%d.attention.wqkv", l);
-        XC_TRY_GOTO(load_proj(m, ck, p, m->qkv_width, m->hidden, &L->wqkv), st, fail);
-        snprintf(p, sizeof p, "model.layers.%d.attention.wo", l);
-        XC_TRY_GOTO(load_proj(m, ck, p, m->hidden, m->n_heads * m->head_dim, &L->wo), st, fail);
         snprintf(p, sizeof p, "model.layers.%d.feed_forward.w1", l);
         XC_TRY_GOTO(load_proj(m, ck, p, m->inter, m->hidden, &L->w1), st, fail);
         snprintf(p, sizeof p, "model.layers.%d.feed_forward.w3", l);
@@ -234,8 +265,17 @@ int xc_llm_n_layers(const xc_llm *m) {
     return m->n_layers;
 }
 
+int xc_llm_n_kv_layers(const xc_llm *m) {
+    return m->n_kv_layers;
+}
+
 int xc_llm_plora_rank(const xc_llm *m) {
-    return m->n_layers > 0 && m->layers[0].wqkv.a.data ? m->layers[0].wqkv.a.rows : 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        if (m->layers[i].has_attn) {
+            return m->layers[i].wqkv.a.data ? m->layers[i].wqkv.a.rows : 0;
+        }
+    }
+    return 0;
 }
 
 size_t xc_llm_weight_bytes(const xc_llm *m) {
@@ -381,10 +421,11 @@ static xc_status copy_cols(xc_llm *m, const float *src, int lds, float *dst, int
     return xc_backend_copy2d(m->be, &c);
 }
 
-static xc_status layer_forward(xc_llm *m, const llm_layer *L, float *h, int li, xc_kv_cache *kv,
-                               const llm_plan *plan, int rows, int n_seqs) {
+/* Unit 2l: h += wo(attention(RoPE(wqkv(RMSNorm(h))))), storing k, v in KV layer li. */
+static xc_status attn_forward(xc_llm *m, const llm_layer *L, float *h, int li, xc_kv_cache *kv,
+                              const llm_plan *plan, int rows, int n_seqs) {
     float *a = m->s_a.data, *qkv = m->s_qkv.data, *q = m->s_q.data, *k = m->s_k.data,
-          *v = m->s_v.data, *o = m->s_attn.data, *g = m->s_g.data, *u = m->s_u.data;
+          *v = m->s_v.data, *o = m->s_attn.data;
     int hd = m->head_dim, qw = m->n_heads * hd;
 
     XC_TRY(rmsnorm(m, &L->attn_norm, h, a, rows));
@@ -434,7 +475,13 @@ static xc_status layer_forward(xc_llm *m, const llm_layer *L, float *h, int li, 
                             .n_seqs = n_seqs};
     XC_TRY(xc_backend_attention(m->be, &at));
     XC_TRY(run_proj(m, &L->wo, o, h, rows, true, plan)); /* h += wo(o) */
+    return XC_OK;
+}
 
+/* Unit 2l+1: h += w2(silu(w1 f) * w3 f) with f = RMSNorm(h). */
+static xc_status ffn_forward(xc_llm *m, const llm_layer *L, float *h, int rows,
+                             const llm_plan *plan) {
+    float *a = m->s_a.data, *g = m->s_g.data, *u = m->s_u.data;
     XC_TRY(rmsnorm(m, &L->ffn_norm, h, a, rows));
     XC_TRY(run_proj(m, &L->w1, a, g, rows, false, plan));
     XC_TRY(run_proj(m, &L->w3, a, u, rows, false, plan));
@@ -511,18 +558,24 @@ xc_status xc_llm_forward(xc_llm *m, xc_kv_cache *kv, const xc_llm_batch *b, floa
     if (!b || !b->seqs || !hidden || (m->conf.first && !b->ids) || (m->conf.last && !logits)) {
         return xc_errf(XC_ERR_ARG, "llm forward: missing batch, ids, hidden or logits");
     }
-    if (m->n_layers > 0 && !kv) {
-        return xc_errf(XC_ERR_ARG, "llm forward: stage has layers but no KV cache");
+    if (m->n_kv_layers > 0 && !kv) {
+        return xc_errf(XC_ERR_ARG, "llm forward: stage has attention blocks but no KV cache");
     }
     llm_plan plan;
     xc_status st = XC_OK;
-    XC_TRY(plan_make(m, b, kv, &plan));
+    XC_TRY(plan_make(m, b, m->n_kv_layers > 0 ? kv : NULL, &plan));
     if (m->conf.first) {
         XC_TRY_GOTO(embed_rows(m, b, &plan, hidden), st, out);
     }
     for (int i = 0; i < m->n_layers; i++) {
-        XC_TRY_GOTO(layer_forward(m, &m->layers[i], hidden, i, kv, &plan, b->n_rows, b->n_seqs), st,
-                    out);
+        const llm_layer *L = &m->layers[i];
+        if (L->has_attn) {
+            XC_TRY_GOTO(attn_forward(m, L, hidden, L->kv_index, kv, &plan, b->n_rows, b->n_seqs),
+                        st, out);
+        }
+        if (L->has_ffn) {
+            XC_TRY_GOTO(ffn_forward(m, L, hidden, b->n_rows, &plan), st, out);
+        }
     }
     if (m->conf.last) {
         XC_TRY_GOTO(head_forward(m, b, hidden, logits), st, out);

@@ -1,6 +1,10 @@
-/* One pipeline stage of the InternLM2 decoder with Partial LoRA: a contiguous range of layers,
- * plus the token embedding on the first stage and the final norm + output head on the last.
- * Cutting the model into stages anywhere gives the same results as one stage. */
+/* One pipeline stage of the InternLM2 decoder with Partial LoRA: a contiguous range of half-layer
+ * units, plus the token embedding on the first stage and the final norm + output head on the
+ * last. Unit 2l is layer l's attention block (attention_norm, wqkv, RoPE, KV store, attention,
+ * wo, residual), unit 2l+1 its FFN block (ffn_norm, w1/w3, SwiGLU, w2, residual); the residual
+ * stream h is the only state between units, so a stage may end between a layer's attention and
+ * its FFN. A layer's KV cache belongs to the stage holding its attention unit. Cutting the model
+ * into stages anywhere gives the same results as one stage. */
 #pragma once
 
 #include <stdbool.h>
@@ -15,7 +19,9 @@
 typedef struct xc_llm xc_llm;
 
 typedef struct xc_llm_conf {
-    int layer_begin, layer_end; /* [begin, end) of the decoder layers held */
+    int layer_begin, layer_end; /* [begin, end) of the decoder layers held (= units [2b, 2e)) */
+    int unit_begin, unit_end;   /* unit_end > 0: [begin, end) of the half-layer units held,
+                                   overriding the layers; unit_end <= 0: use the layers */
     bool first;                 /* holds tok_embeddings and splices image rows */
     bool last;                  /* holds model.norm and output */
     int max_rows;               /* most rows (tokens) one forward may carry: scratch size */
@@ -51,16 +57,18 @@ void xc_llm_destroy(xc_llm *m);
 /* Runs the batch through the stage. hidden (n_rows, hidden_size) in backend memory is the input
  * (ignored on the first stage, which embeds ids) and receives the output. On the last stage,
  * logits (n_seqs or n_rows if all_logits, vocab) in backend memory receive the head's output
- * (hidden then holds the final-normed states). kv holds this stage's layers. */
+ * (hidden then holds the final-normed states). kv holds xc_llm_n_kv_layers layers (may be NULL
+ * when that is 0). */
 xc_status xc_llm_forward(xc_llm *m, xc_kv_cache *kv, const xc_llm_batch *b, float *hidden,
                          float *logits);
 
 /* Sizes. */
 int xc_llm_hidden(const xc_llm *m);
 int xc_llm_vocab(const xc_llm *m);
-int xc_llm_kv_width(const xc_llm *m); /* n_kv_heads * head_dim */
-int xc_llm_n_layers(const xc_llm *m);
-int xc_llm_plora_rank(const xc_llm *m); /* of the wqkv adapter, 0 if none */
+int xc_llm_kv_width(const xc_llm *m);    /* n_kv_heads * head_dim */
+int xc_llm_n_layers(const xc_llm *m);    /* layers touched (wholly or in part) */
+int xc_llm_n_kv_layers(const xc_llm *m); /* attention units held = KV cache layers needed */
+int xc_llm_plora_rank(const xc_llm *m);  /* of the wqkv adapter, 0 if none */
 
 /* Bytes of weights this stage references. */
 size_t xc_llm_weight_bytes(const xc_llm *m);

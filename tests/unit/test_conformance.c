@@ -112,9 +112,14 @@ static void assert_close(const float *got, const float *want, size_t n, float at
     }
 }
 
-static xc_engine *engine(fixture *f, int n_stages, const int *cuts, const char *weights) {
+static xc_engine *engine_at(fixture *f, int n_stages, const int *cuts, const int *unit_cuts,
+                            const char *weights) {
     char wpath[600];
-    xc_engine_conf c = {.model_dir = f->dir, .n_threads = 1, .n_stages = n_stages, .cuts = cuts};
+    xc_engine_conf c = {.model_dir = f->dir,
+                        .n_threads = 1,
+                        .n_stages = n_stages,
+                        .cuts = cuts,
+                        .unit_cuts = unit_cuts};
     if (weights) {
         snprintf(wpath, sizeof wpath, "%s/%s", f->dir, weights);
         c.weights = wpath;
@@ -124,6 +129,10 @@ static xc_engine *engine(fixture *f, int n_stages, const int *cuts, const char *
         fail_msg("engine on %s: %s", f->dir, xc_err_last());
     }
     return e;
+}
+
+static xc_engine *engine(fixture *f, int n_stages, const int *cuts, const char *weights) {
+    return engine_at(f, n_stages, cuts, NULL, weights);
 }
 
 /* ---- vision ---- */
@@ -330,16 +339,20 @@ static void test_conformance_stage_cuts_identical(void **state) {
                    .n_img = f.n_img,
                    .pixels = tensor(&f, "images", &nx)};
     const int cut1[] = {1}, cut2[] = {2}, cut12[] = {1, 2};
+    /* unit cuts (unit 2l = layer l's attention, 2l+1 its FFN): between a layer's attention and
+     * its FFN, a stage holding one FFN only (no KV cache), one holding one attention only */
+    const int u1[] = {1}, u3[] = {3}, u14[] = {1, 4}, u12[] = {1, 2}, u235[] = {2, 3, 5};
 
     struct {
         int n;
-        const int *cuts;
-    } cfgs[] = {{1, NULL}, {2, cut1}, {2, cut2}, {3, cut12}};
+        const int *cuts, *unit_cuts;
+    } cfgs[] = {{1, NULL, NULL}, {2, cut1, NULL}, {2, cut2, NULL}, {3, cut12, NULL}, {2, NULL, u1},
+                {2, NULL, u3},   {3, NULL, u14},  {3, NULL, u12},  {4, NULL, u235}};
 
     float *ref = NULL;
     size_t bytes = (size_t)f.n * 1000 * sizeof(float);
     for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) {
-        xc_engine *e = engine(&f, cfgs[i].n, cfgs[i].cuts, NULL);
+        xc_engine *e = engine_at(&f, cfgs[i].n, cfgs[i].cuts, cfgs[i].unit_cuts, NULL);
         float *lg = xc_malloc(bytes);
         assert_int_equal(xc_engine_prefill_logits(e, &p, lg, NULL, NULL), XC_OK);
         if (!ref) {
