@@ -19,11 +19,47 @@ static double range_time(const xc_place_model *m, int a, int b) {
     return t;
 }
 
-xc_status xc_place_split(const xc_place_model *m, int P, int *bounds, double *max_time) {
-    int L = m->n_layers;
-    if (P < 1 || P > L || P > XC_PLACE_MAX_STAGES) {
-        return xc_errf(XC_ERR_ARG, "cannot cut %d layers into %d stages", L, P);
+static bool split_even(const xc_place_model *m) {
+    return m->attn_time == 0 && m->ffn_time == 0;
+}
+
+double xc_place_unit_time(const xc_place_model *m, int u) {
+    if (split_even(m)) {
+        return m->layer_time / 2;
     }
+    return u % 2 == 0 ? m->attn_time : m->ffn_time;
+}
+
+double xc_place_unit_bytes(const xc_place_model *m, int u) {
+    if (m->attn_bytes == 0 && m->ffn_bytes == 0) {
+        return m->layer_bytes / 2;
+    }
+    return u % 2 == 0 ? m->attn_bytes : m->ffn_bytes;
+}
+
+int xc_place_attn_units(int ua, int ub) {
+    return ub > ua ? (ub + 1) / 2 - (ua + 1) / 2 : 0; /* even u in [ua, ub) */
+}
+
+/* Units [a, b): their times summed in order, + the embedding (a == 0) and head (b == all). */
+static double unit_range_time(const xc_place_model *m, int a, int b) {
+    double t = 0;
+    for (int u = a; u < b; u++) {
+        t += xc_place_unit_time(m, u);
+    }
+    if (a == 0) {
+        t += m->first_time;
+    }
+    if (b == 2 * m->n_layers) {
+        t += m->last_time;
+    }
+    return t;
+}
+
+/* Exact min-max split of n items into P non-empty contiguous ranges; cost(m, a, b) of a range. */
+static xc_status dp_split(const xc_place_model *m, int L, int P,
+                          double (*cost)(const xc_place_model *, int, int), int *bounds,
+                          double *max_time) {
     /* best[k][j]: least max time of layers [0, j) in k stages; from[k][j]: where stage k-1 starts
      */
     size_t n = (size_t)(P + 1) * (size_t)(L + 1);
@@ -46,7 +82,7 @@ xc_status xc_place_split(const xc_place_model *m, int P, int *bounds, double *ma
                 if (best[AT(k - 1, i)] == DBL_MAX) {
                     continue;
                 }
-                double t = range_time(m, i, j);
+                double t = cost(m, i, j);
                 double v = best[AT(k - 1, i)] > t ? best[AT(k - 1, i)] : t;
                 if (v < best[AT(k, j)]) {
                     best[AT(k, j)] = v;
@@ -69,6 +105,38 @@ xc_status xc_place_split(const xc_place_model *m, int P, int *bounds, double *ma
     return XC_OK;
 }
 
+xc_status xc_place_split(const xc_place_model *m, int P, int *bounds, double *max_time) {
+    int L = m->n_layers;
+    if (P < 1 || P > L || P > XC_PLACE_MAX_STAGES) {
+        return xc_errf(XC_ERR_ARG, "cannot cut %d layers into %d stages", L, P);
+    }
+    return dp_split(m, L, P, range_time, bounds, max_time);
+}
+
+xc_status xc_place_split_units(const xc_place_model *m, int P, int *ubounds, double *max_time) {
+    int U = 2 * m->n_layers;
+    if (P < 1 || P > U || P > XC_PLACE_MAX_STAGES) {
+        return xc_errf(XC_ERR_ARG, "cannot cut %d layers (%d units) into %d stages", m->n_layers, U,
+                       P);
+    }
+    return dp_split(m, U, P, unit_range_time, ubounds, max_time);
+}
+
+double xc_place_unit_stage_bytes(const xc_place_model *m, int ua, int ub, int P, int stage) {
+    double by = 0;
+    for (int u = ua; u < ub; u++) {
+        by += xc_place_unit_bytes(m, u);
+    }
+    by += xc_place_attn_units(ua, ub) * m->kv_bytes_layer * m->kv_budget_tokens;
+    if (stage == 0) {
+        by += m->embed_bytes;
+    }
+    if (stage == P - 1) {
+        by += m->head_bytes;
+    }
+    return by;
+}
+
 double xc_place_stage_bytes(const xc_place_model *m, int a, int b, int P, int stage) {
     double by = (double)(b - a) * (m->layer_bytes + m->kv_bytes_layer * m->kv_budget_tokens);
     if (stage == 0) {
@@ -82,11 +150,11 @@ double xc_place_stage_bytes(const xc_place_model *m, int a, int b, int P, int st
 
 static bool fits(const xc_place_model *m, int P, double mem) {
     int b[XC_PLACE_MAX_STAGES + 1];
-    if (xc_place_split(m, P, b, NULL) != XC_OK) {
+    if (xc_place_split_units(m, P, b, NULL) != XC_OK) {
         return false;
     }
     for (int k = 0; k < P; k++) {
-        if (xc_place_stage_bytes(m, b[k], b[k + 1], P, k) > mem) {
+        if (xc_place_unit_stage_bytes(m, b[k], b[k + 1], P, k) > mem) {
             return false;
         }
     }
@@ -104,7 +172,7 @@ xc_status xc_place_shape(const xc_place_model *m, const uint64_t *mem, int n_wor
     }
     int p = fixed_P;
     if (p <= 0) {
-        int hi = n_workers < m->n_layers ? n_workers : m->n_layers;
+        int hi = n_workers < 2 * m->n_layers ? n_workers : 2 * m->n_layers;
         if (fixed_R > 0 && n_workers / fixed_R < hi) {
             hi = n_workers / fixed_R;
         }
@@ -119,8 +187,9 @@ xc_status xc_place_shape(const xc_place_model *m, const uint64_t *mem, int n_wor
                            "KV budget of %.0f tokens)",
                            n_workers, smallest / 1048576.0, m->kv_budget_tokens);
         }
-    } else if (p > m->n_layers || p > XC_PLACE_MAX_STAGES) {
-        return xc_errf(XC_ERR_ARG, "placement: %d stages for %d layers", p, m->n_layers);
+    } else if (p > 2 * m->n_layers || p > XC_PLACE_MAX_STAGES) {
+        return xc_errf(XC_ERR_ARG, "placement: %d stages for %d layers (%d units)", p, m->n_layers,
+                       2 * m->n_layers);
     }
     int r = fixed_R > 0 ? fixed_R : n_workers / p;
     if (r < 1 || r * p > n_workers) {

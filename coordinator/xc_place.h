@@ -1,5 +1,7 @@
-/* Placement: how many stages (P) and replicas (R), and where to cut the decoder layers so that
- * every stage costs about the same. Pure logic, no I/O. */
+/* Placement: how many stages (P) and replicas (R), and where to cut the decoder so that every
+ * stage costs about the same. Cuts fall between half-layer units: unit 2l is layer l's attention
+ * block (attention_norm, wqkv, wo and their PLoRA), unit 2l+1 its FFN block (ffn_norm, w1, w3, w2
+ * and their PLoRA); a layer's KV cache goes with its attention unit. Pure logic, no I/O. */
 #pragma once
 
 #include <stdbool.h>
@@ -20,17 +22,38 @@ typedef struct xc_place_model {
     double head_bytes;       /* norm + output (last stage) */
     double kv_bytes_layer;   /* KV bytes per token and layer */
     double kv_budget_tokens; /* KV tokens every stage must hold (per replica) */
+    /* the split of a layer into its units; attn_time = ffn_time = 0 means half of layer_time
+     * each (likewise the bytes) */
+    double attn_time, ffn_time;   /* attention unit, FFN unit */
+    double attn_bytes, ffn_bytes; /* their weights incl. PLoRA */
 } xc_place_model;
 
-/* Splits n_layers into P contiguous non-empty ranges minimizing the largest stage time (exact,
- * dynamic programming). bounds (P+1): stage k holds [bounds[k], bounds[k+1]). XC_ERR_ARG if
- * P < 1, P > n_layers or P > XC_PLACE_MAX_STAGES. *max_time (may be NULL) gets the largest. */
+/* Time and weight bytes of unit u (0 <= u < 2 n_layers), from the split above. */
+double xc_place_unit_time(const xc_place_model *m, int u);
+double xc_place_unit_bytes(const xc_place_model *m, int u);
+
+/* Splits the 2 n_layers units into P contiguous non-empty ranges minimizing the largest stage
+ * time (exact DP); ubounds (P+1) in units: stage k holds [ubounds[k], ubounds[k+1]). XC_ERR_ARG if
+ * P < 1, P > 2 n_layers or P > XC_PLACE_MAX_STAGES. *max_time (may be NULL) gets the largest. */
+xc_status xc_place_split_units(const xc_place_model *m, int P, int *ubounds, double *max_time);
+
+/* Bytes stage [ua, ub) (units) of P needs: weights plus the KV budget of its attention units. */
+double xc_place_unit_stage_bytes(const xc_place_model *m, int ua, int ub, int P, int stage);
+
+/* Attention units (= KV cache layers) among units [ua, ub). */
+int xc_place_attn_units(int ua, int ub);
+
+/* Whole-layer form: splits n_layers into P contiguous non-empty ranges minimizing the largest
+ * stage time (exact, dynamic programming). bounds (P+1): stage k holds [bounds[k], bounds[k+1]).
+ * XC_ERR_ARG if P < 1, P > n_layers or P > XC_PLACE_MAX_STAGES. *max_time (may be NULL) gets the
+ * largest. */
 xc_status xc_place_split(const xc_place_model *m, int P, int *bounds, double *max_time);
 
 /* Bytes stage [a, b) of P needs: weights plus the KV budget. */
 double xc_place_stage_bytes(const xc_place_model *m, int a, int b, int P, int stage);
 
-/* Chooses P (fewest stages whose every stage fits the smallest worker's memory) and R (as many
+/* Chooses P (fewest stages whose every stage of the unit split fits the smallest worker's memory;
+ * at most 2 n_layers) and R (as many
  * replicas as the n_workers allow), unless fixed_P / fixed_R (> 0) fix them. mem (n_workers)
  * are the decoder workers' memory sizes. XC_ERR_ARG when nothing fits or the fixed shape needs
  * more workers than there are (message says what). */

@@ -65,6 +65,111 @@ static void test_place_split_matches_brute_force(void **state) {
     }
 }
 
+/* ---- unit cuts ---- */
+
+/* reference: stage time from a table of unit times written out independently */
+static double unit_stage_time(const xc_place_model *m, const double *ut, int a, int b) {
+    double t = 0;
+    for (int u = a; u < b; u++) {
+        t += ut[u];
+    }
+    return t + (a == 0 ? m->first_time : 0) + (b == 2 * m->n_layers ? m->last_time : 0);
+}
+
+static double brute_units(const xc_place_model *m, const double *ut, int P, int *cuts, int k,
+                          int from, double best) {
+    int U = 2 * m->n_layers;
+    if (k == P - 1) {
+        double mx = 0;
+        for (int s = 0; s < P; s++) {
+            int a = s == 0 ? 0 : cuts[s - 1], b = s == P - 1 ? U : cuts[s];
+            double t = unit_stage_time(m, ut, a, b);
+            mx = t > mx ? t : mx;
+        }
+        return mx < best ? mx : best;
+    }
+    for (int c = from; c <= U - (P - 1 - k); c++) {
+        cuts[k] = c;
+        best = brute_units(m, ut, P, cuts, k + 1, c + 1, best);
+    }
+    return best;
+}
+
+static void test_place_split_units_matches_brute_force(void **state) {
+    (void)state;
+    srand(5);
+    for (int trial = 0; trial < 40; trial++) {
+        xc_place_model m = {.n_layers = 1 + rand() % 6,
+                            .attn_time = 1.0 + rand() % 3,
+                            .ffn_time = 1.0 + rand() % 9,
+                            .first_time = rand() % 7,
+                            .last_time = rand() % 13};
+        m.layer_time = m.attn_time + m.ffn_time;
+        if (trial % 5 == 0) { /* the even default: half of layer_time each */
+            m.attn_time = m.ffn_time = 0;
+        }
+        int U = 2 * m.n_layers;
+        double ut[16];
+        for (int u = 0; u < U; u++) {
+            ut[u] = m.attn_time == 0 && m.ffn_time == 0 ? m.layer_time / 2
+                    : u % 2 == 0                        ? m.attn_time
+                                                        : m.ffn_time;
+        }
+        for (int P = 1; P <= U && P <= 6; P++) {
+            int b[XC_PLACE_MAX_STAGES + 1], cuts[8];
+            double got;
+            assert_int_equal(xc_place_split_units(&m, P, b, &got), XC_OK);
+            double want = brute_units(&m, ut, P, cuts, 0, 1, DBL_MAX);
+            assert_true(got == want);
+            double mx = 0;
+            assert_int_equal(b[0], 0);
+            assert_int_equal(b[P], U);
+            for (int s = 0; s < P; s++) {
+                assert_true(b[s + 1] > b[s]);
+                double t = unit_stage_time(&m, ut, b[s], b[s + 1]);
+                mx = t > mx ? t : mx;
+            }
+            assert_true(mx == want);
+            /* whole-layer cuts are unit cuts too: units are never worse */
+            double lay;
+            if (P <= m.n_layers && m.attn_time + m.ffn_time == m.layer_time &&
+                xc_place_split(&m, P, b, &lay) == XC_OK) {
+                assert_true(got <= lay + 1e-9);
+            }
+        }
+    }
+}
+
+static void test_place_unit_stage_bytes(void **state) {
+    (void)state;
+    /* attention 3 bytes, FFN 7, KV 2 bytes/token/layer x 10 tokens, embed 100, head 1000 */
+    xc_place_model m = {.n_layers = 4,
+                        .attn_bytes = 3,
+                        .ffn_bytes = 7,
+                        .embed_bytes = 100,
+                        .head_bytes = 1000,
+                        .kv_bytes_layer = 2,
+                        .kv_budget_tokens = 10};
+    /* units [1, 4): ffn0, attn1, ffn1 = 7 + 3 + 7, one KV layer = 20; middle stage of 3 */
+    assert_true(xc_place_unit_stage_bytes(&m, 1, 4, 3, 1) == 37);
+    /* units [0, 1): attn0 + KV + embed = 3 + 20 + 100 */
+    assert_true(xc_place_unit_stage_bytes(&m, 0, 1, 3, 0) == 123);
+    /* units [7, 8): ffn3 + head, no KV */
+    assert_true(xc_place_unit_stage_bytes(&m, 7, 8, 3, 2) == 1007);
+    assert_int_equal(xc_place_attn_units(1, 4), 1);
+    assert_int_equal(xc_place_attn_units(0, 8), 4);
+    assert_int_equal(xc_place_attn_units(3, 3), 0);
+    assert_int_equal(xc_place_attn_units(1, 2), 0);
+    assert_int_equal(xc_place_attn_units(2, 3), 1);
+    /* counts */
+    int b[12];
+    assert_int_equal(xc_place_split_units(&m, 9, b, NULL), XC_ERR_ARG);
+    assert_int_equal(xc_place_split_units(&m, 8, b, NULL), XC_OK);
+    for (int k = 0; k <= 8; k++) {
+        assert_int_equal(b[k], k);
+    }
+}
+
 static void test_place_split_head_gets_fewer_layers(void **state) {
     (void)state;
     /* 32 layers of 1, a head worth 4 layers: 4 stages balance at 9 = 9 + 9 + 9 + (5 + 4) */
@@ -274,6 +379,8 @@ static void test_place_roles_random_sets(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_place_split_matches_brute_force),
+        cmocka_unit_test(test_place_split_units_matches_brute_force),
+        cmocka_unit_test(test_place_unit_stage_bytes),
         cmocka_unit_test(test_place_split_head_gets_fewer_layers),
         cmocka_unit_test(test_place_split_rejects_bad_counts),
         cmocka_unit_test(test_place_shape_fewest_stages_then_replicas),
