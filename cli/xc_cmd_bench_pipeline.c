@@ -77,6 +77,8 @@ static xc_status cluster_start(cluster *cl, const char *model, int P, int R, con
     cl->cost.scale = bc->scale;
     const xc_sim_cost *k = &cl->cost;
     xc_place_model pm = {.layer_time = k->layer_us + k->layer_row_us * rows_hint,
+                         .attn_time = xc_sim_unit_us(k, 0, rows_hint),
+                         .ffn_time = xc_sim_unit_us(k, 1, rows_hint),
                          .first_time = k->embed_us,
                          .last_time = k->head_us + k->head_row_us * rows_hint};
     char ep[64];
@@ -215,16 +217,21 @@ static xc_status run_decode(const char *model, int P, int R, const bp_conf *bc,
         double full_us = xc_sim_stage_us(&cl.cost, bc->layers, true, true, B, B);
         out->ideal = (double)(P * R) * B / (full_us * 1e-6);
         out->eff = out->tps / out->ideal;
-        /* what whole layers allow: mean stage time over the slowest stage's (placement's cut) */
+        /* what cuts between half-layer units allow: mean stage time over the slowest stage's
+         * (placement's cut) */
         const xc_sim_cost *k = &cl.cost;
         xc_place_model pm = {.n_layers = bc->layers,
                              .layer_time = k->layer_us + k->layer_row_us * B,
+                             .attn_time = xc_sim_unit_us(k, 0, B),
+                             .ffn_time = xc_sim_unit_us(k, 1, B),
                              .first_time = k->embed_us,
                              .last_time = k->head_us + k->head_row_us * B};
         int bounds[XC_PLACE_MAX_STAGES + 1];
         double tmax = 1;
-        if (xc_place_split(&pm, P, bounds, &tmax) == XC_OK) {
-            out->bound = (pm.layer_time * bc->layers + pm.first_time + pm.last_time) / P / tmax;
+        if (xc_place_split_units(&pm, P, bounds, &tmax) == XC_OK) {
+            out->bound =
+                ((pm.attn_time + pm.ffn_time) * bc->layers + pm.first_time + pm.last_time) / P /
+                tmax;
         }
         for (int i = 0; i < cl.n && i < 64; i++) {
             xc_worker_stats ws;
@@ -311,9 +318,11 @@ int xc_cmd_bench_pipeline(int argc, char **argv) {
         return 1;
     }
     xc_sim_cost k = XC_SIM_COST_H100;
-    printf("sim cost model (H100, InternLM2-7B bf16): layer %.0f us + %.2f us/row, head %.0f us + "
-           "%.1f us/row, embed %.0f us; x%.1f slower for timing precision\n",
-           k.layer_us, k.layer_row_us, k.head_us, k.head_row_us, k.embed_us, bc.scale);
+    printf("sim cost model (H100, InternLM2-7B bf16): layer %.0f us + %.2f us/row (attention "
+           "%.3f of it, FFN the rest), head %.0f us + %.1f us/row, embed %.0f us; x%.1f slower for "
+           "timing precision\n",
+           k.layer_us, k.layer_row_us, k.attn_share, k.head_us, k.head_row_us, k.embed_us,
+           bc.scale);
     printf("\ndecode-heavy: %d streams per stage, %d-row prompts, %d new tokens; ideal = P x "
            "one worker running all %d layers at the same micro-batch size\n",
            bc.streams_per_stage, bc.prompt, bc.new_tokens, bc.layers);
@@ -350,9 +359,9 @@ int xc_cmd_bench_pipeline(int argc, char **argv) {
             for (int s = 0; s < 4; s++) {
                 printf("%s%.3f", s ? " " : "", d.bubble[s]);
             }
-            printf("\n(bound = mean stage time / slowest stage time for whole-layer cuts: the most "
-                   "any "
-                   "schedule can reach)\nreplicas: 2 x 2 reaches %.2fx the throughput of 1 x 2\n",
+            printf("\n(bound = mean stage time / slowest stage time for cuts between half-layer "
+                   "units (attention | FFN): the most any schedule can reach)\nreplicas: 2 x 2 "
+                   "reaches %.2fx the throughput of 1 x 2\n",
                    d.tps / tps_2);
         }
     }

@@ -112,8 +112,8 @@ typedef struct creq {
 typedef struct replica {
     xc_sched *sched;
     int P;
-    int bounds[XC_PLACE_MAX_STAGES + 1];
-    int worker[XC_PLACE_MAX_STAGES]; /* index into workers, -1 vacant */
+    int bounds[XC_PLACE_MAX_STAGES + 1]; /* stage cuts in half-layer units (xc_place.h) */
+    int worker[XC_PLACE_MAX_STAGES];     /* index into workers, -1 vacant */
     int kv_blocks;
     bool ready;
 } replica;
@@ -256,7 +256,14 @@ static void derive_cost(xc_coord *c) {
     /* PLoRA A (rank, in) and B (out, rank) on wqkv, wo, w1, w3, w2 */
     double lora = rank * ((H + H + 2 * kvw) + (H + H) + (H + I) * 2 + (I + H));
     double bytes = 2.0; /* bf16 checkpoints */
+    /* the attention unit (wqkv, wo + PLoRA) and the FFN unit (w1, w3, w2 + PLoRA) */
+    double attn = H * (H + 2 * kvw) + H * H + rank * ((H + H + 2 * kvw) + (H + H));
+    double ffn = 3 * H * I + rank * ((H + I) * 2 + (I + H));
     c->cost = (xc_place_model){.n_layers = m->n_layers,
+                               .attn_time = attn * bytes,
+                               .ffn_time = ffn * bytes,
+                               .attn_bytes = attn * bytes,
+                               .ffn_bytes = ffn * bytes,
                                .layer_time = (base + lora) * bytes,
                                .first_time = H * bytes, /* a gather: tiny */
                                .last_time = (double)m->vocab * H * bytes,
@@ -283,8 +290,10 @@ static void send_assign(xc_coord *c, int wi) {
         a.replica = (uint32_t)w->replica;
         a.stage = (uint32_t)w->stage;
         a.n_stages = (uint32_t)r->P;
-        a.layer_begin = (uint32_t)r->bounds[w->stage];
-        a.layer_end = (uint32_t)r->bounds[w->stage + 1];
+        a.unit_begin = (uint32_t)r->bounds[w->stage];
+        a.unit_end = (uint32_t)r->bounds[w->stage + 1];
+        a.layer_begin = a.unit_begin / 2; /* the layers touched, for older workers */
+        a.layer_end = (a.unit_end + 1) / 2;
         a.kv_blocks = (uint32_t)r->kv_blocks;
         a.kv_block_size = (uint32_t)c->conf.block_size;
         a.max_rows = (uint32_t)c->conf.max_rows;
@@ -296,9 +305,9 @@ static void send_assign(xc_coord *c, int wi) {
     if (send_ctl(c, w, &ctl) != XC_OK) {
         XC_LOG_WARN("assign to %s failed: %s", w->id, xc_err_last());
     } else {
-        XC_LOG_INFO("assigned worker %s: %s replica %d stage %d layers [%u, %u)", w->id,
+        XC_LOG_INFO("assigned worker %s: %s replica %d stage %d units [%u, %u)", w->id,
                     w->role == 0 ? "vision" : "decoder", w->role ? w->replica : 0,
-                    w->role ? w->stage : 0, a.layer_begin, a.layer_end);
+                    w->role ? w->stage : 0, a.unit_begin, a.unit_end);
     }
 }
 
@@ -306,9 +315,10 @@ static int kv_blocks_for(xc_coord *c, const replica *r) {
     int want = c->conf.kv_blocks;
     for (int k = 0; k < r->P; k++) {
         const cworker *w = &c->workers[r->worker[k]];
-        int layers = r->bounds[k + 1] - r->bounds[k];
-        double weights = xc_place_stage_bytes(&c->cost, r->bounds[k], r->bounds[k + 1], r->P, k) -
-                         layers * c->cost.kv_bytes_layer * c->cost.kv_budget_tokens;
+        int layers = xc_place_attn_units(r->bounds[k], r->bounds[k + 1]); /* KV layers */
+        double weights =
+            xc_place_unit_stage_bytes(&c->cost, r->bounds[k], r->bounds[k + 1], r->P, k) -
+            layers * c->cost.kv_bytes_layer * c->cost.kv_budget_tokens;
         double per_block = layers * c->cost.kv_bytes_layer * c->conf.block_size;
         double fit = per_block > 0 ? ((double)w->mem - weights) / per_block : want;
         if (fit < want) {
@@ -388,7 +398,7 @@ static xc_status place(xc_coord *c) {
     for (int r = 0; r < R; r++) {
         replica *rp = &c->reps[r];
         rp->P = P;
-        XC_TRY(xc_place_split(&c->cost, P, rp->bounds, &tmax));
+        XC_TRY(xc_place_split_units(&c->cost, P, rp->bounds, &tmax));
         for (int k = 0; k < P; k++) {
             int wi = idx[order[r * P + k]];
             rp->worker[k] = wi;
@@ -411,7 +421,7 @@ static xc_status place(xc_coord *c) {
         size_t l = strlen(cuts);
         snprintf(cuts + l, sizeof cuts - l, "%s%d", k ? "," : "", c->reps[0].bounds[k]);
     }
-    XC_LOG_INFO("placement: %d replica(s) x %d stage(s), layer cuts %s, kv blocks %d x %d, "
+    XC_LOG_INFO("placement: %d replica(s) x %d stage(s), unit cuts %s, kv blocks %d x %d, "
                 "vision %s",
                 R, P, cuts, c->reps[0].kv_blocks, c->conf.block_size,
                 c->need_vision ? c->workers[c->vision_worker].id : "none");

@@ -87,7 +87,8 @@ static xc_status check_control(const xc_wire_control *c) {
         }
         XC_TRY(check_str("assign.model_path", a->model_path, true));
         if (a->role == XC_WIRE_ROLE_VISION) {
-            if (a->stage != 0 || a->layer_begin != 0 || a->layer_end != 0 || a->kv_blocks != 0) {
+            if (a->stage != 0 || a->layer_begin != 0 || a->layer_end != 0 || a->kv_blocks != 0 ||
+                a->unit_begin != 0 || a->unit_end != 0) {
                 return BAD("assign: a vision worker gets no stage, layers or KV blocks");
             }
             return check_str("assign.next_endpoint", a->next_endpoint, false);
@@ -104,6 +105,13 @@ static xc_status check_control(const xc_wire_control *c) {
         if (a->layer_begin >= a->layer_end || a->layer_end > a->n_layers) {
             return BAD("assign layer range [%u, %u) is empty or not inside [0, %u)", a->layer_begin,
                        a->layer_end, a->n_layers);
+        }
+        if (a->unit_end != 0 &&
+            (a->unit_begin >= a->unit_end || a->unit_end > 2 * a->n_layers ||
+             a->layer_begin != a->unit_begin / 2 || a->layer_end != (a->unit_end + 1) / 2)) {
+            return BAD("assign unit range [%u, %u) is empty, not inside [0, %u) or does not match "
+                       "layers [%u, %u)",
+                       a->unit_begin, a->unit_end, 2 * a->n_layers, a->layer_begin, a->layer_end);
         }
         if (a->kv_blocks < 1) {
             return BAD("assign.kv_blocks is 0");
@@ -503,6 +511,8 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->kv_blocks = s->kv_blocks;
         r->kv_block_size = s->kv_block_size;
         r->max_rows = s->max_rows;
+        r->unit_begin = s->unit_begin;
+        r->unit_end = s->unit_end;
         p->kind_case = XC__V1__CONTROL__KIND_ASSIGN;
         p->assign = r;
         break;
@@ -827,7 +837,9 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
                                        .next_endpoint = s->next_endpoint,
                                        .kv_blocks = s->kv_blocks,
                                        .kv_block_size = s->kv_block_size,
-                                       .max_rows = s->max_rows};
+                                       .max_rows = s->max_rows,
+                                       .unit_begin = s->unit_begin,
+                                       .unit_end = s->unit_end};
         return XC_OK;
     }
     case XC__V1__CONTROL__KIND_READY:

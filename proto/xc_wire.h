@@ -83,6 +83,11 @@ typedef struct xc_wire_assign {
     uint32_t kv_blocks;        /* STAGE: >= 1 */
     uint32_t kv_block_size;    /* STAGE: 1 .. XC_WIRE_MAX_BLOCK_SIZE */
     uint32_t max_rows;         /* rows per micro-batch at most, <= XC_WIRE_MAX_TOKENS; 0 = 256 */
+    /* STAGE: half-layer units [unit_begin, unit_end) held (unit 2l = layer l's attention, 2l+1
+     * its FFN); unit_end = 0: whole layers [layer_begin, layer_end). When set, unit_begin <
+     * unit_end <= 2 n_layers, layer_begin = unit_begin / 2 and layer_end = (unit_end + 1) / 2. */
+    uint32_t unit_begin;
+    uint32_t unit_end;
 } xc_wire_assign;
 
 typedef struct xc_wire_ready {

@@ -13,6 +13,10 @@ xc_status xc_sim_cost_validate(const xc_sim_cost *c) {
             return xc_errf(XC_ERR_ARG, "sim cost %s = %g must be finite and >= 0", names[i], v[i]);
         }
     }
+    if (!isfinite(c->attn_share) || c->attn_share > 1) {
+        return xc_errf(XC_ERR_ARG, "sim cost attn_share = %g must be finite and <= 1",
+                       c->attn_share);
+    }
     if (!isfinite(c->scale) || !(c->scale > 0)) {
         return xc_errf(XC_ERR_ARG, "sim cost scale %g must be > 0", c->scale);
     }
@@ -22,6 +26,27 @@ xc_status xc_sim_cost_validate(const xc_sim_cost *c) {
 double xc_sim_stage_us(const xc_sim_cost *c, int n_layers, bool first, bool last, int rows,
                        int logit_rows) {
     double us = (double)n_layers * (c->layer_us + c->layer_row_us * rows);
+    if (first) {
+        us += c->embed_us;
+    }
+    if (last) {
+        us += c->head_us + c->head_row_us * logit_rows;
+    }
+    return us * c->scale;
+}
+
+double xc_sim_unit_us(const xc_sim_cost *c, int u, int rows) {
+    double share = c->attn_share > 0 ? c->attn_share : XC_SIM_ATTN_SHARE;
+    double f = u % 2 == 0 ? share : 1.0 - share;
+    return f * (c->layer_us + c->layer_row_us * rows);
+}
+
+double xc_sim_units_stage_us(const xc_sim_cost *c, int unit_begin, int unit_end, bool first,
+                             bool last, int rows, int logit_rows) {
+    double us = 0;
+    for (int u = unit_begin; u < unit_end; u++) {
+        us += xc_sim_unit_us(c, u, rows);
+    }
     if (first) {
         us += c->embed_us;
     }

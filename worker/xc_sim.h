@@ -18,12 +18,18 @@ typedef struct xc_sim_cost {
     double head_us;      /* last stage, per micro-batch: output head weight read */
     double head_row_us;  /* last stage, per row that gets logits */
     double scale;        /* every cost is multiplied by this (> 0) */
+    double attn_share;   /* share of layer_us and layer_row_us in a layer's attention unit (the
+                            rest is its FFN unit); <= 0 means XC_SIM_ATTN_SHARE */
 } xc_sim_cost;
+
+/* InternLM2-7B: wqkv + wo hold 4096 x (4096 + 2 x 1024) + 4096 x 4096 = 41.9 M weights, w1/w3/w2
+ * 3 x 4096 x 14336 = 176.2 M; both the weight read and the per-row FLOPs split 0.192 : 0.808. */
+#define XC_SIM_ATTN_SHARE 0.192
 
 #define XC_SIM_COST_H100                                                                           \
     {                                                                                              \
         .layer_us = 140.0, .layer_row_us = 0.75, .embed_us = 5.0, .head_us = 230.0,                \
-        .head_row_us = 1.3, .scale = 1.0                                                           \
+        .head_row_us = 1.3, .scale = 1.0, .attn_share = XC_SIM_ATTN_SHARE                          \
     }
 
 /* XC_ERR_ARG unless every cost is finite, >= 0 and scale > 0. */
@@ -33,6 +39,14 @@ xc_status xc_sim_cost_validate(const xc_sim_cost *c);
  * with the embedding (first) and the head (last). */
 double xc_sim_stage_us(const xc_sim_cost *c, int n_layers, bool first, bool last, int rows,
                        int logit_rows);
+
+/* Microseconds of half-layer unit u (even: a layer's attention, odd: its FFN) for rows rows,
+ * unscaled. */
+double xc_sim_unit_us(const xc_sim_cost *c, int u, int rows);
+
+/* Like xc_sim_stage_us for a stage holding units [unit_begin, unit_end). */
+double xc_sim_units_stage_us(const xc_sim_cost *c, int unit_begin, int unit_end, bool first,
+                             bool last, int rows, int logit_rows);
 
 /* Sleeps until start_ns + us microseconds on the monotonic clock (absolute, so no drift). */
 void xc_sim_wait_until(uint64_t start_ns, double us);

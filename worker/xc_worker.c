@@ -47,6 +47,8 @@ struct xc_worker {
     bool loaded;
     xc_wire_role role;
     uint32_t stage, n_stages, layer_begin, layer_end, replica;
+    uint32_t unit_begin, unit_end; /* half-layer units held (2 x the layers for a whole-layer
+                                      Assign from an older coordinator) */
     uint32_t kv_blocks, block_size, max_rows;
     char model_path[1024];
     char next_ep[1024];
@@ -345,14 +347,14 @@ static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
                        a->layer_end, w->cfg.num_hidden_layers);
     }
     bool last = a->stage + 1 == a->n_stages;
-    xc_llm_conf lc = {.layer_begin = (int)a->layer_begin,
-                      .layer_end = (int)a->layer_end,
+    xc_llm_conf lc = {.unit_begin = (int)w->unit_begin,
+                      .unit_end = (int)w->unit_end,
                       .first = a->stage == 0,
                       .last = last,
                       .max_rows = (int)w->max_rows};
     XC_TRY(xc_llm_create(w->be, w->ck, &w->cfg, &lc, &w->llm));
-    XC_TRY(xc_kv_create(w->be, (int)(a->layer_end - a->layer_begin), (int)a->kv_blocks,
-                        (int)a->kv_block_size, xc_llm_kv_width(w->llm), &w->kv));
+    XC_TRY(xc_kv_create(w->be, xc_llm_n_kv_layers(w->llm), (int)a->kv_blocks, (int)a->kv_block_size,
+                        xc_llm_kv_width(w->llm), &w->kv));
     XC_TRY(
         xc_backend_buf_alloc(w->be, (size_t)w->max_rows * (size_t)w->hidden_size * f, &w->hidden));
     if (last) {
@@ -380,11 +382,12 @@ static void on_assign(xc_worker *w, const xc_wire_assign *a) {
         return;
     }
     uint32_t max_rows = a->max_rows ? a->max_rows : 256;
+    uint32_t ub = a->unit_end ? a->unit_begin : 2 * a->layer_begin,
+             ue = a->unit_end ? a->unit_end : 2 * a->layer_end;
     bool same = w->loaded && w->role == a->role && w->stage == a->stage &&
-                w->n_stages == a->n_stages && w->layer_begin == a->layer_begin &&
-                w->layer_end == a->layer_end && w->kv_blocks == a->kv_blocks &&
-                w->block_size == a->kv_block_size && w->max_rows == max_rows &&
-                !strcmp(w->model_path, a->model_path);
+                w->n_stages == a->n_stages && w->unit_begin == ub && w->unit_end == ue &&
+                w->kv_blocks == a->kv_blocks && w->block_size == a->kv_block_size &&
+                w->max_rows == max_rows && !strcmp(w->model_path, a->model_path);
     xc_status st = XC_OK;
     seqs_clear(w); /* a (re)assignment starts every sequence afresh */
     if (!same) {
@@ -394,6 +397,8 @@ static void on_assign(xc_worker *w, const xc_wire_assign *a) {
         w->n_stages = a->n_stages;
         w->layer_begin = a->layer_begin;
         w->layer_end = a->layer_end;
+        w->unit_begin = ub;
+        w->unit_end = ue;
         w->replica = a->replica;
         w->kv_blocks = a->kv_blocks;
         w->block_size = a->kv_block_size;
@@ -436,10 +441,11 @@ static void on_assign(xc_worker *w, const xc_wire_assign *a) {
         atomic_store(&w->stat_stage, (int)a->stage);
     }
     xc_log_set_role(tag);
-    XC_LOG_INFO("worker %s ready: %s stage %u/%u layers [%u, %u) kv %u x %u next %s", w->id,
-                a->role == XC_WIRE_ROLE_VISION ? "vision" : "decoder", a->stage, a->n_stages,
-                a->layer_begin, a->layer_end, a->kv_blocks, a->kv_block_size,
-                a->role == XC_WIRE_ROLE_STAGE ? a->next_endpoint : "-");
+    XC_LOG_INFO("worker %s ready: %s stage %u/%u units [%u, %u) (layers [%u, %u)) kv %u x %u "
+                "next %s",
+                w->id, a->role == XC_WIRE_ROLE_VISION ? "vision" : "decoder", a->stage, a->n_stages,
+                w->unit_begin, w->unit_end, a->layer_begin, a->layer_end, a->kv_blocks,
+                a->kv_block_size, a->role == XC_WIRE_ROLE_STAGE ? a->next_endpoint : "-");
     xc_wire_control c = {
         .kind = XC_WIRE_CTL_READY,
         .u.ready = {.stage = a->stage, .kv_blocks = a->kv_blocks, .worker_id = w->id}};
@@ -736,8 +742,8 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
                 n_logit++;
             }
         }
-        double us = xc_sim_stage_us(&w->conf.sim, (int)(w->layer_end - w->layer_begin), first, last,
-                                    (int)rows, n_logit);
+        double us = xc_sim_units_stage_us(&w->conf.sim, (int)w->unit_begin, (int)w->unit_end, first,
+                                          last, (int)rows, n_logit);
         xc_sim_wait_until(t0, us);
         if (last) {
             return send_result(w, f, toks, want, NULL, &sf);
