@@ -126,8 +126,8 @@ xc_status xc_backend_sync(xc_backend *be) {
 
 xc_status xc_backend_copy2d(xc_backend *be, const xc_copy2d_args *a) {
     if (a->m < 0 || a->n < 0 || a->lds < a->n || a->ldd < a->n) {
-        return xc_errf(XC_ERR_ARG, "copy2d: bad shape m=%d n=%d lds=%d ldd=%d", a->m, a->n,
-                       a->lds, a->ldd);
+        return xc_errf(XC_ERR_ARG, "copy2d: bad shape m=%d n=%d lds=%d ldd=%d", a->m, a->n, a->lds,
+                       a->ldd);
     }
     if (be->ops->copy2d) {
         return be->ops->copy2d(be, a);

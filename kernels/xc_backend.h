@@ -40,30 +40,30 @@ typedef struct xc_row_range {
 
 /* y (m, n) = alpha * x (m, k) @ w (n, k)^T [+ bias (n)] [+ y if accumulate]. */
 typedef struct xc_matmul_args {
-    const float *x;    /* (m, k), row stride ldx */
-    const void *w;     /* (n, k) dense row-major, dtype w_dtype */
-    xc_dtype w_dtype;  /* f32, f16 or bf16 */
-    const void *bias;  /* (n) or NULL, dtype bias_dtype */
+    const float *x;   /* (m, k), row stride ldx */
+    const void *w;    /* (n, k) dense row-major, dtype w_dtype */
+    xc_dtype w_dtype; /* f32, f16 or bf16 */
+    const void *bias; /* (n) or NULL, dtype bias_dtype */
     xc_dtype bias_dtype;
-    float *y;          /* (m, n), row stride ldy; must not alias x */
+    float *y; /* (m, n), row stride ldy; must not alias x */
     int m, n, k;
-    int ldx, ldy;      /* 0 = dense */
-    float alpha;       /* 0 is read as 1 so zero-initialised args mean a plain product */
-    bool accumulate;   /* add into y instead of overwriting it */
+    int ldx, ldy;    /* 0 = dense */
+    float alpha;     /* 0 is read as 1 so zero-initialised args mean a plain product */
+    bool accumulate; /* add into y instead of overwriting it */
 } xc_matmul_args;
 
 /* Partial LoRA on row ranges only: for each row r inside a range,
  * y[r] += scale * b (n, rank) @ (a (rank, k) @ x[r]). Rows outside every range are untouched;
  * with n_ranges == 0 the op does nothing. Ranges must be sorted, disjoint and inside [0, m). */
 typedef struct xc_plora_args {
-    const float *x;   /* (m, k), row stride ldx */
-    const void *a;    /* Plora_A (rank, k), dtype ab_dtype */
-    const void *b;    /* Plora_B (n, rank), dtype ab_dtype */
+    const float *x; /* (m, k), row stride ldx */
+    const void *a;  /* Plora_A (rank, k), dtype ab_dtype */
+    const void *b;  /* Plora_B (n, rank), dtype ab_dtype */
     xc_dtype ab_dtype;
-    float *y;         /* (m, n), row stride ldy */
+    float *y; /* (m, n), row stride ldy */
     int m, n, k, rank;
     int ldx, ldy;
-    float scale;      /* lora_alpha / lora_r */
+    float scale; /* lora_alpha / lora_r */
     const xc_row_range *ranges;
     int n_ranges;
 } xc_plora_args;
@@ -71,10 +71,10 @@ typedef struct xc_plora_args {
 /* RMSNorm (InternLM2): y = x * rsqrt(mean(x^2) + eps) * w; LayerNorm (CLIP):
  * y = (x - mean) * rsqrt(var + eps) * w + b. y may equal x. */
 typedef struct xc_norm_args {
-    const float *x;   /* (m, n), row stride ldx */
-    float *y;         /* (m, n), row stride ldy */
-    const void *w;    /* (n), dtype wb_dtype */
-    const void *b;    /* (n) or NULL (LayerNorm only), dtype wb_dtype */
+    const float *x; /* (m, n), row stride ldx */
+    float *y;       /* (m, n), row stride ldy */
+    const void *w;  /* (n), dtype wb_dtype */
+    const void *b;  /* (n) or NULL (LayerNorm only), dtype wb_dtype */
     xc_dtype wb_dtype;
     int m, n;
     int ldx, ldy;
@@ -86,8 +86,8 @@ typedef struct xc_norm_args {
  * angle = pos * theta^(-2d/head_dim), with inv_freq = theta^(-2d/head_dim) and the angle each
  * rounded to f32 as the HF tables are built. In place on (m, n_heads, head_dim). */
 typedef struct xc_rope_args {
-    float *x;             /* (m, n_heads * head_dim), row stride ldx */
-    const int32_t *pos;   /* (m) absolute positions (host memory on every backend) */
+    float *x;           /* (m, n_heads * head_dim), row stride ldx */
+    const int32_t *pos; /* (m) absolute positions (host memory on every backend) */
     int m, n_heads, head_dim;
     int ldx;
     float theta;
@@ -97,19 +97,20 @@ typedef struct xc_rope_args {
  * rows name the same slot, the later row wins.
  * A slot is block * block_size + offset in a cache of (n_slots, width) rows. */
 typedef struct xc_kv_store_args {
-    const float *k;         /* (m, width), row stride ldk */
-    const float *v;         /* (m, width), row stride ldv */
-    float *k_cache;         /* (n_slots, width) */
-    float *v_cache;         /* (n_slots, width) */
-    const int32_t *slots;   /* (m) host memory */
+    const float *k;       /* (m, width), row stride ldk */
+    const float *v;       /* (m, width), row stride ldv */
+    float *k_cache;       /* (n_slots, width) */
+    float *v_cache;       /* (n_slots, width) */
+    const int32_t *slots; /* (m) host memory */
     int m, width, ldk, ldv;
-    int n_slots;            /* bounds check */
+    int n_slots; /* bounds check */
 } xc_kv_store_args;
 
 /* One sequence of an attention call. Its n_q query rows are positions kv_len - n_q .. kv_len - 1
- * (causal) and see keys 0 .. their own position; without causal every query sees all kv_len keys. */
+ * (causal) and see keys 0 .. their own position; without causal every query sees all kv_len keys.
+ */
 typedef struct xc_attn_seq {
-    int q_start;                /* first row of this sequence in q/out */
+    int q_start; /* first row of this sequence in q/out */
     int n_q;
     int kv_len;                 /* keys visible to the last query (cache length after this step) */
     const int32_t *block_table; /* host memory: (ceil(kv_len / block_size)) cache blocks, or NULL
@@ -121,43 +122,43 @@ typedef struct xc_attn_seq {
  * Softmax in f32 with the max subtracted. out = softmax(q k^T * scale) v. head_dim <= 512; out
  * may be q (same stride); query rows of different sequences must not overlap. */
 typedef struct xc_attention_args {
-    const float *q;        /* (rows, n_heads * head_dim), row stride ldq */
-    float *out;            /* (rows, n_heads * head_dim), row stride ldo */
-    const float *k;        /* paged: (n_blocks * block_size, n_kv_heads * head_dim);
-                              contiguous: (rows, n_kv_heads * head_dim) with row stride ldkv */
-    const float *v;        /* same layout as k */
+    const float *q; /* (rows, n_heads * head_dim), row stride ldq */
+    float *out;     /* (rows, n_heads * head_dim), row stride ldo */
+    const float *k; /* paged: (n_blocks * block_size, n_kv_heads * head_dim);
+                       contiguous: (rows, n_kv_heads * head_dim) with row stride ldkv */
+    const float *v; /* same layout as k */
     int ldq, ldo, ldkv;
     int n_heads, n_kv_heads, head_dim;
-    int block_size;        /* paged mode only */
-    float scale;           /* usually 1/sqrt(head_dim); 0 is read as 1/sqrt(head_dim) */
+    int block_size; /* paged mode only */
+    float scale;    /* usually 1/sqrt(head_dim); 0 is read as 1/sqrt(head_dim) */
     bool causal;
     const xc_attn_seq *seqs; /* host memory */
     int n_seqs;
 } xc_attention_args;
 
 typedef enum xc_act_kind {
-    XC_ACT_SILU_MUL = 0,  /* y = silu(x) * x2 (SwiGLU: x = gate w1, x2 = up w3) */
-    XC_ACT_GELU = 1,      /* y = 0.5 x (1 + erf(x / sqrt 2)), exact (vision_proj) */
-    XC_ACT_QUICK_GELU = 2,/* y = x * sigmoid(1.702 x) (CLIP MLP) */
-    XC_ACT_ADD = 3,       /* y = x + x2 (residual) */
+    XC_ACT_SILU_MUL = 0,   /* y = silu(x) * x2 (SwiGLU: x = gate w1, x2 = up w3) */
+    XC_ACT_GELU = 1,       /* y = 0.5 x (1 + erf(x / sqrt 2)), exact (vision_proj) */
+    XC_ACT_QUICK_GELU = 2, /* y = x * sigmoid(1.702 x) (CLIP MLP) */
+    XC_ACT_ADD = 3,        /* y = x + x2 (residual) */
 } xc_act_kind;
 
 /* Elementwise ops on (m, n). y may equal x. */
 typedef struct xc_act_args {
     xc_act_kind kind;
-    const float *x;   /* (m, n), row stride ldx */
-    const float *x2;  /* (m, n), row stride ldx2; SILU_MUL and ADD only */
-    float *y;         /* (m, n), row stride ldy */
+    const float *x;  /* (m, n), row stride ldx */
+    const float *x2; /* (m, n), row stride ldx2; SILU_MUL and ADD only */
+    float *y;        /* (m, n), row stride ldy */
     int m, n;
     int ldx, ldx2, ldy;
 } xc_act_args;
 
 /* y[i] = table[ids[i]] converted to f32. ids outside [0, vocab) are XC_ERR_ARG. */
 typedef struct xc_embed_args {
-    const void *table;    /* (vocab, n), dtype table_dtype */
+    const void *table; /* (vocab, n), dtype table_dtype */
     xc_dtype table_dtype;
-    const int32_t *ids;   /* (m) host memory */
-    float *y;             /* (m, n), row stride ldy */
+    const int32_t *ids; /* (m) host memory */
+    float *y;           /* (m, n), row stride ldy */
     int m, n, vocab, ldy;
 } xc_embed_args;
 
@@ -175,11 +176,11 @@ typedef struct xc_patchify_args {
  * of the input row (before temperature; first maximum wins) into argmax (host memory, m entries)
  * when argmax != NULL. */
 typedef struct xc_softmax_args {
-    float *x;             /* (m, n), row stride ldx */
+    float *x; /* (m, n), row stride ldx */
     int m, n, ldx;
     float temperature;
-    bool skip_softmax;    /* only compute argmax */
-    int32_t *argmax;      /* (m) or NULL */
+    bool skip_softmax; /* only compute argmax */
+    int32_t *argmax;   /* (m) or NULL */
 } xc_softmax_args;
 
 /* 2-D strided copy (like cudaMemcpy2D) within backend memory: dst[r][0..n) = src[r][0..n) for

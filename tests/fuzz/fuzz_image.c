@@ -1,16 +1,20 @@
-/* libFuzzer harness: arbitrary bytes through the PNG path of the image decoder, then the resize
- * and normalization the vision worker runs. Inputs of other formats are skipped so that each
- * harness spends its time on one decoder. Limits keep single inputs fast. */
+/* libFuzzer harness: arbitrary bytes through one decoder of the image path (the format is chosen at
+ * build time with XC_FUZZ_IMAGE_FORMAT: one binary per decoder, so each spends its time on one),
+ * then the resize and normalization the vision worker runs. Limits keep single inputs fast. */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "xc_image.h"
 
+#ifndef XC_FUZZ_IMAGE_FORMAT
+#error "build with -DXC_FUZZ_IMAGE_FORMAT=XC_IMAGE_FORMAT_JPEG (or _PNG, _WEBP)"
+#endif
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (xc_image_detect(data, size) != XC_IMAGE_FORMAT_PNG) {
+    if (xc_image_detect(data, size) != XC_FUZZ_IMAGE_FORMAT) {
         return 0;
     }
     xc_image_limits lim = {.max_bytes = 1u << 20, .max_pixels = 1u << 20, .max_images = 1};
