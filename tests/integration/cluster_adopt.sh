@@ -49,7 +49,7 @@ wait_line() { # wait_line PATTERN SECONDS: in the current coordinator's answers
     sleep 0.1
   done
 }
-roles() { sed -n 's/.*assigned worker \([^:]*\): \(.*\) layers.*/\1 \2/p' "$T/coord$1.log" | sort -u; }
+roles() { sed -n 's/.*assigned worker \([^:]*\): \([a-z]* replica [0-9]* stage [0-9]*\).*/\1 \2/p' "$T/coord$1.log" | sort -u; }
 answers() { grep -E "^(t1|i2|s5) " "$T/out$N.txt" | sort; }
 run_requests() {
   cat "$T/req.txt" >&3
