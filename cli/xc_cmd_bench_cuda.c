@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "xc_bench_ckpt.h"
 #include "xc_cli.h"
 
 /* The `--backend` value in argv, or NULL (both "--backend X" and "--backend=X"). */
@@ -51,46 +52,6 @@ int xc_cmd_bench_vision_cuda(int argc, char **argv) {
 #include "xc_vision.h"
 
 /* ---- shared ---- */
-
-/* Writes the random checkpoint of c into dir unless a stamp file says it is already there. */
-static xc_status cb_ensure_ckpt(const char *dir, const xc_tiny_conf *c, const char *stamp) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/xcpipe-bench.stamp", dir);
-    char *old = NULL;
-    if (xc_file_read_all(path, 4096, &old, NULL) == XC_OK) {
-        int same = strcmp(old, stamp) == 0;
-        xc_free(old);
-        if (same) {
-            return XC_OK;
-        }
-    }
-    fprintf(stderr, "bench: writing a random checkpoint to %s ...\n", dir);
-    xc_tiny_conf w = *c;
-    w.force = true;
-    XC_TRY(xc_tiny_write(dir, &w));
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        return xc_errf(XC_ERR_IO, "cannot write %s", path);
-    }
-    fputs(stamp, f);
-    fclose(f);
-    return XC_OK;
-}
-
-static int cb_int_list(const char *s, int *out, int max) {
-    int n = 0;
-    const char *p = s;
-    while (*p && n < max) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v <= 0 || v > 1 << 20 || (*end && *end != ',')) {
-            return -1;
-        }
-        out[n++] = (int)v;
-        p = *end == ',' ? end + 1 : end;
-    }
-    return *p ? -1 : n;
-}
 
 static int cb_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -220,7 +181,7 @@ int xc_cmd_bench_model_cuda(int argc, char **argv) {
         return 2;
     }
     int batches[8], pps[8];
-    int n_b = cb_int_list(c.batches, batches, 8), n_pp = cb_int_list(c.pp, pps, 8);
+    int n_b = xc_bench_int_list(c.batches, batches, 8), n_pp = xc_bench_int_list(c.pp, pps, 8);
     if (n_b <= 0 || n_pp <= 0) {
         fprintf(stderr, "xcpipe bench model: --batches and --pp take comma-separated counts\n");
         return 2;
@@ -250,7 +211,7 @@ int xc_cmd_bench_model_cuda(int argc, char **argv) {
     if (cb_probe("bench model", c.device) != 0) {
         return 1;
     }
-    st = cb_ensure_ckpt(dir, &tc, stamp);
+    st = xc_bench_ensure_ckpt(dir, &tc, stamp);
     if (st != XC_OK) {
         xc_cli_report("bench model", dir, st);
         return 1;
@@ -415,33 +376,20 @@ int xc_cmd_bench_vision_cuda(int argc, char **argv) {
         return 2;
     }
     int sizes[8];
-    int n_sizes = cb_int_list(c.sizes, sizes, 8);
+    int n_sizes = xc_bench_int_list(c.sizes, sizes, 8);
     if (n_sizes <= 0) {
         fprintf(stderr, "xcpipe bench vision: --sizes takes comma-separated sizes\n");
         return 2;
     }
     xc_tiny_conf tc;
-    xc_tiny_conf_init(&tc, "vl");
-    tc.seed = 2;
-    tc.hidden = 4096; /* the projector's real output width; one thin decoder layer */
-    tc.layers = 1;
-    tc.heads = 32;
-    tc.kv_heads = 8;
-    tc.intermediate = 64;
-    tc.vocab = 64;
-    tc.lora_rank = 8;
-    tc.vision_dim = 1024;
-    tc.vision_layers = 24;
-    tc.vision_mlp = 4096;
-    tc.pos_table_original = true; /* 577 rows: interpolated to any grid at load */
-    tc.dtype = XC_DTYPE_BF16;
+    xc_bench_vision_conf(&tc, 1024, 24, XC_DTYPE_BF16);
     const char *stamp = "cuda-vision-vitl14-bf16";
     char dir[512];
     snprintf(dir, sizeof dir, "%s", c.dir ? c.dir : "/tmp/xcpipe-bench-cuda-vision-vitl14-bf16");
     if (cb_probe("bench vision", c.device) != 0) {
         return 1;
     }
-    st = cb_ensure_ckpt(dir, &tc, stamp);
+    st = xc_bench_ensure_ckpt(dir, &tc, stamp);
     if (st != XC_OK) {
         xc_cli_report("bench vision", dir, st);
         return 1;

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "xc_bench_ckpt.h"
 #include "xc_cli.h"
 #include "xc_conf.h"
 #include "xc_engine.h"
@@ -20,7 +21,7 @@
 /* ---- shared: a cached random checkpoint ---- */
 
 /* Writes the checkpoint of c into dir unless dir already holds one made from the same stamp. */
-static xc_status ensure_ckpt(const char *dir, const xc_tiny_conf *c, const char *stamp) {
+xc_status xc_bench_ensure_ckpt(const char *dir, const xc_tiny_conf *c, const char *stamp) {
     char path[1024];
     snprintf(path, sizeof path, "%s/xcpipe-bench.stamp", dir);
     char *old = NULL;
@@ -48,22 +49,19 @@ static xc_status ensure_ckpt(const char *dir, const xc_tiny_conf *c, const char 
     return XC_OK;
 }
 
-static int parse_int_list(const char *s, int *out, int max) {
+int xc_bench_int_list(const char *s, int *out, int max) {
     int n = 0;
     const char *p = s;
     while (*p && n < max) {
         char *end;
         long v = strtol(p, &end, 10);
-        if (end == p || v <= 0 || v > 1 << 20) {
+        if (end == p || v <= 0 || v > 1 << 20 || (*end && *end != ',')) {
             return -1;
         }
         out[n++] = (int)v;
         p = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') {
-            return -1;
-        }
     }
-    return n;
+    return *p ? -1 : n;
 }
 
 /* ---- bench model ---- */
@@ -150,7 +148,7 @@ int xc_cmd_bench_model(int argc, char **argv) {
         return 2;
     }
     int threads[8], pps[8];
-    int n_thr = parse_int_list(c.threads, threads, 8), n_pp = parse_int_list(c.pp, pps, 8);
+    int n_thr = xc_bench_int_list(c.threads, threads, 8), n_pp = xc_bench_int_list(c.pp, pps, 8);
     if (n_thr <= 0 || n_pp <= 0) {
         fprintf(stderr, "xcpipe bench model: --threads and --pp take comma-separated counts\n");
         return 2;
@@ -184,7 +182,7 @@ int xc_cmd_bench_model(int argc, char **argv) {
     if (!c.dir) {
         snprintf(dir, sizeof dir, "/tmp/xcpipe-bench-model-%s", stamp);
     }
-    st = ensure_ckpt(dir, &tc, stamp);
+    st = xc_bench_ensure_ckpt(dir, &tc, stamp);
     if (st != XC_OK) {
         xc_cli_report("bench model", dir, st);
         return 1;
@@ -280,6 +278,23 @@ int xc_cmd_bench_model(int argc, char **argv) {
 
 /* ---- bench vision ---- */
 
+void xc_bench_vision_conf(xc_tiny_conf *tc, int width, int layers, xc_dtype dtype) {
+    xc_tiny_conf_init(tc, "vl");
+    tc->seed = 2;
+    tc->hidden = 4096; /* the projector's real output width; one thin decoder layer */
+    tc->layers = 1;
+    tc->heads = 32;
+    tc->kv_heads = 8;
+    tc->intermediate = 64;
+    tc->vocab = 64;
+    tc->lora_rank = 8;
+    tc->vision_dim = width;
+    tc->vision_layers = layers;
+    tc->vision_mlp = 4 * width;
+    tc->pos_table_original = true; /* 577 rows: interpolated to any grid at load */
+    tc->dtype = dtype;
+}
+
 typedef struct bv_conf {
     const char *sizes, *dir, *weights;
     int threads, images, layers, width;
@@ -316,35 +331,23 @@ int xc_cmd_bench_vision(int argc, char **argv) {
         return 2;
     }
     int sizes[8];
-    int n_sizes = parse_int_list(c.sizes, sizes, 8);
+    int n_sizes = xc_bench_int_list(c.sizes, sizes, 8);
     if (n_sizes <= 0) {
         fprintf(stderr, "xcpipe bench vision: --sizes takes comma-separated sizes\n");
         return 2;
     }
     xc_tiny_conf tc;
-    xc_tiny_conf_init(&tc, "vl");
-    tc.seed = 2;
-    tc.hidden = 4096; /* the projector's real output width; one thin decoder layer */
-    tc.layers = 1;
-    tc.heads = 32;
-    tc.kv_heads = 8;
-    tc.intermediate = 64;
-    tc.vocab = 64;
-    tc.lora_rank = 8;
-    tc.vision_dim = c.width;
-    tc.vision_layers = c.layers;
-    tc.vision_mlp = 4 * c.width;
-    tc.pos_table_original = true; /* 577 rows: interpolated to any grid at load */
-    tc.dtype = !strcmp(c.weights, "f32")   ? XC_DTYPE_F32
-               : !strcmp(c.weights, "f16") ? XC_DTYPE_F16
-                                           : XC_DTYPE_BF16;
+    xc_bench_vision_conf(&tc, c.width, c.layers,
+                         !strcmp(c.weights, "f32")   ? XC_DTYPE_F32
+                         : !strcmp(c.weights, "f16") ? XC_DTYPE_F16
+                                                     : XC_DTYPE_BF16);
     char stamp[128], dir[512];
     snprintf(stamp, sizeof stamp, "vision-w%d-l%d-%s", c.width, c.layers, c.weights);
     snprintf(dir, sizeof dir, "%s", c.dir ? c.dir : "");
     if (!c.dir) {
         snprintf(dir, sizeof dir, "/tmp/xcpipe-bench-%s", stamp);
     }
-    st = ensure_ckpt(dir, &tc, stamp);
+    st = xc_bench_ensure_ckpt(dir, &tc, stamp);
     if (st != XC_OK) {
         xc_cli_report("bench vision", dir, st);
         return 1;
