@@ -216,7 +216,6 @@ static xc_status run_rows(xc_engine *e, eng_seq *s, const int32_t *ids, int star
     xc_row_range ranges[64];
     int n_r = 0;
     size_t img_row = 0;
-    const xc_vision_info *vi = e->vision ? xc_vision_get_info(e->vision) : NULL;
     if (p) {
         for (int r = 0; r < p->n_img; r++) {
             int a = p->img[r].start, b = p->img[r].end;
@@ -237,7 +236,6 @@ static xc_status run_rows(xc_engine *e, eng_seq *s, const int32_t *ids, int star
                                            (b < start + n ? b : start + n) - start};
         }
     }
-    (void)vi;
     xc_llm_seq seq = {
         .n_tokens = n, .pos0 = start, .block_table = s->blocks, .img = ranges, .n_img = n_r};
     xc_llm_batch b = {.seqs = &seq,
