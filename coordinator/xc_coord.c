@@ -15,7 +15,7 @@
 #include "xc_log.h"
 #include "xc_mem.h"
 #include "xc_mmap.h"
-#include "xc_sampler.h"
+#include "xc_sampling.h"
 #include "xc_sched.h"
 #include "xc_time.h"
 
