@@ -789,11 +789,50 @@ static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
     return XC_OK;
 }
 
+xc_status xc_api_json_precheck(const char *body, size_t len, int max_depth, long max_nodes) {
+    /* values = 1 (the root) + one per element of every container = 1 + commas + the containers
+     * that hold anything (exact for valid JSON) */
+    int depth = 0;
+    long nodes = 1;
+    bool opened = false; /* the last significant character opened a container */
+    for (size_t i = 0; i < len; i++) {
+        char c = body[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+            continue;
+        }
+        if (opened && c != '}' && c != ']') {
+            nodes++;
+        }
+        opened = false;
+        if (c == '"') { /* skip the string */
+            for (i++; i < len && body[i] != '"'; i++) {
+                i += body[i] == '\\';
+            }
+        } else if (c == '{' || c == '[') {
+            if (++depth > max_depth) {
+                return xc_errf(XC_ERR_ARG, "JSON nested deeper than %d levels", max_depth);
+            }
+            opened = true;
+        } else if (c == '}' || c == ']') {
+            depth--;
+        } else if (c == ',') {
+            nodes++;
+        }
+        if (nodes > max_nodes) {
+            return xc_errf(XC_ERR_ARG, "JSON with more than %ld values", max_nodes);
+        }
+    }
+    return XC_OK;
+}
+
 xc_status xc_api_parse(const xc_api_conf *conf, const char *body, size_t len, xc_api_request *out,
                        xc_api_error *err) {
     pthread_once(&g_hooks_once, cjson_hooks_once);
     memset(out, 0, sizeof *out);
     memset(err, 0, sizeof *err);
+    if (xc_api_json_precheck(body, len, XC_API_MAX_JSON_DEPTH, XC_API_MAX_JSON_NODES) != XC_OK) {
+        return BAD(NULL, "the body is too complex: %s", xc_err_last());
+    }
     cJSON *o = cJSON_ParseWithLength(body, len);
     if (!o) {
         return BAD(NULL, "the body is not valid JSON");
