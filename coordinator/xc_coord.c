@@ -1014,7 +1014,8 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                                       .n_penalty_ids = n_pen,
                                       .penalty_ids = pen,
                                       .logprobs = q->logprobs, /* api helper */
-                                      .top_logprobs = (uint32_t)q->top};
+                                      .top_logprobs = (uint32_t)q->top,
+                                      .choice = q->sp.choice};
         }
         seqs[i] = (xc_wire_seq){.id = it->id,
                                 .first_pos = (uint32_t)it->first_pos,
@@ -1354,7 +1355,11 @@ static xc_status check_request(const xc_coord *c, const xc_coord_request *r) {
                       .top_k = s->top_k,
                       .top_p = s->top_p,
                       .repetition_penalty = s->repetition_penalty,
-                      .seed = s->seed};
+                      .seed = s->seed,
+                      .choice = s->choice};
+    if (s->choice >= 65536) {
+        return xc_errf(XC_ERR_ARG, "choice index %u is not below 65536", s->choice);
+    }
     return xc_sampling_validate(&sp);
 }
 

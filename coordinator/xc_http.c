@@ -829,7 +829,8 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *c
     }
     for (int i = 0; i < j->n && st == XC_OK; i++) {
         choice *ch = &j->ch[i];
-        p.req.sampling.seed = seed0 + (uint64_t)i;
+        p.req.sampling.seed = seed0; /* one seed; each choice its own stream */
+        p.req.sampling.choice = (uint32_t)i;
         p.req.logprobs = j->req.logprobs;
         p.req.top_logprobs = j->req.top_logprobs;
         st = xc_coord_submit(h->c, &p.req, on_event, ch, &ch->id);

@@ -19,7 +19,8 @@ typedef struct xc_sampling {
     int top_k;                /* 0 = off; keeps every token >= the k-th largest (ties kept) */
     float top_p;              /* (0, 1]; 1 = off; nucleus as HF TopPLogitsWarper */
     float repetition_penalty; /* 1 = off; HF rule: positive logits / p, negative * p */
-    uint64_t seed;
+    uint64_t seed;            /* any 64-bit value; distinct seeds give distinct streams */
+    uint32_t choice;          /* index of the choice (n > 1) drawing from the seed; 0 = first */
 } xc_sampling;
 
 /* The defaults of the original chat(): sampling, T 1.0, top-p 0.8, top-k 50 (transformers'

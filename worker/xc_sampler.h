@@ -1,5 +1,7 @@
 /* Token sampling with the Hugging Face logits-processor order: repetition penalty, temperature,
- * top-k, top-p, then a draw from the softmax with a per-request seeded generator. */
+ * top-k, top-p, then a draw from the softmax. The draw's randomness is a pure function of
+ * (seed, choice index, token position): a sequence resumed at position p (re-prefilled with its
+ * prompt and the tokens already produced) draws exactly what it would have drawn. */
 #pragma once
 
 #include <stdbool.h>
@@ -10,9 +12,19 @@
 
 typedef struct xc_sampler xc_sampler;
 
-/* Per-sequence sampler state over a vocabulary of n_vocab logits. */
+/* Per-sequence sampler state over a vocabulary of n_vocab logits; the next token's position is 0
+ * until xc_sampler_set_position. */
 xc_status xc_sampler_create(int n_vocab, const xc_sampling *params, xc_sampler **out);
 void xc_sampler_destroy(xc_sampler *s);
+
+/* The position in the sequence of the token the next xc_sampler_sample draws (the prompt's row
+ * count for the first generated token); every sample advances it by one. */
+void xc_sampler_set_position(xc_sampler *s, uint64_t pos);
+
+/* The uniform in [0, 1) (53 bits) that the draw at (seed, choice, pos) uses: a counter-based
+ * generator (three rounds of the splitmix64 finalizer, each a bijection of the previous state, so
+ * for a fixed (choice, pos) distinct seeds never share a state). */
+double xc_sampler_uniform(uint64_t seed, uint32_t choice, uint64_t pos);
 
 /* Marks ids as seen for the repetition penalty (the prompt ids where the original penalizes them,
  * and every generated token — xc_sampler_sample marks its own pick). Ids outside the vocabulary

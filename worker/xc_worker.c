@@ -147,11 +147,13 @@ static xc_status seq_add(xc_worker *w, uint64_t id, const xc_wire_sampling *ws) 
                       .top_k = (int)ws->top_k,
                       .top_p = ws->top_p,
                       .repetition_penalty = ws->repetition_penalty,
-                      .seed = ws->seed};
+                      .seed = ws->seed,
+                      .choice = ws->choice};
     seq_state s = {
         .id = id, .prompt_len = ws->prompt_len, .logprobs = ws->logprobs, .top = ws->top_logprobs};
     if (!w->sim && w->stage + 1 == w->n_stages) { /* only the last stage samples */
         XC_TRY(xc_sampler_create(w->vocab, &sp, &s.smp));
+        xc_sampler_set_position(s.smp, ws->prompt_len); /* the first generated token's */
         for (size_t k = 0; k < ws->n_penalty_ids; k++) {
             int32_t t = (int32_t)ws->penalty_ids[k];
             xc_status st = xc_sampler_observe(s.smp, &t, 1);

@@ -219,6 +219,9 @@ static void test_api_parse_errors(void **state) {
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"user\":1}", 400, "user");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":\"x\"}", 400, "seed");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":0.5}", 400, "seed");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":18446744073709551616}", 400, "seed");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":-9223372036854775809}", 400, "seed");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":1e3}", 400, "seed");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"n\":0}", 400, "n");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"n\":5}", 400, "n");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"stop\":5}", 400, "stop");
@@ -840,10 +843,38 @@ static void test_api_json_precheck(void **state) {
     xc_free(body);
 }
 
+/* seed: any 64-bit integer, read exactly (cJSON's double would merge 2^53 and 2^53 + 1). */
+static void test_api_seed_64_bits(void **state) {
+    (void)state;
+    xc_api_conf c = conf_default();
+    const char *in[] = {"9007199254740992",
+                        "9007199254740993",
+                        "18446744073709551615",
+                        "-9223372036854775808",
+                        "0",
+                        " -1 "};
+    const uint64_t want[] = {9007199254740992ull, 9007199254740993ull, UINT64_MAX, 1ull << 63, 0,
+                             UINT64_MAX};
+    for (int i = 0; i < 6; i++) {
+        char body[256];
+        snprintf(body, sizeof body,
+                 "{\"user\":\"seed\",\"stream_options\":null,\"model\":\"tiny\",\"seed\":%s,"
+                 "\"messages\":[{\"role\":\"user\",\"content\":\"seed\"}]}",
+                 in[i]);
+        xc_api_request r;
+        xc_api_error e;
+        assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+        assert_true(r.has_seed);
+        assert_true(r.seed == want[i]);
+        xc_api_request_fini(&r);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_api_parse_defaults),
         cmocka_unit_test(test_api_json_precheck),
+        cmocka_unit_test(test_api_seed_64_bits),
         cmocka_unit_test(test_api_parse_every_parameter),
         cmocka_unit_test(test_api_parse_errors),
         cmocka_unit_test(test_api_images_and_prepare),
