@@ -215,12 +215,17 @@ static void xc_cuda_close(xc_backend *be) {
     if (!c) {
         return;
     }
-    cudaSetDevice(c->device);
-    if (c->stream) {
-        cudaStreamSynchronize(c->stream);
+    /* teardown: nothing to return, so failures are logged (a fault left on the stream shows
+     * here if nothing reported it before) */
+    cudaError_t e = cudaSetDevice(c->device);
+    if (e == cudaSuccess && c->stream) {
+        e = cudaStreamSynchronize(c->stream);
     }
-    if (c->blas) {
-        cublasDestroy(c->blas);
+    if (e != cudaSuccess) {
+        XC_LOG_ERROR("cuda: close: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    if (c->blas && cublasDestroy(c->blas) != CUBLAS_STATUS_SUCCESS) {
+        XC_LOG_ERROR("cuda: close: cublasDestroy failed");
     }
     cudaFree(c->conv);
     cudaFree(c->tmp);
