@@ -30,8 +30,8 @@ static const xc_conf_entry worker_entries[] = {
                 "compute backend; sim does no math and sleeps per the cost model"),
     XC_CONF_INT("device", "XC_CUDA_DEVICE", worker_flags, device, 0, 0, 1024,
                 "cuda: device ordinal, counted among the devices CUDA_VISIBLE_DEVICES leaves"),
-    XC_CONF_FLOAT("device-mem-frac", "XC_DEVICE_MEM_FRAC", worker_flags, device_mem_frac, 0.9, 0.01,
-                  1,
+    XC_CONF_FLOAT("device-mem-frac", "XC_DEVICE_MEM_FRAC", worker_flags, device_mem_frac, 0.9,
+                  0.001, 1,
                   "cuda: share of the device's free memory (measured at start) to advertise to "
                   "placement and KV sizing; two workers on one GPU: 0.45 each"),
     XC_CONF_INT("device-mem-mb", "XC_DEVICE_MEM_MB", worker_flags, device_mem_mb, 0, 0, 1 << 30,
