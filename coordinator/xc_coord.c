@@ -679,7 +679,10 @@ static void on_register(xc_coord *c, const xc_wire_register *r) {
     memset(w, 0, sizeof *w);
     snprintf(w->id, sizeof w->id, "%s", r->worker_id);
     snprintf(w->endpoint, sizeof w->endpoint, "%s", r->endpoint);
-    w->mem = r->host_mem_bytes + r->device_mem_bytes;
+    /* a CUDA worker holds its weights and KV pool in device memory: size it by that */
+    w->mem = r->backend == XC_WIRE_BACKEND_CUDA && r->device_mem_bytes
+                 ? r->device_mem_bytes
+                 : r->host_mem_bytes + r->device_mem_bytes;
     w->role = -1;
     w->want = (xc_place_want)r->role;
     if (xc_transport_open(w->endpoint, XC_TRANSPORT_SEND, c->conf.tconf, &w->tx) != XC_OK) {

@@ -7,6 +7,7 @@
 #include <fnmatch.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -393,35 +394,85 @@ static void store(xc_dtype t, void *dst, uint64_t i, float v) {
     }
 }
 
-static float sample(const tspec *s, uint64_t key, uint64_t i) {
+/* Element i of stream key: mean + std * N(0,1), or with c->uniform mean + std * U(-sqrt 3,
+ * sqrt 3) (the same mean and variance from one hash, for benchmarks). */
+static float sample(const xc_tiny_conf *c, const tspec *s, uint64_t key, uint64_t i) {
+    if (c->uniform) {
+        double u = (double)(mix64(key + i * 0x9e3779b97f4a7c15ull) >> 11) * 0x1p-53; /* [0, 1) */
+        return (float)((double)s->mean + (double)s->std * 1.7320508075688772 * (2.0 * u - 1.0));
+    }
     return (float)((double)s->mean + (double)s->std * normal_at(key, i));
 }
 
-static xc_status fill_tensor(void *user, size_t index, void *dst, size_t nbytes) {
-    const gen *g = user;
-    const tspec *s = &g->t[index];
-    xc_dtype dt = g->c->dtype;
-    uint64_t n = numel(s);
-    XC_ASSERT(n * xc_dtype_size(dt) == nbytes);
+/* Fills elements [lo, hi) (TK_NORMAL) or rows [lo, hi) (TK_QKV) of one tensor. */
+typedef struct fill_part {
+    const gen *g;
+    const tspec *s;
+    void *dst;
+    uint64_t lo, hi;
+} fill_part;
+
+static void *fill_range(void *arg) {
+    const fill_part *p = arg;
+    const xc_tiny_conf *c = p->g->c;
+    const tspec *s = p->s;
+    xc_dtype dt = c->dtype;
     if (s->kind == TK_NORMAL) {
-        uint64_t key = stream_key(g->c->seed, s->name);
-        for (uint64_t i = 0; i < n; i++) {
-            store(dt, dst, i, sample(s, key, i));
+        uint64_t key = stream_key(c->seed, s->name);
+        for (uint64_t i = p->lo; i < p->hi; i++) {
+            store(dt, p->dst, i, sample(c, s, key, i));
         }
-        return XC_OK;
+        return NULL;
     }
     uint64_t keys[3];
     for (int w = 0; w < 3; w++) {
-        keys[w] = qkv_key(g->c, s->name, w);
+        keys[w] = qkv_key(c, s->name, w);
     }
     int64_t cols = s->shape[1];
-    for (int64_t r = 0; r < s->shape[0]; r++) {
+    for (int64_t r = (int64_t)p->lo; r < (int64_t)p->hi; r++) {
         int which;
         int64_t lrow;
-        qkv_row(g->c, r, &which, &lrow);
+        qkv_row(c, r, &which, &lrow);
         for (int64_t k = 0; k < cols; k++) {
-            store(dt, dst, (uint64_t)(r * cols + k),
-                  sample(s, keys[which], (uint64_t)(lrow * cols + k)));
+            store(dt, p->dst, (uint64_t)(r * cols + k),
+                  sample(c, s, keys[which], (uint64_t)(lrow * cols + k)));
+        }
+    }
+    return NULL;
+}
+
+#define FILL_THREADS_MAX 64
+
+/* Every value depends on (seed, name, index) only, so the bytes are the same whatever the number
+ * of threads (c->threads) that share the tensor out in contiguous parts. */
+static xc_status fill_tensor(void *user, size_t index, void *dst, size_t nbytes) {
+    const gen *g = user;
+    const tspec *s = &g->t[index];
+    uint64_t n = numel(s);
+    XC_ASSERT(n * xc_dtype_size(g->c->dtype) == nbytes);
+    uint64_t units = s->kind == TK_NORMAL ? n : (uint64_t)s->shape[0];
+    uint64_t per_unit = s->kind == TK_NORMAL ? 1 : (uint64_t)s->shape[1];
+    int nt = g->c->threads > 1 ? g->c->threads : 1;
+    nt = nt > FILL_THREADS_MAX ? FILL_THREADS_MAX : nt;
+    while (nt > 1 && units * per_unit / (uint64_t)nt < (1u << 16)) { /* not worth a thread */
+        nt--;
+    }
+    fill_part parts[FILL_THREADS_MAX];
+    pthread_t tid[FILL_THREADS_MAX];
+    bool started[FILL_THREADS_MAX] = {false};
+    for (int t = 0; t < nt; t++) {
+        parts[t] = (fill_part){g, s, dst, units * (uint64_t)t / (uint64_t)nt,
+                               units * (uint64_t)(t + 1) / (uint64_t)nt};
+    }
+    for (int t = 1; t < nt; t++) { /* a thread that cannot start leaves its part to the caller */
+        started[t] = pthread_create(&tid[t], NULL, fill_range, &parts[t]) == 0;
+    }
+    fill_range(&parts[0]);
+    for (int t = 1; t < nt; t++) {
+        if (started[t]) {
+            pthread_join(tid[t], NULL);
+        } else {
+            fill_range(&parts[t]);
         }
     }
     return XC_OK;
@@ -442,7 +493,7 @@ xc_status xc_tiny_qkv_logical(const xc_tiny_conf *c, int layer, bool lora_b, int
     tspec s = {.mean = 0, .std = lora_b ? 0.5f * inv_sqrt(c->lora_rank) : inv_sqrt(c->hidden)};
     uint64_t key = qkv_key(c, name, which);
     for (int64_t i = 0; i < rows * cols; i++) {
-        out[i] = sample(&s, key, (uint64_t)i);
+        out[i] = sample(c, &s, key, (uint64_t)i);
     }
     return XC_OK;
 }

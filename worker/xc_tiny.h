@@ -41,6 +41,10 @@ typedef struct xc_tiny_conf {
     int shards;            /* 1 = single file; N > 1 = N shards plus the HF index json */
     const char *tokenizer; /* copied to DIR/tokenizer.model, or NULL */
     bool force;            /* replace checkpoint files already in DIR */
+    /* generation */
+    int threads;  /* threads filling each tensor (0 or 1: the caller alone); same bytes for any */
+    bool uniform; /* values uniform with each tensor's mean and std instead of normal: one hash
+                     per value, many times faster (benchmark checkpoints; not the fixtures) */
 } xc_tiny_conf;
 
 /* Fills c with the defaults of a variant ("7b" or "vl"; anything else is left for

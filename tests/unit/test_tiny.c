@@ -394,6 +394,54 @@ static void test_tiny_value_scales(void **state) {
     xc_ckpt_close(ck);
 }
 
+/* The bytes do not depend on the number of threads filling the tensors (parts split inside
+ * tensors of more than 2^16 values, wqkv by rows), for normal and for uniform values; uniform
+ * values keep each tensor's mean and standard deviation and differ from the normal ones. */
+static void test_tiny_threads_and_uniform(void **state) {
+    (void)state;
+    xc_tiny_conf c;
+    xc_tiny_conf_init(&c, "7b");
+    c.dtype = XC_DTYPE_F32;
+    c.hidden = 256;
+    c.intermediate = 512;
+    c.vocab = 4096;
+    for (int u = 0; u < 2; u++) {
+        c.uniform = u;
+        c.threads = 1;
+        gen(u ? "thr_u1" : "thr_n1", &c);
+        c.threads = 5;
+        gen(u ? "thr_u5" : "thr_n5", &c);
+        char a[160], b[160];
+        snprintf(a, sizeof a, "%s/%s/model.safetensors", tmpdir, u ? "thr_u1" : "thr_n1");
+        snprintf(b, sizeof b, "%s/%s/model.safetensors", tmpdir, u ? "thr_u5" : "thr_n5");
+        assert_true(same_file(a, b));
+    }
+    char a[160], b[160];
+    snprintf(a, sizeof a, "%s/thr_n1/model.safetensors", tmpdir);
+    snprintf(b, sizeof b, "%s/thr_u1/model.safetensors", tmpdir);
+    assert_false(same_file(a, b));
+    char dir[128];
+    sub(dir, sizeof dir, "thr_u5");
+    xc_ckpt *ck = NULL;
+    assert_int_equal(xc_ckpt_open(dir, &ck), XC_OK);
+    xc_tensor_view v;
+    assert_int_equal(xc_ckpt_get(ck, "model.tok_embeddings.weight", &v), XC_OK);
+    const float *p = v.data;
+    size_t n = v.nbytes / 4;
+    double s = 0, s2 = 0, mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        s += p[i];
+        s2 += (double)p[i] * p[i];
+        mx = fabs(p[i]) > mx ? fabs(p[i]) : mx;
+    }
+    double mean = s / (double)n, sd = sqrt(s2 / (double)n - mean * mean);
+    /* N(0, 1) as U(-sqrt 3, sqrt 3): mean 0, std 1, nothing beyond sqrt 3 */
+    if (fabs(mean) > 5 / sqrt((double)n) || fabs(sd - 1) > 0.01 || mx > 1.7320509) {
+        fail_msg("uniform embeddings: mean %g std %g max %g", mean, sd, mx);
+    }
+    xc_ckpt_close(ck);
+}
+
 static void test_tiny_options(void **state) {
     (void)state;
     xc_tiny_conf c;
@@ -501,6 +549,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_wqkv_interleave),
         cmocka_unit_test(test_tiny_value_scales),
         cmocka_unit_test(test_tiny_options),
+        cmocka_unit_test(test_tiny_threads_and_uniform),
         cmocka_unit_test(test_tiny_rejects_bad_conf),
     };
     strcpy(tmpdir, "/tmp/xc_tiny_XXXXXX");
