@@ -211,7 +211,8 @@ static void capture(void *user, int stage, const float *hidden, int rows, int wi
 }
 
 static xc_engine *engine(int stages) {
-    xc_engine_conf c = {.model_dir = dir, .n_threads = 0, .n_stages = stages};
+    /* one prefill chunk for the whole prompt, so each stage callback sees every row */
+    xc_engine_conf c = {.model_dir = dir, .n_threads = 0, .n_stages = stages, .chunk = 4096};
     xc_engine *e = NULL;
     if (xc_engine_create(&c, &e) != XC_OK) {
         fail_msg("engine: %s", xc_err_last());
@@ -311,6 +312,10 @@ static void test_full_width_greedy(void **state) {
 }
 
 int main(void) {
+    const char *only = getenv("XC_TEST_FILTER"); /* e.g. "*prefill" to run one test */
+    if (only && only[0]) {
+        cmocka_set_test_filter(only);
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_width_vision),
         cmocka_unit_test(test_full_width_prefill),
