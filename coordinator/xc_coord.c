@@ -305,9 +305,14 @@ static void send_assign(xc_coord *c, int wi) {
     if (send_ctl(c, w, &ctl) != XC_OK) {
         XC_LOG_WARN("assign to %s failed: %s", w->id, xc_err_last());
     } else {
-        XC_LOG_INFO("assigned worker %s: %s replica %d stage %d units [%u, %u)", w->id,
-                    w->role == 0 ? "vision" : "decoder", w->role ? w->replica : 0,
-                    w->role ? w->stage : 0, a.unit_begin, a.unit_end);
+        /* the placement's memory prediction for the stage (weights + KV budget), which
+         * scripts/full-scale compares with the worker's RSS */
+        double pred = w->role == 0 ? 0
+                                   : xc_place_unit_stage_bytes(&c->cost, a.unit_begin, a.unit_end,
+                                                               (int)a.n_stages, w->stage);
+        XC_LOG_INFO("assigned worker %s: %s replica %d stage %d units [%u, %u) predicted %.0f MB",
+                    w->id, w->role == 0 ? "vision" : "decoder", w->role ? w->replica : 0,
+                    w->role ? w->stage : 0, a.unit_begin, a.unit_end, pred / 1e6);
     }
 }
 

@@ -62,6 +62,9 @@ struct xc_http {
     bool stopping;
     uint64_t canary_ok_ns; /* last success (0 = never) */
     bool canary_last_ok;
+    bool canary_inflight;    /* a canary is waiting for its answer */
+    double canary_last_s;    /* how long the latest successful canary took (0 = none yet) */
+    double canary_spacing_s; /* pause between canaries: max(interval, 9 x canary_last_s) */
     char canary_why[256];
 };
 
@@ -120,7 +123,13 @@ static const xc_conf_entry http_entries[] = {
     XC_CONF_FLOAT("request-timeout", "XC_REQUEST_TIMEOUT", xc_http_flags, request_timeout_s, 600, 0,
                   86400, "per-request deadline in seconds (0 = none)"),
     XC_CONF_FLOAT("canary-interval", "XC_CANARY_INTERVAL", xc_http_flags, canary_interval_s, 2, 0,
-                  3600, "seconds between /ready canary requests (0 = no canary)"),
+                  3600,
+                  "seconds between /ready canary requests (0 = no canary); at least 9x the "
+                  "latest canary's time, so canaries take at most 10 % of the pipeline"),
+    XC_CONF_FLOAT("canary-timeout", "XC_CANARY_TIMEOUT", xc_http_flags, canary_timeout_s, 600, 0,
+                  86400,
+                  "seconds the first canary (a full image prefill) may take; later ones may take "
+                  "3x the previous one's time, and never less than 2x interval + 5"),
     XC_CONF_BOOL("log-prompts", "XC_LOG_PROMPTS", xc_http_flags, log_prompts, 0,
                  "log request prompts (off: prompts are never logged)"),
 };
@@ -929,7 +938,7 @@ static bool http_stopping(xc_http *h) {
 /* One greedy token from a prompt with one image (when vision is served) through the whole
  * pipeline. Returns true on success; why gets the reason otherwise. The wait for the answer ends
  * early when the server stops (xc_http_destroy must not wait for it). */
-static bool canary_once(xc_http *h, char *why, size_t why_len) {
+static bool canary_once(xc_http *h, double limit, char *why, size_t why_len) {
     int T = h->api.image_tokens, S = h->api.image_size;
     int n = (S > 0 ? T : 0) + 3;
     int32_t *ids = xc_calloc((size_t)n, sizeof *ids);
@@ -967,7 +976,6 @@ static bool canary_once(xc_http *h, char *why, size_t why_len) {
         canary_unref(k);
         return false;
     }
-    double limit = h->f.canary_interval_s * 2 + 5;
     uint64_t end = xc_now_ns() + (uint64_t)(limit * 1e9);
     pthread_mutex_lock(&k->lock);
     while (!k->done && xc_now_ns() < end && !http_stopping(h)) {
@@ -999,7 +1007,25 @@ static void *canary_main(void *arg) {
         char why[256] = "";
         bool ok = false;
         if (xc_coord_ready(h->c)) {
-            ok = canary_once(h, why, sizeof why);
+            /* at full size on a CPU the canary's image prefill takes minutes: the first one gets
+             * --canary-timeout, later ones 3x the previous one's time */
+            double limit = h->f.canary_interval_s * 2 + 5;
+            double grace = h->canary_last_s > 0 ? 3 * h->canary_last_s : h->f.canary_timeout_s;
+            limit = grace > limit ? grace : limit;
+            pthread_mutex_lock(&h->lock);
+            h->canary_inflight = true;
+            pthread_mutex_unlock(&h->lock);
+            double t0 = xc_now_s();
+            ok = canary_once(h, limit, why, sizeof why);
+            double took = xc_now_s() - t0;
+            pthread_mutex_lock(&h->lock);
+            h->canary_inflight = false;
+            if (ok) {
+                h->canary_last_s = took;
+                double sp = 9 * took;
+                h->canary_spacing_s = sp > h->f.canary_interval_s ? sp : h->f.canary_interval_s;
+            }
+            pthread_mutex_unlock(&h->lock);
         } else {
             snprintf(why, sizeof why, "the coordinator is not ready");
         }
@@ -1018,7 +1044,7 @@ static void *canary_main(void *arg) {
         snprintf(h->canary_why, sizeof h->canary_why, "%s", why);
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        double iv = ok ? h->f.canary_interval_s : 0.25; /* retry soon after a failure */
+        double iv = ok ? h->canary_spacing_s : 0.25; /* retry soon after a failure */
         ts.tv_sec += (time_t)iv;
         ts.tv_nsec += (long)((iv - (double)(time_t)iv) * 1e9);
         ts.tv_sec += ts.tv_nsec / 1000000000L;
@@ -1032,7 +1058,8 @@ static void *canary_main(void *arg) {
 }
 
 /* Ready = the coordinator's readiness (every role placed, loaded, heartbeating) and, with the
- * canary on, the latest canary succeeded within 3 intervals. */
+ * canary on, the latest canary succeeded and another is in flight or that success is at most 3
+ * canary spacings + 5 s old. */
 static bool is_ready(xc_http *h, char *why, size_t n) {
     if (!xc_coord_ready(h->c)) {
         snprintf(why, n, "not every stage is placed, loaded and heartbeating");
@@ -1042,8 +1069,10 @@ static bool is_ready(xc_http *h, char *why, size_t n) {
         return true;
     }
     pthread_mutex_lock(&h->lock);
+    /* an in-flight canary counts until its limit ends it */
     bool ok = h->canary_last_ok &&
-              xc_now_ns() - h->canary_ok_ns < (uint64_t)(3 * h->f.canary_interval_s * 1e9) + 5e9;
+              (h->canary_inflight ||
+               xc_now_ns() - h->canary_ok_ns < (uint64_t)(3 * h->canary_spacing_s * 1e9) + 5e9);
     snprintf(why, n, "%s", h->canary_why[0] ? h->canary_why : "no canary has succeeded yet");
     pthread_mutex_unlock(&h->lock);
     return ok;
@@ -1385,6 +1414,7 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
     h->f = *f;
     h->c = c;
     h->started = (long)time(NULL);
+    h->canary_spacing_s = f->canary_interval_s;
     atomic_init(&h->next_id, rand64() & 0xffffffffffffull);
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->cond, NULL);

@@ -33,6 +33,7 @@ typedef struct xc_http_flags {
     int max_n, max_tokens, default_max_tokens, max_images, max_image_mpixels, max_image_mb;
     double request_timeout_s;
     double canary_interval_s; /* 0 = no canary (/ready = the coordinator's readiness) */
+    double canary_timeout_s;  /* first canary's answer limit (later: 3x the last one's time) */
     bool log_prompts;
     bool no_http;       /* --no-http: serve no HTTP (line protocol only) */
     bool port_explicit; /* --port or XC_PORT was given (set by xc_http_cli_extract) */
