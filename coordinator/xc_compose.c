@@ -1495,8 +1495,17 @@ xc_status xc_compose_run(xc_compose *s, const xc_compose_request *req, xc_compos
     xc_status st =
         xc_compose_article(s, req->instruction, req->up, req->n_up, &r->paras, &r->n_paras);
     if (st == XC_OK && !req->llm_only) {
-        st = xc_compose_loc(s, r->paras, r->n_paras, req->up, req->n_up,
-                            req->image_num ? req->image_num : "", &r->locs, &r->n_locs);
+        if (req->positions) {
+            r->locs = xc_calloc((size_t)req->n_positions + 1, sizeof *r->locs);
+            st = r->locs ? XC_OK : fail(s, XC_ERR_NOMEM, "out of memory");
+            for (int i = 0; st == XC_OK && i < req->n_positions; i++) {
+                r->locs[i] = req->positions[i];
+            }
+            r->n_locs = req->n_positions;
+        } else {
+            st = xc_compose_loc(s, r->paras, r->n_paras, req->up, req->n_up,
+                                req->image_num ? req->image_num : "", &r->locs, &r->n_locs);
+        }
         if (st == XC_OK && req->n_up == 0) {
             char **caps = NULL;
             st = xc_compose_captions(s, r->paras, r->n_paras, r->locs, r->n_locs, &caps);

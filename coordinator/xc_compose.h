@@ -203,6 +203,10 @@ typedef struct xc_compose_request {
     int n_up;
     const char *image_num; /* NULL/"" = automatic */
     bool llm_only;
+    /* extension: where the images go (paragraph indices, as generate_loc's answer would give
+     * them); generate_loc is skipped. NULL = ask the model, as the demo does. */
+    const int *positions;
+    int n_positions;
 } xc_compose_request;
 
 typedef struct xc_compose_slot {

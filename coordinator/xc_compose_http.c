@@ -487,6 +487,8 @@ typedef struct comp_req {
     char **urls;
     int n_urls;
     char image_num[16];
+    int *positions; /* extension: fixed image positions (NULL = the model's) */
+    int n_positions;
     bool llm_only, with_meta, stream, return_images;
     xc_compose_sampling sampling;
     int max_tokens;
@@ -507,6 +509,7 @@ static void comp_req_fini(comp_req *r) {
     }
     xc_free(r->paras);
     xc_free(r->edit_instruction);
+    xc_free(r->positions);
     memset(r, 0, sizeof *r);
 }
 
@@ -663,6 +666,28 @@ static xc_status parse_compose(const xc_compose_http *h, const char *body, size_
     }
     if (st == XC_OK) {
         st = bool_of(o, "llm_only", &r->llm_only, err);
+    }
+    const cJSON *pos = cJSON_GetObjectItemCaseSensitive(o, "positions");
+    if (st == XC_OK && pos) {
+        int n = cJSON_GetArraySize(pos);
+        if (!cJSON_IsArray(pos) || n > XC_COMPOSE_MAX_SECTION) {
+            st = BAD("positions", "positions must be an array of at most %d paragraph indices",
+                     XC_COMPOSE_MAX_SECTION);
+        } else {
+            r->positions = xc_calloc((size_t)n + 1, sizeof *r->positions);
+            st = r->positions ? XC_OK : XC_ERR_NOMEM;
+            for (int i = 0; st == XC_OK && i < n; i++) {
+                const cJSON *e = cJSON_GetArrayItem(pos, i);
+                if (!cJSON_IsNumber(e) || e->valuedouble < 0 ||
+                    e->valuedouble >= XC_COMPOSE_MAX_SECTION ||
+                    e->valuedouble != floor(e->valuedouble)) {
+                    st = BAD("positions", "positions[%d] must be an integer in [0, %d)", i,
+                             XC_COMPOSE_MAX_SECTION);
+                }
+                r->positions[i] = (int)e->valuedouble;
+            }
+            r->n_positions = n;
+        }
     }
     if (st == XC_OK) {
         st = bool_of(o, "return_images", &r->return_images, err);
@@ -997,7 +1022,9 @@ static void run_composition(run_ctx *rc) {
                                  .up = rc->up,
                                  .n_up = rc->n_up,
                                  .image_num = rc->req.image_num,
-                                 .llm_only = rc->req.llm_only};
+                                 .llm_only = rc->req.llm_only,
+                                 .positions = rc->req.positions,
+                                 .n_positions = rc->req.n_positions};
         xc_compose_result res;
         xc_status st = xc_compose_run(&s, &cr, &res);
         if (st == XC_OK) {
