@@ -11,6 +11,7 @@
 
 #include "xc_chat.h"
 #include "xc_mem.h"
+#include "xc_mmap.h"
 
 /* ---- the original's strings ---- */
 
@@ -513,6 +514,23 @@ void xc_compose_conf_defaults(xc_compose_conf *c) {
                                         .repetition_penalty = 1.005f,
                                         .seed = 1234};
     c->article_max_tokens = 4096;
+    c->clean_up_spaces = true;
+}
+
+bool xc_compose_read_clean_up(const char *model_dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", model_dir);
+    char *data = NULL;
+    size_t n = 0;
+    if (!model_dir || xc_file_read_all(path, 1u << 20, &data, &n) != XC_OK) {
+        return true;
+    }
+    cJSON *o = cJSON_ParseWithLength(data, n);
+    xc_free(data);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "clean_up_tokenization_spaces");
+    bool r = !cJSON_IsFalse(v);
+    cJSON_Delete(o);
+    return r;
 }
 
 void xc_compose_init(xc_compose *s, const xc_compose_conf *conf) {
@@ -671,48 +689,104 @@ static xc_status run(xc_compose *s, const char *step, const xc_compose_prompt *p
     return XC_OK;
 }
 
-/* decode(ids, skip_special_tokens=True) then the demo's removal of the two turn markers. */
-static xc_status decode_clean(xc_compose *s, const xc_tokens *t, size_t from, char **out) {
-    size_t len;
-    xc_status st = xc_tokenizer_decode(s->conf->tok, t->ids + from, t->n - from, out, &len);
+/* HF's clean_up_tokenization: each replacement over the whole string, in this order. */
+static void clean_up(char *t) {
+    static const char *const rep[][2] = {
+        {" .", "."},     {" ?", "?"},   {" !", "!"},   {" ,", ","},     {" ' ", "'"},
+        {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+    for (size_t k = 0; k < sizeof rep / sizeof rep[0]; k++) {
+        size_t fl = strlen(rep[k][0]), tl = strlen(rep[k][1]);
+        char *w = t;
+        for (const char *r = t; *r;) {
+            if (!strncmp(r, rep[k][0], fl)) {
+                memcpy(w, rep[k][1], tl);
+                w += tl;
+                r += fl;
+            } else {
+                *w++ = *r++;
+            }
+        }
+        *w = 0;
+    }
+}
+
+/* tokenizer.decode(ids) as the original InternLMXComposer2Tokenizer does it (transformers 4.33):
+ * with skip_special, BOS/EOS/UNK/PAD ids are dropped first; otherwise each special token ends a
+ * run of pieces, the run is decoded on its own (so its first piece loses its leading space) and
+ * the special token's text follows, with one space put before the run when the previous token
+ * was not special; then clean_up_tokenization once (convert_tokens_to_string) and once more when
+ * the model's tokenizer_config.json says clean_up_tokenization_spaces (the default). */
+static xc_status hf_decode(xc_compose *s, const int32_t *ids, size_t n, bool skip_special,
+                           char **out) {
+    const xc_tokenizer *tok = s->conf->tok;
+    const xc_tokenizer_special *sp = xc_tokenizer_special_ids(tok);
+    sb b = {0};
+    int32_t *run = xc_malloc((n + 1) * sizeof *run);
+    if (!run) {
+        return fail(s, XC_ERR_NOMEM, "out of memory");
+    }
+    size_t nr = 0;
+    bool prev_special = false;
+    xc_status st = XC_OK;
+    for (size_t i = 0; i <= n && st == XC_OK; i++) {
+        int32_t id = i < n ? ids[i] : -1;
+        bool special =
+            i < n && id >= 0 && (id == sp->bos || id == sp->eos || id == sp->unk || id == sp->pad);
+        if (special && skip_special) {
+            continue;
+        }
+        if (i < n && !special) {
+            run[nr++] = id;
+            prev_special = false;
+            continue;
+        }
+        if (special && !prev_special) {
+            sb_add(&b, " ");
+        }
+        if (nr > 0) {
+            char *d = NULL;
+            size_t dl;
+            st = xc_tokenizer_decode(tok, run, nr, &d, &dl);
+            if (st == XC_OK) {
+                sb_addn(&b, d, dl);
+            }
+            xc_free(d);
+            nr = 0;
+        }
+        if (special) {
+            size_t pl;
+            const char *pc = xc_tokenizer_id_to_piece(tok, id, &pl);
+            sb_addn(&b, pc ? pc : "", pc ? pl : 0);
+            prev_special = true;
+        }
+    }
+    xc_free(run);
     if (st != XC_OK) {
+        xc_free(b.p);
         return fail(s, st, "decode: %s", xc_err_last());
     }
+    *out = sb_take(&b);
+    if (!*out) {
+        return fail(s, XC_ERR_NOMEM, "out of memory");
+    }
+    clean_up(*out);
+    if (s->conf->clean_up_spaces) {
+        clean_up(*out);
+    }
+    return XC_OK;
+}
+
+/* generate()'s answer: decode(skip_special_tokens=True) then the removal of the turn markers. */
+static xc_status decode_clean(xc_compose *s, const xc_tokens *t, size_t from, char **out) {
+    XC_TRY(hf_decode(s, t->ids + from, t->n - from, true, out));
     remove_all(*out, IM_END);
     remove_all(*out, IM_START);
     return XC_OK;
 }
 
-/* decode(ids) with special tokens kept as their text, as the selections decode their answer. */
+/* decode(ids) with special tokens kept as their text (the streams and the selections). */
 static xc_status decode_special(xc_compose *s, const xc_tokens *t, size_t from, char **out) {
-    const xc_tokenizer_special *sp = xc_tokenizer_special_ids(s->conf->tok);
-    sb b = {0};
-    size_t run0 = from;
-    for (size_t i = from; i <= t->n; i++) {
-        int32_t id = i < t->n ? t->ids[i] : -1;
-        bool special = i < t->n && (id == sp->bos || id == sp->eos || id == sp->unk);
-        if (i == t->n || special) {
-            if (i > run0) {
-                char *d = NULL;
-                size_t dl;
-                xc_status st = xc_tokenizer_decode(s->conf->tok, t->ids + run0, i - run0, &d, &dl);
-                if (st != XC_OK) {
-                    xc_free(b.p);
-                    return fail(s, st, "decode: %s", xc_err_last());
-                }
-                sb_addn(&b, d, dl);
-                xc_free(d);
-            }
-            if (special) {
-                size_t pl;
-                const char *pc = xc_tokenizer_id_to_piece(s->conf->tok, id, &pl);
-                sb_addn(&b, pc ? pc : "", pc ? pl : 0);
-            }
-            run0 = i + 1;
-        }
-    }
-    *out = sb_take(&b);
-    return *out ? XC_OK : fail(s, XC_ERR_NOMEM, "out of memory");
+    return hf_decode(s, t->ids + from, t->n - from, false, out);
 }
 
 /* ---- steps ---- */
@@ -749,11 +823,7 @@ xc_status xc_compose_article(xc_compose *s, const char *instruction, const xc_co
     xc_compose_prompt_fini(&p);
     char *out = NULL;
     if (st == XC_OK) {
-        size_t len;
-        st = xc_tokenizer_decode(s->conf->tok, t.ids, t.n, &out, &len);
-        if (st != XC_OK) {
-            fail(s, st, "decode: %s", xc_err_last());
-        }
+        st = decode_special(s, &t, 0, &out); /* decode(output[1:]): the stream's text */
     }
     xc_tokenizer_tokens_fini(&t);
     if (st == XC_OK) {
@@ -1278,11 +1348,7 @@ xc_status xc_compose_edit(xc_compose *s, xc_compose_edit_kind kind, char *const 
     xc_compose_prompt_fini(&p);
     char *d = NULL;
     if (st == XC_OK) {
-        size_t len;
-        st = xc_tokenizer_decode(s->conf->tok, t.ids, t.n, &d, &len);
-        if (st != XC_OK) {
-            fail(s, st, "decode: %s", xc_err_last());
-        }
+        st = decode_special(s, &t, 0, &d);
     }
     xc_tokenizer_tokens_fini(&t);
     if (st != XC_OK) {

@@ -75,12 +75,19 @@ typedef struct xc_compose_conf {
     int image_size;   /* S */
     int max_context;  /* prompt + reply rows the backend accepts (0 = no check) */
     bool with_meta;   /* the demo's "With Meta" box (off by default) */
+    /* the model's tokenizer_config.json clean_up_tokenization_spaces (true when absent): decode
+     * cleans up once more, as transformers does (xc_compose_read_clean_up) */
+    bool clean_up_spaces;
     xc_compose_sampling sampling;
     int article_max_tokens; /* the article's max_new_tokens (the demo's 4096, cut to the context) */
     xc_compose_backend be;
 } xc_compose_conf;
 
 void xc_compose_conf_defaults(xc_compose_conf *c);
+
+/* clean_up_tokenization_spaces of model_dir/tokenizer_config.json (true when the file or the key
+ * is missing, as transformers' default). */
+bool xc_compose_read_clean_up(const char *model_dir);
 
 /* ---- prompts ---- */
 

@@ -603,9 +603,9 @@ static xc_status parse_common(const xc_compose_http *h, const cJSON *o, comp_req
 static xc_status parse_compose(const xc_compose_http *h, const char *body, size_t len, comp_req *r,
                                xc_api_error *err) {
     static const char *const allowed[] = {
-        "model",         "instruction",        "images", "image_count", "llm_only", "with_meta",
-        "seed",          "temperature",        "top_p",  "top_k",       "stream",   "max_tokens",
-        "return_images", "repetition_penalty", NULL};
+        "model",         "instruction",        "images",    "image_count", "llm_only", "with_meta",
+        "seed",          "temperature",        "top_p",     "top_k",       "stream",   "max_tokens",
+        "return_images", "repetition_penalty", "positions", NULL};
     memset(r, 0, sizeof *r);
     r->return_images = true;
     cJSON *o = cJSON_ParseWithLength(body ? body : "", len);
@@ -992,6 +992,7 @@ static void run_composition(run_ctx *rc) {
     conf.image_size = h->conf.api->image_size;
     conf.max_context = h->conf.api->max_context;
     conf.with_meta = rc->req.with_meta;
+    conf.clean_up_spaces = h->conf.clean_up_spaces;
     conf.sampling = rc->req.sampling;
     if (rc->req.max_tokens > 0) {
         conf.article_max_tokens = rc->req.max_tokens;

@@ -23,7 +23,8 @@ typedef struct xc_compose_http_conf {
     xc_coord *c;
     const char *search_url; /* NULL/"" = no image search */
     double search_timeout_s;
-    int max_concurrent; /* compositions in service at once; more get 429 */
+    int max_concurrent;   /* compositions in service at once; more get 429 */
+    bool clean_up_spaces; /* xc_compose_read_clean_up of the model directory */
 } xc_compose_http_conf;
 
 xc_status xc_compose_http_create(const xc_compose_http_conf *conf, xc_compose_http **out);

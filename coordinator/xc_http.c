@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "xc_compose.h"
 #include "xc_compose_http.h"
 #include "xc_conf.h"
 #include "xc_log.h"
@@ -1329,7 +1330,8 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
                                   .c = c,
                                   .search_url = f->image_search_url,
                                   .search_timeout_s = f->image_search_timeout_s,
-                                  .max_concurrent = f->max_concurrent};
+                                  .max_concurrent = f->max_concurrent,
+                                  .clean_up_spaces = xc_compose_read_clean_up(model_dir)};
     XC_TRY_GOTO(xc_compose_http_create(&cconf, &h->compose), st, fail);
     /* the listen address */
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
