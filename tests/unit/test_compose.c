@@ -163,7 +163,9 @@ static xc_status fake_search(void *user, const char *caption, const int64_t *exc
     script *s = user;
     snprintf(s->last_caption, sizeof s->last_caption, "%s", caption);
     s->n_last_exclude = n_ex < 16 ? n_ex : 16;
-    memcpy(s->last_exclude, exclude, (size_t)s->n_last_exclude * sizeof *exclude);
+    if (s->n_last_exclude > 0) {
+        memcpy(s->last_exclude, exclude, (size_t)s->n_last_exclude * sizeof *exclude);
+    }
     int k = s->n_search++;
     memset(out, 0, sizeof *out);
     out->n = k == 1 ? 0 : 3; /* the second slot finds nothing: it is dropped */
