@@ -583,25 +583,42 @@ static cJSON *event_obj(const char *stage) {
  * [UNUSED_TOKEN_0]); the selections (EOS only: no stopping criteria). */
 typedef enum stops { STOPS_STREAM, STOPS_GENERATE, STOPS_EOS } stops;
 
+/* The article as it is written, one token behind: the token that reaches max_length is never
+ * shown (see run), and only the end of the generation tells whether the last one was it. */
 typedef struct delta_ctx {
     xc_compose *s;
     xc_tokenizer_stream ts;
+    int32_t pending; /* -1 = none */
 } delta_ctx;
+
+static void delta_emit(delta_ctx *d, const char *txt, size_t len) {
+    if (len == 0) {
+        return;
+    }
+    cJSON *o = event_obj("article.delta");
+    char *t = xc_malloc(len + 1);
+    if (o && t) {
+        memcpy(t, txt, len);
+        t[len] = 0;
+        cJSON_AddStringToObject(o, "text", t);
+    }
+    xc_free(t);
+    emit(d->s, o);
+}
+
+static void delta_flush(delta_ctx *d) {
+    const char *txt;
+    size_t len;
+    if (d->pending >= 0 && xc_tokenizer_stream_feed(&d->ts, d->pending, &txt, &len) == XC_OK) {
+        delta_emit(d, txt, len);
+    }
+    d->pending = -1;
+}
 
 static void on_delta(void *u, int32_t id) {
     delta_ctx *d = u;
-    const char *txt;
-    size_t len;
-    if (xc_tokenizer_stream_feed(&d->ts, id, &txt, &len) == XC_OK && len > 0) {
-        cJSON *o = event_obj("article.delta");
-        char *t = xc_strdup(txt);
-        if (o && t) {
-            (void)len;
-            cJSON_AddStringToObject(o, "text", t);
-        }
-        xc_free(t);
-        emit(d->s, o);
-    }
+    delta_flush(d);
+    d->pending = id;
 }
 
 /* Runs one model call. images[k] are the step's images; range r shows images[p->img_of[r]]. */
@@ -662,11 +679,19 @@ static xc_status run(xc_compose *s, const char *step, const xc_compose_prompt *p
                             .n_stop_ids = n_stop,
                             .penalize_prompt = !p->embeds};
     s->step_no++;
-    delta_ctx d = {.s = s};
+    delta_ctx d = {.s = s, .pending = -1};
     xc_tokenizer_stream_init(&d.ts, c->tok);
     out->n = 0;
     *stopped = false;
     xc_status st = c->be.generate(c->be.user, &req, deltas ? on_delta : NULL, &d, out, stopped);
+    if (st == XC_OK && deltas && (*stopped || (int)out->n < max_new)) {
+        delta_flush(&d); /* the last token is shown unless it reached max_length */
+    }
+    const char *tail;
+    size_t tl;
+    if (deltas && xc_tokenizer_stream_finish(&d.ts, &tail, &tl) == XC_OK) {
+        delta_emit(&d, tail, tl);
+    }
     xc_tokenizer_stream_fini(&d.ts);
     xc_free(pix);
     if (st != XC_OK) {
