@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "xc_compose.h"
+#include "xc_compose_http.h"
 #include "xc_conf.h"
 #include "xc_log.h"
 #include "xc_mem.h"
@@ -41,7 +43,8 @@ struct xc_http {
     int port;
     char model_name[256];
     char media_dir[PATH_MAX];
-    xc_media_conf media; /* http(s) image URLs */
+    xc_media_conf media;      /* http(s) image URLs */
+    xc_compose_http *compose; /* /v1/compositions (issue 18) */
     /* API keys: --api-keys / XC_API_KEYS, then the key file's; the file's part is replaced by
      * xc_http_reload_keys (SIGHUP) while connection threads read them, hence the lock */
     pthread_rwlock_t keys_lock;
@@ -132,12 +135,20 @@ static const xc_conf_entry http_entries[] = {
                   "3x the previous one's time, and never less than 2x interval + 5"),
     XC_CONF_BOOL("log-prompts", "XC_LOG_PROMPTS", xc_http_flags, log_prompts, 0,
                  "log request prompts (off: prompts are never logged)"),
+    XC_CONF_STR("image-search-url", "XC_IMAGE_SEARCH_URL", xc_http_flags, image_search_url, NULL,
+                NULL,
+                "compositions: image-search service (POST {caption, exclude, need_idxs}; "
+                "docs/compose.md); none = no searched images"),
+    XC_CONF_FLOAT("image-search-timeout", "XC_IMAGE_SEARCH_TIMEOUT", xc_http_flags,
+                  image_search_timeout_s, 30, 0.001, 3600,
+                  "seconds one image-search call may take"),
 };
 
 static const xc_conf_spec http_spec = {
     "HTTP API options (xcpipe-coordinator, xcpipe serve)",
     "The OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models, /health, /ready, "
-    "/metrics. See docs/api.md.",
+    "/metrics; POST /v1/compositions and /v1/compositions/edit (docs/compose.md). See "
+    "docs/api.md.",
     http_entries, sizeof http_entries / sizeof http_entries[0]};
 
 xc_status xc_http_cli_extract(int *argc, char **argv, xc_http_flags *f) {
@@ -1114,6 +1125,8 @@ static const struct {
     {"/metrics", false},
     {"/v1/models", false},
     {"/v1/chat/completions", true},
+    {"/v1/compositions", true},
+    {"/v1/compositions/edit", true},
 };
 
 /* 0: unknown path; 1: known, method fits; -1: known, other method (*allow set). */
@@ -1155,6 +1168,10 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
     }
     if (!strcmp(url, "/v1/chat/completions")) {
         return chat(h, conn, cc);
+    }
+    if (xc_compose_http_is_route(url)) {
+        return xc_compose_http_handle(h->compose, conn, url, method, cc->body.p, cc->body.n,
+                                      cc->too_big);
     }
     if (!strcmp(url, "/v1/models")) {
         return respond_json(h, conn, "models", 200, xc_api_models_json(h->model_name, h->started),
@@ -1487,6 +1504,14 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
                            .media_dir = f->media_dir ? h->media_dir : NULL,
                            .media = h->media.allowed_domains ? &h->media : NULL,
                            .variant = vl ? XC_CHAT_VARIANT_VL : XC_CHAT_VARIANT_7B};
+    xc_compose_http_conf cconf = {.api = &h->api,
+                                  .tok = h->tok,
+                                  .c = c,
+                                  .search_url = f->image_search_url,
+                                  .search_timeout_s = f->image_search_timeout_s,
+                                  .max_concurrent = f->max_concurrent,
+                                  .clean_up_spaces = xc_compose_read_clean_up(model_dir)};
+    XC_TRY_GOTO(xc_compose_http_create(&cconf, &h->compose), st, fail);
     /* the listen address */
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
                              .ai_socktype = SOCK_STREAM,
@@ -1558,9 +1583,11 @@ void xc_http_destroy(xc_http *h) {
     if (h->canary_started) {
         pthread_join(h->canary, NULL);
     }
+    xc_compose_http_stop(h->compose); /* compositions end at their next step */
     if (h->d) {
         MHD_stop_daemon(h->d); /* joins the connection threads: their jobs end first */
     }
+    xc_compose_http_destroy(h->compose);
     for (int i = 0; i < h->n_keys; i++) {
         xc_free(h->keys[i]);
     }

@@ -37,6 +37,9 @@ typedef struct xc_http_flags {
     bool log_prompts;
     bool no_http;       /* --no-http: serve no HTTP (line protocol only) */
     bool port_explicit; /* --port or XC_PORT was given (set by xc_http_cli_extract) */
+
+    const char *image_search_url;  /* compositions: image-search service (docs/compose.md) */
+    double image_search_timeout_s; /* one image-search call */
 } xc_http_flags;
 
 /* Takes the HTTP flags (--host, --port, --api-key-file, ...; see --help) out of argv: on XC_OK
