@@ -1015,7 +1015,17 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                                       .penalty_ids = pen,
                                       .logprobs = q->logprobs, /* api helper */
                                       .top_logprobs = (uint32_t)q->top,
-                                      .choice = q->sp.choice};
+                                      .choice = q->sp.choice,
+                                      .presence_penalty = q->sp.presence_penalty,
+                                      .frequency_penalty = q->sp.frequency_penalty,
+                                      .min_p = q->sp.min_p,
+                                      .min_tokens = (uint32_t)q->sp.min_tokens,
+                                      /* min_tokens: the last stage holds the stop ids back */
+                                      .n_stop_ids = q->sp.min_tokens > 0 ? (size_t)q->n_stop : 0,
+                                      .stop_ids = (const uint32_t *)q->stop,
+                                      .n_logit_bias = (size_t)q->sp.n_logit_bias,
+                                      .logit_bias_ids = q->sp.logit_bias_ids,
+                                      .logit_bias_values = q->sp.logit_bias};
         }
         seqs[i] = (xc_wire_seq){.id = it->id,
                                 .first_pos = (uint32_t)it->first_pos,
@@ -1328,6 +1338,12 @@ static xc_status check_request(const xc_coord *c, const xc_coord_request *r) {
     if (r->n_img < 0 || r->n_img > 64 || r->n_stop_ids < 0 || r->n_stop_ids > 64) {
         return xc_errf(XC_ERR_ARG, "at most 64 images and 64 stop ids");
     }
+    for (int k = 0; k < r->n_stop_ids; k++) {
+        if (r->stop_ids[k] < 0 || r->stop_ids[k] >= c->mi.vocab) {
+            return xc_errf(XC_ERR_ARG, "stop id %d is outside the vocabulary of %d", r->stop_ids[k],
+                           c->mi.vocab);
+        }
+    }
     int prev = 0;
     for (int k = 0; k < r->n_img; k++) {
         if (r->img[k].start < prev || r->img[k].end > r->n ||
@@ -1356,9 +1372,26 @@ static xc_status check_request(const xc_coord *c, const xc_coord_request *r) {
                       .top_p = s->top_p,
                       .repetition_penalty = s->repetition_penalty,
                       .seed = s->seed,
-                      .choice = s->choice};
+                      .choice = s->choice,
+                      .presence_penalty = s->presence_penalty,
+                      .frequency_penalty = s->frequency_penalty,
+                      .min_p = s->min_p,
+                      .min_tokens = s->min_tokens};
     if (s->choice >= 65536) {
         return xc_errf(XC_ERR_ARG, "choice index %u is not below 65536", s->choice);
+    }
+    if (s->n_logit_bias < 0 || s->n_logit_bias > XC_SAMPLING_MAX_LOGIT_BIAS) {
+        return xc_errf(XC_ERR_ARG, "logit_bias has %d entries (at most %d)", s->n_logit_bias,
+                       XC_SAMPLING_MAX_LOGIT_BIAS);
+    }
+    for (int i = 0; i < s->n_logit_bias; i++) {
+        if (s->logit_bias_ids[i] >= (uint32_t)c->mi.vocab ||
+            !(s->logit_bias[i] >= -100.0f && s->logit_bias[i] <= 100.0f)) {
+            return xc_errf(XC_ERR_ARG,
+                           "logit_bias: token %u bias %g (ids below %d, bias in "
+                           "[-100, 100])",
+                           s->logit_bias_ids[i], (double)s->logit_bias[i], c->mi.vocab);
+        }
     }
     return xc_sampling_validate(&sp);
 }

@@ -30,6 +30,13 @@ typedef struct xc_coord_sampling {
     uint64_t seed;
     uint32_t choice; /* choice index among a request's n: the draws are a pure function of
                         (seed, choice, token position) */
+    /* api helper (issue 14): OpenAI/vLLM processors, applied by the last stage */
+    float presence_penalty, frequency_penalty; /* [-2, 2]; 0 = off */
+    float min_p;                               /* [0, 1]; 0 = off */
+    int min_tokens;                            /* stop ids impossible before this many tokens */
+    int n_logit_bias;                          /* <= 300 */
+    uint32_t logit_bias_ids[300];
+    float logit_bias[300]; /* [-100, 100] */
 } xc_coord_sampling;
 
 typedef struct xc_coord_conf {

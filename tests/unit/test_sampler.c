@@ -353,6 +353,203 @@ static void test_sampler_uniform_is_a_good_counter_generator(void **state) {
     assert_true(fabs(cross / N) < 0.002);
 }
 
+/* Naive reference of the whole processor chain of xc_sampler.h in float64, written from the
+ * definitions: logit_bias, min_tokens, HF repetition penalty (over prompt + generated),
+ * OpenAI's frequency/presence penalties (over generated), temperature, top-k (ties kept), HF
+ * top-p, HF min_p; prob = the normalized distribution drawn from (greedy: the argmax in *arg). */
+static void ref_chain(const float *logits, const xc_sampling *p, const int32_t *prompt,
+                      int n_prompt, const int32_t *gen, int n_gen, double *prob, int *arg) {
+    double x[V];
+    for (int i = 0; i < V; i++) {
+        x[i] = logits[i];
+    }
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        x[p->logit_bias_ids[i]] += p->logit_bias[i];
+    }
+    if (n_gen < p->min_tokens) {
+        for (int i = 0; i < p->n_stop_ids; i++) {
+            x[p->stop_ids[i]] = -INFINITY;
+        }
+    }
+    int cnt[V] = {0};
+    unsigned char seen[V] = {0};
+    for (int i = 0; i < n_prompt; i++) {
+        seen[prompt[i]] = 1;
+    }
+    for (int i = 0; i < n_gen; i++) {
+        seen[gen[i]] = 1;
+        cnt[gen[i]]++;
+    }
+    for (int i = 0; i < V; i++) {
+        if (seen[i]) { /* in float, as HF's torch.where on float32 logits */
+            float v = (float)x[i];
+            x[i] = v < 0 ? v * p->repetition_penalty : v / p->repetition_penalty;
+        }
+        if (cnt[i]) {
+            x[i] = (float)x[i] - ((float)cnt[i] * p->frequency_penalty + p->presence_penalty);
+        }
+    }
+    *arg = 0;
+    for (int i = 1; i < V; i++) {
+        *arg = x[i] > x[*arg] ? i : *arg;
+    }
+    double mx = -INFINITY;
+    for (int i = 0; i < V; i++) {
+        x[i] = (float)((float)x[i] / p->temperature);
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    unsigned char keep[V];
+    for (int i = 0; i < V; i++) {
+        keep[i] = x[i] > -INFINITY;
+    }
+    int order[V];
+    for (int i = 0; i < V; i++) {
+        order[i] = i;
+    }
+    for (int i = 0; i < V; i++) { /* descending, ties by id */
+        for (int j = i + 1; j < V; j++) {
+            if (x[order[j]] > x[order[i]] || (x[order[j]] == x[order[i]] && order[j] < order[i])) {
+                int t = order[i];
+                order[i] = order[j];
+                order[j] = t;
+            }
+        }
+    }
+    if (p->top_k > 0 && p->top_k < V) {
+        double kth = x[order[p->top_k - 1]];
+        for (int i = 0; i < V; i++) {
+            keep[i] = keep[i] && x[i] >= kth;
+        }
+    }
+    double sum = 0;
+    for (int i = 0; i < V; i++) {
+        prob[i] = keep[i] ? exp(x[i] - mx) : 0;
+        sum += prob[i];
+    }
+    if (p->top_p < 1.0f) { /* HF: drop while the ascending cumulative mass is <= 1 - top_p */
+        double cum = 0;
+        for (int r = V - 1, last = -1; r >= 0; r--) {
+            int i = order[r];
+            if (!keep[i]) {
+                continue;
+            }
+            (void)last;
+            cum += prob[i] / sum;
+            if (cum <= 1.0 - p->top_p && i != order[0]) {
+                keep[i] = 0;
+            }
+        }
+    }
+    if (p->min_p > 0.0f) {
+        for (int i = 0; i < V; i++) {
+            keep[i] = keep[i] && exp(x[i] - mx) >= p->min_p;
+        }
+    }
+    sum = 0;
+    for (int i = 0; i < V; i++) {
+        prob[i] = keep[i] ? exp(x[i] - mx) : 0;
+        sum += prob[i];
+    }
+    for (int i = 0; i < V; i++) {
+        prob[i] /= sum;
+    }
+}
+
+/* Every processor of issue 14 (alone and together) against ref_chain: greedy picks the
+ * reference's argmax, sampled tokens are always in the reference's support and their frequencies
+ * are within 5 sigma of its probabilities (binomial). A generated history (with repeats) feeds the
+ * penalties; min_tokens is checked on both sides of its bound. */
+static void test_sampler_processors_match_naive_chain(void **state) {
+    (void)state;
+    static xc_sampling cases[8];
+    for (int c = 0; c < 8; c++) {
+        cases[c] = (xc_sampling){.temperature = 1.0f, .top_p = 1.0f, .repetition_penalty = 1.0f};
+    }
+    cases[0].presence_penalty = 1.5f;
+    cases[1].frequency_penalty = 0.8f;
+    cases[1].presence_penalty = -0.5f;
+    cases[2].min_p = 0.05f;
+    cases[3].min_p = 0.2f, cases[3].top_k = 30, cases[3].top_p = 0.9f, cases[3].temperature = 0.8f;
+    cases[4].n_logit_bias = 3;
+    cases[4].logit_bias_ids[0] = 7, cases[4].logit_bias[0] = 100.0f;
+    cases[4].logit_bias_ids[1] = 8, cases[4].logit_bias[1] = 4.5f;
+    cases[4].logit_bias_ids[2] = 9, cases[4].logit_bias[2] = -100.0f;
+    cases[5].min_tokens = 5, cases[5].n_stop_ids = 2, cases[5].stop_ids[0] = 11;
+    cases[5].stop_ids[1] = 12;
+    cases[6] = cases[5];
+    cases[6].min_tokens = 4; /* 4 generated: no longer held back */
+    cases[7].presence_penalty = 0.3f, cases[7].frequency_penalty = 1.1f, cases[7].min_p = 0.01f;
+    cases[7].repetition_penalty = 1.3f, cases[7].top_p = 0.95f, cases[7].n_logit_bias = 1;
+    cases[7].logit_bias_ids[0] = 3, cases[7].logit_bias[0] = 2.0f;
+    float base[V];
+    make_logits(base, 77);
+    base[11] = base[12] = 6.0f; /* the stop ids are likely unless held back */
+    const int32_t prompt[3] = {1, 2, 3};
+    const int32_t gen[4] = {40, 41, 40, 3};
+    for (int c = 0; c < 8; c++) {
+        double prob[V];
+        int arg;
+        ref_chain(base, &cases[c], prompt, 3, gen, 4, prob, &arg);
+        for (int greedy = 1; greedy >= 0; greedy--) {
+            int counts[V] = {0};
+            const int draws = greedy ? 1 : 20000;
+            for (int d = 0; d < draws; d++) {
+                xc_sampling p = cases[c];
+                p.greedy = greedy;
+                p.seed = (uint64_t)d;
+                xc_sampler *s = NULL;
+                assert_int_equal(xc_sampler_create(V, &p, &s), XC_OK);
+                assert_int_equal(xc_sampler_observe(s, prompt, 3), XC_OK);
+                assert_int_equal(xc_sampler_observe_output(s, gen, 4), XC_OK);
+                float x[V];
+                memcpy(x, base, sizeof x);
+                int32_t t;
+                assert_int_equal(xc_sampler_sample(s, x, &t), XC_OK);
+                xc_sampler_destroy(s);
+                if (greedy) {
+                    if (t != arg) {
+                        fail_msg("case %d greedy: %d, reference %d", c, t, arg);
+                    }
+                    continue;
+                }
+                if (prob[t] == 0) {
+                    fail_msg("case %d drew %d outside the reference's support", c, t);
+                }
+                counts[t]++;
+            }
+            for (int i = 0; i < V && !greedy; i++) {
+                double mu = draws * prob[i], sd = sqrt(draws * prob[i] * (1 - prob[i])) + 1;
+                if (fabs(counts[i] - mu) > 5 * sd) {
+                    fail_msg("case %d token %d: %d draws, expected %.1f", c, i, counts[i], mu);
+                }
+            }
+        }
+    }
+    /* the bias and min_tokens decide: +100 makes id 7 the argmax; min_tokens 5 keeps 11/12 out */
+    double prob[V];
+    int arg;
+    ref_chain(base, &cases[4], prompt, 3, gen, 4, prob, &arg);
+    assert_int_equal(arg, 7);
+    ref_chain(base, &cases[5], prompt, 3, gen, 4, prob, &arg);
+    assert_true(prob[11] == 0 && prob[12] == 0);
+    ref_chain(base, &cases[6], prompt, 3, gen, 4, prob, &arg);
+    assert_true(prob[11] > 0.1);
+    /* validation: out-of-range values and ids */
+    xc_sampling bad = cases[0];
+    bad.presence_penalty = 2.5f;
+    assert_int_equal(xc_sampling_validate(&bad), XC_ERR_ARG);
+    bad = cases[2];
+    bad.min_p = 1.5f;
+    assert_int_equal(xc_sampling_validate(&bad), XC_ERR_ARG);
+    bad = cases[4];
+    bad.logit_bias[1] = 101.0f;
+    assert_int_equal(xc_sampling_validate(&bad), XC_ERR_ARG);
+    bad = cases[4];
+    bad.logit_bias_ids[1] = V;
+    xc_sampler *s = NULL;
+    assert_int_equal(xc_sampler_create(V, &bad, &s), XC_ERR_ARG);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sampler_greedy_applies_penalty),
@@ -361,6 +558,7 @@ int main(void) {
         cmocka_unit_test(test_sampler_wide_nucleus_grows_block),
         cmocka_unit_test(test_sampler_validates_params),
         cmocka_unit_test(test_sampler_resumes_at_any_position),
+        cmocka_unit_test(test_sampler_processors_match_naive_chain),
         cmocka_unit_test(test_sampler_uniform_is_a_good_counter_generator),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
