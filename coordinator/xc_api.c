@@ -263,14 +263,15 @@ static xc_status image_from_url(const xc_api_conf *conf, const char *url, const 
             return BAD(param, "file:// URL is too long");
         }
         path[o] = 0;
+        /* a missing file and one outside the directory get the same answer: the error must
+         * not tell which files exist on this host */
         char real[PATH_MAX], dir[PATH_MAX];
-        if (!realpath(conf->media_dir, dir) || !realpath(path, real)) {
-            return BAD(param, "file:// image not found");
-        }
-        size_t dl = strlen(dir);
-        if (strncmp(real, dir, dl) != 0 || (real[dl] != '/' && dl > 1)) {
-            return xc_api_error_set(err, 403, "permission_error", NULL, param,
-                                    "file:// image is outside the allowed media directory");
+        bool ok = realpath(conf->media_dir, dir) && realpath(path, real);
+        size_t dl = ok ? strlen(dir) : 0;
+        if (!ok || strncmp(real, dir, dl) != 0 || (real[dl] != '/' && dl > 1)) {
+            return xc_api_error_set(err, 403, "permission_error", "media_not_allowed", param,
+                                    "file:// image is not a file below the allowed media "
+                                    "directory");
         }
         char *data = NULL;
         size_t n = 0;

@@ -80,6 +80,7 @@ bigimg=$(base64 -w0 "$T/big.png")
 expect 400 image_too_large "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,$bigimg\"}}]}]}"
 expect 400 - "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"https://example.com/x.png\"}}]}]}"
 expect 403 - "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"file:///etc/hostname\"}}]}]}"
+expect 403 media_not_allowed "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"file://$FIX/image/src/missing.png\"}}]}]}"
 expect 200 - "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",\"max_tokens\":3,\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"file://$FIX/image/src/png_p4bit_80x60.png\"}},{\"type\":\"text\",\"text\":\"hi\"}]}]}"
 # the deadline (1.5 s): 8 greedy choices of 3000 tokens take longer
 expect 408 request_timeout "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",$MSG,\"max_tokens\":3000,\"n\":8,\"temperature\":0,\"ignore_eos\":true}"

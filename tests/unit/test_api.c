@@ -425,7 +425,8 @@ static void test_api_file_urls(void **state) {
     assert_memory_equal(r.images[0].data, data, n);
     xc_free(data);
     xc_api_request_fini(&r);
-    /* escaping the directory with .. is refused (403), a missing file is 400 */
+    /* escaping the directory with .. (an existing file), a missing file inside it and one
+     * outside it: the same 403 and the same message (nothing tells which files exist) */
     expect_error(&c,
                  "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
                  "\"image_url\",\"image_url\":{\"url\":\"file://" XC_FIXTURE_DIR
@@ -435,7 +436,22 @@ static void test_api_file_urls(void **state) {
                  "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
                  "\"image_url\",\"image_url\":{\"url\":\"file://" XC_FIXTURE_DIR
                  "/image/src/nope.png\"}}]}]}",
-                 400, "messages[0].content[0]");
+                 403, "messages[0].content[0]");
+    const char *paths[] = {"/image/src/../../tokenizer/tiny.meta", "/image/src/nope.png",
+                           "/nope/x.png"};
+    char msg[3][512];
+    for (int i = 0; i < 3; i++) {
+        char body[1024];
+        snprintf(body, sizeof body,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                 "\"image_url\",\"image_url\":{\"url\":\"file://%s%s\"}}]}]}",
+                 XC_FIXTURE_DIR, paths[i]);
+        assert_int_equal(parse(&c, body, &r, &e), XC_ERR_ARG);
+        assert_int_equal(e.http_status, 403);
+        snprintf(msg[i], sizeof msg[i], "%s", e.message);
+    }
+    assert_string_equal(msg[0], msg[1]);
+    assert_string_equal(msg[0], msg[2]);
 }
 
 static void test_api_prepare_context(void **state) {
