@@ -584,6 +584,15 @@ static const char *const known_keys[] = {
     "logit_bias",
     "response_format",
     "ignore_eos",
+    /* issue 14: vLLM's extra parameters, and fields clients send as null */
+    "min_p",
+    "min_tokens",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
 };
 
 static xc_status check_keys(const cJSON *o, xc_api_error *err) {
@@ -719,18 +728,28 @@ static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
     long long iv;
     const cJSON *v;
     /* model */
-    v = cJSON_GetObjectItemCaseSensitive(o, "model");
-    if (!cJSON_IsString(v)) {
-        return BAD("model", "model is required (a string)");
+    v = get(o, "model");
+    if (v && !cJSON_IsString(v)) {
+        return BAD("model", "model must be a string");
     }
-    if (conf->model_name && strcmp(v->valuestring, conf->model_name) != 0) {
+    if (!v && !conf->model_name) {
+        return BAD("model", "model is required");
+    }
+    if (!v) { /* one model is served: it is the one (as vLLM) */
+        r->model = xc_strdup(conf->model_name);
+        if (!r->model) {
+            return xc_errf(XC_ERR_NOMEM, "out of memory");
+        }
+    } else if (conf->model_name && strcmp(v->valuestring, conf->model_name) != 0) {
         return xc_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
                                 "The model '%.200s' does not exist (this server serves '%.200s')",
                                 v->valuestring, conf->model_name);
     }
-    r->model = xc_strdup(v->valuestring);
-    if (!r->model) {
-        return xc_errf(XC_ERR_NOMEM, "out of memory");
+    if (v) {
+        r->model = xc_strdup(v->valuestring);
+        if (!r->model) {
+            return xc_errf(XC_ERR_NOMEM, "out of memory");
+        }
     }
     /* max_tokens / max_completion_tokens */
     const char *mk[2] = {"max_tokens", "max_completion_tokens"};
@@ -766,14 +785,68 @@ static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
         }
         r->top_k = iv < 0 ? 0 : (int)iv;
     }
-    const char *zero[2] = {"frequency_penalty", "presence_penalty"};
-    for (int i = 0; i < 2; i++) {
-        if ((v = get(o, zero[i])) && (!cJSON_IsNumber(v) || v->valuedouble != 0)) {
-            return BAD(zero[i], "%s is not supported (only 0); use repetition_penalty", zero[i]);
+    XC_TRY(get_float(o, "presence_penalty", -2, 2, false, &r->presence_penalty, err));
+    XC_TRY(get_float(o, "frequency_penalty", -2, 2, false, &r->frequency_penalty, err));
+    XC_TRY(get_float(o, "min_p", 0, 1, false, &r->min_p, err));
+    if ((v = get(o, "min_tokens"))) {
+        if (!json_int_in(v, 0, conf->max_tokens_limit, &iv)) {
+            return BAD("min_tokens", "min_tokens must be an integer in [0, %d]",
+                       conf->max_tokens_limit);
+        }
+        r->min_tokens = (int)iv;
+    }
+    if ((v = get(o, "logit_bias"))) {
+        if (!cJSON_IsObject(v)) {
+            return BAD("logit_bias", "logit_bias must be an object {\"token id\": bias}");
+        }
+        for (const cJSON *k = v->child; k; k = k->next) {
+            char *end = NULL;
+            long id = strtol(k->string, &end, 10);
+            if (!k->string[0] || *end || id < 0 || id > INT32_MAX) {
+                return BAD("logit_bias", "logit_bias key '%.40s' is not a token id", k->string);
+            }
+            if (!cJSON_IsNumber(k) || !(k->valuedouble >= -100 && k->valuedouble <= 100)) {
+                return BAD("logit_bias", "logit_bias values must be numbers in [-100, 100]");
+            }
+            if (r->n_logit_bias == 300) {
+                return BAD("logit_bias", "logit_bias has more than 300 entries");
+            }
+            r->logit_bias_ids[r->n_logit_bias] = (uint32_t)id;
+            r->logit_bias[r->n_logit_bias++] = (float)k->valuedouble;
         }
     }
-    if ((v = get(o, "logit_bias")) && (!cJSON_IsObject(v) || v->child)) {
-        return BAD("logit_bias", "logit_bias is not supported (only {})");
+    if ((v = get(o, "stop_token_ids"))) {
+        if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > 32) {
+            return BAD("stop_token_ids", "stop_token_ids must be an array of at most 32 ids");
+        }
+        for (const cJSON *k = v->child; k; k = k->next) {
+            if (!json_int_in(k, 0, INT32_MAX, &iv)) {
+                return BAD("stop_token_ids", "stop_token_ids must hold token ids");
+            }
+            r->stop_token_ids[r->n_stop_token_ids++] = (int32_t)iv;
+        }
+    }
+    r->skip_special_tokens = true;
+    const char *flags[2] = {"include_stop_str_in_output", "skip_special_tokens"};
+    bool *dst[2] = {&r->include_stop_str_in_output, &r->skip_special_tokens};
+    for (int i = 0; i < 2; i++) {
+        if ((v = get(o, flags[i]))) {
+            if (!cJSON_IsBool(v)) {
+                return BAD(flags[i], "%s must be a boolean", flags[i]);
+            }
+            *dst[i] = cJSON_IsTrue(v);
+        }
+    }
+    /* tools: only absent, null, [] or tool_choice "none" (no tool calling here) */
+    if ((v = get(o, "tools")) && !(cJSON_IsArray(v) && !v->child)) {
+        return BAD("tools", "tools are not supported by this server");
+    }
+    if ((v = get(o, "tool_choice")) && !(cJSON_IsString(v) && (!strcmp(v->valuestring, "none") ||
+                                                               !strcmp(v->valuestring, "auto")))) {
+        return BAD("tool_choice", "tool_choice: only \"none\" (no tools are supported)");
+    }
+    if ((v = get(o, "parallel_tool_calls")) && !cJSON_IsBool(v)) {
+        return BAD("parallel_tool_calls", "parallel_tool_calls must be a boolean");
     }
     if ((v = get(o, "response_format"))) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
@@ -963,8 +1036,11 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
     int ctx = conf->max_context;
     int n = (int)cp.n;
     int max_new = r->max_tokens;
-    if (max_new == 0) {
-        max_new = conf->default_max_tokens < ctx - n ? conf->default_max_tokens : ctx - n;
+    if (max_new == 0) { /* the context left, capped by --default-max-tokens (0 = no cap) */
+        max_new = ctx - n;
+        if (conf->default_max_tokens > 0 && conf->default_max_tokens < max_new) {
+            max_new = conf->default_max_tokens;
+        }
     }
     if (n >= ctx || (long)n + max_new > ctx) {
         xc_chat_prompt_fini(&cp);
@@ -1032,6 +1108,12 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
     out->preprocess_s = xc_now_s() - t0;
     size_t n_stop = 0;
     xc_chat_stop_ids(tok, out->stop_ids, &n_stop);
+    if (r->ignore_eos) {
+        n_stop = 0;
+    }
+    for (int i = 0; i < r->n_stop_token_ids; i++) {
+        out->stop_ids[n_stop++] = r->stop_token_ids[i];
+    }
     out->req = (xc_coord_request){.ids = out->ids,
                                   .n = n,
                                   .img = out->img,
@@ -1042,11 +1124,19 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
                                                .top_k = r->top_k,
                                                .top_p = r->top_p,
                                                .repetition_penalty = r->repetition_penalty,
-                                               .seed = r->seed},
+                                               .seed = r->seed,
+                                               .presence_penalty = r->presence_penalty,
+                                               .frequency_penalty = r->frequency_penalty,
+                                               .min_p = r->min_p,
+                                               .min_tokens = r->min_tokens,
+                                               .n_logit_bias = r->n_logit_bias},
                                   .max_new_tokens = max_new,
                                   .stop_ids = out->stop_ids,
-                                  .n_stop_ids = r->ignore_eos ? 0 : (int)n_stop,
+                                  .n_stop_ids = (int)n_stop,
                                   .penalize_prompt = r->n_images == 0};
+    memcpy(out->req.sampling.logit_bias_ids, r->logit_bias_ids,
+           (size_t)r->n_logit_bias * sizeof(uint32_t));
+    memcpy(out->req.sampling.logit_bias, r->logit_bias, (size_t)r->n_logit_bias * sizeof(float));
     return XC_OK;
 }
 
@@ -1065,6 +1155,7 @@ void xc_api_prepared_fini(xc_api_prepared *p) {
 void xc_api_text_init(xc_api_text *t, const xc_tokenizer *tok, char *const *stop, int n_stop) {
     memset(t, 0, sizeof *t);
     xc_tokenizer_stream_init(&t->ts, tok);
+    t->tok = tok;
     t->stop = stop;
     t->n_stop = n_stop;
 }
@@ -1108,18 +1199,19 @@ static xc_status settle(xc_api_text *t, const char *text, size_t len, bool final
     memcpy(t->pend + t->n_pend, text, len);
     t->n_pend += len;
     /* the earliest complete stop string ends the text */
-    size_t cut = SIZE_MAX;
+    size_t cut = SIZE_MAX, cut_len = 0;
     for (int s = 0; s < t->n_stop; s++) {
         size_t sl = strlen(t->stop[s]);
         for (size_t i = 0; i + sl <= t->n_pend && i < cut; i++) {
             if (!memcmp(t->pend + i, t->stop[s], sl)) {
                 cut = i;
+                cut_len = sl;
                 break;
             }
         }
     }
     if (cut != SIZE_MAX) {
-        XC_TRY(emit_pending(t, cut));
+        XC_TRY(emit_pending(t, cut + (t->include_stop ? cut_len : 0)));
         t->n_pend = 0;
         t->stopped = true;
         return XC_OK;
@@ -1145,7 +1237,24 @@ xc_status xc_api_text_feed(xc_api_text *t, int32_t token, const char **emit, siz
     const char *text = NULL;
     size_t len = 0;
     XC_TRY(xc_tokenizer_stream_feed(&t->ts, token, &text, &len));
-    XC_TRY(settle(t, text, len, false));
+    const xc_tokenizer_special *sp = xc_tokenizer_special_ids(t->tok);
+    if (t->show_special && (token == sp->bos || token == sp->eos || token == sp->pad)) {
+        /* a control piece decodes to nothing; shown, it is its piece text */
+        size_t pl = 0;
+        const char *piece = xc_tokenizer_id_to_piece(t->tok, token, &pl);
+        pl = piece ? pl : 0;
+        char *both = xc_malloc(len + pl + 1);
+        if (!both) {
+            return XC_ERR_NOMEM;
+        }
+        memcpy(both, text ? text : "", len); /* what the run before it flushed, then it */
+        memcpy(both + len, piece ? piece : "", pl);
+        xc_status st = settle(t, both, len + pl, false);
+        xc_free(both);
+        XC_TRY(st);
+    } else {
+        XC_TRY(settle(t, text, len, false));
+    }
     *emit = t->out ? t->out : "";
     *n_emit = t->n_out;
     *stopped = t->stopped;

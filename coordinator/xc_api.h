@@ -93,6 +93,16 @@ typedef struct xc_api_request {
     int top_logprobs;
     bool stream, include_usage;
     bool ignore_eos; /* extension: generate past EOS/<|im_end|> (benchmarks) */
+    /* issue 14: OpenAI's and vLLM's extra sampling parameters */
+    float presence_penalty, frequency_penalty, min_p;
+    int min_tokens;
+    int n_logit_bias;
+    uint32_t logit_bias_ids[300];
+    float logit_bias[300];
+    int32_t stop_token_ids[32]; /* extra stop ids (vLLM stop_token_ids) */
+    int n_stop_token_ids;
+    bool include_stop_str_in_output; /* a matched stop string stays in the text */
+    bool skip_special_tokens;        /* default true: control/marker pieces give no text */
 } xc_api_request;
 
 /* Parses and checks a /v1/chat/completions body (len bytes, need not be NUL-terminated). On XC_OK
@@ -120,11 +130,11 @@ typedef struct xc_api_prepared {
     xc_coord_request req; /* points into the arrays below */
     int32_t *ids;
     xc_coord_range *img;
-    float *pixels; /* (n_img, 3, S, S) */
-    int32_t stop_ids[2];
-    int prompt_tokens;   /* rows, image rows included (usage.prompt_tokens) */
-    int image_tokens;    /* image rows among them */
-    double preprocess_s; /* seconds spent decoding and preprocessing images */
+    float *pixels;            /* (n_img, 3, S, S) */
+    int32_t stop_ids[2 + 32]; /* EOS, [UNUSED_TOKEN_145], then stop_token_ids */
+    int prompt_tokens;        /* rows, image rows included (usage.prompt_tokens) */
+    int image_tokens;         /* image rows among them */
+    double preprocess_s;      /* seconds spent decoding and preprocessing images */
 } xc_api_prepared;
 
 /* Builds the prompt with tok (chat template of conf->variant), decodes and preprocesses the
@@ -149,8 +159,11 @@ typedef struct xc_api_text {
     size_t n_pend, cap_pend;
     char *out; /* (n_out) text of the last call, a view for the caller */
     size_t n_out, cap_out;
-    size_t emitted; /* bytes emitted so far */
-    bool stopped;   /* a stop string matched: nothing more is emitted */
+    size_t emitted;    /* bytes emitted so far */
+    bool stopped;      /* a stop string matched: nothing more is emitted */
+    bool include_stop; /* include_stop_str_in_output: the matched stop string is emitted */
+    bool show_special; /* skip_special_tokens false: BOS/EOS/PAD give their piece text */
+    const xc_tokenizer *tok;
 } xc_api_text;
 
 void xc_api_text_init(xc_api_text *t, const xc_tokenizer *tok, char *const *stop, int n_stop);

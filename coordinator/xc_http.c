@@ -109,8 +109,10 @@ static const xc_conf_entry http_entries[] = {
     XC_CONF_INT("max-n", "XC_MAX_N", xc_http_flags, max_n, 8, 1, 128, "choices (n) per request"),
     XC_CONF_INT("max-tokens-limit", "XC_MAX_TOKENS_LIMIT", xc_http_flags, max_tokens, 4096, 1,
                 1 << 24, "largest max_tokens accepted"),
-    XC_CONF_INT("default-max-tokens", "XC_DEFAULT_MAX_TOKENS", xc_http_flags, default_max_tokens,
-                512, 1, 1 << 24, "max_tokens when a request gives none (cut to the context left)"),
+    XC_CONF_INT(
+        "default-max-tokens", "XC_DEFAULT_MAX_TOKENS", xc_http_flags, default_max_tokens, 0, 0,
+        1 << 24,
+        "cap on max_tokens when a request gives none (0 = none: the context left, as vLLM)"),
     XC_CONF_INT("max-images", "XC_MAX_IMAGES", xc_http_flags, max_images, 8, 1, 64,
                 "images per request"),
     XC_CONF_INT("max-image-mpixels", "XC_MAX_IMAGE_MPIXELS", xc_http_flags, max_image_mpixels, 40,
@@ -822,6 +824,8 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *c
         ch->job = j;
         ch->index = i;
         xc_api_text_init(&ch->text, h->tok, j->req.stop, j->req.n_stop);
+        ch->text.include_stop = j->req.include_stop_str_in_output;
+        ch->text.show_special = !j->req.skip_special_tokens;
         if (j->req.stream) {
             sse_json(j, xc_api_chunk_json(j->id, j->created, h->model_name, i, true, "", 0, NULL, 0,
                                           NULL, NULL, j->req.include_usage, h->tok));

@@ -152,7 +152,9 @@ static void test_api_parse_errors(void **state) {
     expect_error(&c, "", 400, "");
     expect_error(&c, "{\"model\":", 400, "");
     expect_error(&c, "[1,2]", 400, "");
-    expect_error(&c, "{" U "}", 400, "model");
+    xc_api_conf anon = c; /* model is optional only when the server names its model */
+    anon.model_name = NULL;
+    expect_error(&anon, "{" U "}", 400, "model");
     expect_error(&c, "{\"model\":5," U "}", 400, "model");
     expect_error(&c, "{\"model\":\"gpt-4\"," U "}", 404, "model");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"bogus\":1}", 400, "bogus");
@@ -210,10 +212,20 @@ static void test_api_parse_errors(void **state) {
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"top_k\":2.5}", 400, "top_k");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"repetition_penalty\":0}", 400,
                  "repetition_penalty");
-    expect_error(&c, "{\"model\":\"tiny\"," U ",\"frequency_penalty\":0.5}", 400,
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"frequency_penalty\":2.5}", 400,
                  "frequency_penalty");
-    expect_error(&c, "{\"model\":\"tiny\"," U ",\"presence_penalty\":1}", 400, "presence_penalty");
-    expect_error(&c, "{\"model\":\"tiny\"," U ",\"logit_bias\":{\"1\":5}}", 400, "logit_bias");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"presence_penalty\":-3}", 400, "presence_penalty");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"logit_bias\":{\"x\":5}}", 400, "logit_bias");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"logit_bias\":{\"1\":101}}", 400, "logit_bias");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"logit_bias\":[1]}", 400, "logit_bias");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"min_p\":1.5}", 400, "min_p");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"min_tokens\":-1}", 400, "min_tokens");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"stop_token_ids\":[-1]}", 400, "stop_token_ids");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"skip_special_tokens\":1}", 400,
+                 "skip_special_tokens");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"tools\":[{\"type\":\"function\"}]}", 400,
+                 "tools");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"tool_choice\":\"required\"}", 400, "tool_choice");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"response_format\":{\"type\":\"json_object\"}}",
                  400, "response_format");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"user\":1}", 400, "user");
@@ -555,6 +567,14 @@ static void test_api_stop_strings_match_naive_cut(void **state) {
         size_t cut = naive_cut(full, flen, stops, n_stop, &hit);
         xc_api_text t;
         xc_api_text_init(&t, tok, stops, n_stop);
+        t.include_stop = trial % 2 == 1; /* include_stop_str_in_output: cut after the stop */
+        for (int k = 0; hit && t.include_stop && k < n_stop; k++) {
+            size_t sl = strlen(stops[k]);
+            if (cut + sl <= flen && !memcmp(full + cut, stops[k], sl)) {
+                cut += sl;
+                break;
+            }
+        }
         char got[4096];
         size_t g = 0;
         bool stopped = false;
@@ -886,11 +906,49 @@ static void test_api_seed_64_bits(void **state) {
     }
 }
 
+/* issue 14: nulls are absent, a missing model is the served one, and the new sampling
+ * parameters reach the request. */
+static void test_api_lenient_and_new_params(void **state) {
+    (void)state;
+    xc_api_conf c = conf_default();
+    xc_api_request r;
+    xc_api_error e;
+    assert_int_equal(
+        parse(&c,
+              "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":null,"
+              "\"tool_choice\":null,\"parallel_tool_calls\":null,\"model\":null,\"min_p\":null,"
+              "\"logit_bias\":null,\"stop_token_ids\":null,\"user\":null,\"seed\":null,"
+              "\"presence_penalty\":null,\"max_tokens\":null}",
+              &r, &e),
+        XC_OK);
+    assert_string_equal(r.model, "tiny");
+    assert_false(r.has_seed);
+    assert_true(r.skip_special_tokens);
+    xc_api_request_fini(&r);
+    assert_int_equal(
+        parse(&c,
+              "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"presence_penalty\":-2,"
+              "\"frequency_penalty\":1.5,\"min_p\":0.1,\"min_tokens\":3,\"logit_bias\":{\"5\":-100,"
+              "\"7\":2.5},\"stop_token_ids\":[9,10],\"include_stop_str_in_output\":true,"
+              "\"skip_special_tokens\":false,\"tools\":[],\"tool_choice\":\"none\"}",
+              &r, &e),
+        XC_OK);
+    assert_true(r.presence_penalty == -2.0f && r.frequency_penalty == 1.5f && r.min_p == 0.1f);
+    assert_int_equal(r.min_tokens, 3);
+    assert_int_equal(r.n_logit_bias, 2);
+    assert_int_equal(r.logit_bias_ids[1], 7);
+    assert_true(r.logit_bias[0] == -100.0f && r.logit_bias[1] == 2.5f);
+    assert_int_equal(r.n_stop_token_ids, 2);
+    assert_true(r.include_stop_str_in_output && !r.skip_special_tokens);
+    xc_api_request_fini(&r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_api_parse_defaults),
         cmocka_unit_test(test_api_json_precheck),
         cmocka_unit_test(test_api_seed_64_bits),
+        cmocka_unit_test(test_api_lenient_and_new_params),
         cmocka_unit_test(test_api_parse_every_parameter),
         cmocka_unit_test(test_api_parse_errors),
         cmocka_unit_test(test_api_images_and_prepare),
