@@ -368,6 +368,7 @@ typedef struct parse_ctx {
     xc_api_request *r;
     xc_api_error *err;
     int cap_images;
+    bool legacy; /* /v1/completions: logprobs is an integer */
 } parse_ctx;
 
 static xc_status add_image(parse_ctx *pc, const cJSON *part, const char *param) {
@@ -595,11 +596,41 @@ static const char *const known_keys[] = {
     "parallel_tool_calls",
 };
 
-static xc_status check_keys(const cJSON *o, xc_api_error *err) {
+static const char *const legacy_keys[] = {"model",
+                                          "prompt",
+                                          "suffix",
+                                          "echo",
+                                          "logprobs",
+                                          "best_of",
+                                          "max_tokens",
+                                          "temperature",
+                                          "top_p",
+                                          "top_k",
+                                          "repetition_penalty",
+                                          "stop",
+                                          "seed",
+                                          "n",
+                                          "stream",
+                                          "stream_options",
+                                          "user",
+                                          "frequency_penalty",
+                                          "presence_penalty",
+                                          "logit_bias",
+                                          "ignore_eos",
+                                          "min_p",
+                                          "min_tokens",
+                                          "stop_token_ids",
+                                          "include_stop_str_in_output",
+                                          "skip_special_tokens"};
+
+static xc_status check_keys(const cJSON *o, bool legacy, xc_api_error *err) {
+    const char *const *keys = legacy ? legacy_keys : known_keys;
+    size_t n_keys = legacy ? sizeof legacy_keys / sizeof legacy_keys[0]
+                           : sizeof known_keys / sizeof known_keys[0];
     for (const cJSON *k = o->child; k; k = k->next) {
         bool known = false;
-        for (size_t i = 0; i < sizeof known_keys / sizeof known_keys[0]; i++) {
-            known = known || !strcmp(k->string, known_keys[i]);
+        for (size_t i = 0; i < n_keys; i++) {
+            known = known || !strcmp(k->string, keys[i]);
         }
         if (!known) {
             return BAD(k->string, "Unrecognized request argument supplied: %s", k->string);
@@ -875,7 +906,13 @@ static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
         r->n = (int)iv;
     }
     XC_TRY(parse_stop(pc, get(o, "stop")));
-    if ((v = get(o, "logprobs"))) {
+    if ((v = get(o, "logprobs")) && pc->legacy) { /* the legacy integer */
+        if (!json_int_in(v, 0, 5, &iv)) {
+            return BAD("logprobs", "logprobs must be an integer in [0, 5]");
+        }
+        r->logprobs = true;
+        r->top_logprobs = (int)iv;
+    } else if (v) {
         if (!cJSON_IsBool(v)) {
             return BAD("logprobs", "logprobs must be a boolean");
         }
@@ -974,7 +1011,7 @@ xc_status xc_api_parse(const xc_api_conf *conf, const char *body, size_t len, xc
         st = BAD(NULL, "the body must be a JSON object");
         goto out;
     }
-    XC_TRY_GOTO(check_keys(o, err), st, out);
+    XC_TRY_GOTO(check_keys(o, false, err), st, out);
     XC_TRY_GOTO(parse_params(&pc, o), st, out);
     XC_TRY_GOTO(parse_messages(&pc, cJSON_GetObjectItemCaseSensitive(o, "messages")), st, out);
 out:
@@ -1009,10 +1046,188 @@ void xc_api_request_fini(xc_api_request *r) {
         xc_free(r->stop[i]);
     }
     xc_free(r->stop);
+    for (int i = 0; r->prompts && i < r->n_prompts; i++) {
+        xc_free(r->prompts[i]);
+    }
+    xc_free(r->prompts);
+    xc_free(r->prompt_len);
     memset(r, 0, sizeof *r);
 }
 
+/* ---- /v1/completions ---- */
+
+/* Adds one prompt: a string (BOS + its ids) or an array of token ids. */
+static xc_status add_prompt(parse_ctx *pc, const xc_tokenizer *tok, const cJSON *v, int k) {
+    xc_api_error *err = pc->err;
+    xc_api_request *r = pc->r;
+    xc_tokens ids = {0};
+    xc_status st = XC_OK;
+    if (cJSON_IsString(v)) {
+        int32_t bos = xc_tokenizer_special_ids(tok)->bos;
+        if (bos >= 0) {
+            st = xc_tokenizer_tokens_push(&ids, bos);
+        }
+        if (st == XC_OK) {
+            st = xc_tokenizer_encode(tok, v->valuestring, strlen(v->valuestring), &ids);
+        }
+        if (st == XC_ERR_ARG) {
+            st = BAD("prompt", "prompt %d: %s", k, xc_err_last());
+        }
+    } else if (cJSON_IsArray(v)) {
+        long long iv;
+        for (const cJSON *t = v->child; t && st == XC_OK; t = t->next) {
+            if (!json_int_in(t, 0, (double)xc_tokenizer_vocab_size(tok) - 1, &iv)) {
+                st = BAD("prompt", "prompt %d: token ids must be integers below %zu", k,
+                         xc_tokenizer_vocab_size(tok));
+            } else {
+                st = xc_tokenizer_tokens_push(&ids, (int32_t)iv);
+            }
+        }
+    } else {
+        st = BAD("prompt", "prompt must be a string, a list of strings, a list of token ids or a "
+                           "list of such lists");
+    }
+    if (st == XC_OK && ids.n == 0) {
+        st = BAD("prompt", "prompt %d is empty", k);
+    }
+    if (st != XC_OK) {
+        xc_tokenizer_tokens_fini(&ids);
+        return st;
+    }
+    r->prompts[k] = ids.ids;
+    r->prompt_len[k] = (int)ids.n;
+    r->n_prompts = k + 1;
+    return XC_OK;
+}
+
+xc_status xc_api_parse_completion(const xc_api_conf *conf, const xc_tokenizer *tok,
+                                  const char *body, size_t len, xc_api_request *out,
+                                  xc_api_error *err) {
+    pthread_once(&g_hooks_once, cjson_hooks_once);
+    memset(out, 0, sizeof *out);
+    memset(err, 0, sizeof *err);
+    if (xc_api_json_precheck(body, len, XC_API_MAX_JSON_DEPTH, XC_API_MAX_JSON_NODES) != XC_OK) {
+        return BAD(NULL, "the body is too complex: %s", xc_err_last());
+    }
+    cJSON *o = cJSON_ParseWithLength(body, len);
+    if (!o) {
+        return BAD(NULL, "the body is not valid JSON");
+    }
+    xc_status st = XC_OK;
+    parse_ctx pc = {.body = body, .len = len, .conf = conf, .r = out, .err = err, .legacy = true};
+    out->legacy = true;
+    if (!cJSON_IsObject(o)) {
+        st = BAD(NULL, "the body must be a JSON object");
+        goto out;
+    }
+    XC_TRY_GOTO(check_keys(o, true, err), st, out);
+    XC_TRY_GOTO(parse_params(&pc, o), st, out);
+    const cJSON *v;
+    if ((v = get(o, "suffix")) && !(cJSON_IsString(v) && !v->valuestring[0])) {
+        st = BAD("suffix", "suffix is not supported (no fill-in-the-middle for this model)");
+        goto out;
+    }
+    if ((v = get(o, "best_of")) && !(cJSON_IsNumber(v) && v->valuedouble == out->n)) {
+        st = BAD("best_of", "best_of is not supported (only null or equal to n)");
+        goto out;
+    }
+    if ((v = get(o, "echo"))) {
+        if (!cJSON_IsBool(v)) {
+            st = BAD("echo", "echo must be a boolean");
+            goto out;
+        }
+        out->echo = cJSON_IsTrue(v);
+    }
+    if (!out->max_tokens) {
+        out->max_tokens = 16 < conf->max_tokens_limit ? 16 : conf->max_tokens_limit;
+    }
+    const cJSON *p = get(o, "prompt");
+    /* a list of prompts: strings or lists; else one prompt */
+    bool many =
+        cJSON_IsArray(p) && p->child && (cJSON_IsString(p->child) || cJSON_IsArray(p->child));
+    int n_p = many ? cJSON_GetArraySize(p) : 1;
+    int max_p = conf->max_n > 0 ? conf->max_n : 1;
+    if (!p) {
+        st = BAD("prompt", "prompt is required");
+        goto out;
+    }
+    if ((long)n_p * out->n > max_p) {
+        st = BAD("prompt", "%d prompts x n = %d choices; this server allows at most %d", n_p,
+                 out->n, max_p);
+        goto out;
+    }
+    out->prompts = xc_calloc((size_t)n_p, sizeof *out->prompts);
+    out->prompt_len = xc_calloc((size_t)n_p, sizeof *out->prompt_len);
+    if (!out->prompts || !out->prompt_len) {
+        st = xc_errf(XC_ERR_NOMEM, "out of memory for prompts");
+        goto out;
+    }
+    if (many) {
+        int k = 0;
+        for (const cJSON *e = p->child; e; e = e->next, k++) {
+            XC_TRY_GOTO(add_prompt(&pc, tok, e, k), st, out);
+        }
+    } else {
+        XC_TRY_GOTO(add_prompt(&pc, tok, p, 0), st, out);
+    }
+out:
+    cJSON_Delete(o);
+    if (st == XC_ERR_NOMEM && !err->http_status) {
+        xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    if (st != XC_OK) {
+        xc_api_request_fini(out);
+        out->legacy = true;
+    }
+    return st;
+}
+
+static xc_status fill_request(const xc_api_conf *conf, const xc_tokenizer *tok,
+                              const xc_api_request *r, int n, xc_api_prepared *out,
+                              xc_api_error *err);
+
+xc_status xc_api_prepare_prompt(const xc_api_conf *conf, const xc_tokenizer *tok,
+                                const xc_api_request *r, int k, xc_api_prepared *out,
+                                xc_api_error *err) {
+    memset(out, 0, sizeof *out);
+    int n = r->prompt_len[k];
+    out->ids = xc_malloc((size_t)n * sizeof(int32_t));
+    if (!out->ids) {
+        return xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    memcpy(out->ids, r->prompts[k], (size_t)n * sizeof(int32_t));
+    out->prompt_tokens = n;
+    return fill_request(conf, tok, r, n, out, err);
+}
+
 /* ---- prompt ---- */
+
+/* The context rule: prompt + max_tokens within the context; without max_tokens, the context left
+ * (capped by --default-max-tokens). */
+static xc_status check_context(const xc_api_conf *conf, const xc_api_request *r, int n,
+                               int *max_new_out, xc_api_error *err) {
+    int ctx = conf->max_context;
+    int max_new = r->max_tokens;
+    if (max_new == 0) { /* the context left, capped by --default-max-tokens (0 = no cap) */
+        max_new = ctx - n;
+        if (conf->default_max_tokens > 0 && conf->default_max_tokens < max_new) {
+            max_new = conf->default_max_tokens;
+        }
+    }
+    if (n >= ctx || (long)n + max_new > ctx) {
+        return xc_api_error_set(err, 400, "invalid_request_error", "context_length_exceeded",
+                                r->legacy ? "prompt" : "messages",
+                                "This model's maximum context length is %d tokens. However, you "
+                                "requested %ld tokens (%d in the messages, %d in the completion). "
+                                "Please reduce the length of the messages or completion.",
+                                ctx, (long)n + (r->max_tokens ? r->max_tokens : 1), n,
+                                r->max_tokens ? r->max_tokens : 1);
+    }
+    if (max_new_out) {
+        *max_new_out = max_new;
+    }
+    return XC_OK;
+}
 
 xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const xc_api_request *r,
                          xc_api_prepared *out, xc_api_error *err) {
@@ -1033,24 +1248,10 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
         }
         return BAD("messages", "cannot build the prompt: %s", xc_err_last());
     }
-    int ctx = conf->max_context;
     int n = (int)cp.n;
-    int max_new = r->max_tokens;
-    if (max_new == 0) { /* the context left, capped by --default-max-tokens (0 = no cap) */
-        max_new = ctx - n;
-        if (conf->default_max_tokens > 0 && conf->default_max_tokens < max_new) {
-            max_new = conf->default_max_tokens;
-        }
-    }
-    if (n >= ctx || (long)n + max_new > ctx) {
+    if (check_context(conf, r, n, NULL, err) != XC_OK) {
         xc_chat_prompt_fini(&cp);
-        return xc_api_error_set(err, 400, "invalid_request_error", "context_length_exceeded",
-                                "messages",
-                                "This model's maximum context length is %d tokens. However, you "
-                                "requested %ld tokens (%d in the messages, %d in the completion). "
-                                "Please reduce the length of the messages or completion.",
-                                ctx, (long)n + (r->max_tokens ? r->max_tokens : 1), n,
-                                r->max_tokens ? r->max_tokens : 1);
+        return XC_ERR_ARG;
     }
     out->ids = cp.ids;
     out->prompt_tokens = n;
@@ -1106,6 +1307,17 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
         }
     }
     out->preprocess_s = xc_now_s() - t0;
+    return fill_request(conf, tok, r, n, out, err);
+}
+
+static xc_status fill_request(const xc_api_conf *conf, const xc_tokenizer *tok,
+                              const xc_api_request *r, int n, xc_api_prepared *out,
+                              xc_api_error *err) {
+    int max_new = 0;
+    if (check_context(conf, r, n, &max_new, err) != XC_OK) {
+        xc_api_prepared_fini(out);
+        return XC_ERR_ARG;
+    }
     size_t n_stop = 0;
     xc_chat_stop_ids(tok, out->stop_ids, &n_stop);
     if (r->ignore_eos) {
@@ -1440,7 +1652,7 @@ char *xc_api_chunk_json(const char *id, long created, const char *model, int ind
     return print_free(o);
 }
 
-char *xc_api_models_json(const char *model, long created) {
+char *xc_api_models_json(const char *model, long created, int max_model_len) {
     pthread_once(&g_hooks_once, cjson_hooks_once);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "object", "list");
@@ -1450,6 +1662,260 @@ char *xc_api_models_json(const char *model, long created) {
     cJSON_AddStringToObject(m, "object", "model");
     cJSON_AddNumberToObject(m, "created", (double)created);
     cJSON_AddStringToObject(m, "owned_by", "xcpipe");
+    cJSON_AddNumberToObject(m, "max_model_len", max_model_len);
     cJSON_AddItemToArray(d, m);
+    return print_free(o);
+}
+
+/* ---- /tokenize, /detokenize ---- */
+
+static cJSON *parse_body(const char *body, size_t len, xc_api_error *err) {
+    pthread_once(&g_hooks_once, cjson_hooks_once);
+    if (xc_api_json_precheck(body, len, XC_API_MAX_JSON_DEPTH, XC_API_MAX_JSON_NODES) != XC_OK) {
+        BAD(NULL, "the body is too complex: %s", xc_err_last());
+        return NULL;
+    }
+    cJSON *o = cJSON_ParseWithLength(body, len);
+    if (!o || !cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        BAD(NULL, "the body must be a JSON object");
+        return NULL;
+    }
+    return o;
+}
+
+/* Only the keys in allowed (NULL-terminated); model, when given, must be the served one. */
+static xc_status check_small(const xc_api_conf *conf, const cJSON *o, const char *const *allowed,
+                             xc_api_error *err) {
+    for (const cJSON *k = o->child; k; k = k->next) {
+        bool ok = false;
+        for (int i = 0; allowed[i]; i++) {
+            ok = ok || !strcmp(k->string, allowed[i]);
+        }
+        if (!ok) {
+            return BAD(k->string, "Unrecognized request argument supplied: %s", k->string);
+        }
+    }
+    const cJSON *m = get(o, "model");
+    if (m &&
+        (!cJSON_IsString(m) || (conf->model_name && strcmp(m->valuestring, conf->model_name)))) {
+        return xc_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
+                                "The model does not exist (this server serves '%.200s')",
+                                conf->model_name ? conf->model_name : "");
+    }
+    return XC_OK;
+}
+
+static xc_status get_bool(const cJSON *o, const char *k, bool *out, xc_api_error *err) {
+    const cJSON *v = get(o, k);
+    if (v && !cJSON_IsBool(v)) {
+        return BAD(k, "%s must be a boolean", k);
+    }
+    if (v) {
+        *out = cJSON_IsTrue(v);
+    }
+    return XC_OK;
+}
+
+xc_status xc_api_tokenize(const xc_api_conf *conf, const xc_tokenizer *tok, const char *body,
+                          size_t len, char **out, xc_api_error *err) {
+    memset(err, 0, sizeof *err);
+    *out = NULL;
+    cJSON *o = parse_body(body, len, err);
+    if (!o) {
+        return XC_ERR_ARG;
+    }
+    static const char *const allowed[] = {
+        "model", "prompt", "messages", "add_special_tokens", "add_generation_prompt", NULL};
+    xc_status st = check_small(conf, o, allowed, err);
+    const cJSON *prompt = get(o, "prompt"), *msgs = get(o, "messages");
+    bool add_special = msgs == NULL, add_gen = true;
+    xc_tokens ids = {0};
+    xc_api_request r = {0};
+    xc_chat_prompt cp = {0};
+    if (st == XC_OK) {
+        st = get_bool(o, "add_special_tokens", &add_special, err);
+    }
+    if (st == XC_OK) {
+        st = get_bool(o, "add_generation_prompt", &add_gen, err);
+    }
+    if (st == XC_OK && (!prompt) == (!msgs)) {
+        st = BAD(NULL, "give either prompt (a string) or messages");
+    }
+    if (st == XC_OK && prompt) {
+        if (!cJSON_IsString(prompt)) {
+            st = BAD("prompt", "prompt must be a string");
+        } else if (add_special && xc_tokenizer_special_ids(tok)->bos >= 0) {
+            st = xc_tokenizer_tokens_push(&ids, xc_tokenizer_special_ids(tok)->bos);
+        }
+        if (st == XC_OK) {
+            st = xc_tokenizer_encode(tok, prompt->valuestring, strlen(prompt->valuestring), &ids);
+            if (st == XC_ERR_ARG) {
+                st = BAD("prompt", "%s", xc_err_last());
+            }
+        }
+    } else if (st == XC_OK) {
+        parse_ctx pc = {.body = body, .len = len, .conf = conf, .r = &r, .err = err};
+        st = parse_messages(&pc, msgs);
+        if (st == XC_OK) {
+            xc_chat_request cr = {.variant = conf->variant,
+                                  .system = r.system,
+                                  .history = r.history,
+                                  .n_history = r.n_history,
+                                  .query = r.query,
+                                  .n_images = (size_t)r.n_images,
+                                  .tokens_per_image = (size_t)conf->image_tokens,
+                                  .bos = XC_CHAT_BOS_PER_SEGMENT,
+                                  .no_generation_prompt = !add_gen};
+            st = xc_chat_build(tok, &cr, &cp);
+            if (st == XC_ERR_ARG) {
+                st = BAD("messages", "cannot build the prompt: %s", xc_err_last());
+            }
+        }
+    }
+    if (st == XC_OK) {
+        const int32_t *v = prompt ? ids.ids : cp.ids;
+        size_t n = prompt ? ids.n : cp.n;
+        cJSON *res = cJSON_CreateObject();
+        cJSON_AddNumberToObject(res, "count", (double)n);
+        cJSON_AddNumberToObject(res, "max_model_len", conf->max_context);
+        cJSON *arr = cJSON_AddArrayToObject(res, "tokens");
+        for (size_t i = 0; arr && i < n; i++) {
+            cJSON_AddItemToArray(arr, cJSON_CreateNumber(v[i] < 0 ? -1 : v[i]));
+        }
+        *out = print_free(res);
+        if (!*out) {
+            st = XC_ERR_NOMEM;
+        }
+    }
+    if (st == XC_ERR_NOMEM && !err->http_status) {
+        xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    xc_chat_prompt_fini(&cp);
+    xc_api_request_fini(&r);
+    xc_tokenizer_tokens_fini(&ids);
+    cJSON_Delete(o);
+    return st == XC_OK ? XC_OK : XC_ERR_ARG;
+}
+
+xc_status xc_api_detokenize(const xc_api_conf *conf, const xc_tokenizer *tok, const char *body,
+                            size_t len, char **out, xc_api_error *err) {
+    memset(err, 0, sizeof *err);
+    *out = NULL;
+    cJSON *o = parse_body(body, len, err);
+    if (!o) {
+        return XC_ERR_ARG;
+    }
+    static const char *const allowed[] = {"model", "tokens", NULL};
+    xc_status st = check_small(conf, o, allowed, err);
+    const cJSON *t = get(o, "tokens");
+    int32_t *ids = NULL;
+    int n = 0;
+    if (st == XC_OK && !cJSON_IsArray(t)) {
+        st = BAD("tokens", "tokens must be an array of token ids");
+    }
+    if (st == XC_OK) {
+        n = cJSON_GetArraySize(t);
+        ids = xc_malloc((size_t)(n ? n : 1) * sizeof *ids);
+        st = ids ? XC_OK : XC_ERR_NOMEM;
+    }
+    long long iv;
+    int k = 0;
+    for (const cJSON *v = st == XC_OK ? t->child : NULL; v; v = v->next, k++) {
+        if (!json_int_in(v, 0, (double)xc_tokenizer_vocab_size(tok) - 1, &iv)) {
+            st = BAD("tokens", "tokens[%d] is not a token id below %zu", k,
+                     xc_tokenizer_vocab_size(tok));
+            break;
+        }
+        ids[k] = (int32_t)iv;
+    }
+    char *text = NULL;
+    size_t tl = 0;
+    if (st == XC_OK) {
+        st = xc_tokenizer_decode(tok, ids, (size_t)n, &text, &tl);
+    }
+    if (st == XC_OK) {
+        cJSON *res = cJSON_CreateObject();
+        cJSON_AddItemToObject(res, "prompt", str_n(text, tl));
+        *out = print_free(res);
+        st = *out ? XC_OK : XC_ERR_NOMEM;
+    }
+    if (st == XC_ERR_NOMEM && !err->http_status) {
+        xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    xc_free(text);
+    xc_free(ids);
+    cJSON_Delete(o);
+    return st == XC_OK ? XC_OK : XC_ERR_ARG;
+}
+
+/* ---- /v1/completions answers ---- */
+
+/* A token's text as the logprob entries show it (token_lp's rendering). */
+static cJSON *legacy_lp_json(const xc_api_legacy_lp *l, const xc_tokenizer *tok) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *toks = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs");
+    cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
+    for (int i = 0; i < l->n_echo + l->n_lp; i++) {
+        bool echo = i < l->n_echo;
+        int32_t id = echo ? l->echo_ids[i] : l->lp[i - l->n_echo].token;
+        cJSON *e = token_lp(tok, id, 0.0f);
+        cJSON_AddItemToArray(toks, cJSON_Duplicate(cJSON_GetObjectItem(e, "token"), true));
+        cJSON_Delete(e);
+        if (echo) { /* prompt logprobs are not computed */
+            cJSON_AddItemToArray(lps, cJSON_CreateNull());
+            cJSON_AddItemToArray(tops, cJSON_CreateNull());
+        } else {
+            const xc_api_logprob *lp = &l->lp[i - l->n_echo];
+            cJSON_AddItemToArray(lps,
+                                 cJSON_CreateNumber(isfinite(lp->logprob) ? lp->logprob : -9999.0));
+            cJSON *m = cJSON_CreateObject();
+            for (int k = 0; k < lp->n_top; k++) {
+                cJSON *t = token_lp(tok, lp->top_ids[k], lp->top_logprobs[k]);
+                const cJSON *ts = cJSON_GetObjectItem(t, "token");
+                if (ts && cJSON_IsString(ts) && !cJSON_GetObjectItem(m, ts->valuestring)) {
+                    cJSON_AddNumberToObject(m, ts->valuestring,
+                                            isfinite(lp->top_logprobs[k]) ? lp->top_logprobs[k]
+                                                                          : -9999.0);
+                }
+                cJSON_Delete(t);
+            }
+            cJSON_AddItemToArray(tops, m);
+        }
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)l->offsets[i]));
+    }
+    return o;
+}
+
+char *xc_api_text_completion_json(const char *id, long created, const char *model,
+                                  const xc_api_text_choice *choices, int n, int index,
+                                  const xc_api_usage *usage, const xc_tokenizer *tok) {
+    pthread_once(&g_hooks_once, cjson_hooks_once);
+    cJSON *o = head_json(id, created, model, "text_completion");
+    cJSON *arr = cJSON_AddArrayToObject(o, "choices");
+    for (int i = 0; arr && i < n; i++) {
+        const xc_api_text_choice *c = &choices[i];
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "index", index >= 0 ? index : i);
+        cJSON_AddItemToObject(e, "text", str_n(c->text ? c->text : "", c->text ? c->len : 0));
+        if (c->logprobs) {
+            cJSON_AddItemToObject(e, "logprobs", legacy_lp_json(c->logprobs, tok));
+        } else {
+            cJSON_AddNullToObject(e, "logprobs");
+        }
+        if (c->finish_reason) {
+            cJSON_AddStringToObject(e, "finish_reason", c->finish_reason);
+        } else {
+            cJSON_AddNullToObject(e, "finish_reason");
+        }
+        cJSON_AddItemToArray(arr, e);
+    }
+    if (usage) {
+        cJSON_AddItemToObject(o, "usage", usage_json(usage));
+    } else if (index >= 0 || n == 0) {
+        cJSON_AddNullToObject(o, "usage");
+    }
     return print_free(o);
 }

@@ -119,7 +119,9 @@ static xc_status prompt_text(const xc_chat_request *req, char **out, size_t *out
     }
     XC_TRY_GOTO(text_add(&t, IM_START "user\n"), st, fail);
     XC_TRY_GOTO(text_msg(&t, req->query), st, fail);
-    XC_TRY_GOTO(text_add(&t, IM_END "\n" IM_START "assistant\n"), st, fail);
+    XC_TRY_GOTO(
+        text_add(&t, req->no_generation_prompt ? IM_END "\n" : IM_END "\n" IM_START "assistant\n"),
+        st, fail);
 done:
     *out = t.p;
     *out_len = t.len;

@@ -34,8 +34,9 @@ typedef struct xc_http_flags {
     double request_timeout_s;
     double canary_interval_s; /* 0 = no canary (/ready = the coordinator's readiness) */
     bool log_prompts;
-    bool no_http;       /* --no-http: serve no HTTP (line protocol only) */
-    bool port_explicit; /* --port or XC_PORT was given (set by xc_http_cli_extract) */
+    const char *allowed_origins; /* CORS: comma-separated origins, "*" = any; NULL = off */
+    bool no_http;                /* --no-http: serve no HTTP (line protocol only) */
+    bool port_explicit;          /* --port or XC_PORT was given (set by xc_http_cli_extract) */
 } xc_http_flags;
 
 /* Takes the HTTP flags (--host, --port, --api-key-file, ...; see --help) out of argv: on XC_OK

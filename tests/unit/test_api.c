@@ -696,7 +696,7 @@ static void test_api_response_json(void **state) {
     assert_int_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "usage"), "total_tokens")->valueint,
                      18);
     cJSON_Delete(o);
-    js = xc_api_models_json("tiny", 5);
+    js = xc_api_models_json("tiny", 5, 4096);
     o = cJSON_Parse(js);
     xc_free(js);
     assert_string_equal(
