@@ -135,8 +135,8 @@ static const xc_conf_entry http_entries[] = {
 
 static const xc_conf_spec http_spec = {
     "HTTP API options (xcpipe-coordinator, xcpipe serve)",
-    "The OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models, /health, /ready, "
-    "/metrics. See docs/api.md.",
+    "The OpenAI-compatible API: POST /v1/chat/completions, /v1/completions, /tokenize, "
+    "/detokenize; GET /v1/models, /version, /health, /ready, /metrics. See docs/api.md.",
     http_entries, sizeof http_entries / sizeof http_entries[0]};
 
 xc_status xc_http_cli_extract(int *argc, char **argv, xc_http_flags *f) {
