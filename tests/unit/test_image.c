@@ -129,7 +129,7 @@ static void assert_same_bytes(const char *what, const char *name, const uint8_t 
 static void test_image_fixture_set_is_varied(void **state) {
     (void)state;
     load_manifest();
-    int images = 0, shrink = 0, enlarge = 0, formats[4] = {0};
+    int images = 0, shrink = 0, enlarge = 0, formats[XC_IMAGE_FORMAT_BMP + 1] = {0};
     const char *modes[] = {"1", "L", "LA", "P", "I", "RGB", "RGBA", "CMYK"};
     int mode_seen[8] = {0};
     for (int i = 0; i < n_fx; i++) {
@@ -151,7 +151,8 @@ static void test_image_fixture_set_is_varied(void **state) {
     assert_true(images >= 30);
     assert_int_equal(formats[XC_IMAGE_FORMAT_UNKNOWN], 0);
     assert_true(formats[XC_IMAGE_FORMAT_JPEG] >= 5 && formats[XC_IMAGE_FORMAT_PNG] >= 10 &&
-                formats[XC_IMAGE_FORMAT_WEBP] >= 4);
+                formats[XC_IMAGE_FORMAT_WEBP] >= 4 && formats[XC_IMAGE_FORMAT_GIF] >= 5 &&
+                formats[XC_IMAGE_FORMAT_BMP] >= 5);
     for (int m = 0; m < 8; m++) {
         if (!mode_seen[m]) {
             fail_msg("no fixture in PIL mode %s", modes[m]);
