@@ -1207,6 +1207,14 @@ xc_status xc_api_prepare_prompt(const xc_api_conf *conf, const xc_tokenizer *tok
 static xc_status check_context(const xc_api_conf *conf, const xc_api_request *r, int n,
                                int *max_new_out, xc_api_error *err) {
     int ctx = conf->max_context;
+    int max_prompt = conf->max_prompt > 0 && conf->max_prompt < ctx ? conf->max_prompt : ctx;
+    if (n > max_prompt) {
+        return xc_api_error_set(err, 400, "invalid_request_error", "context_length_exceeded",
+                                r->legacy ? "prompt" : "messages",
+                                "The prompt has %d tokens, more than this model's max_length of "
+                                "%d (the original would cut it; this server refuses it).",
+                                n, max_prompt);
+    }
     int max_new = r->max_tokens;
     if (max_new == 0) { /* the context left, capped by --default-max-tokens (0 = no cap) */
         max_new = ctx - n;

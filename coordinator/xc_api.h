@@ -36,6 +36,7 @@ typedef struct xc_api_conf {
     int max_tokens_limit;       /* largest max_tokens accepted */
     int default_max_tokens;     /* when the request gives none (cut to the context left) */
     int max_context;            /* prompt + max_tokens at most (tokens, image rows included) */
+    int max_prompt;             /* prompt rows at most (config max_length); 0 = max_context */
     int max_images;             /* images per request, all messages together */
     size_t max_image_bytes;     /* encoded bytes of one image */
     uint64_t max_pixels;        /* width * height of one image, checked before decoding */

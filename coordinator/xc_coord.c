@@ -28,6 +28,7 @@
 
 typedef struct model_info {
     int n_layers, hidden, inter, heads, kv_heads, vocab, max_ctx, img_size, img_tokens;
+    int max_pos; /* max_position_embeddings: the most --max-context may be (prompts: max_ctx) */
 } model_info;
 
 static int json_int(const cJSON *o, const char *k, int def) {
@@ -56,6 +57,7 @@ static xc_status model_info_load(const char *dir, model_info *mi) {
     int mpe = json_int(o, "max_position_embeddings", 4096);
     mi->max_ctx = json_int(o, "max_length", mpe);
     mi->max_ctx = mi->max_ctx < mpe ? mi->max_ctx : mpe;
+    mi->max_pos = mpe;
     mi->img_size = json_int(o, "img_size", 0);
     cJSON_Delete(o);
     if (mi->n_layers < 1 || mi->hidden < 1 || mi->heads < 1 || mi->kv_heads < 1 || mi->vocab < 1 ||
@@ -1293,8 +1295,12 @@ xc_status xc_coord_create(const xc_coord_conf *conf, xc_coord **out) {
     snprintf(c->model_dir, sizeof c->model_dir, "%s", conf->model_dir);
     c->conf.model_dir = c->model_dir;
     XC_TRY_GOTO(model_info_load(conf->model_dir, &c->mi), st, fail);
-    if (c->conf.max_context <= 0 || c->conf.max_context > c->mi.max_ctx) {
+    /* default max_length; up to max_position_embeddings as the original generates (prompts
+     * stay within max_length: xc_coord_max_prompt) */
+    if (c->conf.max_context <= 0) {
         c->conf.max_context = c->mi.max_ctx;
+    } else if (c->conf.max_context > c->mi.max_pos) {
+        c->conf.max_context = c->mi.max_pos;
     }
     if (c->conf.send_timeout_ms <= 0) {
         c->conf.send_timeout_ms = 2000;
@@ -1326,6 +1332,10 @@ static xc_status check_request(const xc_coord *c, const xc_coord_request *r) {
     }
     if (r->max_new_tokens < 1) {
         return xc_errf(XC_ERR_ARG, "max_new_tokens must be >= 1");
+    }
+    if (r->n > xc_coord_max_prompt(c)) {
+        return xc_errf(XC_ERR_ARG, "prompt of %d rows is longer than max_length %d", r->n,
+                       xc_coord_max_prompt(c));
     }
     if ((long)r->n + r->max_new_tokens > c->conf.max_context) {
         return xc_errf(XC_ERR_ARG, "prompt of %d tokens + %d new exceeds the context of %d", r->n,
@@ -1560,6 +1570,10 @@ xc_status xc_coord_cancel(xc_coord *c, uint64_t id) {
 
 int xc_coord_max_context(const xc_coord *c) {
     return c->conf.max_context;
+}
+
+int xc_coord_max_prompt(const xc_coord *c) {
+    return c->mi.max_ctx < c->conf.max_context ? c->mi.max_ctx : c->conf.max_context;
 }
 
 void xc_coord_get_stats(xc_coord *c, xc_coord_stats *out) {

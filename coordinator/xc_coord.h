@@ -173,3 +173,6 @@ void xc_coord_get_stats(xc_coord *c, xc_coord_stats *out);
 
 /* Tokens per sequence (prompt + generated) the coordinator accepts. */
 int xc_coord_max_context(const xc_coord *c);
+
+/* The longest prompt: config max_length (at most the context). */
+int xc_coord_max_prompt(const xc_coord *c);

@@ -1716,6 +1716,7 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
                            .max_tokens_limit = f->max_tokens,
                            .default_max_tokens = f->default_max_tokens,
                            .max_context = xc_coord_max_context(c),
+                           .max_prompt = xc_coord_max_prompt(c),
                            .max_images = f->max_images,
                            .max_image_bytes = (size_t)f->max_image_mb << 20,
                            .max_pixels = (uint64_t)f->max_image_mpixels * 1000000u,

@@ -485,6 +485,20 @@ static void test_api_prepare_context(void **state) {
     assert_int_equal(p.req.max_new_tokens, 50); /* the default fits */
     assert_true(p.req.penalize_prompt);
     xc_api_prepared_fini(&p);
+    /* the context rule of issue 14: the prompt within max_length (max_prompt), the reply may go
+     * past it up to the context */
+    c.max_context = n_prompt + 100;
+    c.max_prompt = n_prompt - 1;
+    assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_ERR_ARG);
+    assert_string_equal(e.code, "context_length_exceeded");
+    assert_non_null(strstr(e.message, "max_length"));
+    c.max_prompt = n_prompt;
+    c.default_max_tokens = 0;
+    assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_OK);
+    assert_int_equal(p.req.max_new_tokens, 100); /* past max_length, to the context */
+    xc_api_prepared_fini(&p);
+    c.max_prompt = 0;
+    c.default_max_tokens = 50;
     /* default max_tokens is cut to the context left */
     c.max_context = n_prompt + 20;
     assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_OK);
