@@ -46,7 +46,8 @@ static const xc_conf_entry gen_entries[] = {
     XC_CONF_STR("model", "XC_MODEL", gen_conf, model, NULL, NULL, "checkpoint directory"),
     XC_CONF_STR("prompt", NULL, gen_conf, prompt, NULL, NULL,
                 "user text; each <ImageHere> marks where the next --image goes"),
-    XC_CONF_LIST("image", NULL, gen_conf, images, "image file (JPEG, PNG, WebP, GIF, BMP), in order"),
+    XC_CONF_LIST("image", NULL, gen_conf, images,
+                 "image file (JPEG, PNG, WebP, GIF, BMP), in order"),
     XC_CONF_STR("history", NULL, gen_conf, history, NULL, NULL,
                 "JSON file: a list of [user, assistant] pairs before --prompt (oldest first); "
                 "<ImageHere> in a user text takes the next --image"),

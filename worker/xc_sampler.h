@@ -3,9 +3,10 @@
  *   3. repetition penalty (HF rule, prompt ids observed + generated), 4. frequency and presence
  *   penalties (OpenAI: z -= count * frequency + (count > 0) * presence over generated tokens),
  *   greedy = argmax here; else 5. temperature, 6. top-k, 7. top-p (HF), 8. min_p (HF: drop
- *   p < min_p * p_max), then a draw from the softmax of what is left. The draw's randomness is a pure function of
- * (seed, choice index, token position): a sequence resumed at position p (re-prefilled with its
- * prompt and the tokens already produced) draws exactly what it would have drawn. */
+ *   p < min_p * p_max), then a draw from the softmax of what is left. The draw's randomness is a
+ * pure function of (seed, choice index, token position): a sequence resumed at position p
+ * (re-prefilled with its prompt and the tokens already produced) draws exactly what it would have
+ * drawn. */
 #pragma once
 
 #include <stdbool.h>
