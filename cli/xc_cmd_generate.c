@@ -1,6 +1,7 @@
 /* xcpipe generate: single-process generation on a checkpoint directory, from a chat prompt with
  * images (tokenizer, chat template and image preprocessing as the original chat()) or from raw
  * token ids and preprocessed pixels. */
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@ typedef struct gen_conf {
     const char *prompt;
     xc_conf_list images;
     const char *system;
+    const char *history;
     bool raw;
     const char *variant;
     bool single_bos;
@@ -47,7 +49,11 @@ static const xc_conf_entry gen_entries[] = {
     XC_CONF_STR("model", "XC_MODEL", gen_conf, model, NULL, NULL, "checkpoint directory"),
     XC_CONF_STR("prompt", NULL, gen_conf, prompt, NULL, NULL,
                 "user text; each <ImageHere> marks where the next --image goes"),
-    XC_CONF_LIST("image", NULL, gen_conf, images, "image file (JPEG, PNG, WebP), in order"),
+    XC_CONF_LIST("image", NULL, gen_conf, images,
+                 "image file (JPEG, PNG, WebP, GIF, BMP), in order"),
+    XC_CONF_STR("history", NULL, gen_conf, history, NULL, NULL,
+                "JSON file: a list of [user, assistant] pairs before --prompt (oldest first); "
+                "<ImageHere> in a user text takes the next --image"),
     XC_CONF_STR("system", NULL, gen_conf, system, NULL, NULL,
                 "replace the default meta instruction (\"\" for none)"),
     XC_CONF_BOOL("raw", NULL, gen_conf, raw, 0, "send the prompt untemplated (no chat markers)"),
@@ -62,12 +68,14 @@ static const xc_conf_entry gen_entries[] = {
     XC_CONF_LIST("pixels", NULL, gen_conf, pixels,
                  "with --input-ids: raw float32 (3, S, S) file per 'img' slot"),
     XC_CONF_INT("max-tokens", NULL, gen_conf, max_tokens, 128, 1, 1 << 20, "new tokens at most"),
-    XC_CONF_BOOL("greedy", NULL, gen_conf, greedy, 0, "greedy decoding (argmax)"),
-    XC_CONF_FLOAT("temperature", NULL, gen_conf, temperature, 1.0, 1e-3, 100, "temperature"),
+    XC_CONF_BOOL("greedy", NULL, gen_conf, greedy, 0,
+                 "greedy decoding: argmax after the repetition penalty (chat(do_sample=False))"),
+    XC_CONF_FLOAT("temperature", NULL, gen_conf, temperature, 1.0, 0, 100,
+                  "temperature (0 = greedy)"),
     XC_CONF_FLOAT("top-p", NULL, gen_conf, top_p, 0.8, 1e-6, 1, "nucleus mass"),
     XC_CONF_INT("top-k", NULL, gen_conf, top_k, 50, 0, 1 << 24, "top-k (0 = off)"),
     XC_CONF_FLOAT("repetition-penalty", NULL, gen_conf, rep, 1.005, 1e-3, 100,
-                  "repetition penalty (HF rule); ignored with --greedy"),
+                  "repetition penalty (HF rule), also under --greedy as in chat(); 1 = off"),
     XC_CONF_INT("seed", NULL, gen_conf, seed, 0, 0, 2147483647, "sampling seed"),
     XC_CONF_BOOL("print-ids", NULL, gen_conf, print_ids, 0,
                  "also print the prompt's and the answer's token ids"),
@@ -209,6 +217,64 @@ static int load_image_files(const gen_conf *c, const xc_image_limits *lim, int s
     return 0;
 }
 
+/* Reads --history: a JSON list of [user, assistant] string pairs. *buf owns the strings (one
+ * allocation), *turns points into it. */
+static int load_history(const char *path, char **buf, xc_chat_turn **turns, size_t *n) {
+    char *data = NULL;
+    size_t len = 0;
+    xc_status st = xc_file_read_all(path, (size_t)64 << 20, &data, &len);
+    if (st != XC_OK) {
+        xc_cli_report("generate", path, st);
+        return -1;
+    }
+    cJSON *o = cJSON_ParseWithLength(data, len);
+    xc_free(data);
+    int k = cJSON_IsArray(o) ? cJSON_GetArraySize(o) : -1;
+    size_t total = 0;
+    for (const cJSON *t = k > 0 ? o->child : NULL; t; t = t->next) {
+        const cJSON *u = cJSON_GetArrayItem(t, 0), *a = cJSON_GetArrayItem(t, 1);
+        if (!cJSON_IsArray(t) || cJSON_GetArraySize(t) != 2 || !cJSON_IsString(u) ||
+            !cJSON_IsString(a)) {
+            k = -1;
+            break;
+        }
+        total += strlen(u->valuestring) + strlen(a->valuestring) + 2;
+    }
+    if (k < 0) {
+        fprintf(stderr,
+                "xcpipe generate: --history %s must be a JSON list of [user, assistant] "
+                "string pairs\n",
+                path);
+        cJSON_Delete(o);
+        return -1;
+    }
+    *turns = xc_calloc((size_t)(k ? k : 1), sizeof **turns);
+    *buf = xc_malloc(total + 1);
+    if (!*turns || !*buf) {
+        cJSON_Delete(o);
+        return -1;
+    }
+    char *w = *buf;
+    int i = 0;
+    for (const cJSON *t = k > 0 ? o->child : NULL; t; t = t->next, i++) {
+        const char *s[2] = {cJSON_GetArrayItem(t, 0)->valuestring,
+                            cJSON_GetArrayItem(t, 1)->valuestring};
+        for (int j = 0; j < 2; j++) {
+            size_t l = strlen(s[j]) + 1;
+            memcpy(w, s[j], l);
+            if (j) {
+                (*turns)[i].assistant = w;
+            } else {
+                (*turns)[i].user = w;
+            }
+            w += l;
+        }
+    }
+    *n = (size_t)k;
+    cJSON_Delete(o);
+    return 0;
+}
+
 /* Builds the prompt from --prompt/--image with the tokenizer and chat template. */
 static int build_chat(const gen_conf *c, const xc_tokenizer *tok, const xc_engine *e,
                       gen_prompt *p) {
@@ -228,16 +294,26 @@ static int build_chat(const gen_conf *c, const xc_tokenizer *tok, const xc_engin
     }
     bool vl =
         !strcmp(c->variant, "vl") || (!strcmp(c->variant, "auto") && vi && vi->img_size > 224);
+    xc_chat_turn *turns = NULL;
+    size_t n_turns = 0;
+    char *hist_buf = NULL;
+    if (c->history && load_history(c->history, &hist_buf, &turns, &n_turns) != 0) {
+        return -1;
+    }
     xc_chat_request req = {.variant = vl ? XC_CHAT_VARIANT_VL : XC_CHAT_VARIANT_7B,
                            .system = c->system,
+                           .history = turns,
+                           .n_history = n_turns,
                            .query = c->prompt,
                            .n_images = (size_t)c->images.n,
                            .tokens_per_image = vi ? (size_t)vi->n_tokens : 0,
                            .bos = c->single_bos ? XC_CHAT_BOS_SINGLE : XC_CHAT_BOS_PER_SEGMENT,
-                           .max_rows = (size_t)xc_engine_max_context(e),
+                           .max_rows = (size_t)xc_engine_max_prompt(e),
                            .raw = c->raw};
     xc_chat_prompt cp;
     xc_status st = xc_chat_build(tok, &req, &cp);
+    xc_free(turns);
+    xc_free(hist_buf);
     if (st != XC_OK) {
         xc_cli_report("generate", "prompt", st);
         return -1;
@@ -308,6 +384,14 @@ int xc_cmd_generate(int argc, char **argv) {
     }
     if (st != XC_OK) {
         fprintf(stderr, "xcpipe generate: %s\n", xc_err_last());
+        return 2;
+    }
+    if (c.temperature == 0.0) { /* temperature 0 = greedy, as over HTTP */
+        c.greedy = true;
+        c.temperature = 1.0;
+    }
+    if (c.history && !c.prompt) {
+        fprintf(stderr, "xcpipe generate: --history goes with --prompt\n");
         return 2;
     }
     if (!c.model || (!c.prompt == !c.input_ids)) {
@@ -386,7 +470,7 @@ int xc_cmd_generate(int argc, char **argv) {
                                     .temperature = (float)c.temperature,
                                     .top_k = c.top_k,
                                     .top_p = (float)c.top_p,
-                                    .repetition_penalty = c.greedy ? 1.0f : (float)c.rep,
+                                    .repetition_penalty = (float)c.rep,
                                     .seed = (uint64_t)c.seed}};
     out = xc_malloc((size_t)c.max_tokens * sizeof(int32_t));
     if (!out) {

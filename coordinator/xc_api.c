@@ -263,14 +263,15 @@ static xc_status image_from_url(const xc_api_conf *conf, const char *url, const 
             return BAD(param, "file:// URL is too long");
         }
         path[o] = 0;
+        /* a missing file and one outside the directory get the same answer: the error must
+         * not tell which files exist on this host */
         char real[PATH_MAX], dir[PATH_MAX];
-        if (!realpath(conf->media_dir, dir) || !realpath(path, real)) {
-            return BAD(param, "file:// image not found");
-        }
-        size_t dl = strlen(dir);
-        if (strncmp(real, dir, dl) != 0 || (real[dl] != '/' && dl > 1)) {
-            return xc_api_error_set(err, 403, "permission_error", NULL, param,
-                                    "file:// image is outside the allowed media directory");
+        bool ok = realpath(conf->media_dir, dir) && realpath(path, real);
+        size_t dl = ok ? strlen(dir) : 0;
+        if (!ok || strncmp(real, dir, dl) != 0 || (real[dl] != '/' && dl > 1)) {
+            return xc_api_error_set(err, 403, "permission_error", "media_not_allowed", param,
+                                    "file:// image is not a file below the allowed media "
+                                    "directory");
         }
         char *data = NULL;
         size_t n = 0;
@@ -367,6 +368,7 @@ typedef struct parse_ctx {
     xc_api_request *r;
     xc_api_error *err;
     int cap_images;
+    bool legacy; /* /v1/completions: logprobs is an integer */
 } parse_ctx;
 
 static xc_status add_image(parse_ctx *pc, const cJSON *part, const char *param) {
@@ -583,13 +585,52 @@ static const char *const known_keys[] = {
     "logit_bias",
     "response_format",
     "ignore_eos",
+    /* issue 14: vLLM's extra parameters, and fields clients send as null */
+    "min_p",
+    "min_tokens",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
 };
 
-static xc_status check_keys(const cJSON *o, xc_api_error *err) {
+static const char *const legacy_keys[] = {"model",
+                                          "prompt",
+                                          "suffix",
+                                          "echo",
+                                          "logprobs",
+                                          "best_of",
+                                          "max_tokens",
+                                          "temperature",
+                                          "top_p",
+                                          "top_k",
+                                          "repetition_penalty",
+                                          "stop",
+                                          "seed",
+                                          "n",
+                                          "stream",
+                                          "stream_options",
+                                          "user",
+                                          "frequency_penalty",
+                                          "presence_penalty",
+                                          "logit_bias",
+                                          "ignore_eos",
+                                          "min_p",
+                                          "min_tokens",
+                                          "stop_token_ids",
+                                          "include_stop_str_in_output",
+                                          "skip_special_tokens"};
+
+static xc_status check_keys(const cJSON *o, bool legacy, xc_api_error *err) {
+    const char *const *keys = legacy ? legacy_keys : known_keys;
+    size_t n_keys = legacy ? sizeof legacy_keys / sizeof legacy_keys[0]
+                           : sizeof known_keys / sizeof known_keys[0];
     for (const cJSON *k = o->child; k; k = k->next) {
         bool known = false;
-        for (size_t i = 0; i < sizeof known_keys / sizeof known_keys[0]; i++) {
-            known = known || !strcmp(k->string, known_keys[i]);
+        for (size_t i = 0; i < n_keys; i++) {
+            known = known || !strcmp(k->string, keys[i]);
         }
         if (!known) {
             return BAD(k->string, "Unrecognized request argument supplied: %s", k->string);
@@ -718,18 +759,28 @@ static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
     long long iv;
     const cJSON *v;
     /* model */
-    v = cJSON_GetObjectItemCaseSensitive(o, "model");
-    if (!cJSON_IsString(v)) {
-        return BAD("model", "model is required (a string)");
+    v = get(o, "model");
+    if (v && !cJSON_IsString(v)) {
+        return BAD("model", "model must be a string");
     }
-    if (conf->model_name && strcmp(v->valuestring, conf->model_name) != 0) {
+    if (!v && !conf->model_name) {
+        return BAD("model", "model is required");
+    }
+    if (!v) { /* one model is served: it is the one (as vLLM) */
+        r->model = xc_strdup(conf->model_name);
+        if (!r->model) {
+            return xc_errf(XC_ERR_NOMEM, "out of memory");
+        }
+    } else if (conf->model_name && strcmp(v->valuestring, conf->model_name) != 0) {
         return xc_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
                                 "The model '%.200s' does not exist (this server serves '%.200s')",
                                 v->valuestring, conf->model_name);
     }
-    r->model = xc_strdup(v->valuestring);
-    if (!r->model) {
-        return xc_errf(XC_ERR_NOMEM, "out of memory");
+    if (v) {
+        r->model = xc_strdup(v->valuestring);
+        if (!r->model) {
+            return xc_errf(XC_ERR_NOMEM, "out of memory");
+        }
     }
     /* max_tokens / max_completion_tokens */
     const char *mk[2] = {"max_tokens", "max_completion_tokens"};
@@ -765,14 +816,68 @@ static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
         }
         r->top_k = iv < 0 ? 0 : (int)iv;
     }
-    const char *zero[2] = {"frequency_penalty", "presence_penalty"};
-    for (int i = 0; i < 2; i++) {
-        if ((v = get(o, zero[i])) && (!cJSON_IsNumber(v) || v->valuedouble != 0)) {
-            return BAD(zero[i], "%s is not supported (only 0); use repetition_penalty", zero[i]);
+    XC_TRY(get_float(o, "presence_penalty", -2, 2, false, &r->presence_penalty, err));
+    XC_TRY(get_float(o, "frequency_penalty", -2, 2, false, &r->frequency_penalty, err));
+    XC_TRY(get_float(o, "min_p", 0, 1, false, &r->min_p, err));
+    if ((v = get(o, "min_tokens"))) {
+        if (!json_int_in(v, 0, conf->max_tokens_limit, &iv)) {
+            return BAD("min_tokens", "min_tokens must be an integer in [0, %d]",
+                       conf->max_tokens_limit);
+        }
+        r->min_tokens = (int)iv;
+    }
+    if ((v = get(o, "logit_bias"))) {
+        if (!cJSON_IsObject(v)) {
+            return BAD("logit_bias", "logit_bias must be an object {\"token id\": bias}");
+        }
+        for (const cJSON *k = v->child; k; k = k->next) {
+            char *end = NULL;
+            long id = strtol(k->string, &end, 10);
+            if (!k->string[0] || *end || id < 0 || id > INT32_MAX) {
+                return BAD("logit_bias", "logit_bias key '%.40s' is not a token id", k->string);
+            }
+            if (!cJSON_IsNumber(k) || !(k->valuedouble >= -100 && k->valuedouble <= 100)) {
+                return BAD("logit_bias", "logit_bias values must be numbers in [-100, 100]");
+            }
+            if (r->n_logit_bias == 300) {
+                return BAD("logit_bias", "logit_bias has more than 300 entries");
+            }
+            r->logit_bias_ids[r->n_logit_bias] = (uint32_t)id;
+            r->logit_bias[r->n_logit_bias++] = (float)k->valuedouble;
         }
     }
-    if ((v = get(o, "logit_bias")) && (!cJSON_IsObject(v) || v->child)) {
-        return BAD("logit_bias", "logit_bias is not supported (only {})");
+    if ((v = get(o, "stop_token_ids"))) {
+        if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > 32) {
+            return BAD("stop_token_ids", "stop_token_ids must be an array of at most 32 ids");
+        }
+        for (const cJSON *k = v->child; k; k = k->next) {
+            if (!json_int_in(k, 0, INT32_MAX, &iv)) {
+                return BAD("stop_token_ids", "stop_token_ids must hold token ids");
+            }
+            r->stop_token_ids[r->n_stop_token_ids++] = (int32_t)iv;
+        }
+    }
+    r->skip_special_tokens = true;
+    const char *flags[2] = {"include_stop_str_in_output", "skip_special_tokens"};
+    bool *dst[2] = {&r->include_stop_str_in_output, &r->skip_special_tokens};
+    for (int i = 0; i < 2; i++) {
+        if ((v = get(o, flags[i]))) {
+            if (!cJSON_IsBool(v)) {
+                return BAD(flags[i], "%s must be a boolean", flags[i]);
+            }
+            *dst[i] = cJSON_IsTrue(v);
+        }
+    }
+    /* tools: only absent, null, [] or tool_choice "none" (no tool calling here) */
+    if ((v = get(o, "tools")) && !(cJSON_IsArray(v) && !v->child)) {
+        return BAD("tools", "tools are not supported by this server");
+    }
+    if ((v = get(o, "tool_choice")) && !(cJSON_IsString(v) && (!strcmp(v->valuestring, "none") ||
+                                                               !strcmp(v->valuestring, "auto")))) {
+        return BAD("tool_choice", "tool_choice: only \"none\" (no tools are supported)");
+    }
+    if ((v = get(o, "parallel_tool_calls")) && !cJSON_IsBool(v)) {
+        return BAD("parallel_tool_calls", "parallel_tool_calls must be a boolean");
     }
     if ((v = get(o, "response_format"))) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
@@ -801,7 +906,13 @@ static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
         r->n = (int)iv;
     }
     XC_TRY(parse_stop(pc, get(o, "stop")));
-    if ((v = get(o, "logprobs"))) {
+    if ((v = get(o, "logprobs")) && pc->legacy) { /* the legacy integer */
+        if (!json_int_in(v, 0, 5, &iv)) {
+            return BAD("logprobs", "logprobs must be an integer in [0, 5]");
+        }
+        r->logprobs = true;
+        r->top_logprobs = (int)iv;
+    } else if (v) {
         if (!cJSON_IsBool(v)) {
             return BAD("logprobs", "logprobs must be a boolean");
         }
@@ -900,7 +1011,7 @@ xc_status xc_api_parse(const xc_api_conf *conf, const char *body, size_t len, xc
         st = BAD(NULL, "the body must be a JSON object");
         goto out;
     }
-    XC_TRY_GOTO(check_keys(o, err), st, out);
+    XC_TRY_GOTO(check_keys(o, false, err), st, out);
     XC_TRY_GOTO(parse_params(&pc, o), st, out);
     XC_TRY_GOTO(parse_messages(&pc, cJSON_GetObjectItemCaseSensitive(o, "messages")), st, out);
 out:
@@ -935,10 +1046,196 @@ void xc_api_request_fini(xc_api_request *r) {
         xc_free(r->stop[i]);
     }
     xc_free(r->stop);
+    for (int i = 0; r->prompts && i < r->n_prompts; i++) {
+        xc_free(r->prompts[i]);
+    }
+    xc_free(r->prompts);
+    xc_free(r->prompt_len);
     memset(r, 0, sizeof *r);
 }
 
+/* ---- /v1/completions ---- */
+
+/* Adds one prompt: a string (BOS + its ids) or an array of token ids. */
+static xc_status add_prompt(parse_ctx *pc, const xc_tokenizer *tok, const cJSON *v, int k) {
+    xc_api_error *err = pc->err;
+    xc_api_request *r = pc->r;
+    xc_tokens ids = {0};
+    xc_status st = XC_OK;
+    if (cJSON_IsString(v)) {
+        int32_t bos = xc_tokenizer_special_ids(tok)->bos;
+        if (bos >= 0) {
+            st = xc_tokenizer_tokens_push(&ids, bos);
+        }
+        if (st == XC_OK) {
+            st = xc_tokenizer_encode(tok, v->valuestring, strlen(v->valuestring), &ids);
+        }
+        if (st == XC_ERR_ARG) {
+            st = BAD("prompt", "prompt %d: %s", k, xc_err_last());
+        }
+    } else if (cJSON_IsArray(v)) {
+        long long iv;
+        for (const cJSON *t = v->child; t && st == XC_OK; t = t->next) {
+            if (!json_int_in(t, 0, (double)xc_tokenizer_vocab_size(tok) - 1, &iv)) {
+                st = BAD("prompt", "prompt %d: token ids must be integers below %zu", k,
+                         xc_tokenizer_vocab_size(tok));
+            } else {
+                st = xc_tokenizer_tokens_push(&ids, (int32_t)iv);
+            }
+        }
+    } else {
+        st = BAD("prompt", "prompt must be a string, a list of strings, a list of token ids or a "
+                           "list of such lists");
+    }
+    if (st == XC_OK && ids.n == 0) {
+        st = BAD("prompt", "prompt %d is empty", k);
+    }
+    if (st != XC_OK) {
+        xc_tokenizer_tokens_fini(&ids);
+        return st;
+    }
+    r->prompts[k] = ids.ids;
+    r->prompt_len[k] = (int)ids.n;
+    r->n_prompts = k + 1;
+    return XC_OK;
+}
+
+xc_status xc_api_parse_completion(const xc_api_conf *conf, const xc_tokenizer *tok,
+                                  const char *body, size_t len, xc_api_request *out,
+                                  xc_api_error *err) {
+    pthread_once(&g_hooks_once, cjson_hooks_once);
+    memset(out, 0, sizeof *out);
+    memset(err, 0, sizeof *err);
+    if (xc_api_json_precheck(body, len, XC_API_MAX_JSON_DEPTH, XC_API_MAX_JSON_NODES) != XC_OK) {
+        return BAD(NULL, "the body is too complex: %s", xc_err_last());
+    }
+    cJSON *o = cJSON_ParseWithLength(body, len);
+    if (!o) {
+        return BAD(NULL, "the body is not valid JSON");
+    }
+    xc_status st = XC_OK;
+    parse_ctx pc = {.body = body, .len = len, .conf = conf, .r = out, .err = err, .legacy = true};
+    out->legacy = true;
+    if (!cJSON_IsObject(o)) {
+        st = BAD(NULL, "the body must be a JSON object");
+        goto out;
+    }
+    XC_TRY_GOTO(check_keys(o, true, err), st, out);
+    XC_TRY_GOTO(parse_params(&pc, o), st, out);
+    const cJSON *v;
+    if ((v = get(o, "suffix")) && !(cJSON_IsString(v) && !v->valuestring[0])) {
+        st = BAD("suffix", "suffix is not supported (no fill-in-the-middle for this model)");
+        goto out;
+    }
+    if ((v = get(o, "best_of")) && !(cJSON_IsNumber(v) && v->valuedouble == out->n)) {
+        st = BAD("best_of", "best_of is not supported (only null or equal to n)");
+        goto out;
+    }
+    if ((v = get(o, "echo"))) {
+        if (!cJSON_IsBool(v)) {
+            st = BAD("echo", "echo must be a boolean");
+            goto out;
+        }
+        out->echo = cJSON_IsTrue(v);
+    }
+    if (!out->max_tokens) {
+        out->max_tokens = 16 < conf->max_tokens_limit ? 16 : conf->max_tokens_limit;
+    }
+    const cJSON *p = get(o, "prompt");
+    /* a list of prompts: strings or lists; else one prompt */
+    bool many =
+        cJSON_IsArray(p) && p->child && (cJSON_IsString(p->child) || cJSON_IsArray(p->child));
+    int n_p = many ? cJSON_GetArraySize(p) : 1;
+    int max_p = conf->max_n > 0 ? conf->max_n : 1;
+    if (!p) {
+        st = BAD("prompt", "prompt is required");
+        goto out;
+    }
+    if ((long)n_p * out->n > max_p) {
+        st = BAD("prompt", "%d prompts x n = %d choices; this server allows at most %d", n_p,
+                 out->n, max_p);
+        goto out;
+    }
+    out->prompts = xc_calloc((size_t)n_p, sizeof *out->prompts);
+    out->prompt_len = xc_calloc((size_t)n_p, sizeof *out->prompt_len);
+    if (!out->prompts || !out->prompt_len) {
+        st = xc_errf(XC_ERR_NOMEM, "out of memory for prompts");
+        goto out;
+    }
+    if (many) {
+        int k = 0;
+        for (const cJSON *e = p->child; e; e = e->next, k++) {
+            XC_TRY_GOTO(add_prompt(&pc, tok, e, k), st, out);
+        }
+    } else {
+        XC_TRY_GOTO(add_prompt(&pc, tok, p, 0), st, out);
+    }
+out:
+    cJSON_Delete(o);
+    if (st == XC_ERR_NOMEM && !err->http_status) {
+        xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    if (st != XC_OK) {
+        xc_api_request_fini(out);
+        out->legacy = true;
+    }
+    return st;
+}
+
+static xc_status fill_request(const xc_api_conf *conf, const xc_tokenizer *tok,
+                              const xc_api_request *r, int n, xc_api_prepared *out,
+                              xc_api_error *err);
+
+xc_status xc_api_prepare_prompt(const xc_api_conf *conf, const xc_tokenizer *tok,
+                                const xc_api_request *r, int k, xc_api_prepared *out,
+                                xc_api_error *err) {
+    memset(out, 0, sizeof *out);
+    int n = r->prompt_len[k];
+    out->ids = xc_malloc((size_t)n * sizeof(int32_t));
+    if (!out->ids) {
+        return xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    memcpy(out->ids, r->prompts[k], (size_t)n * sizeof(int32_t));
+    out->prompt_tokens = n;
+    return fill_request(conf, tok, r, n, out, err);
+}
+
 /* ---- prompt ---- */
+
+/* The context rule: prompt + max_tokens within the context; without max_tokens, the context left
+ * (capped by --default-max-tokens). */
+static xc_status check_context(const xc_api_conf *conf, const xc_api_request *r, int n,
+                               int *max_new_out, xc_api_error *err) {
+    int ctx = conf->max_context;
+    int max_prompt = conf->max_prompt > 0 && conf->max_prompt < ctx ? conf->max_prompt : ctx;
+    if (n > max_prompt) {
+        return xc_api_error_set(err, 400, "invalid_request_error", "context_length_exceeded",
+                                r->legacy ? "prompt" : "messages",
+                                "The prompt has %d tokens, more than this model's max_length of "
+                                "%d (the original would cut it; this server refuses it).",
+                                n, max_prompt);
+    }
+    int max_new = r->max_tokens;
+    if (max_new == 0) { /* the context left, capped by --default-max-tokens (0 = no cap) */
+        max_new = ctx - n;
+        if (conf->default_max_tokens > 0 && conf->default_max_tokens < max_new) {
+            max_new = conf->default_max_tokens;
+        }
+    }
+    if (n >= ctx || (long)n + max_new > ctx) {
+        return xc_api_error_set(err, 400, "invalid_request_error", "context_length_exceeded",
+                                r->legacy ? "prompt" : "messages",
+                                "This model's maximum context length is %d tokens. However, you "
+                                "requested %ld tokens (%d in the messages, %d in the completion). "
+                                "Please reduce the length of the messages or completion.",
+                                ctx, (long)n + (r->max_tokens ? r->max_tokens : 1), n,
+                                r->max_tokens ? r->max_tokens : 1);
+    }
+    if (max_new_out) {
+        *max_new_out = max_new;
+    }
+    return XC_OK;
+}
 
 xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const xc_api_request *r,
                          xc_api_prepared *out, xc_api_error *err) {
@@ -959,21 +1256,10 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
         }
         return BAD("messages", "cannot build the prompt: %s", xc_err_last());
     }
-    int ctx = conf->max_context;
     int n = (int)cp.n;
-    int max_new = r->max_tokens;
-    if (max_new == 0) {
-        max_new = conf->default_max_tokens < ctx - n ? conf->default_max_tokens : ctx - n;
-    }
-    if (n >= ctx || (long)n + max_new > ctx) {
+    if (check_context(conf, r, n, NULL, err) != XC_OK) {
         xc_chat_prompt_fini(&cp);
-        return xc_api_error_set(err, 400, "invalid_request_error", "context_length_exceeded",
-                                "messages",
-                                "This model's maximum context length is %d tokens. However, you "
-                                "requested %ld tokens (%d in the messages, %d in the completion). "
-                                "Please reduce the length of the messages or completion.",
-                                ctx, (long)n + (r->max_tokens ? r->max_tokens : 1), n,
-                                r->max_tokens ? r->max_tokens : 1);
+        return XC_ERR_ARG;
     }
     out->ids = cp.ids;
     out->prompt_tokens = n;
@@ -1029,8 +1315,25 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
         }
     }
     out->preprocess_s = xc_now_s() - t0;
+    return fill_request(conf, tok, r, n, out, err);
+}
+
+static xc_status fill_request(const xc_api_conf *conf, const xc_tokenizer *tok,
+                              const xc_api_request *r, int n, xc_api_prepared *out,
+                              xc_api_error *err) {
+    int max_new = 0;
+    if (check_context(conf, r, n, &max_new, err) != XC_OK) {
+        xc_api_prepared_fini(out);
+        return XC_ERR_ARG;
+    }
     size_t n_stop = 0;
     xc_chat_stop_ids(tok, out->stop_ids, &n_stop);
+    if (r->ignore_eos) {
+        n_stop = 0;
+    }
+    for (int i = 0; i < r->n_stop_token_ids; i++) {
+        out->stop_ids[n_stop++] = r->stop_token_ids[i];
+    }
     out->req = (xc_coord_request){.ids = out->ids,
                                   .n = n,
                                   .img = out->img,
@@ -1041,11 +1344,19 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
                                                .top_k = r->top_k,
                                                .top_p = r->top_p,
                                                .repetition_penalty = r->repetition_penalty,
-                                               .seed = r->seed},
+                                               .seed = r->seed,
+                                               .presence_penalty = r->presence_penalty,
+                                               .frequency_penalty = r->frequency_penalty,
+                                               .min_p = r->min_p,
+                                               .min_tokens = r->min_tokens,
+                                               .n_logit_bias = r->n_logit_bias},
                                   .max_new_tokens = max_new,
                                   .stop_ids = out->stop_ids,
-                                  .n_stop_ids = r->ignore_eos ? 0 : (int)n_stop,
+                                  .n_stop_ids = (int)n_stop,
                                   .penalize_prompt = r->n_images == 0};
+    memcpy(out->req.sampling.logit_bias_ids, r->logit_bias_ids,
+           (size_t)r->n_logit_bias * sizeof(uint32_t));
+    memcpy(out->req.sampling.logit_bias, r->logit_bias, (size_t)r->n_logit_bias * sizeof(float));
     return XC_OK;
 }
 
@@ -1064,6 +1375,7 @@ void xc_api_prepared_fini(xc_api_prepared *p) {
 void xc_api_text_init(xc_api_text *t, const xc_tokenizer *tok, char *const *stop, int n_stop) {
     memset(t, 0, sizeof *t);
     xc_tokenizer_stream_init(&t->ts, tok);
+    t->tok = tok;
     t->stop = stop;
     t->n_stop = n_stop;
 }
@@ -1107,18 +1419,19 @@ static xc_status settle(xc_api_text *t, const char *text, size_t len, bool final
     memcpy(t->pend + t->n_pend, text, len);
     t->n_pend += len;
     /* the earliest complete stop string ends the text */
-    size_t cut = SIZE_MAX;
+    size_t cut = SIZE_MAX, cut_len = 0;
     for (int s = 0; s < t->n_stop; s++) {
         size_t sl = strlen(t->stop[s]);
         for (size_t i = 0; i + sl <= t->n_pend && i < cut; i++) {
             if (!memcmp(t->pend + i, t->stop[s], sl)) {
                 cut = i;
+                cut_len = sl;
                 break;
             }
         }
     }
     if (cut != SIZE_MAX) {
-        XC_TRY(emit_pending(t, cut));
+        XC_TRY(emit_pending(t, cut + (t->include_stop ? cut_len : 0)));
         t->n_pend = 0;
         t->stopped = true;
         return XC_OK;
@@ -1144,7 +1457,24 @@ xc_status xc_api_text_feed(xc_api_text *t, int32_t token, const char **emit, siz
     const char *text = NULL;
     size_t len = 0;
     XC_TRY(xc_tokenizer_stream_feed(&t->ts, token, &text, &len));
-    XC_TRY(settle(t, text, len, false));
+    const xc_tokenizer_special *sp = xc_tokenizer_special_ids(t->tok);
+    if (t->show_special && (token == sp->bos || token == sp->eos || token == sp->pad)) {
+        /* a control piece decodes to nothing; shown, it is its piece text */
+        size_t pl = 0;
+        const char *piece = xc_tokenizer_id_to_piece(t->tok, token, &pl);
+        pl = piece ? pl : 0;
+        char *both = xc_malloc(len + pl + 1);
+        if (!both) {
+            return XC_ERR_NOMEM;
+        }
+        memcpy(both, text ? text : "", len); /* what the run before it flushed, then it */
+        memcpy(both + len, piece ? piece : "", pl);
+        xc_status st = settle(t, both, len + pl, false);
+        xc_free(both);
+        XC_TRY(st);
+    } else {
+        XC_TRY(settle(t, text, len, false));
+    }
     *emit = t->out ? t->out : "";
     *n_emit = t->n_out;
     *stopped = t->stopped;
@@ -1330,7 +1660,7 @@ char *xc_api_chunk_json(const char *id, long created, const char *model, int ind
     return print_free(o);
 }
 
-char *xc_api_models_json(const char *model, long created) {
+char *xc_api_models_json(const char *model, long created, int max_model_len) {
     pthread_once(&g_hooks_once, cjson_hooks_once);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "object", "list");
@@ -1340,6 +1670,260 @@ char *xc_api_models_json(const char *model, long created) {
     cJSON_AddStringToObject(m, "object", "model");
     cJSON_AddNumberToObject(m, "created", (double)created);
     cJSON_AddStringToObject(m, "owned_by", "xcpipe");
+    cJSON_AddNumberToObject(m, "max_model_len", max_model_len);
     cJSON_AddItemToArray(d, m);
+    return print_free(o);
+}
+
+/* ---- /tokenize, /detokenize ---- */
+
+static cJSON *parse_body(const char *body, size_t len, xc_api_error *err) {
+    pthread_once(&g_hooks_once, cjson_hooks_once);
+    if (xc_api_json_precheck(body, len, XC_API_MAX_JSON_DEPTH, XC_API_MAX_JSON_NODES) != XC_OK) {
+        BAD(NULL, "the body is too complex: %s", xc_err_last());
+        return NULL;
+    }
+    cJSON *o = cJSON_ParseWithLength(body, len);
+    if (!o || !cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        BAD(NULL, "the body must be a JSON object");
+        return NULL;
+    }
+    return o;
+}
+
+/* Only the keys in allowed (NULL-terminated); model, when given, must be the served one. */
+static xc_status check_small(const xc_api_conf *conf, const cJSON *o, const char *const *allowed,
+                             xc_api_error *err) {
+    for (const cJSON *k = o->child; k; k = k->next) {
+        bool ok = false;
+        for (int i = 0; allowed[i]; i++) {
+            ok = ok || !strcmp(k->string, allowed[i]);
+        }
+        if (!ok) {
+            return BAD(k->string, "Unrecognized request argument supplied: %s", k->string);
+        }
+    }
+    const cJSON *m = get(o, "model");
+    if (m &&
+        (!cJSON_IsString(m) || (conf->model_name && strcmp(m->valuestring, conf->model_name)))) {
+        return xc_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
+                                "The model does not exist (this server serves '%.200s')",
+                                conf->model_name ? conf->model_name : "");
+    }
+    return XC_OK;
+}
+
+static xc_status get_bool(const cJSON *o, const char *k, bool *out, xc_api_error *err) {
+    const cJSON *v = get(o, k);
+    if (v && !cJSON_IsBool(v)) {
+        return BAD(k, "%s must be a boolean", k);
+    }
+    if (v) {
+        *out = cJSON_IsTrue(v);
+    }
+    return XC_OK;
+}
+
+xc_status xc_api_tokenize(const xc_api_conf *conf, const xc_tokenizer *tok, const char *body,
+                          size_t len, char **out, xc_api_error *err) {
+    memset(err, 0, sizeof *err);
+    *out = NULL;
+    cJSON *o = parse_body(body, len, err);
+    if (!o) {
+        return XC_ERR_ARG;
+    }
+    static const char *const allowed[] = {
+        "model", "prompt", "messages", "add_special_tokens", "add_generation_prompt", NULL};
+    xc_status st = check_small(conf, o, allowed, err);
+    const cJSON *prompt = get(o, "prompt"), *msgs = get(o, "messages");
+    bool add_special = msgs == NULL, add_gen = true;
+    xc_tokens ids = {0};
+    xc_api_request r = {0};
+    xc_chat_prompt cp = {0};
+    if (st == XC_OK) {
+        st = get_bool(o, "add_special_tokens", &add_special, err);
+    }
+    if (st == XC_OK) {
+        st = get_bool(o, "add_generation_prompt", &add_gen, err);
+    }
+    if (st == XC_OK && (!prompt) == (!msgs)) {
+        st = BAD(NULL, "give either prompt (a string) or messages");
+    }
+    if (st == XC_OK && prompt) {
+        if (!cJSON_IsString(prompt)) {
+            st = BAD("prompt", "prompt must be a string");
+        } else if (add_special && xc_tokenizer_special_ids(tok)->bos >= 0) {
+            st = xc_tokenizer_tokens_push(&ids, xc_tokenizer_special_ids(tok)->bos);
+        }
+        if (st == XC_OK) {
+            st = xc_tokenizer_encode(tok, prompt->valuestring, strlen(prompt->valuestring), &ids);
+            if (st == XC_ERR_ARG) {
+                st = BAD("prompt", "%s", xc_err_last());
+            }
+        }
+    } else if (st == XC_OK) {
+        parse_ctx pc = {.body = body, .len = len, .conf = conf, .r = &r, .err = err};
+        st = parse_messages(&pc, msgs);
+        if (st == XC_OK) {
+            xc_chat_request cr = {.variant = conf->variant,
+                                  .system = r.system,
+                                  .history = r.history,
+                                  .n_history = r.n_history,
+                                  .query = r.query,
+                                  .n_images = (size_t)r.n_images,
+                                  .tokens_per_image = (size_t)conf->image_tokens,
+                                  .bos = XC_CHAT_BOS_PER_SEGMENT,
+                                  .no_generation_prompt = !add_gen};
+            st = xc_chat_build(tok, &cr, &cp);
+            if (st == XC_ERR_ARG) {
+                st = BAD("messages", "cannot build the prompt: %s", xc_err_last());
+            }
+        }
+    }
+    if (st == XC_OK) {
+        const int32_t *v = prompt ? ids.ids : cp.ids;
+        size_t n = prompt ? ids.n : cp.n;
+        cJSON *res = cJSON_CreateObject();
+        cJSON_AddNumberToObject(res, "count", (double)n);
+        cJSON_AddNumberToObject(res, "max_model_len", conf->max_context);
+        cJSON *arr = cJSON_AddArrayToObject(res, "tokens");
+        for (size_t i = 0; arr && i < n; i++) {
+            cJSON_AddItemToArray(arr, cJSON_CreateNumber(v[i] < 0 ? -1 : v[i]));
+        }
+        *out = print_free(res);
+        if (!*out) {
+            st = XC_ERR_NOMEM;
+        }
+    }
+    if (st == XC_ERR_NOMEM && !err->http_status) {
+        xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    xc_chat_prompt_fini(&cp);
+    xc_api_request_fini(&r);
+    xc_tokenizer_tokens_fini(&ids);
+    cJSON_Delete(o);
+    return st == XC_OK ? XC_OK : XC_ERR_ARG;
+}
+
+xc_status xc_api_detokenize(const xc_api_conf *conf, const xc_tokenizer *tok, const char *body,
+                            size_t len, char **out, xc_api_error *err) {
+    memset(err, 0, sizeof *err);
+    *out = NULL;
+    cJSON *o = parse_body(body, len, err);
+    if (!o) {
+        return XC_ERR_ARG;
+    }
+    static const char *const allowed[] = {"model", "tokens", NULL};
+    xc_status st = check_small(conf, o, allowed, err);
+    const cJSON *t = get(o, "tokens");
+    int32_t *ids = NULL;
+    int n = 0;
+    if (st == XC_OK && !cJSON_IsArray(t)) {
+        st = BAD("tokens", "tokens must be an array of token ids");
+    }
+    if (st == XC_OK) {
+        n = cJSON_GetArraySize(t);
+        ids = xc_malloc((size_t)(n ? n : 1) * sizeof *ids);
+        st = ids ? XC_OK : XC_ERR_NOMEM;
+    }
+    long long iv;
+    int k = 0;
+    for (const cJSON *v = st == XC_OK ? t->child : NULL; v; v = v->next, k++) {
+        if (!json_int_in(v, 0, (double)xc_tokenizer_vocab_size(tok) - 1, &iv)) {
+            st = BAD("tokens", "tokens[%d] is not a token id below %zu", k,
+                     xc_tokenizer_vocab_size(tok));
+            break;
+        }
+        ids[k] = (int32_t)iv;
+    }
+    char *text = NULL;
+    size_t tl = 0;
+    if (st == XC_OK) {
+        st = xc_tokenizer_decode(tok, ids, (size_t)n, &text, &tl);
+    }
+    if (st == XC_OK) {
+        cJSON *res = cJSON_CreateObject();
+        cJSON_AddItemToObject(res, "prompt", str_n(text, tl));
+        *out = print_free(res);
+        st = *out ? XC_OK : XC_ERR_NOMEM;
+    }
+    if (st == XC_ERR_NOMEM && !err->http_status) {
+        xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    xc_free(text);
+    xc_free(ids);
+    cJSON_Delete(o);
+    return st == XC_OK ? XC_OK : XC_ERR_ARG;
+}
+
+/* ---- /v1/completions answers ---- */
+
+/* A token's text as the logprob entries show it (token_lp's rendering). */
+static cJSON *legacy_lp_json(const xc_api_legacy_lp *l, const xc_tokenizer *tok) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *toks = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs");
+    cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
+    for (int i = 0; i < l->n_echo + l->n_lp; i++) {
+        bool echo = i < l->n_echo;
+        int32_t id = echo ? l->echo_ids[i] : l->lp[i - l->n_echo].token;
+        cJSON *e = token_lp(tok, id, 0.0f);
+        cJSON_AddItemToArray(toks, cJSON_Duplicate(cJSON_GetObjectItem(e, "token"), true));
+        cJSON_Delete(e);
+        if (echo) { /* prompt logprobs are not computed */
+            cJSON_AddItemToArray(lps, cJSON_CreateNull());
+            cJSON_AddItemToArray(tops, cJSON_CreateNull());
+        } else {
+            const xc_api_logprob *lp = &l->lp[i - l->n_echo];
+            cJSON_AddItemToArray(lps,
+                                 cJSON_CreateNumber(isfinite(lp->logprob) ? lp->logprob : -9999.0));
+            cJSON *m = cJSON_CreateObject();
+            for (int k = 0; k < lp->n_top; k++) {
+                cJSON *t = token_lp(tok, lp->top_ids[k], lp->top_logprobs[k]);
+                const cJSON *ts = cJSON_GetObjectItem(t, "token");
+                if (ts && cJSON_IsString(ts) && !cJSON_GetObjectItem(m, ts->valuestring)) {
+                    cJSON_AddNumberToObject(m, ts->valuestring,
+                                            isfinite(lp->top_logprobs[k]) ? lp->top_logprobs[k]
+                                                                          : -9999.0);
+                }
+                cJSON_Delete(t);
+            }
+            cJSON_AddItemToArray(tops, m);
+        }
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)l->offsets[i]));
+    }
+    return o;
+}
+
+char *xc_api_text_completion_json(const char *id, long created, const char *model,
+                                  const xc_api_text_choice *choices, int n, int index,
+                                  const xc_api_usage *usage, const xc_tokenizer *tok) {
+    pthread_once(&g_hooks_once, cjson_hooks_once);
+    cJSON *o = head_json(id, created, model, "text_completion");
+    cJSON *arr = cJSON_AddArrayToObject(o, "choices");
+    for (int i = 0; arr && i < n; i++) {
+        const xc_api_text_choice *c = &choices[i];
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "index", index >= 0 ? index : i);
+        cJSON_AddItemToObject(e, "text", str_n(c->text ? c->text : "", c->text ? c->len : 0));
+        if (c->logprobs) {
+            cJSON_AddItemToObject(e, "logprobs", legacy_lp_json(c->logprobs, tok));
+        } else {
+            cJSON_AddNullToObject(e, "logprobs");
+        }
+        if (c->finish_reason) {
+            cJSON_AddStringToObject(e, "finish_reason", c->finish_reason);
+        } else {
+            cJSON_AddNullToObject(e, "finish_reason");
+        }
+        cJSON_AddItemToArray(arr, e);
+    }
+    if (usage) {
+        cJSON_AddItemToObject(o, "usage", usage_json(usage));
+    } else if (index >= 0 || n == 0) {
+        cJSON_AddNullToObject(o, "usage");
+    }
     return print_free(o);
 }

@@ -36,6 +36,7 @@ typedef struct xc_api_conf {
     int max_tokens_limit;       /* largest max_tokens accepted */
     int default_max_tokens;     /* when the request gives none (cut to the context left) */
     int max_context;            /* prompt + max_tokens at most (tokens, image rows included) */
+    int max_prompt;             /* prompt rows at most (config max_length); 0 = max_context */
     int max_images;             /* images per request, all messages together */
     size_t max_image_bytes;     /* encoded bytes of one image */
     uint64_t max_pixels;        /* width * height of one image, checked before decoding */
@@ -93,6 +94,22 @@ typedef struct xc_api_request {
     int top_logprobs;
     bool stream, include_usage;
     bool ignore_eos; /* extension: generate past EOS/<|im_end|> (benchmarks) */
+    /* issue 14: OpenAI's and vLLM's extra sampling parameters */
+    float presence_penalty, frequency_penalty, min_p;
+    int min_tokens;
+    int n_logit_bias;
+    uint32_t logit_bias_ids[300];
+    float logit_bias[300];
+    int32_t stop_token_ids[32]; /* extra stop ids (vLLM stop_token_ids) */
+    int n_stop_token_ids;
+    bool include_stop_str_in_output; /* a matched stop string stays in the text */
+    bool skip_special_tokens;        /* default true: control/marker pieces give no text */
+    /* POST /v1/completions (legacy): raw prompts, no chat template */
+    bool legacy;
+    bool echo;         /* the prompt text starts each choice's text */
+    int n_prompts;     /* choices = n_prompts * n, index = prompt * n + j */
+    int32_t **prompts; /* (n_prompts) token ids of each prompt (BOS first for text prompts) */
+    int *prompt_len;   /* (n_prompts) */
 } xc_api_request;
 
 /* Parses and checks a /v1/chat/completions body (len bytes, need not be NUL-terminated). On XC_OK
@@ -120,11 +137,11 @@ typedef struct xc_api_prepared {
     xc_coord_request req; /* points into the arrays below */
     int32_t *ids;
     xc_coord_range *img;
-    float *pixels; /* (n_img, 3, S, S) */
-    int32_t stop_ids[2];
-    int prompt_tokens;   /* rows, image rows included (usage.prompt_tokens) */
-    int image_tokens;    /* image rows among them */
-    double preprocess_s; /* seconds spent decoding and preprocessing images */
+    float *pixels;            /* (n_img, 3, S, S) */
+    int32_t stop_ids[2 + 32]; /* EOS, [UNUSED_TOKEN_145], then stop_token_ids */
+    int prompt_tokens;        /* rows, image rows included (usage.prompt_tokens) */
+    int image_tokens;         /* image rows among them */
+    double preprocess_s;      /* seconds spent decoding and preprocessing images */
 } xc_api_prepared;
 
 /* Builds the prompt with tok (chat template of conf->variant), decodes and preprocesses the
@@ -149,8 +166,11 @@ typedef struct xc_api_text {
     size_t n_pend, cap_pend;
     char *out; /* (n_out) text of the last call, a view for the caller */
     size_t n_out, cap_out;
-    size_t emitted; /* bytes emitted so far */
-    bool stopped;   /* a stop string matched: nothing more is emitted */
+    size_t emitted;    /* bytes emitted so far */
+    bool stopped;      /* a stop string matched: nothing more is emitted */
+    bool include_stop; /* include_stop_str_in_output: the matched stop string is emitted */
+    bool show_special; /* skip_special_tokens false: BOS/EOS/PAD give their piece text */
+    const xc_tokenizer *tok;
 } xc_api_text;
 
 void xc_api_text_init(xc_api_text *t, const xc_tokenizer *tok, char *const *stop, int n_stop);
@@ -207,5 +227,61 @@ char *xc_api_chunk_json(const char *id, long created, const char *model, int ind
                         const char *finish_reason, const xc_api_usage *usage, bool with_usage_null,
                         const xc_tokenizer *tok);
 
-/* {"object": "list", "data": [{"id": model, "object": "model", "created", "owned_by"}]}. */
-char *xc_api_models_json(const char *model, long created);
+/* {"object": "list", "data": [{"id": model, "object": "model", "created", "owned_by",
+ * "max_model_len"}]}. */
+char *xc_api_models_json(const char *model, long created, int max_model_len);
+
+/* POST /tokenize in vLLM's shape: {"prompt": text, "add_special_tokens": true} (BOS first) or
+ * {"messages": [...], "add_generation_prompt": true} (chat()'s template; image parts count as
+ * their rows, shown as -1 in "tokens"); answers {"count", "max_model_len", "tokens"} as a new
+ * xc_malloc'd string in *out. Images are not decoded (data: URLs are checked as base64). err as
+ * xc_api_parse; XC_ERR_ARG. */
+xc_status xc_api_tokenize(const xc_api_conf *conf, const xc_tokenizer *tok, const char *body,
+                          size_t len, char **out, xc_api_error *err);
+
+/* POST /detokenize: {"tokens": [ids]} -> {"prompt": text} (control pieces give no text). */
+xc_status xc_api_detokenize(const xc_api_conf *conf, const xc_tokenizer *tok, const char *body,
+                            size_t len, char **out, xc_api_error *err);
+
+/* ---- POST /v1/completions ---- */
+
+/* Parses and checks a POST /v1/completions body: prompt (a string, a list of strings, a list of
+ * token ids or a list of such lists; text is tokenized with tok as the tokenizer does by default:
+ * BOS first, turn markers allowed), suffix (refused), echo, logprobs (an integer 0..5: the legacy
+ * shape; r->logprobs with r->top_logprobs alternatives), best_of (null or n), and every sampling
+ * parameter of the chat endpoint; max_tokens defaults to 16 (OpenAI's). As xc_api_parse. */
+xc_status xc_api_parse_completion(const xc_api_conf *conf, const xc_tokenizer *tok,
+                                  const char *body, size_t len, xc_api_request *out,
+                                  xc_api_error *err);
+
+/* Prepares prompt k of a parsed /v1/completions request (ids copied, no images), with the
+ * context check of xc_api_prepare. */
+xc_status xc_api_prepare_prompt(const xc_api_conf *conf, const xc_tokenizer *tok,
+                                const xc_api_request *r, int k, xc_api_prepared *out,
+                                xc_api_error *err);
+
+/* The legacy logprobs of a completion choice: tokens, token_logprobs, top_logprobs (a map per
+ * token), text_offset. n_echo prompt ids come first with null logprobs (prompt logprobs are not
+ * computed); text_offset counts from the start of the choice text (echo included). */
+typedef struct xc_api_legacy_lp {
+    const int32_t *echo_ids; /* (n_echo) */
+    int n_echo;
+    const xc_api_logprob *lp; /* (n_lp) generated tokens */
+    int n_lp;
+    const size_t *offsets; /* (n_echo + n_lp) text offsets */
+} xc_api_legacy_lp;
+
+/* One choice of a /v1/completions answer. */
+typedef struct xc_api_text_choice {
+    const char *text;
+    size_t len;
+    const char *finish_reason;        /* NULL in a stream chunk that does not end it */
+    const xc_api_legacy_lp *logprobs; /* NULL = "logprobs": null */
+} xc_api_text_choice;
+
+/* {"id", "object": "text_completion", "created", "model", "choices": [{"index", "text",
+ * "logprobs", "finish_reason"}], "usage"} (whole: index = i; a stream chunk: one choice with
+ * index, usage NULL, or index < 0 for the usage-only chunk). New xc_malloc'd string. */
+char *xc_api_text_completion_json(const char *id, long created, const char *model,
+                                  const xc_api_text_choice *choices, int n, int index,
+                                  const xc_api_usage *usage, const xc_tokenizer *tok);

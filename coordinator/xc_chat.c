@@ -35,10 +35,12 @@ const char *xc_chat_default_system(xc_chat_variant variant) {
 
 typedef struct pbuf {
     char *p;
+    uint8_t *lit; /* (cap) 1 where the byte is message text (literal), when tracked */
+    bool track;
     size_t len, cap;
 } pbuf;
 
-static xc_status text_add(pbuf *t, const char *s) {
+static xc_status text_put(pbuf *t, const char *s, bool literal) {
     size_t n = strlen(s);
     if (t->len + n + 1 > t->cap) {
         size_t cap = t->cap ? t->cap : 256;
@@ -50,14 +52,43 @@ static xc_status text_add(pbuf *t, const char *s) {
             return xc_errf(XC_ERR_NOMEM, "out of memory for a %zu-byte chat prompt", cap);
         }
         t->p = p;
+        if (t->track) {
+            uint8_t *l = xc_realloc(t->lit, cap);
+            if (l == NULL) {
+                return xc_errf(XC_ERR_NOMEM, "out of memory for a %zu-byte chat prompt", cap);
+            }
+            t->lit = l;
+        }
         t->cap = cap;
     }
     memcpy(t->p + t->len, s, n + 1);
+    if (t->track) {
+        memset(t->lit + t->len, literal, n + 1);
+    }
     t->len += n;
     return XC_OK;
 }
 
+/* Template text (markers, role names). */
+static xc_status text_add(pbuf *t, const char *s) {
+    return text_put(t, s, false);
+}
+
+/* A message's content: literal text that never becomes a turn marker (docs/api.md, Security). */
+static xc_status text_msg(pbuf *t, const char *s) {
+    return text_put(t, s, true);
+}
+
+/* The prompt text, and with lit non-NULL a per-byte flag of message text (xc_malloc'd). */
+static xc_status prompt_text(const xc_chat_request *req, char **out, size_t *out_len,
+                             uint8_t **lit);
+
 xc_status xc_chat_prompt_text(const xc_chat_request *req, char **out, size_t *out_len) {
+    return prompt_text(req, out, out_len, NULL);
+}
+
+static xc_status prompt_text(const xc_chat_request *req, char **out, size_t *out_len,
+                             uint8_t **lit) {
     if (req->query == NULL) {
         return xc_errf(XC_ERR_ARG, "chat request has no query");
     }
@@ -67,35 +98,40 @@ xc_status xc_chat_prompt_text(const xc_chat_request *req, char **out, size_t *ou
         }
     }
     const char *meta = req->system ? req->system : xc_chat_default_system(req->variant);
-    pbuf t = {0};
+    pbuf t = {.track = lit != NULL};
     xc_status st;
     XC_TRY_GOTO(text_add(&t, ""), st, fail);
     if (req->raw) {
-        XC_TRY_GOTO(text_add(&t, req->query), st, fail);
-        *out = t.p;
-        *out_len = t.len;
-        return XC_OK;
+        XC_TRY_GOTO(text_add(&t, req->query), st, fail); /* raw: the caller's own prompt */
+        goto done;
     }
     if (meta[0]) {
         XC_TRY_GOTO(text_add(&t, IM_START "system\n"), st, fail);
-        XC_TRY_GOTO(text_add(&t, meta), st, fail);
+        XC_TRY_GOTO(req->system ? text_msg(&t, meta) : text_add(&t, meta), st, fail);
         XC_TRY_GOTO(text_add(&t, IM_END "\n"), st, fail);
     }
     for (size_t i = 0; i < req->n_history; i++) {
         XC_TRY_GOTO(text_add(&t, IM_START "user\n"), st, fail);
-        XC_TRY_GOTO(text_add(&t, req->history[i].user), st, fail);
+        XC_TRY_GOTO(text_msg(&t, req->history[i].user), st, fail);
         XC_TRY_GOTO(text_add(&t, IM_END "\n" IM_START "assistant\n"), st, fail);
-        XC_TRY_GOTO(text_add(&t, req->history[i].assistant), st, fail);
+        XC_TRY_GOTO(text_msg(&t, req->history[i].assistant), st, fail);
         XC_TRY_GOTO(text_add(&t, IM_END "\n"), st, fail);
     }
     XC_TRY_GOTO(text_add(&t, IM_START "user\n"), st, fail);
-    XC_TRY_GOTO(text_add(&t, req->query), st, fail);
-    XC_TRY_GOTO(text_add(&t, IM_END "\n" IM_START "assistant\n"), st, fail);
+    XC_TRY_GOTO(text_msg(&t, req->query), st, fail);
+    XC_TRY_GOTO(
+        text_add(&t, req->no_generation_prompt ? IM_END "\n" : IM_END "\n" IM_START "assistant\n"),
+        st, fail);
+done:
     *out = t.p;
     *out_len = t.len;
+    if (lit) {
+        *lit = t.lit;
+    }
     return XC_OK;
 fail:
     xc_free(t.p);
+    xc_free(t.lit);
     return st;
 }
 
@@ -128,8 +164,9 @@ xc_status xc_chat_build(const xc_tokenizer *tok, const xc_chat_request *req, xc_
                        req->n_images);
     }
     char *prompt = NULL;
+    uint8_t *lit = NULL;
     size_t plen = 0;
-    XC_TRY(xc_chat_prompt_text(req, &prompt, &plen));
+    XC_TRY(prompt_text(req, &prompt, &plen, &lit));
     xc_tokens ids = {0};
     xc_chat_range *ranges = NULL;
     xc_status st = XC_OK;
@@ -147,7 +184,7 @@ xc_status xc_chat_build(const xc_tokenizer *tok, const xc_chat_request *req, xc_
         if (req->bos == XC_CHAT_BOS_PER_SEGMENT && !req->raw) {
             XC_TRY_GOTO(xc_tokenizer_tokens_push(&ids, sp->bos), st, out);
         }
-        XC_TRY_GOTO(xc_tokenizer_encode(tok, prompt, plen, &ids), st, out);
+        XC_TRY_GOTO(xc_tokenizer_encode_literal(tok, prompt, plen, lit, &ids), st, out);
     } else {
         // interleav_wrap_chat(): text parts between the markers, each non-empty part tokenized
         // on its own (with BOS), an image's rows after every part but the last.
@@ -165,7 +202,9 @@ xc_status xc_chat_build(const xc_tokenizer *tok, const xc_chat_request *req, xc_
                 if (req->bos == XC_CHAT_BOS_PER_SEGMENT || ids.n == 0) {
                     XC_TRY_GOTO(xc_tokenizer_tokens_push(&ids, sp->bos), st, out);
                 }
-                XC_TRY_GOTO(xc_tokenizer_encode(tok, prompt + pos, part_end - pos, &ids), st, out);
+                XC_TRY_GOTO(xc_tokenizer_encode_literal(tok, prompt + pos, part_end - pos,
+                                                        lit ? lit + pos : NULL, &ids),
+                            st, out);
             }
             if (img < req->n_images) {
                 ranges[img].start = ids.n;
@@ -190,6 +229,7 @@ xc_status xc_chat_build(const xc_tokenizer *tok, const xc_chat_request *req, xc_
     ranges = NULL;
 out:
     xc_free(prompt);
+    xc_free(lit);
     xc_free(ranges);
     xc_tokenizer_tokens_fini(&ids);
     return st;

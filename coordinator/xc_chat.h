@@ -49,6 +49,8 @@ typedef struct xc_chat_request {
     size_t max_rows; /* refuse prompts longer than this (0 = no limit) */
     bool raw;        /* the query is the whole prompt: no markers, meta or history; text-only
                         prompts get one BOS (images still split at <ImageHere>) */
+    bool no_generation_prompt; /* end after the query's [UNUSED_TOKEN_145]\n, without the
+                                  assistant turn's opening (/tokenize add_generation_prompt) */
 } xc_chat_request;
 
 /* [start, end) rows of one image in the prompt. */

@@ -28,6 +28,7 @@
 
 typedef struct model_info {
     int n_layers, hidden, inter, heads, kv_heads, vocab, max_ctx, img_size, img_tokens;
+    int max_pos; /* max_position_embeddings: the most --max-context may be (prompts: max_ctx) */
 } model_info;
 
 static int json_int(const cJSON *o, const char *k, int def) {
@@ -56,6 +57,7 @@ static xc_status model_info_load(const char *dir, model_info *mi) {
     int mpe = json_int(o, "max_position_embeddings", 4096);
     mi->max_ctx = json_int(o, "max_length", mpe);
     mi->max_ctx = mi->max_ctx < mpe ? mi->max_ctx : mpe;
+    mi->max_pos = mpe;
     mi->img_size = json_int(o, "img_size", 0);
     cJSON_Delete(o);
     if (mi->n_layers < 1 || mi->hidden < 1 || mi->heads < 1 || mi->kv_heads < 1 || mi->vocab < 1 ||
@@ -1023,7 +1025,17 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                                       .penalty_ids = pen,
                                       .logprobs = q->logprobs, /* api helper */
                                       .top_logprobs = (uint32_t)q->top,
-                                      .choice = q->sp.choice};
+                                      .choice = q->sp.choice,
+                                      .presence_penalty = q->sp.presence_penalty,
+                                      .frequency_penalty = q->sp.frequency_penalty,
+                                      .min_p = q->sp.min_p,
+                                      .min_tokens = (uint32_t)q->sp.min_tokens,
+                                      /* min_tokens: the last stage holds the stop ids back */
+                                      .n_stop_ids = q->sp.min_tokens > 0 ? (size_t)q->n_stop : 0,
+                                      .stop_ids = (const uint32_t *)q->stop,
+                                      .n_logit_bias = (size_t)q->sp.n_logit_bias,
+                                      .logit_bias_ids = q->sp.logit_bias_ids,
+                                      .logit_bias_values = q->sp.logit_bias};
         }
         seqs[i] = (xc_wire_seq){.id = it->id,
                                 .first_pos = (uint32_t)it->first_pos,
@@ -1291,8 +1303,12 @@ xc_status xc_coord_create(const xc_coord_conf *conf, xc_coord **out) {
     snprintf(c->model_dir, sizeof c->model_dir, "%s", conf->model_dir);
     c->conf.model_dir = c->model_dir;
     XC_TRY_GOTO(model_info_load(conf->model_dir, &c->mi), st, fail);
-    if (c->conf.max_context <= 0 || c->conf.max_context > c->mi.max_ctx) {
+    /* default max_length; up to max_position_embeddings as the original generates (prompts
+     * stay within max_length: xc_coord_max_prompt) */
+    if (c->conf.max_context <= 0) {
         c->conf.max_context = c->mi.max_ctx;
+    } else if (c->conf.max_context > c->mi.max_pos) {
+        c->conf.max_context = c->mi.max_pos;
     }
     if (c->conf.send_timeout_ms <= 0) {
         c->conf.send_timeout_ms = 2000;
@@ -1325,6 +1341,10 @@ static xc_status check_request(const xc_coord *c, const xc_coord_request *r) {
     if (r->max_new_tokens < 1) {
         return xc_errf(XC_ERR_ARG, "max_new_tokens must be >= 1");
     }
+    if (r->n > xc_coord_max_prompt(c)) {
+        return xc_errf(XC_ERR_ARG, "prompt of %d rows is longer than max_length %d", r->n,
+                       xc_coord_max_prompt(c));
+    }
     if ((long)r->n + r->max_new_tokens > c->conf.max_context) {
         return xc_errf(XC_ERR_ARG, "prompt of %d tokens + %d new exceeds the context of %d", r->n,
                        r->max_new_tokens, c->conf.max_context);
@@ -1335,6 +1355,12 @@ static xc_status check_request(const xc_coord *c, const xc_coord_request *r) {
     }
     if (r->n_img < 0 || r->n_img > 64 || r->n_stop_ids < 0 || r->n_stop_ids > 64) {
         return xc_errf(XC_ERR_ARG, "at most 64 images and 64 stop ids");
+    }
+    for (int k = 0; k < r->n_stop_ids; k++) {
+        if (r->stop_ids[k] < 0 || r->stop_ids[k] >= c->mi.vocab) {
+            return xc_errf(XC_ERR_ARG, "stop id %d is outside the vocabulary of %d", r->stop_ids[k],
+                           c->mi.vocab);
+        }
     }
     int prev = 0;
     for (int k = 0; k < r->n_img; k++) {
@@ -1364,9 +1390,26 @@ static xc_status check_request(const xc_coord *c, const xc_coord_request *r) {
                       .top_p = s->top_p,
                       .repetition_penalty = s->repetition_penalty,
                       .seed = s->seed,
-                      .choice = s->choice};
+                      .choice = s->choice,
+                      .presence_penalty = s->presence_penalty,
+                      .frequency_penalty = s->frequency_penalty,
+                      .min_p = s->min_p,
+                      .min_tokens = s->min_tokens};
     if (s->choice >= 65536) {
         return xc_errf(XC_ERR_ARG, "choice index %u is not below 65536", s->choice);
+    }
+    if (s->n_logit_bias < 0 || s->n_logit_bias > XC_SAMPLING_MAX_LOGIT_BIAS) {
+        return xc_errf(XC_ERR_ARG, "logit_bias has %d entries (at most %d)", s->n_logit_bias,
+                       XC_SAMPLING_MAX_LOGIT_BIAS);
+    }
+    for (int i = 0; i < s->n_logit_bias; i++) {
+        if (s->logit_bias_ids[i] >= (uint32_t)c->mi.vocab ||
+            !(s->logit_bias[i] >= -100.0f && s->logit_bias[i] <= 100.0f)) {
+            return xc_errf(XC_ERR_ARG,
+                           "logit_bias: token %u bias %g (ids below %d, bias in "
+                           "[-100, 100])",
+                           s->logit_bias_ids[i], (double)s->logit_bias[i], c->mi.vocab);
+        }
     }
     return xc_sampling_validate(&sp);
 }
@@ -1535,6 +1578,10 @@ xc_status xc_coord_cancel(xc_coord *c, uint64_t id) {
 
 int xc_coord_max_context(const xc_coord *c) {
     return c->conf.max_context;
+}
+
+int xc_coord_max_prompt(const xc_coord *c) {
+    return c->mi.max_ctx < c->conf.max_context ? c->mi.max_ctx : c->conf.max_context;
 }
 
 void xc_coord_get_stats(xc_coord *c, xc_coord_stats *out) {

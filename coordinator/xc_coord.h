@@ -30,6 +30,13 @@ typedef struct xc_coord_sampling {
     uint64_t seed;
     uint32_t choice; /* choice index among a request's n: the draws are a pure function of
                         (seed, choice, token position) */
+    /* api helper (issue 14): OpenAI/vLLM processors, applied by the last stage */
+    float presence_penalty, frequency_penalty; /* [-2, 2]; 0 = off */
+    float min_p;                               /* [0, 1]; 0 = off */
+    int min_tokens;                            /* stop ids impossible before this many tokens */
+    int n_logit_bias;                          /* <= 300 */
+    uint32_t logit_bias_ids[300];
+    float logit_bias[300]; /* [-100, 100] */
 } xc_coord_sampling;
 
 typedef struct xc_coord_conf {
@@ -166,3 +173,6 @@ void xc_coord_get_stats(xc_coord *c, xc_coord_stats *out);
 
 /* Tokens per sequence (prompt + generated) the coordinator accepts. */
 int xc_coord_max_context(const xc_coord *c);
+
+/* The longest prompt: config max_length (at most the context). */
+int xc_coord_max_prompt(const xc_coord *c);

@@ -38,7 +38,8 @@ static const xc_conf_entry coord_entries[] = {
     XC_CONF_INT("max-inflight", "XC_MAX_INFLIGHT", xc_coord_flags, max_inflight, 0, 0, 1024,
                 "micro-batches in flight per pipeline (0 = stages + 1)"),
     XC_CONF_INT("max-context", "XC_MAX_CONTEXT", xc_coord_flags, max_context, 0, 0, 1 << 24,
-                "tokens per sequence (0 = config max_length)"),
+                "tokens per sequence, prompt + reply (0 = config max_length; at most "
+                "max_position_embeddings; prompts stay within max_length)"),
     XC_CONF_INT("plora-rank", "XC_PLORA_RANK", xc_coord_flags, plora_rank, 256, 0, 65536,
                 "PLoRA rank assumed by the placement cost model"),
     XC_CONF_STR("requests", "XC_REQUESTS", xc_coord_flags, requests, NULL, NULL,

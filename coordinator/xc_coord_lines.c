@@ -179,9 +179,8 @@ static void submit_line(xc_coord *c, lines_ctx *ctx, char *line) {
             break;
         }
     }
-    if (!err[0] && r.sampling.greedy) {
-        r.sampling.repetition_penalty = 1.0f; /* as xcpipe generate --greedy */
-    }
+    /* greedy keeps the repetition penalty (rep=, default chat()'s 1.005), as chat(do_sample=False)
+     * and xcpipe generate --greedy do */
     /* pixel files, one per slot */
     if (!err[0] && n_r > 0) {
         int S = xc_coord_image_size(c);

@@ -32,6 +32,9 @@
 #include "xc_tokenizer.h"
 
 #define MAX_KEYS 64
+#ifndef XC_VERSION_STRING
+#define XC_VERSION_STRING "0.1.0"
+#endif
 
 struct xc_http {
     xc_http_flags f;
@@ -115,8 +118,10 @@ static const xc_conf_entry http_entries[] = {
     XC_CONF_INT("max-n", "XC_MAX_N", xc_http_flags, max_n, 8, 1, 128, "choices (n) per request"),
     XC_CONF_INT("max-tokens-limit", "XC_MAX_TOKENS_LIMIT", xc_http_flags, max_tokens, 4096, 1,
                 1 << 24, "largest max_tokens accepted"),
-    XC_CONF_INT("default-max-tokens", "XC_DEFAULT_MAX_TOKENS", xc_http_flags, default_max_tokens,
-                512, 1, 1 << 24, "max_tokens when a request gives none (cut to the context left)"),
+    XC_CONF_INT(
+        "default-max-tokens", "XC_DEFAULT_MAX_TOKENS", xc_http_flags, default_max_tokens, 0, 0,
+        1 << 24,
+        "cap on max_tokens when a request gives none (0 = none: the context left, as vLLM)"),
     XC_CONF_INT("max-images", "XC_MAX_IMAGES", xc_http_flags, max_images, 8, 1, 64,
                 "images per request"),
     XC_CONF_INT("max-image-mpixels", "XC_MAX_IMAGE_MPIXELS", xc_http_flags, max_image_mpixels, 40,
@@ -133,6 +138,9 @@ static const xc_conf_entry http_entries[] = {
                   86400,
                   "seconds the first canary (a full image prefill) may take; later ones may take "
                   "3x the previous one's time, and never less than 2x interval + 5"),
+    XC_CONF_STR("allowed-origins", "XC_ALLOWED_ORIGINS", xc_http_flags, allowed_origins, NULL, NULL,
+                "CORS: comma-separated origins browsers may call from (https://a.example; * = "
+                "any); none = no CORS headers"),
     XC_CONF_BOOL("log-prompts", "XC_LOG_PROMPTS", xc_http_flags, log_prompts, 0,
                  "log request prompts (off: prompts are never logged)"),
     XC_CONF_STR("image-search-url", "XC_IMAGE_SEARCH_URL", xc_http_flags, image_search_url, NULL,
@@ -146,9 +154,9 @@ static const xc_conf_entry http_entries[] = {
 
 static const xc_conf_spec http_spec = {
     "HTTP API options (xcpipe-coordinator, xcpipe serve)",
-    "The OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models, /health, /ready, "
-    "/metrics; POST /v1/compositions and /v1/compositions/edit (docs/compose.md). See "
-    "docs/api.md.",
+    "The OpenAI-compatible API: POST /v1/chat/completions, /v1/completions, /tokenize, "
+    "/detokenize, /v1/compositions, /v1/compositions/edit (docs/compose.md); GET /v1/models, "
+    "/version, /health, /ready, /metrics. See docs/api.md.",
     http_entries, sizeof http_entries / sizeof http_entries[0]};
 
 xc_status xc_http_cli_extract(int *argc, char **argv, xc_http_flags *f) {
@@ -264,6 +272,42 @@ static bool peer_gone(int fd) {
 
 /* ---- responses ---- */
 
+/* The request's Origin when --allowed-origins lets it in (the value for
+ * Access-Control-Allow-Origin), else NULL. */
+static const char *cors_origin(const xc_http *h, struct MHD_Connection *conn) {
+    const char *list = h->f.allowed_origins;
+    const char *o = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    if (!list || !list[0] || !o || !o[0] || strlen(o) > 512) {
+        return NULL;
+    }
+    size_t ol = strlen(o);
+    for (const char *p = list; *p;) {
+        size_t l = strcspn(p, ",");
+        const char *a = p;
+        size_t al = l;
+        while (al && *a == ' ') {
+            a++, al--;
+        }
+        while (al && a[al - 1] == ' ') {
+            al--;
+        }
+        if ((al == 1 && *a == '*') || (al == ol && !strncasecmp(a, o, ol))) {
+            return o;
+        }
+        p += l + (p[l] == ',');
+    }
+    return NULL;
+}
+
+static void add_cors(const xc_http *h, struct MHD_Connection *conn, struct MHD_Response *r) {
+    const char *o = cors_origin(h, conn);
+    if (o) {
+        MHD_add_response_header(r, "Access-Control-Allow-Origin", o);
+        MHD_add_response_header(r, "Vary", "Origin");
+        MHD_add_response_header(r, "Access-Control-Expose-Headers", "Retry-After");
+    }
+}
+
 static enum MHD_Result respond_hdr(xc_http *h, struct MHD_Connection *conn, const char *route,
                                    int status, const char *type, const char *body, size_t len,
                                    const char *retry_after, const char *hname, const char *hval) {
@@ -273,6 +317,7 @@ static enum MHD_Result respond_hdr(xc_http *h, struct MHD_Connection *conn, cons
         return MHD_NO;
     }
     MHD_add_response_header(r, "Content-Type", type);
+    add_cors(h, conn, r);
     if (hname) {
         MHD_add_response_header(r, hname, hval);
     }
@@ -343,6 +388,11 @@ typedef struct choice {
     xc_api_logprob *lp; /* (n_lp) token logprobs, when asked */
     size_t *lp_end;     /* (n_lp) decoded bytes after each token */
     int n_lp, cap_lp, n_lp_out;
+    /* /v1/completions: the prompt's text and ids when echoed */
+    int prompt; /* index of its prompt */
+    char *echo; /* (n_echo) decoded prompt text, NULL without echo */
+    size_t n_echo;
+    size_t *echo_off; /* (prompt_len) text offset of each prompt token */
 } choice;
 
 typedef struct job {
@@ -372,6 +422,8 @@ static void job_free(job *j) {
         xc_free(j->ch[i].content.p);
         xc_free(j->ch[i].lp);
         xc_free(j->ch[i].lp_end);
+        xc_free(j->ch[i].echo);
+        xc_free(j->ch[i].echo_off);
     }
     xc_free(j->ch);
     xc_free(j->out.p);
@@ -428,6 +480,29 @@ static int lp_final(const choice *ch, bool end) {
     return k;
 }
 
+/* A /v1/completions chunk for choice ch: text, the legacy logprobs of lp[0, n_lp) (the entries
+ * after ch->n_lp_out - n_lp), finish_reason. */
+static char *legacy_chunk(job *j, choice *ch, const char *text, size_t len,
+                          const xc_api_logprob *lp, int n_lp, const char *finish) {
+    size_t offs[64];
+    size_t *off = n_lp <= 64 ? offs : xc_malloc((size_t)n_lp * sizeof *off);
+    xc_api_legacy_lp l = {.lp = lp, .n_lp = n_lp, .offsets = off};
+    int first = ch->n_lp_out - n_lp;
+    for (int k = 0; off && k < n_lp; k++) {
+        off[k] = ch->n_echo + (first + k ? ch->lp_end[first + k - 1] : 0);
+    }
+    xc_api_text_choice c = {.text = text,
+                            .len = len,
+                            .finish_reason = finish,
+                            .logprobs = j->req.logprobs && off ? &l : NULL};
+    char *js = xc_api_text_completion_json(j->id, j->created, model_of(j), &c, 1, ch->index, NULL,
+                                           j->h->tok);
+    if (off != offs) {
+        xc_free(off);
+    }
+    return js;
+}
+
 /* Streams a content delta for choice ch (text may be empty when only logprobs are new). */
 static void sse_delta(job *j, choice *ch, const char *text, size_t len, bool end) {
     const xc_api_logprob *lp = NULL;
@@ -439,6 +514,10 @@ static void sse_delta(job *j, choice *ch, const char *text, size_t len, bool end
         ch->n_lp_out = k;
     }
     if (len == 0 && n_lp == 0) {
+        return;
+    }
+    if (j->req.legacy) {
+        sse_json(j, legacy_chunk(j, ch, text, len, lp, n_lp, NULL));
         return;
     }
     sse_json(j, xc_api_chunk_json(j->id, j->created, model_of(j), ch->index, false, text, len,
@@ -522,9 +601,13 @@ static void on_done(job *j, choice *ch, const xc_coord_event *ev) {
         }
         if (j->req.stream) {
             sse_delta(j, ch, text, len, true);
-            sse_json(j,
-                     xc_api_chunk_json(j->id, j->created, model_of(j), ch->index, false, NULL, 0,
-                                       NULL, 0, ch->finish, NULL, j->req.include_usage, j->h->tok));
+            if (j->req.legacy) {
+                sse_json(j, legacy_chunk(j, ch, "", 0, NULL, 0, ch->finish));
+            } else {
+                sse_json(j, xc_api_chunk_json(j->id, j->created, model_of(j), ch->index, false,
+                                              NULL, 0, NULL, 0, ch->finish, NULL,
+                                              j->req.include_usage, j->h->tok));
+            }
         } else {
             sb_add(&ch->content, text, len);
             if (j->req.logprobs) {
@@ -551,8 +634,11 @@ static void on_done(job *j, choice *ch, const xc_coord_event *ev) {
                 gen += j->ch[i].n_tokens;
             }
             xc_api_usage u = {j->prompt_tokens, gen};
-            sse_json(j, xc_api_chunk_json(j->id, j->created, model_of(j), -1, false, NULL, 0, NULL,
-                                          0, NULL, &u, false, j->h->tok));
+            sse_json(j, j->req.legacy
+                            ? xc_api_text_completion_json(j->id, j->created, model_of(j), NULL, 0,
+                                                          -1, &u, j->h->tok)
+                            : xc_api_chunk_json(j->id, j->created, model_of(j), -1, false, NULL, 0,
+                                                NULL, 0, NULL, &u, false, j->h->tok));
         }
         sb_add(&j->out, "data: [DONE]\n\n", 14);
         j->ended = true;
@@ -714,6 +800,51 @@ static enum MHD_Result chat_whole(xc_http *h, struct MHD_Connection *conn, job *
                                          : "server_error",
                          NULL, NULL, "generation failed: %s", ch->message);
         ret = respond_error(h, conn, "chat", &e);
+    } else if (j->req.legacy) {
+        xc_api_text_choice cs[128];
+        xc_api_legacy_lp ls[128];
+        char *texts[128] = {0};
+        size_t *offs[128] = {0};
+        int gen = 0;
+        bool oom = false;
+        for (int i = 0; i < j->n; i++) {
+            const choice *ch = &j->ch[i];
+            size_t tl = ch->n_echo + ch->content.n;
+            texts[i] = xc_malloc(tl + 1);
+            int n_e = ch->echo ? j->req.prompt_len[ch->prompt] : 0, n_l = ch->n_lp_out;
+            offs[i] = xc_malloc((size_t)(n_e + n_l + 1) * sizeof(size_t));
+            if (!texts[i] || !offs[i]) {
+                oom = true;
+                break;
+            }
+            memcpy(texts[i], ch->echo ? ch->echo : "", ch->n_echo);
+            memcpy(texts[i] + ch->n_echo, ch->content.p ? ch->content.p : "", ch->content.n);
+            for (int k = 0; k < n_e; k++) {
+                offs[i][k] = ch->echo_off[k];
+            }
+            for (int k = 0; k < n_l; k++) {
+                offs[i][n_e + k] = ch->n_echo + (k ? ch->lp_end[k - 1] : 0);
+            }
+            ls[i] = (xc_api_legacy_lp){.echo_ids = j->req.prompts[ch->prompt],
+                                       .n_echo = n_e,
+                                       .lp = ch->lp,
+                                       .n_lp = n_l,
+                                       .offsets = offs[i]};
+            cs[i] = (xc_api_text_choice){.text = texts[i],
+                                         .len = tl,
+                                         .finish_reason = ch->finish ? ch->finish : "length",
+                                         .logprobs = j->req.logprobs ? &ls[i] : NULL};
+            gen += ch->n_tokens;
+        }
+        xc_api_usage u = {j->prompt_tokens, gen};
+        char *body = oom ? NULL
+                         : xc_api_text_completion_json(j->id, j->created, h->model_name, cs, j->n,
+                                                       -1, &u, h->tok);
+        for (int i = 0; i < j->n; i++) {
+            xc_free(texts[i]);
+            xc_free(offs[i]);
+        }
+        ret = respond_json(h, conn, "completions", 200, body, NULL);
     } else {
         xc_api_choice cs[128];
         int gen = 0;
@@ -756,7 +887,46 @@ static xc_status too_large(xc_http *h, xc_api_error *e) {
 /* The request holds one of the --max-concurrent-requests slots (cc->slot, taken before its body
  * was read); a streamed response takes it over (released by sse_free), else it is released when
  * the connection's request completes. */
-static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *cc) {
+/* The decoded text of ids (echo) and the text offset of each token. */
+static xc_status echo_text(const xc_tokenizer *tok, const int32_t *ids, int n, char **text,
+                           size_t *len, size_t **offs) {
+    sbuf b = {0};
+    xc_tokenizer_stream ts;
+    xc_tokenizer_stream_init(&ts, tok);
+    *offs = xc_malloc((size_t)(n ? n : 1) * sizeof **offs);
+    xc_status st = *offs ? XC_OK : XC_ERR_NOMEM;
+    for (int i = 0; i < n && st == XC_OK; i++) {
+        const char *t = NULL;
+        size_t l = 0;
+        (*offs)[i] = b.n;
+        st = xc_tokenizer_stream_feed(&ts, ids[i], &t, &l);
+        if (st == XC_OK && l && !sb_add(&b, t, l)) {
+            st = XC_ERR_NOMEM;
+        }
+    }
+    const char *t = NULL;
+    size_t l = 0;
+    if (st == XC_OK && xc_tokenizer_stream_finish(&ts, &t, &l) == XC_OK && l && !sb_add(&b, t, l)) {
+        st = XC_ERR_NOMEM;
+    }
+    xc_tokenizer_stream_fini(&ts);
+    if (st == XC_OK && !b.p && !sb_add(&b, "", 0)) {
+        st = XC_ERR_NOMEM;
+    }
+    if (st != XC_OK) {
+        xc_free(b.p);
+        xc_free(*offs);
+        *offs = NULL;
+        return st;
+    }
+    *text = b.p;
+    *len = b.n;
+    return XC_OK;
+}
+
+/* POST /v1/chat/completions, and with legacy POST /v1/completions (raw prompts, n choices per
+ * prompt, echo, the legacy answer shapes). */
+static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *cc, bool legacy) {
     xc_api_error e = {0};
     uint64_t t0 = xc_now_ns();
     if (cc->too_big) {
@@ -775,7 +945,9 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *c
     j->fd = client_fd(conn);
     /* parsing (JSON tree, base64 images) under the work gate; the body goes right after */
     work_enter(h);
-    xc_status pst = xc_api_parse(&h->api, cc->body.p ? cc->body.p : "", cc->body.n, &j->req, &e);
+    const char *body = cc->body.p ? cc->body.p : "";
+    xc_status pst = legacy ? xc_api_parse_completion(&h->api, h->tok, body, cc->body.n, &j->req, &e)
+                           : xc_api_parse(&h->api, body, cc->body.n, &j->req, &e);
     work_leave(h);
     xc_free(cc->body.p);
     cc->body = (sbuf){0};
@@ -784,8 +956,9 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *c
         return respond_error(h, conn, "chat", &e);
     }
     if (h->f.log_prompts) {
-        XC_LOG_INFO("prompt: system=%s query=%s images=%d", j->req.system ? j->req.system : "-",
-                    j->req.query, j->req.n_images);
+        XC_LOG_INFO("prompt: system=%s query=%s images=%d prompts=%d",
+                    j->req.system ? j->req.system : "-", j->req.query ? j->req.query : "-",
+                    j->req.n_images, j->req.n_prompts);
     }
     if (!xc_coord_ready(h->c)) {
         job_free(j);
@@ -802,14 +975,29 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *c
         job_free(j);
         return respond_error(h, conn, "chat", &e);
     }
-    xc_api_prepared p;
+    int n_p = legacy ? j->req.n_prompts : 1;
+    xc_api_prepared *ps = xc_calloc((size_t)n_p, sizeof *ps);
+    if (!ps) {
+        job_free(j);
+        return respond_json(h, conn, "chat", 500, NULL, NULL);
+    }
+    xc_status prst = XC_OK;
+    int n_ps = 0;
     work_enter(h); /* image decoding: one full-size RGB image per slot at most */
-    xc_status prst = xc_api_prepare(&h->api, h->tok, &j->req, &p, &e);
+    for (; n_ps < n_p && prst == XC_OK; n_ps++) {
+        prst = legacy ? xc_api_prepare_prompt(&h->api, h->tok, &j->req, n_ps, &ps[n_ps], &e)
+                      : xc_api_prepare(&h->api, h->tok, &j->req, &ps[n_ps], &e);
+    }
     work_leave(h);
     if (prst != XC_OK) {
+        for (int k = 0; k < n_ps; k++) {
+            xc_api_prepared_fini(&ps[k]);
+        }
+        xc_free(ps);
         job_free(j);
         return respond_error(h, conn, "chat", &e);
     }
+    xc_api_prepared p = ps[0];
     for (int i = 0; i < j->req.n_images; i++) { /* the pixels are in p now */
         xc_free(j->req.images[i].data);
         j->req.images[i].data = NULL;
@@ -819,15 +1007,29 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *c
         xc_metrics_add(h->metrics, XC_METRICS_IMAGES, j->req.n_images);
         xc_metrics_add(h->metrics, XC_METRICS_IMAGE_TOKENS, p.image_tokens);
     }
-    j->prompt_tokens = p.prompt_tokens;
-    j->n = j->req.n;
+    j->prompt_tokens = 0;
+    for (int k = 0; k < n_p; k++) {
+        j->prompt_tokens += ps[k].prompt_tokens;
+    }
+    j->n = j->req.n * n_p;
     j->ch = xc_calloc((size_t)j->n, sizeof *j->ch);
-    if (!j->ch) {
-        xc_api_prepared_fini(&p);
+    bool oom = !j->ch;
+    for (int i = 0; !oom && i < j->n; i++) {
+        choice *ch = &j->ch[i];
+        ch->prompt = i / j->req.n;
+        oom = j->req.echo &&
+              echo_text(h->tok, j->req.prompts[ch->prompt], j->req.prompt_len[ch->prompt],
+                        &ch->echo, &ch->n_echo, &ch->echo_off) != XC_OK;
+    }
+    if (oom) {
+        for (int k = 0; k < n_p; k++) {
+            xc_api_prepared_fini(&ps[k]);
+        }
+        xc_free(ps);
         job_free(j);
         return respond_json(h, conn, "chat", 500, NULL, NULL);
     }
-    snprintf(j->id, sizeof j->id, "chatcmpl-%016llx%08llx",
+    snprintf(j->id, sizeof j->id, "%s-%016llx%08llx", legacy ? "cmpl" : "chatcmpl",
              (unsigned long long)atomic_fetch_add(&h->next_id, 1),
              (unsigned long long)(rand64() & 0xffffffffu));
     j->created = (long)time(NULL);
@@ -842,15 +1044,20 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *c
         ch->job = j;
         ch->index = i;
         xc_api_text_init(&ch->text, h->tok, j->req.stop, j->req.n_stop);
-        if (j->req.stream) {
+        ch->text.include_stop = j->req.include_stop_str_in_output;
+        ch->text.show_special = !j->req.skip_special_tokens;
+        if (j->req.stream && legacy && ch->echo) {
+            sse_json(j, legacy_chunk(j, ch, ch->echo, ch->n_echo, NULL, 0, NULL));
+        } else if (j->req.stream && !legacy) {
             sse_json(j, xc_api_chunk_json(j->id, j->created, h->model_name, i, true, "", 0, NULL, 0,
                                           NULL, NULL, j->req.include_usage, h->tok));
         }
     }
     for (int i = 0; i < j->n && st == XC_OK; i++) {
         choice *ch = &j->ch[i];
+        p = ps[ch->prompt];
         p.req.sampling.seed = seed0; /* one seed; each choice its own stream */
-        p.req.sampling.choice = (uint32_t)i;
+        p.req.sampling.choice = (uint32_t)(i % j->req.n);
         p.req.logprobs = j->req.logprobs;
         p.req.top_logprobs = j->req.top_logprobs;
         st = xc_coord_submit(h->c, &p.req, on_event, ch, &ch->id);
@@ -859,7 +1066,10 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *c
             j->refs++;
         }
     }
-    xc_api_prepared_fini(&p);
+    for (int k = 0; k < n_p; k++) {
+        xc_api_prepared_fini(&ps[k]);
+    }
+    xc_free(ps);
     if (st != XC_OK) {
         cancel_all(j);
         for (int i = 0; i < j->n; i++) {
@@ -896,6 +1106,7 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *c
     }
     cc->slot = false; /* sse_free releases it */
     MHD_add_response_header(r, "Content-Type", "text/event-stream");
+    add_cors(h, conn, r);
     MHD_add_response_header(r, "Cache-Control", "no-cache");
     enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, r);
     MHD_destroy_response(r); /* sse_free runs when the connection is done with it */
@@ -1120,13 +1331,10 @@ static const struct {
     const char *path;
     bool post; /* POST (with a body), else GET/HEAD */
 } routes[] = {
-    {"/health", false},
-    {"/ready", false},
-    {"/metrics", false},
-    {"/v1/models", false},
-    {"/v1/chat/completions", true},
-    {"/v1/compositions", true},
-    {"/v1/compositions/edit", true},
+    {"/health", false},        {"/ready", false},   {"/metrics", false},
+    {"/v1/models", false},     {"/version", false}, {"/v1/chat/completions", true},
+    {"/v1/completions", true}, {"/tokenize", true}, {"/detokenize", true},
+    {"/v1/compositions", true}, {"/v1/compositions/edit", true},
 };
 
 /* 0: unknown path; 1: known, method fits; -1: known, other method (*allow set). */
@@ -1167,14 +1375,38 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
         return respond_json_hdr(h, conn, "other", 405, xc_api_error_json(&e), "Allow", allow);
     }
     if (!strcmp(url, "/v1/chat/completions")) {
-        return chat(h, conn, cc);
+        return chat(h, conn, cc, false);
+    }
+    if (!strcmp(url, "/v1/completions")) {
+        return chat(h, conn, cc, true);
+    }
+    if (!strcmp(url, "/tokenize") || !strcmp(url, "/detokenize")) {
+        bool tk = !strcmp(url, "/tokenize");
+        if (cc->too_big) {
+            too_large(h, &e);
+            return respond_error(h, conn, "other", &e);
+        }
+        char *out = NULL;
+        work_enter(h);
+        xc_status st = (tk ? xc_api_tokenize : xc_api_detokenize)(
+            &h->api, h->tok, cc->body.p ? cc->body.p : "", cc->body.n, &out, &e);
+        work_leave(h);
+        if (st != XC_OK) {
+            return respond_error(h, conn, "other", &e);
+        }
+        return respond_json(h, conn, "other", 200, out, NULL);
+    }
+    if (!strcmp(url, "/version")) {
+        static const char v[] = "{\"version\":\"" XC_VERSION_STRING "\"}";
+        return respond(h, conn, "other", 200, "application/json", v, sizeof v - 1, NULL);
     }
     if (xc_compose_http_is_route(url)) {
         return xc_compose_http_handle(h->compose, conn, url, method, cc->body.p, cc->body.n,
                                       cc->too_big);
     }
     if (!strcmp(url, "/v1/models")) {
-        return respond_json(h, conn, "models", 200, xc_api_models_json(h->model_name, h->started),
+        return respond_json(h, conn, "models", 200,
+                            xc_api_models_json(h->model_name, h->started, h->api.max_context),
                             NULL);
     }
     if (!strcmp(url, "/ready")) {
@@ -1238,6 +1470,41 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
 static bool admit(xc_http *h, struct MHD_Connection *conn, const char *url, const char *method,
                   conn_ctx *cc, enum MHD_Result *ret) {
     xc_api_error e = {0};
+    const char *allow = NULL;
+    if (!strcmp(method, "OPTIONS") && h->f.allowed_origins && h->f.allowed_origins[0] &&
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Method")) {
+        /* a CORS preflight: answered without a key (browsers send none on it) */
+        if (route_match(url, "GET", &allow) == 0) {
+            xc_api_error_set(&e, 404, "invalid_request_error", "not_found", NULL, "no route %.200s",
+                             url);
+            *ret = respond_error(h, conn, "other", &e);
+            return true;
+        }
+        if (!cors_origin(h, conn)) {
+            xc_api_error_set(&e, 403, "permission_error", "origin_not_allowed", NULL,
+                             "this origin is not in --allowed-origins");
+            *ret = respond_error(h, conn, "other", &e);
+            return true;
+        }
+        struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+        if (!r) {
+            *ret = MHD_NO;
+            return true;
+        }
+        char methods[64];
+        snprintf(methods, sizeof methods, "%s, OPTIONS", allow);
+        const char *rh =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Headers");
+        add_cors(h, conn, r);
+        MHD_add_response_header(r, "Access-Control-Allow-Methods", methods);
+        MHD_add_response_header(r, "Access-Control-Allow-Headers",
+                                rh && strlen(rh) < 1024 ? rh : "Authorization, Content-Type");
+        MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+        *ret = MHD_queue_response(conn, 204, r);
+        MHD_destroy_response(r);
+        xc_metrics_http(h->metrics, "other", 204);
+        return true;
+    }
     if (!strcmp(url, "/health")) {
         return false;
     }
@@ -1255,7 +1522,6 @@ static bool admit(xc_http *h, struct MHD_Connection *conn, const char *url, cons
         *ret = respond_error(h, conn, "chat", &e);
         return true;
     }
-    const char *allow = NULL;
     if (strcmp(method, "POST") || route_match(url, method, &allow) != 1) {
         cc->discard = true;
         return false; /* routed (404/405/GET) once the request is complete */
@@ -1496,6 +1762,7 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
                            .max_tokens_limit = f->max_tokens,
                            .default_max_tokens = f->default_max_tokens,
                            .max_context = xc_coord_max_context(c),
+                           .max_prompt = xc_coord_max_prompt(c),
                            .max_images = f->max_images,
                            .max_image_bytes = (size_t)f->max_image_mb << 20,
                            .max_pixels = (uint64_t)f->max_image_mpixels * 1000000u,

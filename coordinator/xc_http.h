@@ -35,8 +35,9 @@ typedef struct xc_http_flags {
     double canary_interval_s; /* 0 = no canary (/ready = the coordinator's readiness) */
     double canary_timeout_s;  /* first canary's answer limit (later: 3x the last one's time) */
     bool log_prompts;
-    bool no_http;       /* --no-http: serve no HTTP (line protocol only) */
-    bool port_explicit; /* --port or XC_PORT was given (set by xc_http_cli_extract) */
+    const char *allowed_origins; /* CORS: comma-separated origins, "*" = any; NULL = off */
+    bool no_http;                /* --no-http: serve no HTTP (line protocol only) */
+    bool port_explicit;          /* --port or XC_PORT was given (set by xc_http_cli_extract) */
 
     const char *image_search_url;  /* compositions: image-search service (docs/compose.md) */
     double image_search_timeout_s; /* one image-search call */

@@ -488,8 +488,21 @@ static size_t ud_match(const xc_tokenizer *tok, const char *s, size_t n, int32_t
     return 0;
 }
 
-/* The library's Normalizer::Normalize with an empty charsmap. out has room for 3 * n + 6. */
-static size_t normalize(const xc_tokenizer *tok, const char *in, size_t n, char *out) {
+/* Whether any of lit[i, i + n) is set (lit NULL: none). */
+static bool any_lit(const uint8_t *lit, size_t i, size_t n) {
+    for (size_t k = 0; lit && k < n; k++) {
+        if (lit[i + k]) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The library's Normalizer::Normalize with an empty charsmap. out has room for 3 * n + 6.
+ * lit_in (per input byte, NULL = none): literal text where no user-defined piece matches;
+ * lit_out (per output byte, written when lit_in is given) carries the flag through. */
+static size_t normalize(const xc_tokenizer *tok, const char *in, size_t n, char *out,
+                        const uint8_t *lit_in, uint8_t *lit_out) {
     const xc_spm_model *m = &tok->m;
     size_t o = 0, i = 0;
     int32_t ud;
@@ -498,6 +511,9 @@ static size_t normalize(const xc_tokenizer *tok, const char *in, size_t n, char 
 #define UNIT(ptr, len, adv)                                                                        \
     do {                                                                                           \
         size_t l_ = ud_match(tok, in + i, n - i, &ud);                                             \
+        if (l_ && any_lit(lit_in, i, l_)) {                                                        \
+            l_ = 0;                                                                                \
+        }                                                                                          \
         if (l_) {                                                                                  \
             (ptr) = in + i;                                                                        \
             (len) = l_;                                                                            \
@@ -532,6 +548,9 @@ static size_t normalize(const xc_tokenizer *tok, const char *in, size_t n, char 
         } else {
             out[o++] = ' ';
         }
+        if (lit_in) {
+            memset(lit_out, 0, o);
+        }
     }
     bool prev_space = m->remove_extra_whitespaces;
     while (i < n) {
@@ -541,6 +560,7 @@ static size_t normalize(const xc_tokenizer *tok, const char *in, size_t n, char 
             ulen--;
         }
         if (ulen > 0) {
+            size_t o0 = o;
             for (size_t k = 0; k < ulen; k++) {
                 if (u[k] == ' ' && m->escape_whitespaces) {
                     memcpy(out + o, SPACE_SYMBOL, SPACE_SYMBOL_LEN);
@@ -548,6 +568,9 @@ static size_t normalize(const xc_tokenizer *tok, const char *in, size_t n, char 
                 } else {
                     out[o++] = u[k];
                 }
+            }
+            if (lit_in) {
+                memset(lit_out + o0, lit_in[i] != 0, o - o0);
             }
             prev_space = u[ulen - 1] == ' ';
         }
@@ -649,6 +672,7 @@ typedef struct rev_map {
 typedef struct encoder {
     const xc_tokenizer *tok;
     const char *norm;
+    const uint8_t *lit; /* (normalized bytes) literal text: never a user-defined piece; NULL */
     symbol *sym;
     heap q;
     rev_map rev;
@@ -717,7 +741,8 @@ static xc_status maybe_add_pair(encoder *e, int32_t l, int32_t r) {
         return XC_OK;
     }
     int32_t id = map_find(&tok->normal, &tok->m, s, n, hash_bytes((const unsigned char *)s, n));
-    if (id < 0) {
+    if (id < 0 ||
+        (tok->info[id].type == XC_SPM_PIECE_USER_DEFINED && any_lit(e->lit, e->sym[l].start, n))) {
         return XC_OK;
     }
     pair p = {tok->m.pieces[id].score, l, r, n, id};
@@ -773,6 +798,9 @@ static xc_status bpe(encoder *e, size_t n_norm, xc_tokens *out) {
         symbol *s = &e->sym[n_sym];
         int32_t ud = -1;
         size_t l = ud_match(tok, norm + i, n_norm - i, &ud);
+        if (l && any_lit(e->lit, i, l)) {
+            l = 0;
+        }
         s->freeze = l > 0;
         if (!l) {
             l = utf8_char_len((unsigned char)norm[i]);
@@ -818,6 +846,11 @@ static xc_status bpe(encoder *e, size_t n_norm, xc_tokens *out) {
 
 xc_status xc_tokenizer_encode(const xc_tokenizer *tok, const char *text, size_t len,
                               xc_tokens *out) {
+    return xc_tokenizer_encode_literal(tok, text, len, NULL, out);
+}
+
+xc_status xc_tokenizer_encode_literal(const xc_tokenizer *tok, const char *text, size_t len,
+                                      const uint8_t *literal, xc_tokens *out) {
     if (len > tok->max_input) {
         return xc_errf(XC_ERR_ARG, "text of %zu bytes is longer than the tokenizer limit of %zu",
                        len, tok->max_input);
@@ -835,20 +868,23 @@ xc_status xc_tokenizer_encode(const xc_tokenizer *tok, const char *text, size_t 
     size_t cap = 3 * len + 6;
     encoder e = {.tok = tok};
     char *norm = xc_malloc(cap);
+    uint8_t *lit = literal ? xc_malloc(cap) : NULL;
     e.sym = xc_malloc(cap * sizeof *e.sym);
     xc_status st = XC_OK;
-    if (norm == NULL || e.sym == NULL) {
+    if (norm == NULL || e.sym == NULL || (literal && !lit)) {
         st = xc_errf(XC_ERR_NOMEM, "out of memory to tokenize %zu bytes", len);
         goto out;
     }
     e.norm = norm;
-    size_t n_norm = normalize(tok, text, len, norm);
+    size_t n_norm = normalize(tok, text, len, norm, literal, lit);
+    e.lit = lit;
     st = bpe(&e, n_norm, out);
 out:
     if (st != XC_OK) {
         out->n = n0;
     }
     xc_free(norm);
+    xc_free(lit);
     xc_free(e.sym);
     xc_free(e.q.v);
     xc_free(e.rev.start);

@@ -66,6 +66,14 @@ const char *xc_tokenizer_id_to_piece(const xc_tokenizer *tok, int32_t id, size_t
 xc_status xc_tokenizer_encode(const xc_tokenizer *tok, const char *text, size_t len,
                               xc_tokens *out);
 
+/* xc_tokenizer_encode where literal[i] != 0 marks byte i as literal text (a chat message's
+ * content): no user-defined piece (the [UNUSED_TOKEN_k] turn markers) is matched over or merged
+ * into from literal bytes, so that text is encoded as plain text, as if those pieces were not
+ * registered (CONTROL pieces such as <s> and </s> never come from text anyway). literal NULL =
+ * xc_tokenizer_encode. */
+xc_status xc_tokenizer_encode_literal(const xc_tokenizer *tok, const char *text, size_t len,
+                                      const uint8_t *literal, xc_tokens *out);
+
 /* Decodes ids into a new xc_malloc'd, NUL-terminated string (*out, *out_len bytes; free with
  * xc_free): control pieces vanish, U+2581 becomes a space, the first piece loses its leading
  * space when the normalizer adds a dummy prefix or strips whitespace, runs of byte pieces are

@@ -3,10 +3,12 @@
  * bicubic resize, and ToTensor + Normalize in float32. */
 #include "xc_image.h"
 
+#include <gif_lib.h>
 #include <limits.h>
 #include <math.h>
 #include <png.h>
 #include <setjmp.h>
+#include <stb_image.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +45,10 @@ const char *xc_image_format_name(xc_image_format fmt) {
         return "png";
     case XC_IMAGE_FORMAT_WEBP:
         return "webp";
+    case XC_IMAGE_FORMAT_GIF:
+        return "gif";
+    case XC_IMAGE_FORMAT_BMP:
+        return "bmp";
     default:
         return "unknown";
     }
@@ -62,17 +68,17 @@ xc_image_format xc_image_detect(const void *data, size_t n) {
     if (n >= 12 && !memcmp(p, "RIFF", 4) && !memcmp(p + 8, "WEBP", 4)) {
         return XC_IMAGE_FORMAT_WEBP;
     }
+    if (n >= 6 && (!memcmp(p, "GIF87a", 6) || !memcmp(p, "GIF89a", 6))) {
+        return XC_IMAGE_FORMAT_GIF;
+    }
+    if (n >= 2 && p[0] == 'B' && p[1] == 'M') {
+        return XC_IMAGE_FORMAT_BMP;
+    }
     return XC_IMAGE_FORMAT_UNKNOWN;
 }
 
 /* Names the formats people send most often, for a clearer "unsupported" message. */
 static const char *other_format_name(const uint8_t *p, size_t n) {
-    if (n >= 6 && (!memcmp(p, "GIF87a", 6) || !memcmp(p, "GIF89a", 6))) {
-        return "GIF";
-    }
-    if (n >= 2 && p[0] == 'B' && p[1] == 'M') {
-        return "BMP";
-    }
     if (n >= 4 && (!memcmp(p, "II*\0", 4) || !memcmp(p, "MM\0*", 4))) {
         return "TIFF";
     }
@@ -647,6 +653,298 @@ static xc_status webp_decode(const uint8_t *data, size_t n, const xc_image_limit
     return XC_OK;
 }
 
+/* ---- GIF (giflib): the first frame, as PIL 9.4 opens a GIF ---- */
+
+typedef struct mem_reader {
+    const uint8_t *p;
+    size_t n, pos;
+} mem_reader;
+
+static int gif_on_read(GifFileType *g, GifByteType *dst, int len) {
+    mem_reader *m = g->UserData;
+    size_t k = len < 0 ? 0 : (size_t)len;
+    if (k > m->n - m->pos) {
+        k = m->n - m->pos;
+    }
+    memcpy(dst, m->p + m->pos, k);
+    m->pos += k;
+    return (int)k;
+}
+
+static const char *gif_err(int code) {
+    const char *s = GifErrorString(code);
+    return s ? s : "unknown giflib error";
+}
+
+/* PIL: the image is the logical screen (PIL's size); the first frame's pixels are palette indices
+ * (its local color table, else the global one) drawn at its offset over a canvas of the
+ * transparency index of its graphics control extension (else 0); convert('RGB') looks each index
+ * up (an index past the table is black). Alpha and later frames are ignored. */
+static xc_status gif_decode(const uint8_t *data, size_t n, const xc_image_limits *lim,
+                            xc_image_info *info, xc_image *out) {
+    mem_reader m = {data, n, 0};
+    int err = 0;
+    GifFileType *g = DGifOpen(&m, gif_on_read, &err);
+    if (!g) {
+        return xc_errf(XC_ERR_PROTO, "GIF header: %s", gif_err(err));
+    }
+    xc_status st = XC_OK;
+    uint8_t *idx = NULL, *rgb = NULL;
+    info->format = XC_IMAGE_FORMAT_GIF;
+    info->width = g->SWidth;
+    info->height = g->SHeight;
+    /* PIL: "L" when the palette is the grey ramp i -> (i, i, i) (it drops such a palette) */
+    const ColorMapObject *sm = g->SColorMap;
+    bool ramp = sm != NULL;
+    for (int i = 0; sm && i < sm->ColorCount; i++) {
+        ramp =
+            ramp && sm->Colors[i].Red == i && sm->Colors[i].Green == i && sm->Colors[i].Blue == i;
+    }
+    snprintf(info->mode, sizeof info->mode, "%s", ramp ? "L" : "P");
+    XC_TRY_GOTO(check_dims("GIF", (uint64_t)g->SWidth, (uint64_t)g->SHeight, lim), st, out);
+    if (!out) {
+        goto out;
+    }
+    int W = g->SWidth, H = g->SHeight, transparent = -1;
+    for (;;) {
+        GifRecordType rt;
+        if (DGifGetRecordType(g, &rt) == GIF_ERROR) {
+            st = xc_errf(XC_ERR_PROTO, "GIF: %s", gif_err(g->Error));
+            goto out;
+        }
+        if (rt == TERMINATE_RECORD_TYPE) {
+            st = xc_errf(XC_ERR_PROTO, "GIF has no image");
+            goto out;
+        }
+        if (rt == EXTENSION_RECORD_TYPE) {
+            int code = 0;
+            GifByteType *ext = NULL;
+            if (DGifGetExtension(g, &code, &ext) == GIF_ERROR) {
+                st = xc_errf(XC_ERR_PROTO, "GIF extension: %s", gif_err(g->Error));
+                goto out;
+            }
+            if (code == GRAPHICS_EXT_FUNC_CODE && ext && ext[0] >= 4) {
+                transparent = (ext[1] & 1) ? ext[4] : -1;
+            }
+            while (ext) {
+                if (DGifGetExtensionNext(g, &ext) == GIF_ERROR) {
+                    st = xc_errf(XC_ERR_PROTO, "GIF extension: %s", gif_err(g->Error));
+                    goto out;
+                }
+            }
+            continue;
+        }
+        if (rt != IMAGE_DESC_RECORD_TYPE) {
+            continue;
+        }
+        if (DGifGetImageDesc(g) == GIF_ERROR) {
+            st = xc_errf(XC_ERR_PROTO, "GIF image descriptor: %s", gif_err(g->Error));
+            goto out;
+        }
+        GifImageDesc *d = &g->Image;
+        const ColorMapObject *cm = d->ColorMap ? d->ColorMap : g->SColorMap;
+        if (!cm) {
+            st = xc_errf(XC_ERR_UNSUPPORTED, "GIF without a color table");
+            goto out;
+        }
+        if (d->Left < 0 || d->Top < 0 || d->Width <= 0 || d->Height <= 0 ||
+            (long)d->Left + d->Width > W || (long)d->Top + d->Height > H) {
+            st = xc_errf(XC_ERR_UNSUPPORTED, "GIF frame %dx%d at (%d, %d) outside the %dx%d screen",
+                         d->Width, d->Height, d->Left, d->Top, W, H);
+            goto out;
+        }
+        idx = xc_malloc((size_t)W * (size_t)H);
+        rgb = alloc_rgb(W, H);
+        if (!idx || !rgb) {
+            st = xc_errf(XC_ERR_NOMEM, "out of memory for a %dx%d GIF", W, H);
+            goto out;
+        }
+        memset(idx, transparent >= 0 ? transparent : 0, (size_t)W * (size_t)H);
+        /* rows in file order: 4 interlace passes, or top to bottom */
+        static const int start[4] = {0, 4, 2, 1}, step[4] = {8, 8, 4, 2};
+        for (int pass = 0; pass < (d->Interlace ? 4 : 1); pass++) {
+            int y0 = d->Interlace ? start[pass] : 0, dy = d->Interlace ? step[pass] : 1;
+            for (int y = y0; y < d->Height; y += dy) {
+                if (DGifGetLine(g, idx + (size_t)(d->Top + y) * W + d->Left, d->Width) ==
+                    GIF_ERROR) {
+                    st = xc_errf(XC_ERR_PROTO, "GIF pixel data: %s", gif_err(g->Error));
+                    goto out;
+                }
+            }
+        }
+        bool gray = true; /* the frame's palette is the grey ramp: PIL's "L", value = index */
+        for (int i = 0; i < cm->ColorCount; i++) {
+            gray = gray && cm->Colors[i].Red == i && cm->Colors[i].Green == i &&
+                   cm->Colors[i].Blue == i;
+        }
+        for (size_t i = 0; i < (size_t)W * (size_t)H; i++) {
+            int k = idx[i];
+            if (gray) {
+                rgb[3 * i] = rgb[3 * i + 1] = rgb[3 * i + 2] = (uint8_t)k;
+            } else if (k < cm->ColorCount) {
+                rgb[3 * i] = cm->Colors[k].Red;
+                rgb[3 * i + 1] = cm->Colors[k].Green;
+                rgb[3 * i + 2] = cm->Colors[k].Blue;
+            } else {
+                rgb[3 * i] = rgb[3 * i + 1] = rgb[3 * i + 2] = 0;
+            }
+        }
+        out->width = W;
+        out->height = H;
+        out->rgb = rgb;
+        rgb = NULL;
+        break;
+    }
+out:
+    xc_free(idx);
+    xc_free(rgb);
+    DGifCloseFile(g, &err);
+    return st;
+}
+
+/* ---- BMP (stb_image) ---- */
+
+static uint32_t le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* The header is read here (size, depth, compression, masks: PIL's mode and what stb_image
+ * decodes exactly as PIL does); stb_image decodes the pixels. Supported: BITMAPCOREHEADER
+ * (OS/2) and BITMAPINFOHEADER..V5, 1/4/8-bit palettes with all 2^bpp entries (PIL's "1"/"L"/"P"),
+ * 24-bit, 32-bit with byte masks (alpha dropped). Refused (XC_ERR_UNSUPPORTED): RLE4/RLE8,
+ * 16-bit (stb_image widens 5-bit channels by bit replication, PIL by v * 255 / 31: different
+ * bytes), other masks, JPEG/PNG inside BMP, short palettes (stb_image would read undefined
+ * colors). */
+static xc_status bmp_decode(const uint8_t *data, size_t n, const xc_image_limits *lim,
+                            xc_image_info *info, xc_image *out) {
+    if (n < 26) {
+        return xc_errf(XC_ERR_PROTO, "BMP header is truncated (%zu bytes)", n);
+    }
+    uint32_t off = le32(data + 10), hsz = le32(data + 14);
+    int64_t w, h;
+    int bpp;
+    uint32_t comp = 0;
+    if (hsz == 12) {
+        w = data[18] | data[19] << 8;
+        h = data[20] | data[21] << 8;
+        bpp = data[24] | data[25] << 8;
+    } else if (hsz == 40 || hsz == 52 || hsz == 56 || hsz == 108 || hsz == 124) {
+        if (n < 14 + (size_t)hsz) {
+            return xc_errf(XC_ERR_PROTO, "BMP header is truncated (%zu bytes)", n);
+        }
+        w = (int32_t)le32(data + 18);
+        h = (int32_t)le32(data + 22);
+        bpp = data[28] | data[29] << 8;
+        comp = le32(data + 30);
+    } else {
+        return xc_errf(XC_ERR_UNSUPPORTED, "BMP header of %u bytes is not supported", hsz);
+    }
+    info->format = XC_IMAGE_FORMAT_BMP;
+    if (w <= 0 || h == 0 || h == INT32_MIN) {
+        return xc_errf(XC_ERR_PROTO, "BMP size %lldx%lld is invalid", (long long)w, (long long)h);
+    }
+    h = h < 0 ? -h : h;
+    info->width = (int)(w > INT_MAX ? INT_MAX : w);
+    info->height = (int)(h > INT_MAX ? INT_MAX : h);
+    XC_TRY(check_dims("BMP", (uint64_t)w, (uint64_t)h, lim));
+    if (comp == 1 || comp == 2) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "RLE-compressed BMP is not supported");
+    }
+    if (comp != 0 && comp != 3) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "BMP compression %u is not supported", comp);
+    }
+    if (bpp == 32 && comp == 3) {
+        /* masks after a 40-byte header, or in the V2+ header itself */
+        if (n < 14 + 40 + 12) {
+            return xc_errf(XC_ERR_PROTO, "BMP masks are truncated");
+        }
+        uint32_t mr = le32(data + 54), mg = le32(data + 58), mb = le32(data + 62);
+        bool ok = false;
+        const uint32_t byte_masks[] = {0xffu, 0xff00u, 0xff0000u, 0xff000000u};
+        for (int a = 0; a < 4 && !ok; a++) {
+            for (int b = 0; b < 4 && !ok; b++) {
+                for (int c = 0; c < 4; c++) {
+                    if (a != b && b != c && a != c && mr == byte_masks[a] && mg == byte_masks[b] &&
+                        mb == byte_masks[c]) {
+                        ok = true;
+                    }
+                }
+            }
+        }
+        if (!ok) {
+            return xc_errf(XC_ERR_UNSUPPORTED,
+                           "BMP bit masks %08x/%08x/%08x are not supported (only byte masks)", mr,
+                           mg, mb);
+        }
+    } else if (comp == 3) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "%d-bit BMP with bit masks is not supported", bpp);
+    }
+    if (bpp == 16) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "16-bit BMP is not supported");
+    }
+    if (bpp != 1 && bpp != 4 && bpp != 8 && bpp != 24 && bpp != 32) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "%d-bit BMP is not supported", bpp);
+    }
+    if (bpp <= 8) {
+        uint32_t entry = hsz == 12 ? 3 : 4, colors = 0;
+        if (hsz != 12 && n >= 50) {
+            colors = le32(data + 46);
+        }
+        uint64_t room = off > 14 + hsz ? (off - 14 - hsz) / entry : 0;
+        if (n < 14 + (size_t)hsz + ((size_t)entry << bpp)) {
+            return xc_errf(XC_ERR_PROTO, "BMP palette is truncated");
+        }
+        if (room < (1u << bpp) || (colors != 0 && colors < (1u << bpp))) {
+            return xc_errf(XC_ERR_UNSUPPORTED,
+                           "BMP palette with fewer than %u colors is not supported", 1u << bpp);
+        }
+    }
+    /* PIL's mode: "1" / "L" when the palette is black-white / the grey ramp, else "P"; 32-bit
+     * with an alpha mask (V3+ header) "RGBA", else "RGB" */
+    const char *mode = bpp <= 8 ? "P" : "RGB";
+    if (bpp <= 8) {
+        uint32_t entry = hsz == 12 ? 3 : 4, k = 1u << bpp;
+        bool grey = true;
+        for (uint32_t i = 0; i < k && grey; i++) {
+            const uint8_t *c = data + 14 + hsz + (size_t)i * entry; /* B, G, R */
+            uint32_t want = bpp == 1 ? (i ? 255 : 0) : i;
+            grey = c[0] == want && c[1] == want && c[2] == want;
+        }
+        mode = grey ? (bpp == 1 ? "1" : "L") : "P";
+    } else if (bpp == 32 && comp == 3 && hsz >= 56 && le32(data + 66) != 0) {
+        mode = "RGBA";
+    }
+    snprintf(info->mode, sizeof info->mode, "%s", mode);
+    if (!out) {
+        return XC_OK;
+    }
+    if (n > INT_MAX) {
+        return xc_errf(XC_ERR_ARG, "BMP of %zu bytes is too large", n);
+    }
+    int x = 0, y = 0, ch = 0;
+    stbi_uc *px = stbi_load_from_memory(data, (int)n, &x, &y, &ch, 3);
+    if (!px) {
+        return xc_errf(XC_ERR_PROTO, "BMP: %s", stbi_failure_reason());
+    }
+    xc_status st = XC_OK;
+    if ((int64_t)x != w || (int64_t)y != h) {
+        st = xc_errf(XC_ERR_PROTO, "BMP decoded as %dx%d, header says %lldx%lld", x, y,
+                     (long long)w, (long long)h);
+    }
+    uint8_t *rgb = st == XC_OK ? alloc_rgb(x, y) : NULL;
+    if (st == XC_OK && !rgb) {
+        st = xc_errf(XC_ERR_NOMEM, "out of memory for a %dx%d BMP", x, y);
+    }
+    if (st == XC_OK) {
+        memcpy(rgb, px, (size_t)x * (size_t)y * 3);
+        out->width = x;
+        out->height = y;
+        out->rgb = rgb;
+    }
+    stbi_image_free(px);
+    return st;
+}
+
 /* ---- dispatch ---- */
 
 static xc_status decode_any(const void *data, size_t n, const xc_image_limits *lim,
@@ -669,14 +967,19 @@ static xc_status decode_any(const void *data, size_t n, const xc_image_limits *l
         return png_decode(data, n, lim, info, out);
     case XC_IMAGE_FORMAT_WEBP:
         return webp_decode(data, n, lim, info, out);
+    case XC_IMAGE_FORMAT_GIF:
+        return gif_decode(data, n, lim, info, out);
+    case XC_IMAGE_FORMAT_BMP:
+        return bmp_decode(data, n, lim, info, out);
     default: {
         const char *other = other_format_name(data, n);
         if (other) {
             return xc_errf(XC_ERR_UNSUPPORTED,
-                           "%s images are not supported (only JPEG, PNG and WebP)", other);
+                           "%s images are not supported (only JPEG, PNG, WebP, GIF and BMP)",
+                           other);
         }
-        return xc_errf(XC_ERR_UNSUPPORTED,
-                       "unrecognized image format (only JPEG, PNG and WebP are supported)");
+        return xc_errf(XC_ERR_UNSUPPORTED, "unrecognized image format (only JPEG, PNG, WebP, GIF "
+                                           "and BMP are supported)");
     }
     }
 }

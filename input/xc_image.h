@@ -1,4 +1,4 @@
-/* Image input for the vision worker: JPEG/PNG/WebP decoding to 8-bit RGB exactly as PIL's
+/* Image input for the vision worker: JPEG/PNG/WebP/GIF/BMP decoding to 8-bit RGB exactly as PIL's
  * Image.open(f).convert('RGB') gives it, limits checked before any pixel data is decoded, PIL's
  * bicubic resize (byte-identical), and torchvision ToTensor + CLIP Normalize. */
 #pragma once
@@ -13,6 +13,8 @@ typedef enum xc_image_format {
     XC_IMAGE_FORMAT_JPEG,
     XC_IMAGE_FORMAT_PNG,
     XC_IMAGE_FORMAT_WEBP,
+    XC_IMAGE_FORMAT_GIF, /* the first frame (giflib) */
+    XC_IMAGE_FORMAT_BMP, /* stb_image; RLE and 16-bit refused */
 } xc_image_format;
 
 /* Limits on untrusted images. A value of 0 means "no limit" for that field. */

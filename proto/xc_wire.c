@@ -176,6 +176,28 @@ static xc_status check_sampling(size_t i, const xc_wire_sampling *s) {
         return BAD("seq %zu: sampling.top_logprobs %u is over %u", i, s->top_logprobs,
                    XC_WIRE_MAX_TOP_LOGPROBS);
     }
+    if (!(s->presence_penalty >= -2.0f && s->presence_penalty <= 2.0f) ||
+        !(s->frequency_penalty >= -2.0f && s->frequency_penalty <= 2.0f)) {
+        return BAD("seq %zu: sampling.presence/frequency_penalty %g / %g not in [-2, 2]", i,
+                   (double)s->presence_penalty, (double)s->frequency_penalty);
+    }
+    if (!(s->min_p >= 0.0f && s->min_p <= 1.0f)) {
+        return BAD("seq %zu: sampling.min_p %g is not in [0, 1]", i, (double)s->min_p);
+    }
+    if (s->min_tokens > XC_WIRE_MAX_POS) {
+        return BAD("seq %zu: sampling.min_tokens %u is over %u", i, s->min_tokens, XC_WIRE_MAX_POS);
+    }
+    if (s->n_logit_bias > XC_WIRE_MAX_LOGIT_BIAS) {
+        return BAD("seq %zu: %zu logit_bias entries (at most %u)", i, s->n_logit_bias,
+                   XC_WIRE_MAX_LOGIT_BIAS);
+    }
+    for (size_t k = 0; k < s->n_logit_bias; k++) {
+        if (s->logit_bias_ids[k] > INT32_MAX ||
+            !(s->logit_bias_values[k] >= -100.0f && s->logit_bias_values[k] <= 100.0f)) {
+            return BAD("seq %zu: logit_bias %u: %g (ids <= INT32_MAX, bias in [-100, 100])", i,
+                       s->logit_bias_ids[k], (double)s->logit_bias_values[k]);
+        }
+    }
     if (s->choice >= XC_WIRE_MAX_CHOICE) {
         return BAD("seq %zu: sampling.choice %u is not below %u", i, s->choice, XC_WIRE_MAX_CHOICE);
     }
@@ -656,6 +678,14 @@ static Xc__V1__Seq *seq_to_pb(xc_arena *a, const xc_wire_seq *s) {
         q->logprobs = w->logprobs; /* api helper */
         q->top_logprobs = w->top_logprobs;
         q->choice = w->choice;
+        q->presence_penalty = w->presence_penalty;
+        q->frequency_penalty = w->frequency_penalty;
+        q->min_p = w->min_p;
+        q->min_tokens = w->min_tokens;
+        q->n_logit_bias_ids = w->n_logit_bias;
+        q->logit_bias_ids = (uint32_t *)w->logit_bias_ids;
+        q->n_logit_bias_values = w->n_logit_bias;
+        q->logit_bias_values = (float *)w->logit_bias_values;
         p->sampling = q;
     }
     return p;
@@ -954,7 +984,18 @@ static xc_status forward_from_pb(xc_arena *a, const Xc__V1__Forward *p, xc_wire_
                                       .penalty_ids = w->penalty_ids,
                                       .logprobs = w->logprobs, /* api helper */
                                       .top_logprobs = w->top_logprobs,
-                                      .choice = w->choice};
+                                      .choice = w->choice,
+                                      .presence_penalty = w->presence_penalty,
+                                      .frequency_penalty = w->frequency_penalty,
+                                      .min_p = w->min_p,
+                                      .min_tokens = w->min_tokens,
+                                      .n_logit_bias = w->n_logit_bias_ids,
+                                      .logit_bias_ids = w->logit_bias_ids,
+                                      .logit_bias_values = w->logit_bias_values};
+            if (w->n_logit_bias_ids != w->n_logit_bias_values) {
+                return BAD("seq %zu: %zu logit_bias ids but %zu values", i, w->n_logit_bias_ids,
+                           w->n_logit_bias_values);
+            }
             s->sampling = smp;
         }
     }

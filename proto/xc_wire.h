@@ -169,7 +169,16 @@ typedef struct xc_wire_sampling {
     bool logprobs;               /* api helper: return the token's logprob ... */
     uint32_t top_logprobs;       /* ... and this many alternatives (<= XC_WIRE_MAX_TOP_LOGPROBS) */
     uint32_t choice;             /* choice index among the request's n (< XC_WIRE_MAX_CHOICE) */
+    float presence_penalty;      /* [-2, 2] */
+    float frequency_penalty;     /* [-2, 2] */
+    float min_p;                 /* [0, 1] */
+    uint32_t min_tokens;         /* <= XC_WIRE_MAX_POS */
+    size_t n_logit_bias;         /* <= XC_WIRE_MAX_LOGIT_BIAS */
+    const uint32_t *logit_bias_ids; /* (n_logit_bias), each <= INT32_MAX */
+    const float *logit_bias_values; /* (n_logit_bias), each in [-100, 100] */
 } xc_wire_sampling;
+
+#define XC_WIRE_MAX_LOGIT_BIAS 300
 
 #define XC_WIRE_MAX_CHOICE 65536
 

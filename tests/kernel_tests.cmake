@@ -3,7 +3,7 @@
 # tests/CMakeLists.txt, which returns right after.
 xc_add_test(common)
 xc_add_test(model_config xc_worker)
-xc_add_test(sampler xc_worker)
+xc_add_test(sampler xc_worker PkgConfig::CJSON)
 xc_add_test(kv xc_worker)
 xc_add_test(llm xc_worker PkgConfig::CJSON)
 xc_add_test(cpu_matmul xc_kernels)

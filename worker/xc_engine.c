@@ -21,7 +21,9 @@ struct xc_engine {
     xc_llm *stages[XC_ENGINE_MAX_STAGES];
     xc_kv_cache *kv[XC_ENGINE_MAX_STAGES];
     xc_block_pool *pool;
-    int max_ctx, chunk, block_size, n_blocks;
+    int max_ctx;      /* prompt + reply at most: max_position_embeddings (or conf) */
+    int prompt_limit; /* a longer prompt is refused: config max_length */
+    int chunk, block_size, n_blocks;
     xc_buf hidden; /* (chunk, hidden) */
     xc_buf logits; /* (chunk, vocab) */
 };
@@ -44,13 +46,16 @@ xc_status xc_engine_create(const xc_engine_conf *conf, xc_engine **out) {
         st = xc_errf(XC_ERR_ARG, "%d stages for a model of %d layers", e->n_stages, L);
         goto fail;
     }
-    e->max_ctx = conf->max_context > 0 ? conf->max_context : e->cfg.max_length;
-    if (e->max_ctx > e->cfg.max_position_embeddings) {
-        e->max_ctx = e->cfg.max_position_embeddings;
-    }
+    /* The original chat() cuts the prompt to max_length and generates up to
+     * max_position_embeddings (the dynamic-NTK RoPE only changes anything past that position,
+     * which no sequence reaches here). xcpipe refuses a longer prompt instead of cutting it. */
+    int mpe = e->cfg.max_position_embeddings;
+    e->max_ctx = conf->max_context > 0 && conf->max_context < mpe ? conf->max_context : mpe;
+    e->prompt_limit = e->cfg.max_length < e->max_ctx ? e->cfg.max_length : e->max_ctx;
     e->chunk = conf->chunk > 0 ? conf->chunk : 256;
     e->block_size = conf->block_size > 0 ? conf->block_size : 16;
-    e->n_blocks = (e->max_ctx + e->block_size - 1) / e->block_size;
+    /* KV for max_length positions at first; a longer sequence grows it (kv_reserve) */
+    e->n_blocks = (e->prompt_limit + e->block_size - 1) / e->block_size;
 
     /* stage boundaries in half-layer units (unit 2l = attention of layer l, 2l+1 its FFN) */
     int begin = 0, U = 2 * L;
@@ -128,6 +133,32 @@ int xc_engine_max_context(const xc_engine *e) {
     return e->max_ctx;
 }
 
+int xc_engine_max_prompt(const xc_engine *e) {
+    return e->prompt_limit;
+}
+
+/* Makes the KV caches hold at least n_blocks blocks (no sequence may be live: the engine runs
+ * one at a time and frees its blocks at the end). */
+static xc_status kv_reserve(xc_engine *e, int n_blocks) {
+    if (n_blocks <= e->n_blocks && e->pool) {
+        return XC_OK;
+    }
+    for (int s = 0; s < e->n_stages; s++) {
+        xc_kv_destroy(e->kv[s]);
+        e->kv[s] = NULL;
+    }
+    xc_block_pool_destroy(e->pool);
+    e->pool = NULL;
+    e->n_blocks = 0; /* until every cache exists: a failure is retried by the next call */
+    for (int s = 0; s < e->n_stages; s++) {
+        XC_TRY(xc_kv_create(e->be, xc_llm_n_kv_layers(e->stages[s]), n_blocks, e->block_size,
+                            xc_llm_kv_width(e->stages[s]), &e->kv[s]));
+    }
+    XC_TRY(xc_block_pool_create(n_blocks, &e->pool));
+    e->n_blocks = n_blocks;
+    return XC_OK;
+}
+
 const xc_vision_info *xc_engine_vision_info(const xc_engine *e) {
     return e->vision ? xc_vision_get_info(e->vision) : NULL;
 }
@@ -152,6 +183,12 @@ static void seq_release(xc_engine *e, eng_seq *s) {
 static xc_status check_prompt(const xc_engine *e, const xc_prompt *p, int extra) {
     if (!p->ids || p->n <= 0) {
         return xc_errf(XC_ERR_ARG, "empty prompt");
+    }
+    if (p->n > e->prompt_limit) {
+        return xc_errf(XC_ERR_ARG,
+                       "prompt of %d rows is longer than max_length %d (the original chat() "
+                       "would cut it; xcpipe refuses)",
+                       p->n, e->prompt_limit);
     }
     if ((long)p->n + extra > e->max_ctx) {
         return xc_errf(XC_ERR_ARG, "prompt of %d tokens + %d new exceeds the context of %d", p->n,
@@ -189,6 +226,7 @@ static xc_status check_prompt(const xc_engine *e, const xc_prompt *p, int extra)
 static xc_status seq_begin(xc_engine *e, const xc_prompt *p, int n_total, eng_seq *s) {
     memset(s, 0, sizeof *s);
     int need = (n_total + e->block_size - 1) / e->block_size;
+    XC_TRY(kv_reserve(e, need));
     s->blocks = xc_malloc((size_t)need * sizeof(int32_t));
     if (!s->blocks) {
         return XC_ERR_NOMEM;

@@ -25,7 +25,8 @@ typedef struct xc_engine_conf {
     const int *cuts;       /* optional: n_stages - 1 increasing layer indices to cut at */
     const int *unit_cuts;  /* optional, instead of cuts: n_stages - 1 increasing half-layer unit
                               indices (unit 2l = layer l's attention, 2l+1 its FFN) to cut at */
-    int max_context;       /* tokens per sequence (prompt + reply); 0 = config max_length */
+    int max_context;       /* tokens per sequence (prompt + reply); 0 = max_position_embeddings
+                              (prompts still at most config max_length) */
     int chunk;             /* prefill rows per forward; 0 = 256 */
     int block_size;        /* KV block size in tokens; 0 = 16 */
     bool no_vision;        /* do not load the vision tower */
@@ -76,5 +77,8 @@ int xc_engine_vocab(const xc_engine *e);
 int xc_engine_hidden(const xc_engine *e);
 int xc_engine_n_layers(const xc_engine *e);
 int xc_engine_max_context(const xc_engine *e);
+
+/* The longest prompt (config max_length, at most the context): longer ones are refused. */
+int xc_engine_max_prompt(const xc_engine *e);
 /* NULL when the vision tower is not loaded. */
 const xc_vision_info *xc_engine_vision_info(const xc_engine *e);

@@ -12,6 +12,8 @@ struct xc_sampler {
     int n_vocab;
     xc_sampling p;
     uint64_t pos;       /* position of the next token drawn */
+    int32_t *count;     /* (n_vocab) times generated, when presence/frequency penalties are on */
+    int n_generated;    /* tokens generated (sampled or observed as output) */
     uint8_t *seen;      /* (n_vocab) 1 if seen */
     int32_t *seen_list; /* (cap_seen) distinct seen ids in first-seen order */
     int n_seen, cap_seen;
@@ -54,8 +56,19 @@ xc_status xc_sampler_create(int n_vocab, const xc_sampling *params, xc_sampler *
     }
     s->n_vocab = n_vocab;
     s->p = *params;
+    for (int i = 0; i < params->n_logit_bias; i++) {
+        if (params->logit_bias_ids[i] >= n_vocab) {
+            xc_free(s);
+            return xc_errf(XC_ERR_ARG, "logit_bias: id %d outside the vocabulary of %d",
+                           params->logit_bias_ids[i], n_vocab);
+        }
+    }
     s->seen = xc_calloc((size_t)n_vocab, 1);
-    if (!s->seen) {
+    if (params->presence_penalty != 0.0f || params->frequency_penalty != 0.0f) {
+        s->count = xc_calloc((size_t)n_vocab, sizeof(int32_t));
+    }
+    if (!s->seen ||
+        ((params->presence_penalty != 0.0f || params->frequency_penalty != 0.0f) && !s->count)) {
         xc_sampler_destroy(s);
         return XC_ERR_NOMEM;
     }
@@ -68,6 +81,7 @@ void xc_sampler_destroy(xc_sampler *s) {
         return;
     }
     xc_free(s->seen);
+    xc_free(s->count);
     xc_free(s->seen_list);
     xc_free(s->idx);
     xc_free(s->prob);
@@ -97,6 +111,17 @@ xc_status xc_sampler_observe(xc_sampler *s, const int32_t *ids, int n) {
         s->seen[ids[i]] = 1;
         s->seen_list[s->n_seen++] = ids[i];
     }
+    return XC_OK;
+}
+
+xc_status xc_sampler_observe_output(xc_sampler *s, const int32_t *ids, int n) {
+    XC_TRY(xc_sampler_observe(s, ids, n));
+    for (int i = 0; i < n; i++) {
+        if (s->count) {
+            s->count[ids[i]]++;
+        }
+    }
+    s->n_generated += n;
     return XC_OK;
 }
 
@@ -214,12 +239,44 @@ static void sort_candidates(xc_sampler *s, const float *logits, int n_c, float m
     }
 }
 
+/* min_p after top-k/top-p (HF order): of the kept candidates (sorted by descending logit), only
+ * those with p >= min_p * p_max, i.e. logit >= max + log(min_p); at least one. */
+static int min_p_cut(const xc_sampler *s, const float *logits, const int32_t *c, int keep,
+                     float mx) {
+    if (s->p.min_p <= 0.0f) {
+        return keep;
+    }
+    float thr = mx + logf(s->p.min_p);
+    while (keep > 1 && logits[c[keep - 1]] < thr) {
+        keep--;
+    }
+    return keep;
+}
+
 xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out) {
     int n = s->n_vocab;
+    for (int i = 0; i < s->p.n_logit_bias; i++) {
+        logits[s->p.logit_bias_ids[i]] += s->p.logit_bias[i];
+    }
+    if (s->n_generated < s->p.min_tokens) {
+        for (int i = 0; i < s->p.n_stop_ids; i++) {
+            if (s->p.stop_ids[i] >= 0 && s->p.stop_ids[i] < n) {
+                logits[s->p.stop_ids[i]] = -INFINITY;
+            }
+        }
+    }
     if (s->p.repetition_penalty != 1.0f) {
         for (int i = 0; i < s->n_seen; i++) {
             float *v = &logits[s->seen_list[i]];
             *v = *v < 0 ? *v * s->p.repetition_penalty : *v / s->p.repetition_penalty;
+        }
+    }
+    if (s->count) {
+        for (int i = 0; i < s->n_seen; i++) {
+            int32_t id = s->seen_list[i], c = s->count[id];
+            if (c > 0) {
+                logits[id] -= (float)c * s->p.frequency_penalty + s->p.presence_penalty;
+            }
         }
     }
     int32_t tok;
@@ -227,12 +284,19 @@ xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out) {
         tok = argmax(logits, n);
         s->pos++;
         *out = tok;
-        return xc_sampler_observe(s, &tok, 1);
+        return xc_sampler_observe_output(s, &tok, 1);
     }
     float mx = -INFINITY;
     for (int i = 0; i < n; i++) {
         logits[i] /= s->p.temperature;
         mx = logits[i] > mx ? logits[i] : mx;
+    }
+    if (s->p.min_p > 0.0f && !(s->p.top_k > 0 && s->p.top_k < n) && !(s->p.top_p < 1.0f)) {
+        /* min_p alone: a mask, then the unfiltered draw below */
+        float thr = mx + logf(s->p.min_p);
+        for (int i = 0; i < n; i++) {
+            logits[i] = logits[i] < thr ? -INFINITY : logits[i];
+        }
     }
     if (s->p.top_k > 0 && s->p.top_k < n) {
         /* every token >= the k-th largest (HF keeps ties), then top-p within them */
@@ -254,7 +318,8 @@ xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out) {
             denom += s->prob[i];
         }
         int keep = s->p.top_p < 1.0f ? nucleus(s->prob, n_c, denom, s->p.top_p) : n_c;
-        tok = draw(s, s->idx, s->prob, keep < 0 ? n_c : keep);
+        keep = min_p_cut(s, logits, s->idx, keep < 0 ? n_c : keep, mx);
+        tok = draw(s, s->idx, s->prob, keep);
     } else if (s->p.top_p < 1.0f) {
         /* nucleus over the whole vocabulary: sort only as many of the largest logits as the
          * nucleus needs, growing the block until it covers top_p of the mass */
@@ -274,7 +339,8 @@ xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out) {
             }
             b *= 4;
         }
-        tok = draw(s, s->idx, s->prob, keep < 0 ? b : keep);
+        keep = min_p_cut(s, logits, s->idx, keep < 0 ? b : keep, mx);
+        tok = draw(s, s->idx, s->prob, keep);
     } else {
         /* no filter: one pass for the mass, one to draw */
         double denom = 0.0;
@@ -292,7 +358,7 @@ xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out) {
         }
     }
     *out = tok;
-    return xc_sampler_observe(s, &tok, 1);
+    return xc_sampler_observe_output(s, &tok, 1);
 }
 
 xc_status xc_sampler_logprobs(const float *logits, int n_vocab, int32_t token, int k, float *lp,

@@ -1,7 +1,12 @@
-/* Token sampling with the Hugging Face logits-processor order: repetition penalty, temperature,
- * top-k, top-p, then a draw from the softmax. The draw's randomness is a pure function of
- * (seed, choice index, token position): a sequence resumed at position p (re-prefilled with its
- * prompt and the tokens already produced) draws exactly what it would have drawn. */
+/* Token sampling. Processors in this order (each documented in docs/api.md):
+ *   1. logit_bias (added), 2. min_tokens (stop ids to -inf before min_tokens generated tokens),
+ *   3. repetition penalty (HF rule, prompt ids observed + generated), 4. frequency and presence
+ *   penalties (OpenAI: z -= count * frequency + (count > 0) * presence over generated tokens),
+ *   greedy = argmax here; else 5. temperature, 6. top-k, 7. top-p (HF), 8. min_p (HF: drop
+ *   p < min_p * p_max), then a draw from the softmax of what is left. The draw's randomness is a
+ * pure function of (seed, choice index, token position): a sequence resumed at position p
+ * (re-prefilled with its prompt and the tokens already produced) draws exactly what it would have
+ * drawn. */
 #pragma once
 
 #include <stdbool.h>
@@ -30,6 +35,10 @@ double xc_sampler_uniform(uint64_t seed, uint32_t choice, uint64_t pos);
  * and every generated token — xc_sampler_sample marks its own pick). Ids outside the vocabulary
  * are XC_ERR_ARG. */
 xc_status xc_sampler_observe(xc_sampler *s, const int32_t *ids, int n);
+
+/* Marks ids as already generated (a resumed sequence's produced tokens): the repetition penalty
+ * sees them, the frequency/presence penalties count them and min_tokens counts them. */
+xc_status xc_sampler_observe_output(xc_sampler *s, const int32_t *ids, int n);
 
 /* Picks the next token from logits (n_vocab, host memory; modified in place). */
 xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out);

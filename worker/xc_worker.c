@@ -154,7 +154,20 @@ static xc_status seq_add(xc_worker *w, uint64_t id, const xc_wire_sampling *ws) 
                       .top_p = ws->top_p,
                       .repetition_penalty = ws->repetition_penalty,
                       .seed = ws->seed,
-                      .choice = ws->choice};
+                      .choice = ws->choice,
+                      .presence_penalty = ws->presence_penalty,
+                      .frequency_penalty = ws->frequency_penalty,
+                      .min_p = ws->min_p,
+                      .min_tokens = (int)ws->min_tokens,
+                      .n_stop_ids = (int)ws->n_stop_ids,
+                      .n_logit_bias = (int)ws->n_logit_bias};
+    for (size_t k = 0; k < ws->n_stop_ids && k < XC_SAMPLING_MAX_STOP_IDS; k++) {
+        sp.stop_ids[k] = (int32_t)ws->stop_ids[k];
+    }
+    for (size_t k = 0; k < ws->n_logit_bias && k < XC_SAMPLING_MAX_LOGIT_BIAS; k++) {
+        sp.logit_bias_ids[k] = (int32_t)ws->logit_bias_ids[k];
+        sp.logit_bias[k] = ws->logit_bias_values[k];
+    }
     seq_state s = {
         .id = id, .prompt_len = ws->prompt_len, .logprobs = ws->logprobs, .top = ws->top_logprobs};
     if (!w->sim && w->stage + 1 == w->n_stages) { /* only the last stage samples */

@@ -2,7 +2,8 @@
  * requests, the prompt preparation (chat template, tokenizer, image decoding) with the tiny
  * fixture tokenizer. Oracles: no crash, no leak (ASan), a rejected body always carries an error
  * status in [400, 500] with a non-empty message and renders as valid JSON; an accepted request
- * satisfies every documented bound. */
+ * satisfies every documented bound. The same body also goes through the /v1/completions parser
+ * (and each accepted prompt's preparation), /tokenize and /detokenize (issue 14). */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,37 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                      .variant = XC_CHAT_VARIANT_7B};
     xc_api_request r;
     xc_api_error e;
+    char *out = NULL;
+    for (int k = 0; k < 2; k++) {
+        if ((k ? xc_api_detokenize : xc_api_tokenize)(&c, tok, (const char *)data, size, &out,
+                                                      &e) == XC_OK) {
+            cJSON *o = cJSON_Parse(out);
+            if (!o) {
+                abort();
+            }
+            cJSON_Delete(o);
+        } else if (e.http_status < 400 || !e.message[0]) {
+            abort();
+        }
+        xc_free(out);
+    }
+    if (xc_api_parse_completion(&c, tok, (const char *)data, size, &r, &e) == XC_OK) {
+        if (r.n_prompts < 1 || r.n_prompts * r.n > 4 || r.max_tokens < 1 || r.max_tokens > 64) {
+            abort();
+        }
+        for (int k = 0; k < r.n_prompts; k++) {
+            xc_api_prepared p;
+            if (xc_api_prepare_prompt(&c, tok, &r, k, &p, &e) == XC_OK) {
+                if ((long)p.req.n + p.req.max_new_tokens > 512) {
+                    abort();
+                }
+                xc_api_prepared_fini(&p);
+            }
+        }
+        xc_api_request_fini(&r);
+    } else if (e.http_status < 400 || !e.message[0]) {
+        abort();
+    }
     xc_status st = xc_api_parse(&c, (const char *)data, size, &r, &e);
     if (st != XC_OK) {
         if (e.http_status < 400 || e.http_status > 500 || !e.message[0]) {

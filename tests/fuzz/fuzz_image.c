@@ -8,7 +8,7 @@
 #include "xc_image.h"
 
 #ifndef XC_FUZZ_IMAGE_FORMAT
-#error "build with -DXC_FUZZ_IMAGE_FORMAT=XC_IMAGE_FORMAT_JPEG (or _PNG, _WEBP)"
+#error "build with -DXC_FUZZ_IMAGE_FORMAT=XC_IMAGE_FORMAT_JPEG (or _PNG, _WEBP, _GIF, _BMP)"
 #endif
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

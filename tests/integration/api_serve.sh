@@ -2,7 +2,9 @@
 # The HTTP API against a local cluster on a tiny model (coordinator + vision + 2 decoder stages,
 # separate processes): curl for every route, auth and each error status/shape; the official
 # openai Python client (pip, cached in the build dir) for whole and streamed chat, images as data
-# URLs, n = 2, stop strings, logprobs and usage (api_client.py); a streamed request whose client
+# URLs, n = 2, stop strings, logprobs and usage (api_client.py); completions, tokenize, the
+# sampling parameters against a naive reference, nulls, seeds, 404/405, CORS (api_parity.py);
+# a streamed request whose client
 # goes away frees its KV blocks (/metrics); the deadline; 429 with Retry-After; /ready false
 # within the dead timeout when a stage worker is killed and true again after it returns, /health
 # true throughout; then a 10 s, 16-client `xcpipe bench serve` with no unexpected status.
@@ -28,6 +30,7 @@ XC_API_KEYS="$KEY" "$COORD" --model "$T/m" --endpoint "$ep" --stages 2 --dead-ti
   --port "$port" --served-model-name tiny --max-body-kb 256 --max-images 2 \
   --max-image-mpixels 1 --max-tokens-limit 3000 --max-context 4096 --request-timeout 1.5 \
   --max-concurrent-requests 4 --canary-interval 0.3 --allowed-media-dir "$FIX/image/src" \
+  --allowed-origins "https://app.example, https://other.example" \
   2> "$T/coord.log" &
 CPID=$!
 PIDS+=($CPID)
@@ -80,6 +83,7 @@ bigimg=$(base64 -w0 "$T/big.png")
 expect 400 image_too_large "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,$bigimg\"}}]}]}"
 expect 400 - "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"https://example.com/x.png\"}}]}]}"
 expect 403 - "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"file:///etc/hostname\"}}]}]}"
+expect 403 media_not_allowed "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"file://$FIX/image/src/missing.png\"}}]}]}"
 expect 200 - "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",\"max_tokens\":3,\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"file://$FIX/image/src/png_p4bit_80x60.png\"}},{\"type\":\"text\",\"text\":\"hi\"}]}]}"
 # the deadline (1.5 s): 8 greedy choices of 3000 tokens take longer
 expect 408 request_timeout "${AUTH[@]}" "$CH" -d "{\"model\":\"tiny\",$MSG,\"max_tokens\":3000,\"n\":8,\"temperature\":0,\"ignore_eos\":true}"
@@ -88,6 +92,9 @@ echo "routes, auth and error statuses: ok"
 # the openai client: chat whole and streamed, images, n, stop, logprobs, usage; disconnects
 "$VENV/bin/python" "$HERE/api_client.py" "$U" "$KEY" "$FIX/image/src/jpg_tiny_3x7.jpg" \
   || fail "api_client.py failed"
+# vLLM/OpenAI parity (issue 14): completions, tokenize, sampling parameters, CORS, ...
+"$VENV/bin/python" "$HERE/api_parity.py" "$U" "$KEY" "$FIX/image/src/jpg_tiny_3x7.jpg" \
+  https://app.example || fail "api_parity.py failed"
 
 # queue full: more concurrent requests than --max-concurrent-requests 4
 cpids=()

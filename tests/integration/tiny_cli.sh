@@ -51,4 +51,34 @@ head -c 1000 "$T/m_bin/pytorch_model-00001-of-00002.bin" > "$T/trunc.bin"
 "$XCPIPE" model inspect 2> "$T/err"; rc=$?
 [ $rc = 2 ] || fail "no argument: rc $rc"
 set -e
+# generate as chat(): --history pairs come before the query in chat()'s template (decoded back
+# with the tokenizer), --temperature 0 is --greedy, a bad history file is exit 2
+TOKF=$(cd "$(dirname "$0")/../fixtures/tokenizer" && pwd)/tiny.model
+"$XCPIPE" model make-tiny --out "$T/mg" --layers 2 --vocab 1000 --seed 3 --tokenizer "$TOKF" \
+  > /dev/null
+printf '[["old question", "old answer"], ["second <q>", "second a"]]' > "$T/h.json"
+"$XCPIPE" generate --model "$T/mg" --prompt "Hi" --history "$T/h.json" --greedy --max-tokens 4 \
+  --print-ids --threads 1 > "$T/g1.txt"
+sed -n 's/^prompt ids: //p' "$T/g1.txt" | "$XCPIPE" tokenize --tokenizer "$TOKF" --decode \
+  > "$T/g1.dec"
+grep -qF '[UNUSED_TOKEN_146]user
+old question[UNUSED_TOKEN_145]
+[UNUSED_TOKEN_146]assistant
+old answer[UNUSED_TOKEN_145]
+[UNUSED_TOKEN_146]user
+second <q>[UNUSED_TOKEN_145]
+[UNUSED_TOKEN_146]assistant
+second a[UNUSED_TOKEN_145]
+[UNUSED_TOKEN_146]user
+Hi[UNUSED_TOKEN_145]
+[UNUSED_TOKEN_146]assistant' "$T/g1.dec" || fail "--history not in the prompt: $(cat "$T/g1.dec")"
+"$XCPIPE" generate --model "$T/mg" --prompt "Hi" --history "$T/h.json" --temperature 0 \
+  --max-tokens 4 --print-ids --threads 1 > "$T/g2.txt"
+cmp -s "$T/g1.txt" "$T/g2.txt" || fail "--temperature 0 differs from --greedy"
+echo '[["only one"]]' > "$T/bad.json"
+set +e
+"$XCPIPE" generate --model "$T/mg" --prompt "Hi" --history "$T/bad.json" 2> "$T/err"; rc=$?
+set -e
+[ $rc = 2 ] && grep -q 'history' "$T/err" || fail "bad --history: rc $rc, $(cat "$T/err")"
+
 echo "tiny_cli: ok"

@@ -152,7 +152,9 @@ static void test_api_parse_errors(void **state) {
     expect_error(&c, "", 400, "");
     expect_error(&c, "{\"model\":", 400, "");
     expect_error(&c, "[1,2]", 400, "");
-    expect_error(&c, "{" U "}", 400, "model");
+    xc_api_conf anon = c; /* model is optional only when the server names its model */
+    anon.model_name = NULL;
+    expect_error(&anon, "{" U "}", 400, "model");
     expect_error(&c, "{\"model\":5," U "}", 400, "model");
     expect_error(&c, "{\"model\":\"gpt-4\"," U "}", 404, "model");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"bogus\":1}", 400, "bogus");
@@ -210,10 +212,20 @@ static void test_api_parse_errors(void **state) {
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"top_k\":2.5}", 400, "top_k");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"repetition_penalty\":0}", 400,
                  "repetition_penalty");
-    expect_error(&c, "{\"model\":\"tiny\"," U ",\"frequency_penalty\":0.5}", 400,
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"frequency_penalty\":2.5}", 400,
                  "frequency_penalty");
-    expect_error(&c, "{\"model\":\"tiny\"," U ",\"presence_penalty\":1}", 400, "presence_penalty");
-    expect_error(&c, "{\"model\":\"tiny\"," U ",\"logit_bias\":{\"1\":5}}", 400, "logit_bias");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"presence_penalty\":-3}", 400, "presence_penalty");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"logit_bias\":{\"x\":5}}", 400, "logit_bias");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"logit_bias\":{\"1\":101}}", 400, "logit_bias");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"logit_bias\":[1]}", 400, "logit_bias");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"min_p\":1.5}", 400, "min_p");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"min_tokens\":-1}", 400, "min_tokens");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"stop_token_ids\":[-1]}", 400, "stop_token_ids");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"skip_special_tokens\":1}", 400,
+                 "skip_special_tokens");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"tools\":[{\"type\":\"function\"}]}", 400,
+                 "tools");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"tool_choice\":\"required\"}", 400, "tool_choice");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"response_format\":{\"type\":\"json_object\"}}",
                  400, "response_format");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"user\":1}", 400, "user");
@@ -425,7 +437,8 @@ static void test_api_file_urls(void **state) {
     assert_memory_equal(r.images[0].data, data, n);
     xc_free(data);
     xc_api_request_fini(&r);
-    /* escaping the directory with .. is refused (403), a missing file is 400 */
+    /* escaping the directory with .. (an existing file), a missing file inside it and one
+     * outside it: the same 403 and the same message (nothing tells which files exist) */
     expect_error(&c,
                  "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
                  "\"image_url\",\"image_url\":{\"url\":\"file://" XC_FIXTURE_DIR
@@ -435,7 +448,22 @@ static void test_api_file_urls(void **state) {
                  "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
                  "\"image_url\",\"image_url\":{\"url\":\"file://" XC_FIXTURE_DIR
                  "/image/src/nope.png\"}}]}]}",
-                 400, "messages[0].content[0]");
+                 403, "messages[0].content[0]");
+    const char *paths[] = {"/image/src/../../tokenizer/tiny.meta", "/image/src/nope.png",
+                           "/nope/x.png"};
+    char msg[3][512];
+    for (int i = 0; i < 3; i++) {
+        char body[1024];
+        snprintf(body, sizeof body,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                 "\"image_url\",\"image_url\":{\"url\":\"file://%s%s\"}}]}]}",
+                 XC_FIXTURE_DIR, paths[i]);
+        assert_int_equal(parse(&c, body, &r, &e), XC_ERR_ARG);
+        assert_int_equal(e.http_status, 403);
+        snprintf(msg[i], sizeof msg[i], "%s", e.message);
+    }
+    assert_string_equal(msg[0], msg[1]);
+    assert_string_equal(msg[0], msg[2]);
 }
 
 static void test_api_prepare_context(void **state) {
@@ -457,6 +485,20 @@ static void test_api_prepare_context(void **state) {
     assert_int_equal(p.req.max_new_tokens, 50); /* the default fits */
     assert_true(p.req.penalize_prompt);
     xc_api_prepared_fini(&p);
+    /* the context rule of issue 14: the prompt within max_length (max_prompt), the reply may go
+     * past it up to the context */
+    c.max_context = n_prompt + 100;
+    c.max_prompt = n_prompt - 1;
+    assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_ERR_ARG);
+    assert_string_equal(e.code, "context_length_exceeded");
+    assert_non_null(strstr(e.message, "max_length"));
+    c.max_prompt = n_prompt;
+    c.default_max_tokens = 0;
+    assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_OK);
+    assert_int_equal(p.req.max_new_tokens, 100); /* past max_length, to the context */
+    xc_api_prepared_fini(&p);
+    c.max_prompt = 0;
+    c.default_max_tokens = 50;
     /* default max_tokens is cut to the context left */
     c.max_context = n_prompt + 20;
     assert_int_equal(xc_api_prepare(&c, tok, &r, &p, &e), XC_OK);
@@ -539,6 +581,14 @@ static void test_api_stop_strings_match_naive_cut(void **state) {
         size_t cut = naive_cut(full, flen, stops, n_stop, &hit);
         xc_api_text t;
         xc_api_text_init(&t, tok, stops, n_stop);
+        t.include_stop = trial % 2 == 1; /* include_stop_str_in_output: cut after the stop */
+        for (int k = 0; hit && t.include_stop && k < n_stop; k++) {
+            size_t sl = strlen(stops[k]);
+            if (cut + sl <= flen && !memcmp(full + cut, stops[k], sl)) {
+                cut += sl;
+                break;
+            }
+        }
         char got[4096];
         size_t g = 0;
         bool stopped = false;
@@ -660,7 +710,7 @@ static void test_api_response_json(void **state) {
     assert_int_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "usage"), "total_tokens")->valueint,
                      18);
     cJSON_Delete(o);
-    js = xc_api_models_json("tiny", 5);
+    js = xc_api_models_json("tiny", 5, 4096);
     o = cJSON_Parse(js);
     xc_free(js);
     assert_string_equal(
@@ -870,11 +920,49 @@ static void test_api_seed_64_bits(void **state) {
     }
 }
 
+/* issue 14: nulls are absent, a missing model is the served one, and the new sampling
+ * parameters reach the request. */
+static void test_api_lenient_and_new_params(void **state) {
+    (void)state;
+    xc_api_conf c = conf_default();
+    xc_api_request r;
+    xc_api_error e;
+    assert_int_equal(
+        parse(&c,
+              "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":null,"
+              "\"tool_choice\":null,\"parallel_tool_calls\":null,\"model\":null,\"min_p\":null,"
+              "\"logit_bias\":null,\"stop_token_ids\":null,\"user\":null,\"seed\":null,"
+              "\"presence_penalty\":null,\"max_tokens\":null}",
+              &r, &e),
+        XC_OK);
+    assert_string_equal(r.model, "tiny");
+    assert_false(r.has_seed);
+    assert_true(r.skip_special_tokens);
+    xc_api_request_fini(&r);
+    assert_int_equal(
+        parse(&c,
+              "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"presence_penalty\":-2,"
+              "\"frequency_penalty\":1.5,\"min_p\":0.1,\"min_tokens\":3,\"logit_bias\":{\"5\":-100,"
+              "\"7\":2.5},\"stop_token_ids\":[9,10],\"include_stop_str_in_output\":true,"
+              "\"skip_special_tokens\":false,\"tools\":[],\"tool_choice\":\"none\"}",
+              &r, &e),
+        XC_OK);
+    assert_true(r.presence_penalty == -2.0f && r.frequency_penalty == 1.5f && r.min_p == 0.1f);
+    assert_int_equal(r.min_tokens, 3);
+    assert_int_equal(r.n_logit_bias, 2);
+    assert_int_equal(r.logit_bias_ids[1], 7);
+    assert_true(r.logit_bias[0] == -100.0f && r.logit_bias[1] == 2.5f);
+    assert_int_equal(r.n_stop_token_ids, 2);
+    assert_true(r.include_stop_str_in_output && !r.skip_special_tokens);
+    xc_api_request_fini(&r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_api_parse_defaults),
         cmocka_unit_test(test_api_json_precheck),
         cmocka_unit_test(test_api_seed_64_bits),
+        cmocka_unit_test(test_api_lenient_and_new_params),
         cmocka_unit_test(test_api_parse_every_parameter),
         cmocka_unit_test(test_api_parse_errors),
         cmocka_unit_test(test_api_images_and_prepare),

@@ -7,7 +7,9 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "xc_chat.h"
 #include "xc_ckpt.h"
@@ -418,6 +420,166 @@ static void test_conformance_chat_prompt_vl(void **state) {
     check_chat("vl");
 }
 
+/* xcpipe generate --greedy against chat(do_sample=False) (tools/reference/
+ * make_penalty_fixtures.py: the original chat() with its default repetition penalty 1.005 and
+ * with 1.3), through the CLI itself: the image prompt as --input-ids with 'img' slots and the
+ * fixture's pixels as --pixels files, the text prompt as its ids (penalized like chat()'s
+ * text-only prompt). Each case's ids must equal the original's (the first `compare` of them:
+ * all 40 in the committed fixtures). Before issue 14, --greedy dropped the penalty and the 1.3
+ * cases differed from step 4 on. */
+static void cli_greedy_penalty(const char *variant) {
+    fixture f;
+    fixture_load(&f, variant);
+    char path[700];
+    snprintf(path, sizeof path, "%s/greedy_penalty.json", f.dir);
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(xc_file_read_all(path, 1 << 22, &text, &len), XC_OK);
+    cJSON *gp = cJSON_ParseWithLength(text, len);
+    xc_free(text);
+    assert_non_null(gp);
+    /* pixels: one float32 (3, S, S) file per image */
+    int64_t nx;
+    const float *px = tensor(&f, "images", &nx);
+    xc_model_config cfg;
+    assert_int_equal(xc_model_config_load(f.dir, &cfg), XC_OK);
+    size_t per = 3u * (size_t)cfg.img_size * (size_t)cfg.img_size;
+    char pxf[2][64];
+    for (int i = 0; i < 2; i++) {
+        snprintf(pxf[i], sizeof pxf[i], "/tmp/xc-conf-%d-%s-%d.f32", (int)getpid(), variant, i);
+        FILE *fp = fopen(pxf[i], "wb");
+        assert_non_null(fp);
+        assert_int_equal(fwrite(px + (size_t)i * per, sizeof(float), per, fp), per);
+        fclose(fp);
+    }
+    /* --input-ids of both prompts */
+    size_t cap = 16 * (size_t)(f.n + f.n_text) + 64;
+    char *img_ids = xc_malloc(cap), *txt_ids = xc_malloc(cap);
+    size_t o = 0;
+    for (int i = 0, r = 0; i < f.n; i++) {
+        if (r < f.n_img && i == f.img[r].start) {
+            o += (size_t)snprintf(img_ids + o, cap - o, "%simg", o ? "," : "");
+            i = f.img[r++].end - 1;
+            continue;
+        }
+        o += (size_t)snprintf(img_ids + o, cap - o, "%s%d", o ? "," : "", f.ids[i]);
+    }
+    o = 0;
+    for (int i = 0; i < f.n_text; i++) {
+        o += (size_t)snprintf(txt_ids + o, cap - o, "%s%d", o ? "," : "", f.text_ids[i]);
+    }
+    int n_cases = 0, n_differ = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(gp, "cases")) {
+        bool image = !strcmp(cJSON_GetObjectItem(c, "prompt")->valuestring, "image");
+        double pen = cJSON_GetObjectItem(c, "repetition_penalty")->valuedouble;
+        int compare = cJSON_GetObjectItem(c, "compare")->valueint;
+        n_differ += cJSON_IsTrue(cJSON_GetObjectItem(c, "differs_from_unpenalized"));
+        size_t cl = 2 * cap + 1024;
+        char *cmd = xc_malloc(cl);
+        /* the default penalty is not passed: --greedy alone must be chat(do_sample=False) */
+        char penflag[64] = "";
+        if (fabs(pen - 1.005) > 1e-9) {
+            snprintf(penflag, sizeof penflag, "--repetition-penalty %g", pen);
+        }
+        snprintf(cmd, cl,
+                 "%s/xcpipe generate --model %s --greedy %s --max-tokens 40 --threads 1 "
+                 "--print-ids --input-ids %s %s%s%s%s 2>&1",
+                 XC_BIN_DIR, f.dir, penflag, image ? img_ids : txt_ids, image ? "--pixels " : "",
+                 image ? pxf[0] : "", image ? " --pixels " : "", image ? pxf[1] : "");
+        FILE *pp = popen(cmd, "r");
+        assert_non_null(pp);
+        char line[65536];
+        int got[64], n_got = -1;
+        while (fgets(line, sizeof line, pp)) {
+            if (!strncmp(line, "answer ids:", 11)) {
+                n_got = 0;
+                for (char *q = line + 11; n_got < 64;) {
+                    char *end;
+                    long v = strtol(q, &end, 10);
+                    if (end == q) {
+                        break;
+                    }
+                    got[n_got++] = (int)v;
+                    q = end;
+                }
+            }
+        }
+        int rc = pclose(pp);
+        if (rc != 0 || n_got < 0) {
+            fail_msg("%s: `%s` failed (%d)", variant, cmd, rc);
+        }
+        const cJSON *toks = cJSON_GetObjectItem(c, "tokens");
+        int n_want = cJSON_GetArraySize(toks);
+        assert_true(compare <= n_want && compare >= 30);
+        for (int k = 0; k < compare; k++) {
+            int want = cJSON_GetArrayItem(toks, k)->valueint;
+            if (k >= n_got || got[k] != want) {
+                fail_msg("%s %s penalty %g: step %d: generate --greedy gives %d, chat() %d",
+                         variant, image ? "image" : "text", pen, k, k < n_got ? got[k] : -1, want);
+            }
+        }
+        xc_free(cmd);
+        n_cases++;
+    }
+    assert_int_equal(n_cases, 4);
+    assert_true(n_differ >= 1); /* the penalty changes the answer somewhere: the test can fail */
+    for (int i = 0; i < 2; i++) {
+        unlink(pxf[i]);
+    }
+    xc_free(img_ids);
+    xc_free(txt_ids);
+    cJSON_Delete(gp);
+    fixture_free(&f);
+}
+
+static void test_conformance_cli_greedy_penalty_7b(void **state) {
+    (void)state;
+    cli_greedy_penalty("7b");
+}
+
+static void test_conformance_cli_greedy_penalty_vl(void **state) {
+    (void)state;
+    cli_greedy_penalty("vl");
+}
+
+/* The context rule (issue 14.0): a VL prompt (two images) padded with text to max_length - 8
+ * rows gets 300 new tokens (past max_length, as the original generates up to
+ * max_position_embeddings); a prompt of max_length + 1 rows is refused with a clear error (the
+ * original would cut it silently). The KV cache grows to the sequence on the way. */
+static void test_conformance_long_vl_context(void **state) {
+    (void)state;
+    fixture f;
+    fixture_load(&f, "vl");
+    xc_engine *e = engine(&f, 1, NULL, NULL);
+    int max_len = xc_engine_max_prompt(e);
+    assert_true(max_len == 4096 && xc_engine_max_context(e) == 32768);
+    int n = max_len - 8;
+    int32_t *ids = xc_malloc((size_t)(max_len + 1) * sizeof(int32_t));
+    memcpy(ids, f.ids, (size_t)f.n * sizeof(int32_t));
+    for (int i = f.n; i <= max_len; i++) {
+        ids[i] = 300 + i % 500; /* plain text ids after the chat prompt */
+    }
+    int64_t nx;
+    xc_prompt p = {
+        .ids = ids, .n = n, .img = f.img, .n_img = f.n_img, .pixels = tensor(&f, "images", &nx)};
+    xc_gen_params g = {
+        .max_new_tokens = 300,
+        .sampling = {.greedy = true, .temperature = 1, .top_p = 1, .repetition_penalty = 1.005f}};
+    int32_t *out = xc_malloc(300 * sizeof(int32_t));
+    int n_out = 0;
+    assert_int_equal(xc_engine_generate(e, &p, &g, NULL, NULL, out, &n_out, NULL), XC_OK);
+    assert_int_equal(n_out, 300); /* no stop ids: all 300, positions up to 4388 */
+    p.n = max_len + 1;
+    g.max_new_tokens = 1;
+    assert_int_equal(xc_engine_generate(e, &p, &g, NULL, NULL, out, &n_out, NULL), XC_ERR_ARG);
+    assert_non_null(strstr(xc_err_last(), "longer than max_length 4096"));
+    xc_free(out);
+    xc_free(ids);
+    xc_engine_destroy(e);
+    fixture_free(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conformance_bicubic_matches_torch),
@@ -428,6 +590,9 @@ int main(void) {
         cmocka_unit_test(test_conformance_stage_cuts_identical),
         cmocka_unit_test(test_conformance_chat_prompt_7b),
         cmocka_unit_test(test_conformance_chat_prompt_vl),
+        cmocka_unit_test(test_conformance_cli_greedy_penalty_7b),
+        cmocka_unit_test(test_conformance_cli_greedy_penalty_vl),
+        cmocka_unit_test(test_conformance_long_vl_context),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }

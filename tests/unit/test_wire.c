@@ -17,6 +17,8 @@ static const xc_wire_range ranges_a[] = {{1, 3}, {4, 5}};
 static const uint32_t stops[] = {2, 92542};
 static const uint64_t released[] = {100, 101, 1ull << 40};
 
+static const uint32_t bias_ids[] = {5, 2147483647u};
+static const float bias_vals[] = {-100.0f, 42.5f};
 static const xc_wire_sampling sampling_a = {.greedy = false,
                                             .temperature = 0.7f,
                                             .top_k = 50,
@@ -26,7 +28,14 @@ static const xc_wire_sampling sampling_a = {.greedy = false,
                                             .max_new_tokens = 64,
                                             .n_stop_ids = 2,
                                             .stop_ids = stops,
-                                            .choice = 65535};
+                                            .choice = 65535,
+                                            .presence_penalty = -2.0f,
+                                            .frequency_penalty = 1.5f,
+                                            .min_p = 0.05f,
+                                            .min_tokens = 7,
+                                            .n_logit_bias = 2,
+                                            .logit_bias_ids = bias_ids,
+                                            .logit_bias_values = bias_vals};
 
 /* Two sequences: A (new, 6 rows at 0..5 with image rows 1,2,4) and B (2 rows at 10..11). The
  * payload is token ids with 3 image rows of width 16 (stage 0). */
@@ -136,6 +145,11 @@ static void test_wire_forward_roundtrip(void **state) {
     assert_int_equal(p->top_k, 50);
     assert_int_equal(p->seed, 1234567890123ull);
     assert_int_equal(p->choice, 65535);
+    assert_true(p->presence_penalty == -2.0f && p->frequency_penalty == 1.5f && p->min_p == 0.05f);
+    assert_int_equal(p->min_tokens, 7);
+    assert_int_equal(p->n_logit_bias, 2);
+    assert_int_equal(p->logit_bias_ids[1], 2147483647u);
+    assert_true(p->logit_bias_values[0] == -100.0f && p->logit_bias_values[1] == 42.5f);
     assert_int_equal(p->max_new_tokens, 64);
     assert_int_equal(p->n_stop_ids, 2);
     assert_memory_equal(p->stop_ids, stops, sizeof stops);
@@ -660,6 +674,23 @@ static void test_wire_decode_rejects_impossible_forward(void **state) {
     RESET();
     smp.choice = 65536;
     expect_reject(&m, fwd_lens, 2, "sampling.choice 65536 is not below 65536");
+    RESET();
+    smp.presence_penalty = 2.01f;
+    expect_reject(&m, fwd_lens, 2, "sampling.presence/frequency_penalty");
+    RESET();
+    smp.frequency_penalty = NAN;
+    expect_reject(&m, fwd_lens, 2, "sampling.presence/frequency_penalty");
+    RESET();
+    smp.min_p = -0.1f;
+    expect_reject(&m, fwd_lens, 2, "sampling.min_p -0.1");
+    RESET();
+    const float bad_bias[] = {0.0f, 100.5f};
+    smp.logit_bias_values = bad_bias;
+    expect_reject(&m, fwd_lens, 2, "logit_bias 2147483647: 100.5");
+    RESET();
+    const uint32_t bad_ids[] = {1, 2147483648u};
+    smp.logit_bias_ids = bad_ids;
+    expect_reject(&m, fwd_lens, 2, "logit_bias 2147483648");
     RESET();
     uint32_t many_stops[XC_WIRE_MAX_STOP_IDS + 1] = {0};
     smp.stop_ids = many_stops;

@@ -242,7 +242,80 @@ def sources():
         np.dstack([text_like(99, 77), alpha_ramp(99, 77)]), "RGBA"), lossless=True)
     S.append(("webp_anim_64x48", "webp", _anim_webp))
     pil("webp_tiny_1x1", "webp", lambda: Image.new("RGB", (1, 1), (3, 250, 77)), quality=90)
+    # GIF (issue 14; giflib in C) and BMP (stb_image in C): their own random generator, so the
+    # sources above keep their bytes
+    g = np.random.default_rng(20261206)
+
+    def gnoise(w, h):
+        return g.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+    def smooth(w, h):
+        return np.clip(gradient(w, h, phase=0.7).astype(np.int32) +
+                       g.integers(-6, 7, size=(h, w, 3)), 0, 255).astype(np.uint8)
+
+    pil("gif_p_gradient_120x90", "gif", lambda: Image.fromarray(smooth(120, 90)).quantize(
+        colors=200), interlace=False)
+    pil("gif_interlaced_101x77", "gif", lambda: Image.fromarray(smooth(101, 77)).quantize(
+        colors=64), interlace=True)
+    pil("gif_l_gray_64x48", "gif", lambda: Image.fromarray(smooth(64, 48)[..., 1], "L"))
+    pil("gif_p_trns_80x60", "gif", lambda: Image.fromarray(gnoise(80, 60)).quantize(colors=16),
+        transparency=3)
+    pil("gif_tiny_1x1", "gif", lambda: Image.new("RGB", (1, 1), (250, 3, 77)).quantize(colors=2))
+    S.append(("gif_anim_64x48", "gif", lambda p: Image.fromarray(smooth(64, 48)).quantize(
+        colors=32).save(p, save_all=True, append_images=[
+            Image.fromarray(gnoise(64, 48)).quantize(colors=32)], duration=50, loop=0)))
+    S.append(("gif_offset_frame_40x30", "gif", _gif_offset_frame))
+    pil("bmp_rgb_150x100", "bmp", lambda: Image.fromarray(smooth(150, 100)))
+    pil("bmp_rgb_odd_33x17", "bmp", lambda: Image.fromarray(gnoise(33, 17)))
+    pil("bmp_p_8bit_90x60", "bmp", lambda: Image.fromarray(smooth(90, 60)).quantize(colors=256))
+    pil("bmp_l_70x50", "bmp", lambda: Image.fromarray(smooth(70, 50)[..., 0], "L"))
+    pil("bmp_1bit_37x21", "bmp", lambda: Image.fromarray(gnoise(37, 21)[..., 0] > 127))
+    pil("bmp_rgba_60x40", "bmp", lambda: Image.fromarray(np.dstack([smooth(60, 40),
+                                                                      gnoise(60, 40)[..., 0]]),
+                                                         "RGBA"))
+    S.append(("bmp_p_4bit_topdown_45x31", "bmp", _bmp_4bit_topdown))
     return S
+
+
+def _gif_offset_frame(path):
+    """A GIF89a whose first frame (20x10 at (7, 11)) is smaller than the 40x30 screen, with a
+    transparency index: PIL fills the rest of the screen with that index."""
+    import io
+    small = Image.fromarray(gradient(20, 10)).quantize(colors=8)
+    buf = io.BytesIO()
+    small.save(buf, "GIF", transparency=2)
+    b = bytearray(buf.getvalue())
+    assert b[:6] == b"GIF89a"
+    b[6:10] = (40).to_bytes(2, "little") + (30).to_bytes(2, "little")  # logical screen
+    i = 13 + (3 << ((b[10] & 7) + 1) if b[10] & 0x80 else 0)  # after the global color table
+    while b[i] == 0x21:  # extensions: label, then sub-blocks up to a 0 length
+        i += 2
+        while b[i]:
+            i += b[i] + 1
+        i += 1
+    assert b[i] == 0x2C
+    b[i + 1:i + 5] = (7).to_bytes(2, "little") + (11).to_bytes(2, "little")
+    open(path, "wb").write(bytes(b))
+
+
+def _bmp_4bit_topdown(path):
+    """A 4-bit palette BMP stored top-down (negative height), written by hand (PIL writes
+    neither)."""
+    w, h = 45, 31
+    pal = [(i * 17, 255 - i * 13, (i * 53) % 256) for i in range(16)]
+    idx = (np.add.outer(np.arange(h), np.arange(w)) % 16).astype(np.uint8)
+    stride = ((w + 1) // 2 + 3) & ~3
+    rows = b""
+    for y in range(h):
+        r = bytearray(stride)
+        for x in range(w):
+            r[x // 2] |= idx[y, x] << (4 if x % 2 == 0 else 0)
+        rows += bytes(r)
+    off = 14 + 40 + 16 * 4
+    hdr = b"BM" + struct.pack("<IHHI", off + len(rows), 0, 0, off)
+    dib = struct.pack("<IiiHHIIiiII", 40, w, -h, 1, 4, 0, len(rows), 2835, 2835, 16, 0)
+    palb = b"".join(bytes((bb, gg, rr, 0)) for rr, gg, bb in pal)
+    open(path, "wb").write(hdr + dib + palb + rows)
 
 
 def _p_single_trns(path):
