@@ -757,6 +757,13 @@ static xc_status setup(runner *r) {
     if (c->documents_dir && mkdir(c->documents_dir, 0755) != 0 && errno != EEXIST) {
         return xc_errf(XC_ERR_IO, "--documents-dir %s: %s", c->documents_dir, strerror(errno));
     }
+    if (c->documents_dir) {
+        int stale = xc_batch_docs_clean_stale(c->documents_dir);
+        if (stale > 0) {
+            logf_(r, "batch: removed %d partial document(s) of an interrupted run from %s\n", stale,
+                  c->documents_dir);
+        }
+    }
     r->in = fopen(c->input, "rb");
     if (!r->in) {
         return xc_errf(XC_ERR_IO, "%s: cannot open: %s", c->input, strerror(errno));

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -188,4 +189,47 @@ xc_status xc_batch_docs_write(const char *dir, const char *response, size_t len,
         *n_images = n;
     }
     return st;
+}
+
+/* NAME.tmp.PID or NAME.old.PID: *pid set. */
+static bool leftover_name(const char *name, long *pid) {
+    const char *dot = strrchr(name, '.');
+    if (!dot || dot == name || !dot[1]) {
+        return false;
+    }
+    char *end;
+    long v = strtol(dot + 1, &end, 10);
+    if (*end || v <= 0) {
+        return false;
+    }
+    size_t stem = (size_t)(dot - name);
+    if (stem < 5 || (strncmp(name + stem - 4, ".tmp", 4) && strncmp(name + stem - 4, ".old", 4))) {
+        return false;
+    }
+    *pid = v;
+    return true;
+}
+
+int xc_batch_docs_clean_stale(const char *docs_dir) {
+    DIR *d = opendir(docs_dir);
+    if (!d) {
+        return 0;
+    }
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long pid;
+        if (!leftover_name(e->d_name, &pid)) {
+            continue;
+        }
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) {
+            continue; /* its writer may still be running */
+        }
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", docs_dir, e->d_name);
+        rm_tree(p);
+        n++;
+    }
+    closedir(d);
+    return n;
 }

@@ -17,3 +17,7 @@ xc_status xc_batch_docs_write(const char *dir, const char *response, size_t len,
 
 /* Whether a custom_id can name a directory (no '/', NUL, not "." or "..", no leading '.'). */
 int xc_batch_docs_name_ok(const char *name);
+
+/* Removes what a killed writer left in docs_dir: DIR.tmp.PID and DIR.old.PID directories whose
+ * process PID no longer exists (a live writer's are kept). Returns how many were removed. */
+int xc_batch_docs_clean_stale(const char *docs_dir);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "xc_batch_docs.h"
@@ -112,10 +113,47 @@ static void test_refusals(void **state) {
     assert_false(xc_batch_docs_name_ok("x\ny"));
 }
 
+/* A killed writer's DIR.tmp.PID / DIR.old.PID are removed on the next run; a live writer's and
+ * ordinary documents are kept. */
+static void test_clean_stale(void **state) {
+    (void)state;
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        _exit(0);
+    }
+    assert_int_equal(waitpid(child, NULL, 0), child); /* a pid with no process now */
+    char p[400];
+    const char *dead_names[] = {"doc-3.tmp.%d", "doc-4.old.%d"};
+    for (int i = 0; i < 2; i++) {
+        char name[64];
+        snprintf(name, sizeof name, dead_names[i], (int)child);
+        snprintf(p, sizeof p, "%s/%s", g_dir, name);
+        assert_int_equal(mkdir(p, 0755), 0);
+        snprintf(p, sizeof p, "%s/%s/article.md", g_dir, name);
+        FILE *f = fopen(p, "w");
+        assert_non_null(f);
+        fputs("partial", f);
+        fclose(f);
+    }
+    snprintf(p, sizeof p, "%s/doc-5.tmp.%d", g_dir, (int)getpid()); /* live: kept */
+    assert_int_equal(mkdir(p, 0755), 0);
+    snprintf(p, sizeof p, "%s/doc-6", g_dir); /* a document: kept */
+    assert_int_equal(mkdir(p, 0755), 0);
+    snprintf(p, sizeof p, "%s/doc.tmp", g_dir); /* no pid: kept */
+    assert_int_equal(mkdir(p, 0755), 0);
+    int before = entries(g_dir);
+    assert_int_equal(xc_batch_docs_clean_stale(g_dir), 2);
+    assert_int_equal(entries(g_dir), before - 2);
+    assert_int_equal(xc_batch_docs_clean_stale(g_dir), 0);
+    assert_int_equal(xc_batch_docs_clean_stale("/nonexistent-xc-dir"), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_write_replace),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_clean_stale),
     };
     if (setup(NULL) != 0) {
         return 1;
