@@ -7,6 +7,8 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "xc_backend.h"
@@ -34,10 +36,11 @@ typedef struct seq_state {
 struct xc_worker {
     xc_worker_conf conf;
     char id[128];
-    uint64_t host_mem;   /* physical memory or the container's limit, if smaller */
-    xc_transport *rx;    /* own mailbox */
-    xc_transport *coord; /* to the coordinator (main thread) */
-    xc_transport *next;  /* to the next stage (or the coordinator from the last stage) */
+    uint64_t incarnation; /* random nonce of this process, in Register and every Heartbeat */
+    uint64_t host_mem;    /* physical memory or the container's limit, if smaller */
+    xc_transport *rx;     /* own mailbox */
+    xc_transport *coord;  /* to the coordinator (main thread) */
+    xc_transport *next;   /* to the next stage (or the coordinator from the last stage) */
     xc_arena *arena;
     bool sim;
 
@@ -50,6 +53,7 @@ struct xc_worker {
     uint32_t unit_begin, unit_end; /* half-layer units held (2 x the layers for a whole-layer
                                       Assign from an older coordinator) */
     uint32_t kv_blocks, block_size, max_rows;
+    uint32_t epoch; /* the replica's generation from the last Assign (0 = unchecked) */
     char model_path[1024];
     char next_ep[1024];
 
@@ -204,7 +208,8 @@ static void *hb_main(void *arg) {
                                              .endpoint = atomic_load(&w->adoptable)
                                                              ? xc_transport_endpoint(w->rx)
                                                              : NULL,
-                                             .live_seqs = atomic_load(&w->live_seqs)}};
+                                             .live_seqs = atomic_load(&w->live_seqs),
+                                             .incarnation = w->incarnation}};
         xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = c};
         (void)xc_transport_send_wire(tx, &m, NULL, 0, 100);
     }
@@ -213,6 +218,16 @@ static void *hb_main(void *arg) {
 }
 
 /* ---- create / destroy ---- */
+
+/* A random nonzero 64-bit nonce for this process (getrandom; the clock and pid if it fails): a
+ * restarted worker under the same id and endpoint is told apart from the one before. */
+static uint64_t new_incarnation(void) {
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v) {
+        v = xc_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
+    }
+    return v ? v : 1;
+}
 
 xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
     if (!conf->coordinator || !conf->coordinator[0]) {
@@ -249,6 +264,7 @@ xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
         gethostname(host, sizeof host - 1);
         snprintf(w->id, sizeof w->id, "%s:%d", host, (int)getpid());
     }
+    w->incarnation = new_incarnation();
     XC_TRY_GOTO(xc_arena_create(1 << 16, &w->arena), st, fail);
     XC_TRY_GOTO(xc_transport_open(conf->endpoint ? conf->endpoint : "tcp://127.0.0.1:*",
                                   XC_TRANSPORT_RECV, conf->tconf, &w->rx),
@@ -390,6 +406,7 @@ static void on_assign(xc_worker *w, const xc_wire_assign *a) {
                 w->max_rows == max_rows && !strcmp(w->model_path, a->model_path);
     xc_status st = XC_OK;
     seqs_clear(w); /* a (re)assignment starts every sequence afresh */
+    w->epoch = a->epoch;
     if (!same) {
         unload(w);
         w->role = a->role;
@@ -889,6 +906,13 @@ static void on_forward(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg
                     (unsigned long long)f->microbatch_id);
         return;
     }
+    if (w->role == XC_WIRE_ROLE_STAGE && f->epoch && w->epoch && f->epoch != w->epoch) {
+        /* left over from before the replica was re-formed: its KV blocks may belong to other
+         * sequences now, so it must not run */
+        XC_LOG_DEBUG("dropped forward %llu of epoch %u (the replica is in epoch %u)",
+                     (unsigned long long)f->microbatch_id, f->epoch, w->epoch);
+        return;
+    }
     uint64_t t0 = xc_now_ns();
     xc_status st = w->role == XC_WIRE_ROLE_VISION ? run_vision(w, f, msg) : run_stage(w, f, msg);
     if (w->role == XC_WIRE_ROLE_STAGE) {
@@ -936,7 +960,8 @@ static xc_status send_register(xc_worker *w) {
                   .host_mem_bytes = w->conf.mem_bytes ? w->conf.mem_bytes : w->host_mem,
                   .endpoint = xc_transport_endpoint(w->rx),
                   .device_name = w->conf.backend,
-                  .role = w->conf.role}};
+                  .role = w->conf.role,
+                  .incarnation = w->incarnation}};
     return send_control(w, w->coord, &c);
 }
 
