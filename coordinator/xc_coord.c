@@ -1436,7 +1436,8 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                                       .n_penalty_ids = n_pen,
                                       .penalty_ids = pen,
                                       .logprobs = q->logprobs, /* api helper */
-                                      .top_logprobs = (uint32_t)q->top};
+                                      .top_logprobs = (uint32_t)q->top,
+                                      .resumed_tokens = (uint32_t)q->base};
         }
         seqs[i] = (xc_wire_seq){.id = it->id,
                                 .first_pos = (uint32_t)it->first_pos,

@@ -176,6 +176,10 @@ static xc_status check_sampling(size_t i, const xc_wire_sampling *s) {
         return BAD("seq %zu: sampling.top_logprobs %u is over %u", i, s->top_logprobs,
                    XC_WIRE_MAX_TOP_LOGPROBS);
     }
+    if (s->resumed_tokens > s->prompt_len) {
+        return BAD("seq %zu: sampling.resumed_tokens %u is over prompt_len %u", i,
+                   s->resumed_tokens, s->prompt_len);
+    }
     if (s->prompt_len > XC_WIRE_MAX_POS || s->n_penalty_ids > XC_WIRE_MAX_POS) {
         return BAD("seq %zu: sampling.prompt_len %u / %zu penalty ids past %u", i, s->prompt_len,
                    s->n_penalty_ids, XC_WIRE_MAX_POS);
@@ -655,6 +659,7 @@ static Xc__V1__Seq *seq_to_pb(xc_arena *a, const xc_wire_seq *s) {
         q->penalty_ids = (uint32_t *)w->penalty_ids;
         q->logprobs = w->logprobs; /* api helper */
         q->top_logprobs = w->top_logprobs;
+        q->resumed_tokens = w->resumed_tokens;
         p->sampling = q;
     }
     return p;
@@ -957,7 +962,8 @@ static xc_status forward_from_pb(xc_arena *a, const Xc__V1__Forward *p, xc_wire_
                                       .n_penalty_ids = w->n_penalty_ids,
                                       .penalty_ids = w->penalty_ids,
                                       .logprobs = w->logprobs, /* api helper */
-                                      .top_logprobs = w->top_logprobs};
+                                      .top_logprobs = w->top_logprobs,
+                                      .resumed_tokens = w->resumed_tokens};
             s->sampling = smp;
         }
     }

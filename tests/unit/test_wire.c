@@ -25,7 +25,9 @@ static const xc_wire_sampling sampling_a = {.greedy = false,
                                             .seed = 1234567890123ull,
                                             .max_new_tokens = 64,
                                             .n_stop_ids = 2,
-                                            .stop_ids = stops};
+                                            .stop_ids = stops,
+                                            .prompt_len = 9,
+                                            .resumed_tokens = 3};
 
 /* Two sequences: A (new, 6 rows at 0..5 with image rows 1,2,4) and B (2 rows at 10..11). The
  * payload is token ids with 3 image rows of width 16 (stage 0). */
@@ -135,6 +137,8 @@ static void test_wire_forward_roundtrip(void **state) {
     assert_int_equal(p->top_k, 50);
     assert_int_equal(p->seed, 1234567890123ull);
     assert_int_equal(p->max_new_tokens, 64);
+    assert_int_equal(p->prompt_len, 9);
+    assert_int_equal(p->resumed_tokens, 3);
     assert_int_equal(p->n_stop_ids, 2);
     assert_memory_equal(p->stop_ids, stops, sizeof stops);
     assert_int_equal(g.n_release, 3);
@@ -634,6 +638,9 @@ static void test_wire_decode_rejects_impossible_forward(void **state) {
     RESET();
     seqs[1].id = 7;
     expect_reject(&m, fwd_lens, 2, "sequence id 7 appears twice");
+    RESET();
+    smp.resumed_tokens = 10;
+    expect_reject(&m, fwd_lens, 2, "seq 0: sampling.resumed_tokens 10 is over prompt_len 9");
     RESET();
     smp.temperature = NAN;
     expect_reject(&m, fwd_lens, 2, "sampling.temperature nan is not in (0, 1000]");
