@@ -90,6 +90,8 @@ typedef struct cworker {
     bool ready;
     xc_place_want want;   /* the role it accepts (Register.role) */
     uint64_t incarnation; /* the process's nonce from its Register (0 = an older worker) */
+    int assigns_out;      /* Assigns sent and not answered by Ready yet: it is ready only when
+                             the latest one is (both links keep order) */
     int n_assign_fail;    /* assignments in a row it could not load (reset by Ready) */
     uint64_t retry_ns;    /* after such a failure: no role for it before this time */
     outmsg *q;            /* (conf.send_queue) ring of messages its full link could not take */
@@ -471,6 +473,7 @@ static void send_assign(xc_coord *c, int wi) {
          * (it re-registers while unassigned) or the dead timeout */
         XC_LOG_WARN("assign to %s failed: %s", w->id, xc_err_last());
     } else {
+        w->assigns_out++;
         XC_LOG_INFO("assigned worker %s: %s replica %d stage %d units [%u, %u)", w->id,
                     w->role == 0 ? "vision" : "decoder", w->role ? w->replica : 0,
                     w->role ? w->stage : 0, a.unit_begin, a.unit_end);
@@ -752,6 +755,7 @@ static void vacate_role(xc_coord *c, int wi, const char *why) {
     }
     w->role = -1;
     w->ready = false;
+    w->assigns_out = 0;
 }
 
 static void role_name_of(const cworker *w, const char *how, char *why, size_t cap) {
@@ -951,6 +955,9 @@ static void on_register(xc_coord *c, const xc_wire_register *r) {
             worker_replaced(c, wi, "re-registered from a new endpoint");
         } else {
             if (w->role >= 0) {
+                /* it registers, so it holds no assignment: a Ready still on its way was sent
+                 * before this Register */
+                w->assigns_out = 0;
                 send_assign(c, wi); /* the worker restarted its loop and lost its role */
             } else if (c->placed) {
                 fill_vacancies(c); /* an idle worker (its back-off after a failed
@@ -1240,6 +1247,13 @@ static void handle(xc_coord *c, const xc_wire_msg *m, const xc_msg *msg) {
     case XC_WIRE_CTL_READY:
         wi = worker_by_id(c, ctl->u.ready.worker_id);
         if (wi >= 0 && c->workers[wi].alive && c->workers[wi].role >= 0) {
+            /* the answer to an older Assign (the replica was re-formed meanwhile) does not make
+             * it ready: frames of the new epoch would reach a stage still in the old one */
+            cworker *w = &c->workers[wi];
+            w->assigns_out -= w->assigns_out > 0;
+            if (w->assigns_out > 0) {
+                break;
+            }
             c->workers[wi].ready = true;
             c->workers[wi].n_assign_fail = 0;
             c->workers[wi].last_seen = xc_now_ns();
