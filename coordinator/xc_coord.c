@@ -1070,19 +1070,20 @@ static bool is_stop(const creq *q, int32_t t) {
 
 /* ---- step deadlines ---- */
 
-/* The deadline of a micro-batch of `rows` rows on replica rp: --step-timeout when set, else 20 x
- * its expected round trip (the replica's measured mean, scaled by rows above the mean rows), at
- * least 10 s, and 60 s before anything was measured. */
-static double step_deadline_s(const xc_coord *c, const replica *rp, int rows) {
-    if (c->conf.step_timeout_s > 0) {
-        return c->conf.step_timeout_s;
+double xc_coord_step_deadline(double step_timeout_s, double mean_s, double mean_rows, int rows) {
+    if (step_timeout_s > 0) {
+        return step_timeout_s;
     }
-    if (rp->ewma_s <= 0) {
+    if (mean_s <= 0) {
         return 60;
     }
-    double scale = rows > rp->ewma_rows && rp->ewma_rows > 0 ? rows / rp->ewma_rows : 1;
-    double d = 20 * rp->ewma_s * scale;
+    double scale = rows > mean_rows && mean_rows > 0 ? rows / mean_rows : 1;
+    double d = 20 * mean_s * scale;
     return d > 10 ? d : 10;
+}
+
+static double step_deadline_s(const xc_coord *c, const replica *rp, int rows) {
+    return xc_coord_step_deadline(c->conf.step_timeout_s, rp->ewma_s, rp->ewma_rows, rows);
 }
 
 static void mb_sent(replica *rp, uint64_t id, int rows) {

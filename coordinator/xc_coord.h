@@ -179,6 +179,11 @@ typedef struct xc_coord_stats {
     bool overdue;           /* a micro-batch is past its deadline right now */
 } xc_coord_stats;
 
+/* The deadline in seconds of a micro-batch of `rows` rows: step_timeout_s when > 0, else 20 x
+ * its expected round trip (mean_s, the replica's measured mean, scaled by rows / mean_rows when
+ * above the mean rows), at least 10 s; 60 s when nothing was measured yet (mean_s <= 0). */
+double xc_coord_step_deadline(double step_timeout_s, double mean_s, double mean_rows, int rows);
+
 /* Replicas placed (0 before placement). */
 int xc_coord_n_replicas(xc_coord *c);
 

@@ -874,6 +874,17 @@ static void test_coord_forged_heartbeats_do_not_stall(void **state) {
     fake_stop(&s0);
 }
 
+/* The step deadline rule against hand-computed values. */
+static void test_coord_step_deadline_rule(void **state) {
+    (void)state;
+    assert_true(xc_coord_step_deadline(2.5, 0.01, 4, 100) == 2.5); /* fixed */
+    assert_true(xc_coord_step_deadline(0, 0, 0, 7) == 60);         /* nothing measured yet */
+    assert_true(xc_coord_step_deadline(0, 0.05, 4, 2) == 10);      /* 20 x 0.05 = 1 s: floor */
+    assert_true(xc_coord_step_deadline(0, 0.8, 4, 4) == 16);       /* 20 x 0.8 */
+    assert_true(xc_coord_step_deadline(0, 0.8, 4, 400) == 1600);   /* 100x the mean rows */
+    assert_true(xc_coord_step_deadline(0, 0.8, 4, 1) == 16);       /* fewer rows: no discount */
+}
+
 /* A worker whose assignment fails to load loses the role, which goes to a spare, and is not
  * assigned again at once although it keeps registering (review #7). Before, every Register got
  * the same Assign again and the spare never got the role. */
@@ -1032,6 +1043,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_coord_resumes_are_bounded, mark_live, check_leaks),
         cmocka_unit_test_setup_teardown(test_coord_restart_under_same_id_resumes, mark_live,
                                         check_leaks),
+        cmocka_unit_test_setup_teardown(test_coord_step_deadline_rule, mark_live, check_leaks),
         cmocka_unit_test_setup_teardown(test_coord_step_deadline_fails_and_resumes, mark_live,
                                         check_leaks),
         cmocka_unit_test_setup_teardown(test_coord_forged_heartbeats_do_not_stall, mark_live,
