@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "xc_batch_docs.h"
 #include "xc_batch_ids.h"
 #include "xc_batch_input.h"
 #include "xc_mem.h"
@@ -75,6 +76,7 @@ typedef struct item {
     char *custom_id;
     int attempts;        /* sent so far */
     uint64_t not_before; /* ns: earliest next send (retries) */
+    bool compose;        /* POST /v1/compositions */
 } item;
 
 typedef struct xfer {
@@ -93,7 +95,7 @@ typedef struct runner {
     xc_batch_summary *s;
     xc_batch_input_conf ic;
     char base_dir[PATH_MAX];
-    char url[1024], models_url[1024];
+    char url[1024], models_url[1024], compose_url[1024];
     char *default_model;
     FILE *in;
     char *line;
@@ -310,7 +312,7 @@ static xc_status scan_input(runner *r, bool *need_model) {
                 r->items = p;
                 r->cap_items = nc;
             }
-            r->items[r->n_items++] = (item){here, len, lineno, info.custom_id, 0, 0};
+            r->items[r->n_items++] = (item){here, len, lineno, info.custom_id, 0, 0, info.compose};
             info.custom_id = NULL; /* the item owns it now */
             *need_model = *need_model || (!info.has_model && !r->c->set_model);
         }
@@ -424,6 +426,7 @@ static bool start_next(runner *r) {
         x->too_large = false;
         x->retry_after_s = -1;
         x->request_id[0] = 0;
+        curl_easy_setopt(x->e, CURLOPT_URL, it->compose ? r->compose_url : r->url);
         curl_easy_setopt(x->e, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(x->e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
         CURLMcode mc = curl_multi_add_handle(r->multi, x->e);
@@ -462,6 +465,33 @@ static void add_usage(runner *r, const char *body, size_t len) {
         r->s->completion_tokens += (unsigned long long)c->valuedouble;
     }
     cJSON_Delete(o);
+}
+
+/* A composition's document goes to documents_dir/<custom_id>/ (whole, by rename) before its
+ * record is written, so a rerun after a crash between the two writes it again in place: every
+ * answered custom_id has exactly one document. *record_body gets the response without the image
+ * bytes. XC_ERR_IO: the directory cannot be written; XC_ERR_PROTO/ARG: this response or id. */
+static xc_status compose_document(runner *r, const item *it, const char *body, size_t len,
+                                  char **record_body) {
+    *record_body = NULL;
+    if (!xc_batch_docs_name_ok(it->custom_id)) {
+        return xc_errf(XC_ERR_ARG, "custom_id '%.100s' cannot name a document directory",
+                       it->custom_id);
+    }
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/%s", r->c->documents_dir, it->custom_id);
+    xc_status st = xc_batch_docs_write(dir, body, len, NULL);
+    if (st != XC_OK) {
+        return st;
+    }
+    cJSON *o = cJSON_ParseWithLength(body, len);
+    cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(o, "images")) {
+        cJSON_DeleteItemFromObjectCaseSensitive(e, "data");
+    }
+    *record_body = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return *record_body ? XC_OK : xc_errf(XC_ERR_NOMEM, "out of memory");
 }
 
 /* One transfer ended: record it, retry it, or stop the run. */
@@ -527,6 +557,25 @@ static void finish(runner *r, xfer *x, CURLcode res) {
     bool ok = status == 200 && cJSON_IsObject(parsed);
     cJSON_Delete(parsed);
     char *line;
+    char *doc_body = NULL; /* a composition written to its directory: the record without bytes */
+    if (ok && it->compose && r->c->documents_dir) {
+        xc_status ds = compose_document(r, it, body, x->n_resp, &doc_body);
+        if (ds == XC_ERR_IO) {
+            fail_run(r, "%s", xc_err_last()); /* stays unanswered: a rerun writes it again */
+            return;
+        }
+        if (ds != XC_OK) {
+            char msg[600];
+            snprintf(msg, sizeof msg, "%s", xc_err_last());
+            write_record(r, true,
+                         xc_batch_output_error(id, it->custom_id, "invalid_document", msg, NULL));
+            xc_batch_ids_add(r->done, it->custom_id, strlen(it->custom_id), -1, NULL);
+            r->s->failed++;
+            return;
+        }
+        body = doc_body;
+        x->n_resp = strlen(doc_body);
+    }
     if (status == 200 && !ok) {
         char msg[300];
         snprintf(msg, sizeof msg, "status 200 with a body that is not a JSON object: %.200s", body);
@@ -537,6 +586,7 @@ static void finish(runner *r, xfer *x, CURLcode res) {
                                         NULL);
     }
     if (write_record(r, !ok, line) != XC_OK) {
+        cJSON_free(doc_body);
         return;
     }
     xc_batch_ids_add(r->done, it->custom_id, strlen(it->custom_id), -1, NULL);
@@ -546,6 +596,7 @@ static void finish(runner *r, xfer *x, CURLcode res) {
     } else {
         r->s->failed++;
     }
+    cJSON_free(doc_body);
 }
 
 /* ---- progress ---- */
@@ -677,6 +728,7 @@ static xc_status set_endpoint(runner *r, const char *endpoint, const char *api_k
     }
     snprintf(r->url, sizeof r->url, "%.*s" XC_BATCH_URL, (int)el, endpoint);
     snprintf(r->models_url, sizeof r->models_url, "%.*s/v1/models", (int)el, endpoint);
+    snprintf(r->compose_url, sizeof r->compose_url, "%.*s" XC_BATCH_URL_COMPOSE, (int)el, endpoint);
     r->headers = curl_slist_append(NULL, "Content-Type: application/json");
     r->headers = r->headers ? curl_slist_append(r->headers, "Expect:") : NULL;
     if (r->headers && api_key) {
@@ -701,6 +753,9 @@ static xc_status setup(runner *r) {
     }
     if (c->endpoint && !c->start) {
         XC_TRY(set_endpoint(r, c->endpoint, c->api_key));
+    }
+    if (c->documents_dir && mkdir(c->documents_dir, 0755) != 0 && errno != EEXIST) {
+        return xc_errf(XC_ERR_IO, "--documents-dir %s: %s", c->documents_dir, strerror(errno));
     }
     r->in = fopen(c->input, "rb");
     if (!r->in) {

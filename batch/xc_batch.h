@@ -36,6 +36,8 @@ typedef struct xc_batch_conf {
     const char *set_model;  /* replaces every body's "model"; NULL = keep; bodies without a
                                model get the endpoint's first /v1/models id */
     bool retry_errors;      /* re-run requests whose records are failures (they are removed) */
+    const char *documents_dir; /* compositions: each document goes to DIR/<custom_id>/ (issue 18);
+                                  NULL = only the record (images inline) */
     xc_batch_progress progress;
     double progress_interval_s;       /* lines mode */
     FILE *log;                        /* progress, line errors and the summary (stderr) */

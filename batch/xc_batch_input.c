@@ -232,6 +232,34 @@ char *xc_batch_input_base64(const char *prefix, const unsigned char *d, size_t n
  * URLs in place; without, they are only resolved and counted. */
 static xc_status walk_images(const xc_batch_input_conf *c, cJSON *body, bool load, int *n_files,
                              xc_batch_input_error *err) {
+    cJSON *cimgs = cJSON_GetObjectItemCaseSensitive(body, "instruction")
+                       ? cJSON_GetObjectItemCaseSensitive(body, "images")
+                       : NULL;
+    int ci = 0;
+    cJSON *ce;
+    cJSON_ArrayForEach(ce, cimgs) { /* a composition's images: URL strings or {"url"} */
+        cJSON *url = cJSON_IsString(ce) ? ce : cJSON_GetObjectItemCaseSensitive(ce, "url");
+        if (!cJSON_IsString(url)) {
+            return refuse(err, "invalid_body", "body.images[%d] has no url string", ci);
+        }
+        ref_kind kind = REF_PASS;
+        const char *path = NULL;
+        XC_TRY(classify(url->valuestring, &kind, &path, err));
+        if (kind == REF_FILE) {
+            char *real = NULL, *data = NULL;
+            size_t size;
+            XC_TRY(resolve(c, path, &real, &size, err));
+            xc_status st = load ? load_data_url(c, path, real, &data, err) : XC_OK;
+            xc_free(real);
+            XC_TRY(st);
+            if (load) {
+                cJSON_free(url->valuestring);
+                url->valuestring = data;
+            }
+            (*n_files)++;
+        }
+        ci++;
+    }
     cJSON *msgs = cJSON_GetObjectItemCaseSensitive(body, "messages");
     int mi = 0;
     cJSON *m;
@@ -271,6 +299,29 @@ static xc_status walk_images(const xc_batch_input_conf *c, cJSON *body, bool loa
             pi++;
         }
         mi++;
+    }
+    return XC_OK;
+}
+
+/* The structural checks of a composition body. */
+static xc_status check_compose_body(const cJSON *body, xc_batch_input_error *err) {
+    if (!cJSON_IsObject(body)) {
+        return refuse(err, "invalid_body", "body must be a JSON object");
+    }
+    const cJSON *in = cJSON_GetObjectItemCaseSensitive(body, "instruction");
+    if (!cJSON_IsString(in) || !in->valuestring[0]) {
+        return refuse(err, "invalid_body", "body.instruction must be a non-empty string");
+    }
+    const cJSON *im = cJSON_GetObjectItemCaseSensitive(body, "images");
+    if (im && !cJSON_IsArray(im)) {
+        return refuse(err, "invalid_body", "body.images must be an array");
+    }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(body, "model");
+    if (model && !cJSON_IsString(model)) {
+        return refuse(err, "invalid_body", "body.model must be a string");
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(body, "stream"))) {
+        return refuse(err, "invalid_body", "body.stream must not be true in a batch");
     }
     return XC_OK;
 }
@@ -358,13 +409,15 @@ static xc_status parse_line(const char *line, size_t len, cJSON **root, xc_batch
                       cJSON_IsString(method) ? shown(method->valuestring, b, sizeof b) : "");
     }
     const cJSON *url = cJSON_GetObjectItemCaseSensitive(o, "url");
-    if (!cJSON_IsString(url) || strcmp(url->valuestring, XC_BATCH_URL)) {
-        return refuse(err, "invalid_url", "url must be \"" XC_BATCH_URL "\"%s%s",
+    out->compose = cJSON_IsString(url) && !strcmp(url->valuestring, XC_BATCH_URL_COMPOSE);
+    if (!cJSON_IsString(url) || (strcmp(url->valuestring, XC_BATCH_URL) && !out->compose)) {
+        return refuse(err, "invalid_url",
+                      "url must be \"" XC_BATCH_URL "\" or \"" XC_BATCH_URL_COMPOSE "\"%s%s",
                       cJSON_IsString(url) ? ", not " : "",
                       cJSON_IsString(url) ? shown(url->valuestring, b, sizeof b) : "");
     }
     const cJSON *body = cJSON_GetObjectItemCaseSensitive(o, "body");
-    XC_TRY(check_body(body, err));
+    XC_TRY(out->compose ? check_compose_body(body, err) : check_body(body, err));
     out->has_model = cJSON_GetObjectItemCaseSensitive(body, "model") != NULL;
     return XC_OK;
 }

@@ -10,6 +10,7 @@
 
 #define XC_BATCH_MAX_CUSTOM_ID 1024 /* bytes */
 #define XC_BATCH_URL           "/v1/chat/completions"
+#define XC_BATCH_URL_COMPOSE   "/v1/compositions" /* issue 18: compositions */
 
 typedef struct xc_batch_input_conf {
     const char *base_dir;      /* canonical (realpath) directory: image paths resolve below it */
@@ -31,6 +32,7 @@ typedef struct xc_batch_input_line {
     size_t id_len;   /* strlen(custom_id) */
     bool has_model;  /* the body names a model */
     int n_files;     /* image files referenced by path */
+    bool compose;    /* url "/v1/compositions": body {instruction, images, ...} */
 } xc_batch_input_line;
 
 /* Checks one line (len bytes, no newline): a JSON object; custom_id a non-empty string of at most

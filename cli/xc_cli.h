@@ -23,6 +23,7 @@ const char *xc_cli_backend_arg(int argc, char **argv);
 int xc_cmd_bench_transport(int argc, char **argv); /* bench transport */
 int xc_cmd_batch(int argc, char **argv);           /* batch: OpenAI Batch JSONL over the HTTP API */
 int xc_cmd_bench_serve(int argc, char **argv);     /* bench serve (HTTP load test) */
+int xc_cmd_compose(int argc, char **argv);         /* compose: an illustrated article via the API */
 
 /* Prints "xcpipe <cmd>: <what>: <xc_err_last()>" to stderr for a failed status. */
 void xc_cli_report(const char *cmd, const char *what, int status);

@@ -16,7 +16,7 @@
 
 typedef struct batch_flags {
     const char *input, *output, *errors, *endpoint, *api_key_file, *model, *fsync, *set_model;
-    const char *progress, *serve_log, *log_level;
+    const char *progress, *serve_log, *log_level, *documents_dir;
     int stages, concurrency, max_retries, max_image_mb;
     double retry_base_s, retry_max_s, timeout_s, progress_s, ready_timeout_s, stop_grace_s;
     bool retry_errors;
@@ -62,6 +62,9 @@ static const xc_conf_entry batch_entries[] = {
                 "image files referenced by path at most (MiB)"),
     XC_CONF_STR("set-model", "XC_BATCH_SET_MODEL", batch_flags, set_model, NULL, NULL,
                 "replace every body's model (bodies without one get the server's)"),
+    XC_CONF_STR("documents-dir", "XC_BATCH_DOCUMENTS_DIR", batch_flags, documents_dir, NULL, NULL,
+                "compositions (url /v1/compositions): write each document to DIR/<custom_id>/ "
+                "(article.md, images, composition.json)"),
     XC_CONF_BOOL("retry-errors", "XC_BATCH_RETRY_ERRORS", batch_flags, retry_errors, 0,
                  "run again the requests whose records are failures (their records go)"),
     XC_CONF_STR("progress", "XC_BATCH_PROGRESS", batch_flags, progress, "auto",
@@ -75,7 +78,8 @@ static const xc_conf_entry batch_entries[] = {
 static const xc_conf_spec batch_spec = {
     "xcpipe batch --input REQUESTS.jsonl --output RESULTS.jsonl [--errors ERRORS.jsonl] "
     "(--endpoint URL [--api-key-file F] | --model DIR [--stages N]) [--concurrency C]",
-    "Sends every request of an OpenAI Batch input file to /v1/chat/completions and writes one "
+    "Sends every request of an OpenAI Batch input file to /v1/chat/completions (or "
+    "/v1/compositions, see --documents-dir) and writes one "
     "OpenAI Batch output record per request. Rerunning the same command skips the custom_ids "
     "already in the output (resume after a crash or ^C). Image files in bodies are paths "
     "relative to the input file. Exit: 0 all ok, 1 failures or bad lines, 2 usage, 130 "
@@ -207,6 +211,7 @@ int xc_cmd_batch(int argc, char **argv) {
     c.max_image_bytes = (size_t)f.max_image_mb << 20;
     c.set_model = f.set_model;
     c.retry_errors = f.retry_errors;
+    c.documents_dir = f.documents_dir;
     c.progress = !strcmp(f.progress, "bar")     ? XC_BATCH_PROGRESS_BAR
                  : !strcmp(f.progress, "lines") ? XC_BATCH_PROGRESS_LINES
                  : !strcmp(f.progress, "off")   ? XC_BATCH_PROGRESS_OFF

@@ -1,5 +1,5 @@
 /* xcpipe bench model|vision --backend cuda: GPU figures on random bf16 weights. Decode step time
- * of an InternLM2-7B-shaped stage at batch 1, 8 and 64 against the memory roofline, prefill
+ * of an InternLM2-7B-shaped stage at batch 1 to 64 against the memory roofline, prefill
  * tokens/s and TFLOP/s against the matrix-rate ceiling, and CLIP ViT-L/14 images/s; both ceilings
  * (a device-to-device copy and a cuBLAS bf16 GEMM) are measured in the same run, and every figure
  * line names the device. Figure lines start with "| " so scripts/gpu-check can collect them. */
@@ -118,7 +118,7 @@ static const xc_conf_entry cbm_entries[] = {
     XC_CONF_INT("kv-heads", NULL, cbm_conf, kv_heads, 8, 1, 256, "key/value heads"),
     XC_CONF_INT("inter", NULL, cbm_conf, inter, 14336, 64, 65536, "FFN width"),
     XC_CONF_INT("rank", NULL, cbm_conf, rank, 256, 1, 1024, "PLoRA rank"),
-    XC_CONF_STR("batches", NULL, cbm_conf, batches, "1,8,64", NULL, "decode batch sizes"),
+    XC_CONF_STR("batches", NULL, cbm_conf, batches, "1,2,4,8,16,32,64", NULL, "decode batch sizes"),
     XC_CONF_INT("ctx", NULL, cbm_conf, ctx, 1024, 1, 1 << 20,
                 "cached tokens per decoding sequence"),
     XC_CONF_STR("pp", NULL, cbm_conf, pp, "512,2048", NULL, "prompt lengths for prefill"),
@@ -130,7 +130,8 @@ static const xc_conf_entry cbm_entries[] = {
 };
 
 static const xc_conf_spec cbm_spec = {
-    "xcpipe bench model --backend cuda [--layers 8 --batches 1,8,64 --ctx 1024 --pp 512,2048]",
+    "xcpipe bench model --backend cuda [--layers 8 --batches 1,2,4,8,16,32,64 --ctx 1024 "
+    "--pp 512,2048]",
     "Decode step time at each batch size against the memory roofline (weight + KV bytes read over "
     "the measured copy bandwidth), and prefill tokens/s and TFLOP/s against the measured cuBLAS "
     "bf16 GEMM rate, for one InternLM2-7B-shaped stage (no embedding or head) on random bf16 "
@@ -397,7 +398,8 @@ int xc_cmd_bench_vision_cuda(int argc, char **argv) {
     xc_backend *be = NULL;
     xc_ckpt *ck = NULL;
     xc_vision *v = NULL;
-    float *pixels = NULL, *out = NULL;
+    float *pixels = NULL;
+    xc_buf out = {0}; /* device memory: the encoder writes its output on the device */
     double *t = NULL;
     xc_model_config cfg;
     xc_cuda_dev_info di;
@@ -423,17 +425,21 @@ int xc_cmd_bench_vision_cuda(int argc, char **argv) {
         const xc_vision_info *vi = xc_vision_get_info(v);
         size_t px = (size_t)c.images * 3 * (size_t)sizes[i] * (size_t)sizes[i];
         pixels = xc_malloc(px * sizeof(float));
-        out = xc_malloc((size_t)c.images * vi->n_tokens * vi->out_dim * sizeof(float));
-        if (!pixels || !out) {
+        if (!pixels) {
             st = XC_ERR_NOMEM;
             goto fail;
         }
+        XC_TRY_GOTO(xc_backend_buf_alloc(
+                        be, (size_t)c.images * vi->n_tokens * vi->out_dim * sizeof(float), &out),
+                    st, fail);
         for (size_t k = 0; k < px; k++) {
             pixels[k] = (float)((k * 2654435761u) % 1000) / 500.0f - 1.0f;
         }
-        for (int r = -1; r < c.iters; r++) { /* one warm-up */
+        for (int r = -1; r < c.iters; r++) {            /* one warm-up */
+            XC_TRY_GOTO(xc_backend_sync(be), st, fail); /* nothing queued before the clock */
             double t0 = xc_now_s();
-            XC_TRY_GOTO(xc_vision_encode(v, pixels, c.images, out, NULL), st, fail);
+            XC_TRY_GOTO(xc_vision_encode(v, pixels, c.images, out.data, NULL), st, fail);
+            XC_TRY_GOTO(xc_backend_sync(be), st, fail); /* the work is done before the clock */
             if (r >= 0) {
                 t[r] = xc_now_s() - t0;
             }
@@ -452,8 +458,9 @@ int xc_cmd_bench_vision_cuda(int argc, char **argv) {
                100.0 * tf / ceil.gemm_tflops, di.name);
         fflush(stdout);
         xc_free(pixels);
-        xc_free(out);
-        pixels = out = NULL;
+        pixels = NULL;
+        xc_backend_buf_free(be, &out);
+        out = (xc_buf){0};
         xc_vision_destroy(v);
         v = NULL;
     }
@@ -464,7 +471,9 @@ fail:
     }
     xc_free(t);
     xc_free(pixels);
-    xc_free(out);
+    if (be && out.data) {
+        xc_backend_buf_free(be, &out);
+    }
     xc_vision_destroy(v);
     xc_ckpt_close(ck);
     xc_backend_destroy(be);

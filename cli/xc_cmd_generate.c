@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "xc_chat.h"
@@ -14,6 +15,7 @@
 #include "xc_image.h"
 #include "xc_mem.h"
 #include "xc_mmap.h"
+#include "xc_time.h"
 #include "xc_tokenizer.h"
 
 typedef struct gen_conf {
@@ -33,6 +35,7 @@ typedef struct gen_conf {
     int top_k;
     int seed;
     bool print_ids;
+    bool timings;
     int threads;
     int stages;
     int chunk;
@@ -68,6 +71,9 @@ static const xc_conf_entry gen_entries[] = {
     XC_CONF_INT("seed", NULL, gen_conf, seed, 0, 0, 2147483647, "sampling seed"),
     XC_CONF_BOOL("print-ids", NULL, gen_conf, print_ids, 0,
                  "also print the prompt's and the answer's token ids"),
+    XC_CONF_BOOL("timings", NULL, gen_conf, timings, 0,
+                 "print load, vision (timed in an extra run), prefill, decode tok/s and peak RSS "
+                 "to stderr"),
     XC_CONF_INT("threads", "XC_THREADS", gen_conf, threads, 0, 0, 1024,
                 "CPU threads (0 = all cores)"),
     XC_CONF_INT("stages", NULL, gen_conf, stages, 1, 1, 64,
@@ -262,6 +268,8 @@ typedef struct gen_out {
     xc_tokenizer_stream stream;
     bool have_tok;
     bool first;
+    double t_first, t_last; /* when the first and the latest token arrived */
+    int n;
 } gen_out;
 
 static bool on_token(void *user, int32_t tok) {
@@ -277,6 +285,10 @@ static bool on_token(void *user, int32_t tok) {
     }
     o->first = false;
     fflush(stdout);
+    o->t_last = xc_now_s();
+    if (o->n++ == 0) {
+        o->t_first = o->t_last;
+    }
     return true;
 }
 
@@ -318,7 +330,9 @@ int xc_cmd_generate(int argc, char **argv) {
     int32_t *out = NULL;
     int rc = 1;
     gen_out go = {.first = true};
+    double t_load = xc_now_s();
     st = xc_engine_create(&ec, &e);
+    t_load = xc_now_s() - t_load;
     if (st != XC_OK) {
         xc_cli_report("generate", c.model, st);
         return 1;
@@ -390,6 +404,23 @@ int xc_cmd_generate(int argc, char **argv) {
     xc_prompt xp = {.ids = p.ids, .n = p.n, .img = p.img, .n_img = p.n_img, .pixels = p.pixels};
     int n_out = 0;
     bool stopped = false;
+    double t_vision = 0;
+    if (c.timings && p.n_img > 0) { /* the vision tower alone, once more, to time it */
+        float *emb =
+            xc_malloc((size_t)p.n_img * vi->n_tokens * xc_engine_hidden(e) * sizeof(float));
+        if (!emb) {
+            goto out;
+        }
+        t_vision = xc_now_s();
+        st = xc_engine_encode_images(e, p.pixels, p.n_img, emb);
+        t_vision = xc_now_s() - t_vision;
+        xc_free(emb);
+        if (st != XC_OK) {
+            xc_cli_report("generate", "vision", st);
+            goto out;
+        }
+    }
+    double t_gen = xc_now_s();
     st = xc_engine_generate(e, &xp, &g, on_token, &go, out, &n_out, &stopped);
     if (go.have_tok) {
         const char *text = NULL;
@@ -403,6 +434,19 @@ int xc_cmd_generate(int argc, char **argv) {
     if (st != XC_OK) {
         xc_cli_report("generate", "generation failed", st);
         goto out;
+    }
+    if (c.timings) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        double first = go.n ? go.t_first - t_gen : 0;
+        double dec = go.n > 1 ? (double)(go.n - 1) / (go.t_last - go.t_first) : 0;
+        fprintf(stderr,
+                "timings: load %.2f s; vision %.2f s (%d image%s, timed alone); first token after "
+                "%.2f s (vision + prefill of %d rows + first step; prefill ~%.2f s, %.0f rows/s); "
+                "decode %.3f tok/s over %d tokens; total %.2f s; peak RSS %.0f MB\n",
+                t_load, t_vision, p.n_img, p.n_img == 1 ? "" : "s", first, p.n, first - t_vision,
+                first - t_vision > 0 ? p.n / (first - t_vision) : 0, dec, go.n, xc_now_s() - t_gen,
+                (double)ru.ru_maxrss / 1024.0);
     }
     if (c.print_ids) {
         for (int r = 0; r < p.n_img; r++) { /* show image rows as -1 */

@@ -104,6 +104,7 @@ typedef struct supervisor {
     const serve_conf *c;
     const char *coord_ep;
     char threads[16], hb[32], orphan[32], ppid[16];
+    char dev_frac[32]; /* cuda: each local worker's share of the one GPU's free memory */
     child kids[130];
     int n;
 } supervisor;
@@ -120,7 +121,12 @@ static pid_t spawn_worker(supervisor *s, child *k) {
                     "--heartbeat", s->hb, "--log-level", (char *)s->c->log_level, "--role",
                     (char *)k->role,
                     /* gone with serve: a parent-death signal, and silence as the fallback */
-                    "--parent-pid", s->ppid, "--orphan-timeout", s->orphan, NULL};
+                    "--parent-pid", s->ppid, "--orphan-timeout", s->orphan, NULL, NULL, NULL};
+    if (s->dev_frac[0]) { /* the workers share one GPU: each advertises its share */
+        int a = (int)(sizeof argv / sizeof argv[0]) - 3;
+        argv[a] = "--device-mem-frac";
+        argv[a + 1] = (char *)s->dev_frac;
+    }
     pid_t pid;
     if (posix_spawn(&pid, exe, NULL, NULL, argv, environ) != 0) {
         return -1;
@@ -197,6 +203,12 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
     snprintf(s->hb, sizeof s->hb, "%g", c->heartbeat_s);
     snprintf(s->orphan, sizeof s->orphan, "%g", c->orphan_s);
     snprintf(s->ppid, sizeof s->ppid, "%d", (int)getpid());
+    /* local CUDA workers all use device 0 (CUDA_VISIBLE_DEVICES picks it): split its free memory
+     * so that what placement gives them fits together, unless XC_DEVICE_MEM_FRAC says otherwise */
+    s->dev_frac[0] = 0;
+    if (!strcmp(c->backend, "cuda") && !getenv("XC_DEVICE_MEM_FRAC")) {
+        snprintf(s->dev_frac, sizeof s->dev_frac, "%.4f", 0.9 / n_workers);
+    }
     for (int i = 0; i < n_workers && i < 130; i++) {
         child *k = &s->kids[s->n++];
         snprintf(k->id, sizeof k->id, "w%d", i);

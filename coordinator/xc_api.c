@@ -361,6 +361,8 @@ xc_status xc_api_fetch(const xc_api_conf *conf, xc_api_request *r, uint64_t dead
 /* ---- messages ---- */
 
 typedef struct parse_ctx {
+    const char *body; /* the raw JSON (for numbers beyond a double's 53 bits) */
+    size_t len;
     const xc_api_conf *conf;
     xc_api_request *r;
     xc_api_error *err;
@@ -655,6 +657,60 @@ static xc_status parse_stop(parse_ctx *pc, const cJSON *v) {
     return XC_OK;
 }
 
+/* The value of the top-level key "seed" in the raw JSON as a 64-bit integer: a decimal integer
+ * in [-2^63, 2^64 - 1] (negative values wrap to their two's complement). False for anything
+ * else (a fraction, an exponent, out of range). Keys are unique (check_keys). */
+static bool raw_seed(const char *b, size_t len, uint64_t *out) {
+    int depth = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = b[i];
+        if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            depth--;
+        } else if (c == '"') {
+            size_t s0 = ++i;
+            for (; i < len && b[i] != '"'; i++) {
+                i += b[i] == '\\';
+            }
+            if (depth != 1 || i - s0 != 4 || memcmp(b + s0, "seed", 4)) {
+                continue;
+            }
+            size_t k = i + 1;
+            while (k < len && strchr(" \t\r\n", b[k])) {
+                k++;
+            }
+            if (k >= len || b[k] != ':') {
+                continue; /* a string value "seed", not the key */
+            }
+            k++;
+            while (k < len && strchr(" \t\r\n", b[k])) {
+                k++;
+            }
+            bool neg = k < len && b[k] == '-';
+            k += neg;
+            uint64_t v = 0;
+            size_t d0 = k;
+            for (; k < len && b[k] >= '0' && b[k] <= '9'; k++) {
+                unsigned dg = (unsigned)(b[k] - '0');
+                if (v > (UINT64_MAX - dg) / 10) {
+                    return false;
+                }
+                v = v * 10 + dg;
+            }
+            if (k == d0 || (k < len && (b[k] == '.' || b[k] == 'e' || b[k] == 'E'))) {
+                return false;
+            }
+            if (neg && v > (1ull << 63)) {
+                return false;
+            }
+            *out = neg ? (uint64_t)0 - v : v;
+            return true;
+        }
+    }
+    return false;
+}
+
 static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
     xc_api_error *err = pc->err;
     xc_api_request *r = pc->r;
@@ -729,11 +785,12 @@ static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
         return BAD("user", "user must be a string");
     }
     if ((v = get(o, "seed"))) {
-        if (!json_int_in(v, -9007199254740992.0, 9007199254740992.0, &iv)) {
-            return BAD("seed", "seed must be an integer");
+        /* any 64-bit integer: read from the body's own digits (cJSON keeps a double, exact only
+         * to 2^53) */
+        if (!cJSON_IsNumber(v) || !raw_seed(pc->body, pc->len, &r->seed)) {
+            return BAD("seed", "seed must be an integer in [-2^63, 2^64 - 1]");
         }
         r->has_seed = true;
-        r->seed = (uint64_t)iv;
     }
     r->n = 1;
     if ((v = get(o, "n"))) {
@@ -789,17 +846,56 @@ static xc_status parse_params(parse_ctx *pc, const cJSON *o) {
     return XC_OK;
 }
 
+xc_status xc_api_json_precheck(const char *body, size_t len, int max_depth, long max_nodes) {
+    /* values = 1 (the root) + one per element of every container = 1 + commas + the containers
+     * that hold anything (exact for valid JSON) */
+    int depth = 0;
+    long nodes = 1;
+    bool opened = false; /* the last significant character opened a container */
+    for (size_t i = 0; i < len; i++) {
+        char c = body[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+            continue;
+        }
+        if (opened && c != '}' && c != ']') {
+            nodes++;
+        }
+        opened = false;
+        if (c == '"') { /* skip the string */
+            for (i++; i < len && body[i] != '"'; i++) {
+                i += body[i] == '\\';
+            }
+        } else if (c == '{' || c == '[') {
+            if (++depth > max_depth) {
+                return xc_errf(XC_ERR_ARG, "JSON nested deeper than %d levels", max_depth);
+            }
+            opened = true;
+        } else if (c == '}' || c == ']') {
+            depth--;
+        } else if (c == ',') {
+            nodes++;
+        }
+        if (nodes > max_nodes) {
+            return xc_errf(XC_ERR_ARG, "JSON with more than %ld values", max_nodes);
+        }
+    }
+    return XC_OK;
+}
+
 xc_status xc_api_parse(const xc_api_conf *conf, const char *body, size_t len, xc_api_request *out,
                        xc_api_error *err) {
     pthread_once(&g_hooks_once, cjson_hooks_once);
     memset(out, 0, sizeof *out);
     memset(err, 0, sizeof *err);
+    if (xc_api_json_precheck(body, len, XC_API_MAX_JSON_DEPTH, XC_API_MAX_JSON_NODES) != XC_OK) {
+        return BAD(NULL, "the body is too complex: %s", xc_err_last());
+    }
     cJSON *o = cJSON_ParseWithLength(body, len);
     if (!o) {
         return BAD(NULL, "the body is not valid JSON");
     }
     xc_status st = XC_OK;
-    parse_ctx pc = {.conf = conf, .r = out, .err = err};
+    parse_ctx pc = {.body = body, .len = len, .conf = conf, .r = out, .err = err};
     if (!cJSON_IsObject(o)) {
         st = BAD(NULL, "the body must be a JSON object");
         goto out;

@@ -18,6 +18,15 @@
 
 #define XC_API_MAX_TOP_LOGPROBS 20
 #define XC_API_MAX_STOP_LEN     256
+/* JSON bodies are scanned before parsing: nesting deeper than this, or more values than this,
+ * is refused (400) without building a tree (a cJSON node costs ~80 bytes). */
+#define XC_API_MAX_JSON_DEPTH 32
+#define XC_API_MAX_JSON_NODES (1 << 18)
+
+/* Checks the shape of a JSON text without parsing it: nesting depth <= max_depth and at most
+ * max_nodes values (an upper bound: containers plus separators). Strings are skipped with their
+ * escapes. XC_ERR_ARG naming the limit; says nothing about validity otherwise. */
+xc_status xc_api_json_precheck(const char *body, size_t len, int max_depth, long max_nodes);
 
 /* What the server accepts (immutable after startup). */
 typedef struct xc_api_conf {

@@ -15,7 +15,7 @@
 #include "xc_log.h"
 #include "xc_mem.h"
 #include "xc_mmap.h"
-#include "xc_sampler.h"
+#include "xc_sampling.h"
 #include "xc_sched.h"
 #include "xc_time.h"
 
@@ -474,9 +474,14 @@ static void send_assign(xc_coord *c, int wi) {
         XC_LOG_WARN("assign to %s failed: %s", w->id, xc_err_last());
     } else {
         w->assigns_out++;
-        XC_LOG_INFO("assigned worker %s: %s replica %d stage %d units [%u, %u)", w->id,
-                    w->role == 0 ? "vision" : "decoder", w->role ? w->replica : 0,
-                    w->role ? w->stage : 0, a.unit_begin, a.unit_end);
+        /* the placement's memory prediction for the stage (weights + KV budget), which
+         * scripts/full-scale compares with the worker's RSS */
+        double pred = w->role == 0 ? 0
+                                   : xc_place_unit_stage_bytes(&c->cost, a.unit_begin, a.unit_end,
+                                                               (int)a.n_stages, w->stage);
+        XC_LOG_INFO("assigned worker %s: %s replica %d stage %d units [%u, %u) predicted %.0f MB",
+                    w->id, w->role == 0 ? "vision" : "decoder", w->role ? w->replica : 0,
+                    w->role ? w->stage : 0, a.unit_begin, a.unit_end, pred / 1e6);
     }
 }
 
@@ -1009,7 +1014,10 @@ static void on_register(xc_coord *c, const xc_wire_register *r) {
     memset(w, 0, sizeof *w);
     snprintf(w->id, sizeof w->id, "%s", r->worker_id);
     snprintf(w->endpoint, sizeof w->endpoint, "%s", r->endpoint);
-    w->mem = r->host_mem_bytes + r->device_mem_bytes;
+    /* a CUDA worker holds its weights and KV pool in device memory: size it by that */
+    w->mem = r->backend == XC_WIRE_BACKEND_CUDA && r->device_mem_bytes
+                 ? r->device_mem_bytes
+                 : r->host_mem_bytes + r->device_mem_bytes;
     w->role = -1;
     w->want = (xc_place_want)r->role;
     w->incarnation = r->incarnation;
@@ -1452,6 +1460,7 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                                       .penalty_ids = pen,
                                       .logprobs = q->logprobs, /* api helper */
                                       .top_logprobs = (uint32_t)q->top,
+                                      .choice = q->sp.choice,
                                       .resumed_tokens = (uint32_t)q->base};
         }
         seqs[i] = (xc_wire_seq){.id = it->id,
@@ -1862,7 +1871,11 @@ static xc_status check_request(const xc_coord *c, const xc_coord_request *r) {
                       .top_k = s->top_k,
                       .top_p = s->top_p,
                       .repetition_penalty = s->repetition_penalty,
-                      .seed = s->seed};
+                      .seed = s->seed,
+                      .choice = s->choice};
+    if (s->choice >= 65536) {
+        return xc_errf(XC_ERR_ARG, "choice index %u is not below 65536", s->choice);
+    }
     return xc_sampling_validate(&sp);
 }
 

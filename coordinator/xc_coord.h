@@ -28,6 +28,8 @@ typedef struct xc_coord_sampling {
     float top_p;              /* (0, 1] */
     float repetition_penalty; /* 1 = off */
     uint64_t seed;
+    uint32_t choice; /* choice index among a request's n: the draws are a pure function of
+                        (seed, choice, token position) */
 } xc_coord_sampling;
 
 typedef struct xc_coord_conf {

@@ -6,10 +6,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "xc_compose.h"
+#include "xc_compose_http.h"
 #include "xc_conf.h"
 #include "xc_log.h"
 #include "xc_mem.h"
@@ -39,14 +43,18 @@ struct xc_http {
     int port;
     char model_name[256];
     char media_dir[PATH_MAX];
-    xc_media_conf media; /* http(s) image URLs */
+    xc_media_conf media;      /* http(s) image URLs */
+    xc_compose_http *compose; /* /v1/compositions (issue 18) */
     /* API keys: --api-keys / XC_API_KEYS, then the key file's; the file's part is replaced by
      * xc_http_reload_keys (SIGHUP) while connection threads read them, hence the lock */
     pthread_rwlock_t keys_lock;
     char *keys[MAX_KEYS];
     int n_keys;
     int n_fixed_keys;  /* keys[0, n_fixed_keys) come from --api-keys, the rest from the file */
-    atomic_int active; /* chat requests in service */
+    atomic_int active; /* chat requests in service (a slot is taken before the body is read) */
+    size_t max_body;   /* bytes: --max-body-kb, or what the image limits need */
+    sem_t work;        /* --preprocess-slots: JSON parsing and image decoding at once */
+    bool work_init;
     atomic_uint_fast64_t next_id;
     long started;
     /* canary */
@@ -57,6 +65,9 @@ struct xc_http {
     bool stopping;
     uint64_t canary_ok_ns; /* last success (0 = never) */
     bool canary_last_ok;
+    bool canary_inflight;    /* a canary is waiting for its answer */
+    double canary_last_s;    /* how long the latest successful canary took (0 = none yet) */
+    double canary_spacing_s; /* pause between canaries: max(interval, 9 x canary_last_s) */
     char canary_why[256];
 };
 
@@ -92,8 +103,13 @@ static const xc_conf_entry http_entries[] = {
                  "fetch images from loopback, private, link-local addresses too (off: refused)"),
     XC_CONF_STR("chat-variant", "XC_CHAT_VARIANT", xc_http_flags, variant, "auto", "auto|7b|vl",
                 "default meta instruction (auto: vl when img_size > 224)"),
-    XC_CONF_INT("max-body-kb", "XC_MAX_BODY_KB", xc_http_flags, max_body_kb, 32768, 1, 1 << 21,
-                "largest request body (KiB)"),
+    XC_CONF_INT("max-body-kb", "XC_MAX_BODY_KB", xc_http_flags, max_body_kb, 0, 0, 1 << 21,
+                "largest request body (KiB; 0 = what one --max-image-mb image needs as base64 "
+                "plus 1 MiB of text: 28331 KiB with the defaults)"),
+    XC_CONF_INT("preprocess-slots", "XC_PREPROCESS_SLOTS", xc_http_flags, preprocess_slots, 4, 1,
+                1024,
+                "requests parsing JSON or decoding images at once (bounds the memory of large "
+                "bodies; the others wait their turn)"),
     XC_CONF_INT("max-concurrent-requests", "XC_MAX_CONCURRENT", xc_http_flags, max_concurrent, 256,
                 1, 1 << 20, "chat requests in service at once; more get 429"),
     XC_CONF_INT("max-n", "XC_MAX_N", xc_http_flags, max_n, 8, 1, 128, "choices (n) per request"),
@@ -110,15 +126,29 @@ static const xc_conf_entry http_entries[] = {
     XC_CONF_FLOAT("request-timeout", "XC_REQUEST_TIMEOUT", xc_http_flags, request_timeout_s, 600, 0,
                   86400, "per-request deadline in seconds (0 = none)"),
     XC_CONF_FLOAT("canary-interval", "XC_CANARY_INTERVAL", xc_http_flags, canary_interval_s, 2, 0,
-                  3600, "seconds between /ready canary requests (0 = no canary)"),
+                  3600,
+                  "seconds between /ready canary requests (0 = no canary); at least 9x the "
+                  "latest canary's time, so canaries take at most 10 % of the pipeline"),
+    XC_CONF_FLOAT("canary-timeout", "XC_CANARY_TIMEOUT", xc_http_flags, canary_timeout_s, 600, 0,
+                  86400,
+                  "seconds the first canary (a full image prefill) may take; later ones may take "
+                  "3x the previous one's time, and never less than 2x interval + 5"),
     XC_CONF_BOOL("log-prompts", "XC_LOG_PROMPTS", xc_http_flags, log_prompts, 0,
                  "log request prompts (off: prompts are never logged)"),
+    XC_CONF_STR("image-search-url", "XC_IMAGE_SEARCH_URL", xc_http_flags, image_search_url, NULL,
+                NULL,
+                "compositions: image-search service (POST {caption, exclude, need_idxs}; "
+                "docs/compose.md); none = no searched images"),
+    XC_CONF_FLOAT("image-search-timeout", "XC_IMAGE_SEARCH_TIMEOUT", xc_http_flags,
+                  image_search_timeout_s, 30, 0.001, 3600,
+                  "seconds one image-search call may take"),
 };
 
 static const xc_conf_spec http_spec = {
     "HTTP API options (xcpipe-coordinator, xcpipe serve)",
     "The OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models, /health, /ready, "
-    "/metrics. See docs/api.md.",
+    "/metrics; POST /v1/compositions and /v1/compositions/edit (docs/compose.md). See "
+    "docs/api.md.",
     http_entries, sizeof http_entries / sizeof http_entries[0]};
 
 xc_status xc_http_cli_extract(int *argc, char **argv, xc_http_flags *f) {
@@ -180,6 +210,14 @@ typedef struct sbuf {
     size_t n, cap;
 } sbuf;
 
+/* One request on a connection: its body and what admission granted. */
+typedef struct conn_ctx {
+    sbuf body;
+    bool too_big;
+    bool slot;    /* holds one of --max-concurrent-requests (released at completion) */
+    bool discard; /* a route that reads no body: upload bytes are dropped, never buffered */
+} conn_ctx;
+
 static bool sb_add(sbuf *b, const char *s, size_t n) {
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
@@ -226,15 +264,18 @@ static bool peer_gone(int fd) {
 
 /* ---- responses ---- */
 
-static enum MHD_Result respond(xc_http *h, struct MHD_Connection *conn, const char *route,
-                               int status, const char *type, const char *body, size_t len,
-                               const char *retry_after) {
+static enum MHD_Result respond_hdr(xc_http *h, struct MHD_Connection *conn, const char *route,
+                                   int status, const char *type, const char *body, size_t len,
+                                   const char *retry_after, const char *hname, const char *hval) {
     struct MHD_Response *r =
         MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (!r) {
         return MHD_NO;
     }
     MHD_add_response_header(r, "Content-Type", type);
+    if (hname) {
+        MHD_add_response_header(r, hname, hval);
+    }
     if (retry_after) {
         MHD_add_response_header(r, "Retry-After", retry_after);
     }
@@ -245,6 +286,24 @@ static enum MHD_Result respond(xc_http *h, struct MHD_Connection *conn, const ch
     MHD_destroy_response(r);
     xc_metrics_http(h->metrics, route, status);
     return ret;
+}
+
+static enum MHD_Result respond(xc_http *h, struct MHD_Connection *conn, const char *route,
+                               int status, const char *type, const char *body, size_t len,
+                               const char *retry_after) {
+    return respond_hdr(h, conn, route, status, type, body, len, retry_after, NULL, NULL);
+}
+
+static enum MHD_Result respond_json_hdr(xc_http *h, struct MHD_Connection *conn, const char *route,
+                                        int status, char *owned, const char *hname,
+                                        const char *hval) {
+    if (!owned) {
+        return respond(h, conn, route, 500, "application/json", "{}", 2, NULL);
+    }
+    enum MHD_Result r = respond_hdr(h, conn, route, status, "application/json", owned,
+                                    strlen(owned), NULL, hname, hval);
+    xc_free(owned);
+    return r;
 }
 
 static enum MHD_Result respond_json(xc_http *h, struct MHD_Connection *conn, const char *route,
@@ -680,13 +739,28 @@ static enum MHD_Result chat_whole(xc_http *h, struct MHD_Connection *conn, job *
     return ret;
 }
 
-static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, const char *body, size_t len,
-                            bool too_big) {
+static void work_enter(xc_http *h) {
+    while (sem_wait(&h->work) != 0 && errno == EINTR) {
+    }
+}
+
+static void work_leave(xc_http *h) {
+    sem_post(&h->work);
+}
+
+static xc_status too_large(xc_http *h, xc_api_error *e) {
+    return xc_api_error_set(e, 413, "invalid_request_error", "request_too_large", NULL,
+                            "the request body is larger than %zu KiB", h->max_body >> 10);
+}
+
+/* The request holds one of the --max-concurrent-requests slots (cc->slot, taken before its body
+ * was read); a streamed response takes it over (released by sse_free), else it is released when
+ * the connection's request completes. */
+static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, conn_ctx *cc) {
     xc_api_error e = {0};
     uint64_t t0 = xc_now_ns();
-    if (too_big) {
-        xc_api_error_set(&e, 413, "invalid_request_error", "request_too_large", NULL,
-                         "the request body is larger than %d KiB", h->f.max_body_kb);
+    if (cc->too_big) {
+        too_large(h, &e);
         return respond_error(h, conn, "chat", &e);
     }
     job *j = xc_calloc(1, sizeof *j);
@@ -699,7 +773,13 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, const char 
     j->refs = 1;
     j->t0_ns = t0;
     j->fd = client_fd(conn);
-    if (xc_api_parse(&h->api, body ? body : "", len, &j->req, &e) != XC_OK) {
+    /* parsing (JSON tree, base64 images) under the work gate; the body goes right after */
+    work_enter(h);
+    xc_status pst = xc_api_parse(&h->api, cc->body.p ? cc->body.p : "", cc->body.n, &j->req, &e);
+    work_leave(h);
+    xc_free(cc->body.p);
+    cc->body = (sbuf){0};
+    if (pst != XC_OK) {
         job_free(j);
         return respond_error(h, conn, "chat", &e);
     }
@@ -713,29 +793,26 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, const char 
                          "the cluster is not ready (a worker is loading or lost); retry later");
         return respond_error(h, conn, "chat", &e);
     }
-    if (atomic_fetch_add(&h->active, 1) >= h->f.max_concurrent) {
-        atomic_fetch_sub(&h->active, 1);
-        job_free(j);
-        xc_api_error_set(&e, 429, "rate_limit_error", "queue_full", NULL,
-                         "the server is at its limit of %d concurrent requests; retry later",
-                         h->f.max_concurrent);
-        return respond_error(h, conn, "chat", &e);
-    }
     /* http(s) images: fetched now, before queueing, within the request's deadline */
     uint64_t fetch_end = 0;
     if (h->f.request_timeout_s > 0) {
         fetch_end = t0 + (uint64_t)(h->f.request_timeout_s * 1e9);
     }
     if (xc_api_fetch(&h->api, &j->req, fetch_end, &e) != XC_OK) {
-        atomic_fetch_sub(&h->active, 1);
         job_free(j);
         return respond_error(h, conn, "chat", &e);
     }
     xc_api_prepared p;
-    if (xc_api_prepare(&h->api, h->tok, &j->req, &p, &e) != XC_OK) {
-        atomic_fetch_sub(&h->active, 1);
+    work_enter(h); /* image decoding: one full-size RGB image per slot at most */
+    xc_status prst = xc_api_prepare(&h->api, h->tok, &j->req, &p, &e);
+    work_leave(h);
+    if (prst != XC_OK) {
         job_free(j);
         return respond_error(h, conn, "chat", &e);
+    }
+    for (int i = 0; i < j->req.n_images; i++) { /* the pixels are in p now */
+        xc_free(j->req.images[i].data);
+        j->req.images[i].data = NULL;
     }
     if (j->req.n_images) {
         xc_metrics_observe(h->metrics, XC_METRICS_PREPROCESS, p.preprocess_s);
@@ -747,7 +824,6 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, const char 
     j->ch = xc_calloc((size_t)j->n, sizeof *j->ch);
     if (!j->ch) {
         xc_api_prepared_fini(&p);
-        atomic_fetch_sub(&h->active, 1);
         job_free(j);
         return respond_json(h, conn, "chat", 500, NULL, NULL);
     }
@@ -773,7 +849,8 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, const char 
     }
     for (int i = 0; i < j->n && st == XC_OK; i++) {
         choice *ch = &j->ch[i];
-        p.req.sampling.seed = seed0 + (uint64_t)i;
+        p.req.sampling.seed = seed0; /* one seed; each choice its own stream */
+        p.req.sampling.choice = (uint32_t)i;
         p.req.logprobs = j->req.logprobs;
         p.req.top_logprobs = j->req.top_logprobs;
         st = xc_coord_submit(h->c, &p.req, on_event, ch, &ch->id);
@@ -799,14 +876,12 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, const char 
                          : status == 503 ? "service_unavailable"
                                          : "server_error",
                          NULL, NULL, "%s", xc_err_last());
-        atomic_fetch_sub(&h->active, 1);
         job_unref(j);
         return respond_error(h, conn, "chat", &e);
     }
     pthread_mutex_unlock(&j->lock);
     if (!j->req.stream) {
         enum MHD_Result ret = chat_whole(h, conn, j);
-        atomic_fetch_sub(&h->active, 1);
         job_unref(j);
         return ret;
     }
@@ -816,10 +891,10 @@ static enum MHD_Result chat(xc_http *h, struct MHD_Connection *conn, const char 
         pthread_mutex_lock(&j->lock);
         cancel_all(j);
         pthread_mutex_unlock(&j->lock);
-        atomic_fetch_sub(&h->active, 1);
         job_unref(j);
         return MHD_NO;
     }
+    cc->slot = false; /* sse_free releases it */
     MHD_add_response_header(r, "Content-Type", "text/event-stream");
     MHD_add_response_header(r, "Cache-Control", "no-cache");
     enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, r);
@@ -879,7 +954,7 @@ static bool http_stopping(xc_http *h) {
  * vision is served) through every stage of replica `replica` (the request is pinned to it).
  * Returns true on success; why gets the reason otherwise. The wait for the answer ends early when
  * the server stops (xc_http_destroy must not wait for it). */
-static bool canary_replica(xc_http *h, int replica, char *why, size_t why_len) {
+static bool canary_replica(xc_http *h, int replica, double limit, char *why, size_t why_len) {
     int T = h->api.image_tokens, S = h->api.image_size;
     int n = (S > 0 ? T : 0) + 3;
     int32_t *ids = xc_calloc((size_t)n, sizeof *ids);
@@ -918,7 +993,6 @@ static bool canary_replica(xc_http *h, int replica, char *why, size_t why_len) {
         canary_unref(k);
         return false;
     }
-    double limit = h->f.canary_interval_s * 2 + 5;
     uint64_t end = xc_now_ns() + (uint64_t)(limit * 1e9);
     pthread_mutex_lock(&k->lock);
     while (!k->done && xc_now_ns() < end && !http_stopping(h)) {
@@ -944,11 +1018,11 @@ static bool canary_replica(xc_http *h, int replica, char *why, size_t why_len) {
     return ok;
 }
 
-/* The canary on every replica in turn: /ready means each one generates. */
-static bool canary_once(xc_http *h, char *why, size_t why_len) {
+/* The canary on every replica in turn (each gets `limit`): /ready means each one generates. */
+static bool canary_once(xc_http *h, double limit, char *why, size_t why_len) {
     int n = xc_coord_n_replicas(h->c);
     for (int r = 0; r < n; r++) {
-        if (!canary_replica(h, r, why, why_len)) {
+        if (!canary_replica(h, r, limit, why, why_len)) {
             return false;
         }
     }
@@ -964,7 +1038,25 @@ static void *canary_main(void *arg) {
         char why[256] = "";
         bool ok = false;
         if (xc_coord_ready(h->c)) {
-            ok = canary_once(h, why, sizeof why);
+            /* at full size on a CPU the canary's image prefill takes minutes: the first one gets
+             * --canary-timeout, later ones 3x the previous one's time */
+            double limit = h->f.canary_interval_s * 2 + 5;
+            double grace = h->canary_last_s > 0 ? 3 * h->canary_last_s : h->f.canary_timeout_s;
+            limit = grace > limit ? grace : limit;
+            pthread_mutex_lock(&h->lock);
+            h->canary_inflight = true;
+            pthread_mutex_unlock(&h->lock);
+            double t0 = xc_now_s();
+            ok = canary_once(h, limit, why, sizeof why);
+            double took = xc_now_s() - t0;
+            pthread_mutex_lock(&h->lock);
+            h->canary_inflight = false;
+            if (ok) {
+                h->canary_last_s = took;
+                double sp = 9 * took;
+                h->canary_spacing_s = sp > h->f.canary_interval_s ? sp : h->f.canary_interval_s;
+            }
+            pthread_mutex_unlock(&h->lock);
         } else {
             snprintf(why, sizeof why, "the coordinator is not ready");
         }
@@ -983,7 +1075,7 @@ static void *canary_main(void *arg) {
         snprintf(h->canary_why, sizeof h->canary_why, "%s", why);
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        double iv = ok ? h->f.canary_interval_s : 0.25; /* retry soon after a failure */
+        double iv = ok ? h->canary_spacing_s : 0.25; /* retry soon after a failure */
         ts.tv_sec += (time_t)iv;
         ts.tv_nsec += (long)((iv - (double)(time_t)iv) * 1e9);
         ts.tv_sec += ts.tv_nsec / 1000000000L;
@@ -997,7 +1089,8 @@ static void *canary_main(void *arg) {
 }
 
 /* Ready = the coordinator's readiness (every role placed, loaded, heartbeating) and, with the
- * canary on, the latest canary succeeded within 3 intervals. */
+ * canary on, the latest canary succeeded and another is in flight or that success is at most 3
+ * canary spacings + 5 s old. */
 static bool is_ready(xc_http *h, char *why, size_t n) {
     if (!xc_coord_ready(h->c)) {
         snprintf(why, n, "not every stage is placed, loaded and heartbeating");
@@ -1007,19 +1100,16 @@ static bool is_ready(xc_http *h, char *why, size_t n) {
         return true;
     }
     pthread_mutex_lock(&h->lock);
+    /* an in-flight canary counts until its limit ends it */
     bool ok = h->canary_last_ok &&
-              xc_now_ns() - h->canary_ok_ns < (uint64_t)(3 * h->f.canary_interval_s * 1e9) + 5e9;
+              (h->canary_inflight ||
+               xc_now_ns() - h->canary_ok_ns < (uint64_t)(3 * h->canary_spacing_s * 1e9) + 5e9);
     snprintf(why, n, "%s", h->canary_why[0] ? h->canary_why : "no canary has succeeded yet");
     pthread_mutex_unlock(&h->lock);
     return ok;
 }
 
 /* ---- routing ---- */
-
-typedef struct conn_ctx {
-    sbuf body;
-    bool too_big;
-} conn_ctx;
 
 static bool authorized(xc_http *h, struct MHD_Connection *conn) {
     pthread_rwlock_rdlock(&h->keys_lock);
@@ -1044,12 +1134,40 @@ static bool authorized(xc_http *h, struct MHD_Connection *conn) {
     return ok;
 }
 
-static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char *url,
-                             const char *method, conn_ctx *cc) {
+/* The routes and their methods: an unknown path is 404 whatever the method, a known path with
+ * another method 405 with Allow. */
+static const struct {
+    const char *path;
+    bool post; /* POST (with a body), else GET/HEAD */
+} routes[] = {
+    {"/health", false},
+    {"/ready", false},
+    {"/metrics", false},
+    {"/v1/models", false},
+    {"/v1/chat/completions", true},
+    {"/v1/compositions", true},
+    {"/v1/compositions/edit", true},
+};
+
+/* 0: unknown path; 1: known, method fits; -1: known, other method (*allow set). */
+static int route_match(const char *url, const char *method, const char **allow) {
     bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     bool post = !strcmp(method, "POST");
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        if (!strcmp(url, routes[i].path)) {
+            *allow = routes[i].post ? "POST" : "GET, HEAD";
+            return (routes[i].post ? post : get) ? 1 : -1;
+        }
+    }
+    return 0;
+}
+
+static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char *url,
+                             const char *method, conn_ctx *cc) {
     xc_api_error e = {0};
-    if (!strcmp(url, "/health")) {
+    const char *allow = NULL;
+    int m = route_match(url, method, &allow);
+    if (!strcmp(url, "/health") && m == 1) {
         static const char ok[] = "{\"status\":\"ok\"}";
         return respond(h, conn, "health", 200, "application/json", ok, sizeof ok - 1, NULL);
     }
@@ -1058,18 +1176,22 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
                          "missing or invalid API key (Authorization: Bearer KEY)");
         return respond_error(h, conn, "auth", &e);
     }
-    if (!strcmp(url, "/v1/chat/completions")) {
-        if (!post) {
-            xc_api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
-                             "use POST for /v1/chat/completions");
-            return respond_error(h, conn, "chat", &e);
-        }
-        return chat(h, conn, cc->body.p, cc->body.n, cc->too_big);
-    }
-    if (!get) {
-        xc_api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
-                         "use GET for %s", url);
+    if (m == 0) {
+        xc_api_error_set(&e, 404, "invalid_request_error", "not_found", NULL, "no route %.200s",
+                         url);
         return respond_error(h, conn, "other", &e);
+    }
+    if (m < 0) {
+        xc_api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
+                         "%.200s takes %s, not %.20s", url, allow, method);
+        return respond_json_hdr(h, conn, "other", 405, xc_api_error_json(&e), "Allow", allow);
+    }
+    if (!strcmp(url, "/v1/chat/completions")) {
+        return chat(h, conn, cc);
+    }
+    if (xc_compose_http_is_route(url)) {
+        return xc_compose_http_handle(h->compose, conn, url, method, cc->body.p, cc->body.n,
+                                      cc->too_big);
     }
     if (!strcmp(url, "/v1/models")) {
         return respond_json(h, conn, "models", 200, xc_api_models_json(h->model_name, h->started),
@@ -1132,8 +1254,58 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
         xc_free(text);
         return r;
     }
-    xc_api_error_set(&e, 404, "invalid_request_error", "not_found", NULL, "no route %s", url);
+    xc_api_error_set(&e, 404, "invalid_request_error", "not_found", NULL, "no route %.200s", url);
     return respond_error(h, conn, "other", &e);
+}
+
+/* Admission on the first callback of a request, before any body byte is read: the API key (401),
+ * the declared Content-Length (413), and for generation a slot of --max-concurrent-requests
+ * (429). A refusal is queued at once, so libmicrohttpd never reads the body (it answers and
+ * closes; no 100-continue is sent). Returns true when a response was queued (*ret says how). */
+static bool admit(xc_http *h, struct MHD_Connection *conn, const char *url, const char *method,
+                  conn_ctx *cc, enum MHD_Result *ret) {
+    xc_api_error e = {0};
+    if (!strcmp(url, "/health")) {
+        return false;
+    }
+    if (!authorized(h, conn)) {
+        xc_api_error_set(&e, 401, "authentication_error", "invalid_api_key", NULL,
+                         "missing or invalid API key (Authorization: Bearer KEY)");
+        *ret = respond_error(h, conn, "auth", &e);
+        return true;
+    }
+    const char *cl =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    unsigned long long n = cl ? strtoull(cl, NULL, 10) : 0;
+    if (n > h->max_body) {
+        too_large(h, &e);
+        *ret = respond_error(h, conn, "chat", &e);
+        return true;
+    }
+    const char *allow = NULL;
+    if (strcmp(method, "POST") || route_match(url, method, &allow) != 1) {
+        cc->discard = true;
+        return false; /* routed (404/405/GET) once the request is complete */
+    }
+    if (atomic_fetch_add(&h->active, 1) >= h->f.max_concurrent) {
+        atomic_fetch_sub(&h->active, 1);
+        xc_api_error_set(&e, 429, "rate_limit_error", "queue_full", NULL,
+                         "the server is at its limit of %d concurrent requests; retry later",
+                         h->f.max_concurrent);
+        *ret = respond_error(h, conn, "chat", &e);
+        return true;
+    }
+    cc->slot = true;
+    /* the body in one allocation of the declared size (no doubling on the way) */
+    if (n > 0) {
+        cc->body.p = xc_malloc((size_t)n + 1);
+        if (!cc->body.p) {
+            *ret = respond_json(h, conn, "chat", 500, NULL, NULL);
+            return true;
+        }
+        cc->body.cap = (size_t)n + 1;
+    }
+    return false;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -1148,16 +1320,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_NO;
         }
         *con_cls = cc;
-        const char *cl =
-            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)h->f.max_body_kb * 1024ull) {
-            cc->too_big = true; /* answered 413 once the (discarded) body is read */
+        enum MHD_Result ret = MHD_NO;
+        if (admit(h, conn, url, method, cc, &ret)) {
+            return ret;
         }
         return MHD_YES;
     }
+    if (*upload_size && cc->discard) {
+        *upload_size = 0;
+        return MHD_YES;
+    }
     if (*upload_size) {
-        if (!cc->too_big && cc->body.n + *upload_size > (size_t)h->f.max_body_kb * 1024u) {
+        /* no (or a lying) Content-Length: past the limit the rest is discarded, then 413 */
+        if (!cc->too_big && cc->body.n + *upload_size > h->max_body) {
             cc->too_big = true;
+            xc_free(cc->body.p);
+            cc->body = (sbuf){0};
         }
         if (!cc->too_big && !sb_add(&cc->body, upload, *upload_size)) {
             return MHD_NO;
@@ -1170,11 +1348,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
-    (void)cls;
     (void)conn;
     (void)toe;
+    xc_http *h = cls;
     conn_ctx *cc = *con_cls;
     if (cc) {
+        if (cc->slot) {
+            atomic_fetch_sub(&h->active, 1);
+        }
         xc_free(cc->body.p);
         xc_free(cc);
         *con_cls = NULL;
@@ -1277,11 +1458,24 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
     h->f = *f;
     h->c = c;
     h->started = (long)time(NULL);
+    h->canary_spacing_s = f->canary_interval_s;
     atomic_init(&h->next_id, rand64() & 0xffffffffffffull);
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->cond, NULL);
     pthread_rwlock_init(&h->keys_lock, NULL);
     XC_TRY_GOTO(xc_metrics_create(&h->metrics), st, fail);
+    /* bodies, JSON strings, images: blocks of 256 KiB and more are mapped and unmapped at once
+     * (a fixed threshold turns off glibc's growing one, which kept freed multi-MiB blocks in
+     * the per-thread arenas: the bound of docs/api.md is then what RSS really reaches) */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    /* the default body: one largest image as base64 (4/3) plus 1 MiB of text and JSON */
+    h->max_body = f->max_body_kb > 0 ? (size_t)f->max_body_kb << 10
+                                     : (((size_t)f->max_image_mb << 20) + 2) / 3 * 4 + (1u << 20);
+    if (sem_init(&h->work, 0, (unsigned)f->preprocess_slots) != 0) {
+        st = xc_errf(XC_ERR_IO, "cannot make the preprocessing semaphore");
+        goto fail;
+    }
+    h->work_init = true;
     /* model name: the flag, else the directory's base name */
     if (f->model_name) {
         snprintf(h->model_name, sizeof h->model_name, "%s", f->model_name);
@@ -1337,6 +1531,14 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
                            .media_dir = f->media_dir ? h->media_dir : NULL,
                            .media = h->media.allowed_domains ? &h->media : NULL,
                            .variant = vl ? XC_CHAT_VARIANT_VL : XC_CHAT_VARIANT_7B};
+    xc_compose_http_conf cconf = {.api = &h->api,
+                                  .tok = h->tok,
+                                  .c = c,
+                                  .search_url = f->image_search_url,
+                                  .search_timeout_s = f->image_search_timeout_s,
+                                  .max_concurrent = f->max_concurrent,
+                                  .clean_up_spaces = xc_compose_read_clean_up(model_dir)};
+    XC_TRY_GOTO(xc_compose_http_create(&cconf, &h->compose), st, fail);
     /* the listen address */
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
                              .ai_socktype = SOCK_STREAM,
@@ -1408,9 +1610,11 @@ void xc_http_destroy(xc_http *h) {
     if (h->canary_started) {
         pthread_join(h->canary, NULL);
     }
+    xc_compose_http_stop(h->compose); /* compositions end at their next step */
     if (h->d) {
         MHD_stop_daemon(h->d); /* joins the connection threads: their jobs end first */
     }
+    xc_compose_http_destroy(h->compose);
     for (int i = 0; i < h->n_keys; i++) {
         xc_free(h->keys[i]);
     }
@@ -1419,5 +1623,8 @@ void xc_http_destroy(xc_http *h) {
     pthread_mutex_destroy(&h->lock);
     pthread_cond_destroy(&h->cond);
     pthread_rwlock_destroy(&h->keys_lock);
+    if (h->work_init) {
+        sem_destroy(&h->work);
+    }
     xc_free(h);
 }

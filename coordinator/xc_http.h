@@ -27,14 +27,19 @@ typedef struct xc_http_flags {
     double media_timeout_s;   /* whole fetch of one image */
     bool allow_private_media; /* fetch from loopback/private addresses too */
     const char *variant;      /* auto|7b|vl: default meta instruction */
-    int max_body_kb;
-    int max_concurrent; /* chat requests in service at once; more get 429 */
+    int max_body_kb;          /* 0 = what one --max-image-mb image needs as base64 + 1 MiB */
+    int preprocess_slots;     /* requests parsing JSON or decoding images at once */
+    int max_concurrent;       /* chat requests in service at once; more get 429 */
     int max_n, max_tokens, default_max_tokens, max_images, max_image_mpixels, max_image_mb;
     double request_timeout_s;
     double canary_interval_s; /* 0 = no canary (/ready = the coordinator's readiness) */
+    double canary_timeout_s;  /* first canary's answer limit (later: 3x the last one's time) */
     bool log_prompts;
     bool no_http;       /* --no-http: serve no HTTP (line protocol only) */
     bool port_explicit; /* --port or XC_PORT was given (set by xc_http_cli_extract) */
+
+    const char *image_search_url;  /* compositions: image-search service (docs/compose.md) */
+    double image_search_timeout_s; /* one image-search call */
 } xc_http_flags;
 
 /* Takes the HTTP flags (--host, --port, --api-key-file, ...; see --help) out of argv: on XC_OK

@@ -1,6 +1,7 @@
 /* SentencePiece model file -> plain structs (the only user of sentencepiece_model.pb-c.h). */
 #include "xc_spm_wire.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include "sentencepiece_model.pb-c.h"
@@ -118,4 +119,69 @@ void xc_spm_wire_model_fini(xc_spm_model *m) {
     xc_free(m->pieces);
     xc_free(m->text_pool);
     memset(m, 0, sizeof *m);
+}
+
+xc_status xc_spm_wire_encode_model(const xc_spm_model *m, uint8_t **out, size_t *len) {
+    if (m == NULL || m->n_pieces == 0 || out == NULL || len == NULL) {
+        return xc_errf(XC_ERR_ARG, "SentencePiece model to encode has no pieces");
+    }
+    Sentencepiece__ModelProto mp = SENTENCEPIECE__MODEL_PROTO__INIT;
+    Sentencepiece__TrainerSpec ts = SENTENCEPIECE__TRAINER_SPEC__INIT;
+    Sentencepiece__NormalizerSpec ns = SENTENCEPIECE__NORMALIZER_SPEC__INIT;
+    Sentencepiece__ModelProto__SentencePiece *sp = xc_calloc(m->n_pieces, sizeof *sp);
+    Sentencepiece__ModelProto__SentencePiece **spp = xc_calloc(m->n_pieces, sizeof *spp);
+    if (sp == NULL || spp == NULL) {
+        xc_free(sp);
+        xc_free(spp);
+        return xc_errf(XC_ERR_NOMEM, "out of memory encoding %zu pieces", m->n_pieces);
+    }
+    for (size_t i = 0; i < m->n_pieces; i++) {
+        static const Sentencepiece__ModelProto__SentencePiece init =
+            SENTENCEPIECE__MODEL_PROTO__SENTENCE_PIECE__INIT;
+        sp[i] = init;
+        sp[i].has_piece = 1;
+        sp[i].piece.data = (uint8_t *)(uintptr_t)m->pieces[i].text;
+        sp[i].piece.len = m->pieces[i].len;
+        sp[i].has_score = 1;
+        sp[i].score = m->pieces[i].score;
+        sp[i].has_type = 1;
+        sp[i].type = (Sentencepiece__ModelProto__SentencePiece__Type)m->pieces[i].type;
+        spp[i] = &sp[i];
+    }
+    mp.n_pieces = m->n_pieces;
+    mp.pieces = spp;
+    ts.has_model_type = 1;
+    ts.model_type = (Sentencepiece__TrainerSpec__ModelType)m->model_type;
+    ts.has_vocab_size = 1;
+    ts.vocab_size = m->vocab_size;
+    ts.has_treat_whitespace_as_suffix = 1;
+    ts.treat_whitespace_as_suffix = m->treat_whitespace_as_suffix;
+    ts.has_byte_fallback = 1;
+    ts.byte_fallback = m->byte_fallback;
+    ts.has_unk_id = ts.has_bos_id = ts.has_eos_id = ts.has_pad_id = 1;
+    ts.unk_id = m->unk_id;
+    ts.bos_id = m->bos_id;
+    ts.eos_id = m->eos_id;
+    ts.pad_id = m->pad_id;
+    mp.trainer_spec = &ts;
+    ns.name = (char *)(uintptr_t)(m->normalizer_name ? m->normalizer_name : "");
+    ns.has_add_dummy_prefix = ns.has_remove_extra_whitespaces = ns.has_escape_whitespaces = 1;
+    ns.add_dummy_prefix = m->add_dummy_prefix;
+    ns.remove_extra_whitespaces = m->remove_extra_whitespaces;
+    ns.escape_whitespaces = m->escape_whitespaces;
+    mp.normalizer_spec = &ns;
+    size_t n = sentencepiece__model_proto__get_packed_size(&mp);
+    uint8_t *buf = xc_malloc(n ? n : 1);
+    xc_status st = XC_OK;
+    if (buf == NULL) {
+        st = xc_errf(XC_ERR_NOMEM, "out of memory for a %zu-byte SentencePiece model", n);
+    } else {
+        size_t w = sentencepiece__model_proto__pack(&mp, buf);
+        XC_ASSERT(w == n);
+        *out = buf;
+        *len = n;
+    }
+    xc_free(sp);
+    xc_free(spp);
+    return st;
 }

@@ -64,3 +64,10 @@ xc_status xc_spm_wire_decode_model(const uint8_t *buf, size_t len, xc_spm_model 
 
 /* Frees what decode allocated and zeroes the struct; a zeroed struct is a no-op. */
 void xc_spm_wire_model_fini(xc_spm_model *m);
+
+/* Serializes m as a ModelProto (pieces with text, score and type; the trainer_spec fields
+ * model_type, vocab_size, treat_whitespace_as_suffix, byte_fallback, unk/bos/eos/pad ids; the
+ * normalizer_spec name, add_dummy_prefix, remove_extra_whitespaces, escape_whitespaces; no
+ * charsmaps). *out (xc_malloc'd, *len bytes) decodes back to the same fields. XC_ERR_ARG for no
+ * pieces, XC_ERR_NOMEM. */
+xc_status xc_spm_wire_encode_model(const xc_spm_model *m, uint8_t **out, size_t *len);

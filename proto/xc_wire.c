@@ -176,6 +176,9 @@ static xc_status check_sampling(size_t i, const xc_wire_sampling *s) {
         return BAD("seq %zu: sampling.top_logprobs %u is over %u", i, s->top_logprobs,
                    XC_WIRE_MAX_TOP_LOGPROBS);
     }
+    if (s->choice >= XC_WIRE_MAX_CHOICE) {
+        return BAD("seq %zu: sampling.choice %u is not below %u", i, s->choice, XC_WIRE_MAX_CHOICE);
+    }
     if (s->resumed_tokens > s->prompt_len) {
         return BAD("seq %zu: sampling.resumed_tokens %u is over prompt_len %u", i,
                    s->resumed_tokens, s->prompt_len);
@@ -659,6 +662,7 @@ static Xc__V1__Seq *seq_to_pb(xc_arena *a, const xc_wire_seq *s) {
         q->penalty_ids = (uint32_t *)w->penalty_ids;
         q->logprobs = w->logprobs; /* api helper */
         q->top_logprobs = w->top_logprobs;
+        q->choice = w->choice;
         q->resumed_tokens = w->resumed_tokens;
         p->sampling = q;
     }
@@ -963,6 +967,7 @@ static xc_status forward_from_pb(xc_arena *a, const Xc__V1__Forward *p, xc_wire_
                                       .penalty_ids = w->penalty_ids,
                                       .logprobs = w->logprobs, /* api helper */
                                       .top_logprobs = w->top_logprobs,
+                                      .choice = w->choice,
                                       .resumed_tokens = w->resumed_tokens};
             s->sampling = smp;
         }

@@ -171,10 +171,13 @@ typedef struct xc_wire_sampling {
     const uint32_t *penalty_ids; /* (n_penalty_ids) ids observed before the first sample */
     bool logprobs;               /* api helper: return the token's logprob ... */
     uint32_t top_logprobs;       /* ... and this many alternatives (<= XC_WIRE_MAX_TOP_LOGPROBS) */
+    uint32_t choice;             /* choice index among the request's n (< XC_WIRE_MAX_CHOICE) */
     uint32_t resumed_tokens; /* the last ones of the prompt_len rows are tokens it generated before
                                 a failure (it was resumed): its next draw is generated token
                                 resumed_tokens + 1, at position prompt_len; 0 = not resumed */
 } xc_wire_sampling;
+
+#define XC_WIRE_MAX_CHOICE 65536
 
 #define XC_WIRE_MAX_TOP_LOGPROBS 20
 

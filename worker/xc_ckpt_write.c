@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -545,22 +546,48 @@ typedef struct zentry {
     uint64_t offset;
 } zentry;
 
-static void crc_table(uint32_t table[256]) {
+/* CRC-32 (zip's polynomial), slice-by-8: table[0] is the classic byte table, table[k][b] the CRC
+ * of byte b followed by k zero bytes, so eight input bytes are folded per step (a 17 GB
+ * checkpoint is checksummed at memory speed rather than ~0.5 GB/s). */
+typedef uint32_t crc_tables[8][256];
+
+static void crc_table(crc_tables t) {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
         for (int k = 0; k < 8; k++) {
             c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
         }
-        table[i] = c;
+        t[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++) {
+        for (int k = 1; k < 8; k++) {
+            t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xffu];
+        }
     }
 }
 
-static uint32_t crc32_calc(const uint32_t table[256], const unsigned char *p, size_t n) {
+static uint32_t crc32_calc(crc_tables t, const unsigned char *p, size_t n) {
     uint32_t c = 0xffffffffu;
+    while (n >= 8) {
+        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                           (uint32_t)p[3] << 24);
+        uint32_t hi =
+            (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+        c = t[7][lo & 0xffu] ^ t[6][(lo >> 8) & 0xffu] ^ t[5][(lo >> 16) & 0xffu] ^ t[4][lo >> 24] ^
+            t[3][hi & 0xffu] ^ t[2][(hi >> 8) & 0xffu] ^ t[1][(hi >> 16) & 0xffu] ^ t[0][hi >> 24];
+        p += 8;
+        n -= 8;
+    }
     for (size_t i = 0; i < n; i++) {
-        c = table[(c ^ p[i]) & 0xffu] ^ (c >> 8);
+        c = t[0][(c ^ p[i]) & 0xffu] ^ (c >> 8);
     }
     return c ^ 0xffffffffu;
+}
+
+static crc_tables g_crc;
+
+static void crc_init(void) {
+    crc_table(g_crc);
 }
 
 static void le_store(unsigned char *p, uint64_t v, int bytes) {
@@ -570,14 +597,14 @@ static void le_store(unsigned char *p, uint64_t v, int bytes) {
 }
 
 /* Writes one stored entry: local header with the "FB" padding field, data, data descriptor. */
-static xc_status zip_entry(wfile *w, const uint32_t *crct, zentry *e, const char *name,
+static xc_status zip_entry(wfile *w, crc_tables crct, zentry *e, const char *name,
                            const unsigned char *data, size_t n) {
     size_t name_len = strlen(name);
-    if (w->pos + n + name_len + 256 >= 0xffffffffu) {
+    if (n >= 0xffffffffu) {
         return xc_errf(XC_ERR_UNSUPPORTED,
-                       "%s: a .bin shard over 4 GiB needs zip64, which is not written; use more "
-                       "shards",
-                       w->path);
+                       "%s: entry '%s' of %zu bytes: entries of 4 GiB and more (zip64 sizes) are "
+                       "not written",
+                       w->path, name, n);
     }
     e->name = xc_strdup(name);
     if (!e->name) {
@@ -586,7 +613,7 @@ static xc_status zip_entry(wfile *w, const uint32_t *crct, zentry *e, const char
     e->crc = crc32_calc(crct, data, n);
     e->size = (uint32_t)n;
     e->offset = w->pos;
-    size_t start = w->pos + ZIP_LOCAL_SZ + name_len + 4;
+    uint64_t start = w->pos + ZIP_LOCAL_SZ + name_len + 4;
     size_t pad = (ZIP_ALIGN - start % ZIP_ALIGN) % ZIP_ALIGN;
     unsigned char h[ZIP_LOCAL_SZ + 4];
     memset(h, 0, sizeof h);
@@ -611,21 +638,34 @@ static xc_status zip_entry(wfile *w, const uint32_t *crct, zentry *e, const char
     return w->st;
 }
 
+/* Entries whose local header lies at 4 GiB or beyond (files over 4 GiB, like the 9.98 GB first
+ * shard of the VL download) get the offset field saturated and a ZIP64 extended information extra
+ * field (tag 1) holding the 64-bit offset, as APPNOTE 4.5.3 and miniz's reader expect. */
 static void zip_finish(wfile *w, const zentry *e, size_t n) {
     uint64_t cd_off = w->pos;
     for (size_t i = 0; i < n; i++) {
         unsigned char h[ZIP_CDIR_SZ];
         memset(h, 0, sizeof h);
         size_t name_len = strlen(e[i].name);
+        bool z64 = e[i].offset >= 0xffffffffu;
         le_store(h, 0x02014b50u, 4);
+        le_store(h + 6, z64 ? 0x2d : 0, 2); /* version needed: 4.5 for ZIP64 */
         le_store(h + 8, 0x0808, 2);
         le_store(h + 16, e[i].crc, 4);
         le_store(h + 20, e[i].size, 4);
         le_store(h + 24, e[i].size, 4);
         le_store(h + 28, name_len, 2);
-        le_store(h + 42, e[i].offset, 4);
+        le_store(h + 30, z64 ? 12 : 0, 2);
+        le_store(h + 42, z64 ? 0xffffffffu : e[i].offset, 4);
         wf_write(w, h, ZIP_CDIR_SZ);
         wf_write(w, e[i].name, name_len);
+        if (z64) {
+            unsigned char x[12];
+            le_store(x, 1, 2);
+            le_store(x + 2, 8, 2);
+            le_store(x + 4, e[i].offset, 8);
+            wf_write(w, x, sizeof x);
+        }
     }
     uint64_t cd_size = w->pos - cd_off;
     uint64_t z64_off = w->pos;
@@ -645,8 +685,8 @@ static void zip_finish(wfile *w, const zentry *e, size_t n) {
     le_store(z + 76, 0x06054b50u, 4); /* end of central directory */
     le_store(z + 84, n, 2);
     le_store(z + 86, n, 2);
-    le_store(z + 88, cd_size, 4);
-    le_store(z + 92, cd_off, 4);
+    le_store(z + 88, cd_size >= 0xffffffffu ? 0xffffffffu : cd_size, 4);
+    le_store(z + 92, cd_off >= 0xffffffffu ? 0xffffffffu : cd_off, 4);
     wf_write(w, z, sizeof z);
 }
 
@@ -676,8 +716,9 @@ static int cmp_key(const void *a, const void *b) {
 static xc_status write_torch_bin(wfile *w, const xc_ckpt_wtensor *t, size_t n, const size_t *sizes,
                                  xc_ckpt_fill_fn fill, void *user) {
     xc_status st;
-    uint32_t crct[256];
-    crc_table(crct);
+    static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+    pthread_once(&crc_once, crc_init);
+    uint32_t(*crct)[256] = g_crc;
     char stem[256], name[512];
     archive_stem(w->path, stem, sizeof stem);
     wbuf pk = {0};

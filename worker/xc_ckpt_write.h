@@ -35,8 +35,9 @@ xc_status xc_ckpt_wtensor_nbytes(const xc_ckpt_wtensor *t, size_t *out);
  * - torch .bin: a stored zip like torch.save (torch 1.13): `<stem>/data.pkl` (a protocol-2 pickle
  *   of an OrderedDict name -> torch._utils._rebuild_tensor_v2(persistent storage, ...)),
  *   `<stem>/data/<key>` (one raw little-endian storage per tensor, 64-byte aligned),
- *   `<stem>/version` ("3\n"); stem = file name up to its first '.'. Shards over 4 GiB are
- *   XC_ERR_UNSUPPORTED (zip64 entries are not written): split into more shards instead.
+ *   `<stem>/version` ("3\n"); stem = file name up to its first '.'. Files over 4 GiB get ZIP64
+ *   offsets (extra field tag 1 in the central directory); a single entry of 4 GiB or more is
+ *   XC_ERR_UNSUPPORTED.
  * Errors: XC_ERR_ARG (empty or duplicate names, bad shapes, data NULL with no fill), XC_ERR_IO
  * (naming path and the OS error), XC_ERR_NOMEM, or the fill callback's status. */
 xc_status xc_ckpt_write(const char *path, xc_ckpt_format fmt, const xc_ckpt_wtensor *t, size_t n,

@@ -323,6 +323,7 @@ xc_status xc_engine_generate(xc_engine *e, const xc_prompt *p, const xc_gen_para
     XC_TRY(check_prompt(e, p, g->max_new_tokens));
     xc_sampler *smp = NULL;
     XC_TRY(xc_sampler_create(e->cfg.vocab_size, &g->sampling, &smp));
+    xc_sampler_set_position(smp, (uint64_t)p->n);
     eng_seq s;
     int n_gen = 0;
     bool stop = false;

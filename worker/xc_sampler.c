@@ -1,4 +1,5 @@
-/* Sampling: HF processor order, seeded xoshiro256** generator, heap-based top-k. */
+/* Sampling: HF processor order, counter-based generator of (seed, choice, position), heap-based
+ * top-k. */
 #include "xc_sampler.h"
 
 #include <math.h>
@@ -10,7 +11,7 @@
 struct xc_sampler {
     int n_vocab;
     xc_sampling p;
-    uint64_t rng[4];
+    uint64_t pos;       /* position of the next token drawn */
     uint8_t *seen;      /* (n_vocab) 1 if seen */
     int32_t *seen_list; /* (cap_seen) distinct seen ids in first-seen order */
     int n_seen, cap_seen;
@@ -19,58 +20,27 @@ struct xc_sampler {
     int cap;
 };
 
-xc_sampling xc_sampling_defaults(void) {
-    return (xc_sampling){.greedy = false,
-                         .temperature = 1.0f,
-                         .top_k = 50,
-                         .top_p = 0.8f,
-                         .repetition_penalty = 1.005f,
-                         .seed = 0};
-}
-
-xc_status xc_sampling_validate(const xc_sampling *s) {
-    if (!(s->temperature > 0.0f) || s->temperature > XC_SAMPLING_MAX_TEMPERATURE) {
-        return xc_errf(XC_ERR_ARG, "temperature must be in (0, %g], got %g",
-                       (double)XC_SAMPLING_MAX_TEMPERATURE, s->temperature);
-    }
-    if (s->top_k < 0) {
-        return xc_errf(XC_ERR_ARG, "top_k must be >= 0, got %d", s->top_k);
-    }
-    if (!(s->top_p > 0.0f && s->top_p <= 1.0f)) {
-        return xc_errf(XC_ERR_ARG, "top_p must be in (0, 1], got %g", s->top_p);
-    }
-    if (!(s->repetition_penalty > 0.0f) || s->repetition_penalty > XC_SAMPLING_MAX_PENALTY) {
-        return xc_errf(XC_ERR_ARG, "repetition_penalty must be in (0, %g], got %g",
-                       (double)XC_SAMPLING_MAX_PENALTY, s->repetition_penalty);
-    }
-    return XC_OK;
-}
-
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+/* splitmix64's finalizer: a bijection of 64-bit words with good avalanche. */
+static uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
 
-static uint64_t rotl(uint64_t x, int k) {
-    return (x << k) | (x >> (64 - k));
+double xc_sampler_uniform(uint64_t seed, uint32_t choice, uint64_t pos) {
+    uint64_t h = mix64(seed + 0x9e3779b97f4a7c15ull);
+    h = mix64(h + ((uint64_t)choice + 1) * 0xd1b54a32d192ed03ull);
+    h = mix64(h ^ mix64(pos + 0x632be59bd9b4e019ull));
+    return (double)(h >> 11) * 0x1.0p-53;
 }
 
-static uint64_t next_u64(uint64_t s[4]) {
-    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return r;
+void xc_sampler_set_position(xc_sampler *s, uint64_t pos) {
+    s->pos = pos;
 }
 
-/* Uniform in [0, 1) with 53 random bits. */
-static double next_unit(uint64_t s[4]) {
-    return (double)(next_u64(s) >> 11) * 0x1.0p-53;
+/* The uniform of this draw; advances the position. */
+static double next_unit(xc_sampler *s) {
+    return xc_sampler_uniform(s->p.seed, s->p.choice, s->pos++);
 }
 
 xc_status xc_sampler_create(int n_vocab, const xc_sampling *params, xc_sampler **out) {
@@ -84,10 +54,6 @@ xc_status xc_sampler_create(int n_vocab, const xc_sampling *params, xc_sampler *
     }
     s->n_vocab = n_vocab;
     s->p = *params;
-    uint64_t seed = params->seed;
-    for (int i = 0; i < 4; i++) {
-        s->rng[i] = splitmix64(&seed);
-    }
     s->seen = xc_calloc((size_t)n_vocab, 1);
     if (!s->seen) {
         xc_sampler_destroy(s);
@@ -230,7 +196,7 @@ static int32_t draw(xc_sampler *s, const int32_t *c, const float *prob, int keep
     for (int i = 0; i < keep; i++) {
         total += prob[i];
     }
-    double r = next_unit(s->rng) * total, acc = 0.0;
+    double r = next_unit(s) * total, acc = 0.0;
     for (int i = 0; i < keep; i++) {
         acc += prob[i];
         if (r < acc) {
@@ -259,6 +225,7 @@ xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out) {
     int32_t tok;
     if (s->p.greedy) {
         tok = argmax(logits, n);
+        s->pos++;
         *out = tok;
         return xc_sampler_observe(s, &tok, 1);
     }
@@ -314,7 +281,7 @@ xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out) {
         for (int i = 0; i < n; i++) {
             denom += expf(logits[i] - mx);
         }
-        double r = next_unit(s->rng) * denom, acc = 0.0;
+        double r = next_unit(s) * denom, acc = 0.0;
         tok = n - 1;
         for (int i = 0; i < n; i++) {
             acc += expf(logits[i] - mx);

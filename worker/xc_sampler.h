@@ -1,38 +1,30 @@
 /* Token sampling with the Hugging Face logits-processor order: repetition penalty, temperature,
- * top-k, top-p, then a draw from the softmax with a per-request seeded generator. */
+ * top-k, top-p, then a draw from the softmax. The draw's randomness is a pure function of
+ * (seed, choice index, token position): a sequence resumed at position p (re-prefilled with its
+ * prompt and the tokens already produced) draws exactly what it would have drawn. */
 #pragma once
 
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "xc_sampling.h"
 #include "xc_status.h"
-
-/* Upper bounds of temperature and repetition penalty: the same numbers the wire protocol
- * (proto/xc_wire.c) and the coordinator accept, so a request that passes them never fails here. */
-#define XC_SAMPLING_MAX_TEMPERATURE 1000.0f
-#define XC_SAMPLING_MAX_PENALTY     1000.0f
-
-typedef struct xc_sampling {
-    bool greedy;              /* argmax after the repetition penalty (ignores the rest) */
-    float temperature;        /* > 0; 1 = unchanged */
-    int top_k;                /* 0 = off; keeps every token >= the k-th largest (ties kept) */
-    float top_p;              /* (0, 1]; 1 = off; nucleus as HF TopPLogitsWarper */
-    float repetition_penalty; /* 1 = off; HF rule: positive logits / p, negative * p */
-    uint64_t seed;
-} xc_sampling;
-
-/* The defaults of the original chat(): sampling, T 1.0, top-p 0.8, top-k 50 (transformers'
- * implicit default), repetition penalty 1.005. */
-xc_sampling xc_sampling_defaults(void);
-
-/* Checks ranges; XC_ERR_ARG naming the bad field. */
-xc_status xc_sampling_validate(const xc_sampling *s);
 
 typedef struct xc_sampler xc_sampler;
 
-/* Per-sequence sampler state over a vocabulary of n_vocab logits. */
+/* Per-sequence sampler state over a vocabulary of n_vocab logits; the next token's position is 0
+ * until xc_sampler_set_position. */
 xc_status xc_sampler_create(int n_vocab, const xc_sampling *params, xc_sampler **out);
 void xc_sampler_destroy(xc_sampler *s);
+
+/* The position in the sequence of the token the next xc_sampler_sample draws (the prompt's row
+ * count for the first generated token); every sample advances it by one. */
+void xc_sampler_set_position(xc_sampler *s, uint64_t pos);
+
+/* The uniform in [0, 1) (53 bits) that the draw at (seed, choice, pos) uses: a counter-based
+ * generator (three rounds of the splitmix64 finalizer, each a bijection of the previous state, so
+ * for a fixed (choice, pos) distinct seeds never share a state). */
+double xc_sampler_uniform(uint64_t seed, uint32_t choice, uint64_t pos);
 
 /* Marks ids as seen for the repetition penalty (the prompt ids where the original penalizes them,
  * and every generated token — xc_sampler_sample marks its own pick). Ids outside the vocabulary

@@ -7,6 +7,7 @@
 #include <fnmatch.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 
 #include "xc_ckpt_write.h"
 #include "xc_mem.h"
+#include "xc_spm_wire.h"
 
 #define NAME_MAX_LEN 128
 #define DIM_MAX      (1 << 24) /* any single size above this is surely a typo */
@@ -184,7 +186,8 @@ static xc_status build_list(const xc_tiny_conf *c, tlist *l) {
         add_norm(l, b, c->hidden, false);
     }
     add_norm(l, "model.norm", c->hidden, false);
-    add(l, TK_NORMAL, 0, inv_sqrt(c->hidden), 2, c->vocab, c->hidden, "output.weight");
+    add(l, TK_NORMAL, 0, (c->output_gain > 0 ? c->output_gain : 1.0f) * inv_sqrt(c->hidden), 2,
+        c->vocab, c->hidden, "output.weight");
 
     const char *vm = "vit.vision_tower.vision_model";
     int d = c->vision_dim, p = c->patch, mlp = c->vision_mlp ? c->vision_mlp : 4 * d;
@@ -393,36 +396,96 @@ static void store(xc_dtype t, void *dst, uint64_t i, float v) {
     }
 }
 
-static float sample(const tspec *s, uint64_t key, uint64_t i) {
+/* U(-1, 1) number `index` of stream `key`: one 64-bit hash gives four 16-bit lanes; the value is
+ * (lane - 32767.5) / 32768, exact in float. */
+static double uniform_at(uint64_t key, uint64_t index) {
+    uint64_t h = mix64(key + (index >> 2) * 0x9e3779b97f4a7c15ull);
+    uint32_t lane = (uint32_t)(h >> (16 * (index & 3))) & 0xffffu;
+    return ((double)lane - 32767.5) * (1.0 / 32768.0);
+}
+
+#define SQRT3 1.7320508075688772
+
+static float sample(const tspec *s, bool uniform, uint64_t key, uint64_t i) {
+    if (uniform) {
+        return (float)((double)s->mean + (double)s->std * SQRT3 * uniform_at(key, i));
+    }
     return (float)((double)s->mean + (double)s->std * normal_at(key, i));
 }
+
+/* Elements [lo, hi) of tensor s into dst (indexed from the tensor's start). */
+static void fill_range(const xc_tiny_conf *c, const tspec *s, void *dst, uint64_t lo, uint64_t hi) {
+    xc_dtype dt = c->dtype;
+    if (s->kind == TK_NORMAL) {
+        uint64_t key = stream_key(c->seed, s->name);
+        for (uint64_t i = lo; i < hi; i++) {
+            store(dt, dst, i, sample(s, c->uniform, key, i));
+        }
+        return;
+    }
+    uint64_t keys[3];
+    for (int w = 0; w < 3; w++) {
+        keys[w] = qkv_key(c, s->name, w);
+    }
+    uint64_t cols = (uint64_t)s->shape[1];
+    for (uint64_t e = lo; e < hi;) {
+        uint64_t r = e / cols, k = e % cols, end = (r + 1) * cols < hi ? (r + 1) * cols : hi;
+        int which;
+        int64_t lrow;
+        qkv_row(c, (int64_t)r, &which, &lrow);
+        for (; e < end; e++, k++) {
+            store(dt, dst, e, sample(s, c->uniform, keys[which], (uint64_t)lrow * cols + k));
+        }
+    }
+}
+
+typedef struct fill_job {
+    const xc_tiny_conf *c;
+    const tspec *s;
+    void *dst;
+    uint64_t lo, hi;
+} fill_job;
+
+static void *fill_thread(void *arg) {
+    const fill_job *j = arg;
+    fill_range(j->c, j->s, j->dst, j->lo, j->hi);
+    return NULL;
+}
+
+#define FILL_MAX_THREADS    64
+#define FILL_MIN_PER_THREAD (1u << 18) /* smaller tensors are filled by the calling thread */
 
 static xc_status fill_tensor(void *user, size_t index, void *dst, size_t nbytes) {
     const gen *g = user;
     const tspec *s = &g->t[index];
-    xc_dtype dt = g->c->dtype;
     uint64_t n = numel(s);
-    XC_ASSERT(n * xc_dtype_size(dt) == nbytes);
-    if (s->kind == TK_NORMAL) {
-        uint64_t key = stream_key(g->c->seed, s->name);
-        for (uint64_t i = 0; i < n; i++) {
-            store(dt, dst, i, sample(s, key, i));
-        }
-        return XC_OK;
+    XC_ASSERT(n * xc_dtype_size(g->c->dtype) == nbytes);
+    int nt = g->c->threads > 1 ? g->c->threads : 1;
+    nt = nt > FILL_MAX_THREADS ? FILL_MAX_THREADS : nt;
+    if (n / FILL_MIN_PER_THREAD < (uint64_t)nt) {
+        nt = (int)(n / FILL_MIN_PER_THREAD) > 1 ? (int)(n / FILL_MIN_PER_THREAD) : 1;
     }
-    uint64_t keys[3];
-    for (int w = 0; w < 3; w++) {
-        keys[w] = qkv_key(g->c, s->name, w);
+    fill_job jobs[FILL_MAX_THREADS];
+    pthread_t tid[FILL_MAX_THREADS];
+    int started = 0;
+    for (int t = 0; t < nt; t++) {
+        /* split on multiples of 4 elements (one hash each) */
+        uint64_t lo = n * (uint64_t)t / (uint64_t)nt / 4 * 4;
+        uint64_t hi = t == nt - 1 ? n : n * (uint64_t)(t + 1) / (uint64_t)nt / 4 * 4;
+        jobs[t] = (fill_job){g->c, s, dst, lo, hi};
     }
-    int64_t cols = s->shape[1];
-    for (int64_t r = 0; r < s->shape[0]; r++) {
-        int which;
-        int64_t lrow;
-        qkv_row(g->c, r, &which, &lrow);
-        for (int64_t k = 0; k < cols; k++) {
-            store(dt, dst, (uint64_t)(r * cols + k),
-                  sample(s, keys[which], (uint64_t)(lrow * cols + k)));
+    for (int t = 1; t < nt; t++) {
+        if (pthread_create(&tid[t], NULL, fill_thread, &jobs[t]) != 0) {
+            break; /* the rest is done below by this thread */
         }
+        started = t;
+    }
+    fill_thread(&jobs[0]);
+    for (int t = started + 1; t < nt; t++) {
+        fill_thread(&jobs[t]);
+    }
+    for (int t = 1; t <= started; t++) {
+        pthread_join(tid[t], NULL);
     }
     return XC_OK;
 }
@@ -442,7 +505,7 @@ xc_status xc_tiny_qkv_logical(const xc_tiny_conf *c, int layer, bool lora_b, int
     tspec s = {.mean = 0, .std = lora_b ? 0.5f * inv_sqrt(c->lora_rank) : inv_sqrt(c->hidden)};
     uint64_t key = qkv_key(c, name, which);
     for (int64_t i = 0; i < rows * cols; i++) {
-        out[i] = sample(&s, key, (uint64_t)i);
+        out[i] = sample(&s, c->uniform, key, (uint64_t)i);
     }
     return XC_OK;
 }
@@ -605,23 +668,109 @@ static xc_status copy_file(const char *from, const char *to) {
     return st;
 }
 
-/* Writes the tensors as c->shards files of about equal size (contiguous runs in module order) and
- * the index, or as one file. */
+/* The shard of every tensor in *shard_of (l->n entries); returns the number of files.
+ * - max_shard_bytes > 0: transformers' shard_checkpoint (4.33): tensors in state_dict order, a
+ *   new shard when adding the next tensor would pass the limit and the current shard is not
+ *   empty;
+ * - otherwise c->shards files of about equal size (shard k takes tensors until the running total
+ *   passes (k+1)/N of all bytes, leaving at least one tensor for each later shard). */
+static xc_status assign_shards(const xc_tiny_conf *c, const tlist *l, int *shard_of,
+                               int *n_shards) {
+    size_t esz = xc_dtype_size(c->dtype);
+    if (c->max_shard_bytes > 0) {
+        int k = 0;
+        uint64_t last = 0;
+        size_t in_cur = 0;
+        for (size_t i = 0; i < l->n; i++) {
+            uint64_t b = numel(&l->t[i]) * esz;
+            if (last + b > c->max_shard_bytes && in_cur > 0) {
+                k++;
+                last = 0;
+                in_cur = 0;
+            }
+            shard_of[i] = k;
+            last += b;
+            in_cur++;
+        }
+        if (k + 1 > 99999) {
+            return xc_errf(XC_ERR_ARG, "max shard size gives %d shards (limit 99999)", k + 1);
+        }
+        *n_shards = k + 1;
+        return XC_OK;
+    }
+    if ((size_t)c->shards > l->n) {
+        return xc_errf(XC_ERR_ARG, "shards %d is more than the %zu tensors", c->shards, l->n);
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        total += numel(&l->t[i]) * esz;
+    }
+    size_t start = 0;
+    uint64_t acc = 0;
+    for (int k = 0; k < c->shards; k++) {
+        size_t e = start;
+        uint64_t goal = total / (uint64_t)c->shards * (uint64_t)(k + 1);
+        size_t max_end = l->n - (size_t)(c->shards - 1 - k);
+        do {
+            acc += numel(&l->t[e]) * esz;
+            shard_of[e] = k;
+            e++;
+        } while (e < max_end && (k == c->shards - 1 || acc < goal));
+        start = e;
+    }
+    *n_shards = c->shards;
+    return XC_OK;
+}
+
+xc_status xc_tiny_list(const xc_tiny_conf *c, xc_tiny_tensor **out, size_t *n, int *n_shards) {
+    XC_TRY(xc_tiny_validate(c));
+    tlist l;
+    XC_TRY(build_list(c, &l));
+    xc_tiny_tensor *t = xc_calloc(l.n, sizeof *t);
+    int *shard_of = xc_calloc(l.n, sizeof *shard_of);
+    xc_status st = XC_OK;
+    if (!t || !shard_of) {
+        st = xc_errf(XC_ERR_NOMEM, "out of memory");
+    } else {
+        st = assign_shards(c, &l, shard_of, n_shards);
+    }
+    if (st == XC_OK) {
+        for (size_t i = 0; i < l.n; i++) {
+            snprintf(t[i].name, sizeof t[i].name, "%s", l.t[i].name);
+            t[i].ndim = l.t[i].ndim;
+            memcpy(t[i].shape, l.t[i].shape, sizeof t[i].shape);
+            t[i].shard = shard_of[i];
+        }
+        *out = t;
+        *n = l.n;
+        t = NULL;
+    }
+    xc_free(t);
+    xc_free(shard_of);
+    xc_free(l.t);
+    return st;
+}
+
+/* Writes the tensors as one file, or as shards (assign_shards) plus the index. */
 static xc_status write_ckpt(const char *dir, const xc_tiny_conf *c, const tlist *l) {
     xc_status st = XC_OK;
     bool st_fmt = c->format == XC_CKPT_FORMAT_SAFETENSORS;
     xc_ckpt_wtensor *w = xc_calloc(l->n, sizeof *w);
     const char **names = xc_calloc(l->n, sizeof *names);
     const char **file_of = xc_calloc(l->n, sizeof *file_of);
-    char(*files)[64] = xc_calloc((size_t)c->shards, sizeof *files);
+    int *shard_of = xc_calloc(l->n, sizeof *shard_of);
+    char(*files)[64] = NULL;
+    int n_shards = 0;
     char path[4096];
     uint64_t total = 0;
-    if (!w || !names || !file_of || !files) {
+    if (!w || !names || !file_of || !shard_of) {
         st = xc_errf(XC_ERR_NOMEM, "out of memory");
         goto out;
     }
-    if ((size_t)c->shards > l->n) {
-        st = xc_errf(XC_ERR_ARG, "shards %d is more than the %zu tensors", c->shards, l->n);
+    XC_TRY_GOTO(assign_shards(c, l, shard_of, &n_shards), st, out);
+    files = xc_calloc((size_t)n_shards, sizeof *files);
+    if (!files) {
+        st = xc_errf(XC_ERR_NOMEM, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < l->n; i++) {
@@ -633,28 +782,22 @@ static xc_status write_ckpt(const char *dir, const xc_tiny_conf *c, const tlist 
         total += numel(&l->t[i]) * xc_dtype_size(c->dtype);
     }
     gen g = {c, l->t};
-    if (c->shards == 1) {
+    if (n_shards == 1) {
         snprintf(path, sizeof path, "%s/%s", dir,
                  st_fmt ? "model.safetensors" : "pytorch_model.bin");
         st = xc_ckpt_write(path, c->format, w, l->n, fill_tensor, &g);
         goto out;
     }
-    /* shard k takes tensors until the running total passes (k+1)/N of all bytes, leaving at
-     * least one tensor for each later shard */
     size_t start = 0;
-    uint64_t acc = 0;
-    for (int k = 0; k < c->shards; k++) {
+    for (int k = 0; k < n_shards; k++) {
         snprintf(files[k], sizeof files[k],
                  st_fmt ? "model-%05d-of-%05d.safetensors" : "pytorch_model-%05d-of-%05d.bin",
-                 k + 1, c->shards);
+                 k + 1, n_shards);
         size_t end = start;
-        uint64_t goal = total / (uint64_t)c->shards * (uint64_t)(k + 1);
-        size_t max_end = l->n - (size_t)(c->shards - 1 - k);
-        do {
-            acc += numel(&l->t[end]) * xc_dtype_size(c->dtype);
+        while (end < l->n && shard_of[end] == k) {
             file_of[end] = files[k];
             end++;
-        } while (end < max_end && (k == c->shards - 1 || acc < goal));
+        }
         snprintf(path, sizeof path, "%s/%s", dir, files[k]);
         /* the fill callback indexes the whole list: pass it a view starting at `start` */
         gen gs = {c, l->t + start};
@@ -669,8 +812,171 @@ out:
     xc_free(w);
     xc_free(names);
     xc_free(file_of);
+    xc_free(shard_of);
     xc_free(files);
     return st;
+}
+
+/* ---- stand-in tokenizer ---- */
+
+#define UNUSED_TOKENS     147 /* [UNUSED_TOKEN_0..146] */
+#define STANDIN_MIN_VOCAB 600
+
+/* Normal piece j (0-based) of the stand-in vocabulary into out (NUL-terminated); false when j is
+ * past the generated list. */
+static bool standin_piece(uint64_t j, char *out) {
+    static const char ws[] = "\xe2\x96\x81"; /* U+2581, SentencePiece's word-start mark */
+    if (j == 0) {
+        strcpy(out, ws);
+        return true;
+    }
+    j--;
+    if (j < 2 * 94) { /* printable ASCII but space, alone then after the mark */
+        char ch = (char)('!' + j % 94);
+        snprintf(out, 8, "%s%c", j < 94 ? "" : ws, ch);
+        return true;
+    }
+    j -= 2 * 94;
+    uint64_t span = 26;
+    for (int len = 2; len <= 4; len++) {
+        span *= 26;
+        if (j < 2 * span) {
+            bool mark = j >= span;
+            uint64_t v = j % span;
+            char s[8];
+            for (int k = len - 1; k >= 0; k--) {
+                s[k] = (char)('a' + v % 26);
+                v /= 26;
+            }
+            s[len] = '\0';
+            snprintf(out, 16, "%s%s", mark ? ws : "", s);
+            return true;
+        }
+        j -= 2 * span;
+    }
+    return false;
+}
+
+xc_status xc_tiny_standin_tokenizer(int vocab, uint8_t **out, size_t *len) {
+    if (vocab < STANDIN_MIN_VOCAB || vocab > DIM_MAX) {
+        return xc_errf(XC_ERR_ARG, "stand-in tokenizer: vocab %d is outside [%d, %d]", vocab,
+                       STANDIN_MIN_VOCAB, DIM_MAX);
+    }
+    size_t n = (size_t)vocab;
+    xc_spm_piece *p = xc_calloc(n, sizeof *p);
+    char *pool = xc_malloc(n * 24);
+    if (!p || !pool) {
+        xc_free(p);
+        xc_free(pool);
+        return xc_errf(XC_ERR_NOMEM, "out of memory for %d pieces", vocab);
+    }
+    size_t first_unused = n - UNUSED_TOKENS;
+    xc_status st = XC_OK;
+    for (size_t i = 0; i < n; i++) {
+        char *t = pool + i * 24;
+        int type = XC_SPM_PIECE_NORMAL;
+        float score = 0;
+        if (i == 0) {
+            strcpy(t, "<unk>");
+            type = XC_SPM_PIECE_UNKNOWN;
+        } else if (i <= 2) {
+            strcpy(t, i == 1 ? "<s>" : "</s>");
+            type = XC_SPM_PIECE_CONTROL;
+        } else if (i < 3 + 256) {
+            snprintf(t, 24, "<0x%02X>", (unsigned)(i - 3));
+            type = XC_SPM_PIECE_BYTE;
+        } else if (i >= first_unused) {
+            snprintf(t, 24, "[UNUSED_TOKEN_%zu]", i - first_unused);
+            type = XC_SPM_PIECE_USER_DEFINED;
+        } else {
+            uint64_t j = i - (3 + 256);
+            if (!standin_piece(j, t)) {
+                st = xc_errf(XC_ERR_ARG, "stand-in tokenizer: vocab %d is too large", vocab);
+                break;
+            }
+            score = -(float)j; /* BPE merge rank: shorter pieces merge first */
+        }
+        p[i].text = t;
+        p[i].len = strlen(t);
+        p[i].score = score;
+        p[i].type = type;
+    }
+    if (st == XC_OK) {
+        xc_spm_model m;
+        memset(&m, 0, sizeof m);
+        m.pieces = p;
+        m.n_pieces = n;
+        m.has_trainer_spec = true;
+        m.model_type = XC_SPM_MODEL_BPE;
+        m.vocab_size = vocab;
+        m.byte_fallback = true;
+        m.unk_id = 0;
+        m.bos_id = 1;
+        m.eos_id = 2;
+        m.pad_id = -1;
+        m.normalizer_name = (char *)"identity";
+        m.add_dummy_prefix = true;
+        m.remove_extra_whitespaces = false;
+        m.escape_whitespaces = true;
+        st = xc_spm_wire_encode_model(&m, out, len);
+    }
+    xc_free(p);
+    xc_free(pool);
+    return st;
+}
+
+/* DIR/tokenizer.model (the stand-in) and the two small json files the original tokenizer class
+ * reads with from_pretrained. */
+static xc_status write_standin_tokenizer(const char *dir, const xc_tiny_conf *c) {
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    XC_TRY(xc_tiny_standin_tokenizer(c->vocab, &buf, &n));
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.model", dir);
+    xc_status st = write_text(path, (const char *)buf, n);
+    xc_free(buf);
+    static const char special[] = "{\n  \"bos_token\": \"<s>\",\n  \"eos_token\": \"</s>\",\n"
+                                  "  \"pad_token\": \"</s>\",\n  \"unk_token\": \"<unk>\"\n}\n";
+    static const char tconf[] =
+        "{\n  \"auto_map\": {\n    \"AutoTokenizer\": [\n"
+        "      \"tokenization_internlm_xcomposer2.InternLMXComposer2Tokenizer\",\n      null\n"
+        "    ]\n  },\n  \"bos_token\": \"<s>\",\n  \"clean_up_tokenization_spaces\": false,\n"
+        "  \"eos_token\": \"</s>\",\n  \"pad_token\": \"</s>\",\n"
+        "  \"tokenizer_class\": \"InternLMXComposer2Tokenizer\",\n  \"unk_token\": \"<unk>\"\n}\n";
+    if (st == XC_OK) {
+        snprintf(path, sizeof path, "%s/special_tokens_map.json", dir);
+        st = write_text(path, special, sizeof special - 1);
+    }
+    if (st == XC_OK) {
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+        st = write_text(path, tconf, sizeof tconf - 1);
+    }
+    return st;
+}
+
+void xc_tiny_conf_like(xc_tiny_conf *c, const char *variant) {
+    xc_tiny_conf_init(c, variant);
+    bool vl = variant && !strcmp(variant, "vl");
+    c->hidden = 4096;
+    c->layers = 32;
+    c->heads = 32;
+    c->kv_heads = 8;
+    c->intermediate = 14336;
+    c->lora_rank = 256;
+    c->vocab = 92544;
+    c->vision_dim = 1024;
+    c->vision_layers = 24;
+    c->vision_mlp = 4096;
+    c->patch = 14;
+    c->img_size = vl ? 490 : 224;
+    c->dtype = XC_DTYPE_BF16;
+    c->format = XC_CKPT_FORMAT_TORCH_BIN;
+    c->shards = 1;
+    c->max_shard_bytes = vl ? 10000000000ull : 0; /* save_pretrained's "10GB" */
+    c->uniform = true;
+    c->threads = 2;
+    c->output_gain = 4.0f;
+    c->standin_tokenizer = true;
 }
 
 xc_status xc_tiny_write(const char *dir, const xc_tiny_conf *c) {
@@ -682,6 +988,9 @@ xc_status xc_tiny_write(const char *dir, const xc_tiny_conf *c) {
     xc_status st = write_config(dir, c);
     if (st == XC_OK) {
         st = write_ckpt(dir, c, &l);
+    }
+    if (st == XC_OK && c->standin_tokenizer && !c->tokenizer) {
+        st = write_standin_tokenizer(dir, c);
     }
     if (st == XC_OK && c->tokenizer) {
         char path[4096];

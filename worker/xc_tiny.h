@@ -41,11 +41,50 @@ typedef struct xc_tiny_conf {
     int shards;            /* 1 = single file; N > 1 = N shards plus the HF index json */
     const char *tokenizer; /* copied to DIR/tokenizer.model, or NULL */
     bool force;            /* replace checkpoint files already in DIR */
+    /* full-scale generation (xcpipe model make-random; xc_tiny_conf_like sets these) */
+    bool uniform;             /* values mean + std*sqrt(3)*U(-1,1) from 16-bit hash lanes (fast,
+                                 same variance) instead of polar-method normals */
+    int threads;              /* generation threads per tensor (0 or 1 = the calling thread) */
+    uint64_t max_shard_bytes; /* > 0: shards as transformers' save_pretrained cuts them (a new
+                                 shard when the next tensor would pass this many bytes; one shard
+                                 = a single file, no index), instead of `shards` */
+    float output_gain;        /* output.weight std = gain / sqrt(hidden); 0 = 1 */
+    bool standin_tokenizer;   /* write DIR/tokenizer.model (+ tokenizer_config.json and
+                                 special_tokens_map.json): xc_tiny_standin_tokenizer's model */
 } xc_tiny_conf;
+
+/* One tensor of the checkpoint c describes, in file order, and the shard it goes to. */
+typedef struct xc_tiny_tensor {
+    char name[128];
+    int ndim;
+    int64_t shape[4];
+    int shard; /* 0-based; 0 when the checkpoint is one file */
+} xc_tiny_tensor;
 
 /* Fills c with the defaults of a variant ("7b" or "vl"; anything else is left for
  * xc_tiny_validate to reject). */
 void xc_tiny_conf_init(xc_tiny_conf *c, const char *variant);
+
+/* Fills c with the exact sizes of the published internlm-xcomposer2-7b ("7b": img_size 224, a
+ * 257-row position table, one pytorch_model.bin) or internlm-xcomposer2-vl-7b ("vl": img_size 490,
+ * 1226 rows, pytorch_model-0000K-of-00002.bin shards of at most 10 GB plus the index): hidden
+ * 4096, 32 layers, 32/8 heads, FFN 14336, PLoRA r 256, vocab 92544, CLIP ViT-L/14 (1024 wide, 24
+ * layers), bf16, no vision post_layernorm; uniform values, 2 threads, output gain 4, the stand-in
+ * tokenizer. */
+void xc_tiny_conf_like(xc_tiny_conf *c, const char *variant);
+
+/* The tensors of c's checkpoint in file order with their shard (*out xc_malloc'd, *n entries)
+ * and the number of files in *n_shards. */
+xc_status xc_tiny_list(const xc_tiny_conf *c, xc_tiny_tensor **out, size_t *n, int *n_shards);
+
+/* A stand-in SentencePiece BPE model of `vocab` pieces with the InternLM2 layout of special
+ * pieces: <unk> 0, <s> 1, </s> 2, the 256 byte pieces <0x00>..<0xFF> at 3..258,
+ * [UNUSED_TOKEN_k] (k = 0..146, user-defined) at vocab - 147 + k (92397 + k for 92544, so
+ * [UNUSED_TOKEN_145] = 92542 and [UNUSED_TOKEN_146] = 92543 as in the real model), and
+ * deterministic normal pieces in between ("\xe2\x96\x81", printable ASCII with and without the
+ * word-start mark, then lowercase 2-, 3- and 4-letter strings). Identity normalizer, dummy prefix,
+ * byte fallback. vocab >= 600. *out is xc_malloc'd. */
+xc_status xc_tiny_standin_tokenizer(int vocab, uint8_t **out, size_t *len);
 
 /* Checks every size and option; XC_ERR_ARG naming the offending field. */
 xc_status xc_tiny_validate(const xc_tiny_conf *c);
@@ -57,8 +96,7 @@ int xc_tiny_img_size(const xc_tiny_conf *c);
  * DIR/tokenizer.model. DIR is created if missing. If DIR already holds checkpoint files
  * (model*.safetensors, pytorch_model*.bin, their index json) it fails with XC_ERR_ARG unless
  * c->force, which removes them first (so a reader never picks up a stale file).
- * Errors: XC_ERR_ARG, XC_ERR_IO (naming the path), XC_ERR_NOMEM, XC_ERR_UNSUPPORTED (.bin shard
- * over 4 GiB: use more shards). */
+ * Errors: XC_ERR_ARG, XC_ERR_IO (naming the path), XC_ERR_NOMEM. */
 xc_status xc_tiny_write(const char *dir, const xc_tiny_conf *c);
 
 /* Number of tensors, parameters and bytes the checkpoint of c holds. */

@@ -6,12 +6,16 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "xc_backend.h"
+#ifdef XC_HAVE_CUDA
+#include "xc_cuda.h"
+#endif
 #include "xc_cgroup.h"
 #include "xc_ckpt.h"
 #include "xc_kv.h"
@@ -59,6 +63,8 @@ struct xc_worker {
 
     /* model (cpu/cuda) */
     xc_backend *be;
+    uint64_t dev_mem;   /* cuda: device memory advertised (xc_worker_device_budget) */
+    char dev_name[256]; /* cuda: the device's name, else the backend's */
     xc_ckpt *ck;
     xc_model_config cfg;
     xc_llm *llm;
@@ -151,11 +157,13 @@ static xc_status seq_add(xc_worker *w, uint64_t id, const xc_wire_sampling *ws) 
                       .top_k = (int)ws->top_k,
                       .top_p = ws->top_p,
                       .repetition_penalty = ws->repetition_penalty,
-                      .seed = ws->seed};
+                      .seed = ws->seed,
+                      .choice = ws->choice};
     seq_state s = {
         .id = id, .prompt_len = ws->prompt_len, .logprobs = ws->logprobs, .top = ws->top_logprobs};
     if (!w->sim && w->stage + 1 == w->n_stages) { /* only the last stage samples */
         XC_TRY(xc_sampler_create(w->vocab, &sp, &s.smp));
+        xc_sampler_set_position(s.smp, ws->prompt_len); /* the first generated token's */
         for (size_t k = 0; k < ws->n_penalty_ids; k++) {
             int32_t t = (int32_t)ws->penalty_ids[k];
             xc_status st = xc_sampler_observe(s.smp, &t, 1);
@@ -236,6 +244,10 @@ xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
     if (!(conf->heartbeat_s > 0) || !(conf->hang_s > 0)) {
         return xc_errf(XC_ERR_ARG, "worker: heartbeat and hang periods must be positive");
     }
+    if (conf->device < 0 || !(conf->device_mem_frac >= 0 && conf->device_mem_frac <= 1)) {
+        return xc_errf(XC_ERR_ARG, "worker: device %d / device memory share %g out of range",
+                       conf->device, conf->device_mem_frac);
+    }
     if (conf->role != XC_WIRE_ROLE_ANY && conf->role != XC_WIRE_ROLE_VISION &&
         conf->role != XC_WIRE_ROLE_STAGE) {
         return xc_errf(XC_ERR_ARG, "worker: role %d is not any, vision or stage", (int)conf->role);
@@ -274,11 +286,28 @@ xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
     /* in a container the node's memory and cores are not ours: the cgroup limits cap both */
     w->host_mem = xc_cgroup_host_mem();
     if (!sim) {
-        xc_backend_conf bc = {.n_threads = conf->n_threads ? conf->n_threads : xc_cgroup_cpus()};
+        xc_backend_conf bc = {.n_threads = conf->n_threads ? conf->n_threads : xc_cgroup_cpus(),
+                              .device = conf->device};
         XC_LOG_INFO("worker %s: %d CPU threads, %.0f MiB memory (node and cgroup limits)", w->id,
                     bc.n_threads, (double)w->host_mem / 1048576.0);
         XC_TRY_GOTO(xc_backend_create(bk, &bc, &w->be), st, fail);
     }
+    snprintf(w->dev_name, sizeof w->dev_name, "%s", bk);
+#ifdef XC_HAVE_CUDA
+    if (w->be && !strcmp(bk, "cuda")) {
+        xc_cuda_dev_info di;
+        XC_TRY_GOTO(xc_cuda_info(w->be, &di), st, fail);
+        snprintf(w->dev_name, sizeof w->dev_name, "%s", di.name);
+        w->dev_mem =
+            xc_worker_device_budget(di.free_bytes, conf->device_mem_frac, conf->device_mem_bytes);
+        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+        XC_LOG_INFO("worker %s: cuda device %d (%s, CUDA_VISIBLE_DEVICES=%s): %.0f of %.0f MiB "
+                    "free, %.0f MiB advertised",
+                    w->id, conf->device, di.name, vis ? vis : "unset",
+                    (double)di.free_bytes / 1048576.0, (double)di.total_bytes / 1048576.0,
+                    (double)w->dev_mem / 1048576.0);
+    }
+#endif
     *out = w;
     return XC_OK;
 fail:
@@ -369,6 +398,22 @@ static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
                       .last = last,
                       .max_rows = (int)w->max_rows};
     XC_TRY(xc_llm_create(w->be, w->ck, &w->cfg, &lc, &w->llm));
+#ifdef XC_HAVE_CUDA
+    if (!strcmp(w->conf.backend, "cuda")) { /* a clear message rather than a failed cudaMalloc */
+        size_t kvb = xc_kv_bytes(xc_llm_n_kv_layers(w->llm), (int)a->kv_blocks,
+                                 (int)a->kv_block_size, xc_llm_kv_width(w->llm));
+        xc_cuda_dev_info di;
+        XC_TRY(xc_cuda_info(w->be, &di));
+        if (kvb > di.free_bytes) {
+            return xc_errf(XC_ERR_NOMEM,
+                           "KV pool of %u blocks needs %.0f MiB, but device %d has %.0f MiB free "
+                           "after the weights (does another process share it? give each worker "
+                           "a smaller --device-mem-frac)",
+                           a->kv_blocks, (double)kvb / 1048576.0, w->conf.device,
+                           (double)di.free_bytes / 1048576.0);
+        }
+    }
+#endif
     XC_TRY(xc_kv_create(w->be, xc_llm_n_kv_layers(w->llm), (int)a->kv_blocks, (int)a->kv_block_size,
                         xc_llm_kv_width(w->llm), &w->kv));
     XC_TRY(
@@ -950,16 +995,22 @@ static void on_forward(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg
 
 /* ---- loop ---- */
 
+uint64_t xc_worker_device_budget(uint64_t free_bytes, double frac, uint64_t cap) {
+    double f = frac > 0 && frac <= 1 ? frac : 0.9;
+    uint64_t b = (uint64_t)((double)free_bytes * f);
+    return cap && cap < b ? cap : b;
+}
+
 static xc_status send_register(xc_worker *w) {
     xc_wire_control c = {
         .kind = XC_WIRE_CTL_REGISTER,
         .u.reg = {.worker_id = w->id,
                   .backend = w->be && !strcmp(w->conf.backend, "cuda") ? XC_WIRE_BACKEND_CUDA
                                                                        : XC_WIRE_BACKEND_CPU,
-                  .device_mem_bytes = 0,
+                  .device_mem_bytes = w->dev_mem,
                   .host_mem_bytes = w->conf.mem_bytes ? w->conf.mem_bytes : w->host_mem,
                   .endpoint = xc_transport_endpoint(w->rx),
-                  .device_name = w->conf.backend,
+                  .device_name = w->dev_name,
                   .role = w->conf.role,
                   .incarnation = w->incarnation}};
     return send_control(w, w->coord, &c);

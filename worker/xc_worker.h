@@ -31,7 +31,16 @@ typedef struct xc_worker_conf {
     xc_wire_role role;       /* the role it accepts: ANY (0), VISION or STAGE */
     double orphan_s;         /* > 0: exit when nothing came from the coordinator for this long */
     const xc_transport_conf *tconf; /* NULL = defaults */
+    /* CUDA (device selection and the memory advertised to placement and KV sizing) */
+    int device;                /* device ordinal among those CUDA_VISIBLE_DEVICES leaves */
+    double device_mem_frac;    /* share of the device's free memory to advertise; 0 = 0.9 */
+    uint64_t device_mem_bytes; /* advertise at most this much device memory; 0 = no cap */
 } xc_worker_conf;
+
+/* Device memory a CUDA worker advertises in Register: frac (0 = 0.9) of the free memory it
+ * measured at start, capped by cap (0 = no cap). Two workers on one GPU each give a share (say
+ * frac 0.45) so that what placement and KV sizing hand both fits together. */
+uint64_t xc_worker_device_budget(uint64_t free_bytes, double frac, uint64_t cap);
 
 /* Counters for benchmarks (bubble fraction = 1 - busy / wall). */
 typedef struct xc_worker_stats {

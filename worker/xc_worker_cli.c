@@ -14,8 +14,8 @@
 
 typedef struct worker_flags {
     const char *coordinator, *endpoint, *id, *backend, *log_level, *role;
-    int threads, send_timeout_ms, mem_mb, sim_width, parent_pid;
-    double heartbeat_s, hang_s, orphan_s;
+    int threads, send_timeout_ms, mem_mb, sim_width, parent_pid, device, device_mem_mb;
+    double heartbeat_s, hang_s, orphan_s, device_mem_frac;
     double sim_layer_us, sim_layer_row_us, sim_embed_us, sim_head_us, sim_head_row_us, sim_scale;
 } worker_flags;
 
@@ -28,6 +28,14 @@ static const xc_conf_entry worker_entries[] = {
                 "unique worker name (default HOST:PID)"),
     XC_CONF_STR("backend", "XC_BACKEND", worker_flags, backend, "cpu", "cpu|cuda|sim",
                 "compute backend; sim does no math and sleeps per the cost model"),
+    XC_CONF_INT("device", "XC_CUDA_DEVICE", worker_flags, device, 0, 0, 1024,
+                "cuda: device ordinal, counted among the devices CUDA_VISIBLE_DEVICES leaves"),
+    XC_CONF_FLOAT("device-mem-frac", "XC_DEVICE_MEM_FRAC", worker_flags, device_mem_frac, 0.9,
+                  0.001, 1,
+                  "cuda: share of the device's free memory (measured at start) to advertise to "
+                  "placement and KV sizing; two workers on one GPU: 0.45 each"),
+    XC_CONF_INT("device-mem-mb", "XC_DEVICE_MEM_MB", worker_flags, device_mem_mb, 0, 0, 1 << 30,
+                "cuda: advertise at most this much device memory in MiB (0 = no cap)"),
     XC_CONF_STR("role", "XC_ROLE", worker_flags, role, "any", "any|vision|stage",
                 "the role this worker accepts: vision encoder, decoder stages, or any"),
     XC_CONF_INT("threads", "XC_THREADS", worker_flags, threads, 0, 0, 1024,
@@ -130,6 +138,9 @@ int xc_worker_cli_main(int argc, char **argv) {
                                  .scale = c.sim_scale},
                          .sim_width = c.sim_width,
                          .orphan_s = c.orphan_s,
+                         .device = c.device,
+                         .device_mem_frac = c.device_mem_frac,
+                         .device_mem_bytes = (uint64_t)c.device_mem_mb << 20,
                          .role = !strcmp(c.role, "vision")  ? XC_WIRE_ROLE_VISION
                                  : !strcmp(c.role, "stage") ? XC_WIRE_ROLE_STAGE
                                                             : XC_WIRE_ROLE_ANY};

@@ -258,16 +258,27 @@ extern "C" size_t xc_cuda_attn_smem(int head_dim) {
 extern "C" cudaError_t xc_cuda_attn_setup(size_t max_bytes) {
     size_t want = xc_cuda_attn_smem(512);
     int bytes = (int)(want < max_bytes ? want : max_bytes);
-    cudaFuncSetAttribute(xc_cuda_attn_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         bytes);
-    cudaFuncSetAttribute(xc_cuda_attn_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         bytes);
-    cudaFuncSetAttribute(xc_cuda_attn_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         bytes);
-    cudaFuncSetAttribute(xc_cuda_attn_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         bytes);
-    return cudaFuncSetAttribute(xc_cuda_attn_kernel<16>,
-                                cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    /* every result is checked: a failure here (no kernel image for this architecture, most
+     * likely) must stop the open, not surface later as a launch error naming attention */
+    cudaError_t e = cudaFuncSetAttribute(xc_cuda_attn_kernel<1>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess) {
+        e = cudaFuncSetAttribute(xc_cuda_attn_kernel<2>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    }
+    if (e == cudaSuccess) {
+        e = cudaFuncSetAttribute(xc_cuda_attn_kernel<4>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    }
+    if (e == cudaSuccess) {
+        e = cudaFuncSetAttribute(xc_cuda_attn_kernel<8>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    }
+    if (e == cudaSuccess) {
+        e = cudaFuncSetAttribute(xc_cuda_attn_kernel<16>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    }
+    return e;
 }
 
 extern "C" cudaError_t xc_cuda_attn_launch(const xc_cuda_attn_params *p,

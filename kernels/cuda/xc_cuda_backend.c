@@ -57,6 +57,10 @@ static xc_status xc_cublas_fail(cublasStatus_t e, const char *call, const char *
 
 typedef struct xc_cuda_ctx {
     int device;
+    /* XC_CUDA_DEBUG=1: every device argument of every op is checked with
+     * cudaPointerGetAttributes (a host pointer is XC_ERR_ARG naming the op and the argument), and
+     * the stream is synchronised after every op so a kernel fault names the op that caused it */
+    bool debug;
     int n_sm;
     size_t smem_optin; /* most shared memory one block may use */
     char name[256];
@@ -87,9 +91,72 @@ typedef struct xc_cuda_ctx {
 
 static xc_cuda_ctx *xc_cuda_get(xc_backend *be) {
     xc_cuda_ctx *c = xc_backend_ctx(be);
-    /* the device is per host thread: a caller on another thread must see the same one */
-    cudaSetDevice(c->device);
+    /* the device is per host thread: a caller on another thread must see the same one; it was
+     * set successfully at open, so a failure here means a lost device, which the op's own calls
+     * then report */
+    cudaError_t e = cudaSetDevice(c->device);
+    if (e != cudaSuccess) {
+        XC_LOG_ERROR("cuda: cudaSetDevice(%d): %s", c->device, cudaGetErrorString(e));
+    }
     return c;
+}
+
+/* Bytes spanned by m rows of n elements of esz bytes at row stride ld (0 = dense). */
+static size_t xc_cuda_span(int m, int n, int ld, size_t esz) {
+    if (m <= 0 || n <= 0) {
+        return 0;
+    }
+    size_t l = (size_t)(ld > 0 ? ld : n);
+    return ((size_t)(m - 1) * l + (size_t)n) * esz;
+}
+
+/* One address as device memory: cudaMemoryTypeDevice or Managed, never host or unregistered. */
+static xc_status xc_cuda_dev_addr(const char *op, const char *arg, const void *p, const char *at) {
+    struct cudaPointerAttributes pa;
+    cudaError_t e = cudaPointerGetAttributes(&pa, p);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: clear it */
+        return xc_errf(XC_ERR_ARG, "cuda %s: %s (%p, %s) is not device memory: %s", op, arg, p, at,
+                       cudaGetErrorString(e));
+    }
+    if (pa.type != cudaMemoryTypeDevice && pa.type != cudaMemoryTypeManaged) {
+        return xc_errf(XC_ERR_ARG, "cuda %s: %s (%p, %s) is %s memory, not device memory", op, arg,
+                       p, at, pa.type == cudaMemoryTypeHost ? "pinned host" : "host");
+    }
+    return XC_OK;
+}
+
+/* Debug check (XC_CUDA_DEBUG=1) that a device argument of `bytes` bytes is device memory at both
+ * ends; a no-op otherwise. NULL with bytes == 0 is allowed. */
+static xc_status xc_cuda_dev_ptr(const xc_cuda_ctx *c, const char *op, const char *arg,
+                                 const void *p, size_t bytes) {
+    if (!c->debug || bytes == 0) {
+        return XC_OK;
+    }
+    if (!p) {
+        return xc_errf(XC_ERR_ARG, "cuda %s: %s is NULL", op, arg);
+    }
+    XC_TRY(xc_cuda_dev_addr(op, arg, p, "first byte"));
+    return xc_cuda_dev_addr(op, arg, (const char *)p + bytes - 1, "last byte");
+}
+
+/* End of an op: under XC_CUDA_DEBUG=1 waits for the stream, so a kernel fault is reported by the
+ * op that queued it rather than by the next synchronising call. */
+static xc_status xc_cuda_done(xc_cuda_ctx *c, const char *op) {
+    if (!c->debug) {
+        return XC_OK;
+    }
+    cudaError_t e = cudaStreamSynchronize(c->stream);
+    if (e == cudaSuccess) {
+        e = cudaGetLastError();
+    }
+    if (e != cudaSuccess) {
+        XC_LOG_ERROR("cuda %s: the op's kernels failed: %s (%s)", op, cudaGetErrorString(e),
+                     cudaGetErrorName(e));
+        return xc_errf(XC_ERR_DEVICE, "cuda %s: the op's kernels failed: %s (%s)", op,
+                       cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    return XC_OK;
 }
 
 /* Grows a device scratch buffer to at least need bytes. */
@@ -98,7 +165,7 @@ static xc_status xc_cuda_scratch(xc_cuda_ctx *c, void **p, size_t *size, size_t 
         return XC_OK;
     }
     XC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
-    cudaFree(*p);
+    XC_CUDA_CHECK(cudaFree(*p));
     *p = NULL;
     *size = 0;
     size_t want = need + need / 2;
@@ -148,12 +215,17 @@ static void xc_cuda_close(xc_backend *be) {
     if (!c) {
         return;
     }
-    cudaSetDevice(c->device);
-    if (c->stream) {
-        cudaStreamSynchronize(c->stream);
+    /* teardown: nothing to return, so failures are logged (a fault left on the stream shows
+     * here if nothing reported it before) */
+    cudaError_t e = cudaSetDevice(c->device);
+    if (e == cudaSuccess && c->stream) {
+        e = cudaStreamSynchronize(c->stream);
     }
-    if (c->blas) {
-        cublasDestroy(c->blas);
+    if (e != cudaSuccess) {
+        XC_LOG_ERROR("cuda: close: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    if (c->blas && cublasDestroy(c->blas) != CUBLAS_STATUS_SUCCESS) {
+        XC_LOG_ERROR("cuda: close: cublasDestroy failed");
     }
     cudaFree(c->conv);
     cudaFree(c->tmp);
@@ -212,18 +284,24 @@ static xc_status xc_cuda_open(xc_backend *be, const xc_backend_conf *conf) {
         return xc_errf(XC_ERR_ARG, "cuda: device %d does not exist (%d device%s)", conf->device, n,
                        n == 1 ? "" : "s");
     }
+    const char *dbg = getenv("XC_CUDA_DEBUG");
+    if (dbg && *dbg && strcmp(dbg, "0") != 0 && strcmp(dbg, "1") != 0) {
+        return xc_errf(XC_ERR_ARG, "XC_CUDA_DEBUG must be 0 or 1, not '%s'", dbg);
+    }
     xc_cuda_ctx *c = xc_calloc(1, sizeof *c);
     if (!c) {
         return XC_ERR_NOMEM;
     }
     c->device = conf->device;
+    c->debug = dbg && strcmp(dbg, "1") == 0;
     xc_backend_set_ctx(be, c);
     xc_status st = xc_cuda_open_ctx(c);
     if (st != XC_OK) {
         xc_cuda_close(be);
         return st;
     }
-    XC_LOG_INFO("cuda: device %d: %s, %d SMs", c->device, c->name, c->n_sm);
+    XC_LOG_INFO("cuda: device %d: %s, %d SMs%s", c->device, c->name, c->n_sm,
+                c->debug ? " (XC_CUDA_DEBUG: pointer checks, sync after every op)" : "");
     return XC_OK;
 }
 
@@ -237,7 +315,9 @@ static xc_status xc_cuda_buf_alloc(xc_backend *be, size_t size, xc_buf *out) {
     if (e != cudaSuccess) {
         cudaGetLastError();
         size_t fr = 0, tot = 0;
-        cudaMemGetInfo(&fr, &tot);
+        if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+            cudaGetLastError();
+        }
         return xc_errf(XC_ERR_NOMEM, "cuda: cannot allocate %zu bytes (%s; %zu of %zu free)", size,
                        cudaGetErrorString(e), fr, tot);
     }
@@ -247,8 +327,13 @@ static xc_status xc_cuda_buf_alloc(xc_backend *be, size_t size, xc_buf *out) {
 
 static void xc_cuda_buf_free(xc_backend *be, xc_buf *buf) {
     xc_cuda_ctx *c = xc_cuda_get(be);
-    cudaStreamSynchronize(c->stream); /* queued kernels may still use it */
-    cudaFree(buf->data);
+    cudaError_t e = cudaStreamSynchronize(c->stream); /* queued kernels may still use it */
+    if (e == cudaSuccess) {
+        e = cudaFree(buf->data);
+    }
+    if (e != cudaSuccess) { /* nothing to return: log it, the next op reports it again */
+        XC_LOG_ERROR("cuda: freeing %zu bytes: %s", buf->size, cudaGetErrorString(e));
+    }
 }
 
 /* Uploads weights straight from (memory-mapped) host memory through two pinned staging buffers in
@@ -303,6 +388,7 @@ static xc_status xc_cuda_copy_in(xc_backend *be, void *dst, const void *src, siz
     if (n == 0) {
         return XC_OK;
     }
+    XC_TRY(xc_cuda_dev_ptr(c, "copy_in", "dst", dst, n));
     XC_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDefault, c->stream));
     XC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
     return XC_OK;
@@ -313,6 +399,7 @@ static xc_status xc_cuda_copy_out(xc_backend *be, void *dst, const void *src, si
     if (n == 0) {
         return XC_OK;
     }
+    XC_TRY(xc_cuda_dev_ptr(c, "copy_out", "src", src, n));
     XC_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDefault, c->stream));
     XC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
     return XC_OK;
@@ -332,10 +419,12 @@ static xc_status xc_cuda_copy2d(xc_backend *be, const xc_copy2d_args *a) {
     if (!a->src || !a->dst) {
         return xc_errf(XC_ERR_ARG, "copy2d: %s is NULL", !a->src ? "src" : "dst");
     }
+    XC_TRY(xc_cuda_dev_ptr(c, "copy2d", "src", a->src, xc_cuda_span(a->m, a->n, a->lds, 4)));
+    XC_TRY(xc_cuda_dev_ptr(c, "copy2d", "dst", a->dst, xc_cuda_span(a->m, a->n, a->ldd, 4)));
     XC_CUDA_CHECK(cudaMemcpy2DAsync(a->dst, (size_t)a->ldd * sizeof(float), a->src,
                                     (size_t)a->lds * sizeof(float), (size_t)a->n * sizeof(float),
                                     (size_t)a->m, cudaMemcpyDeviceToDevice, c->stream));
-    return XC_OK;
+    return xc_cuda_done(c, "copy2d");
 }
 
 /* ---- GEMM ---- */
@@ -370,7 +459,16 @@ static xc_status xc_cuda_gemm(xc_cuda_ctx *c, const xc_matmul_args *a) {
 static xc_status xc_cuda_matmul(xc_backend *be, const xc_matmul_args *a) {
     xc_cuda_ctx *c = xc_cuda_get(be);
     XC_TRY(xc_cpu_matmul_check(a));
-    return xc_cuda_gemm(c, a);
+    size_t ws = xc_dtype_size(a->w_dtype);
+    XC_TRY(xc_cuda_dev_ptr(c, "matmul", "x", a->x, xc_cuda_span(a->m, a->k, a->ldx, 4)));
+    XC_TRY(xc_cuda_dev_ptr(c, "matmul", "w", a->w, (size_t)a->n * (size_t)a->k * ws));
+    if (a->bias) {
+        XC_TRY(xc_cuda_dev_ptr(c, "matmul", "bias", a->bias,
+                               (size_t)a->n * xc_dtype_size(a->bias_dtype)));
+    }
+    XC_TRY(xc_cuda_dev_ptr(c, "matmul", "y", a->y, xc_cuda_span(a->m, a->n, a->ldy, 4)));
+    XC_TRY(xc_cuda_gemm(c, a));
+    return xc_cuda_done(c, "matmul");
 }
 
 /* PLoRA on the image-row ranges only: per range (its rows are contiguous, so no gather copy is
@@ -386,6 +484,11 @@ static xc_status xc_cuda_plora(xc_backend *be, const xc_plora_args *a) {
     if (max_rows == 0 || a->scale == 0.0f) {
         return XC_OK;
     }
+    size_t abs = xc_dtype_size(a->ab_dtype);
+    XC_TRY(xc_cuda_dev_ptr(c, "plora", "x", a->x, xc_cuda_span(a->m, a->k, a->ldx, 4)));
+    XC_TRY(xc_cuda_dev_ptr(c, "plora", "a", a->a, (size_t)a->rank * (size_t)a->k * abs));
+    XC_TRY(xc_cuda_dev_ptr(c, "plora", "b", a->b, (size_t)a->n * (size_t)a->rank * abs));
+    XC_TRY(xc_cuda_dev_ptr(c, "plora", "y", a->y, xc_cuda_span(a->m, a->n, a->ldy, 4)));
     XC_TRY(xc_cuda_scratch(c, &c->tmp, &c->tmp_size,
                            (size_t)max_rows * (size_t)a->rank * sizeof(float)));
     int ldx = xc_opcheck_ld(a->ldx, a->k), ldy = xc_opcheck_ld(a->ldy, a->n);
@@ -415,7 +518,7 @@ static xc_status xc_cuda_plora(xc_backend *be, const xc_plora_args *a) {
         XC_TRY(xc_cuda_gemm(c, &down));
         XC_TRY(xc_cuda_gemm(c, &up));
     }
-    return XC_OK;
+    return xc_cuda_done(c, "plora");
 }
 
 /* ---- row ops ---- */
@@ -423,10 +526,18 @@ static xc_status xc_cuda_plora(xc_backend *be, const xc_plora_args *a) {
 static xc_status xc_cuda_norm(xc_backend *be, const xc_norm_args *a, bool ln) {
     xc_cuda_ctx *c = xc_cuda_get(be);
     XC_TRY(xc_opcheck_norm(a, ln));
+    const char *op = ln ? "layernorm" : "rmsnorm";
+    size_t wb = (size_t)a->n * xc_dtype_size(a->wb_dtype);
+    XC_TRY(xc_cuda_dev_ptr(c, op, "x", a->x, xc_cuda_span(a->m, a->n, a->ldx, 4)));
+    XC_TRY(xc_cuda_dev_ptr(c, op, "y", a->y, xc_cuda_span(a->m, a->n, a->ldy, 4)));
+    XC_TRY(xc_cuda_dev_ptr(c, op, "w", a->w, a->m > 0 ? wb : 0));
+    if (ln && a->b) {
+        XC_TRY(xc_cuda_dev_ptr(c, op, "b", a->b, a->m > 0 ? wb : 0));
+    }
     XC_CUDA_CHECK(xc_cuda_norm_launch(a->x, xc_opcheck_ld(a->ldx, a->n), a->y,
                                       xc_opcheck_ld(a->ldy, a->n), a->w, ln ? a->b : NULL,
                                       (int)a->wb_dtype, a->m, a->n, a->eps, ln, c->stream));
-    return XC_OK;
+    return xc_cuda_done(c, op);
 }
 
 static xc_status xc_cuda_rmsnorm(xc_backend *be, const xc_norm_args *a) {
@@ -452,12 +563,14 @@ static xc_status xc_cuda_rope(xc_backend *be, const xc_rope_args *a) {
         /* theta^(-2d/head_dim) rounded to f32, exactly as the CPU backend and xc_ref_rope */
         invf[d] = (float)(1.0 / pow((double)a->theta, 2.0 * d / a->head_dim));
     }
+    XC_TRY(xc_cuda_dev_ptr(c, "rope", "x", a->x,
+                           xc_cuda_span(a->m, a->n_heads * a->head_dim, a->ldx, 4)));
     void *dpos, *dinv;
     XC_TRY(xc_cuda_put(c, a->pos, (size_t)a->m * sizeof(int32_t), &dpos));
     XC_TRY(xc_cuda_put(c, invf, (size_t)half * sizeof(float), &dinv));
     XC_CUDA_CHECK(xc_cuda_rope_launch(a->x, xc_opcheck_ld(a->ldx, a->n_heads * a->head_dim), dpos,
                                       dinv, a->m, a->n_heads, a->head_dim, c->stream));
-    return XC_OK;
+    return xc_cuda_done(c, "rope");
 }
 
 /* (slot, row) pairs ordered by slot, then row. */
@@ -477,6 +590,11 @@ static xc_status xc_cuda_kv_store(xc_backend *be, const xc_kv_store_args *a) {
     if (a->m == 0) {
         return XC_OK;
     }
+    size_t cache = (size_t)a->n_slots * (size_t)a->width * sizeof(float);
+    XC_TRY(xc_cuda_dev_ptr(c, "kv_store", "k", a->k, xc_cuda_span(a->m, a->width, a->ldk, 4)));
+    XC_TRY(xc_cuda_dev_ptr(c, "kv_store", "v", a->v, xc_cuda_span(a->m, a->width, a->ldv, 4)));
+    XC_TRY(xc_cuda_dev_ptr(c, "kv_store", "k_cache", a->k_cache, cache));
+    XC_TRY(xc_cuda_dev_ptr(c, "kv_store", "v_cache", a->v_cache, cache));
     int32_t *pairs = xc_malloc((size_t)a->m * 2 * sizeof(int32_t));
     int32_t *rows = xc_malloc((size_t)a->m * 2 * sizeof(int32_t));
     if (!pairs || !rows) {
@@ -510,17 +628,22 @@ static xc_status xc_cuda_kv_store(xc_backend *be, const xc_kv_store_args *a) {
     XC_CUDA_CHECK(xc_cuda_kv_store_launch(a->k, xc_opcheck_ld(a->ldk, a->width), a->v,
                                           xc_opcheck_ld(a->ldv, a->width), a->k_cache, a->v_cache,
                                           drow, dslot, n, a->width, c->stream));
-    return XC_OK;
+    return xc_cuda_done(c, "kv_store");
 }
 
 static xc_status xc_cuda_act(xc_backend *be, const xc_act_args *a) {
     xc_cuda_ctx *c = xc_cuda_get(be);
     XC_TRY(xc_opcheck_act(a));
     bool two = a->kind == XC_ACT_SILU_MUL || a->kind == XC_ACT_ADD;
+    XC_TRY(xc_cuda_dev_ptr(c, "act", "x", a->x, xc_cuda_span(a->m, a->n, a->ldx, 4)));
+    if (two) {
+        XC_TRY(xc_cuda_dev_ptr(c, "act", "x2", a->x2, xc_cuda_span(a->m, a->n, a->ldx2, 4)));
+    }
+    XC_TRY(xc_cuda_dev_ptr(c, "act", "y", a->y, xc_cuda_span(a->m, a->n, a->ldy, 4)));
     XC_CUDA_CHECK(xc_cuda_act_launch((int)a->kind, a->x, xc_opcheck_ld(a->ldx, a->n),
                                      two ? a->x2 : NULL, two ? xc_opcheck_ld(a->ldx2, a->n) : 0,
                                      a->y, xc_opcheck_ld(a->ldy, a->n), a->m, a->n, c->stream));
-    return XC_OK;
+    return xc_cuda_done(c, "act");
 }
 
 static xc_status xc_cuda_embed(xc_backend *be, const xc_embed_args *a) {
@@ -529,19 +652,25 @@ static xc_status xc_cuda_embed(xc_backend *be, const xc_embed_args *a) {
     if (a->m == 0) {
         return XC_OK;
     }
+    XC_TRY(xc_cuda_dev_ptr(c, "embed", "table", a->table,
+                           (size_t)a->vocab * (size_t)a->n * xc_dtype_size(a->table_dtype)));
+    XC_TRY(xc_cuda_dev_ptr(c, "embed", "y", a->y, xc_cuda_span(a->m, a->n, a->ldy, 4)));
     void *dids;
     XC_TRY(xc_cuda_put(c, a->ids, (size_t)a->m * sizeof(int32_t), &dids));
     XC_CUDA_CHECK(xc_cuda_embed_launch(a->table, (int)a->table_dtype, dids, a->y,
                                        xc_opcheck_ld(a->ldy, a->n), a->m, a->n, c->stream));
-    return XC_OK;
+    return xc_cuda_done(c, "embed");
 }
 
 static xc_status xc_cuda_patchify(xc_backend *be, const xc_patchify_args *a) {
     xc_cuda_ctx *c = xc_cuda_get(be);
     XC_TRY(xc_opcheck_patchify(a));
+    size_t px = (size_t)a->n_img * (size_t)a->channels * (size_t)a->size * (size_t)a->size * 4;
+    XC_TRY(xc_cuda_dev_ptr(c, "patchify", "images", a->images, px));
+    XC_TRY(xc_cuda_dev_ptr(c, "patchify", "y", a->y, px));
     XC_CUDA_CHECK(xc_cuda_patchify_launch(a->images, a->y, a->n_img, a->channels, a->size, a->patch,
                                           c->stream));
-    return XC_OK;
+    return xc_cuda_done(c, "patchify");
 }
 
 /* argmax goes to host memory, so a call that asks for it waits for the result. */
@@ -551,6 +680,7 @@ static xc_status xc_cuda_softmax(xc_backend *be, const xc_softmax_args *a) {
     if (a->m == 0 || (a->skip_softmax && !a->argmax)) {
         return XC_OK;
     }
+    XC_TRY(xc_cuda_dev_ptr(c, "softmax", "x", a->x, xc_cuda_span(a->m, a->n, a->ldx, 4)));
     if (a->argmax) {
         XC_TRY(xc_cuda_scratch(c, &c->argmax, &c->argmax_size, (size_t)a->m * sizeof(int32_t)));
     }
@@ -562,7 +692,7 @@ static xc_status xc_cuda_softmax(xc_backend *be, const xc_softmax_args *a) {
                                       cudaMemcpyDeviceToHost, c->stream));
         XC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
     }
-    return XC_OK;
+    return xc_cuda_done(c, "softmax");
 }
 
 /* ---- attention ---- */
@@ -681,6 +811,31 @@ static xc_status xc_cuda_attention(xc_backend *be, const xc_attention_args *a) {
                        "allows %zu",
                        a->head_dim, xc_cuda_attn_smem(a->head_dim), c->smem_optin);
     }
+    if (c->debug) { /* extents: the rows the sequences name, the cache rows they reach */
+        long long qrows = 0, kvrows = 0;
+        int bsz = a->block_size > 0 ? a->block_size : 1;
+        for (int i = 0; i < a->n_seqs; i++) {
+            const xc_attn_seq *s = &a->seqs[i];
+            if (s->n_q <= 0) {
+                continue;
+            }
+            qrows = s->q_start + s->n_q > qrows ? s->q_start + s->n_q : qrows;
+            long long top = s->kv_start + s->kv_len;
+            for (int b = 0; s->block_table && b * bsz < s->kv_len; b++) {
+                long long end = (long long)(s->block_table[b] + 1) * bsz;
+                top = b == 0 || end > top ? end : top;
+            }
+            kvrows = top > kvrows ? top : kvrows;
+        }
+        int qw = a->n_heads * a->head_dim, kw = a->n_kv_heads * a->head_dim;
+        XC_TRY(xc_cuda_dev_ptr(c, "attention", "q", a->q, xc_cuda_span((int)qrows, qw, a->ldq, 4)));
+        XC_TRY(xc_cuda_dev_ptr(c, "attention", "out", a->out,
+                               xc_cuda_span((int)qrows, qw, a->ldo, 4)));
+        XC_TRY(
+            xc_cuda_dev_ptr(c, "attention", "k", a->k, xc_cuda_span((int)kvrows, kw, a->ldkv, 4)));
+        XC_TRY(
+            xc_cuda_dev_ptr(c, "attention", "v", a->v, xc_cuda_span((int)kvrows, kw, a->ldkv, 4)));
+    }
     xc_cuda_attn_plan pl;
     XC_TRY(xc_cuda_attn_build(a, c->n_sm, &pl));
     xc_cuda_attn_params p = {
@@ -725,7 +880,8 @@ static xc_status xc_cuda_attention(xc_backend *be, const xc_attention_args *a) {
     }
 out:
     xc_cuda_attn_plan_free(&pl);
-    return st;
+    XC_TRY(st);
+    return xc_cuda_done(c, "attention");
 }
 
 /* ---- device info for benchmarks and sizing (xc_cuda.h) ---- */

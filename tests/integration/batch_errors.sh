@@ -71,7 +71,7 @@ rc=0
 "${B[@]}" --api-key-file "$T/key.txt" 2> "$T/run1.log" || rc=$?
 [ "$rc" = 1 ] || fail "exit $rc with failures and bad lines, expected 1"
 for msg in 'input line 3: not valid JSON' \
-  'input line 4: url must be "/v1/chat/completions", not '"'"'/v1/completions'"'"' (custom_id '"'"'a4'"'"')' \
+  'input line 4: url must be "/v1/chat/completions" or "/v1/compositions", not '"'"'/v1/completions'"'"' (custom_id '"'"'a4'"'"')' \
   'input line 5: method must be "POST", not '"'"'PUT'"'"'' \
   'input line 6: body.messages must be a non-empty array' \
   "input line 7: duplicate custom_id 'a2' (first on line 2): refused" \

@@ -219,6 +219,9 @@ static void test_api_parse_errors(void **state) {
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"user\":1}", 400, "user");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":\"x\"}", 400, "seed");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":0.5}", 400, "seed");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":18446744073709551616}", 400, "seed");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":-9223372036854775809}", 400, "seed");
+    expect_error(&c, "{\"model\":\"tiny\"," U ",\"seed\":1e3}", 400, "seed");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"n\":0}", 400, "n");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"n\":5}", 400, "n");
     expect_error(&c, "{\"model\":\"tiny\"," U ",\"stop\":5}", 400, "stop");
@@ -749,9 +752,129 @@ static void test_api_wire_logprob_fields(void **state) {
     xc_arena_destroy(a);
 }
 
+/* Counts the values of a cJSON tree (the nodes cJSON allocates). */
+static long count_nodes(const cJSON *o) {
+    long n = 1;
+    for (const cJSON *c = o->child; c; c = c->next) {
+        n += count_nodes(c);
+    }
+    return n;
+}
+
+/* Random JSON text of random shape into b (depth d at most). */
+static void random_json(char *b, size_t *n, size_t cap, int d, unsigned *seed) {
+    int kind = d <= 0 ? 2 + (int)(rand_r(seed) % 2) : (int)(rand_r(seed) % 4);
+    if (*n + 64 > cap) {
+        kind = 2;
+    }
+    if (kind == 0 || kind == 1) {
+        b[(*n)++] = kind ? '[' : '{';
+        int k = (int)(rand_r(seed) % 4);
+        for (int i = 0; i < k; i++) {
+            if (i) {
+                b[(*n)++] = ',';
+            }
+            if (!kind) {
+                *n += (size_t)snprintf(b + *n, cap - *n, "\"k%d,[{\\\"\":", i);
+            }
+            random_json(b, n, cap, d - 1, seed);
+        }
+        b[(*n)++] = kind ? ']' : '}';
+    } else if (kind == 2) {
+        *n += (size_t)snprintf(b + *n, cap - *n, "%u", rand_r(seed) % 1000);
+    } else {
+        *n += (size_t)snprintf(b + *n, cap - *n, "\"a,b]}{[\\\\\"");
+    }
+    b[*n] = 0;
+}
+
+/* The pre-parse shape check (issue 12.5): its node count equals cJSON's real count,
+ * its depth equals cJSON's nesting on random documents (strings full of brackets, commas and
+ * escapes included); past either cap the parser refuses with 400 before building a tree. */
+static void test_api_json_precheck(void **state) {
+    (void)state;
+    unsigned seed = 7;
+    static char b[1 << 16];
+    for (int it = 0; it < 2000; it++) {
+        size_t n = 0;
+        random_json(b, &n, sizeof b, 1 + it % 6, &seed);
+        cJSON *o = cJSON_ParseWithLength(b, n);
+        if (!o) {
+            fail_msg("random JSON does not parse: %s", b);
+        }
+        long real = count_nodes(o);
+        cJSON_Delete(o);
+        assert_int_equal(xc_api_json_precheck(b, n, 64, real), XC_OK);
+        assert_int_equal(xc_api_json_precheck(b, n, 64, real - 1), XC_ERR_ARG);
+    }
+    /* depth: 32 levels pass, 33 do not (and a bracket in a string does not count) */
+    char deep[200];
+    for (int d = 31; d <= 33; d++) {
+        size_t k = 0;
+        for (int i = 0; i < d; i++) {
+            deep[k++] = '[';
+        }
+        k += (size_t)sprintf(deep + k, "\"[[[\\\"[\"");
+        for (int i = 0; i < d; i++) {
+            deep[k++] = ']';
+        }
+        deep[k] = 0;
+        assert_int_equal(xc_api_json_precheck(deep, k, XC_API_MAX_JSON_DEPTH, 1000),
+                         d <= XC_API_MAX_JSON_DEPTH ? XC_OK : XC_ERR_ARG);
+    }
+    /* through the parser: a deep request and one with too many values are 400s */
+    xc_api_conf c = conf_default();
+    char *body = xc_malloc(8u << 20);
+    int k = sprintf(body, "{\"model\":\"tiny\",\"user\":");
+    for (int i = 0; i < 40; i++) {
+        body[k++] = '[';
+    }
+    for (int i = 0; i < 40; i++) {
+        body[k++] = ']';
+    }
+    sprintf(body + k, ",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+    expect_error(&c, body, 400, "");
+    k = sprintf(body, "{\"model\":\"tiny\",\"user\":[");
+    for (int i = 0; i < XC_API_MAX_JSON_NODES; i++) {
+        k += sprintf(body + k, "%s1", i ? "," : "");
+    }
+    sprintf(body + k, "],\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+    expect_error(&c, body, 400, "");
+    xc_free(body);
+}
+
+/* seed: any 64-bit integer, read exactly (cJSON's double would merge 2^53 and 2^53 + 1). */
+static void test_api_seed_64_bits(void **state) {
+    (void)state;
+    xc_api_conf c = conf_default();
+    const char *in[] = {"9007199254740992",
+                        "9007199254740993",
+                        "18446744073709551615",
+                        "-9223372036854775808",
+                        "0",
+                        " -1 "};
+    const uint64_t want[] = {9007199254740992ull, 9007199254740993ull, UINT64_MAX, 1ull << 63, 0,
+                             UINT64_MAX};
+    for (int i = 0; i < 6; i++) {
+        char body[256];
+        snprintf(body, sizeof body,
+                 "{\"user\":\"seed\",\"stream_options\":null,\"model\":\"tiny\",\"seed\":%s,"
+                 "\"messages\":[{\"role\":\"user\",\"content\":\"seed\"}]}",
+                 in[i]);
+        xc_api_request r;
+        xc_api_error e;
+        assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+        assert_true(r.has_seed);
+        assert_true(r.seed == want[i]);
+        xc_api_request_fini(&r);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_api_parse_defaults),
+        cmocka_unit_test(test_api_json_precheck),
+        cmocka_unit_test(test_api_seed_64_bits),
         cmocka_unit_test(test_api_parse_every_parameter),
         cmocka_unit_test(test_api_parse_errors),
         cmocka_unit_test(test_api_images_and_prepare),

@@ -1,6 +1,7 @@
 /* Sampler: HF repetition-penalty rule, top-k/top-p candidate sets against a naive sort-based
  * reference, reproducibility per seed, and the empirical distribution of draws. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -252,6 +253,106 @@ static void test_sampler_wide_nucleus_grows_block(void **state) {
     }
 }
 
+/* Resume (issue 12.4): a sampler made for the same request at position p, having observed the
+ * prompt and the p - prompt tokens already produced, draws exactly the tokens the undisturbed
+ * sampler drew from p on (penalties included), whatever p; and a different choice index or seed
+ * draws differently. */
+static void test_sampler_resumes_at_any_position(void **state) {
+    (void)state;
+    xc_sampling p = xc_sampling_defaults();
+    p.seed = 0xfedcba9876543210ull;
+    p.choice = 3;
+    p.repetition_penalty = 1.3f;
+    const int prompt = 17, N = 60;
+    int32_t full[60];
+    xc_sampler *s = NULL;
+    assert_int_equal(xc_sampler_create(V, &p, &s), XC_OK);
+    xc_sampler_set_position(s, prompt);
+    for (int i = 0; i < N; i++) {
+        float x[V];
+        make_logits(x, (unsigned)i + 100);
+        assert_int_equal(xc_sampler_sample(s, x, &full[i]), XC_OK);
+    }
+    xc_sampler_destroy(s);
+    for (int k = 0; k < N; k += 7) {
+        assert_int_equal(xc_sampler_create(V, &p, &s), XC_OK);
+        assert_int_equal(xc_sampler_observe(s, full, k), XC_OK); /* the tokens re-prefilled */
+        xc_sampler_set_position(s, (uint64_t)(prompt + k));
+        for (int i = k; i < N; i++) {
+            float x[V];
+            int32_t t;
+            make_logits(x, (unsigned)i + 100);
+            assert_int_equal(xc_sampler_sample(s, x, &t), XC_OK);
+            assert_int_equal(t, full[i]);
+        }
+        xc_sampler_destroy(s);
+    }
+    /* another choice or seed: a different stream (some of 60 draws differ) */
+    for (int v = 0; v < 2; v++) {
+        xc_sampling q = p;
+        if (v) {
+            q.seed++;
+        } else {
+            q.choice++;
+        }
+        assert_int_equal(xc_sampler_create(V, &q, &s), XC_OK);
+        xc_sampler_set_position(s, prompt);
+        int same = 0;
+        for (int i = 0; i < N; i++) {
+            float x[V];
+            int32_t t;
+            make_logits(x, (unsigned)i + 100);
+            assert_int_equal(xc_sampler_sample(s, x, &t), XC_OK);
+            same += t == full[i];
+        }
+        xc_sampler_destroy(s);
+        assert_true(same < N);
+    }
+}
+
+/* The counter-based uniforms: every 64-bit seed is its own stream (2^53 and 2^53 + 1, 2^64 - 1
+ * and 0 differ), and over seeds, choices and positions the values are uniform (mean, variance
+ * and a 64-bin chi-square against the uniform law) with no correlation between neighbours. */
+static void test_sampler_uniform_is_a_good_counter_generator(void **state) {
+    (void)state;
+    const uint64_t seeds[] = {
+        0, 1, 9007199254740992ull, 9007199254740993ull, UINT64_MAX, UINT64_MAX - 1};
+    for (size_t a = 0; a < 6; a++) {
+        for (size_t b = a + 1; b < 6; b++) {
+            int same = 0;
+            for (uint64_t pos = 0; pos < 64; pos++) {
+                same +=
+                    xc_sampler_uniform(seeds[a], 0, pos) == xc_sampler_uniform(seeds[b], 0, pos);
+            }
+            assert_int_equal(same, 0);
+        }
+    }
+
+    enum { BINS = 64, N = 1 << 18 };
+
+    static int bins[BINS];
+    double sum = 0, sq = 0, cross = 0, prev = 0.5;
+    for (int i = 0; i < N; i++) {
+        /* walk seeds, choices and positions in turn */
+        double u = xc_sampler_uniform((uint64_t)(i % 97) * 1000003u, (uint32_t)(i % 5),
+                                      (uint64_t)(i / 485));
+        assert_true(u >= 0.0 && u < 1.0);
+        bins[(int)(u * BINS)]++;
+        sum += u;
+        sq += u * u;
+        cross += (u - 0.5) * (prev - 0.5);
+        prev = u;
+    }
+    double mean = sum / N, var = sq / N - mean * mean, chi = 0, e = (double)N / BINS;
+    for (int b = 0; b < BINS; b++) {
+        chi += (bins[b] - e) * (bins[b] - e) / e;
+    }
+    assert_true(fabs(mean - 0.5) < 0.005);
+    assert_true(fabs(var - 1.0 / 12) < 0.002);
+    assert_true(chi < 120); /* 63 degrees of freedom: p < 1e-5 above 120 */
+    assert_true(fabs(cross / N) < 0.002);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sampler_greedy_applies_penalty),
@@ -259,6 +360,8 @@ int main(void) {
         cmocka_unit_test(test_sampler_is_reproducible_per_seed),
         cmocka_unit_test(test_sampler_wide_nucleus_grows_block),
         cmocka_unit_test(test_sampler_validates_params),
+        cmocka_unit_test(test_sampler_resumes_at_any_position),
+        cmocka_unit_test(test_sampler_uniform_is_a_good_counter_generator),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }

@@ -13,6 +13,7 @@
 #include "xc_model_config.h"
 #include "xc_test.h"
 #include "xc_tiny.h"
+#include "xc_tokenizer.h"
 
 static char tmpdir[64];
 
@@ -29,7 +30,7 @@ typedef struct exp_t {
 } exp_t;
 
 static int n_exp;
-static exp_t exps[400];
+static exp_t exps[1024];
 
 static void e(int ndim, int64_t a, int64_t b, int64_t c, int64_t d, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
@@ -394,6 +395,54 @@ static void test_tiny_value_scales(void **state) {
     xc_ckpt_close(ck);
 }
 
+/* The bytes do not depend on the number of threads filling the tensors (parts split inside
+ * tensors of more than 2^16 values, wqkv by rows), for normal and for uniform values; uniform
+ * values keep each tensor's mean and standard deviation and differ from the normal ones. */
+static void test_tiny_threads_and_uniform(void **state) {
+    (void)state;
+    xc_tiny_conf c;
+    xc_tiny_conf_init(&c, "7b");
+    c.dtype = XC_DTYPE_F32;
+    c.hidden = 256;
+    c.intermediate = 512;
+    c.vocab = 4096;
+    for (int u = 0; u < 2; u++) {
+        c.uniform = u;
+        c.threads = 1;
+        gen(u ? "thr_u1" : "thr_n1", &c);
+        c.threads = 5;
+        gen(u ? "thr_u5" : "thr_n5", &c);
+        char a[160], b[160];
+        snprintf(a, sizeof a, "%s/%s/model.safetensors", tmpdir, u ? "thr_u1" : "thr_n1");
+        snprintf(b, sizeof b, "%s/%s/model.safetensors", tmpdir, u ? "thr_u5" : "thr_n5");
+        assert_true(same_file(a, b));
+    }
+    char a[160], b[160];
+    snprintf(a, sizeof a, "%s/thr_n1/model.safetensors", tmpdir);
+    snprintf(b, sizeof b, "%s/thr_u1/model.safetensors", tmpdir);
+    assert_false(same_file(a, b));
+    char dir[128];
+    sub(dir, sizeof dir, "thr_u5");
+    xc_ckpt *ck = NULL;
+    assert_int_equal(xc_ckpt_open(dir, &ck), XC_OK);
+    xc_tensor_view v;
+    assert_int_equal(xc_ckpt_get(ck, "model.tok_embeddings.weight", &v), XC_OK);
+    const float *p = v.data;
+    size_t n = v.nbytes / 4;
+    double s = 0, s2 = 0, mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        s += p[i];
+        s2 += (double)p[i] * p[i];
+        mx = fabs(p[i]) > mx ? fabs(p[i]) : mx;
+    }
+    double mean = s / (double)n, sd = sqrt(s2 / (double)n - mean * mean);
+    /* N(0, 1) as U(-sqrt 3, sqrt 3): mean 0, std 1, nothing beyond sqrt 3 */
+    if (fabs(mean) > 5 / sqrt((double)n) || fabs(sd - 1) > 0.01 || mx > 1.7320509) {
+        fail_msg("uniform embeddings: mean %g std %g max %g", mean, sd, mx);
+    }
+    xc_ckpt_close(ck);
+}
+
 static void test_tiny_options(void **state) {
     (void)state;
     xc_tiny_conf c;
@@ -493,6 +542,208 @@ static void test_tiny_rejects_bad_conf(void **state) {
     assert_non_null(strstr(xc_err_last(), "/nonexistent/tokenizer.model"));
 }
 
+/* ---- make-random: the published layouts (reference sections 2.1-2.4) ---- */
+
+/* Index of name in the list, or -1. */
+static long find_t(const xc_tiny_tensor *t, size_t n, const char *name) {
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(t[i].name, name)) {
+            return (long)i;
+        }
+    }
+    return -1;
+}
+
+/* The list of c holds exactly the dossier's tensors (expected()), with their shapes. */
+static void check_list_against_expected(const xc_tiny_tensor *t, size_t n) {
+    assert_int_equal(n, (size_t)n_exp);
+    for (int i = 0; i < n_exp; i++) {
+        long k = find_t(t, n, exps[i].name);
+        if (k < 0) {
+            fail_msg("%s is missing", exps[i].name);
+        }
+        assert_int_equal(t[k].ndim, exps[i].ndim);
+        assert_memory_equal(t[k].shape, exps[i].shape, sizeof(int64_t) * (size_t)exps[i].ndim);
+    }
+}
+
+static uint64_t t_bytes(const xc_tiny_tensor *t) {
+    uint64_t b = 2; /* bf16 */
+    for (int d = 0; d < t->ndim; d++) {
+        b *= (uint64_t)t->shape[d];
+    }
+    return b;
+}
+
+static void test_make_random_published_layouts(void **state) {
+    (void)state;
+    /* VL: 940 tensors (547 LLM + 389 ViT without post_layernorm + 4 projector: the index's 947
+     * lines minus 7), two shards of 9.98 and 7.35 GB, 17.3 GB in all, 1226 position rows */
+    xc_tiny_conf c;
+    xc_tiny_conf_like(&c, "vl");
+    assert_int_equal(xc_tiny_validate(&c), XC_OK);
+    assert_int_equal(xc_tiny_img_size(&c), 490);
+    expected(&c, 35 * 35 + 1);
+    xc_tiny_tensor *t = NULL;
+    size_t n = 0;
+    int shards = 0;
+    assert_int_equal(xc_tiny_list(&c, &t, &n, &shards), XC_OK);
+    assert_int_equal(n, 940);
+    check_list_against_expected(t, n);
+    assert_int_equal(shards, 2);
+    uint64_t sb[2] = {0, 0};
+    size_t in0 = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_true(t[i].shard == 0 || t[i].shard == 1);
+        assert_true(i == 0 || t[i].shard >= t[i - 1].shard); /* contiguous runs */
+        sb[t[i].shard] += t_bytes(&t[i]);
+        in0 += t[i].shard == 0;
+    }
+    assert_true(sb[0] <= 10000000000ull);
+    assert_true(fabs((double)sb[0] / 1e9 - 9.98) < 0.005); /* as the download lists them */
+    assert_true(fabs((double)sb[1] / 1e9 - 7.35) < 0.005);
+    assert_true(fabs((double)(sb[0] + sb[1]) / 1e9 - 17.33) < 0.01);
+    /* state_dict order: embeddings first, vision and projector last; the cut falls in layer 19 */
+    assert_string_equal(t[0].name, "model.tok_embeddings.weight");
+    assert_string_equal(t[in0 - 1].name, "model.layers.19.feed_forward.w1.Plora_B.weight");
+    assert_string_equal(t[in0].name, "model.layers.19.feed_forward.w3.weight");
+    assert_string_equal(t[n - 1].name, "vision_proj.2.bias");
+    assert_int_equal(find_t(t, n, "vit.vision_tower.vision_model.post_layernorm.weight"), -1);
+    long w = find_t(t, n, "model.layers.31.attention.wqkv.weight");
+    assert_true(w >= 0 && t[w].shape[0] == 6144 && t[w].shape[1] == 4096);
+    w = find_t(t, n, "model.layers.0.feed_forward.w2.Plora_A.weight");
+    assert_true(w >= 0 && t[w].shape[0] == 256 && t[w].shape[1] == 14336);
+    xc_free(t);
+
+    /* 7b: the same names, one file, img_size 224 and a 257-row table */
+    xc_tiny_conf_like(&c, "7b");
+    assert_int_equal(xc_tiny_img_size(&c), 224);
+    expected(&c, 16 * 16 + 1);
+    assert_int_equal(xc_tiny_list(&c, &t, &n, &shards), XC_OK);
+    assert_int_equal(shards, 1);
+    check_list_against_expected(t, n);
+    uint64_t tot = 0;
+    for (size_t i = 0; i < n; i++) {
+        tot += t_bytes(&t[i]);
+    }
+    assert_true(fabs((double)tot / 1e9 - 17.33) < 0.01);
+    xc_free(t);
+    size_t nt;
+    uint64_t np, nb;
+    assert_int_equal(xc_tiny_count(&c, &nt, &np, &nb), XC_OK);
+    assert_int_equal(nb, tot);
+    assert_true(fabs((double)np / 1e9 - 8.67) < 0.005); /* 8.67 B parameters */
+}
+
+/* The make-random configuration at reduced widths (fast): HF sharding into several files plus
+ * the index, each shard holding exactly its tensors, the same bytes with 1 or 3 threads, and the
+ * stand-in tokenizer files. */
+static void test_make_random_reduced_write(void **state) {
+    (void)state;
+    xc_tiny_conf c;
+    xc_tiny_conf_like(&c, "vl");
+    c.hidden = 256;
+    c.heads = 2; /* head dim 128 as in the real model */
+    c.kv_heads = 1;
+    c.intermediate = 512;
+    c.lora_rank = 16;
+    c.vocab = 1000;
+    c.layers = 3;
+    c.vision_dim = 64;
+    c.vision_layers = 1;
+    c.vision_mlp = 256;
+    c.img_size = 70;
+    c.max_shard_bytes = 1000000;
+    c.threads = 3;
+    xc_tiny_tensor *t = NULL;
+    size_t n = 0;
+    int shards = 0;
+    assert_int_equal(xc_tiny_list(&c, &t, &n, &shards), XC_OK);
+    assert_true(shards >= 3);
+    gen("rand3", &c);
+    expected(&c, 26);
+    char dir[128], path[256];
+    sub(dir, sizeof dir, "rand3");
+    check_tensors(dir, XC_DTYPE_BF16, XC_CKPT_FORMAT_TORCH_BIN);
+    snprintf(path, sizeof path, "%s/pytorch_model.bin.index.json", dir);
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    /* every shard file holds exactly the tensors the list gives it, none over the limit unless a
+     * single tensor is larger */
+    for (int k = 0; k < shards; k++) {
+        snprintf(path, sizeof path, "%s/pytorch_model-%05d-of-%05d.bin", dir, k + 1, shards);
+        xc_ckpt *ck = NULL;
+        if (xc_ckpt_open(path, &ck) != XC_OK) {
+            fail_msg("%s: %s", path, xc_err_last());
+        }
+        size_t want = 0;
+        uint64_t bytes = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (t[i].shard == k) {
+                xc_tensor_view v;
+                if (xc_ckpt_get(ck, t[i].name, &v) != XC_OK) {
+                    fail_msg("%s not in shard %d", t[i].name, k + 1);
+                }
+                want++;
+                bytes += t_bytes(&t[i]);
+            }
+        }
+        assert_int_equal(xc_ckpt_count(ck), want);
+        assert_true(bytes <= c.max_shard_bytes || want == 1);
+        xc_ckpt_close(ck);
+    }
+    xc_free(t);
+    c.threads = 1;
+    gen("rand1", &c);
+    assert_same_tensors("rand3", "rand1");
+    /* the stand-in tokenizer: special pieces at vocab - 147 + k */
+    snprintf(path, sizeof path, "%s/tokenizer.model", dir);
+    xc_tokenizer *tok = NULL;
+    if (xc_tokenizer_load(path, &tok) != XC_OK) {
+        fail_msg("%s: %s", path, xc_err_last());
+    }
+    assert_int_equal(xc_tokenizer_piece_to_id(tok, "[UNUSED_TOKEN_146]", 18), 999);
+    assert_int_equal(xc_tokenizer_piece_to_id(tok, "[UNUSED_TOKEN_0]", 16), 853);
+    xc_tokenizer_destroy(tok);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    assert_int_equal(stat(path, &sb), 0);
+    snprintf(path, sizeof path, "%s/special_tokens_map.json", dir);
+    assert_int_equal(stat(path, &sb), 0);
+}
+
+/* The full-size stand-in tokenizer: 92,544 pieces, the special pieces at the real ids, and text
+ * (ASCII, newlines, CJK through byte fallback, the chat markers) round-trips. */
+static void test_make_random_standin_tokenizer(void **state) {
+    (void)state;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(xc_tiny_standin_tokenizer(92544, &buf, &len), XC_OK);
+    xc_tokenizer *tok = NULL;
+    if (xc_tokenizer_create(buf, len, &tok) != XC_OK) {
+        fail_msg("stand-in tokenizer: %s", xc_err_last());
+    }
+    xc_free(buf);
+    assert_int_equal(xc_tokenizer_piece_to_id(tok, "<s>", 3), 1);
+    assert_int_equal(xc_tokenizer_piece_to_id(tok, "</s>", 4), 2);
+    assert_int_equal(xc_tokenizer_piece_to_id(tok, "[UNUSED_TOKEN_0]", 16), 92397);
+    assert_int_equal(xc_tokenizer_piece_to_id(tok, "[UNUSED_TOKEN_145]", 18), 92542);
+    assert_int_equal(xc_tokenizer_piece_to_id(tok, "[UNUSED_TOKEN_146]", 18), 92543);
+    const char *text = "[UNUSED_TOKEN_146]user\nDescribe the image, please. 浦语·灵笔 42!"
+                       "[UNUSED_TOKEN_145]";
+    xc_tokens ids = {0};
+    assert_int_equal(xc_tokenizer_encode(tok, text, strlen(text), &ids), XC_OK);
+    assert_int_equal(ids.ids[0] == 92543 || ids.ids[1] == 92543, 1);
+    assert_int_equal(ids.ids[ids.n - 1], 92542);
+    char *back = NULL;
+    size_t blen = 0;
+    assert_int_equal(xc_tokenizer_decode(tok, ids.ids, ids.n, &back, &blen), XC_OK);
+    assert_string_equal(back, text);
+    xc_free(back);
+    xc_tokenizer_tokens_fini(&ids);
+    xc_tokenizer_destroy(tok);
+    assert_int_equal(xc_tiny_standin_tokenizer(100, &buf, &len), XC_ERR_ARG);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_layout_both_variants_and_formats),
@@ -501,7 +752,11 @@ int main(void) {
         cmocka_unit_test(test_tiny_wqkv_interleave),
         cmocka_unit_test(test_tiny_value_scales),
         cmocka_unit_test(test_tiny_options),
+        cmocka_unit_test(test_tiny_threads_and_uniform),
         cmocka_unit_test(test_tiny_rejects_bad_conf),
+        cmocka_unit_test(test_make_random_published_layouts),
+        cmocka_unit_test(test_make_random_reduced_write),
+        cmocka_unit_test(test_make_random_standin_tokenizer),
     };
     strcpy(tmpdir, "/tmp/xc_tiny_XXXXXX");
     if (!mkdtemp(tmpdir)) {

@@ -27,7 +27,8 @@ static const xc_wire_sampling sampling_a = {.greedy = false,
                                             .n_stop_ids = 2,
                                             .stop_ids = stops,
                                             .prompt_len = 9,
-                                            .resumed_tokens = 3};
+                                            .resumed_tokens = 3,
+                                            .choice = 65535};
 
 /* Two sequences: A (new, 6 rows at 0..5 with image rows 1,2,4) and B (2 rows at 10..11). The
  * payload is token ids with 3 image rows of width 16 (stage 0). */
@@ -136,6 +137,7 @@ static void test_wire_forward_roundtrip(void **state) {
     assert_true(p->temperature == 0.7f && p->top_p == 0.9f && p->repetition_penalty == 1.05f);
     assert_int_equal(p->top_k, 50);
     assert_int_equal(p->seed, 1234567890123ull);
+    assert_int_equal(p->choice, 65535);
     assert_int_equal(p->max_new_tokens, 64);
     assert_int_equal(p->prompt_len, 9);
     assert_int_equal(p->resumed_tokens, 3);
@@ -662,6 +664,9 @@ static void test_wire_decode_rejects_impossible_forward(void **state) {
     RESET();
     smp.max_new_tokens = 0;
     expect_reject(&m, fwd_lens, 2, "sampling.max_new_tokens 0 is outside");
+    RESET();
+    smp.choice = 65536;
+    expect_reject(&m, fwd_lens, 2, "sampling.choice 65536 is not below 65536");
     RESET();
     uint32_t many_stops[XC_WIRE_MAX_STOP_IDS + 1] = {0};
     smp.stop_ids = many_stops;

@@ -246,10 +246,36 @@ static void test_worker_last_stage_fails_one_sequence(void **state) {
     stop(&h);
 }
 
+/* The device memory a CUDA worker advertises: a share of the free memory, capped; two workers on
+ * one GPU at 0.45 each advertise together less than the free memory. */
+static void test_worker_device_budget(void **state) {
+    (void)state;
+    uint64_t gib = 1ull << 30, free80 = 80 * gib;
+    assert_true(xc_worker_device_budget(free80, 0, 0) == (uint64_t)(0.9 * (double)free80));
+    assert_true(xc_worker_device_budget(free80, 1, 0) == free80);
+    assert_true(xc_worker_device_budget(free80, 0.5, 10 * gib) == 10 * gib);
+    assert_true(xc_worker_device_budget(free80, 0.1, 10 * gib) == (uint64_t)(0.1 * (double)free80));
+    assert_true(2 * xc_worker_device_budget(free80, 0.45, 0) < free80);
+    assert_true(xc_worker_device_budget(0, 0.9, 0) == 0);
+    /* a share out of range is refused at create */
+    xc_worker_conf c = {.coordinator = "tcp://127.0.0.1:1",
+                        .heartbeat_s = 1,
+                        .hang_s = 1,
+                        .backend = "sim",
+                        .sim_width = 1,
+                        .device_mem_frac = 1.5};
+    xc_worker *w = NULL;
+    assert_int_equal(xc_worker_create(&c, &w), XC_ERR_ARG);
+    c.device_mem_frac = 0.5;
+    c.device = -1;
+    assert_int_equal(xc_worker_create(&c, &w), XC_ERR_ARG);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_worker_last_stage_fails_one_sequence),
+        cmocka_unit_test(test_worker_device_budget),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
