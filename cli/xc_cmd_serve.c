@@ -39,7 +39,8 @@ int xc_cmd_coordinator(int argc, char **argv) {
 typedef struct serve_conf {
     const char *model, *transport, *requests, *backend, *log_level, *endpoint;
     int stages, replicas, threads, chunk, max_rows;
-    double dead_s, heartbeat_s, orphan_s;
+    double dead_s, heartbeat_s, orphan_s, step_timeout_s, resume_timeout_s;
+    int max_resumes;
     bool no_vision, exit_when_done;
 } serve_conf;
 
@@ -61,6 +62,13 @@ static const xc_conf_entry serve_entries[] = {
                 "rows per micro-batch"),
     XC_CONF_FLOAT("dead-timeout", "XC_DEAD_TIMEOUT", serve_conf, dead_s, 3.0, 0.05, 3600,
                   "seconds without a heartbeat after which a worker is dead"),
+    XC_CONF_FLOAT("step-timeout", "XC_STEP_TIMEOUT", serve_conf, step_timeout_s, 0, 0, 86400,
+                  "seconds a micro-batch may take before its replica is failed and re-formed "
+                  "(0 = 20 x its measured expected time, at least 10 s)"),
+    XC_CONF_INT("max-resumes", "XC_MAX_RESUMES", serve_conf, max_resumes, 3, 0, 1000,
+                "times a request is re-prefilled after losing its replica (0 = fail it)"),
+    XC_CONF_FLOAT("resume-timeout", "XC_RESUME_TIMEOUT", serve_conf, resume_timeout_s, 30, 0.1,
+                  86400, "seconds a resumed request may wait for a replica before it fails"),
     XC_CONF_FLOAT("heartbeat", "XC_HEARTBEAT", serve_conf, heartbeat_s, 0.5, 0.01, 60,
                   "workers' heartbeat period"),
     XC_CONF_FLOAT("orphan-timeout", "XC_ORPHAN_TIMEOUT", serve_conf, orphan_s, 60, 0, 1e7,
@@ -319,6 +327,9 @@ int xc_cmd_serve(int argc, char **argv) {
     f.replicas = c.replicas;
     f.no_vision = c.no_vision;
     f.dead_s = c.dead_s;
+    f.step_timeout_s = c.step_timeout_s;
+    f.max_resumes = c.max_resumes;
+    f.resume_timeout_s = c.resume_timeout_s;
     f.chunk = c.chunk;
     f.max_rows = c.max_rows;
     f.requests = c.requests;

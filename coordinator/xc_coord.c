@@ -74,6 +74,12 @@ static xc_status model_info_load(const char *dir, model_info *mi) {
 
 /* ---- state ---- */
 
+/* A message waiting for room on a worker's link (header encoded, tensor frames owned). */
+typedef struct outmsg {
+    xc_frame fr[XC_MSG_MAX_FRAMES];
+    size_t n;
+} outmsg;
+
 typedef struct cworker {
     char id[128];
     char endpoint[512];
@@ -84,9 +90,15 @@ typedef struct cworker {
     int role; /* -1 none, 0 vision, 1 stage */
     int replica, stage;
     bool ready;
-    xc_place_want want; /* the role it accepts (Register.role) */
-    int n_assign_fail;  /* assignments in a row it could not load (reset by Ready) */
-    uint64_t retry_ns;  /* after such a failure: no role for it before this time */
+    xc_place_want want;   /* the role it accepts (Register.role) */
+    uint64_t incarnation; /* the process's nonce from its Register (0 = an older worker) */
+    int assigns_out;      /* Assigns sent and not answered by Ready yet: it is ready only when
+                             the latest one is (both links keep order) */
+    int n_assign_fail;    /* assignments in a row it could not load (reset by Ready) */
+    uint64_t retry_ns;    /* after such a failure: no role for it before this time */
+    outmsg *q;            /* (conf.send_queue) ring of messages its full link could not take */
+    int q_head, q_n;
+    uint64_t slow_log_ns; /* last "queue full" line */
 } cworker;
 
 typedef struct creq {
@@ -97,14 +109,19 @@ typedef struct creq {
     xc_coord_range *img;
     int n_img;
     float *pixels;
-    float *emb; /* (n_img * img_tokens, hidden) once the vision worker answered */
+    float *emb; /* (n_img * img_tokens, hidden) once the vision worker answered; kept (like the
+                   pixels) until the request ends, so that a resumed request needs no vision */
     bool vision_sent;
     xc_coord_sampling sp;
     int max_new;
     int32_t *stop;
     int n_stop;
     bool penalize;
-    int n_gen;
+    int n_gen;        /* tokens delivered; ids[n .. n + n_gen) holds them */
+    int base;         /* tokens of those that end the prompt of the current admission (resume) */
+    int n_resumes;    /* times re-queued after its replica failed */
+    uint64_t wait_ns; /* waiting for a replica since (0: routed, or never was) */
+    int pin;          /* 0 = any replica, r + 1 = replica r only */
     xc_coord_event_fn fn;
     void *user;
     bool logprobs; /* api helper: ask the last stage for logprobs ... */
@@ -118,6 +135,16 @@ typedef struct replica {
     int worker[XC_PLACE_MAX_STAGES];     /* index into workers, -1 vacant */
     int kv_blocks;
     bool ready;
+    uint32_t epoch; /* grows at each failure; stages drop frames of another epoch */
+
+    /* micro-batches in flight: send time and rows, for their deadlines */
+    struct {
+        uint64_t id, sent_ns;
+        int rows;
+    } * mb;
+
+    int n_mb, cap_mb;
+    double ewma_s, ewma_rows; /* measured round trip of a micro-batch and its rows (0 = none) */
 } replica;
 
 struct xc_coord {
@@ -142,6 +169,11 @@ struct xc_coord {
         uint64_t ns;
     } rereg[64];
 
+    /* incarnations of worker processes known to be gone (replaced by a newer one): their late
+     * messages are ignored instead of failing the process that replaced them */
+    uint64_t retired[256];
+    int n_retired;
+
     replica reps[MAX_REPLICAS];
     int R, P;
 
@@ -157,7 +189,7 @@ struct xc_coord {
     int n_inbox, cap_inbox;
     bool closed; /* the coordinator thread drained the inbox for the last time (under lock) */
     uint64_t next_id;
-    atomic_int ready_flag, n_active, stopping, stop_now;
+    atomic_int ready_flag, n_active, stopping, stop_now, n_replicas;
     double drain_s;
     bool shutdown_workers;
 
@@ -174,6 +206,23 @@ struct xc_coord {
     double hb_ratio[MAX_WORKERS], hb_bytes[MAX_WORKERS], hb_mb[MAX_WORKERS];
     double hb_live[MAX_WORKERS]; /* Heartbeat.live_sequences */
     uint64_t nomem_log_ns;       /* last "no memory to build a micro-batch" line */
+    /* failure handling counters (xc_coord_stats) */
+    double n_resumes, n_resume_fail, n_step_timeouts, n_restarts, n_replica_fail, n_slow;
+    atomic_int n_unknown_dropped;
+    bool overdue;
+    /* dials: Reregister to unknown workers, offered without waiting (pump_dials) */
+    uint64_t reg_window_ns; /* new-worker registrations admitted in the current second */
+    int reg_window_n;
+
+    struct {
+        xc_transport *tx;
+        uint64_t deadline_ns;
+        char id[128];
+    } dials[16];
+
+    int n_dials;
+    uint64_t unknown_log_ns; /* last "unknown workers" line */
+    int unknown_since_log;
 };
 
 static void hooks_heartbeat(xc_coord *c, int wi, const xc_wire_heartbeat *hb);
@@ -235,16 +284,132 @@ static void req_end(xc_coord *c, creq *r, xc_status st, bool retryable, bool sto
     atomic_fetch_sub(&c->n_active, 1);
 }
 
-/* ---- sending ---- */
-
-static xc_status send_ctl(xc_coord *c, cworker *w, const xc_wire_control *ctl) {
-    xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = *ctl};
-    return xc_transport_send_wire(w->tx, &m, NULL, 0, c->conf.send_timeout_ms);
-}
+/* ---- sending: never waits for a peer ----
+ *
+ * Every send tries the link once without waiting (ZeroMQ: SNDTIMEO 0, i.e. ZMQ_DONTWAIT; MPI: a
+ * free MPI_Isend slot, completions polled). A message the link cannot take now joins the
+ * worker's bounded queue, which the loop retries each step (flush_queues). A worker whose queue
+ * is full is slow: the send is refused (XC_AGAIN) and the caller tries again later (a micro-batch
+ * is undone and formed again, a vision job stays unsent); nothing ever waits for it. */
 
 static void free_buf(void *data, void *hint) {
     (void)hint;
     xc_free(data);
+}
+
+static void outmsg_free(outmsg *o) {
+    xc_msg m = {.n = o->n};
+    memcpy(m.frames, o->fr, sizeof o->fr);
+    xc_msg_fini(&m);
+    o->n = 0;
+}
+
+static void queue_clear(xc_coord *c, cworker *w) {
+    for (; w->q_n > 0; w->q_n--) {
+        outmsg_free(&w->q[w->q_head]);
+        w->q_head = (w->q_head + 1) % c->conf.send_queue;
+    }
+    xc_free(w->q);
+    w->q = NULL;
+    w->q_head = 0;
+}
+
+/* Sends what worker w's queue holds, oldest first, while its link takes them. */
+static void queue_flush(xc_coord *c, cworker *w) {
+    while (w->q_n > 0 && w->tx) {
+        outmsg *o = &w->q[w->q_head];
+        xc_status st = xc_transport_send(w->tx, o->fr, o->n, 0);
+        if (st == XC_ERR_TIMEOUT) {
+            return; /* still full */
+        }
+        if (st != XC_OK) {
+            XC_LOG_WARN("worker %s: a queued message could not be sent (%s); dropped", w->id,
+                        xc_err_last());
+            outmsg_free(o);
+        }
+        o->n = 0;
+        w->q_head = (w->q_head + 1) % c->conf.send_queue;
+        w->q_n--;
+    }
+}
+
+static void flush_queues(xc_coord *c) {
+    for (int i = 0; i < c->n_workers; i++) {
+        if (c->workers[i].alive && c->workers[i].q_n > 0) {
+            queue_flush(c, &c->workers[i]);
+        }
+    }
+}
+
+/* Whether worker w's queue is full (a send would be refused). */
+static bool peer_full(const xc_coord *c, const cworker *w) {
+    return w->q_n >= c->conf.send_queue;
+}
+
+/* Sends m + tensors to worker w without waiting: XC_OK when sent or queued (the tensors with a
+ * free_fn are then owned by the link or the queue; borrowed ones are copied), XC_AGAIN when w's
+ * queue is full (nothing taken), another error when the message is bad or the link broken. */
+static xc_status post(xc_coord *c, cworker *w, const xc_wire_msg *m, xc_frame *tensors,
+                      size_t n_t) {
+    if (!w->tx) {
+        return xc_errf(XC_ERR_IO, "worker %s has no link", w->id);
+    }
+    if (w->q_n > 0) {
+        queue_flush(c, w);
+    }
+    if (w->q_n == 0) {
+        xc_status st = xc_transport_send_wire(w->tx, m, tensors, n_t, 0);
+        if (st != XC_ERR_TIMEOUT) {
+            return st;
+        }
+    }
+    if (peer_full(c, w)) {
+        c->n_slow++;
+        uint64_t now = xc_now_ns();
+        if (now - w->slow_log_ns > 1000000000ull) {
+            w->slow_log_ns = now;
+            XC_LOG_WARN("worker %s is slow: %d messages queued, no more taken for now", w->id,
+                        w->q_n);
+        }
+        return xc_errf(XC_AGAIN, "worker %s is slow (its send queue is full)", w->id);
+    }
+    if (!w->q && !(w->q = xc_calloc((size_t)c->conf.send_queue, sizeof *w->q))) {
+        return xc_errf(XC_ERR_NOMEM, "no memory for a send queue");
+    }
+    size_t lens[XC_MSG_MAX_FRAMES];
+    for (size_t i = 0; i < n_t; i++) {
+        lens[i] = tensors[i].len;
+    }
+    void *hdr = NULL;
+    size_t hdr_len = 0;
+    XC_TRY(xc_wire_encode(m, lens, n_t, &hdr, &hdr_len));
+    outmsg o = {.n = n_t + 1};
+    o.fr[0] = (xc_frame){.data = hdr, .len = hdr_len, .free_fn = free_buf};
+    for (size_t i = 0; i < n_t; i++) {
+        o.fr[i + 1] = tensors[i];
+        if (!tensors[i].free_fn) { /* borrowed: keep a copy */
+            void *cp = xc_malloc(tensors[i].len ? tensors[i].len : 1);
+            if (!cp) {
+                for (size_t k = 0; k < i; k++) {
+                    if (!tensors[k].free_fn) {
+                        xc_free(o.fr[k + 1].data);
+                    }
+                }
+                xc_free(hdr);
+                return xc_errf(XC_ERR_NOMEM, "no memory to queue a message");
+            }
+            memcpy(cp, tensors[i].data, tensors[i].len);
+            o.fr[i + 1] = (xc_frame){.data = cp, .len = tensors[i].len, .free_fn = free_buf};
+        }
+    }
+    w->q[(w->q_head + w->q_n) % c->conf.send_queue] = o;
+    w->q_n++;
+    return XC_OK;
+}
+
+static xc_status send_ctl(xc_coord *c, cworker *w, const xc_wire_control *ctl) {
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = *ctl};
+    return post(c, w, &m, NULL, 0);
 }
 
 /* ---- placement and assignment ---- */
@@ -299,14 +464,18 @@ static void send_assign(xc_coord *c, int wi) {
         a.kv_blocks = (uint32_t)r->kv_blocks;
         a.kv_block_size = (uint32_t)c->conf.block_size;
         a.max_rows = (uint32_t)c->conf.max_rows;
+        a.epoch = r->epoch;
         int nx = w->stage + 1 < r->P ? r->worker[w->stage + 1] : -1;
         a.next_endpoint = nx >= 0 ? c->workers[nx].endpoint : xc_transport_endpoint(c->rx);
     }
     w->ready = false;
     xc_wire_control ctl = {.kind = XC_WIRE_CTL_ASSIGN, .u.assign = a};
     if (send_ctl(c, w, &ctl) != XC_OK) {
+        /* the worker does not answer Ready then: its role stays not ready until a Register
+         * (it re-registers while unassigned) or the dead timeout */
         XC_LOG_WARN("assign to %s failed: %s", w->id, xc_err_last());
     } else {
+        w->assigns_out++;
         /* the placement's memory prediction for the stage (weights + KV budget), which
          * scripts/full-scale compares with the worker's RSS */
         double pred = w->role == 0 ? 0
@@ -401,6 +570,7 @@ static xc_status place(xc_coord *c) {
     }
     c->P = P;
     c->R = R;
+    atomic_store(&c->n_replicas, R);
     double tmax = 0;
     for (int r = 0; r < R; r++) {
         replica *rp = &c->reps[r];
@@ -415,6 +585,12 @@ static xc_status place(xc_coord *c) {
         }
         rp->kv_blocks = kv_blocks_for(c, rp);
         int inflight = c->conf.max_inflight > 0 ? c->conf.max_inflight : P + 1;
+        rp->epoch = 1;
+        rp->cap_mb = inflight;
+        rp->mb = xc_calloc((size_t)inflight, sizeof *rp->mb);
+        if (!rp->mb) {
+            return XC_ERR_NOMEM;
+        }
         xc_sched_conf sc = {.max_rows = c->conf.max_rows,
                             .chunk = c->conf.chunk,
                             .block_size = c->conf.block_size,
@@ -497,6 +673,7 @@ static void update_ready(xc_coord *c) {
         rp->ready = ok;
         all = all && ok;
     }
+    all = all && !c->overdue; /* a micro-batch past its deadline: not ready */
     c->was_ready = c->was_ready || all;
     if (all != (bool)atomic_load(&c->ready_flag)) {
         XC_LOG_INFO("cluster %s", all ? "ready" : "NOT ready");
@@ -509,44 +686,83 @@ static void update_ready(xc_coord *c) {
 
 /* ---- failure ---- */
 
+/* Requests of a failed replica are not failed: each goes back to the queue with its prompt,
+ * its image embeddings and the tokens it already streamed, to be re-prefilled on a ready replica
+ * (this one once re-formed, or another) and to go on from the next token (ids[n + n_gen)), at
+ * most max_resumes times; a pinned request (the canary) fails instead. */
+static void resume_or_fail(xc_coord *c, creq *q, const char *why) {
+    q->replica = -1; /* its KV is gone with the scheduler state */
+    if (q->pin || q->n_resumes >= c->conf.max_resumes) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s%s", why,
+                 q->pin ? "" : " (the request was resumed as often as --max-resumes allows)");
+        c->n_resume_fail += !q->pin;
+        req_end(c, q, XC_ERR_IO, true, false, msg);
+        return;
+    }
+    q->n_resumes++;
+    q->base = q->n_gen;
+    q->wait_ns = xc_now_ns();
+    c->n_resumes++;
+    XC_LOG_INFO("request %llu resumes (%d of at most %d) after %d tokens: %s",
+                (unsigned long long)q->id, q->n_resumes, c->conf.max_resumes, q->n_gen, why);
+}
+
+/* Replica r failed (a stage lost, restarted or failing a micro-batch, or a micro-batch past its
+ * deadline): its scheduler drops everything in flight, its epoch grows (stages drop frames of the
+ * old one), its requests resume, and every stage it still has gets its Assign again (which
+ * clears the stage's sequences; the weights stay loaded), so it serves again once all are
+ * Ready. */
 static void fail_replica(xc_coord *c, int r, const char *why) {
     replica *rp = &c->reps[r];
     uint64_t ids[4096];
     int n = 0;
     xc_sched_fail_all(rp->sched, ids, 4096, &n);
+    xc_sched_drop_releases(rp->sched); /* the re-assignment clears every stage */
+    rp->n_mb = 0;
+    rp->epoch++;
+    rp->ready = false;
+    c->n_replica_fail++;
     for (int i = 0; i < c->n_reqs;) {
         creq *q = c->reqs[i];
         if (q->replica == r) {
-            q->replica = -1; /* its KV is gone with the scheduler state */
-            req_end(c, q, XC_ERR_IO, true, false, why);
-            continue;
+            int before = c->n_reqs;
+            resume_or_fail(c, q, why);
+            if (c->n_reqs < before) {
+                continue; /* ended: the last request moved into slot i */
+            }
         }
         i++;
     }
+    for (int k = 0; k < rp->P; k++) {
+        if (rp->worker[k] >= 0 && c->workers[rp->worker[k]].alive) {
+            send_assign(c, rp->worker[k]);
+        }
+    }
 }
 
-/* Takes worker wi's role away: a stage leaves its replica vacant (the replica's requests fail),
- * the vision role fails the requests still waiting for image embeddings. */
+/* Takes worker wi's role away: a stage leaves its replica vacant (the replica fails: its
+ * requests resume elsewhere), the vision role leaves the requests still waiting for image
+ * embeddings queued until a vision worker is back (or their wait times out). */
 static void vacate_role(xc_coord *c, int wi, const char *why) {
     cworker *w = &c->workers[wi];
     if (w->role == 1) {
         c->reps[w->replica].worker[w->stage] = -1;
-        c->reps[w->replica].ready = false;
         fail_replica(c, w->replica, why);
     } else if (w->role == 0) {
         c->vision_worker = -1;
-        /* requests still waiting for image embeddings cannot proceed */
-        for (int i = 0; i < c->n_reqs;) {
+        uint64_t now = xc_now_ns();
+        for (int i = 0; i < c->n_reqs; i++) {
             creq *q = c->reqs[i];
             if (q->n_img > 0 && !q->emb) {
-                req_end(c, q, XC_ERR_IO, true, false, why);
-                continue;
+                q->vision_sent = false; /* sent again to the next vision worker */
+                q->wait_ns = q->wait_ns ? q->wait_ns : now;
             }
-            i++;
         }
     }
     w->role = -1;
     w->ready = false;
+    w->assigns_out = 0;
 }
 
 static void role_name_of(const cworker *w, const char *how, char *why, size_t cap) {
@@ -564,6 +780,7 @@ static void worker_lost(xc_coord *c, int wi, const char *how) {
     XC_LOG_ERROR("%s", why);
     vacate_role(c, wi, why);
     w->alive = false;
+    queue_clear(c, w);
     xc_transport_close(w->tx);
     w->tx = NULL;
     if (c->placed) {
@@ -605,9 +822,55 @@ static int worker_by_id(xc_coord *c, const char *id) {
     return -1;
 }
 
+/* Counts a message from an unknown worker that was not answered (rate limits), and says how
+ * many at most once a second. */
+static void unknown_dropped(xc_coord *c, const char *what) {
+    atomic_fetch_add(&c->n_unknown_dropped, 1);
+    c->unknown_since_log++;
+    uint64_t now = xc_now_ns();
+    if (now - c->unknown_log_ns > 1000000000ull) {
+        XC_LOG_WARN("%d %s from unknown workers not answered in the last second (rate limit; "
+                    "use CURVE with client keys to keep strangers out, docs/cluster.md)",
+                    c->unknown_since_log, what);
+        c->unknown_log_ns = now;
+        c->unknown_since_log = 0;
+    }
+}
+
+/* Dials: one-shot links to unknown workers' endpoints to ask them to register (Reregister), so
+ * that a restarted coordinator adopts live workers. Dialing a peer can take as long as its
+ * address makes it (a forged heartbeat may name anything), so no step ever waits for one: the
+ * link is opened (connecting happens in the background), the message is offered without waiting
+ * at each step (pump_dials), and a link that has not taken it within a second is dropped. */
+static void dial_close(xc_coord *c, int i) {
+    xc_transport_close(c->dials[i].tx);
+    c->dials[i] = c->dials[--c->n_dials];
+}
+
+static void pump_dials(xc_coord *c) {
+    uint64_t now = xc_now_ns();
+    for (int i = 0; i < c->n_dials;) {
+        xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL,
+                         .u.control = {.kind = XC_WIRE_CTL_REREGISTER,
+                                       .u.reregister.reason = "unknown to this coordinator"}};
+        if (xc_transport_send_wire(c->dials[i].tx, &m, NULL, 0, 0) == XC_OK) {
+            XC_LOG_INFO("heartbeat from unknown worker %s: asked it to register", c->dials[i].id);
+            dial_close(c, i);
+        } else if (now > c->dials[i].deadline_ns) {
+            XC_LOG_WARN("heartbeat from unknown worker %s: cannot ask it to register (its "
+                        "endpoint took nothing in 1 s)",
+                        c->dials[i].id);
+            dial_close(c, i);
+        } else {
+            i++;
+        }
+    }
+}
+
 /* A heartbeat from a worker this coordinator does not know (it restarted, or declared the worker
- * dead): tell it to register again, through a one-shot link to the endpoint the heartbeat names.
- * At most once a second per worker name; the short linger keeps a gone peer from stalling us. */
+ * dead): the dialer tells it to register again. At most once per 3 s per worker id, only while a
+ * worker slot is free, and at most 16 dials waiting; the rest is counted and logged once a
+ * second. */
 static void ask_reregister(xc_coord *c, const xc_wire_heartbeat *hb) {
     if (!hb->worker_id || !hb->worker_id[0] || !hb->endpoint || !hb->endpoint[0] ||
         atomic_load(&c->stopping)) {
@@ -624,46 +887,113 @@ static void ask_reregister(xc_coord *c, const xc_wire_heartbeat *hb) {
             slot = i; /* else the oldest entry */
         }
     }
-    if (!strcmp(c->rereg[slot].id, hb->worker_id) && now - c->rereg[slot].ns < 1000000000ull) {
+    if (!strcmp(c->rereg[slot].id, hb->worker_id) && now - c->rereg[slot].ns < 3000000000ull) {
+        return; /* asked recently: not a flood, just its next heartbeats */
+    }
+    bool room = c->n_workers < MAX_WORKERS;
+    for (int i = 0; i < c->n_workers && !room; i++) {
+        room = !c->workers[i].alive;
+    }
+    if (!room) {
+        unknown_dropped(c, "heartbeats");
         return;
     }
-    snprintf(c->rereg[slot].id, sizeof c->rereg[slot].id, "%s", hb->worker_id);
-    c->rereg[slot].ns = now;
+    if (c->n_dials == 16) {
+        unknown_dropped(c, "heartbeats");
+        return;
+    }
     xc_transport_conf tc = XC_TRANSPORT_CONF_INIT;
     if (c->conf.tconf) {
         tc = *c->conf.tconf;
     }
-    tc.linger_ms = 200;
+    tc.linger_ms = 50; /* close never waits long for a peer that took nothing */
     xc_transport *tx = NULL;
-    xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL,
-                     .u.control = {.kind = XC_WIRE_CTL_REREGISTER,
-                                   .u.reregister.reason = "unknown to this coordinator"}};
-    if (xc_transport_open(hb->endpoint, XC_TRANSPORT_SEND, &tc, &tx) != XC_OK ||
-        xc_transport_send_wire(tx, &m, NULL, 0, 200) != XC_OK) {
-        XC_LOG_WARN("heartbeat from unknown worker %s: cannot ask it to register at %s: %s",
-                    hb->worker_id, hb->endpoint, xc_err_last());
+    if (xc_transport_open(hb->endpoint, XC_TRANSPORT_SEND, &tc, &tx) != XC_OK) {
+        XC_LOG_WARN("heartbeat from unknown worker %s: cannot dial %s: %s", hb->worker_id,
+                    hb->endpoint, xc_err_last());
     } else {
-        XC_LOG_INFO("heartbeat from unknown worker %s (%s): asked it to register", hb->worker_id,
-                    hb->endpoint);
+        c->dials[c->n_dials].tx = tx;
+        c->dials[c->n_dials].deadline_ns = now + 1000000000ull;
+        snprintf(c->dials[c->n_dials].id, sizeof c->dials[0].id, "%s", hb->worker_id);
+        c->n_dials++;
     }
-    xc_transport_close(tx);
+    snprintf(c->rereg[slot].id, sizeof c->rereg[slot].id, "%s", hb->worker_id);
+    c->rereg[slot].ns = now;
+}
+
+static void retire(xc_coord *c, uint64_t inc) {
+    if (inc) {
+        c->retired[c->n_retired++ % 256] = inc;
+    }
+}
+
+static bool is_retired(const xc_coord *c, uint64_t inc) {
+    int n = c->n_retired < 256 ? c->n_retired : 256;
+    for (int i = 0; inc && i < n; i++) {
+        if (c->retired[i] == inc) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Worker wi's process is gone because a new one took its place (a new incarnation under its id,
+ * or its endpoint claimed by another worker): its role is vacated at once (no dead timeout) and
+ * its late messages are ignored from now on. */
+static void worker_replaced(xc_coord *c, int wi, const char *how) {
+    retire(c, c->workers[wi].incarnation);
+    c->n_restarts++;
+    worker_lost(c, wi, how);
 }
 
 static void on_register(xc_coord *c, const xc_wire_register *r) {
+    if (is_retired(c, r->incarnation)) {
+        return; /* a late Register of a process that was replaced */
+    }
     int wi = worker_by_id(c, r->worker_id);
     if (wi >= 0 && c->workers[wi].alive) {
         cworker *w = &c->workers[wi];
         w->last_seen = xc_now_ns();
-        if (strcmp(w->endpoint, r->endpoint)) {
+        if (r->incarnation && w->incarnation && r->incarnation != w->incarnation) {
+            /* same name, new process (a pod restarted under its name and address) */
+            worker_replaced(c, wi, "restarted (a new incarnation registered)");
+        } else if (strcmp(w->endpoint, r->endpoint)) {
             /* same name, new process: treat the old one as lost */
-            worker_lost(c, wi, "re-registered from a new endpoint");
+            worker_replaced(c, wi, "re-registered from a new endpoint");
         } else {
             if (w->role >= 0) {
+                /* it registers, so it holds no assignment: a Ready still on its way was sent
+                 * before this Register */
+                w->assigns_out = 0;
                 send_assign(c, wi); /* the worker restarted its loop and lost its role */
             } else if (c->placed) {
                 fill_vacancies(c); /* an idle worker (its back-off after a failed
                                       assignment may be over) */
             }
+            return;
+        }
+    }
+    /* a new worker that claims the endpoint of a live one: the old process is gone (its
+     * address was given to another) */
+    for (int i = 0; i < c->n_workers; i++) {
+        if (i != wi && c->workers[i].alive && !strcmp(c->workers[i].endpoint, r->endpoint)) {
+            char how[300];
+            snprintf(how, sizeof how, "gone: its endpoint %s was claimed by worker %s", r->endpoint,
+                     r->worker_id);
+            worker_replaced(c, i, how);
+        }
+    }
+    if (wi < 0) {
+        /* a worker id never seen (or seen dead): at most 50 such registrations a second, so
+         * that a flood of forged ones cannot make the coordinator open links all day (a real
+         * worker registers again 2 s later) */
+        uint64_t now = xc_now_ns();
+        if (now - c->reg_window_ns > 1000000000ull) {
+            c->reg_window_ns = now;
+            c->reg_window_n = 0;
+        }
+        if (++c->reg_window_n > 50) {
+            unknown_dropped(c, "registrations");
             return;
         }
     }
@@ -692,6 +1022,7 @@ static void on_register(xc_coord *c, const xc_wire_register *r) {
                  : r->host_mem_bytes + r->device_mem_bytes;
     w->role = -1;
     w->want = (xc_place_want)r->role;
+    w->incarnation = r->incarnation;
     if (xc_transport_open(w->endpoint, XC_TRANSPORT_SEND, c->conf.tconf, &w->tx) != XC_OK) {
         XC_LOG_WARN("register from %s: cannot reach %s: %s", w->id, w->endpoint, xc_err_last());
         return;
@@ -731,6 +1062,9 @@ static void on_vision_result(xc_coord *c, const xc_wire_forward *f, const xc_msg
     memcpy(q->emb, msg->frames[1].data, (size_t)q->n_img * per * sizeof(float));
     hooks_vision_done(c, q);
     if (q->replica >= 0) {
+        q->wait_ns = 0;
+    }
+    if (q->replica >= 0) {
         xc_sched_set_ready(c->reps[q->replica].sched, q->id);
     }
 }
@@ -744,6 +1078,73 @@ static bool is_stop(const creq *q, int32_t t) {
     return false;
 }
 
+/* ---- step deadlines ---- */
+
+double xc_coord_step_deadline(double step_timeout_s, double mean_s, double mean_rows, int rows) {
+    if (step_timeout_s > 0) {
+        return step_timeout_s;
+    }
+    if (mean_s <= 0) {
+        return 60;
+    }
+    double scale = rows > mean_rows && mean_rows > 0 ? rows / mean_rows : 1;
+    double d = 20 * mean_s * scale;
+    return d > 10 ? d : 10;
+}
+
+static double step_deadline_s(const xc_coord *c, const replica *rp, int rows) {
+    return xc_coord_step_deadline(c->conf.step_timeout_s, rp->ewma_s, rp->ewma_rows, rows);
+}
+
+static void mb_sent(replica *rp, uint64_t id, int rows) {
+    if (rp->n_mb < rp->cap_mb) {
+        rp->mb[rp->n_mb].id = id;
+        rp->mb[rp->n_mb].sent_ns = xc_now_ns();
+        rp->mb[rp->n_mb++].rows = rows;
+    }
+}
+
+static void mb_done(xc_coord *c, replica *rp, uint64_t id) {
+    (void)c;
+    for (int i = 0; i < rp->n_mb; i++) {
+        if (rp->mb[i].id == id) {
+            double t = (double)(xc_now_ns() - rp->mb[i].sent_ns) * 1e-9;
+            int rows = rp->mb[i].rows > 0 ? rp->mb[i].rows : 1;
+            rp->ewma_s = rp->ewma_s > 0 ? 0.9 * rp->ewma_s + 0.1 * t : t;
+            rp->ewma_rows = rp->ewma_rows > 0 ? 0.9 * rp->ewma_rows + 0.1 * rows : rows;
+            rp->mb[i] = rp->mb[--rp->n_mb];
+            return;
+        }
+    }
+}
+
+/* Fails every replica with a micro-batch past its deadline (logged, counted); the cluster is not
+ * ready while one is (c->overdue, cleared when the replica is re-formed). */
+static void check_deadlines(xc_coord *c) {
+    uint64_t now = xc_now_ns();
+    bool overdue = false;
+    for (int r = 0; r < c->R; r++) {
+        replica *rp = &c->reps[r];
+        for (int i = 0; i < rp->n_mb; i++) {
+            double age = (double)(now - rp->mb[i].sent_ns) * 1e-9;
+            double limit = step_deadline_s(c, rp, rp->mb[i].rows);
+            if (age > limit) {
+                char why[256];
+                snprintf(why, sizeof why,
+                         "replica %d: micro-batch %llu (%d rows) not back after %.1f s (deadline "
+                         "%.1f s)",
+                         r, (unsigned long long)rp->mb[i].id, rp->mb[i].rows, age, limit);
+                XC_LOG_ERROR("%s; the replica is failed and re-formed", why);
+                c->n_step_timeouts++;
+                overdue = true;
+                fail_replica(c, r, why);
+                break;
+            }
+        }
+    }
+    c->overdue = overdue;
+}
+
 static void on_result(xc_coord *c, const xc_wire_result *res) {
     /* find the replica whose scheduler has this micro-batch: ids are per replica, so the
      * replica is encoded in the high bits */
@@ -753,7 +1154,12 @@ static void on_result(xc_coord *c, const xc_wire_result *res) {
         return;
     }
     xc_sched *s = c->reps[r].sched;
+    if (!xc_sched_is_inflight(s, mb)) {
+        return; /* from before the replica failed: its sequences resumed, their tokens would
+                   be duplicates */
+    }
     xc_sched_batch_done(s, mb);
+    mb_done(c, &c->reps[r], mb);
     for (size_t i = 0; i < res->n; i++) {
         creq *q = req_find(c, res->seq_ids[i], NULL);
         if (!q || q->replica != r) {
@@ -767,6 +1173,7 @@ static void on_result(xc_coord *c, const xc_wire_result *res) {
             req_end(c, q, XC_OK, false, true, NULL);
             continue;
         }
+        q->ids[q->n + q->n_gen] = t; /* the prompt of a resume */
         q->n_gen++;
         xc_coord_event ev = {.id = q->id, .kind = XC_COORD_TOKEN, .token = t};
         if (q->logprobs && res->n_logprobs == res->n) { /* api helper: logprobs */
@@ -831,6 +1238,16 @@ static void handle(xc_coord *c, const xc_wire_msg *m, const xc_msg *msg) {
         break;
     case XC_WIRE_CTL_HEARTBEAT:
         wi = worker_by_id(c, ctl->u.heartbeat.worker_id);
+        if (is_retired(c, ctl->u.heartbeat.incarnation)) {
+            break; /* a late heartbeat of a process that was replaced */
+        }
+        if (wi >= 0 && c->workers[wi].alive && ctl->u.heartbeat.incarnation &&
+            c->workers[wi].incarnation &&
+            ctl->u.heartbeat.incarnation != c->workers[wi].incarnation) {
+            /* its process restarted (the new one registers again while unassigned) */
+            worker_replaced(c, wi, "restarted (a heartbeat with a new incarnation)");
+            break;
+        }
         if (wi >= 0 && c->workers[wi].alive) {
             c->workers[wi].last_seen = xc_now_ns();
             hooks_heartbeat(c, wi, &ctl->u.heartbeat);
@@ -841,6 +1258,13 @@ static void handle(xc_coord *c, const xc_wire_msg *m, const xc_msg *msg) {
     case XC_WIRE_CTL_READY:
         wi = worker_by_id(c, ctl->u.ready.worker_id);
         if (wi >= 0 && c->workers[wi].alive && c->workers[wi].role >= 0) {
+            /* the answer to an older Assign (the replica was re-formed meanwhile) does not make
+             * it ready: frames of the new epoch would reach a stage still in the old one */
+            cworker *w = &c->workers[wi];
+            w->assigns_out -= w->assigns_out > 0;
+            if (w->assigns_out > 0) {
+                break;
+            }
             c->workers[wi].ready = true;
             c->workers[wi].n_assign_fail = 0;
             c->workers[wi].last_seen = xc_now_ns();
@@ -881,6 +1305,9 @@ static void handle(xc_coord *c, const xc_wire_msg *m, const xc_msg *msg) {
 
 static void send_vision(xc_coord *c, creq *q) {
     cworker *w = &c->workers[c->vision_worker];
+    if (peer_full(c, w)) {
+        return; /* a slow (or stopped) vision worker: only image requests wait */
+    }
     uint32_t S = (uint32_t)c->mi.img_size;
     xc_wire_seq *seqs = xc_arena_calloc(c->arena, (size_t)q->n_img, sizeof *seqs);
     static const uint32_t block0 = 0;
@@ -904,9 +1331,13 @@ static void send_vision(xc_coord *c, creq *q) {
             .seqs = seqs,
             .payload = {.dtype = XC_DTYPE_F32, .rows = (uint32_t)q->n_img * 3 * S, .cols = S}}};
     xc_frame fr = {.data = px, .len = bytes, .free_fn = free_buf};
-    if (xc_transport_send_wire(w->tx, &m, &fr, 1, c->conf.send_timeout_ms) != XC_OK) {
+    xc_status st = post(c, w, &m, &fr, 1);
+    if (st != XC_OK) {
         xc_free(px);
-        XC_LOG_WARN("vision job for request %llu: %s", (unsigned long long)q->id, xc_err_last());
+        if (st != XC_AGAIN) {
+            XC_LOG_WARN("vision job for request %llu: %s", (unsigned long long)q->id,
+                        xc_err_last());
+        }
         return;
     }
     q->vision_sent = true;
@@ -930,7 +1361,8 @@ static xc_status batch_unbuilt(xc_coord *c, int r, const xc_sched_batch *b, int3
 }
 
 /* Builds micro-batch b of replica r and sends it to stage 0. Every failure before the send
- * undoes b in the scheduler (XC_ERR_NOMEM); a failed send fails the replica (XC_ERR_IO). */
+ * undoes b in the scheduler (XC_ERR_NOMEM), and so does a full queue to stage 0 (XC_AGAIN); a
+ * broken link fails the replica (XC_ERR_IO). */
 static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
     replica *rp = &c->reps[r];
     cworker *w0 = &c->workers[rp->worker[0]];
@@ -982,7 +1414,7 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
             memcpy(img + irow * H, q->emb + src * H, (size_t)(e - a) * H * sizeof(float));
             irow += (size_t)(e - a);
         }
-        if (it->n_tokens == 1 && it->first_pos >= q->n) {
+        if (it->n_tokens == 1 && it->first_pos >= q->n + q->base) {
             ids[row] = it->token;
         } else {
             memcpy(ids + row, q->ids + it->first_pos, (size_t)it->n_tokens * sizeof(int32_t));
@@ -997,7 +1429,8 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
         xc_wire_sampling *smp = NULL;
         if (it->first_chunk) {
             smp = xc_arena_calloc(c->arena, 1, sizeof *smp);
-            uint32_t *pen = xc_arena_alloc(c->arena, (size_t)q->n * sizeof(uint32_t) + 4);
+            uint32_t *pen =
+                xc_arena_alloc(c->arena, (size_t)(q->n + q->base) * sizeof(uint32_t) + 4);
             if (!smp || !pen) {
                 return batch_unbuilt(c, r, b, ids, img);
             }
@@ -1013,14 +1446,18 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                     }
                 }
             }
+            /* a resumed sequence: the tokens it generated before were seen by its sampler */
+            for (int t = q->n; t < q->n + q->base; t++) {
+                pen[n_pen++] = (uint32_t)q->ids[t];
+            }
             *smp = (xc_wire_sampling){.greedy = q->sp.greedy,
                                       .temperature = q->sp.greedy ? 1.0f : q->sp.temperature,
                                       .top_k = (uint32_t)q->sp.top_k,
                                       .top_p = q->sp.top_p,
                                       .repetition_penalty = q->sp.repetition_penalty,
                                       .seed = q->sp.seed,
-                                      .max_new_tokens = (uint32_t)q->max_new,
-                                      .prompt_len = (uint32_t)q->n,
+                                      .max_new_tokens = (uint32_t)(q->max_new - q->base),
+                                      .prompt_len = (uint32_t)(q->n + q->base),
                                       .n_penalty_ids = n_pen,
                                       .penalty_ids = pen,
                                       .logprobs = q->logprobs, /* api helper */
@@ -1035,7 +1472,8 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                                       .stop_ids = (const uint32_t *)q->stop,
                                       .n_logit_bias = (size_t)q->sp.n_logit_bias,
                                       .logit_bias_ids = q->sp.logit_bias_ids,
-                                      .logit_bias_values = q->sp.logit_bias};
+                                      .logit_bias_values = q->sp.logit_bias,
+                                      .resumed_tokens = (uint32_t)q->base};
         }
         seqs[i] = (xc_wire_seq){.id = it->id,
                                 .first_pos = (uint32_t)it->first_pos,
@@ -1048,6 +1486,7 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
     }
     xc_wire_forward f = {
         .microbatch_id = ((uint64_t)r << 48) | b->id,
+        .epoch = rp->epoch,
         .kv_block_size = (uint32_t)c->conf.block_size,
         .n_seqs = (size_t)b->n_items,
         .seqs = seqs,
@@ -1060,8 +1499,13 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
         {.data = ids, .len = (size_t)b->n_rows * sizeof(int32_t), .free_fn = free_buf},
         {.data = img, .len = img_rows * H * sizeof(float), .free_fn = free_buf}};
     xc_wire_msg m = {.kind = XC_WIRE_KIND_FORWARD, .u.forward = f};
-    xc_status st =
-        xc_transport_send_wire(w0->tx, &m, fr, img_rows ? 2 : 1, c->conf.send_timeout_ms);
+    xc_status st = post(c, w0, &m, fr, img_rows ? 2 : 1);
+    if (st == XC_AGAIN) { /* stage 0 is slow: form it again later (its deadline covers a stop) */
+        xc_free(ids);
+        xc_free(img);
+        xc_sched_abort(rp->sched, b);
+        return XC_AGAIN;
+    }
     if (st != XC_OK) {
         xc_free(ids);
         xc_free(img);
@@ -1072,6 +1516,7 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
         fail_replica(c, r, why);
         return XC_ERR_IO;
     }
+    mb_sent(rp, b->id, b->n_rows);
     c->bytes_sent += (double)b->n_rows * sizeof(int32_t) + (double)img_rows * H * sizeof(float);
     if (!img_rows) {
         xc_free(img);
@@ -1121,29 +1566,65 @@ static void admit_inbox(xc_coord *c) {
     }
     xc_free(in);
     /* route requests that wait for a replica */
+    uint64_t now = xc_now_ns();
+    bool any_ready = false, any_forming = false;
+    for (int r = 0; r < c->R; r++) {
+        any_ready = any_ready || c->reps[r].ready;
+        bool filled = c->reps[r].sched != NULL;
+        for (int k = 0; k < c->reps[r].P; k++) {
+            filled = filled && c->reps[r].worker[k] >= 0;
+        }
+        any_forming = any_forming || (filled && !c->reps[r].ready);
+    }
+    uint64_t wait_limit = (uint64_t)(c->conf.resume_timeout_s * 1e9);
     for (int i = 0; i < c->n_reqs;) {
         creq *q = c->reqs[i];
+        if (q->wait_ns && now - q->wait_ns > wait_limit &&
+            (q->replica < 0 || (q->n_img > 0 && !q->emb))) {
+            char why[200];
+            snprintf(why, sizeof why,
+                     "no replica%s could take the request within %g s (--resume-timeout); "
+                     "retry later",
+                     q->replica >= 0 ? " (vision)" : "", c->conf.resume_timeout_s);
+            c->n_resume_fail += q->n_resumes > 0;
+            req_end(c, q, XC_ERR_IO, true, false, why);
+            continue;
+        }
         if (q->replica >= 0) {
             i++;
             continue;
         }
-        if (c->was_ready && !atomic_load(&c->ready_flag)) {
+        /* a new request with no replica serving and none about to (a stage is lost and no
+         * worker is there to take it) fails fast; a resumed one, or any while a replica
+         * re-forms, waits (up to --resume-timeout) */
+        if (c->was_ready && !any_ready && !any_forming && q->n_resumes == 0 && !q->pin) {
             req_end(c, q, XC_ERR_IO, true, false,
                     "cluster not ready (a worker is lost or loading); retry later");
             continue;
         }
-        int r = pick_replica(c);
+        int r = q->pin ? q->pin - 1 : pick_replica(c);
+        if (q->pin && (r >= c->R || !c->reps[r].ready)) {
+            if (c->placed) {
+                req_end(c, q, XC_ERR_IO, true, false, "its replica is not ready");
+                continue;
+            }
+            r = -1;
+        }
         if (r < 0) {
-            i++; /* not placed yet: wait */
+            q->wait_ns = q->wait_ns ? q->wait_ns : (c->was_ready ? now : 0);
+            i++; /* not placed yet, or every replica re-forming: wait */
             continue;
         }
-        xc_status st = xc_sched_add(c->reps[r].sched, q->id, q->n, q->max_new,
+        xc_status st = xc_sched_add(c->reps[r].sched, q->id, q->n + q->base, q->max_new - q->base,
                                     q->n_img == 0 || q->emb != NULL);
         if (st != XC_OK) {
             req_end(c, q, st, false, false, xc_err_last());
             continue;
         }
         q->replica = r;
+        if (q->n_img == 0 || q->emb) {
+            q->wait_ns = 0;
+        }
         i++;
     }
     for (int i = 0; i < c->n_reqs; i++) {
@@ -1210,7 +1691,7 @@ static void send_heartbeats(xc_coord *c, uint64_t *last, uint64_t *seq) {
                      .u.control = {.kind = XC_WIRE_CTL_HEARTBEAT,
                                    .u.heartbeat = {.seq = ++*seq, .time_ns = now}}};
     for (int i = 0; i < c->n_workers; i++) {
-        if (c->workers[i].alive && c->workers[i].tx) {
+        if (c->workers[i].alive && c->workers[i].tx && c->workers[i].q_n == 0) {
             (void)xc_transport_send_wire(c->workers[i].tx, &m, NULL, 0, 0);
         }
     }
@@ -1235,7 +1716,10 @@ static void *coord_main(void *arg) {
             xc_msg_fini(&msg);
             timeout = 0;
         }
+        flush_queues(c);
+        pump_dials(c);
         check_liveness(c);
+        check_deadlines(c);
         send_heartbeats(c, &hb_last, &hb_seq);
         if (!c->placed) {
             place(c);
@@ -1250,6 +1734,9 @@ static void *coord_main(void *arg) {
                     break; /* undone (tried again next step) or the replica failed */
                 }
             }
+        }
+        if (c->placed) {
+            update_ready(c);
         }
         if (atomic_load(&c->stopping)) {
             uint64_t now = xc_now_ns();
@@ -1268,6 +1755,18 @@ static void *coord_main(void *arg) {
                 xc_wire_control ctl = {.kind = XC_WIRE_CTL_SHUTDOWN,
                                        .u.shutdown.reason = "coordinator stopped"};
                 (void)send_ctl(c, &c->workers[i], &ctl);
+            }
+        }
+        /* queued messages (the shutdowns among them) get send_timeout_ms in all to leave */
+        uint64_t end = xc_now_ns() + (uint64_t)c->conf.send_timeout_ms * 1000000ull;
+        for (bool left = true; left && xc_now_ns() < end;) {
+            flush_queues(c);
+            left = false;
+            for (int i = 0; i < c->n_workers; i++) {
+                left = left || (c->workers[i].alive && c->workers[i].q_n > 0);
+            }
+            if (left) {
+                usleep(2000);
             }
         }
     }
@@ -1312,6 +1811,15 @@ xc_status xc_coord_create(const xc_coord_conf *conf, xc_coord **out) {
     }
     if (c->conf.send_timeout_ms <= 0) {
         c->conf.send_timeout_ms = 2000;
+    }
+    if (c->conf.send_queue <= 0) {
+        c->conf.send_queue = 64;
+    }
+    if (c->conf.max_resumes < 0) {
+        c->conf.max_resumes = 0;
+    }
+    if (!(c->conf.resume_timeout_s > 0)) {
+        c->conf.resume_timeout_s = 30;
     }
     c->need_vision = !conf->no_vision && c->mi.img_size > 0;
     derive_cost(c);
@@ -1437,7 +1945,11 @@ xc_status xc_coord_submit(xc_coord *c, const xc_coord_request *r, xc_coord_event
     q->n = r->n;
     q->n_img = r->n_img;
     q->n_stop = r->n_stop_ids;
-    q->ids = dup_mem(r->ids, (size_t)r->n * sizeof(int32_t));
+    q->ids = xc_malloc(((size_t)r->n + (size_t)r->max_new_tokens) * sizeof(int32_t));
+    if (q->ids) {
+        memcpy(q->ids, r->ids, (size_t)r->n * sizeof(int32_t));
+    }
+    q->pin = r->pin_replica > 0 ? r->pin_replica : 0;
     q->img = dup_mem(r->img, (size_t)r->n_img * sizeof(xc_coord_range));
     q->stop = dup_mem(r->stop_ids, (size_t)r->n_stop_ids * sizeof(int32_t));
     q->pixels = r->n_img ? dup_mem(r->pixels, (size_t)r->n_img * 3 * S * S * sizeof(float)) : NULL;
@@ -1538,15 +2050,20 @@ void xc_coord_destroy(xc_coord *c) {
         atomic_store(&c->stop_now, 1);
         xc_coord_stop(c, 0, false);
     }
+    while (c->n_dials > 0) {
+        dial_close(c, 0);
+    }
     /* normally empty (the thread's last step ended everything): never drop a request without
      * its DONE event */
     fail_everything(c, "coordinator destroyed", true);
     xc_free(c->reqs);
     for (int i = 0; i < c->n_workers; i++) {
+        queue_clear(c, &c->workers[i]);
         xc_transport_close(c->workers[i].tx);
     }
     for (int r = 0; r < MAX_REPLICAS; r++) {
         xc_sched_destroy(c->reps[r].sched);
+        xc_free(c->reps[r].mb);
     }
     xc_transport_close(c->rx);
     xc_arena_destroy(c->arena);
@@ -1574,6 +2091,10 @@ xc_status xc_coord_cancel(xc_coord *c, uint64_t id) {
     c->cancels[c->n_cancels++] = id;
     pthread_mutex_unlock(&c->lock);
     return XC_OK;
+}
+
+int xc_coord_n_replicas(xc_coord *c) {
+    return atomic_load(&c->n_replicas);
 }
 
 int xc_coord_max_context(const xc_coord *c) {
@@ -1655,6 +2176,14 @@ static void hooks_step(xc_coord *c) {
     st.waiting += c->n_inbox;
     pthread_mutex_unlock(&c->lock);
     st.bytes_to_stage0 = c->bytes_sent;
+    st.resumes = c->n_resumes;
+    st.resume_failures = c->n_resume_fail;
+    st.step_timeouts = c->n_step_timeouts;
+    st.worker_restarts = c->n_restarts;
+    st.replica_failures = c->n_replica_fail;
+    st.slow_peer_sends = c->n_slow;
+    st.unknown_dropped = atomic_load(&c->n_unknown_dropped);
+    st.overdue = c->overdue;
     st.n_stages = 0;
     for (int r = 0; r < c->R; r++) {
         for (int k = 0; k < c->reps[r].P && st.n_stages < XC_COORD_STATS_MAX_STAGES; k++) {

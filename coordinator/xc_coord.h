@@ -53,7 +53,17 @@ typedef struct xc_coord_conf {
     int max_inflight;           /* micro-batches in flight per replica; 0 = stages + 1 */
     int max_context;            /* tokens per sequence; 0 = config max_length */
     int plora_rank;             /* for the placement cost model when it cannot see the checkpoint */
-    int send_timeout_ms;        /* sends to workers */
+    int send_timeout_ms;        /* shutdown messages to workers at exit (every other send is
+                                   non-blocking: a per-worker queue, see send_queue) */
+    int send_queue;             /* messages queued per worker while its link is full; a full
+                                   queue marks the worker slow (0 = 64) */
+    double step_timeout_s;      /* a micro-batch not back after this fails its replica; 0 = auto:
+                                   20 x its expected time (measured), at least 10 s (60 s before
+                                   the first measurement) */
+    int max_resumes;            /* times a request is re-prefilled after losing its replica
+                                   (0 = fail it at once) */
+    double resume_timeout_s;    /* a request waiting for a replica (resumed, or new while every
+                                   replica re-forms) fails after this; 0 = 30 */
     const xc_place_model *cost; /* optional: overrides the cost model derived from config.json */
     const xc_transport_conf *tconf;
 } xc_coord_conf;
@@ -70,6 +80,7 @@ typedef struct xc_coord_request {
     const int32_t *stop_ids; /* a generated stop id ends the reply and is not delivered */
     int n_stop_ids;
     bool penalize_prompt; /* repetition penalty also on the prompt's text ids (text-only chat) */
+    int pin_replica;      /* 0 = any replica; r + 1 = only replica r, never resumed (the canary) */
     bool logprobs;        /* api helper: TOKEN events carry the token's logprob ... */
     int top_logprobs;     /* ... and this many most likely alternatives (0-20) */
 } xc_coord_request;
@@ -166,7 +177,24 @@ typedef struct xc_coord_stats {
     double vision_jobs;     /* vision jobs completed */
     int n_stages;
     xc_coord_stage_stats stages[XC_COORD_STATS_MAX_STAGES];
+    /* failure handling (cumulative) */
+    double resumes;         /* requests re-prefilled after their replica failed */
+    double resume_failures; /* requests failed: resumes used up, or no replica in time */
+    double step_timeouts;   /* micro-batches past their deadline (each failed its replica) */
+    double worker_restarts; /* worker processes replaced (new incarnation or endpoint claimed) */
+    double replica_failures;
+    double slow_peer_sends; /* sends refused because a worker's queue was full */
+    double unknown_dropped; /* heartbeats/registrations of unknown workers not answered */
+    bool overdue;           /* a micro-batch is past its deadline right now */
 } xc_coord_stats;
+
+/* The deadline in seconds of a micro-batch of `rows` rows: step_timeout_s when > 0, else 20 x
+ * its expected round trip (mean_s, the replica's measured mean, scaled by rows / mean_rows when
+ * above the mean rows), at least 10 s; 60 s when nothing was measured yet (mean_s <= 0). */
+double xc_coord_step_deadline(double step_timeout_s, double mean_s, double mean_rows, int rows);
+
+/* Replicas placed (0 before placement). */
+int xc_coord_n_replicas(xc_coord *c);
 
 /* Copies the latest snapshot. Thread-safe. */
 void xc_coord_get_stats(xc_coord *c, xc_coord_stats *out);

@@ -27,6 +27,17 @@ static const xc_conf_entry coord_entries[] = {
                  "serve text only (no vision worker)"),
     XC_CONF_FLOAT("dead-timeout", "XC_DEAD_TIMEOUT", xc_coord_flags, dead_s, 3.0, 0.05, 3600,
                   "seconds without a heartbeat after which a worker is dead"),
+    XC_CONF_FLOAT("step-timeout", "XC_STEP_TIMEOUT", xc_coord_flags, step_timeout_s, 0, 0, 86400,
+                  "seconds a micro-batch may take before its replica is failed and re-formed "
+                  "(0 = 20 x its measured expected time, at least 10 s)"),
+    XC_CONF_INT("max-resumes", "XC_MAX_RESUMES", xc_coord_flags, max_resumes, 3, 0, 1000,
+                "times a request is re-prefilled on another replica after losing its own "
+                "(0 = fail it)"),
+    XC_CONF_FLOAT("resume-timeout", "XC_RESUME_TIMEOUT", xc_coord_flags, resume_timeout_s, 30, 0.1,
+                  86400, "seconds a resumed request may wait for a replica before it fails"),
+    XC_CONF_INT("send-queue", "XC_SEND_QUEUE", xc_coord_flags, send_queue, 64, 1, 65536,
+                "messages queued per worker while its link is full (a full queue = slow "
+                "worker, never waited for)"),
     XC_CONF_INT("max-rows", "XC_MAX_ROWS", xc_coord_flags, max_rows, 256, 1, 65536,
                 "rows (tokens) per micro-batch"),
     XC_CONF_INT("chunk", "XC_CHUNK", xc_coord_flags, chunk, 128, 1, 65536,
@@ -95,7 +106,11 @@ void xc_coord_cli_conf(const xc_coord_flags *f, xc_coord_conf *out) {
                            .kv_blocks = f->kv_blocks,
                            .max_inflight = f->max_inflight,
                            .max_context = f->max_context,
-                           .plora_rank = f->plora_rank};
+                           .plora_rank = f->plora_rank,
+                           .step_timeout_s = f->step_timeout_s,
+                           .max_resumes = f->max_resumes,
+                           .resume_timeout_s = f->resume_timeout_s,
+                           .send_queue = f->send_queue};
 }
 
 int xc_coord_cli_serve(xc_coord *c, const xc_coord_flags *f, xc_http *http) {

@@ -12,6 +12,8 @@ typedef struct xc_coord_flags {
     int stages, replicas, workers, max_rows, chunk, block_size, kv_blocks, max_inflight;
     int max_context, plora_rank;
     double dead_s, drain_s, ready_timeout_s;
+    double step_timeout_s, resume_timeout_s; /* failure handling (docs/cluster.md) */
+    int max_resumes, send_queue;
     bool no_vision, exit_when_done;
     bool shutdown_workers; /* on exit, tell every worker to exit too (xcpipe serve: always) */
 } xc_coord_flags;

@@ -1121,6 +1121,7 @@ typedef struct canary_ctx {
     pthread_cond_t cond;
     bool done;
     xc_status status;
+    int n_tokens;
     char message[200];
     int refs;
 } canary_ctx;
@@ -1144,6 +1145,7 @@ static void canary_event(void *user, const xc_coord_event *ev) {
     pthread_mutex_lock(&k->lock);
     k->done = true;
     k->status = ev->status;
+    k->n_tokens = ev->n_tokens;
     snprintf(k->message, sizeof k->message, "%s", ev->message ? ev->message : "");
     pthread_cond_broadcast(&k->cond);
     pthread_mutex_unlock(&k->lock);
@@ -1157,10 +1159,13 @@ static bool http_stopping(xc_http *h) {
     return s;
 }
 
-/* One greedy token from a prompt with one image (when vision is served) through the whole
- * pipeline. Returns true on success; why gets the reason otherwise. The wait for the answer ends
- * early when the server stops (xc_http_destroy must not wait for it). */
-static bool canary_once(xc_http *h, double limit, char *why, size_t why_len) {
+#define CANARY_TOKENS 3
+
+/* CANARY_TOKENS greedy tokens (a prefill and decode steps) from a prompt with one image (when
+ * vision is served) through every stage of replica `replica` (the request is pinned to it).
+ * Returns true on success; why gets the reason otherwise. The wait for the answer ends early when
+ * the server stops (xc_http_destroy must not wait for it). */
+static bool canary_replica(xc_http *h, int replica, double limit, char *why, size_t why_len) {
     int T = h->api.image_tokens, S = h->api.image_size;
     int n = (S > 0 ? T : 0) + 3;
     int32_t *ids = xc_calloc((size_t)n, sizeof *ids);
@@ -1187,7 +1192,8 @@ static bool canary_once(xc_http *h, double limit, char *why, size_t why_len) {
         .n_img = S > 0 ? 1 : 0,
         .pixels = px,
         .sampling = {.greedy = true, .temperature = 1, .top_p = 1, .repetition_penalty = 1},
-        .max_new_tokens = 1};
+        .max_new_tokens = CANARY_TOKENS,
+        .pin_replica = replica + 1};
     uint64_t id = 0;
     xc_status st = xc_coord_submit(h->c, &r, canary_event, k, &id);
     xc_free(ids);
@@ -1208,16 +1214,30 @@ static bool canary_once(xc_http *h, double limit, char *why, size_t why_len) {
         ts.tv_nsec %= 1000000000L;
         pthread_cond_timedwait(&k->cond, &k->lock, &ts);
     }
-    bool ok = k->done && k->status == XC_OK;
+    bool ok = k->done && k->status == XC_OK && k->n_tokens == CANARY_TOKENS;
     if (!k->done) {
-        snprintf(why, why_len, "canary got no answer in %.1f s", limit);
+        snprintf(why, why_len, "canary on replica %d got no answer in %.1f s", replica, limit);
         xc_coord_cancel(h->c, id);
+    } else if (k->status != XC_OK) {
+        snprintf(why, why_len, "canary on replica %d failed: %s", replica, k->message);
     } else if (!ok) {
-        snprintf(why, why_len, "canary failed: %s", k->message);
+        snprintf(why, why_len, "canary on replica %d generated %d tokens, not %d", replica,
+                 k->n_tokens, CANARY_TOKENS);
     }
     pthread_mutex_unlock(&k->lock);
     canary_unref(k);
     return ok;
+}
+
+/* The canary on every replica in turn (each gets `limit`): /ready means each one generates. */
+static bool canary_once(xc_http *h, double limit, char *why, size_t why_len) {
+    int n = xc_coord_n_replicas(h->c);
+    for (int r = 0; r < n; r++) {
+        if (!canary_replica(h, r, limit, why, why_len)) {
+            return false;
+        }
+    }
+    return n > 0;
 }
 
 static void *canary_main(void *arg) {
@@ -1447,6 +1467,13 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
                                .vision_encode_s = cs.vision_s,
                                .vision_images = cs.vision_images,
                                .bytes_to_stage0 = cs.bytes_to_stage0,
+                               .resumes = cs.resumes,
+                               .resume_failures = cs.resume_failures,
+                               .step_timeouts = cs.step_timeouts,
+                               .worker_restarts = cs.worker_restarts,
+                               .replica_failures = cs.replica_failures,
+                               .slow_peer_sends = cs.slow_peer_sends,
+                               .unknown_dropped = cs.unknown_dropped,
                                .stages = ms,
                                .n_stages = cs.n_stages};
         size_t len = 0;

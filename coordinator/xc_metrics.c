@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -195,6 +196,38 @@ char *xc_metrics_render(xc_metrics *m, const xc_metrics_gauges *g, size_t *len) 
              "# TYPE xcpipe_coordinator_bytes_sent_total counter\n"
              "xcpipe_coordinator_bytes_sent_total %.17g\n",
              g->bytes_to_stage0);
+
+        static const struct {
+            const char *name, *help;
+            size_t off;
+        } fc[] = {
+            {"xcpipe_resumes_total", "Requests re-prefilled after their replica failed.",
+             offsetof(xc_metrics_gauges, resumes)},
+            {"xcpipe_resume_failures_total",
+             "Requests failed after losing their replica (--max-resumes used up, or no replica "
+             "within --resume-timeout).",
+             offsetof(xc_metrics_gauges, resume_failures)},
+            {"xcpipe_step_timeouts_total",
+             "Micro-batches past their deadline (each failed and re-formed its replica).",
+             offsetof(xc_metrics_gauges, step_timeouts)},
+            {"xcpipe_worker_restarts_total",
+             "Worker processes replaced under the same id or endpoint (new incarnation).",
+             offsetof(xc_metrics_gauges, worker_restarts)},
+            {"xcpipe_replica_failures_total", "Replica failures (each re-forms the replica).",
+             offsetof(xc_metrics_gauges, replica_failures)},
+            {"xcpipe_slow_peer_sends_total",
+             "Sends refused because a worker's send queue was full (slow or stopped worker).",
+             offsetof(xc_metrics_gauges, slow_peer_sends)},
+            {"xcpipe_unknown_worker_messages_dropped_total",
+             "Heartbeats and registrations of unknown workers not answered (rate limits).",
+             offsetof(xc_metrics_gauges, unknown_dropped)},
+        };
+
+        for (size_t i = 0; i < sizeof fc / sizeof fc[0]; i++) {
+            double v = *(const double *)((const char *)g + fc[i].off);
+            outf(&o, "# HELP %s %s\n# TYPE %s counter\n%s %.17g\n", fc[i].name, fc[i].help,
+                 fc[i].name, fc[i].name, v);
+        }
         outf(&o, "# HELP xcpipe_stage_busy_ratio Fraction of time a decoder stage spent computing "
                  "(last heartbeat window).\n# TYPE xcpipe_stage_busy_ratio gauge\n");
         for (int i = 0; i < g->n_stages; i++) {

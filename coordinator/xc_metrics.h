@@ -44,7 +44,10 @@ typedef struct xc_metrics_gauges {
     double vision_encode_s;              /* total seconds the vision worker spent encoding */
     double vision_images;                /* images it encoded */
     double bytes_to_stage0;              /* bytes the coordinator sent to the first stages */
-    const xc_metrics_stage *stages;      /* (n_stages) */
+    /* failure handling, cumulative (docs/cluster.md "Failure handling") */
+    double resumes, resume_failures, step_timeouts, worker_restarts, replica_failures;
+    double slow_peer_sends, unknown_dropped;
+    const xc_metrics_stage *stages; /* (n_stages) */
     int n_stages;
 } xc_metrics_gauges;
 

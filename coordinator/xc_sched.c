@@ -366,6 +366,10 @@ void xc_sched_fail_all(xc_sched *s, uint64_t *ids, int cap, int *n) {
     *n = k;
 }
 
+void xc_sched_drop_releases(xc_sched *s) {
+    s->n_release = 0;
+}
+
 bool xc_sched_is_inflight(const xc_sched *s, uint64_t mb_id) {
     for (int i = 0; i < s->n_inflight; i++) {
         if (s->inflight[i] == mb_id) {

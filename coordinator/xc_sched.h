@@ -81,6 +81,11 @@ void xc_sched_finish(xc_sched *s, uint64_t id);
  * release-only one if nothing else is due) tells every stage to drop them. */
 void xc_sched_fail_all(xc_sched *s, uint64_t *ids, int cap, int *n);
 
+/* Forgets the pending release ids: the stages drop every sequence by other means (the replica is
+ * re-formed: each stage's new Assign clears its sequences). A sequence id that comes back (a
+ * resumed request) must not be released right after its first rows. */
+void xc_sched_drop_releases(xc_sched *s);
+
 /* Whether micro-batch mb_id is in flight. */
 bool xc_sched_is_inflight(const xc_sched *s, uint64_t mb_id);
 

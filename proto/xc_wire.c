@@ -201,6 +201,10 @@ static xc_status check_sampling(size_t i, const xc_wire_sampling *s) {
     if (s->choice >= XC_WIRE_MAX_CHOICE) {
         return BAD("seq %zu: sampling.choice %u is not below %u", i, s->choice, XC_WIRE_MAX_CHOICE);
     }
+    if (s->resumed_tokens > s->prompt_len) {
+        return BAD("seq %zu: sampling.resumed_tokens %u is over prompt_len %u", i,
+                   s->resumed_tokens, s->prompt_len);
+    }
     if (s->prompt_len > XC_WIRE_MAX_POS || s->n_penalty_ids > XC_WIRE_MAX_POS) {
         return BAD("seq %zu: sampling.prompt_len %u / %zu penalty ids past %u", i, s->prompt_len,
                    s->n_penalty_ids, XC_WIRE_MAX_POS);
@@ -513,6 +517,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->endpoint = pb_str(c->u.reg.endpoint);
         r->device_name = pb_str(c->u.reg.device_name);
         r->role = (Xc__V1__Role)c->u.reg.role;
+        r->incarnation = c->u.reg.incarnation;
         p->kind_case = XC__V1__CONTROL__KIND_REGISTER;
         p->register_ = r;
         break;
@@ -538,6 +543,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->max_rows = s->max_rows;
         r->unit_begin = s->unit_begin;
         r->unit_end = s->unit_end;
+        r->epoch = s->epoch;
         p->kind_case = XC__V1__CONTROL__KIND_ASSIGN;
         p->assign = r;
         break;
@@ -570,6 +576,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->bytes_sent = c->u.heartbeat.bytes_sent;
         r->endpoint = pb_str(c->u.heartbeat.endpoint);
         r->live_sequences = c->u.heartbeat.live_seqs;
+        r->incarnation = c->u.heartbeat.incarnation;
         p->kind_case = XC__V1__CONTROL__KIND_HEARTBEAT;
         p->heartbeat = r;
         break;
@@ -686,6 +693,7 @@ static Xc__V1__Seq *seq_to_pb(xc_arena *a, const xc_wire_seq *s) {
         q->logit_bias_ids = (uint32_t *)w->logit_bias_ids;
         q->n_logit_bias_values = w->n_logit_bias;
         q->logit_bias_values = (float *)w->logit_bias_values;
+        q->resumed_tokens = w->resumed_tokens;
         p->sampling = q;
     }
     return p;
@@ -699,6 +707,7 @@ static Xc__V1__Forward *forward_to_pb(xc_arena *a, const xc_wire_forward *f) {
     xc__v1__forward__init(p);
     p->microbatch_id = f->microbatch_id;
     p->kv_block_size = f->kv_block_size;
+    p->epoch = f->epoch;
     if (f->n_seqs > 0) {
         p->seqs = A_NEW(a, Xc__V1__Seq *, f->n_seqs);
         if (!p->seqs) {
@@ -855,7 +864,8 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
                                       .host_mem_bytes = p->register_->host_mem_bytes,
                                       .endpoint = p->register_->endpoint,
                                       .device_name = p->register_->device_name,
-                                      .role = (xc_wire_role)p->register_->role};
+                                      .role = (xc_wire_role)p->register_->role,
+                                      .incarnation = p->register_->incarnation};
         return XC_OK;
     case XC__V1__CONTROL__KIND_ASSIGN: {
         const Xc__V1__Assign *s = p->assign;
@@ -873,7 +883,8 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
                                        .kv_block_size = s->kv_block_size,
                                        .max_rows = s->max_rows,
                                        .unit_begin = s->unit_begin,
-                                       .unit_end = s->unit_end};
+                                       .unit_end = s->unit_end,
+                                       .epoch = s->epoch};
         return XC_OK;
     }
     case XC__V1__CONTROL__KIND_READY:
@@ -892,7 +903,8 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
                                              .microbatches = p->heartbeat->microbatches,
                                              .bytes_sent = p->heartbeat->bytes_sent,
                                              .endpoint = p->heartbeat->endpoint,
-                                             .live_seqs = p->heartbeat->live_sequences};
+                                             .live_seqs = p->heartbeat->live_sequences,
+                                             .incarnation = p->heartbeat->incarnation};
         return XC_OK;
     case XC__V1__CONTROL__KIND_DRAIN:
         c->kind = XC_WIRE_CTL_DRAIN;
@@ -934,6 +946,7 @@ static xc_status tensor_from_pb(const char *what, const Xc__V1__Tensor *p, xc_wi
 static xc_status forward_from_pb(xc_arena *a, const Xc__V1__Forward *p, xc_wire_forward *f) {
     memset(f, 0, sizeof *f);
     f->microbatch_id = p->microbatch_id;
+    f->epoch = p->epoch;
     f->kv_block_size = p->kv_block_size;
     if (p->n_seqs > XC_WIRE_MAX_SEQS) {
         return BAD("forward: %zu sequences (at most %u)", p->n_seqs, XC_WIRE_MAX_SEQS);
@@ -991,7 +1004,8 @@ static xc_status forward_from_pb(xc_arena *a, const Xc__V1__Forward *p, xc_wire_
                                       .min_tokens = w->min_tokens,
                                       .n_logit_bias = w->n_logit_bias_ids,
                                       .logit_bias_ids = w->logit_bias_ids,
-                                      .logit_bias_values = w->logit_bias_values};
+                                      .logit_bias_values = w->logit_bias_values,
+                                      .resumed_tokens = w->resumed_tokens};
             if (w->n_logit_bias_ids != w->n_logit_bias_values) {
                 return BAD("seq %zu: %zu logit_bias ids but %zu values", i, w->n_logit_bias_ids,
                            w->n_logit_bias_values);

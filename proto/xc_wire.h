@@ -68,6 +68,7 @@ typedef struct xc_wire_register {
     const char *endpoint;    /* non-empty: where this worker receives forward frames */
     const char *device_name; /* may be empty */
     xc_wire_role role;       /* the role the worker accepts: ANY, VISION or STAGE */
+    uint64_t incarnation;    /* random nonce of this worker process (0 = unknown) */
 } xc_wire_register;
 
 typedef struct xc_wire_assign {
@@ -88,6 +89,7 @@ typedef struct xc_wire_assign {
      * unit_end <= 2 n_layers, layer_begin = unit_begin / 2 and layer_end = (unit_end + 1) / 2. */
     uint32_t unit_begin;
     uint32_t unit_end;
+    uint32_t epoch; /* STAGE: the replica's generation (grows when it is re-formed); 0 = none */
 } xc_wire_assign;
 
 typedef struct xc_wire_ready {
@@ -106,6 +108,7 @@ typedef struct xc_wire_heartbeat {
     uint64_t bytes_sent;   /* api helper: cumulative frame bytes sent downstream */
     const char *endpoint;  /* may be NULL/empty: the sender's mailbox (for Reregister) */
     uint32_t live_seqs;    /* sequences the sending stage holds state for */
+    uint64_t incarnation;  /* the sender's Register.incarnation (0: the coordinator, unknown) */
 } xc_wire_heartbeat;
 
 typedef struct xc_wire_drain {
@@ -176,6 +179,9 @@ typedef struct xc_wire_sampling {
     size_t n_logit_bias;         /* <= XC_WIRE_MAX_LOGIT_BIAS */
     const uint32_t *logit_bias_ids; /* (n_logit_bias), each <= INT32_MAX */
     const float *logit_bias_values; /* (n_logit_bias), each in [-100, 100] */
+    uint32_t resumed_tokens; /* the last ones of the prompt_len rows are tokens it generated before
+                                a failure (it was resumed): its next draw is generated token
+                                resumed_tokens + 1, at position prompt_len; 0 = not resumed */
 } xc_wire_sampling;
 
 #define XC_WIRE_MAX_LOGIT_BIAS 300
@@ -215,6 +221,7 @@ typedef struct xc_wire_forward {
     xc_wire_tensor payload;
     bool has_image_rows;
     xc_wire_tensor image_rows;
+    uint32_t epoch; /* the replica's Assign.epoch it was formed in (0 = unchecked) */
 } xc_wire_forward;
 
 /* Last stage -> coordinator: the token sampled for each sequence of a micro-batch. */

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "xc_backend.h"
@@ -38,10 +40,11 @@ typedef struct seq_state {
 struct xc_worker {
     xc_worker_conf conf;
     char id[128];
-    uint64_t host_mem;   /* physical memory or the container's limit, if smaller */
-    xc_transport *rx;    /* own mailbox */
-    xc_transport *coord; /* to the coordinator (main thread) */
-    xc_transport *next;  /* to the next stage (or the coordinator from the last stage) */
+    uint64_t incarnation; /* random nonce of this process, in Register and every Heartbeat */
+    uint64_t host_mem;    /* physical memory or the container's limit, if smaller */
+    xc_transport *rx;     /* own mailbox */
+    xc_transport *coord;  /* to the coordinator (main thread) */
+    xc_transport *next;   /* to the next stage (or the coordinator from the last stage) */
     xc_arena *arena;
     bool sim;
 
@@ -54,6 +57,7 @@ struct xc_worker {
     uint32_t unit_begin, unit_end; /* half-layer units held (2 x the layers for a whole-layer
                                       Assign from an older coordinator) */
     uint32_t kv_blocks, block_size, max_rows;
+    uint32_t epoch; /* the replica's generation from the last Assign (0 = unchecked) */
     char model_path[1024];
     char next_ep[1024];
 
@@ -173,9 +177,14 @@ static xc_status seq_add(xc_worker *w, uint64_t id, const xc_wire_sampling *ws) 
     if (!w->sim && w->stage + 1 == w->n_stages) { /* only the last stage samples */
         XC_TRY(xc_sampler_create(w->vocab, &sp, &s.smp));
         xc_sampler_set_position(s.smp, ws->prompt_len); /* the first generated token's */
+        /* a resumed sequence's tokens generated before its replica failed are the last
+         * resumed_tokens penalty ids (the coordinator appends them): they count as output for the
+         * frequency/presence penalties and min_tokens, as they did before the failure */
+        size_t n_out = ws->resumed_tokens <= ws->n_penalty_ids ? ws->resumed_tokens : 0;
         for (size_t k = 0; k < ws->n_penalty_ids; k++) {
             int32_t t = (int32_t)ws->penalty_ids[k];
-            xc_status st = xc_sampler_observe(s.smp, &t, 1);
+            xc_status st = k + n_out >= ws->n_penalty_ids ? xc_sampler_observe_output(s.smp, &t, 1)
+                                                          : xc_sampler_observe(s.smp, &t, 1);
             if (st != XC_OK) {
                 xc_sampler_destroy(s.smp);
                 return st;
@@ -225,7 +234,8 @@ static void *hb_main(void *arg) {
                                              .endpoint = atomic_load(&w->adoptable)
                                                              ? xc_transport_endpoint(w->rx)
                                                              : NULL,
-                                             .live_seqs = atomic_load(&w->live_seqs)}};
+                                             .live_seqs = atomic_load(&w->live_seqs),
+                                             .incarnation = w->incarnation}};
         xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = c};
         (void)xc_transport_send_wire(tx, &m, NULL, 0, 100);
     }
@@ -234,6 +244,16 @@ static void *hb_main(void *arg) {
 }
 
 /* ---- create / destroy ---- */
+
+/* A random nonzero 64-bit nonce for this process (getrandom; the clock and pid if it fails): a
+ * restarted worker under the same id and endpoint is told apart from the one before. */
+static uint64_t new_incarnation(void) {
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v) {
+        v = xc_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
+    }
+    return v ? v : 1;
+}
 
 xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
     if (!conf->coordinator || !conf->coordinator[0]) {
@@ -274,6 +294,7 @@ xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
         gethostname(host, sizeof host - 1);
         snprintf(w->id, sizeof w->id, "%s:%d", host, (int)getpid());
     }
+    w->incarnation = new_incarnation();
     XC_TRY_GOTO(xc_arena_create(1 << 16, &w->arena), st, fail);
     XC_TRY_GOTO(xc_transport_open(conf->endpoint ? conf->endpoint : "tcp://127.0.0.1:*",
                                   XC_TRANSPORT_RECV, conf->tconf, &w->rx),
@@ -448,6 +469,7 @@ static void on_assign(xc_worker *w, const xc_wire_assign *a) {
                 w->max_rows == max_rows && !strcmp(w->model_path, a->model_path);
     xc_status st = XC_OK;
     seqs_clear(w); /* a (re)assignment starts every sequence afresh */
+    w->epoch = a->epoch;
     if (!same) {
         unload(w);
         w->role = a->role;
@@ -947,6 +969,13 @@ static void on_forward(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg
                     (unsigned long long)f->microbatch_id);
         return;
     }
+    if (w->role == XC_WIRE_ROLE_STAGE && f->epoch && w->epoch && f->epoch != w->epoch) {
+        /* left over from before the replica was re-formed: its KV blocks may belong to other
+         * sequences now, so it must not run */
+        XC_LOG_DEBUG("dropped forward %llu of epoch %u (the replica is in epoch %u)",
+                     (unsigned long long)f->microbatch_id, f->epoch, w->epoch);
+        return;
+    }
     uint64_t t0 = xc_now_ns();
     xc_status st = w->role == XC_WIRE_ROLE_VISION ? run_vision(w, f, msg) : run_stage(w, f, msg);
     if (w->role == XC_WIRE_ROLE_STAGE) {
@@ -1000,7 +1029,8 @@ static xc_status send_register(xc_worker *w) {
                   .host_mem_bytes = w->conf.mem_bytes ? w->conf.mem_bytes : w->host_mem,
                   .endpoint = xc_transport_endpoint(w->rx),
                   .device_name = w->dev_name,
-                  .role = w->conf.role}};
+                  .role = w->conf.role,
+                  .incarnation = w->incarnation}};
     return send_control(w, w->coord, &c);
 }
 

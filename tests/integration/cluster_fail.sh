@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Failure handling with real processes: a decoder worker killed with SIGKILL mid-generation is
-# noticed within the dead timeout, every in-flight request ends with a retryable error naming the
-# lost worker, readiness turns false, nothing hangs; a restarted worker re-registers, takes the
-# vacant stage, and new requests succeed with tokens identical to single-process. Then garbage,
+# noticed within the dead timeout, every in-flight request is queued to resume (the log names the
+# lost worker) and, with no replica left and no spare, ends with a retryable error after
+# --resume-timeout (1.5 s); readiness turns false, nothing hangs; a restarted worker re-registers,
+# takes the vacant stage, and new requests succeed with tokens identical to single-process. Then garbage,
 # truncated and wrong-version frames sent to a worker and to the coordinator are rejected and
 # logged, and both keep serving. SIGTERM on the coordinator exits 0 and stops the workers.
 XCPIPE=$1 WORKER=$2 COORD=$3 GARBAGE=$4
@@ -13,7 +14,7 @@ reference "$T/one.txt" "$T/want.txt"
 ep="tcp://127.0.0.1:$(free_port)"
 mkfifo "$T/in"
 start_workers 3 "$ep" w --heartbeat 0.2
-"$COORD" --model "$T/m" --endpoint "$ep" --stages 2 --dead-timeout 1 --shutdown-workers --requests "$T/in" \
+"$COORD" --model "$T/m" --endpoint "$ep" --stages 2 --dead-timeout 1 --resume-timeout 1.5 --shutdown-workers --requests "$T/in" \
   > "$T/out.txt" 2> "$T/coord.log" &
 CPID=$!
 PIDS+=($CPID)
@@ -40,13 +41,15 @@ vpid=${PIDS[${victim#w}]}
 grep -q "^long" "$T/out.txt" && fail "a long request finished before the kill; make them longer"
 t0=$(date +%s.%N)
 kill -9 "$vpid"
-for i in 1 2 3 4; do wait_line "^long$i error" 5; done
+for i in 1 2 3 4; do wait_line "^long$i error" 6; done
 t1=$(date +%s.%N)
 for i in 1 2 3 4; do
-  grep -q "^long$i error XC_ERR_IO retryable worker $victim (replica 0 stage 1) lost" "$T/out.txt" \
+  grep -q "^long$i error XC_ERR_IO retryable no replica could take the request within 1.5 s" "$T/out.txt" \
     || fail "long$i: $(grep "^long$i" "$T/out.txt")"
 done
-echo "in-flight requests failed $(echo "$t1 - $t0" | bc) s after SIGKILL (dead timeout 1 s)"
+n_res=$(grep -c "resumes (1 of at most 3) after [0-9]* tokens: worker $victim (replica 0 stage 1) lost" "$T/coord.log" || true)
+[ "$n_res" = 4 ] || fail "$n_res of 4 requests queued to resume: $(grep resumes "$T/coord.log")"
+echo "in-flight requests queued to resume, then failed $(echo "$t1 - $t0" | bc) s after SIGKILL (dead timeout 1 s, resume timeout 1.5 s)"
 echo "#ready" >&3
 wait_line "#ready 0" 3
 echo "t-down ids=1,2 max=3 greedy=1" >&3

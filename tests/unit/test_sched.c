@@ -344,6 +344,51 @@ static void test_sched_fail_all_releases_on_the_stages(void **state) {
     xc_sched_destroy(s);
 }
 
+/* Resume bookkeeping: after a failure whose stages are re-assigned (which clears them),
+ * xc_sched_drop_releases forgets the releases, and a resumed sequence re-added under the same id
+ * with prompt + the tokens it generated (7 + 3 rows, 5 left to generate) gets its whole new prompt
+ * in one chunk from position 0, samples at its last row, and is never released in the same or the
+ * next micro-batch (a release would drop its fresh state on every stage); its next decode row is
+ * at position 10 with the token that came back. */
+static void test_sched_resume_after_fail(void **state) {
+    (void)state;
+    xc_sched_conf sc = {.max_rows = 32,
+                        .chunk = 32,
+                        .block_size = 4,
+                        .n_blocks = 16,
+                        .max_inflight = 4,
+                        .n_stages = 2};
+    xc_sched *s;
+    assert_int_equal(xc_sched_create(&sc, &s), XC_OK);
+    assert_int_equal(xc_sched_add(s, 9, 7, 8, true), XC_OK);
+    xc_sched_batch b;
+    assert_true(xc_sched_next(s, &b));
+    xc_sched_batch_done(s, b.id);
+    assert_int_equal(xc_sched_token(s, 9, 41), XC_OK);
+    uint64_t ids[4];
+    int n;
+    xc_sched_fail_all(s, ids, 4, &n);
+    assert_int_equal(n, 1);
+    xc_sched_drop_releases(s);
+    assert_false(xc_sched_next(s, &b)); /* nothing to release, nothing to run */
+    assert_int_equal(xc_sched_n_free_blocks(s), 16);
+    assert_int_equal(xc_sched_add(s, 9, 7 + 3, 8 - 3, true), XC_OK);
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_release, 0);
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.items[0].first_pos, 0);
+    assert_int_equal(b.items[0].n_tokens, 10);
+    assert_true(b.items[0].first_chunk && b.items[0].samples);
+    xc_sched_batch_done(s, b.id);
+    assert_int_equal(xc_sched_token(s, 9, 42), XC_OK);
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_release, 0);
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.items[0].first_pos, 10);
+    assert_int_equal(b.items[0].token, 42);
+    xc_sched_destroy(s);
+}
+
 /* A finished or cancelled sequence's release goes out in the very next xc_sched_next, on a
  * micro-batch of its own when there are no rows to send (the stages drop the sequence without
  * waiting for the next request). */
@@ -411,6 +456,7 @@ int main(void) {
         cmocka_unit_test(test_sched_long_prompt_chunks_in_flight),
         cmocka_unit_test(test_sched_admission_and_errors),
         cmocka_unit_test(test_sched_fail_all_releases_on_the_stages),
+        cmocka_unit_test(test_sched_resume_after_fail),
         cmocka_unit_test(test_sched_release_only_batch),
         cmocka_unit_test(test_sched_abort_forms_the_batch_again),
     };

@@ -28,6 +28,8 @@ static const xc_wire_sampling sampling_a = {.greedy = false,
                                             .max_new_tokens = 64,
                                             .n_stop_ids = 2,
                                             .stop_ids = stops,
+                                            .prompt_len = 9,
+                                            .resumed_tokens = 3,
                                             .choice = 65535,
                                             .presence_penalty = -2.0f,
                                             .frequency_penalty = 1.5f,
@@ -151,6 +153,8 @@ static void test_wire_forward_roundtrip(void **state) {
     assert_int_equal(p->logit_bias_ids[1], 2147483647u);
     assert_true(p->logit_bias_values[0] == -100.0f && p->logit_bias_values[1] == 42.5f);
     assert_int_equal(p->max_new_tokens, 64);
+    assert_int_equal(p->prompt_len, 9);
+    assert_int_equal(p->resumed_tokens, 3);
     assert_int_equal(p->n_stop_ids, 2);
     assert_memory_equal(p->stop_ids, stops, sizeof stops);
     assert_int_equal(g.n_release, 3);
@@ -651,6 +655,9 @@ static void test_wire_decode_rejects_impossible_forward(void **state) {
     seqs[1].id = 7;
     expect_reject(&m, fwd_lens, 2, "sequence id 7 appears twice");
     RESET();
+    smp.resumed_tokens = 10;
+    expect_reject(&m, fwd_lens, 2, "seq 0: sampling.resumed_tokens 10 is over prompt_len 9");
+    RESET();
     smp.temperature = NAN;
     expect_reject(&m, fwd_lens, 2, "sampling.temperature nan is not in (0, 1000]");
     RESET();
@@ -856,6 +863,46 @@ static void test_wire_runtime_fields(void **state) {
     xc_arena_destroy(a);
 }
 
+/* Register.incarnation (field 8) and Heartbeat.incarnation (field 10) are fixed64 (wire type 1,
+ * tags 0x41 and 0x51, eight little-endian bytes), written out by hand: Envelope{version: 1,
+ * control: {heartbeat: {seq: 5, incarnation: 0x0102030405060708}}} is 08 01 | 12 0d | 22 0b |
+ * 08 05 51 08 07 06 05 04 03 02 01; a register ends with 41 + the 8 bytes. */
+static void test_wire_incarnation(void **state) {
+    (void)state;
+    xc_arena *a = NULL;
+    assert_int_equal(xc_arena_create(4096, &a), XC_OK);
+    static const uint8_t hb[] = {0x08, 0x01, 0x12, 0x0d, 0x22, 0x0b, 0x08, 0x05, 0x51,
+                                 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01};
+    xc_wire_control c = {.kind = XC_WIRE_CTL_HEARTBEAT,
+                         .u.heartbeat = {.seq = 5, .incarnation = 0x0102030405060708ull}};
+    void *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(xc_wire_encode_control(&c, &buf, &len), XC_OK);
+    assert_int_equal(len, sizeof hb);
+    assert_memory_equal(buf, hb, sizeof hb);
+    xc_free(buf);
+    xc_wire_control d;
+    assert_int_equal(xc_wire_decode_control(hb, sizeof hb, a, &d), XC_OK);
+    assert_true(d.u.heartbeat.incarnation == 0x0102030405060708ull);
+
+    c = (xc_wire_control){.kind = XC_WIRE_CTL_REGISTER,
+                          .u.reg = {.worker_id = "w",
+                                    .backend = XC_WIRE_BACKEND_CPU,
+                                    .endpoint = "ipc:///w",
+                                    .incarnation = 0xfedcba9876543210ull}};
+    assert_int_equal(xc_wire_encode_control(&c, &buf, &len), XC_OK);
+    assert_true(len > 9);
+    static const uint8_t tail[] = {0x41, 0x10, 0x32, 0x54, 0x76, 0x98, 0xba, 0xdc, 0xfe};
+    assert_memory_equal((const uint8_t *)buf + len - 9, tail, 9);
+    assert_int_equal(xc_wire_decode_control(buf, len, a, &d), XC_OK);
+    xc_free(buf);
+    assert_true(d.u.reg.incarnation == 0xfedcba9876543210ull);
+    c.u.reg.incarnation = 0; /* proto3 default: absent, decodes as 0 (an older worker) */
+    check_control_roundtrip(&c, &d, a);
+    assert_true(d.u.reg.incarnation == 0);
+    xc_arena_destroy(a);
+}
+
 /* ---- garbage ---- */
 
 static uint64_t rng_next(uint64_t *s) {
@@ -929,6 +976,7 @@ int main(void) {
         cmocka_unit_test(test_wire_decode_rejects_counts_past_limits),
         cmocka_unit_test(test_wire_decode_rejects_bad_control),
         cmocka_unit_test(test_wire_runtime_fields),
+        cmocka_unit_test(test_wire_incarnation),
         cmocka_unit_test(test_wire_random_garbage_never_crashes),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
