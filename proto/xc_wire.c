@@ -78,6 +78,9 @@ static xc_status check_control(const xc_wire_control *c) {
             r->role != XC_WIRE_ROLE_STAGE) {
             return BAD("register.role %d is not any (0), vision (1) or stage (2)", (int)r->role);
         }
+        if (r->kv_elem_bytes != 0 && r->kv_elem_bytes != 2 && r->kv_elem_bytes != 4) {
+            return BAD("register.kv_elem_bytes %u is not 2 (bf16) or 4 (f32)", r->kv_elem_bytes);
+        }
         return check_str("register.device_name", r->device_name, false);
     }
     case XC_WIRE_CTL_ASSIGN: {
@@ -491,6 +494,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->endpoint = pb_str(c->u.reg.endpoint);
         r->device_name = pb_str(c->u.reg.device_name);
         r->role = (Xc__V1__Role)c->u.reg.role;
+        r->kv_elem_bytes = c->u.reg.kv_elem_bytes;
         p->kind_case = XC__V1__CONTROL__KIND_REGISTER;
         p->register_ = r;
         break;
@@ -825,7 +829,8 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
                                       .host_mem_bytes = p->register_->host_mem_bytes,
                                       .endpoint = p->register_->endpoint,
                                       .device_name = p->register_->device_name,
-                                      .role = (xc_wire_role)p->register_->role};
+                                      .role = (xc_wire_role)p->register_->role,
+                                      .kv_elem_bytes = p->register_->kv_elem_bytes};
         return XC_OK;
     case XC__V1__CONTROL__KIND_ASSIGN: {
         const Xc__V1__Assign *s = p->assign;

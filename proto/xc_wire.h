@@ -68,6 +68,7 @@ typedef struct xc_wire_register {
     const char *endpoint;    /* non-empty: where this worker receives forward frames */
     const char *device_name; /* may be empty */
     xc_wire_role role;       /* the role the worker accepts: ANY, VISION or STAGE */
+    uint32_t kv_elem_bytes;  /* bytes per stored KV element: 2 (bf16), 4 (f32), 0 = unknown (f32) */
 } xc_wire_register;
 
 typedef struct xc_wire_assign {

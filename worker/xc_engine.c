@@ -33,6 +33,10 @@ xc_status xc_engine_create(const xc_engine_conf *conf, xc_engine **out) {
         return XC_ERR_NOMEM;
     }
     e->conf = *conf;
+    xc_dtype kv_dtype = XC_DTYPE_BF16;
+    if (conf->kv_dtype) {
+        XC_TRY_GOTO(xc_kv_dtype_parse(conf->kv_dtype, &kv_dtype), st, fail);
+    }
     XC_TRY_GOTO(xc_model_config_load(conf->model_dir, &e->cfg), st, fail);
     XC_TRY_GOTO(xc_ckpt_open(conf->weights ? conf->weights : conf->model_dir, &e->ck), st, fail);
     xc_backend_conf bc = {.n_threads = conf->n_threads};
@@ -70,7 +74,7 @@ xc_status xc_engine_create(const xc_engine_conf *conf, xc_engine **out) {
                           .max_rows = e->chunk};
         XC_TRY_GOTO(xc_llm_create(e->be, e->ck, &e->cfg, &lc, &e->stages[s]), st, fail);
         XC_TRY_GOTO(xc_kv_create(e->be, xc_llm_n_kv_layers(e->stages[s]), e->n_blocks,
-                                 e->block_size, xc_llm_kv_width(e->stages[s]), &e->kv[s]),
+                                 e->block_size, xc_llm_kv_width(e->stages[s]), kv_dtype, &e->kv[s]),
                     st, fail);
         begin = end;
     }

@@ -59,6 +59,7 @@ struct xc_worker {
     xc_model_config cfg;
     xc_llm *llm;
     xc_kv_cache *kv;
+    xc_dtype kv_dtype; /* --kv-dtype */
     xc_vision *vision;
     xc_buf hidden, logits, img;
     int hidden_size, vocab;
@@ -227,6 +228,10 @@ xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
         conf->role != XC_WIRE_ROLE_STAGE) {
         return xc_errf(XC_ERR_ARG, "worker: role %d is not any, vision or stage", (int)conf->role);
     }
+    xc_dtype kv_dtype = XC_DTYPE_BF16;
+    if (conf->kv_dtype) {
+        XC_TRY(xc_kv_dtype_parse(conf->kv_dtype, &kv_dtype));
+    }
     const char *bk = conf->backend ? conf->backend : "cpu";
     bool sim = !strcmp(bk, "sim");
     if (sim) {
@@ -242,6 +247,7 @@ xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
     }
     w->conf = *conf;
     w->conf.backend = bk;
+    w->kv_dtype = kv_dtype;
     w->sim = sim;
     atomic_init(&w->stat_stage, -1);
     if (conf->id && conf->id[0]) {
@@ -356,7 +362,7 @@ static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
                       .max_rows = (int)w->max_rows};
     XC_TRY(xc_llm_create(w->be, w->ck, &w->cfg, &lc, &w->llm));
     XC_TRY(xc_kv_create(w->be, xc_llm_n_kv_layers(w->llm), (int)a->kv_blocks, (int)a->kv_block_size,
-                        xc_llm_kv_width(w->llm), &w->kv));
+                        xc_llm_kv_width(w->llm), w->kv_dtype, &w->kv));
     XC_TRY(
         xc_backend_buf_alloc(w->be, (size_t)w->max_rows * (size_t)w->hidden_size * f, &w->hidden));
     if (last) {
@@ -443,11 +449,17 @@ static void on_assign(xc_worker *w, const xc_wire_assign *a) {
         atomic_store(&w->stat_stage, (int)a->stage);
     }
     xc_log_set_role(tag);
+    /* KV memory: 2 (K, V) x KV layers x width x element bytes per token */
+    size_t kv_tok =
+        w->llm ? xc_kv_bytes(xc_llm_n_kv_layers(w->llm), 1, 1, xc_llm_kv_width(w->llm), w->kv_dtype)
+               : 0;
     XC_LOG_INFO("worker %s ready: %s stage %u/%u units [%u, %u) (layers [%u, %u)) kv %u x %u "
-                "next %s",
+                "%s (%zu bytes per token, %.1f MiB) next %s",
                 w->id, a->role == XC_WIRE_ROLE_VISION ? "vision" : "decoder", a->stage, a->n_stages,
                 w->unit_begin, w->unit_end, a->layer_begin, a->layer_end, a->kv_blocks,
-                a->kv_block_size, a->role == XC_WIRE_ROLE_STAGE ? a->next_endpoint : "-");
+                a->kv_block_size, xc_dtype_name(w->kv_dtype), kv_tok,
+                (double)kv_tok * a->kv_blocks * a->kv_block_size / 1048576.0,
+                a->role == XC_WIRE_ROLE_STAGE ? a->next_endpoint : "-");
     xc_wire_control c = {
         .kind = XC_WIRE_CTL_READY,
         .u.ready = {.stage = a->stage, .kv_blocks = a->kv_blocks, .worker_id = w->id}};
@@ -938,7 +950,8 @@ static xc_status send_register(xc_worker *w) {
                   .host_mem_bytes = w->conf.mem_bytes ? w->conf.mem_bytes : w->host_mem,
                   .endpoint = xc_transport_endpoint(w->rx),
                   .device_name = w->conf.backend,
-                  .role = w->conf.role}};
+                  .role = w->conf.role,
+                  .kv_elem_bytes = (uint32_t)xc_dtype_size(w->kv_dtype)}};
     return send_control(w, w->coord, &c);
 }
 

@@ -31,6 +31,7 @@ typedef struct xc_worker_conf {
     xc_wire_role role;       /* the role it accepts: ANY (0), VISION or STAGE */
     double orphan_s;         /* > 0: exit when nothing came from the coordinator for this long */
     const xc_transport_conf *tconf; /* NULL = defaults */
+    const char *kv_dtype;           /* KV cache element type: "bf16" (NULL = default) or "f32" */
 } xc_worker_conf;
 
 /* Counters for benchmarks (bubble fraction = 1 - busy / wall). */

@@ -13,7 +13,7 @@
 #include "xc_worker.h"
 
 typedef struct worker_flags {
-    const char *coordinator, *endpoint, *id, *backend, *log_level, *role;
+    const char *coordinator, *endpoint, *id, *backend, *log_level, *role, *kv_dtype;
     int threads, send_timeout_ms, mem_mb, sim_width, parent_pid;
     double heartbeat_s, hang_s, orphan_s;
     double sim_layer_us, sim_layer_row_us, sim_embed_us, sim_head_us, sim_head_row_us, sim_scale;
@@ -30,6 +30,9 @@ static const xc_conf_entry worker_entries[] = {
                 "compute backend; sim does no math and sleeps per the cost model"),
     XC_CONF_STR("role", "XC_ROLE", worker_flags, role, "any", "any|vision|stage",
                 "the role this worker accepts: vision encoder, decoder stages, or any"),
+    XC_CONF_STR("kv-dtype", "XC_KV_DTYPE", worker_flags, kv_dtype, "bf16", "bf16|f32",
+                "KV cache element type: keys (after RoPE) and values rounded to bf16 on store "
+                "(half the memory per token), or kept in f32; attention computes in f32"),
     XC_CONF_INT("threads", "XC_THREADS", worker_flags, threads, 0, 0, 1024,
                 "CPU threads (0 = the cores this process may use: online CPUs, affinity and the "
                 "cgroup CPU quota)"),
@@ -130,6 +133,7 @@ int xc_worker_cli_main(int argc, char **argv) {
                                  .scale = c.sim_scale},
                          .sim_width = c.sim_width,
                          .orphan_s = c.orphan_s,
+                         .kv_dtype = c.kv_dtype,
                          .role = !strcmp(c.role, "vision")  ? XC_WIRE_ROLE_VISION
                                  : !strcmp(c.role, "stage") ? XC_WIRE_ROLE_STAGE
                                                             : XC_WIRE_ROLE_ANY};

@@ -39,6 +39,9 @@ typedef struct xc_attn_tile {
     float acc[XC_ATTN_QT][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
     float p[XC_ATTN_QT][XC_ATTN_KB] __attribute__((aligned(32)));
     const float *kp[XC_ATTN_KB], *vp[XC_ATTN_KB];
+    /* a bf16 cache's block, widened (exactly) to f32 once per block for all items of the tile */
+    float kw[XC_ATTN_KB][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    float vw[XC_ATTN_KB][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
 } xc_attn_tile;
 
 /* ---- AVX2 kernels ---- */
@@ -188,6 +191,19 @@ XC_SIMD_FN void xc_attn_pv_avx2(xc_attn_tile *t, int nk, int hd, const float *f)
     }
 }
 
+/* dst[0..n) = bf16 src widened to f32 (exact: the bf16 bits are the f32's top half). */
+XC_SIMD_FN void xc_attn_widen_avx2(float *dst, const uint16_t *src, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i h = _mm_loadu_si128((const __m128i *)(src + i));
+        _mm256_store_ps(dst + i,
+                        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    }
+    for (; i < n; i++) {
+        dst[i] = xc_bf16_to_f32(src[i]);
+    }
+}
+
 /* ---- portable kernels (same structure, plain C arithmetic) ---- */
 
 /* Eight partial sums per dot product (like the SIMD lanes), which compilers can vectorise
@@ -276,8 +292,23 @@ static void xc_attn_tile_run(const xc_attn_job *j, xc_attn_tile *t, const xc_att
         int nk = maxlast + 1 - kb < XC_ATTN_KB ? maxlast + 1 - kb : XC_ATTN_KB;
         for (int jj = 0; jj < nk; jj++) {
             size_t r = xc_attn_kv_row(a, s, kb + jj) * (size_t)j->ldkv + kcol;
-            t->kp[jj] = a->k + r;
-            t->vp[jj] = a->v + r;
+            if (a->kv_dtype == XC_DTYPE_BF16) {
+                const uint16_t *k16 = (const uint16_t *)a->k + r, *v16 = (const uint16_t *)a->v + r;
+                if (j->simd) {
+                    xc_attn_widen_avx2(t->kw[jj], k16, hd);
+                    xc_attn_widen_avx2(t->vw[jj], v16, hd);
+                } else {
+                    for (int d = 0; d < hd; d++) {
+                        t->kw[jj][d] = xc_bf16_to_f32(k16[d]);
+                        t->vw[jj][d] = xc_bf16_to_f32(v16[d]);
+                    }
+                }
+                t->kp[jj] = t->kw[jj];
+                t->vp[jj] = t->vw[jj];
+            } else {
+                t->kp[jj] = (const float *)a->k + r;
+                t->vp[jj] = (const float *)a->v + r;
+            }
         }
         if (j->simd) {
             xc_attn_scores_avx2(t, nk, hd, j->scale);
@@ -324,7 +355,8 @@ static int xc_attn_qt(long long items) {
     return items >= 8 ? 8 : 4;
 }
 
-/* Tasks enumerate (sequence, kv head, tile) in order. */
+/* Tasks enumerate (sequence, kv head, tile), tiles from the last query rows down: the threads
+ * claim tasks dynamically, and taking long causal tiles first leaves short ones for the end. */
 static void xc_attn_task(void *p, int task, int n_tasks) {
     (void)n_tasks;
     const xc_attn_job *j = p;
@@ -336,7 +368,8 @@ static void xc_attn_task(void *p, int task, int n_tasks) {
         int qt = xc_attn_qt(items);
         int tiles = (items + qt - 1) / qt;
         if (task < tiles * a->n_kv_heads) {
-            int g = task / tiles, it0 = (task % tiles) * qt;
+            /* the last (causal: most expensive) tiles first, so the pool ends evenly */
+            int g = task / tiles, it0 = (tiles - 1 - task % tiles) * qt;
             int nit = items - it0 < qt ? items - it0 : qt;
             xc_attn_tile_run(j, &t, s, g, it0, nit, qt);
             return;

@@ -509,7 +509,8 @@ static xc_status xc_cuda_kv_store(xc_backend *be, const xc_kv_store_args *a) {
     XC_TRY(st);
     XC_CUDA_CHECK(xc_cuda_kv_store_launch(a->k, xc_opcheck_ld(a->ldk, a->width), a->v,
                                           xc_opcheck_ld(a->ldv, a->width), a->k_cache, a->v_cache,
-                                          drow, dslot, n, a->width, c->stream));
+                                          a->cache_dtype == XC_DTYPE_BF16, drow, dslot, n,
+                                          a->width, c->stream));
     return XC_OK;
 }
 
@@ -688,6 +689,7 @@ static xc_status xc_cuda_attention(xc_backend *be, const xc_attention_args *a) {
         .out = a->out,
         .k = a->k,
         .v = a->v,
+        .kv_bf16 = a->kv_dtype == XC_DTYPE_BF16,
         .ldq = xc_opcheck_ld(a->ldq, a->n_heads * a->head_dim),
         .ldo = xc_opcheck_ld(a->ldo, a->n_heads * a->head_dim),
         .ldkv = xc_opcheck_ld(a->ldkv, a->n_kv_heads * a->head_dim),
