@@ -83,6 +83,7 @@ typedef struct cworker {
     int replica, stage;
     bool ready;
     xc_place_want want; /* the role it accepts (Register.role) */
+    int kv_elem;        /* bytes per KV element it stores (Register.kv_elem_bytes; 4 if unsaid) */
     int n_assign_fail;  /* assignments in a row it could not load (reset by Ready) */
     uint64_t retry_ns;  /* after such a failure: no role for it before this time */
 } cworker;
@@ -270,7 +271,9 @@ static void derive_cost(xc_coord *c) {
                                .layer_bytes = (base + lora) * bytes,
                                .embed_bytes = (double)m->vocab * H * bytes,
                                .head_bytes = (double)m->vocab * H * bytes + H * bytes,
-                               .kv_bytes_layer = 2 * kvw * 4,
+                               /* K and V per token and layer, bf16 (the workers' default
+                                  --kv-dtype; kv_blocks_for uses each worker's own size) */
+                               .kv_bytes_layer = 2 * kvw * 2,
                                .kv_budget_tokens = c->conf.max_context};
     if (c->conf.cost) {
         c->cost = *c->conf.cost;
@@ -319,7 +322,9 @@ static int kv_blocks_for(xc_coord *c, const replica *r) {
         double weights =
             xc_place_unit_stage_bytes(&c->cost, r->bounds[k], r->bounds[k + 1], r->P, k) -
             layers * c->cost.kv_bytes_layer * c->cost.kv_budget_tokens;
-        double per_block = layers * c->cost.kv_bytes_layer * c->conf.block_size;
+        /* this worker's KV element size (f32 workers need twice the model's bf16 figure) */
+        double per_block =
+            layers * c->cost.kv_bytes_layer * (w->kv_elem / 2.0) * c->conf.block_size;
         double fit = per_block > 0 ? ((double)w->mem - weights) / per_block : want;
         if (fit < want) {
             want = fit < 1 ? 1 : (int)fit;
@@ -682,6 +687,7 @@ static void on_register(xc_coord *c, const xc_wire_register *r) {
     w->mem = r->host_mem_bytes + r->device_mem_bytes;
     w->role = -1;
     w->want = (xc_place_want)r->role;
+    w->kv_elem = r->kv_elem_bytes ? (int)r->kv_elem_bytes : 4;
     if (xc_transport_open(w->endpoint, XC_TRANSPORT_SEND, c->conf.tconf, &w->tx) != XC_OK) {
         XC_LOG_WARN("register from %s: cannot reach %s: %s", w->id, w->endpoint, xc_err_last());
         return;
@@ -1604,13 +1610,17 @@ static void hooks_step(xc_coord *c) {
     for (int r = 0; r < c->R; r++) {
         for (int k = 0; k < c->reps[r].P && st.n_stages < XC_COORD_STATS_MAX_STAGES; k++) {
             int wi = c->reps[r].worker[k];
-            st.stages[st.n_stages++] =
-                (xc_coord_stage_stats){.replica = r,
-                                       .stage = k,
-                                       .busy_ratio = wi >= 0 ? c->hb_ratio[wi] : 0,
-                                       .bytes_sent = wi >= 0 ? c->hb_bytes[wi] : 0,
-                                       .microbatches = wi >= 0 ? c->hb_mb[wi] : 0,
-                                       .sequences = wi >= 0 ? c->hb_live[wi] : 0};
+            st.stages[st.n_stages++] = (xc_coord_stage_stats){
+                .replica = r,
+                .stage = k,
+                .busy_ratio = wi >= 0 ? c->hb_ratio[wi] : 0,
+                .bytes_sent = wi >= 0 ? c->hb_bytes[wi] : 0,
+                .microbatches = wi >= 0 ? c->hb_mb[wi] : 0,
+                .sequences = wi >= 0 ? c->hb_live[wi] : 0,
+                .kv_bytes_per_token =
+                    wi >= 0 ? xc_place_attn_units(c->reps[r].bounds[k], c->reps[r].bounds[k + 1]) *
+                                  c->cost.kv_bytes_layer * (c->workers[wi].kv_elem / 2.0)
+                            : 0};
         }
     }
     pthread_mutex_lock(&c->stats_lock);

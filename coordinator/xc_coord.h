@@ -141,10 +141,11 @@ xc_status xc_coord_cancel(xc_coord *c, uint64_t id);
 /* One decoder stage's work, from its heartbeats. */
 typedef struct xc_coord_stage_stats {
     int replica, stage;
-    double busy_ratio;   /* computing time / elapsed time between its last two heartbeats */
-    double bytes_sent;   /* frame bytes it sent downstream, cumulative */
-    double microbatches; /* messages it processed, cumulative */
-    double sequences;    /* sequences it holds state for (its last heartbeat) */
+    double busy_ratio;         /* computing time / elapsed time between its last two heartbeats */
+    double bytes_sent;         /* frame bytes it sent downstream, cumulative */
+    double microbatches;       /* messages it processed, cumulative */
+    double sequences;          /* sequences it holds state for (its last heartbeat) */
+    double kv_bytes_per_token; /* KV bytes one token takes on this stage (its layers, dtype) */
 } xc_coord_stage_stats;
 
 /* A snapshot of the coordinator's load, published once per scheduling step. */

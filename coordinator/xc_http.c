@@ -1158,7 +1158,8 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
                                        .busy_ratio = cs.stages[i].busy_ratio,
                                        .bytes_out = cs.stages[i].bytes_sent,
                                        .mbatches = cs.stages[i].microbatches,
-                                       .sequences = cs.stages[i].sequences};
+                                       .sequences = cs.stages[i].sequences,
+                                       .kv_bytes_per_token = cs.stages[i].kv_bytes_per_token};
         }
         xc_metrics_gauges g = {.running = cs.running,
                                .waiting = cs.waiting,

@@ -220,6 +220,13 @@ char *xc_metrics_render(xc_metrics *m, const xc_metrics_gauges *g, size_t *len) 
             outf(&o, "xcpipe_stage_sequences{replica=\"%d\",stage=\"%d\"} %.17g\n",
                  g->stages[i].replica, g->stages[i].stage, g->stages[i].sequences);
         }
+        outf(&o, "# HELP xcpipe_stage_kv_bytes_per_token KV cache bytes one token takes on a "
+                 "decoder stage (its attention layers x K and V x the worker's --kv-dtype).\n"
+                 "# TYPE xcpipe_stage_kv_bytes_per_token gauge\n");
+        for (int i = 0; i < g->n_stages; i++) {
+            outf(&o, "xcpipe_stage_kv_bytes_per_token{replica=\"%d\",stage=\"%d\"} %.17g\n",
+                 g->stages[i].replica, g->stages[i].stage, g->stages[i].kv_bytes_per_token);
+        }
     }
     pthread_mutex_lock(&m->lock);
     for (int c = 0; c < XC_METRICS_N_COUNTERS; c++) {

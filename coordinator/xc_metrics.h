@@ -34,6 +34,7 @@ typedef struct xc_metrics_stage {
     double bytes_out;  /* bytes this stage sent to the next (or results to the coordinator) */
     double mbatches;   /* micro-batches processed */
     double sequences;  /* sequences it holds state for (last heartbeat) */
+    double kv_bytes_per_token; /* KV cache bytes per token on this stage (layers x K, V x dtype) */
 } xc_metrics_stage;
 
 typedef struct xc_metrics_gauges {
