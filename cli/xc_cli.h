@@ -5,6 +5,7 @@
 int xc_cmd_model(int argc, char **argv); /* model make-tiny | inspect */
 int xc_cmd_bench(int argc, char **argv); /* bench kernels | model | vision | tokenize | ... */
 int xc_cmd_bench_kernels(int argc, char **argv);
+int xc_cmd_bench_attention(int argc, char **argv);  /* bench attention (xc_cmd_bench_attn.c) */
 int xc_cmd_tokenize(int argc, char **argv);         /* tokenize --tokenizer FILE [--decode] */
 int xc_cmd_bench_tokenize(int argc, char **argv);   /* bench tokenize */
 int xc_cmd_preprocess(int argc, char **argv);       /* preprocess --image --size --out */
