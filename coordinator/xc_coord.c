@@ -171,8 +171,9 @@ struct xc_coord {
     /* per worker: last heartbeat's cumulative counters and the busy ratio between the last two */
     uint64_t hb_busy[MAX_WORKERS], hb_time[MAX_WORKERS];
     double hb_ratio[MAX_WORKERS], hb_bytes[MAX_WORKERS], hb_mb[MAX_WORKERS];
-    double hb_live[MAX_WORKERS]; /* Heartbeat.live_sequences */
-    uint64_t nomem_log_ns;       /* last "no memory to build a micro-batch" line */
+    double hb_live[MAX_WORKERS];                          /* Heartbeat.live_sequences */
+    double hb_ichit[MAX_WORKERS], hb_icmiss[MAX_WORKERS]; /* Heartbeat.image_cache_* (vision) */
+    uint64_t nomem_log_ns; /* last "no memory to build a micro-batch" line */
 };
 
 static void hooks_heartbeat(xc_coord *c, int wi, const xc_wire_heartbeat *hb);
@@ -1606,6 +1607,11 @@ static void hooks_step(xc_coord *c) {
     st.waiting += c->n_inbox;
     pthread_mutex_unlock(&c->lock);
     st.bytes_to_stage0 = c->bytes_sent;
+    st.image_cache_hits = st.image_cache_misses = 0;
+    for (int i = 0; i < c->n_workers; i++) { /* cumulative per worker, as its heartbeats say */
+        st.image_cache_hits += c->hb_ichit[i];
+        st.image_cache_misses += c->hb_icmiss[i];
+    }
     st.n_stages = 0;
     for (int r = 0; r < c->R; r++) {
         for (int k = 0; k < c->reps[r].P && st.n_stages < XC_COORD_STATS_MAX_STAGES; k++) {
@@ -1640,4 +1646,6 @@ static void hooks_heartbeat(xc_coord *c, int wi, const xc_wire_heartbeat *hb) {
     c->hb_bytes[wi] = (double)hb->bytes_sent;
     c->hb_mb[wi] = (double)hb->microbatches;
     c->hb_live[wi] = (double)hb->live_seqs;
+    c->hb_ichit[wi] = (double)hb->image_cache_hits;
+    c->hb_icmiss[wi] = (double)hb->image_cache_misses;
 }

@@ -157,7 +157,8 @@ typedef struct xc_coord_stats {
     double bytes_to_stage0; /* bytes of forward frames sent to first stages */
     double vision_s;        /* summed vision round trips (send to embeddings back), seconds */
     double vision_images;   /* images those jobs held */
-    double vision_jobs;     /* vision jobs completed */
+    double image_cache_hits, image_cache_misses; /* vision workers' embedding caches */
+    double vision_jobs;                          /* vision jobs completed */
     int n_stages;
     xc_coord_stage_stats stages[XC_COORD_STATS_MAX_STAGES];
 } xc_coord_stats;

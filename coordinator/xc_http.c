@@ -1169,6 +1169,8 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
                                .ready = is_ready(h, why, sizeof why),
                                .vision_encode_s = cs.vision_s,
                                .vision_images = cs.vision_images,
+                               .image_cache_hits = cs.image_cache_hits,
+                               .image_cache_misses = cs.image_cache_misses,
                                .bytes_to_stage0 = cs.bytes_to_stage0,
                                .stages = ms,
                                .n_stages = cs.n_stages};

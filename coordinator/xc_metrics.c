@@ -190,6 +190,16 @@ char *xc_metrics_render(xc_metrics *m, const xc_metrics_gauges *g, size_t *len) 
              "# TYPE xcpipe_vision_images_total counter\nxcpipe_vision_images_total %.17g\n",
              g->vision_images);
         outf(&o,
+             "# HELP xcpipe_vision_image_cache_hits_total Images the vision worker found in its "
+             "embedding cache (not encoded again).\n"
+             "# TYPE xcpipe_vision_image_cache_hits_total counter\n"
+             "xcpipe_vision_image_cache_hits_total %.17g\n"
+             "# HELP xcpipe_vision_image_cache_misses_total Images the vision worker looked up "
+             "in its embedding cache and encoded.\n"
+             "# TYPE xcpipe_vision_image_cache_misses_total counter\n"
+             "xcpipe_vision_image_cache_misses_total %.17g\n",
+             g->image_cache_hits, g->image_cache_misses);
+        outf(&o,
              "# HELP xcpipe_coordinator_bytes_sent_total Bytes of forward frames the "
              "coordinator sent to first stages.\n"
              "# TYPE xcpipe_coordinator_bytes_sent_total counter\n"

@@ -44,8 +44,9 @@ typedef struct xc_metrics_gauges {
     int ready;                           /* 1 when /ready would say so */
     double vision_encode_s;              /* total seconds the vision worker spent encoding */
     double vision_images;                /* images it encoded */
-    double bytes_to_stage0;              /* bytes the coordinator sent to the first stages */
-    const xc_metrics_stage *stages;      /* (n_stages) */
+    double image_cache_hits, image_cache_misses; /* its embedding cache: found / encoded */
+    double bytes_to_stage0;         /* bytes the coordinator sent to the first stages */
+    const xc_metrics_stage *stages; /* (n_stages) */
     int n_stages;
 } xc_metrics_gauges;
 

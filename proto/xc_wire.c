@@ -552,6 +552,8 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->bytes_sent = c->u.heartbeat.bytes_sent;
         r->endpoint = pb_str(c->u.heartbeat.endpoint);
         r->live_sequences = c->u.heartbeat.live_seqs;
+        r->image_cache_hits = c->u.heartbeat.image_cache_hits;
+        r->image_cache_misses = c->u.heartbeat.image_cache_misses;
         p->kind_case = XC__V1__CONTROL__KIND_HEARTBEAT;
         p->heartbeat = r;
         break;
@@ -859,15 +861,18 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
         return XC_OK;
     case XC__V1__CONTROL__KIND_HEARTBEAT:
         c->kind = XC_WIRE_CTL_HEARTBEAT;
-        c->u.heartbeat = (xc_wire_heartbeat){.seq = p->heartbeat->seq,
-                                             .time_ns = p->heartbeat->time_ns,
-                                             .in_flight = p->heartbeat->in_flight,
-                                             .worker_id = p->heartbeat->worker_id,
-                                             .busy_ns = p->heartbeat->busy_ns,
-                                             .microbatches = p->heartbeat->microbatches,
-                                             .bytes_sent = p->heartbeat->bytes_sent,
-                                             .endpoint = p->heartbeat->endpoint,
-                                             .live_seqs = p->heartbeat->live_sequences};
+        c->u.heartbeat =
+            (xc_wire_heartbeat){.seq = p->heartbeat->seq,
+                                .time_ns = p->heartbeat->time_ns,
+                                .in_flight = p->heartbeat->in_flight,
+                                .worker_id = p->heartbeat->worker_id,
+                                .busy_ns = p->heartbeat->busy_ns,
+                                .microbatches = p->heartbeat->microbatches,
+                                .bytes_sent = p->heartbeat->bytes_sent,
+                                .endpoint = p->heartbeat->endpoint,
+                                .live_seqs = p->heartbeat->live_sequences,
+                                .image_cache_hits = p->heartbeat->image_cache_hits,
+                                .image_cache_misses = p->heartbeat->image_cache_misses};
         return XC_OK;
     case XC__V1__CONTROL__KIND_DRAIN:
         c->kind = XC_WIRE_CTL_DRAIN;

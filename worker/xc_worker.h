@@ -32,6 +32,9 @@ typedef struct xc_worker_conf {
     double orphan_s;         /* > 0: exit when nothing came from the coordinator for this long */
     const xc_transport_conf *tconf; /* NULL = defaults */
     const char *kv_dtype;           /* KV cache element type: "bf16" (NULL = default) or "f32" */
+    size_t image_cache_bytes;       /* vision: embedding cache bound (0 = no cache) */
+    int vision_batch;               /* vision: images encoded together, at most (0 or 1 = none) */
+    int vision_wait_ms;             /* vision: how long a frame waits for others to batch with */
 } xc_worker_conf;
 
 /* Counters for benchmarks (bubble fraction = 1 - busy / wall). */
@@ -41,6 +44,9 @@ typedef struct xc_worker_stats {
     uint64_t rows;
     uint64_t bad_messages; /* dropped: undecodable or inconsistent with the role */
     int stage;             /* -1 until assigned a decoder stage */
+    uint64_t image_cache_hits, image_cache_misses; /* vision: images found / not found cached */
+    uint64_t vision_encoded;                       /* vision: images encoded */
+    uint64_t vision_batches;                       /* vision: encode calls */
 } xc_worker_stats;
 
 /* Opens the worker's mailbox and its link to the coordinator. Nothing is loaded until an
