@@ -21,6 +21,8 @@ static const bench_cmd benches[] = {
     {"preprocess", xc_cmd_bench_preprocess, "image decode+resize+normalize vs PIL"},
 #ifndef XC_CLI_SUBSET
     {"pipeline", xc_cmd_bench_pipeline, "pipeline efficiency, bubbles at P = 2, 4, 8 (sim)"},
+    {"vision-serve", xc_cmd_bench_vision_serve,
+     "vision worker images/s, requests batched vs one by one"},
     {"transport", xc_cmd_bench_transport, "forward-frame GB/s per transport vs raw zmq/MPI"},
     {"serve", xc_cmd_bench_serve, "HTTP load test: N streaming clients, req/s, TTFT, ITL, RSS"},
 #endif
