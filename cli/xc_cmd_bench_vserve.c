@@ -85,15 +85,19 @@ static xc_status bvs_start(bvs_worker *h, const char *tag, const char *dir, cons
     memset(h, 0, sizeof *h);
     snprintf(h->cep, sizeof h->cep, "inproc://bvs-coord-%s", tag);
     snprintf(h->wep, sizeof h->wep, "inproc://bvs-worker-%s", tag);
-    XC_TRY(xc_transport_open(h->cep, XC_TRANSPORT_RECV, NULL, &h->rx));
+    /* deep queues: the fake coordinator sends every request before it reads any reply */
+    static const xc_transport_conf tconf = {
+        .hwm = 256, .linger_ms = 1000, .max_frame_bytes = (size_t)1 << 30};
+    XC_TRY(xc_transport_open(h->cep, XC_TRANSPORT_RECV, &tconf, &h->rx));
     XC_TRY(xc_arena_create(1 << 16, &h->arena));
     xc_worker_conf wc = {.coordinator = h->cep,
                          .endpoint = h->wep,
                          .id = tag,
                          .backend = "cpu",
                          .n_threads = c->threads,
-                         .heartbeat_s = 0.5,
+                         .heartbeat_s = 5,
                          .hang_s = 3600,
+                         .tconf = &tconf,
                          .send_timeout_ms = 60000,
                          .role = XC_WIRE_ROLE_VISION,
                          .vision_batch = batch,
@@ -104,7 +108,7 @@ static xc_status bvs_start(bvs_worker *h, const char *tag, const char *dir, cons
     }
     xc_wire_msg m;
     XC_TRY(bvs_next(h, &m)); /* Register */
-    XC_TRY(xc_transport_open(h->wep, XC_TRANSPORT_SEND, NULL, &h->tx));
+    XC_TRY(xc_transport_open(h->wep, XC_TRANSPORT_SEND, &tconf, &h->tx));
     xc_wire_msg a = {.kind = XC_WIRE_KIND_CONTROL,
                      .u.control = {.kind = XC_WIRE_CTL_ASSIGN,
                                    .u.assign = {.role = XC_WIRE_ROLE_VISION,
