@@ -34,8 +34,7 @@ static const xc_conf_entry worker_entries[] = {
     XC_CONF_STR("kv-dtype", "XC_KV_DTYPE", worker_flags, kv_dtype, "bf16", "bf16|f32",
                 "KV cache element type: keys (after RoPE) and values rounded to bf16 on store "
                 "(half the memory per token), or kept in f32; attention computes in f32"),
-    XC_CONF_INT("image-cache-mb", "XC_IMAGE_CACHE_MB", worker_flags, image_cache_mb, 512, 0,
-                1 << 20,
+    XC_CONF_INT("image-cache-mb", "XC_IMAGE_CACHE_MB", worker_flags, image_cache_mb, 512, 0, 65536,
                 "vision: MiB of image embeddings kept by the SHA-256 of the preprocessed pixels, "
                 "so that a re-sent image is not encoded again (least recently used evicted; 0 = "
                 "off)"),
