@@ -662,6 +662,9 @@ static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg
                     }
                 }
             }
+            if (!caching) { /* every image is a miss when the cache is off */
+                atomic_fetch_add(&w->vis_misses, 1);
+            }
             n_enc += v->dup < 0;
             n_miss++;
         }
