@@ -38,11 +38,22 @@ typedef struct xc_attn_tile {
     float m[XC_ATTN_QT], l[XC_ATTN_QT];
     float acc[XC_ATTN_QT][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
     float p[XC_ATTN_QT][XC_ATTN_KB] __attribute__((aligned(32)));
+    int maxlast;                        /* the tile's last visible key (its largest item's) */
+    const float *const *kp, *const *vp; /* the current block's K and V rows (xc_attn_block) */
+} xc_attn_tile;
+
+/* One block of XC_ATTN_KB keys as a group of tiles reads it: row pointers, and a bf16 cache's
+ * rows widened (exactly) to f32 once for every tile of the group. */
+typedef struct xc_attn_block {
     const float *kp[XC_ATTN_KB], *vp[XC_ATTN_KB];
-    /* a bf16 cache's block, widened (exactly) to f32 once per block for all items of the tile */
     float kw[XC_ATTN_KB][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
     float vw[XC_ATTN_KB][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
-} xc_attn_tile;
+} xc_attn_block;
+
+/* Tiles of one (sequence, kv head) that walk the keys together, sharing each block they load:
+ * on long prompts this divides the K/V traffic, which otherwise bounds the prefill, by up to
+ * XC_ATTN_GROUP. A tile's arithmetic is the same alone or in a group. */
+#define XC_ATTN_GROUP 8
 
 /* ---- AVX2 kernels ---- */
 
@@ -269,12 +280,12 @@ static inline size_t xc_attn_kv_row(const xc_attention_args *a, const xc_attn_se
 
 /* Items it0 .. it0 + nit - 1 of sequence s and kv head g: item i is query i / group with query
  * head g * group + i % group. Missing items of a short tile repeat item 0 and are not stored. */
-static void xc_attn_tile_run(const xc_attn_job *j, xc_attn_tile *t, const xc_attn_seq *s, int g,
-                             int it0, int nit, int qt) {
+static void xc_attn_tile_init(const xc_attn_job *j, xc_attn_tile *t, const xc_attn_seq *s, int g,
+                              int it0, int nit, int qt) {
     const xc_attention_args *a = j->a;
     int hd = j->hd;
-    int maxlast = 0;
     t->qt = qt;
+    t->maxlast = 0;
     for (int it = 0; it < qt; it++) {
         int item = it0 + (it < nit ? it : 0);
         int qi = item / j->group, h = g * j->group + item % j->group;
@@ -285,67 +296,110 @@ static void xc_attn_tile_run(const xc_attn_job *j, xc_attn_tile *t, const xc_att
         t->m[it] = -INFINITY;
         t->l[it] = 0.0f;
         memset(t->acc[it], 0, (size_t)hd * sizeof(float));
-        maxlast = t->last[it] > maxlast ? t->last[it] : maxlast;
+        t->maxlast = t->last[it] > t->maxlast ? t->last[it] : t->maxlast;
     }
+}
+
+/* Loads keys kb .. kb + nk - 1 of sequence s, kv head g into the block. */
+static void xc_attn_block_load(const xc_attn_job *j, xc_attn_block *B, const xc_attn_seq *s, int g,
+                               int kb, int nk) {
+    const xc_attention_args *a = j->a;
+    int hd = j->hd;
     size_t kcol = (size_t)g * (size_t)hd;
-    for (int kb = 0; kb <= maxlast; kb += XC_ATTN_KB) {
-        int nk = maxlast + 1 - kb < XC_ATTN_KB ? maxlast + 1 - kb : XC_ATTN_KB;
-        for (int jj = 0; jj < nk; jj++) {
-            size_t r = xc_attn_kv_row(a, s, kb + jj) * (size_t)j->ldkv + kcol;
-            if (a->kv_dtype == XC_DTYPE_BF16) {
-                const uint16_t *k16 = (const uint16_t *)a->k + r, *v16 = (const uint16_t *)a->v + r;
-                if (j->simd) {
-                    xc_attn_widen_avx2(t->kw[jj], k16, hd);
-                    xc_attn_widen_avx2(t->vw[jj], v16, hd);
-                } else {
-                    for (int d = 0; d < hd; d++) {
-                        t->kw[jj][d] = xc_bf16_to_f32(k16[d]);
-                        t->vw[jj][d] = xc_bf16_to_f32(v16[d]);
-                    }
-                }
-                t->kp[jj] = t->kw[jj];
-                t->vp[jj] = t->vw[jj];
+    for (int jj = 0; jj < nk; jj++) {
+        size_t r = xc_attn_kv_row(a, s, kb + jj) * (size_t)j->ldkv + kcol;
+        if (a->kv_dtype == XC_DTYPE_BF16) {
+            const uint16_t *k16 = (const uint16_t *)a->k + r, *v16 = (const uint16_t *)a->v + r;
+            if (j->simd) {
+                xc_attn_widen_avx2(B->kw[jj], k16, hd);
+                xc_attn_widen_avx2(B->vw[jj], v16, hd);
             } else {
-                t->kp[jj] = (const float *)a->k + r;
-                t->vp[jj] = (const float *)a->v + r;
+                for (int d = 0; d < hd; d++) {
+                    B->kw[jj][d] = xc_bf16_to_f32(k16[d]);
+                    B->vw[jj][d] = xc_bf16_to_f32(v16[d]);
+                }
             }
-        }
-        if (j->simd) {
-            xc_attn_scores_avx2(t, nk, hd, j->scale);
+            B->kp[jj] = B->kw[jj];
+            B->vp[jj] = B->vw[jj];
         } else {
-            xc_attn_scores_scalar(t, nk, hd, j->scale);
-        }
-        float f[XC_ATTN_QT];
-        for (int it = 0; it < qt; it++) {
-            int nvis = t->last[it] + 1 - kb;
-            nvis = nvis < nk ? nvis : nk;
-            if (nvis <= 0) { /* the whole block is in this item's future: contributes nothing */
-                memset(t->p[it], 0, sizeof t->p[it]);
-                f[it] = 1.0f;
-                continue;
-            }
-            float bm = t->p[it][0];
-            for (int jj = 1; jj < nvis; jj++) {
-                bm = t->p[it][jj] > bm ? t->p[it][jj] : bm;
-            }
-            float mnew = bm > t->m[it] ? bm : t->m[it];
-            f[it] = expf(t->m[it] - mnew); /* 0 on the first block (m = -inf) */
-            float sum = j->simd ? xc_attn_exp_avx2(t->p[it], nvis, mnew)
-                                : xc_attn_exp_scalar(t->p[it], nvis, mnew);
-            t->l[it] = t->l[it] * f[it] + sum;
-            t->m[it] = mnew;
-        }
-        if (j->simd) {
-            xc_attn_pv_avx2(t, nk, hd, f);
-        } else {
-            xc_attn_pv_scalar(t, nk, hd, f);
+            B->kp[jj] = (const float *)a->k + r;
+            B->vp[jj] = (const float *)a->v + r;
         }
     }
+}
+
+/* One block's step for one tile: its first nk keys of the block starting at key kb (nk from the
+ * tile's own last key, so the operations do not depend on the group). */
+static void xc_attn_tile_block(const xc_attn_job *j, xc_attn_tile *t, const xc_attn_block *B,
+                               int kb) {
+    int hd = j->hd, qt = t->qt;
+    int nk = t->maxlast + 1 - kb < XC_ATTN_KB ? t->maxlast + 1 - kb : XC_ATTN_KB;
+    t->kp = B->kp;
+    t->vp = B->vp;
+    if (j->simd) {
+        xc_attn_scores_avx2(t, nk, hd, j->scale);
+    } else {
+        xc_attn_scores_scalar(t, nk, hd, j->scale);
+    }
+    float f[XC_ATTN_QT];
+    for (int it = 0; it < qt; it++) {
+        int nvis = t->last[it] + 1 - kb;
+        nvis = nvis < nk ? nvis : nk;
+        if (nvis <= 0) { /* the whole block is in this item's future: contributes nothing */
+            memset(t->p[it], 0, sizeof t->p[it]);
+            f[it] = 1.0f;
+            continue;
+        }
+        float bm = t->p[it][0];
+        for (int jj = 1; jj < nvis; jj++) {
+            bm = t->p[it][jj] > bm ? t->p[it][jj] : bm;
+        }
+        float mnew = bm > t->m[it] ? bm : t->m[it];
+        f[it] = expf(t->m[it] - mnew); /* 0 on the first block (m = -inf) */
+        float sum = j->simd ? xc_attn_exp_avx2(t->p[it], nvis, mnew)
+                            : xc_attn_exp_scalar(t->p[it], nvis, mnew);
+        t->l[it] = t->l[it] * f[it] + sum;
+        t->m[it] = mnew;
+    }
+    if (j->simd) {
+        xc_attn_pv_avx2(t, nk, hd, f);
+    } else {
+        xc_attn_pv_scalar(t, nk, hd, f);
+    }
+}
+
+static void xc_attn_tile_finish(const xc_attn_job *j, xc_attn_tile *t, int nit) {
     for (int it = 0; it < nit; it++) {
         float inv = 1.0f / t->l[it];
-        for (int d = 0; d < hd; d++) {
+        for (int d = 0; d < j->hd; d++) {
             t->out[it][d] = t->acc[it][d] * inv;
         }
+    }
+}
+
+/* Tiles tile0 .. tile0 + n - 1 (n <= XC_ATTN_GROUP) of sequence s, kv head g, walking the key
+ * blocks together: each block is loaded once, for every tile that still sees it. */
+static void xc_attn_group_run(const xc_attn_job *j, xc_attn_block *B, xc_attn_tile *t,
+                              const xc_attn_seq *s, int g, int tile0, int n, int qt) {
+    int items = s->n_q * j->group, maxlast = 0;
+    for (int i = 0; i < n; i++) {
+        int it0 = (tile0 + i) * qt;
+        int nit = items - it0 < qt ? items - it0 : qt;
+        xc_attn_tile_init(j, &t[i], s, g, it0, nit, qt);
+        maxlast = t[i].maxlast > maxlast ? t[i].maxlast : maxlast;
+    }
+    for (int kb = 0; kb <= maxlast; kb += XC_ATTN_KB) {
+        int nk = maxlast + 1 - kb < XC_ATTN_KB ? maxlast + 1 - kb : XC_ATTN_KB;
+        xc_attn_block_load(j, B, s, g, kb, nk);
+        for (int i = 0; i < n; i++) {
+            if (t[i].maxlast >= kb) {
+                xc_attn_tile_block(j, &t[i], B, kb);
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        int it0 = (tile0 + i) * qt;
+        xc_attn_tile_finish(j, &t[i], items - it0 < qt ? items - it0 : qt);
     }
 }
 
@@ -355,26 +409,34 @@ static int xc_attn_qt(long long items) {
     return items >= 8 ? 8 : 4;
 }
 
-/* Tasks enumerate (sequence, kv head, tile), tiles from the last query rows down: the threads
- * claim tasks dynamically, and taking long causal tiles first leaves short ones for the end. */
+/* Groups of XC_ATTN_GROUP consecutive tiles of a (sequence, kv head). */
+static int xc_attn_groups(long long items) {
+    long long tiles = (items + xc_attn_qt(items) - 1) / xc_attn_qt(items);
+    return (int)((tiles + XC_ATTN_GROUP - 1) / XC_ATTN_GROUP);
+}
+
+/* Tasks enumerate (sequence, kv head, tile group), groups from the last query rows down: the
+ * threads claim tasks dynamically, and taking long causal groups first leaves short ones for the
+ * end. The block and the tiles live on the thread's stack (about 280 KiB at head_dim 512). */
 static void xc_attn_task(void *p, int task, int n_tasks) {
     (void)n_tasks;
     const xc_attn_job *j = p;
     const xc_attention_args *a = j->a;
-    xc_attn_tile t;
+    xc_attn_block B;
+    xc_attn_tile t[XC_ATTN_GROUP];
     for (int si = 0; si < a->n_seqs; si++) {
         const xc_attn_seq *s = &a->seqs[si];
         int items = s->n_q * j->group;
         int qt = xc_attn_qt(items);
-        int tiles = (items + qt - 1) / qt;
-        if (task < tiles * a->n_kv_heads) {
-            /* the last (causal: most expensive) tiles first, so the pool ends evenly */
-            int g = task / tiles, it0 = (tiles - 1 - task % tiles) * qt;
-            int nit = items - it0 < qt ? items - it0 : qt;
-            xc_attn_tile_run(j, &t, s, g, it0, nit, qt);
+        int tiles = (items + qt - 1) / qt, groups = xc_attn_groups(items);
+        if (task < groups * a->n_kv_heads) {
+            int g = task / groups, gi = groups - 1 - task % groups;
+            int tile0 = gi * XC_ATTN_GROUP;
+            int n = tiles - tile0 < XC_ATTN_GROUP ? tiles - tile0 : XC_ATTN_GROUP;
+            xc_attn_group_run(j, &B, t, s, g, tile0, n, qt);
             return;
         }
-        task -= tiles * a->n_kv_heads;
+        task -= groups * a->n_kv_heads;
     }
 }
 
@@ -393,7 +455,7 @@ xc_status xc_cpu_attention(xc_backend *be, const xc_attention_args *a) {
     long long n_tasks = 0;
     for (int si = 0; si < a->n_seqs; si++) {
         long long items = (long long)a->seqs[si].n_q * j.group;
-        n_tasks += (items + xc_attn_qt(items) - 1) / xc_attn_qt(items) * a->n_kv_heads;
+        n_tasks += (long long)xc_attn_groups(items) * a->n_kv_heads;
     }
     if (n_tasks > INT32_MAX) {
         return xc_errf(XC_ERR_ARG, "attention: %lld tiles is too many", n_tasks);
