@@ -53,7 +53,7 @@ typedef struct xc_attn_block {
 /* Tiles of one (sequence, kv head) that walk the keys together, sharing each block they load:
  * on long prompts this divides the K/V traffic, which otherwise bounds the prefill, by up to
  * XC_ATTN_GROUP. A tile's arithmetic is the same alone or in a group. */
-#define XC_ATTN_GROUP 8
+#define XC_ATTN_GROUP 16
 
 /* ---- AVX2 kernels ---- */
 
@@ -417,7 +417,7 @@ static int xc_attn_groups(long long items) {
 
 /* Tasks enumerate (sequence, kv head, tile group), groups from the last query rows down: the
  * threads claim tasks dynamically, and taking long causal groups first leaves short ones for the
- * end. The block and the tiles live on the thread's stack (about 280 KiB at head_dim 512). */
+ * end. The block and the tiles live on the thread's stack (about 420 KiB at head_dim 512). */
 static void xc_attn_task(void *p, int task, int n_tasks) {
     (void)n_tasks;
     const xc_attn_job *j = p;
