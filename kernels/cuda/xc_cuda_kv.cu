@@ -13,8 +13,7 @@ static __device__ __forceinline__ unsigned short xc_cuda_to_bf16(float f) {
 
 static __global__ void xc_cuda_kv_store_kernel(const float *k, int ldk, const float *v, int ldv,
                                                void *k_cache, void *v_cache, int bf16,
-                                               const int32_t *row, const int32_t *slot,
-                                               int width) {
+                                               const int32_t *row, const int32_t *slot, int width) {
     size_t r = (size_t)row[blockIdx.x], s = (size_t)slot[blockIdx.x];
     for (int i = threadIdx.x; i < width; i += blockDim.x) {
         float kx = k[r * (size_t)ldk + i], vx = v[r * (size_t)ldv + i];
