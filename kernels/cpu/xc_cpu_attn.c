@@ -62,7 +62,10 @@ typedef struct xc_attn_block {
  * loaded key; with 4 items two keys go at once, so both shapes keep 8 FMA chains in flight. */
 #define XC_SIMD_INL __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
-XC_SIMD_INL void xc_attn_scores_avx2_q(xc_attn_tile *t, int nk, int hd, float scale, const int qt) {
+XC_SIMD_INL void xc_attn_scores_avx2_q(xc_attn_tile *t, int nk, int hd, float scale, const int qt,
+                                       int i0) {
+    const float **qq = t->q + i0;
+    float(*pp)[XC_ATTN_KB] = t->p + i0;
     int hd8 = hd & ~7;
     int j = 0;
     for (; qt == 4 && j + 2 <= nk; j += 2) {
@@ -75,7 +78,7 @@ XC_SIMD_INL void xc_attn_scores_avx2_q(xc_attn_tile *t, int nk, int hd, float sc
         for (int c = 0; c < hd8; c += 8) {
             __m256 kv0 = _mm256_loadu_ps(k0 + c), kv1 = _mm256_loadu_ps(k1 + c);
             for (int it = 0; it < 4; it++) {
-                __m256 qv = _mm256_loadu_ps(t->q[it] + c);
+                __m256 qv = _mm256_loadu_ps(qq[it] + c);
                 a0[it] = _mm256_fmadd_ps(qv, kv0, a0[it]);
                 a1[it] = _mm256_fmadd_ps(qv, kv1, a1[it]);
             }
@@ -83,11 +86,11 @@ XC_SIMD_INL void xc_attn_scores_avx2_q(xc_attn_tile *t, int nk, int hd, float sc
         for (int it = 0; it < 4; it++) {
             float s0 = xc_simd_hsum(a0[it]), s1 = xc_simd_hsum(a1[it]);
             for (int d = hd8; d < hd; d++) {
-                s0 = fmaf(t->q[it][d], k0[d], s0);
-                s1 = fmaf(t->q[it][d], k1[d], s1);
+                s0 = fmaf(qq[it][d], k0[d], s0);
+                s1 = fmaf(qq[it][d], k1[d], s1);
             }
-            t->p[it][j] = s0 * scale;
-            t->p[it][j + 1] = s1 * scale;
+            pp[it][j] = s0 * scale;
+            pp[it][j + 1] = s1 * scale;
         }
     }
     for (; j < nk; j++) {
@@ -99,24 +102,25 @@ XC_SIMD_INL void xc_attn_scores_avx2_q(xc_attn_tile *t, int nk, int hd, float sc
         for (int c = 0; c < hd8; c += 8) {
             __m256 kv0 = _mm256_loadu_ps(k0 + c);
             for (int it = 0; it < qt; it++) {
-                a0[it] = _mm256_fmadd_ps(_mm256_loadu_ps(t->q[it] + c), kv0, a0[it]);
+                a0[it] = _mm256_fmadd_ps(_mm256_loadu_ps(qq[it] + c), kv0, a0[it]);
             }
         }
         for (int it = 0; it < qt; it++) {
             float s0 = xc_simd_hsum(a0[it]);
             for (int d = hd8; d < hd; d++) {
-                s0 = fmaf(t->q[it][d], k0[d], s0);
+                s0 = fmaf(qq[it][d], k0[d], s0);
             }
-            t->p[it][j] = s0 * scale;
+            pp[it][j] = s0 * scale;
         }
     }
 }
 
+/* Items in passes of 4, two keys at a time (8 accumulators; per 8 FMAs 2 key loads and 4 query
+ * loads): every item's dot products are the same operations in every pass shape. */
 XC_SIMD_FN void xc_attn_scores_avx2(xc_attn_tile *t, int nk, int hd, float scale) {
+    xc_attn_scores_avx2_q(t, nk, hd, scale, 4, 0);
     if (t->qt == 8) {
-        xc_attn_scores_avx2_q(t, nk, hd, scale, 8);
-    } else {
-        xc_attn_scores_avx2_q(t, nk, hd, scale, 4);
+        xc_attn_scores_avx2_q(t, nk, hd, scale, 4, 4);
     }
 }
 
@@ -145,60 +149,65 @@ XC_SIMD_FN float xc_attn_exp_avx2(float *p, int nvis, float mnew) {
 /* acc[it] = acc[it] * f[it] + sum_j p[it][j] v_j for j < nk, ascending j for every element.
  * 8 accumulators in registers (4 items x 2 chunks, or 8 items x 1 chunk); a block's V rows
  * (XC_ATTN_KB x head_dim floats) stay in L1 across the passes over head_dim. */
-XC_SIMD_INL void xc_attn_pv_avx2_q(xc_attn_tile *t, int nk, int hd, const float *f, const int qt) {
+XC_SIMD_INL void xc_attn_pv_avx2_q(xc_attn_tile *t, int nk, int hd, const float *f0, const int qt,
+                                   int i0) {
+    float(*acc)[XC_OPCHECK_MAX_HEAD_DIM] = t->acc + i0;
+    float(*pp)[XC_ATTN_KB] = t->p + i0;
+    const float *f = f0 + i0;
     int hd8 = hd & ~7;
     int c = 0;
     for (; qt == 4 && c + 16 <= hd8; c += 16) {
         __m256 a[4], b[4];
         for (int it = 0; it < 4; it++) {
             __m256 vf = _mm256_set1_ps(f[it]);
-            a[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c), vf);
-            b[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c + 8), vf);
+            a[it] = _mm256_mul_ps(_mm256_load_ps(acc[it] + c), vf);
+            b[it] = _mm256_mul_ps(_mm256_load_ps(acc[it] + c + 8), vf);
         }
         for (int j = 0; j < nk; j++) {
             __m256 v0 = _mm256_loadu_ps(t->vp[j] + c), v1 = _mm256_loadu_ps(t->vp[j] + c + 8);
             for (int it = 0; it < 4; it++) {
-                __m256 pj = _mm256_broadcast_ss(&t->p[it][j]);
+                __m256 pj = _mm256_broadcast_ss(&pp[it][j]);
                 a[it] = _mm256_fmadd_ps(pj, v0, a[it]);
                 b[it] = _mm256_fmadd_ps(pj, v1, b[it]);
             }
         }
         for (int it = 0; it < 4; it++) {
-            _mm256_store_ps(t->acc[it] + c, a[it]);
-            _mm256_store_ps(t->acc[it] + c + 8, b[it]);
+            _mm256_store_ps(acc[it] + c, a[it]);
+            _mm256_store_ps(acc[it] + c + 8, b[it]);
         }
     }
     for (; c < hd8; c += 8) {
         __m256 a[XC_ATTN_QT];
         for (int it = 0; it < qt; it++) {
-            a[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c), _mm256_set1_ps(f[it]));
+            a[it] = _mm256_mul_ps(_mm256_load_ps(acc[it] + c), _mm256_set1_ps(f[it]));
         }
         for (int j = 0; j < nk; j++) {
             __m256 v = _mm256_loadu_ps(t->vp[j] + c);
             for (int it = 0; it < qt; it++) {
-                a[it] = _mm256_fmadd_ps(_mm256_broadcast_ss(&t->p[it][j]), v, a[it]);
+                a[it] = _mm256_fmadd_ps(_mm256_broadcast_ss(&pp[it][j]), v, a[it]);
             }
         }
         for (int it = 0; it < qt; it++) {
-            _mm256_store_ps(t->acc[it] + c, a[it]);
+            _mm256_store_ps(acc[it] + c, a[it]);
         }
     }
     for (int d = hd8; d < hd; d++) {
         for (int it = 0; it < qt; it++) {
-            float a = t->acc[it][d] * f[it];
+            float a = acc[it][d] * f[it];
             for (int j = 0; j < nk; j++) {
-                a = fmaf(t->p[it][j], t->vp[j][d], a);
+                a = fmaf(pp[it][j], t->vp[j][d], a);
             }
-            t->acc[it][d] = a;
+            acc[it][d] = a;
         }
     }
 }
 
+/* Items in passes of 4 (4 items x 2 chunks of 8 in registers: per key 2 V loads and 4 broadcasts
+ * feed 8 FMAs); every element gets the same operations in every pass shape. */
 XC_SIMD_FN void xc_attn_pv_avx2(xc_attn_tile *t, int nk, int hd, const float *f) {
+    xc_attn_pv_avx2_q(t, nk, hd, f, 4, 0);
     if (t->qt == 8) {
-        xc_attn_pv_avx2_q(t, nk, hd, f, 8);
-    } else {
-        xc_attn_pv_avx2_q(t, nk, hd, f, 4);
+        xc_attn_pv_avx2_q(t, nk, hd, f, 4, 4);
     }
 }
 
