@@ -5,17 +5,19 @@
 int xc_cmd_model(int argc, char **argv); /* model make-tiny | inspect */
 int xc_cmd_bench(int argc, char **argv); /* bench kernels | model | vision | tokenize | ... */
 int xc_cmd_bench_kernels(int argc, char **argv);
-int xc_cmd_tokenize(int argc, char **argv);         /* tokenize --tokenizer FILE [--decode] */
-int xc_cmd_bench_tokenize(int argc, char **argv);   /* bench tokenize */
-int xc_cmd_preprocess(int argc, char **argv);       /* preprocess --image --size --out */
-int xc_cmd_bench_preprocess(int argc, char **argv); /* bench preprocess */
-int xc_cmd_serve(int argc, char **argv);            /* serve: a whole cluster, local or MPI */
-int xc_cmd_worker(int argc, char **argv);           /* worker: as xcpipe-worker */
-int xc_cmd_coordinator(int argc, char **argv);      /* coordinator: as xcpipe-coordinator */
-int xc_cmd_bench_pipeline(int argc, char **argv);   /* bench pipeline (sim backend) */
-int xc_cmd_generate(int argc, char **argv);         /* single-process generation */
-int xc_cmd_bench_model(int argc, char **argv);      /* bench model */
-int xc_cmd_bench_vision(int argc, char **argv);     /* bench vision */
+int xc_cmd_bench_attention(int argc, char **argv);    /* bench attention (xc_cmd_bench_attn.c) */
+int xc_cmd_bench_vision_serve(int argc, char **argv); /* bench vision-serve */
+int xc_cmd_tokenize(int argc, char **argv);           /* tokenize --tokenizer FILE [--decode] */
+int xc_cmd_bench_tokenize(int argc, char **argv);     /* bench tokenize */
+int xc_cmd_preprocess(int argc, char **argv);         /* preprocess --image --size --out */
+int xc_cmd_bench_preprocess(int argc, char **argv);   /* bench preprocess */
+int xc_cmd_serve(int argc, char **argv);              /* serve: a whole cluster, local or MPI */
+int xc_cmd_worker(int argc, char **argv);             /* worker: as xcpipe-worker */
+int xc_cmd_coordinator(int argc, char **argv);        /* coordinator: as xcpipe-coordinator */
+int xc_cmd_bench_pipeline(int argc, char **argv);     /* bench pipeline (sim backend) */
+int xc_cmd_generate(int argc, char **argv);           /* single-process generation */
+int xc_cmd_bench_model(int argc, char **argv);        /* bench model */
+int xc_cmd_bench_vision(int argc, char **argv);       /* bench vision */
 /* bench model|vision --backend cuda (xc_cmd_bench_cuda.c); the --backend value of argv or NULL */
 int xc_cmd_bench_model_cuda(int argc, char **argv);
 int xc_cmd_bench_vision_cuda(int argc, char **argv);

@@ -15,11 +15,14 @@ static const bench_cmd benches[] = {
 #ifndef XC_CLI_SUBSET /* XC_CLUSTER=OFF builds */
     {"tokenize", xc_cmd_bench_tokenize, "tokenizer MB/s next to spm_encode"},
 #endif
+    {"attention", xc_cmd_bench_attention, "CPU attention on long contexts: 4k-row prefill, decode"},
     {"model", xc_cmd_bench_model, "prefill and decode tokens/s (llama-bench terms), roofline"},
     {"vision", xc_cmd_bench_vision, "CLIP ViT-L/14 + projector, ms per image"},
     {"preprocess", xc_cmd_bench_preprocess, "image decode+resize+normalize vs PIL"},
 #ifndef XC_CLI_SUBSET
     {"pipeline", xc_cmd_bench_pipeline, "pipeline efficiency, bubbles at P = 2, 4, 8 (sim)"},
+    {"vision-serve", xc_cmd_bench_vision_serve,
+     "vision worker images/s, requests batched vs one by one"},
     {"transport", xc_cmd_bench_transport, "forward-frame GB/s per transport vs raw zmq/MPI"},
     {"serve", xc_cmd_bench_serve, "HTTP load test: N streaming clients, req/s, TTFT, ITL, RSS"},
 #endif

@@ -260,19 +260,19 @@ int xc_cmd_bench_model_cuda(int argc, char **argv) {
     int per_seq = (c.ctx + 1 + bs - 1) / bs;
     int need = max_b * per_seq > (max_pp + bs - 1) / bs ? max_b * per_seq : (max_pp + bs - 1) / bs;
     XC_TRY_GOTO(xc_cuda_info(be, &di), st, fail);
-    size_t per_block = xc_kv_bytes(c.layers, 1, bs, width);
+    size_t per_block = xc_kv_bytes(c.layers, 1, bs, width, XC_DTYPE_BF16); /* serving default */
     size_t fit = (size_t)((double)di.free_bytes * c.kv_frac) / per_block;
     if ((size_t)need > fit) {
         st = xc_errf(XC_ERR_NOMEM, "KV pool: %d blocks needed, %zu fit in %.0f%% of %.2f GiB free",
                      need, fit, 100 * c.kv_frac, (double)di.free_bytes / 1073741824.0);
         goto fail;
     }
-    XC_TRY_GOTO(xc_kv_create(be, c.layers, need, bs, width, &kv), st, fail);
+    XC_TRY_GOTO(xc_kv_create(be, c.layers, need, bs, width, XC_DTYPE_BF16, &kv), st, fail);
     for (int l = 0; l < c.layers; l++) {
         size_t n = (size_t)need * bs * width;
-        XC_TRY_GOTO(xc_cuda_fill_random(be, xc_kv_k(kv, l), XC_DTYPE_F32, n, 1.0f, 1000 + l), st,
+        XC_TRY_GOTO(xc_cuda_fill_random(be, xc_kv_k(kv, l), XC_DTYPE_BF16, n, 1.0f, 1000 + l), st,
                     fail);
-        XC_TRY_GOTO(xc_cuda_fill_random(be, xc_kv_v(kv, l), XC_DTYPE_F32, n, 1.0f, 2000 + l), st,
+        XC_TRY_GOTO(xc_cuda_fill_random(be, xc_kv_v(kv, l), XC_DTYPE_BF16, n, 1.0f, 2000 + l), st,
                     fail);
     }
     size_t hidden_n = (size_t)max_rows * (size_t)c.hidden;

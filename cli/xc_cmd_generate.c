@@ -43,6 +43,7 @@ typedef struct gen_conf {
     int chunk;
     int max_image_bytes, max_image_mpixels, max_images;
     const char *backend;
+    const char *kv_dtype;
 } gen_conf;
 
 static const xc_conf_entry gen_entries[] = {
@@ -94,6 +95,9 @@ static const xc_conf_entry gen_entries[] = {
     XC_CONF_INT("max-images", NULL, gen_conf, max_images, XC_IMAGE_DEFAULT_MAX_IMAGES, 1, 64,
                 "images per request"),
     XC_CONF_STR("backend", "XC_BACKEND", gen_conf, backend, "cpu", "cpu|cuda", "compute backend"),
+    XC_CONF_STR("kv-dtype", "XC_KV_DTYPE", gen_conf, kv_dtype, "bf16", "bf16|f32",
+                "KV cache element type: keys (after RoPE) and values rounded to bf16 on store, "
+                "or kept in f32"),
 };
 
 static const xc_conf_spec gen_spec = {
@@ -407,7 +411,8 @@ int xc_cmd_generate(int argc, char **argv) {
                          .backend = c.backend,
                          .n_threads = c.threads,
                          .n_stages = c.stages,
-                         .chunk = c.chunk};
+                         .chunk = c.chunk,
+                         .kv_dtype = c.kv_dtype};
     xc_engine *e = NULL;
     xc_tokenizer *tok = NULL;
     gen_prompt p = {0};

@@ -92,6 +92,7 @@ typedef struct cworker {
     bool ready;
     xc_place_want want;   /* the role it accepts (Register.role) */
     uint64_t incarnation; /* the process's nonce from its Register (0 = an older worker) */
+    int kv_elem;          /* bytes per KV element it stores (Register.kv_elem_bytes; 4 if unsaid) */
     int assigns_out;      /* Assigns sent and not answered by Ready yet: it is ready only when
                              the latest one is (both links keep order) */
     int n_assign_fail;    /* assignments in a row it could not load (reset by Ready) */
@@ -204,8 +205,9 @@ struct xc_coord {
     /* per worker: last heartbeat's cumulative counters and the busy ratio between the last two */
     uint64_t hb_busy[MAX_WORKERS], hb_time[MAX_WORKERS];
     double hb_ratio[MAX_WORKERS], hb_bytes[MAX_WORKERS], hb_mb[MAX_WORKERS];
-    double hb_live[MAX_WORKERS]; /* Heartbeat.live_sequences */
-    uint64_t nomem_log_ns;       /* last "no memory to build a micro-batch" line */
+    double hb_live[MAX_WORKERS];                          /* Heartbeat.live_sequences */
+    double hb_ichit[MAX_WORKERS], hb_icmiss[MAX_WORKERS]; /* Heartbeat.image_cache_* (vision) */
+    uint64_t nomem_log_ns; /* last "no memory to build a micro-batch" line */
     /* failure handling counters (xc_coord_stats) */
     double n_resumes, n_resume_fail, n_step_timeouts, n_restarts, n_replica_fail, n_slow;
     atomic_int n_unknown_dropped;
@@ -437,7 +439,9 @@ static void derive_cost(xc_coord *c) {
                                .layer_bytes = (base + lora) * bytes,
                                .embed_bytes = (double)m->vocab * H * bytes,
                                .head_bytes = (double)m->vocab * H * bytes + H * bytes,
-                               .kv_bytes_layer = 2 * kvw * 4,
+                               /* K and V per token and layer, bf16 (the workers' default
+                                  --kv-dtype; kv_blocks_for uses each worker's own size) */
+                               .kv_bytes_layer = 2 * kvw * 2,
                                .kv_budget_tokens = c->conf.max_context};
     if (c->conf.cost) {
         c->cost = *c->conf.cost;
@@ -495,7 +499,9 @@ static int kv_blocks_for(xc_coord *c, const replica *r) {
         double weights =
             xc_place_unit_stage_bytes(&c->cost, r->bounds[k], r->bounds[k + 1], r->P, k) -
             layers * c->cost.kv_bytes_layer * c->cost.kv_budget_tokens;
-        double per_block = layers * c->cost.kv_bytes_layer * c->conf.block_size;
+        /* this worker's KV element size (f32 workers need twice the model's bf16 figure) */
+        double per_block =
+            layers * c->cost.kv_bytes_layer * (w->kv_elem / 2.0) * c->conf.block_size;
         double fit = per_block > 0 ? ((double)w->mem - weights) / per_block : want;
         if (fit < want) {
             want = fit < 1 ? 1 : (int)fit;
@@ -1023,6 +1029,7 @@ static void on_register(xc_coord *c, const xc_wire_register *r) {
     w->role = -1;
     w->want = (xc_place_want)r->role;
     w->incarnation = r->incarnation;
+    w->kv_elem = r->kv_elem_bytes ? (int)r->kv_elem_bytes : 4;
     if (xc_transport_open(w->endpoint, XC_TRANSPORT_SEND, c->conf.tconf, &w->tx) != XC_OK) {
         XC_LOG_WARN("register from %s: cannot reach %s: %s", w->id, w->endpoint, xc_err_last());
         return;
@@ -2184,17 +2191,26 @@ static void hooks_step(xc_coord *c) {
     st.slow_peer_sends = c->n_slow;
     st.unknown_dropped = atomic_load(&c->n_unknown_dropped);
     st.overdue = c->overdue;
+    st.image_cache_hits = st.image_cache_misses = 0;
+    for (int i = 0; i < c->n_workers; i++) { /* cumulative per worker, as its heartbeats say */
+        st.image_cache_hits += c->hb_ichit[i];
+        st.image_cache_misses += c->hb_icmiss[i];
+    }
     st.n_stages = 0;
     for (int r = 0; r < c->R; r++) {
         for (int k = 0; k < c->reps[r].P && st.n_stages < XC_COORD_STATS_MAX_STAGES; k++) {
             int wi = c->reps[r].worker[k];
-            st.stages[st.n_stages++] =
-                (xc_coord_stage_stats){.replica = r,
-                                       .stage = k,
-                                       .busy_ratio = wi >= 0 ? c->hb_ratio[wi] : 0,
-                                       .bytes_sent = wi >= 0 ? c->hb_bytes[wi] : 0,
-                                       .microbatches = wi >= 0 ? c->hb_mb[wi] : 0,
-                                       .sequences = wi >= 0 ? c->hb_live[wi] : 0};
+            st.stages[st.n_stages++] = (xc_coord_stage_stats){
+                .replica = r,
+                .stage = k,
+                .busy_ratio = wi >= 0 ? c->hb_ratio[wi] : 0,
+                .bytes_sent = wi >= 0 ? c->hb_bytes[wi] : 0,
+                .microbatches = wi >= 0 ? c->hb_mb[wi] : 0,
+                .sequences = wi >= 0 ? c->hb_live[wi] : 0,
+                .kv_bytes_per_token =
+                    wi >= 0 ? xc_place_attn_units(c->reps[r].bounds[k], c->reps[r].bounds[k + 1]) *
+                                  c->cost.kv_bytes_layer * (c->workers[wi].kv_elem / 2.0)
+                            : 0};
         }
     }
     pthread_mutex_lock(&c->stats_lock);
@@ -2214,4 +2230,6 @@ static void hooks_heartbeat(xc_coord *c, int wi, const xc_wire_heartbeat *hb) {
     c->hb_bytes[wi] = (double)hb->bytes_sent;
     c->hb_mb[wi] = (double)hb->microbatches;
     c->hb_live[wi] = (double)hb->live_seqs;
+    c->hb_ichit[wi] = (double)hb->image_cache_hits;
+    c->hb_icmiss[wi] = (double)hb->image_cache_misses;
 }

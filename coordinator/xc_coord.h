@@ -159,10 +159,11 @@ xc_status xc_coord_cancel(xc_coord *c, uint64_t id);
 /* One decoder stage's work, from its heartbeats. */
 typedef struct xc_coord_stage_stats {
     int replica, stage;
-    double busy_ratio;   /* computing time / elapsed time between its last two heartbeats */
-    double bytes_sent;   /* frame bytes it sent downstream, cumulative */
-    double microbatches; /* messages it processed, cumulative */
-    double sequences;    /* sequences it holds state for (its last heartbeat) */
+    double busy_ratio;         /* computing time / elapsed time between its last two heartbeats */
+    double bytes_sent;         /* frame bytes it sent downstream, cumulative */
+    double microbatches;       /* messages it processed, cumulative */
+    double sequences;          /* sequences it holds state for (its last heartbeat) */
+    double kv_bytes_per_token; /* KV bytes one token takes on this stage (its layers, dtype) */
 } xc_coord_stage_stats;
 
 /* A snapshot of the coordinator's load, published once per scheduling step. */
@@ -174,7 +175,8 @@ typedef struct xc_coord_stats {
     double bytes_to_stage0; /* bytes of forward frames sent to first stages */
     double vision_s;        /* summed vision round trips (send to embeddings back), seconds */
     double vision_images;   /* images those jobs held */
-    double vision_jobs;     /* vision jobs completed */
+    double image_cache_hits, image_cache_misses; /* vision workers' embedding caches */
+    double vision_jobs;                          /* vision jobs completed */
     int n_stages;
     xc_coord_stage_stats stages[XC_COORD_STATS_MAX_STAGES];
     /* failure handling (cumulative) */

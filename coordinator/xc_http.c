@@ -1456,7 +1456,8 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
                                        .busy_ratio = cs.stages[i].busy_ratio,
                                        .bytes_out = cs.stages[i].bytes_sent,
                                        .mbatches = cs.stages[i].microbatches,
-                                       .sequences = cs.stages[i].sequences};
+                                       .sequences = cs.stages[i].sequences,
+                                       .kv_bytes_per_token = cs.stages[i].kv_bytes_per_token};
         }
         xc_metrics_gauges g = {.running = cs.running,
                                .waiting = cs.waiting,
@@ -1466,6 +1467,8 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
                                .ready = is_ready(h, why, sizeof why),
                                .vision_encode_s = cs.vision_s,
                                .vision_images = cs.vision_images,
+                               .image_cache_hits = cs.image_cache_hits,
+                               .image_cache_misses = cs.image_cache_misses,
                                .bytes_to_stage0 = cs.bytes_to_stage0,
                                .resumes = cs.resumes,
                                .resume_failures = cs.resume_failures,

@@ -187,9 +187,19 @@ char *xc_metrics_render(xc_metrics *m, const xc_metrics_gauges *g, size_t *len) 
              "xcpipe_vision_encode_seconds_total %.17g\n",
              g->vision_encode_s);
         outf(&o,
-             "# HELP xcpipe_vision_images_total Images encoded by the vision worker.\n"
+             "# HELP xcpipe_vision_images_total Images sent to the vision worker (cache hits included).\n"
              "# TYPE xcpipe_vision_images_total counter\nxcpipe_vision_images_total %.17g\n",
              g->vision_images);
+        outf(&o,
+             "# HELP xcpipe_vision_image_cache_hits_total Images the vision worker found in its "
+             "embedding cache (not encoded again).\n"
+             "# TYPE xcpipe_vision_image_cache_hits_total counter\n"
+             "xcpipe_vision_image_cache_hits_total %.17g\n"
+             "# HELP xcpipe_vision_image_cache_misses_total Images the vision worker looked up "
+             "in its embedding cache and encoded.\n"
+             "# TYPE xcpipe_vision_image_cache_misses_total counter\n"
+             "xcpipe_vision_image_cache_misses_total %.17g\n",
+             g->image_cache_hits, g->image_cache_misses);
         outf(&o,
              "# HELP xcpipe_coordinator_bytes_sent_total Bytes of forward frames the "
              "coordinator sent to first stages.\n"
@@ -252,6 +262,13 @@ char *xc_metrics_render(xc_metrics *m, const xc_metrics_gauges *g, size_t *len) 
         for (int i = 0; i < g->n_stages; i++) {
             outf(&o, "xcpipe_stage_sequences{replica=\"%d\",stage=\"%d\"} %.17g\n",
                  g->stages[i].replica, g->stages[i].stage, g->stages[i].sequences);
+        }
+        outf(&o, "# HELP xcpipe_stage_kv_bytes_per_token KV cache bytes one token takes on a "
+                 "decoder stage (its attention layers x K and V x the worker's --kv-dtype).\n"
+                 "# TYPE xcpipe_stage_kv_bytes_per_token gauge\n");
+        for (int i = 0; i < g->n_stages; i++) {
+            outf(&o, "xcpipe_stage_kv_bytes_per_token{replica=\"%d\",stage=\"%d\"} %.17g\n",
+                 g->stages[i].replica, g->stages[i].stage, g->stages[i].kv_bytes_per_token);
         }
     }
     pthread_mutex_lock(&m->lock);

@@ -34,6 +34,7 @@ typedef struct xc_metrics_stage {
     double bytes_out;  /* bytes this stage sent to the next (or results to the coordinator) */
     double mbatches;   /* micro-batches processed */
     double sequences;  /* sequences it holds state for (last heartbeat) */
+    double kv_bytes_per_token; /* KV cache bytes per token on this stage (layers x K, V x dtype) */
 } xc_metrics_stage;
 
 typedef struct xc_metrics_gauges {
@@ -47,7 +48,8 @@ typedef struct xc_metrics_gauges {
     /* failure handling, cumulative (docs/cluster.md "Failure handling") */
     double resumes, resume_failures, step_timeouts, worker_restarts, replica_failures;
     double slow_peer_sends, unknown_dropped;
-    const xc_metrics_stage *stages; /* (n_stages) */
+    double image_cache_hits, image_cache_misses; /* its embedding cache: found / encoded */
+    const xc_metrics_stage *stages;              /* (n_stages) */
     int n_stages;
 } xc_metrics_gauges;
 

@@ -95,15 +95,17 @@ typedef struct xc_rope_args {
 
 /* Writes rows of keys and values into cache slots: k_cache[slot[i]] = k[i] (same for v); if two
  * rows name the same slot, the later row wins.
- * A slot is block * block_size + offset in a cache of (n_slots, width) rows. */
+ * A slot is block * block_size + offset in a cache of (n_slots, width) rows. A bf16 cache stores
+ * every value rounded to nearest even (xc_f32_to_bf16), an f32 cache stores it as is. */
 typedef struct xc_kv_store_args {
     const float *k;       /* (m, width), row stride ldk */
     const float *v;       /* (m, width), row stride ldv */
-    float *k_cache;       /* (n_slots, width) */
-    float *v_cache;       /* (n_slots, width) */
+    void *k_cache;        /* (n_slots, width) of cache_dtype */
+    void *v_cache;        /* (n_slots, width) of cache_dtype */
     const int32_t *slots; /* (m) host memory */
     int m, width, ldk, ldv;
-    int n_slots; /* bounds check */
+    int n_slots;          /* bounds check */
+    xc_dtype cache_dtype; /* XC_DTYPE_F32 (0) or XC_DTYPE_BF16 */
 } xc_kv_store_args;
 
 /* One sequence of an attention call. Its n_q query rows are positions kv_len - n_q .. kv_len - 1
@@ -120,13 +122,15 @@ typedef struct xc_attn_seq {
 
 /* Scaled dot-product attention with GQA: query head h uses kv head h / (n_heads / n_kv_heads).
  * Softmax in f32 with the max subtracted. out = softmax(q k^T * scale) v. head_dim <= 512; out
- * may be q (same stride); query rows of different sequences must not overlap. */
+ * may be q (same stride); query rows of different sequences must not overlap. K and V are f32 or
+ * bf16 (kv_dtype); bf16 is widened exactly to f32, so the result equals that of an f32 K/V holding
+ * the same (rounded) values, bit for bit. */
 typedef struct xc_attention_args {
     const float *q; /* (rows, n_heads * head_dim), row stride ldq */
     float *out;     /* (rows, n_heads * head_dim), row stride ldo */
-    const float *k; /* paged: (n_blocks * block_size, n_kv_heads * head_dim);
+    const void *k;  /* paged: (n_blocks * block_size, n_kv_heads * head_dim);
                        contiguous: (rows, n_kv_heads * head_dim) with row stride ldkv */
-    const float *v; /* same layout as k */
+    const void *v;  /* same layout as k */
     int ldq, ldo, ldkv;
     int n_heads, n_kv_heads, head_dim;
     int block_size; /* paged mode only */
@@ -134,6 +138,7 @@ typedef struct xc_attention_args {
     bool causal;
     const xc_attn_seq *seqs; /* host memory */
     int n_seqs;
+    xc_dtype kv_dtype; /* of k and v: XC_DTYPE_F32 (0) or XC_DTYPE_BF16 */
 } xc_attention_args;
 
 typedef enum xc_act_kind {

@@ -125,6 +125,10 @@ xc_status xc_opcheck_kv_store(const xc_kv_store_args *a) {
         return xc_errf(XC_ERR_ARG, "kv_store: bad shape m=%d width=%d n_slots=%d", a->m, a->width,
                        a->n_slots);
     }
+    if (a->cache_dtype != XC_DTYPE_F32 && a->cache_dtype != XC_DTYPE_BF16) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "kv_store: cache dtype %s (f32 or bf16)",
+                       xc_dtype_name(a->cache_dtype));
+    }
     XC_TRY(xc_opcheck_mat("kv_store", "k", a->k, a->m, a->width, a->ldk));
     XC_TRY(xc_opcheck_mat("kv_store", "v", a->v, a->m, a->width, a->ldv));
     if (a->m > 0 && (!a->k_cache || !a->v_cache || !a->slots)) {
@@ -148,6 +152,10 @@ xc_status xc_opcheck_attention(const xc_attention_args *a) {
         return xc_errf(XC_ERR_ARG,
                        "attention: n_heads %d must be a positive multiple of n_kv_heads %d",
                        a->n_heads, a->n_kv_heads);
+    }
+    if (a->kv_dtype != XC_DTYPE_F32 && a->kv_dtype != XC_DTYPE_BF16) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "attention: k/v dtype %s (f32 or bf16)",
+                       xc_dtype_name(a->kv_dtype));
     }
     if (a->head_dim < 1 || a->head_dim > XC_OPCHECK_MAX_HEAD_DIM) {
         return xc_errf(XC_ERR_ARG, "attention: head_dim %d outside [1, %d]", a->head_dim,

@@ -133,8 +133,15 @@ xc_status xc_ref_kv_store(const xc_kv_store_args *a) {
     for (int i = 0; i < a->m; i++) {
         size_t slot = (size_t)a->slots[i];
         for (int c = 0; c < a->width; c++) {
-            a->k_cache[slot * (size_t)a->width + c] = a->k[(size_t)i * (size_t)ldk + c];
-            a->v_cache[slot * (size_t)a->width + c] = a->v[(size_t)i * (size_t)ldv + c];
+            size_t o = slot * (size_t)a->width + (size_t)c;
+            float kx = a->k[(size_t)i * (size_t)ldk + c], vx = a->v[(size_t)i * (size_t)ldv + c];
+            if (a->cache_dtype == XC_DTYPE_BF16) {
+                ((uint16_t *)a->k_cache)[o] = xc_f32_to_bf16(kx);
+                ((uint16_t *)a->v_cache)[o] = xc_f32_to_bf16(vx);
+            } else {
+                ((float *)a->k_cache)[o] = kx;
+                ((float *)a->v_cache)[o] = vx;
+            }
         }
     }
     return XC_OK;
@@ -180,10 +187,10 @@ xc_status xc_ref_attention(const xc_attention_args *a) {
                 size_t kcol = (size_t)(h / group) * (size_t)hd;
                 double mx = -INFINITY;
                 for (int j = 0; j < n_keys; j++) {
-                    const float *k = a->k + xc_ref_kv_row(a, s, j) * (size_t)ldkv + kcol;
+                    size_t k0 = xc_ref_kv_row(a, s, j) * (size_t)ldkv + kcol;
                     double dot = 0;
                     for (int d = 0; d < hd; d++) {
-                        dot += (double)q[d] * (double)k[d];
+                        dot += (double)q[d] * (double)xc_load_f32(a->k, a->kv_dtype, k0 + d);
                     }
                     p[j] = dot * scale;
                     mx = p[j] > mx ? p[j] : mx;
@@ -197,9 +204,9 @@ xc_status xc_ref_attention(const xc_attention_args *a) {
                     o[d] = 0;
                 }
                 for (int j = 0; j < n_keys; j++) {
-                    const float *v = a->v + xc_ref_kv_row(a, s, j) * (size_t)ldkv + kcol;
+                    size_t v0 = xc_ref_kv_row(a, s, j) * (size_t)ldkv + kcol;
                     for (int d = 0; d < hd; d++) {
-                        o[d] += p[j] / sum * (double)v[d];
+                        o[d] += p[j] / sum * (double)xc_load_f32(a->v, a->kv_dtype, v0 + d);
                     }
                 }
                 float *out = a->out + (size_t)(s->q_start + i) * (size_t)ldo + (size_t)h * hd;

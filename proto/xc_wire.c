@@ -78,6 +78,9 @@ static xc_status check_control(const xc_wire_control *c) {
             r->role != XC_WIRE_ROLE_STAGE) {
             return BAD("register.role %d is not any (0), vision (1) or stage (2)", (int)r->role);
         }
+        if (r->kv_elem_bytes != 0 && r->kv_elem_bytes != 2 && r->kv_elem_bytes != 4) {
+            return BAD("register.kv_elem_bytes %u is not 2 (bf16) or 4 (f32)", r->kv_elem_bytes);
+        }
         return check_str("register.device_name", r->device_name, false);
     }
     case XC_WIRE_CTL_ASSIGN: {
@@ -518,6 +521,7 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->device_name = pb_str(c->u.reg.device_name);
         r->role = (Xc__V1__Role)c->u.reg.role;
         r->incarnation = c->u.reg.incarnation;
+        r->kv_elem_bytes = c->u.reg.kv_elem_bytes;
         p->kind_case = XC__V1__CONTROL__KIND_REGISTER;
         p->register_ = r;
         break;
@@ -577,6 +581,8 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
         r->endpoint = pb_str(c->u.heartbeat.endpoint);
         r->live_sequences = c->u.heartbeat.live_seqs;
         r->incarnation = c->u.heartbeat.incarnation;
+        r->image_cache_hits = c->u.heartbeat.image_cache_hits;
+        r->image_cache_misses = c->u.heartbeat.image_cache_misses;
         p->kind_case = XC__V1__CONTROL__KIND_HEARTBEAT;
         p->heartbeat = r;
         break;
@@ -865,7 +871,8 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
                                       .endpoint = p->register_->endpoint,
                                       .device_name = p->register_->device_name,
                                       .role = (xc_wire_role)p->register_->role,
-                                      .incarnation = p->register_->incarnation};
+                                      .incarnation = p->register_->incarnation,
+                                      .kv_elem_bytes = p->register_->kv_elem_bytes};
         return XC_OK;
     case XC__V1__CONTROL__KIND_ASSIGN: {
         const Xc__V1__Assign *s = p->assign;
@@ -895,16 +902,19 @@ static xc_status control_from_pb(const Xc__V1__Control *p, xc_wire_control *c) {
         return XC_OK;
     case XC__V1__CONTROL__KIND_HEARTBEAT:
         c->kind = XC_WIRE_CTL_HEARTBEAT;
-        c->u.heartbeat = (xc_wire_heartbeat){.seq = p->heartbeat->seq,
-                                             .time_ns = p->heartbeat->time_ns,
-                                             .in_flight = p->heartbeat->in_flight,
-                                             .worker_id = p->heartbeat->worker_id,
-                                             .busy_ns = p->heartbeat->busy_ns,
-                                             .microbatches = p->heartbeat->microbatches,
-                                             .bytes_sent = p->heartbeat->bytes_sent,
-                                             .endpoint = p->heartbeat->endpoint,
-                                             .live_seqs = p->heartbeat->live_sequences,
-                                             .incarnation = p->heartbeat->incarnation};
+        c->u.heartbeat =
+            (xc_wire_heartbeat){.seq = p->heartbeat->seq,
+                                .time_ns = p->heartbeat->time_ns,
+                                .in_flight = p->heartbeat->in_flight,
+                                .worker_id = p->heartbeat->worker_id,
+                                .busy_ns = p->heartbeat->busy_ns,
+                                .microbatches = p->heartbeat->microbatches,
+                                .bytes_sent = p->heartbeat->bytes_sent,
+                                .endpoint = p->heartbeat->endpoint,
+                                .live_seqs = p->heartbeat->live_sequences,
+                                .incarnation = p->heartbeat->incarnation,
+                                .image_cache_hits = p->heartbeat->image_cache_hits,
+                                .image_cache_misses = p->heartbeat->image_cache_misses};
         return XC_OK;
     case XC__V1__CONTROL__KIND_DRAIN:
         c->kind = XC_WIRE_CTL_DRAIN;

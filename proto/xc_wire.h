@@ -69,6 +69,7 @@ typedef struct xc_wire_register {
     const char *device_name; /* may be empty */
     xc_wire_role role;       /* the role the worker accepts: ANY, VISION or STAGE */
     uint64_t incarnation;    /* random nonce of this worker process (0 = unknown) */
+    uint32_t kv_elem_bytes;  /* bytes per stored KV element: 2 (bf16), 4 (f32), 0 = unknown (f32) */
 } xc_wire_register;
 
 typedef struct xc_wire_assign {
@@ -102,13 +103,15 @@ typedef struct xc_wire_heartbeat {
     uint64_t seq;     /* +1 per heartbeat */
     uint64_t time_ns; /* sender's monotonic clock */
     uint32_t in_flight;
-    const char *worker_id; /* may be NULL/empty: who is alive */
-    uint64_t busy_ns;      /* api helper: cumulative time processing messages */
-    uint64_t microbatches; /* api helper: cumulative messages processed */
-    uint64_t bytes_sent;   /* api helper: cumulative frame bytes sent downstream */
-    const char *endpoint;  /* may be NULL/empty: the sender's mailbox (for Reregister) */
-    uint32_t live_seqs;    /* sequences the sending stage holds state for */
-    uint64_t incarnation;  /* the sender's Register.incarnation (0: the coordinator, unknown) */
+    const char *worker_id;     /* may be NULL/empty: who is alive */
+    uint64_t busy_ns;          /* api helper: cumulative time processing messages */
+    uint64_t microbatches;     /* api helper: cumulative messages processed */
+    uint64_t bytes_sent;       /* api helper: cumulative frame bytes sent downstream */
+    const char *endpoint;      /* may be NULL/empty: the sender's mailbox (for Reregister) */
+    uint32_t live_seqs;        /* sequences the sending stage holds state for */
+    uint64_t incarnation;      /* the sender's Register.incarnation (0: the coordinator, unknown) */
+    uint64_t image_cache_hits; /* vision: images found in the embedding cache, cumulative */
+    uint64_t image_cache_misses; /* vision: images looked up and not found, cumulative */
 } xc_wire_heartbeat;
 
 typedef struct xc_wire_drain {

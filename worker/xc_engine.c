@@ -24,8 +24,9 @@ struct xc_engine {
     int max_ctx;      /* prompt + reply at most: max_position_embeddings (or conf) */
     int prompt_limit; /* a longer prompt is refused: config max_length */
     int chunk, block_size, n_blocks;
-    xc_buf hidden; /* (chunk, hidden) */
-    xc_buf logits; /* (chunk, vocab) */
+    xc_dtype kv_dtype; /* element type of the KV caches (--kv-dtype) */
+    xc_buf hidden;     /* (chunk, hidden) */
+    xc_buf logits;     /* (chunk, vocab) */
 };
 
 xc_status xc_engine_create(const xc_engine_conf *conf, xc_engine **out) {
@@ -35,6 +36,10 @@ xc_status xc_engine_create(const xc_engine_conf *conf, xc_engine **out) {
         return XC_ERR_NOMEM;
     }
     e->conf = *conf;
+    e->kv_dtype = XC_DTYPE_BF16;
+    if (conf->kv_dtype) {
+        XC_TRY_GOTO(xc_kv_dtype_parse(conf->kv_dtype, &e->kv_dtype), st, fail);
+    }
     XC_TRY_GOTO(xc_model_config_load(conf->model_dir, &e->cfg), st, fail);
     XC_TRY_GOTO(xc_ckpt_open(conf->weights ? conf->weights : conf->model_dir, &e->ck), st, fail);
     xc_backend_conf bc = {.n_threads = conf->n_threads};
@@ -75,7 +80,8 @@ xc_status xc_engine_create(const xc_engine_conf *conf, xc_engine **out) {
                           .max_rows = e->chunk};
         XC_TRY_GOTO(xc_llm_create(e->be, e->ck, &e->cfg, &lc, &e->stages[s]), st, fail);
         XC_TRY_GOTO(xc_kv_create(e->be, xc_llm_n_kv_layers(e->stages[s]), e->n_blocks,
-                                 e->block_size, xc_llm_kv_width(e->stages[s]), &e->kv[s]),
+                                 e->block_size, xc_llm_kv_width(e->stages[s]), e->kv_dtype,
+                                 &e->kv[s]),
                     st, fail);
         begin = end;
     }
@@ -152,7 +158,7 @@ static xc_status kv_reserve(xc_engine *e, int n_blocks) {
     e->n_blocks = 0; /* until every cache exists: a failure is retried by the next call */
     for (int s = 0; s < e->n_stages; s++) {
         XC_TRY(xc_kv_create(e->be, xc_llm_n_kv_layers(e->stages[s]), n_blocks, e->block_size,
-                            xc_llm_kv_width(e->stages[s]), &e->kv[s]));
+                            xc_llm_kv_width(e->stages[s]), e->kv_dtype, &e->kv[s]));
     }
     XC_TRY(xc_block_pool_create(n_blocks, &e->pool));
     e->n_blocks = n_blocks;

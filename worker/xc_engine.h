@@ -30,6 +30,7 @@ typedef struct xc_engine_conf {
     int chunk;             /* prefill rows per forward; 0 = 256 */
     int block_size;        /* KV block size in tokens; 0 = 16 */
     bool no_vision;        /* do not load the vision tower */
+    const char *kv_dtype;  /* KV cache element type: "bf16" (NULL = default) or "f32" */
 } xc_engine_conf;
 
 /* A prompt: token ids with image rows. Rows inside img ranges take the image embeddings (range r

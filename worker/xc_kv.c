@@ -2,23 +2,39 @@
 #include "xc_kv.h"
 
 #include <stdbool.h>
+#include <string.h>
 
 #include "xc_mem.h"
 
 struct xc_kv_cache {
     xc_backend *be;
     int n_layers, n_blocks, block_size, width;
+    xc_dtype dtype;
     xc_buf *k; /* (n_layers) */
     xc_buf *v;
 };
 
-size_t xc_kv_bytes(int n_layers, int n_blocks, int block_size, int width) {
+size_t xc_kv_bytes(int n_layers, int n_blocks, int block_size, int width, xc_dtype dtype) {
     return 2u * (size_t)n_layers * (size_t)n_blocks * (size_t)block_size * (size_t)width *
-           sizeof(float);
+           xc_dtype_size(dtype);
+}
+
+xc_status xc_kv_dtype_parse(const char *s, xc_dtype *out) {
+    if (s && !strcmp(s, "bf16")) {
+        *out = XC_DTYPE_BF16;
+    } else if (s && !strcmp(s, "f32")) {
+        *out = XC_DTYPE_F32;
+    } else {
+        return xc_errf(XC_ERR_ARG, "kv dtype '%s' is not bf16 or f32", s ? s : "(null)");
+    }
+    return XC_OK;
 }
 
 xc_status xc_kv_create(xc_backend *be, int n_layers, int n_blocks, int block_size, int width,
-                       xc_kv_cache **out) {
+                       xc_dtype dtype, xc_kv_cache **out) {
+    if (dtype != XC_DTYPE_F32 && dtype != XC_DTYPE_BF16) {
+        return xc_errf(XC_ERR_ARG, "kv cache: dtype %s (f32 or bf16)", xc_dtype_name(dtype));
+    }
     if (n_layers < 0 || n_blocks <= 0 || block_size <= 0 || width <= 0) {
         return xc_errf(XC_ERR_ARG,
                        "kv cache: bad dimensions (%d layers, %d blocks of %d, width %d)", n_layers,
@@ -34,7 +50,8 @@ xc_status xc_kv_create(xc_backend *be, int n_layers, int n_blocks, int block_siz
     kv->n_blocks = n_blocks;
     kv->block_size = block_size;
     kv->width = width;
-    size_t bytes = (size_t)n_blocks * (size_t)block_size * (size_t)width * sizeof(float);
+    kv->dtype = dtype;
+    size_t bytes = (size_t)n_blocks * (size_t)block_size * (size_t)width * xc_dtype_size(dtype);
     if (n_layers > 0) {
         kv->k = xc_calloc((size_t)n_layers, sizeof(xc_buf));
         kv->v = xc_calloc((size_t)n_layers, sizeof(xc_buf));
@@ -50,7 +67,7 @@ xc_status xc_kv_create(xc_backend *be, int n_layers, int n_blocks, int block_siz
         }
         if (st != XC_OK) {
             xc_errf(st, "kv cache: cannot allocate %zu bytes (%d layers x 2 x %zu)",
-                    xc_kv_bytes(n_layers, n_blocks, block_size, width), n_layers, bytes);
+                    xc_kv_bytes(n_layers, n_blocks, block_size, width, dtype), n_layers, bytes);
             goto fail;
         }
     }
@@ -78,12 +95,16 @@ void xc_kv_destroy(xc_kv_cache *kv) {
     xc_free(kv);
 }
 
-float *xc_kv_k(const xc_kv_cache *kv, int layer) {
+void *xc_kv_k(const xc_kv_cache *kv, int layer) {
     return kv->k[layer].data;
 }
 
-float *xc_kv_v(const xc_kv_cache *kv, int layer) {
+void *xc_kv_v(const xc_kv_cache *kv, int layer) {
     return kv->v[layer].data;
+}
+
+xc_dtype xc_kv_dtype(const xc_kv_cache *kv) {
+    return kv->dtype;
 }
 
 int xc_kv_block_size(const xc_kv_cache *kv) {

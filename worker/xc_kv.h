@@ -10,23 +10,31 @@
 
 typedef struct xc_kv_cache xc_kv_cache;
 
-/* Allocates K and V storage of (n_blocks * block_size, width) f32 rows for n_layers layers on the
- * backend. XC_ERR_NOMEM (with the byte count in the message) if it does not fit. */
+/* Allocates K and V storage of (n_blocks * block_size, width) rows of dtype (XC_DTYPE_BF16: values
+ * rounded to nearest even on store; XC_DTYPE_F32: exact) for n_layers layers on the backend.
+ * XC_ERR_NOMEM (with the byte count in the message) if it does not fit; XC_ERR_ARG for another
+ * dtype. */
 xc_status xc_kv_create(xc_backend *be, int n_layers, int n_blocks, int block_size, int width,
-                       xc_kv_cache **out);
+                       xc_dtype dtype, xc_kv_cache **out);
 
 /* Frees the storage. NULL is a no-op. */
 void xc_kv_destroy(xc_kv_cache *kv);
 
-/* Backend pointers to layer l's (n_slots, width) key and value rows (l relative to the stage). */
-float *xc_kv_k(const xc_kv_cache *kv, int layer);
-float *xc_kv_v(const xc_kv_cache *kv, int layer);
+/* Backend pointers to layer l's (n_slots, width) key and value rows (l relative to the stage),
+ * of xc_kv_dtype. */
+void *xc_kv_k(const xc_kv_cache *kv, int layer);
+void *xc_kv_v(const xc_kv_cache *kv, int layer);
+xc_dtype xc_kv_dtype(const xc_kv_cache *kv);
 
 int xc_kv_block_size(const xc_kv_cache *kv);
 int xc_kv_n_blocks(const xc_kv_cache *kv);
 
-/* Bytes needed for a cache of these dimensions (for sizing from a memory budget). */
-size_t xc_kv_bytes(int n_layers, int n_blocks, int block_size, int width);
+/* Bytes needed for a cache of these dimensions (for sizing from a memory budget):
+ * 2 (K and V) x layers x slots x width x the dtype's size. */
+size_t xc_kv_bytes(int n_layers, int n_blocks, int block_size, int width, xc_dtype dtype);
+
+/* Parses "bf16" or "f32" (the --kv-dtype values) into *out; anything else is XC_ERR_ARG. */
+xc_status xc_kv_dtype_parse(const char *s, xc_dtype *out);
 
 typedef struct xc_block_pool xc_block_pool;
 

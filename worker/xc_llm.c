@@ -459,7 +459,8 @@ static xc_status attn_forward(xc_llm *m, const llm_layer *L, float *h, int li, x
                            .slots = plan->slots,
                            .m = rows,
                            .width = m->kv_width,
-                           .n_slots = n_slots};
+                           .n_slots = n_slots,
+                           .cache_dtype = xc_kv_dtype(kv)};
     XC_TRY(xc_backend_kv_store(m->be, &ks));
     xc_attention_args at = {.q = q,
                             .out = o,
@@ -472,7 +473,8 @@ static xc_status attn_forward(xc_llm *m, const llm_layer *L, float *h, int li, x
                             .scale = 1.0f / sqrtf((float)hd),
                             .causal = true,
                             .seqs = plan->aseqs,
-                            .n_seqs = n_seqs};
+                            .n_seqs = n_seqs,
+                            .kv_dtype = xc_kv_dtype(kv)};
     XC_TRY(xc_backend_attention(m->be, &at));
     XC_TRY(run_proj(m, &L->wo, o, h, rows, true, plan)); /* h += wo(o) */
     return XC_OK;

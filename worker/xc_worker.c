@@ -18,6 +18,7 @@
 #endif
 #include "xc_cgroup.h"
 #include "xc_ckpt.h"
+#include "xc_imgcache.h"
 #include "xc_kv.h"
 #include "xc_llm.h"
 #include "xc_log.h"
@@ -69,7 +70,14 @@ struct xc_worker {
     xc_model_config cfg;
     xc_llm *llm;
     xc_kv_cache *kv;
+    xc_dtype kv_dtype; /* --kv-dtype */
     xc_vision *vision;
+    xc_imgcache *imgcache; /* vision: embeddings by pixel hash (--image-cache-mb) */
+    /* a message the vision batcher received but did not take (not a vision frame): the main loop
+     * handles it next, before receiving anything else */
+    bool has_pend;
+    xc_msg pend_msg;
+    xc_wire_msg pend;
     xc_buf hidden, logits, img;
     int hidden_size, vocab;
 
@@ -90,6 +98,8 @@ struct xc_worker {
     atomic_uint_fast64_t bytes_out; /* api helper: frame bytes sent downstream */
     atomic_int stat_stage;
     atomic_uint live_seqs; /* n_seqs, for the heartbeat thread */
+    /* vision: image cache hits/misses, images encoded, encode calls */
+    atomic_uint_fast64_t vis_hits, vis_misses, vis_encoded, vis_batches;
 };
 
 /* ---- small helpers ---- */
@@ -235,7 +245,9 @@ static void *hb_main(void *arg) {
                                                              ? xc_transport_endpoint(w->rx)
                                                              : NULL,
                                              .live_seqs = atomic_load(&w->live_seqs),
-                                             .incarnation = w->incarnation}};
+                                             .incarnation = w->incarnation,
+                                             .image_cache_hits = atomic_load(&w->vis_hits),
+                                             .image_cache_misses = atomic_load(&w->vis_misses)}};
         xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = c};
         (void)xc_transport_send_wire(tx, &m, NULL, 0, 100);
     }
@@ -270,6 +282,10 @@ xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
         conf->role != XC_WIRE_ROLE_STAGE) {
         return xc_errf(XC_ERR_ARG, "worker: role %d is not any, vision or stage", (int)conf->role);
     }
+    xc_dtype kv_dtype = XC_DTYPE_BF16;
+    if (conf->kv_dtype) {
+        XC_TRY(xc_kv_dtype_parse(conf->kv_dtype, &kv_dtype));
+    }
     const char *bk = conf->backend ? conf->backend : "cpu";
     bool sim = !strcmp(bk, "sim");
     if (sim) {
@@ -285,6 +301,7 @@ xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
     }
     w->conf = *conf;
     w->conf.backend = bk;
+    w->kv_dtype = kv_dtype;
     w->sim = sim;
     atomic_init(&w->stat_stage, -1);
     if (conf->id && conf->id[0]) {
@@ -296,6 +313,7 @@ xc_status xc_worker_create(const xc_worker_conf *conf, xc_worker **out) {
     }
     w->incarnation = new_incarnation();
     XC_TRY_GOTO(xc_arena_create(1 << 16, &w->arena), st, fail);
+    XC_TRY_GOTO(xc_imgcache_create(conf->image_cache_bytes, &w->imgcache), st, fail);
     XC_TRY_GOTO(xc_transport_open(conf->endpoint ? conf->endpoint : "tcp://127.0.0.1:*",
                                   XC_TRANSPORT_RECV, conf->tconf, &w->rx),
                 st, fail);
@@ -368,6 +386,10 @@ void xc_worker_destroy(xc_worker *w) {
     xc_transport_close(w->rx);
     xc_backend_destroy(w->be);
     xc_arena_destroy(w->arena);
+    xc_imgcache_destroy(w->imgcache);
+    if (w->has_pend) {
+        xc_msg_fini(&w->pend_msg);
+    }
     xc_free(w);
 }
 
@@ -381,6 +403,10 @@ void xc_worker_get_stats(xc_worker *w, xc_worker_stats *out) {
     out->rows = atomic_load(&w->n_rows);
     out->bad_messages = atomic_load(&w->n_bad);
     out->stage = atomic_load(&w->stat_stage);
+    out->image_cache_hits = atomic_load(&w->vis_hits);
+    out->image_cache_misses = atomic_load(&w->vis_misses);
+    out->vision_encoded = atomic_load(&w->vis_encoded);
+    out->vision_batches = atomic_load(&w->vis_batches);
 }
 
 void xc_worker_reset_stats(xc_worker *w) {
@@ -433,7 +459,7 @@ static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
     }
 #endif
     XC_TRY(xc_kv_create(w->be, xc_llm_n_kv_layers(w->llm), (int)a->kv_blocks, (int)a->kv_block_size,
-                        xc_llm_kv_width(w->llm), &w->kv));
+                        xc_llm_kv_width(w->llm), w->kv_dtype, &w->kv));
     XC_TRY(
         xc_backend_buf_alloc(w->be, (size_t)w->max_rows * (size_t)w->hidden_size * f, &w->hidden));
     if (last) {
@@ -521,11 +547,17 @@ static void on_assign(xc_worker *w, const xc_wire_assign *a) {
         atomic_store(&w->stat_stage, (int)a->stage);
     }
     xc_log_set_role(tag);
+    /* KV memory: 2 (K, V) x KV layers x width x element bytes per token */
+    size_t kv_tok =
+        w->llm ? xc_kv_bytes(xc_llm_n_kv_layers(w->llm), 1, 1, xc_llm_kv_width(w->llm), w->kv_dtype)
+               : 0;
     XC_LOG_INFO("worker %s ready: %s stage %u/%u units [%u, %u) (layers [%u, %u)) kv %u x %u "
-                "next %s",
+                "%s (%zu bytes per token, %.1f MiB) next %s",
                 w->id, a->role == XC_WIRE_ROLE_VISION ? "vision" : "decoder", a->stage, a->n_stages,
                 w->unit_begin, w->unit_end, a->layer_begin, a->layer_end, a->kv_blocks,
-                a->kv_block_size, a->role == XC_WIRE_ROLE_STAGE ? a->next_endpoint : "-");
+                a->kv_block_size, xc_dtype_name(w->kv_dtype), kv_tok,
+                (double)kv_tok * a->kv_blocks * a->kv_block_size / 1048576.0,
+                a->role == XC_WIRE_ROLE_STAGE ? a->next_endpoint : "-");
     xc_wire_control c = {
         .kind = XC_WIRE_CTL_READY,
         .u.ready = {.stage = a->stage, .kv_blocks = a->kv_blocks, .worker_id = w->id}};
@@ -536,7 +568,30 @@ static void on_assign(xc_worker *w, const xc_wire_assign *a) {
 
 /* ---- vision: frames of pixels in, image embeddings back to the coordinator ---- */
 
-static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg) {
+#define VISION_MAX_FRAMES 64 /* frames one batch gathers, at most */
+
+/* One vision frame of a batch: its header, its message (owned for frames the batcher received),
+ * its outcome and its embeddings (n images x per floats, host memory). */
+typedef struct vjob {
+    xc_wire_forward f;
+    xc_msg msg;
+    const xc_msg *msgp;
+    bool own;
+    xc_status st;
+    float *host;
+    char err[256];
+} vjob;
+
+/* An image to encode: its pixels and where its embeddings go (dup >= 0: the same pixels as miss
+ * dup earlier in the batch, copied after the encode). */
+typedef struct vmiss {
+    const float *px;
+    float *dst;
+    uint8_t key[32];
+    int dup;
+} vmiss;
+
+static xc_status vision_check(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg) {
     const xc_vision_info *vi = xc_vision_get_info(w->vision);
     uint32_t S = (uint32_t)vi->img_size;
     if (f->payload.dtype != XC_DTYPE_F32 || f->payload.cols != S || f->n_seqs == 0) {
@@ -550,36 +605,24 @@ static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg
                            f->seqs[i].n_tokens, S);
         }
     }
-    int n = (int)f->n_seqs;
-    size_t per = (size_t)vi->n_tokens * (size_t)vi->out_dim;
-    size_t px_bytes = msg->frames[1].len;
-    float *px = xc_malloc(px_bytes);
-    float *host = xc_malloc((size_t)n * per * sizeof(float));
-    xc_buf dev = {0};
-    xc_status st = px && host ? XC_OK : XC_ERR_NOMEM;
-    if (st == XC_OK) {
-        memcpy(px, msg->frames[1].data, px_bytes);
-        st = xc_backend_buf_alloc(w->be, (size_t)n * per * sizeof(float), &dev);
+    size_t want = f->n_seqs * 3u * (size_t)S * S * sizeof(float);
+    if (msg->n < 2 || msg->frames[1].len != want) {
+        return xc_errf(XC_ERR_PROTO, "vision frame: %zu pixel bytes for %zu images, expected %zu",
+                       msg->n < 2 ? (size_t)0 : msg->frames[1].len, f->n_seqs, want);
     }
-    if (st == XC_OK) {
-        st = xc_vision_encode(w->vision, px, n, dev.data, NULL);
-    }
-    if (st == XC_OK) {
-        st = xc_backend_copy_out(w->be, host, dev.data, (size_t)n * per * sizeof(float));
-    }
-    xc_backend_buf_free(w->be, &dev);
-    xc_free(px);
-    if (st != XC_OK) {
-        xc_free(host);
-        return st;
-    }
-    xc_wire_seq *seqs = xc_arena_calloc(w->arena, (size_t)n, sizeof *seqs);
+    return XC_OK;
+}
+
+/* Sends a frame's embeddings to the coordinator (host is handed to the transport on success). */
+static xc_status vision_reply(xc_worker *w, const xc_wire_forward *f, float *host) {
+    const xc_vision_info *vi = xc_vision_get_info(w->vision);
+    size_t n = f->n_seqs, per = (size_t)vi->n_tokens * (size_t)vi->out_dim;
+    xc_wire_seq *seqs = xc_arena_calloc(w->arena, n, sizeof *seqs);
     static const uint32_t block0 = 0;
     if (!seqs) {
-        xc_free(host);
         return XC_ERR_NOMEM;
     }
-    for (int i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         seqs[i] = (xc_wire_seq){.id = f->seqs[i].id,
                                 .first_pos = 0,
                                 .n_tokens = (uint32_t)vi->n_tokens,
@@ -588,18 +631,192 @@ static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg
     }
     xc_wire_forward out = {.microbatch_id = f->microbatch_id,
                            .kv_block_size = VISION_BLOCK,
-                           .n_seqs = (size_t)n,
+                           .n_seqs = n,
                            .seqs = seqs,
                            .payload = {.dtype = XC_DTYPE_F32,
-                                       .rows = (uint32_t)(n * vi->n_tokens),
+                                       .rows = (uint32_t)(n * (size_t)vi->n_tokens),
                                        .cols = (uint32_t)vi->out_dim}};
-    xc_frame fr = {.data = host, .len = (size_t)n * per * sizeof(float), .free_fn = free_buf};
+    xc_frame fr = {.data = host, .len = n * per * sizeof(float), .free_fn = free_buf};
     xc_wire_msg m = {.kind = XC_WIRE_KIND_FORWARD, .u.forward = out};
     atomic_fetch_add(&w->bytes_out, fr.len); /* api helper */
-    st = xc_transport_send_wire(w->coord, &m, &fr, 1, w->conf.send_timeout_ms);
-    if (st != XC_OK) {
-        xc_free(host);
+    return xc_transport_send_wire(w->coord, &m, &fr, 1, w->conf.send_timeout_ms);
+}
+
+/* Gathers more vision frames behind the first: up to --vision-batch images in all, waiting at
+ * most --vision-wait-ms for them. Anything else that arrives ends the gathering and is kept for
+ * the main loop. */
+static int vision_gather(xc_worker *w, vjob *jobs) {
+    int nj = 1, cap = w->conf.vision_batch > 1 ? w->conf.vision_batch : 1;
+    size_t images = jobs[0].f.n_seqs;
+    if (w->conf.vision_wait_ms <= 0 || images >= (size_t)cap) {
+        return nj;
     }
+    uint64_t deadline = xc_now_ns() + (uint64_t)w->conf.vision_wait_ms * 1000000u;
+    while (images < (size_t)cap && nj < VISION_MAX_FRAMES) {
+        uint64_t now = xc_now_ns();
+        if (now >= deadline) {
+            break;
+        }
+        int ms = (int)((deadline - now + 999999u) / 1000000u);
+        xc_msg m2 = {0};
+        xc_wire_msg wm;
+        xc_status st = xc_transport_recv_wire(w->rx, ms, w->arena, &m2, &wm);
+        if (st == XC_ERR_TIMEOUT) {
+            break;
+        }
+        if (st != XC_OK) {
+            atomic_fetch_add(&w->n_bad, 1);
+            continue;
+        }
+        if (wm.kind != XC_WIRE_KIND_FORWARD) {
+            w->pend_msg = m2;
+            w->pend = wm;
+            w->has_pend = true;
+            break;
+        }
+        jobs[nj] = (vjob){.f = wm.u.forward, .msg = m2, .own = true};
+        jobs[nj].msgp = &jobs[nj].msg;
+        images += wm.u.forward.n_seqs;
+        nj++;
+    }
+    return nj;
+}
+
+/* Reports a failed micro-batch to the coordinator (as on_forward does for the first frame). */
+static void report_mb_failure(xc_worker *w, uint64_t mb, xc_status st, const char *why);
+
+/* Encodes the images of one or more vision frames together: images found in the image cache are
+ * copied from it, the others (each distinct image once) go through one xc_vision_encode call,
+ * whose per-image results do not depend on the batch (batch-invariant kernels, per-image
+ * attention). Each frame gets its own reply. Returns the first frame's status; failures of the
+ * others are reported here. */
+static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg) {
+    const xc_vision_info *vi = xc_vision_get_info(w->vision);
+    size_t per = (size_t)vi->n_tokens * (size_t)vi->out_dim;
+    size_t img_px = 3u * (size_t)vi->img_size * (size_t)vi->img_size;
+    vjob *jobs = xc_calloc(VISION_MAX_FRAMES, sizeof *jobs);
+    if (!jobs) {
+        return XC_ERR_NOMEM;
+    }
+    jobs[0] = (vjob){.f = *f, .msgp = msg};
+    int nj = vision_gather(w, jobs);
+    size_t total = 0;
+    for (int j = 0; j < nj; j++) {
+        vjob *J = &jobs[j];
+        J->st = vision_check(w, &J->f, J->msgp);
+        if (J->st == XC_OK) {
+            J->host = xc_malloc(J->f.n_seqs * per * sizeof(float));
+            J->st = J->host ? XC_OK : XC_ERR_NOMEM;
+        }
+        if (J->st != XC_OK) {
+            snprintf(J->err, sizeof J->err, "%s", xc_err_last());
+        } else {
+            total += J->f.n_seqs;
+        }
+    }
+    vmiss *miss = xc_calloc(total + 1, sizeof *miss);
+    xc_status st = miss ? XC_OK : XC_ERR_NOMEM;
+    int n_miss = 0, n_enc = 0;
+    bool caching = w->conf.image_cache_bytes > 0;
+    for (int j = 0; j < nj && st == XC_OK; j++) {
+        vjob *J = &jobs[j];
+        if (J->st != XC_OK) {
+            continue;
+        }
+        const float *px = J->msgp->frames[1].data;
+        for (size_t i = 0; i < J->f.n_seqs; i++) {
+            vmiss *v = &miss[n_miss];
+            *v = (vmiss){.px = px + i * img_px, .dst = J->host + i * per, .dup = -1};
+            if (caching) {
+                xc_imgcache_key(v->px, img_px * sizeof(float), v->key);
+                if (xc_imgcache_get(w->imgcache, v->key, v->dst, per)) {
+                    atomic_fetch_add(&w->vis_hits, 1);
+                    continue;
+                }
+                atomic_fetch_add(&w->vis_misses, 1);
+                for (int k = 0; k < n_miss && v->dup < 0; k++) {
+                    if (miss[k].dup < 0 && !memcmp(miss[k].key, v->key, 32)) {
+                        v->dup = k;
+                    }
+                }
+            }
+            if (!caching) { /* every image is a miss when the cache is off */
+                atomic_fetch_add(&w->vis_misses, 1);
+            }
+            n_enc += v->dup < 0;
+            n_miss++;
+        }
+    }
+    /* the distinct misses, packed: pixels in, embeddings out */
+    float *px_all = NULL, *emb = NULL;
+    xc_buf dev = {0};
+    if (st == XC_OK && n_enc > 0) {
+        px_all = xc_malloc((size_t)n_enc * img_px * sizeof(float));
+        emb = xc_malloc((size_t)n_enc * per * sizeof(float));
+        st = px_all && emb ? XC_OK : XC_ERR_NOMEM;
+        for (int k = 0, e = 0; st == XC_OK && k < n_miss; k++) {
+            if (miss[k].dup < 0) {
+                memcpy(px_all + (size_t)e++ * img_px, miss[k].px, img_px * sizeof(float));
+            }
+        }
+        if (st == XC_OK) {
+            st = xc_backend_buf_alloc(w->be, (size_t)n_enc * per * sizeof(float), &dev);
+        }
+        if (st == XC_OK) {
+            st = xc_vision_encode(w->vision, px_all, n_enc, dev.data, NULL);
+        }
+        if (st == XC_OK) {
+            st = xc_backend_copy_out(w->be, emb, dev.data, (size_t)n_enc * per * sizeof(float));
+        }
+        xc_backend_buf_free(w->be, &dev);
+        atomic_fetch_add(&w->vis_batches, 1);
+        atomic_fetch_add(&w->vis_encoded, (uint64_t)n_enc);
+    }
+    for (int k = 0, e = 0; st == XC_OK && k < n_miss; k++) {
+        const float *src = miss[k].dup < 0 ? emb + (size_t)e++ * per : miss[miss[k].dup].dst;
+        memcpy(miss[k].dst, src, per * sizeof(float));
+        if (caching && miss[k].dup < 0 &&
+            xc_imgcache_put(w->imgcache, miss[k].key, src, per) != XC_OK) {
+            XC_LOG_WARN("image cache: %s", xc_err_last());
+        }
+    }
+    if (st != XC_OK) { /* the encode failed: every frame that needed it fails */
+        for (int j = 0; j < nj; j++) {
+            if (jobs[j].st == XC_OK) {
+                jobs[j].st = st;
+                snprintf(jobs[j].err, sizeof jobs[j].err, "%s", xc_err_last());
+            }
+        }
+    }
+    xc_free(px_all);
+    xc_free(emb);
+    xc_free(miss);
+    for (int j = 0; j < nj; j++) {
+        vjob *J = &jobs[j];
+        if (J->st == XC_OK) {
+            J->st = vision_reply(w, &J->f, J->host);
+            if (J->st == XC_OK) {
+                J->host = NULL; /* the transport frees it */
+            } else {
+                snprintf(J->err, sizeof J->err, "%s", xc_err_last());
+            }
+        }
+        xc_free(J->host);
+        if (j > 0) {
+            atomic_fetch_add(&w->n_mb, 1);
+            if (J->st != XC_OK) {
+                report_mb_failure(w, J->f.microbatch_id, J->st, J->err);
+            }
+        }
+        if (J->own) {
+            xc_msg_fini(&J->msg);
+        }
+    }
+    st = jobs[0].st;
+    if (st != XC_OK) {
+        xc_errf(st, "%s", jobs[0].err); /* the first frame's error, for on_forward's report */
+    }
+    xc_free(jobs);
     return st;
 }
 
@@ -993,22 +1210,26 @@ static void on_forward(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg
     atomic_fetch_add(&w->n_mb, 1);
     atomic_fetch_add(&w->n_rows, f->payload.rows);
     if (st != XC_OK) {
-        char m[512];
-        snprintf(m, sizeof m, "worker %s: micro-batch %llu failed: %s", w->id,
-                 (unsigned long long)f->microbatch_id, xc_err_last());
-        XC_LOG_WARN("%s", m);
-        if (st == XC_ERR_PROTO) {
-            atomic_fetch_add(&w->n_bad, 1);
-        }
-        xc_wire_control c = {.kind = XC_WIRE_CTL_ERROR,
-                             .u.error = {.code = st < 0 ? st : XC_ERR_ARG,
-                                         .message = m,
-                                         .fatal = st == XC_ERR_DEVICE,
-                                         .has_microbatch = true,
-                                         .microbatch_id = f->microbatch_id,
-                                         .worker_id = w->id}};
-        (void)send_control(w, w->coord, &c);
+        report_mb_failure(w, f->microbatch_id, st, xc_err_last());
     }
+}
+
+static void report_mb_failure(xc_worker *w, uint64_t mb, xc_status st, const char *why) {
+    char m[512];
+    snprintf(m, sizeof m, "worker %s: micro-batch %llu failed: %s", w->id, (unsigned long long)mb,
+             why);
+    XC_LOG_WARN("%s", m);
+    if (st == XC_ERR_PROTO) {
+        atomic_fetch_add(&w->n_bad, 1);
+    }
+    xc_wire_control c = {.kind = XC_WIRE_CTL_ERROR,
+                         .u.error = {.code = st < 0 ? st : XC_ERR_ARG,
+                                     .message = m,
+                                     .fatal = st == XC_ERR_DEVICE,
+                                     .has_microbatch = true,
+                                     .microbatch_id = mb,
+                                     .worker_id = w->id}};
+    (void)send_control(w, w->coord, &c);
 }
 
 /* ---- loop ---- */
@@ -1030,7 +1251,8 @@ static xc_status send_register(xc_worker *w) {
                   .endpoint = xc_transport_endpoint(w->rx),
                   .device_name = w->dev_name,
                   .role = w->conf.role,
-                  .incarnation = w->incarnation}};
+                  .incarnation = w->incarnation,
+                  .kv_elem_bytes = (uint32_t)xc_dtype_size(w->kv_dtype)}};
     return send_control(w, w->coord, &c);
 }
 
@@ -1068,8 +1290,15 @@ xc_status xc_worker_run(xc_worker *w, volatile sig_atomic_t *stop) {
         }
         xc_msg msg = {0};
         xc_wire_msg m;
-        xc_arena_reset(w->arena);
-        xc_status st = xc_transport_recv_wire(w->rx, 100, w->arena, &msg, &m);
+        xc_status st = XC_OK;
+        if (w->has_pend) { /* kept by the vision batcher; its data lives in the arena */
+            msg = w->pend_msg;
+            m = w->pend;
+            w->has_pend = false;
+        } else {
+            xc_arena_reset(w->arena);
+            st = xc_transport_recv_wire(w->rx, 100, w->arena, &msg, &m);
+        }
         if (st == XC_ERR_TIMEOUT) {
             continue;
         }

@@ -35,6 +35,10 @@ typedef struct xc_worker_conf {
     int device;                /* device ordinal among those CUDA_VISIBLE_DEVICES leaves */
     double device_mem_frac;    /* share of the device's free memory to advertise; 0 = 0.9 */
     uint64_t device_mem_bytes; /* advertise at most this much device memory; 0 = no cap */
+    const char *kv_dtype;      /* KV cache element type: "bf16" (NULL = default) or "f32" */
+    size_t image_cache_bytes;  /* vision: embedding cache bound (0 = no cache) */
+    int vision_batch;          /* vision: images encoded together, at most (0 or 1 = none) */
+    int vision_wait_ms;        /* vision: how long a frame waits for others to batch with */
 } xc_worker_conf;
 
 /* Device memory a CUDA worker advertises in Register: frac (0 = 0.9) of the free memory it
@@ -49,6 +53,9 @@ typedef struct xc_worker_stats {
     uint64_t rows;
     uint64_t bad_messages; /* dropped: undecodable or inconsistent with the role */
     int stage;             /* -1 until assigned a decoder stage */
+    uint64_t image_cache_hits, image_cache_misses; /* vision: images found / not found cached */
+    uint64_t vision_encoded;                       /* vision: images encoded */
+    uint64_t vision_batches;                       /* vision: encode calls */
 } xc_worker_stats;
 
 /* Opens the worker's mailbox and its link to the coordinator. Nothing is loaded until an

@@ -13,8 +13,9 @@
 #include "xc_worker.h"
 
 typedef struct worker_flags {
-    const char *coordinator, *endpoint, *id, *backend, *log_level, *role;
+    const char *coordinator, *endpoint, *id, *backend, *log_level, *role, *kv_dtype;
     int threads, send_timeout_ms, mem_mb, sim_width, parent_pid, device, device_mem_mb;
+    int image_cache_mb, vision_batch, vision_wait_ms;
     double heartbeat_s, hang_s, orphan_s, device_mem_frac;
     double sim_layer_us, sim_layer_row_us, sim_embed_us, sim_head_us, sim_head_row_us, sim_scale;
 } worker_flags;
@@ -38,6 +39,17 @@ static const xc_conf_entry worker_entries[] = {
                 "cuda: advertise at most this much device memory in MiB (0 = no cap)"),
     XC_CONF_STR("role", "XC_ROLE", worker_flags, role, "any", "any|vision|stage",
                 "the role this worker accepts: vision encoder, decoder stages, or any"),
+    XC_CONF_STR("kv-dtype", "XC_KV_DTYPE", worker_flags, kv_dtype, "bf16", "bf16|f32",
+                "KV cache element type: keys (after RoPE) and values rounded to bf16 on store "
+                "(half the memory per token), or kept in f32; attention computes in f32"),
+    XC_CONF_INT("image-cache-mb", "XC_IMAGE_CACHE_MB", worker_flags, image_cache_mb, 512, 0, 65536,
+                "vision: MiB of image embeddings kept by the SHA-256 of the preprocessed pixels, "
+                "so that a re-sent image is not encoded again (least recently used evicted; 0 = "
+                "off)"),
+    XC_CONF_INT("vision-batch", "XC_VISION_BATCH", worker_flags, vision_batch, 8, 1, 1024,
+                "vision: images of different requests encoded together, at most (1 = no batching)"),
+    XC_CONF_INT("vision-wait-ms", "XC_VISION_WAIT_MS", worker_flags, vision_wait_ms, 5, 0, 10000,
+                "vision: how long a request's images wait for others to batch with"),
     XC_CONF_INT("threads", "XC_THREADS", worker_flags, threads, 0, 0, 1024,
                 "CPU threads (0 = the cores this process may use: online CPUs, affinity and the "
                 "cgroup CPU quota)"),
@@ -141,6 +153,10 @@ int xc_worker_cli_main(int argc, char **argv) {
                          .device = c.device,
                          .device_mem_frac = c.device_mem_frac,
                          .device_mem_bytes = (uint64_t)c.device_mem_mb << 20,
+                         .kv_dtype = c.kv_dtype,
+                         .image_cache_bytes = (size_t)c.image_cache_mb << 20,
+                         .vision_batch = c.vision_batch,
+                         .vision_wait_ms = c.vision_wait_ms,
                          .role = !strcmp(c.role, "vision")  ? XC_WIRE_ROLE_VISION
                                  : !strcmp(c.role, "stage") ? XC_WIRE_ROLE_STAGE
                                                             : XC_WIRE_ROLE_ANY};

@@ -38,8 +38,22 @@ typedef struct xc_attn_tile {
     float m[XC_ATTN_QT], l[XC_ATTN_QT];
     float acc[XC_ATTN_QT][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
     float p[XC_ATTN_QT][XC_ATTN_KB] __attribute__((aligned(32)));
-    const float *kp[XC_ATTN_KB], *vp[XC_ATTN_KB];
+    int maxlast;                        /* the tile's last visible key (its largest item's) */
+    const float *const *kp, *const *vp; /* the current block's K and V rows (xc_attn_block) */
 } xc_attn_tile;
+
+/* One block of XC_ATTN_KB keys as a group of tiles reads it: row pointers, and a bf16 cache's
+ * rows widened (exactly) to f32 once for every tile of the group. */
+typedef struct xc_attn_block {
+    const float *kp[XC_ATTN_KB], *vp[XC_ATTN_KB];
+    float kw[XC_ATTN_KB][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    float vw[XC_ATTN_KB][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
+} xc_attn_block;
+
+/* Tiles of one (sequence, kv head) that walk the keys together, sharing each block they load:
+ * on long prompts this divides the K/V traffic, which otherwise bounds the prefill, by up to
+ * XC_ATTN_GROUP. A tile's arithmetic is the same alone or in a group. */
+#define XC_ATTN_GROUP 16
 
 /* ---- AVX2 kernels ---- */
 
@@ -48,7 +62,10 @@ typedef struct xc_attn_tile {
  * loaded key; with 4 items two keys go at once, so both shapes keep 8 FMA chains in flight. */
 #define XC_SIMD_INL __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
-XC_SIMD_INL void xc_attn_scores_avx2_q(xc_attn_tile *t, int nk, int hd, float scale, const int qt) {
+XC_SIMD_INL void xc_attn_scores_avx2_q(xc_attn_tile *t, int nk, int hd, float scale, const int qt,
+                                       int i0) {
+    const float **qq = t->q + i0;
+    float(*pp)[XC_ATTN_KB] = t->p + i0;
     int hd8 = hd & ~7;
     int j = 0;
     for (; qt == 4 && j + 2 <= nk; j += 2) {
@@ -61,7 +78,7 @@ XC_SIMD_INL void xc_attn_scores_avx2_q(xc_attn_tile *t, int nk, int hd, float sc
         for (int c = 0; c < hd8; c += 8) {
             __m256 kv0 = _mm256_loadu_ps(k0 + c), kv1 = _mm256_loadu_ps(k1 + c);
             for (int it = 0; it < 4; it++) {
-                __m256 qv = _mm256_loadu_ps(t->q[it] + c);
+                __m256 qv = _mm256_loadu_ps(qq[it] + c);
                 a0[it] = _mm256_fmadd_ps(qv, kv0, a0[it]);
                 a1[it] = _mm256_fmadd_ps(qv, kv1, a1[it]);
             }
@@ -69,11 +86,11 @@ XC_SIMD_INL void xc_attn_scores_avx2_q(xc_attn_tile *t, int nk, int hd, float sc
         for (int it = 0; it < 4; it++) {
             float s0 = xc_simd_hsum(a0[it]), s1 = xc_simd_hsum(a1[it]);
             for (int d = hd8; d < hd; d++) {
-                s0 = fmaf(t->q[it][d], k0[d], s0);
-                s1 = fmaf(t->q[it][d], k1[d], s1);
+                s0 = fmaf(qq[it][d], k0[d], s0);
+                s1 = fmaf(qq[it][d], k1[d], s1);
             }
-            t->p[it][j] = s0 * scale;
-            t->p[it][j + 1] = s1 * scale;
+            pp[it][j] = s0 * scale;
+            pp[it][j + 1] = s1 * scale;
         }
     }
     for (; j < nk; j++) {
@@ -85,24 +102,25 @@ XC_SIMD_INL void xc_attn_scores_avx2_q(xc_attn_tile *t, int nk, int hd, float sc
         for (int c = 0; c < hd8; c += 8) {
             __m256 kv0 = _mm256_loadu_ps(k0 + c);
             for (int it = 0; it < qt; it++) {
-                a0[it] = _mm256_fmadd_ps(_mm256_loadu_ps(t->q[it] + c), kv0, a0[it]);
+                a0[it] = _mm256_fmadd_ps(_mm256_loadu_ps(qq[it] + c), kv0, a0[it]);
             }
         }
         for (int it = 0; it < qt; it++) {
             float s0 = xc_simd_hsum(a0[it]);
             for (int d = hd8; d < hd; d++) {
-                s0 = fmaf(t->q[it][d], k0[d], s0);
+                s0 = fmaf(qq[it][d], k0[d], s0);
             }
-            t->p[it][j] = s0 * scale;
+            pp[it][j] = s0 * scale;
         }
     }
 }
 
+/* Items in passes of 4, two keys at a time (8 accumulators; per 8 FMAs 2 key loads and 4 query
+ * loads): every item's dot products are the same operations in every pass shape. */
 XC_SIMD_FN void xc_attn_scores_avx2(xc_attn_tile *t, int nk, int hd, float scale) {
+    xc_attn_scores_avx2_q(t, nk, hd, scale, 4, 0);
     if (t->qt == 8) {
-        xc_attn_scores_avx2_q(t, nk, hd, scale, 8);
-    } else {
-        xc_attn_scores_avx2_q(t, nk, hd, scale, 4);
+        xc_attn_scores_avx2_q(t, nk, hd, scale, 4, 4);
     }
 }
 
@@ -131,60 +149,78 @@ XC_SIMD_FN float xc_attn_exp_avx2(float *p, int nvis, float mnew) {
 /* acc[it] = acc[it] * f[it] + sum_j p[it][j] v_j for j < nk, ascending j for every element.
  * 8 accumulators in registers (4 items x 2 chunks, or 8 items x 1 chunk); a block's V rows
  * (XC_ATTN_KB x head_dim floats) stay in L1 across the passes over head_dim. */
-XC_SIMD_INL void xc_attn_pv_avx2_q(xc_attn_tile *t, int nk, int hd, const float *f, const int qt) {
+XC_SIMD_INL void xc_attn_pv_avx2_q(xc_attn_tile *t, int nk, int hd, const float *f0, const int qt,
+                                   int i0) {
+    float(*acc)[XC_OPCHECK_MAX_HEAD_DIM] = t->acc + i0;
+    float(*pp)[XC_ATTN_KB] = t->p + i0;
+    const float *f = f0 + i0;
     int hd8 = hd & ~7;
     int c = 0;
     for (; qt == 4 && c + 16 <= hd8; c += 16) {
         __m256 a[4], b[4];
         for (int it = 0; it < 4; it++) {
             __m256 vf = _mm256_set1_ps(f[it]);
-            a[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c), vf);
-            b[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c + 8), vf);
+            a[it] = _mm256_mul_ps(_mm256_load_ps(acc[it] + c), vf);
+            b[it] = _mm256_mul_ps(_mm256_load_ps(acc[it] + c + 8), vf);
         }
         for (int j = 0; j < nk; j++) {
             __m256 v0 = _mm256_loadu_ps(t->vp[j] + c), v1 = _mm256_loadu_ps(t->vp[j] + c + 8);
             for (int it = 0; it < 4; it++) {
-                __m256 pj = _mm256_broadcast_ss(&t->p[it][j]);
+                __m256 pj = _mm256_broadcast_ss(&pp[it][j]);
                 a[it] = _mm256_fmadd_ps(pj, v0, a[it]);
                 b[it] = _mm256_fmadd_ps(pj, v1, b[it]);
             }
         }
         for (int it = 0; it < 4; it++) {
-            _mm256_store_ps(t->acc[it] + c, a[it]);
-            _mm256_store_ps(t->acc[it] + c + 8, b[it]);
+            _mm256_store_ps(acc[it] + c, a[it]);
+            _mm256_store_ps(acc[it] + c + 8, b[it]);
         }
     }
     for (; c < hd8; c += 8) {
         __m256 a[XC_ATTN_QT];
         for (int it = 0; it < qt; it++) {
-            a[it] = _mm256_mul_ps(_mm256_load_ps(t->acc[it] + c), _mm256_set1_ps(f[it]));
+            a[it] = _mm256_mul_ps(_mm256_load_ps(acc[it] + c), _mm256_set1_ps(f[it]));
         }
         for (int j = 0; j < nk; j++) {
             __m256 v = _mm256_loadu_ps(t->vp[j] + c);
             for (int it = 0; it < qt; it++) {
-                a[it] = _mm256_fmadd_ps(_mm256_broadcast_ss(&t->p[it][j]), v, a[it]);
+                a[it] = _mm256_fmadd_ps(_mm256_broadcast_ss(&pp[it][j]), v, a[it]);
             }
         }
         for (int it = 0; it < qt; it++) {
-            _mm256_store_ps(t->acc[it] + c, a[it]);
+            _mm256_store_ps(acc[it] + c, a[it]);
         }
     }
     for (int d = hd8; d < hd; d++) {
         for (int it = 0; it < qt; it++) {
-            float a = t->acc[it][d] * f[it];
+            float a = acc[it][d] * f[it];
             for (int j = 0; j < nk; j++) {
-                a = fmaf(t->p[it][j], t->vp[j][d], a);
+                a = fmaf(pp[it][j], t->vp[j][d], a);
             }
-            t->acc[it][d] = a;
+            acc[it][d] = a;
         }
     }
 }
 
+/* Items in passes of 4 (4 items x 2 chunks of 8 in registers: per key 2 V loads and 4 broadcasts
+ * feed 8 FMAs); every element gets the same operations in every pass shape. */
 XC_SIMD_FN void xc_attn_pv_avx2(xc_attn_tile *t, int nk, int hd, const float *f) {
+    xc_attn_pv_avx2_q(t, nk, hd, f, 4, 0);
     if (t->qt == 8) {
-        xc_attn_pv_avx2_q(t, nk, hd, f, 8);
-    } else {
-        xc_attn_pv_avx2_q(t, nk, hd, f, 4);
+        xc_attn_pv_avx2_q(t, nk, hd, f, 4, 4);
+    }
+}
+
+/* dst[0..n) = bf16 src widened to f32 (exact: the bf16 bits are the f32's top half). */
+XC_SIMD_FN void xc_attn_widen_avx2(float *dst, const uint16_t *src, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i h = _mm_loadu_si128((const __m128i *)(src + i));
+        _mm256_store_ps(dst + i,
+                        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    }
+    for (; i < n; i++) {
+        dst[i] = xc_bf16_to_f32(src[i]);
     }
 }
 
@@ -253,12 +289,12 @@ static inline size_t xc_attn_kv_row(const xc_attention_args *a, const xc_attn_se
 
 /* Items it0 .. it0 + nit - 1 of sequence s and kv head g: item i is query i / group with query
  * head g * group + i % group. Missing items of a short tile repeat item 0 and are not stored. */
-static void xc_attn_tile_run(const xc_attn_job *j, xc_attn_tile *t, const xc_attn_seq *s, int g,
-                             int it0, int nit, int qt) {
+static void xc_attn_tile_init(const xc_attn_job *j, xc_attn_tile *t, const xc_attn_seq *s, int g,
+                              int it0, int nit, int qt) {
     const xc_attention_args *a = j->a;
     int hd = j->hd;
-    int maxlast = 0;
     t->qt = qt;
+    t->maxlast = 0;
     for (int it = 0; it < qt; it++) {
         int item = it0 + (it < nit ? it : 0);
         int qi = item / j->group, h = g * j->group + item % j->group;
@@ -269,52 +305,110 @@ static void xc_attn_tile_run(const xc_attn_job *j, xc_attn_tile *t, const xc_att
         t->m[it] = -INFINITY;
         t->l[it] = 0.0f;
         memset(t->acc[it], 0, (size_t)hd * sizeof(float));
-        maxlast = t->last[it] > maxlast ? t->last[it] : maxlast;
+        t->maxlast = t->last[it] > t->maxlast ? t->last[it] : t->maxlast;
     }
+}
+
+/* Loads keys kb .. kb + nk - 1 of sequence s, kv head g into the block. */
+static void xc_attn_block_load(const xc_attn_job *j, xc_attn_block *B, const xc_attn_seq *s, int g,
+                               int kb, int nk) {
+    const xc_attention_args *a = j->a;
+    int hd = j->hd;
     size_t kcol = (size_t)g * (size_t)hd;
-    for (int kb = 0; kb <= maxlast; kb += XC_ATTN_KB) {
-        int nk = maxlast + 1 - kb < XC_ATTN_KB ? maxlast + 1 - kb : XC_ATTN_KB;
-        for (int jj = 0; jj < nk; jj++) {
-            size_t r = xc_attn_kv_row(a, s, kb + jj) * (size_t)j->ldkv + kcol;
-            t->kp[jj] = a->k + r;
-            t->vp[jj] = a->v + r;
-        }
-        if (j->simd) {
-            xc_attn_scores_avx2(t, nk, hd, j->scale);
-        } else {
-            xc_attn_scores_scalar(t, nk, hd, j->scale);
-        }
-        float f[XC_ATTN_QT];
-        for (int it = 0; it < qt; it++) {
-            int nvis = t->last[it] + 1 - kb;
-            nvis = nvis < nk ? nvis : nk;
-            if (nvis <= 0) { /* the whole block is in this item's future: contributes nothing */
-                memset(t->p[it], 0, sizeof t->p[it]);
-                f[it] = 1.0f;
-                continue;
+    for (int jj = 0; jj < nk; jj++) {
+        size_t r = xc_attn_kv_row(a, s, kb + jj) * (size_t)j->ldkv + kcol;
+        if (a->kv_dtype == XC_DTYPE_BF16) {
+            const uint16_t *k16 = (const uint16_t *)a->k + r, *v16 = (const uint16_t *)a->v + r;
+            if (j->simd) {
+                xc_attn_widen_avx2(B->kw[jj], k16, hd);
+                xc_attn_widen_avx2(B->vw[jj], v16, hd);
+            } else {
+                for (int d = 0; d < hd; d++) {
+                    B->kw[jj][d] = xc_bf16_to_f32(k16[d]);
+                    B->vw[jj][d] = xc_bf16_to_f32(v16[d]);
+                }
             }
-            float bm = t->p[it][0];
-            for (int jj = 1; jj < nvis; jj++) {
-                bm = t->p[it][jj] > bm ? t->p[it][jj] : bm;
-            }
-            float mnew = bm > t->m[it] ? bm : t->m[it];
-            f[it] = expf(t->m[it] - mnew); /* 0 on the first block (m = -inf) */
-            float sum = j->simd ? xc_attn_exp_avx2(t->p[it], nvis, mnew)
-                                : xc_attn_exp_scalar(t->p[it], nvis, mnew);
-            t->l[it] = t->l[it] * f[it] + sum;
-            t->m[it] = mnew;
-        }
-        if (j->simd) {
-            xc_attn_pv_avx2(t, nk, hd, f);
+            B->kp[jj] = B->kw[jj];
+            B->vp[jj] = B->vw[jj];
         } else {
-            xc_attn_pv_scalar(t, nk, hd, f);
+            B->kp[jj] = (const float *)a->k + r;
+            B->vp[jj] = (const float *)a->v + r;
         }
     }
+}
+
+/* One block's step for one tile: its first nk keys of the block starting at key kb (nk from the
+ * tile's own last key, so the operations do not depend on the group). */
+static void xc_attn_tile_block(const xc_attn_job *j, xc_attn_tile *t, const xc_attn_block *B,
+                               int kb) {
+    int hd = j->hd, qt = t->qt;
+    int nk = t->maxlast + 1 - kb < XC_ATTN_KB ? t->maxlast + 1 - kb : XC_ATTN_KB;
+    t->kp = B->kp;
+    t->vp = B->vp;
+    if (j->simd) {
+        xc_attn_scores_avx2(t, nk, hd, j->scale);
+    } else {
+        xc_attn_scores_scalar(t, nk, hd, j->scale);
+    }
+    float f[XC_ATTN_QT];
+    for (int it = 0; it < qt; it++) {
+        int nvis = t->last[it] + 1 - kb;
+        nvis = nvis < nk ? nvis : nk;
+        if (nvis <= 0) { /* the whole block is in this item's future: contributes nothing */
+            memset(t->p[it], 0, sizeof t->p[it]);
+            f[it] = 1.0f;
+            continue;
+        }
+        float bm = t->p[it][0];
+        for (int jj = 1; jj < nvis; jj++) {
+            bm = t->p[it][jj] > bm ? t->p[it][jj] : bm;
+        }
+        float mnew = bm > t->m[it] ? bm : t->m[it];
+        f[it] = expf(t->m[it] - mnew); /* 0 on the first block (m = -inf) */
+        float sum = j->simd ? xc_attn_exp_avx2(t->p[it], nvis, mnew)
+                            : xc_attn_exp_scalar(t->p[it], nvis, mnew);
+        t->l[it] = t->l[it] * f[it] + sum;
+        t->m[it] = mnew;
+    }
+    if (j->simd) {
+        xc_attn_pv_avx2(t, nk, hd, f);
+    } else {
+        xc_attn_pv_scalar(t, nk, hd, f);
+    }
+}
+
+static void xc_attn_tile_finish(const xc_attn_job *j, xc_attn_tile *t, int nit) {
     for (int it = 0; it < nit; it++) {
         float inv = 1.0f / t->l[it];
-        for (int d = 0; d < hd; d++) {
+        for (int d = 0; d < j->hd; d++) {
             t->out[it][d] = t->acc[it][d] * inv;
         }
+    }
+}
+
+/* Tiles tile0 .. tile0 + n - 1 (n <= XC_ATTN_GROUP) of sequence s, kv head g, walking the key
+ * blocks together: each block is loaded once, for every tile that still sees it. */
+static void xc_attn_group_run(const xc_attn_job *j, xc_attn_block *B, xc_attn_tile *t,
+                              const xc_attn_seq *s, int g, int tile0, int n, int qt) {
+    int items = s->n_q * j->group, maxlast = 0;
+    for (int i = 0; i < n; i++) {
+        int it0 = (tile0 + i) * qt;
+        int nit = items - it0 < qt ? items - it0 : qt;
+        xc_attn_tile_init(j, &t[i], s, g, it0, nit, qt);
+        maxlast = t[i].maxlast > maxlast ? t[i].maxlast : maxlast;
+    }
+    for (int kb = 0; kb <= maxlast; kb += XC_ATTN_KB) {
+        int nk = maxlast + 1 - kb < XC_ATTN_KB ? maxlast + 1 - kb : XC_ATTN_KB;
+        xc_attn_block_load(j, B, s, g, kb, nk);
+        for (int i = 0; i < n; i++) {
+            if (t[i].maxlast >= kb) {
+                xc_attn_tile_block(j, &t[i], B, kb);
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        int it0 = (tile0 + i) * qt;
+        xc_attn_tile_finish(j, &t[i], items - it0 < qt ? items - it0 : qt);
     }
 }
 
@@ -324,24 +418,34 @@ static int xc_attn_qt(long long items) {
     return items >= 8 ? 8 : 4;
 }
 
-/* Tasks enumerate (sequence, kv head, tile) in order. */
+/* Groups of XC_ATTN_GROUP consecutive tiles of a (sequence, kv head). */
+static int xc_attn_groups(long long items) {
+    long long tiles = (items + xc_attn_qt(items) - 1) / xc_attn_qt(items);
+    return (int)((tiles + XC_ATTN_GROUP - 1) / XC_ATTN_GROUP);
+}
+
+/* Tasks enumerate (sequence, kv head, tile group), groups from the last query rows down: the
+ * threads claim tasks dynamically, and taking long causal groups first leaves short ones for the
+ * end. The block and the tiles live on the thread's stack (about 420 KiB at head_dim 512). */
 static void xc_attn_task(void *p, int task, int n_tasks) {
     (void)n_tasks;
     const xc_attn_job *j = p;
     const xc_attention_args *a = j->a;
-    xc_attn_tile t;
+    xc_attn_block B;
+    xc_attn_tile t[XC_ATTN_GROUP];
     for (int si = 0; si < a->n_seqs; si++) {
         const xc_attn_seq *s = &a->seqs[si];
         int items = s->n_q * j->group;
         int qt = xc_attn_qt(items);
-        int tiles = (items + qt - 1) / qt;
-        if (task < tiles * a->n_kv_heads) {
-            int g = task / tiles, it0 = (task % tiles) * qt;
-            int nit = items - it0 < qt ? items - it0 : qt;
-            xc_attn_tile_run(j, &t, s, g, it0, nit, qt);
+        int tiles = (items + qt - 1) / qt, groups = xc_attn_groups(items);
+        if (task < groups * a->n_kv_heads) {
+            int g = task / groups, gi = groups - 1 - task % groups;
+            int tile0 = gi * XC_ATTN_GROUP;
+            int n = tiles - tile0 < XC_ATTN_GROUP ? tiles - tile0 : XC_ATTN_GROUP;
+            xc_attn_group_run(j, &B, t, s, g, tile0, n, qt);
             return;
         }
-        task -= tiles * a->n_kv_heads;
+        task -= groups * a->n_kv_heads;
     }
 }
 
@@ -360,7 +464,7 @@ xc_status xc_cpu_attention(xc_backend *be, const xc_attention_args *a) {
     long long n_tasks = 0;
     for (int si = 0; si < a->n_seqs; si++) {
         long long items = (long long)a->seqs[si].n_q * j.group;
-        n_tasks += (items + xc_attn_qt(items) - 1) / xc_attn_qt(items) * a->n_kv_heads;
+        n_tasks += (long long)xc_attn_groups(items) * a->n_kv_heads;
     }
     if (n_tasks > INT32_MAX) {
         return xc_errf(XC_ERR_ARG, "attention: %lld tiles is too many", n_tasks);

@@ -1,5 +1,5 @@
 /* Attention for the CUDA backend: f32 scaled dot-product attention with GQA over paged or
- * contiguous keys, causal (prefill and decode) or bidirectional (CLIP).
+ * contiguous f32 or bf16 keys (widened to f32 in shared memory), causal (prefill and decode) or bidirectional (CLIP).
  *
  * Flash style: no score matrix is ever stored. A block holds XC_CUDA_ATTN_WARPS query items (one
  * (query row, head) per warp) of one sequence and kv head, and walks the keys in tiles of 32 that
@@ -113,11 +113,21 @@ static __global__ void __launch_bounds__(WARPS * 32, 2)
                                            (size_t)p.block_size +
                                        (size_t)(pidx % p.block_size)
                                  : (size_t)s.kv_start + (size_t)pidx;
-                const float *kp = p.k + row * (size_t)p.ldkv + (size_t)g * hd;
-                const float *vp = p.v + row * (size_t)p.ldkv + (size_t)g * hd;
-                for (int d = lane; d < hdp; d += 32) {
-                    kr[d] = d < hd ? kp[d] : 0.0f;
-                    vr[d] = d < hd ? vp[d] : 0.0f;
+                size_t off = row * (size_t)p.ldkv + (size_t)g * hd;
+                if (p.kv_bf16) { /* bf16 -> f32 is exact: the bits are the f32's top half */
+                    const unsigned short *kp = (const unsigned short *)p.k + off;
+                    const unsigned short *vp = (const unsigned short *)p.v + off;
+                    for (int d = lane; d < hdp; d += 32) {
+                        kr[d] = d < hd ? __uint_as_float((unsigned int)kp[d] << 16) : 0.0f;
+                        vr[d] = d < hd ? __uint_as_float((unsigned int)vp[d] << 16) : 0.0f;
+                    }
+                } else {
+                    const float *kp = (const float *)p.k + off;
+                    const float *vp = (const float *)p.v + off;
+                    for (int d = lane; d < hdp; d += 32) {
+                        kr[d] = d < hd ? kp[d] : 0.0f;
+                        vr[d] = d < hd ? vp[d] : 0.0f;
+                    }
                 }
             } else {
                 for (int d = lane; d < hdp; d += 32) {

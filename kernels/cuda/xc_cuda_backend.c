@@ -590,7 +590,8 @@ static xc_status xc_cuda_kv_store(xc_backend *be, const xc_kv_store_args *a) {
     if (a->m == 0) {
         return XC_OK;
     }
-    size_t cache = (size_t)a->n_slots * (size_t)a->width * sizeof(float);
+    size_t cache =
+        (size_t)a->n_slots * (size_t)a->width * (a->cache_dtype == XC_DTYPE_BF16 ? 2 : 4);
     XC_TRY(xc_cuda_dev_ptr(c, "kv_store", "k", a->k, xc_cuda_span(a->m, a->width, a->ldk, 4)));
     XC_TRY(xc_cuda_dev_ptr(c, "kv_store", "v", a->v, xc_cuda_span(a->m, a->width, a->ldv, 4)));
     XC_TRY(xc_cuda_dev_ptr(c, "kv_store", "k_cache", a->k_cache, cache));
@@ -625,9 +626,9 @@ static xc_status xc_cuda_kv_store(xc_backend *be, const xc_kv_store_args *a) {
     xc_free(pairs);
     xc_free(rows);
     XC_TRY(st);
-    XC_CUDA_CHECK(xc_cuda_kv_store_launch(a->k, xc_opcheck_ld(a->ldk, a->width), a->v,
-                                          xc_opcheck_ld(a->ldv, a->width), a->k_cache, a->v_cache,
-                                          drow, dslot, n, a->width, c->stream));
+    XC_CUDA_CHECK(xc_cuda_kv_store_launch(
+        a->k, xc_opcheck_ld(a->ldk, a->width), a->v, xc_opcheck_ld(a->ldv, a->width), a->k_cache,
+        a->v_cache, a->cache_dtype == XC_DTYPE_BF16, drow, dslot, n, a->width, c->stream));
     return xc_cuda_done(c, "kv_store");
 }
 
@@ -831,10 +832,11 @@ static xc_status xc_cuda_attention(xc_backend *be, const xc_attention_args *a) {
         XC_TRY(xc_cuda_dev_ptr(c, "attention", "q", a->q, xc_cuda_span((int)qrows, qw, a->ldq, 4)));
         XC_TRY(xc_cuda_dev_ptr(c, "attention", "out", a->out,
                                xc_cuda_span((int)qrows, qw, a->ldo, 4)));
-        XC_TRY(
-            xc_cuda_dev_ptr(c, "attention", "k", a->k, xc_cuda_span((int)kvrows, kw, a->ldkv, 4)));
-        XC_TRY(
-            xc_cuda_dev_ptr(c, "attention", "v", a->v, xc_cuda_span((int)kvrows, kw, a->ldkv, 4)));
+        size_t kvb = a->kv_dtype == XC_DTYPE_BF16 ? 2 : 4; /* bytes per stored KV element */
+        XC_TRY(xc_cuda_dev_ptr(c, "attention", "k", a->k,
+                               xc_cuda_span((int)kvrows, kw, a->ldkv, kvb)));
+        XC_TRY(xc_cuda_dev_ptr(c, "attention", "v", a->v,
+                               xc_cuda_span((int)kvrows, kw, a->ldkv, kvb)));
     }
     xc_cuda_attn_plan pl;
     XC_TRY(xc_cuda_attn_build(a, c->n_sm, &pl));
@@ -843,6 +845,7 @@ static xc_status xc_cuda_attention(xc_backend *be, const xc_attention_args *a) {
         .out = a->out,
         .k = a->k,
         .v = a->v,
+        .kv_bf16 = a->kv_dtype == XC_DTYPE_BF16,
         .ldq = xc_opcheck_ld(a->ldq, a->n_heads * a->head_dim),
         .ldo = xc_opcheck_ld(a->ldo, a->n_heads * a->head_dim),
         .ldkv = xc_opcheck_ld(a->ldkv, a->n_kv_heads * a->head_dim),

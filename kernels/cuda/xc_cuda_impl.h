@@ -44,10 +44,11 @@ cudaError_t xc_cuda_rope_launch(float *x, int ldx, const int32_t *pos, const flo
 
 /* ---- xc_cuda_kv.cu ---- */
 
-/* For i < n: k_cache[slot[i]] = k[row[i]] and the same for v (width floats). The rows name
- * distinct slots (the backend drops rows that a later row overwrites). */
+/* For i < n: k_cache[slot[i]] = k[row[i]] and the same for v (width values; bf16 != 0: the
+ * cache is bf16 and every value is rounded to nearest even). The rows name distinct slots (the
+ * backend drops rows that a later row overwrites). */
 cudaError_t xc_cuda_kv_store_launch(const float *k, int ldk, const float *v, int ldv,
-                                    float *k_cache, float *v_cache, const int32_t *row,
+                                    void *k_cache, void *v_cache, int bf16, const int32_t *row,
                                     const int32_t *slot, int n, int width, cudaStream_t stream);
 
 /* ---- xc_cuda_act.cu ---- */
@@ -98,7 +99,8 @@ typedef struct xc_cuda_attn_work {
 typedef struct xc_cuda_attn_params {
     const float *q;
     float *out;
-    const float *k, *v;
+    const void *k, *v; /* f32, or bf16 when kv_bf16 (widened exactly to f32 on load) */
+    int kv_bf16;
     int ldq, ldo, ldkv;
     int n_heads, n_kv_heads, head_dim, block_size;
     float scale;

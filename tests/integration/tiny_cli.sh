@@ -50,6 +50,8 @@ head -c 1000 "$T/m_bin/pytorch_model-00001-of-00002.bin" > "$T/trunc.bin"
 [ $rc = 1 ] && [ "$(wc -l < "$T/err")" = 1 ] || fail "truncated: rc $rc, $(cat "$T/err")"
 "$XCPIPE" model inspect 2> "$T/err"; rc=$?
 [ $rc = 2 ] || fail "no argument: rc $rc"
+"$XCPIPE" bench attention --kv-dtype f16 2> "$T/err"; rc=$?
+[ $rc = 2 ] && [ "$(wc -l < "$T/err")" = 1 ] || fail "bench attention bad dtype: rc $rc"
 set -e
 # generate as chat(): --history pairs come before the query in chat()'s template (decoded back
 # with the tokenizer), --temperature 0 is --greedy, a bad history file is exit 2
@@ -81,4 +83,10 @@ set +e
 set -e
 [ $rc = 2 ] && grep -q 'history' "$T/err" || fail "bad --history: rc $rc, $(cat "$T/err")"
 
+# bench attention at a small size, both KV dtypes: runs, and its bit-identity check holds
+for dt in bf16 f32; do
+  "$XCPIPE" bench attention --rows 100 --reps 1 --decode-seqs 3 --kv-dtype $dt --threads 1,2 \
+    > "$T/attn.txt" || fail "bench attention ($dt) failed: $(cat "$T/attn.txt")"
+  grep -q "equal single-query calls bit for bit" "$T/attn.txt" || fail "bench attention ($dt)"
+done
 echo "tiny_cli: ok"

@@ -338,7 +338,7 @@ static void test_backend_kv_store_matches_ref(void **state) {
         int32_t slots[5] = {10, 0, 3, 4, 7};
         float *kr = dup_floats(kc, (size_t)n_slots * width),
               *vr = dup_floats(vc, (size_t)n_slots * width);
-        xc_kv_store_args ra = {k, v, kr, vr, slots, m, width, ldk, ldv, n_slots};
+        xc_kv_store_args ra = {k, v, kr, vr, slots, m, width, ldk, ldv, n_slots, XC_DTYPE_F32};
         assert_int_equal(xc_ref_kv_store(&ra), XC_OK);
         dev d = {.be = be};
         xc_kv_store_args a = ra;
@@ -366,6 +366,126 @@ static void test_backend_kv_store_matches_ref(void **state) {
         free(vc);
         free(kr);
         free(vr);
+        xc_backend_destroy(be);
+    }
+}
+
+/* The bf16 nearest to x, ties to even, found from the two bf16 neighbours in double arithmetic
+ * (independent of the bit trick in xc_f32_to_bf16). Finite inputs only. */
+static uint16_t bf16_nearest(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    uint16_t lo = (uint16_t)(u >> 16); /* truncation: toward zero */
+    uint16_t hi = (uint16_t)(lo + 1);  /* next away from zero (may be inf) */
+    if ((u & 0xffffu) == 0) {
+        return lo;
+    }
+    uint32_t lb = (uint32_t)lo << 16, hb = (uint32_t)hi << 16;
+    float lf, hf;
+    memcpy(&lf, &lb, 4);
+    memcpy(&hf, &hb, 4);
+    double dl = fabs((double)x - (double)lf);
+    double dh = isinf(hf) ? fabs((double)x - copysign(0x1p128, (double)x)) /* inf: 2^128 */
+                          : fabs((double)x - (double)hf);
+    if (dl < dh) {
+        return lo;
+    }
+    if (dh < dl) {
+        return hi;
+    }
+    return (lo & 1u) ? hi : lo;
+}
+
+/* kv_store into a bf16 cache: every value rounded to nearest even (specials, ties, overflow to inf,
+ * subnormals, NaN kept NaN), bit-identical on every backend and to the reference; a cache of an
+ * unsupported dtype is refused. */
+static void test_backend_kv_store_bf16(void **state) {
+    (void)state;
+    const float specials[] = {1.0f + 0x1p-8f,
+                              1.0f + 3 * 0x1p-8f,
+                              -1.0f - 0x1p-8f,
+                              0x1.fffffep127f,
+                              -0x1.fffffep127f,
+                              0x1p-133f,
+                              -0x1p-140f,
+                              0.0f,
+                              -0.0f,
+                              INFINITY,
+                              -INFINITY,
+                              NAN,
+                              1.0f + 0x1p-9f,
+                              3.14159265f,
+                              -2.71828183f,
+                              65504.0f};
+    const uint16_t want_specials[] = {0x3f80, 0x3f82, 0xbf80, 0x7f80, 0xff80, 0, 0, 0,
+                                      0x8000, 0x7f80, 0xff80, 0,      0x3f80, 0, 0, 0};
+    uint64_t s = 1234;
+    for (int ci = 0; ci < N_CONFS; ci++) {
+        xc_backend *be = open_be(&confs[ci]);
+        if (!be) {
+            continue;
+        }
+        int m = 7, width = 37, n_slots = 9; /* width: 4 full SIMD chunks and a tail */
+        float *k = rnd_floats((size_t)m * width, -3, 3, &s),
+              *v = rnd_floats((size_t)m * width, -3, 3, &s);
+        for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++) {
+            k[i] = specials[i];
+            v[(size_t)m * width - 1 - i] = specials[i];
+        }
+        for (int i = 20; i < 30; i++) { /* small magnitudes: subnormal results */
+            k[i] = (rnd(&s)) * 0x1p-128f;
+        }
+        int32_t slots[7] = {8, 0, 3, 4, 7, 1, 2};
+        size_t cn = (size_t)n_slots * width;
+        uint16_t *kr = calloc(cn, 2), *vr = calloc(cn, 2);
+        xc_kv_store_args ra = {k, v, kr, vr, slots, m, width, 0, 0, n_slots, XC_DTYPE_BF16};
+        assert_int_equal(xc_ref_kv_store(&ra), XC_OK);
+        dev d = {.be = be};
+        xc_kv_store_args a = ra;
+        a.k = dev_put(&d, k, (size_t)m * width * 4);
+        a.v = dev_put(&d, v, (size_t)m * width * 4);
+        a.k_cache = dev_put(&d, kr, cn * 2);
+        a.v_cache = dev_put(&d, vr, cn * 2);
+        assert_int_equal(xc_backend_kv_store(be, &a), XC_OK);
+        uint16_t *gk = malloc(cn * 2), *gv = malloc(cn * 2);
+        dev_get(&d, gk, a.k_cache, cn * 2);
+        dev_get(&d, gv, a.v_cache, cn * 2);
+        assert_memory_equal(gk, kr, cn * 2);
+        assert_memory_equal(gv, vr, cn * 2);
+        for (int i = 0; i < m; i++) {
+            for (int c = 0; c < width; c++) {
+                size_t src = (size_t)i * width + c, dst = (size_t)slots[i] * width + c;
+                const float xs[2] = {k[src], v[src]};
+                const uint16_t got[2] = {gk[dst], gv[dst]};
+                for (int t = 0; t < 2; t++) {
+                    if (isnan(xs[t])) {
+                        assert_true((got[t] & 0x7f80) == 0x7f80 && (got[t] & 0x7f) != 0);
+                    } else if (isinf(xs[t])) {
+                        assert_int_equal(got[t], xs[t] > 0 ? 0x7f80 : 0xff80);
+                    } else {
+                        if (got[t] != bf16_nearest(xs[t])) {
+                            fail_msg("%s bf16 of %a: got 0x%04x, want 0x%04x", confs[ci].label,
+                                     (double)xs[t], got[t], bf16_nearest(xs[t]));
+                        }
+                    }
+                }
+            }
+        }
+        for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++) {
+            if (want_specials[i] || specials[i] == 0.0f) {
+                assert_int_equal(gk[(size_t)slots[0] * width + i], want_specials[i]);
+            }
+        }
+        /* an f16 cache is not a KV type */
+        a.cache_dtype = XC_DTYPE_F16;
+        assert_int_equal(xc_backend_kv_store(be, &a), XC_ERR_UNSUPPORTED);
+        dev_free(&d);
+        free(gk);
+        free(gv);
+        free(kr);
+        free(vr);
+        free(k);
+        free(v);
         xc_backend_destroy(be);
     }
 }
@@ -542,6 +662,107 @@ static void test_backend_attention_matches_ref(void **state) {
                     name = "paged decode";
                 }
                 attn_check(be, &confs[ci], &p, name);
+                attn_free(&p);
+            }
+        }
+        xc_backend_destroy(be);
+    }
+}
+
+/* Runs p with K and V stored as bf16 (rounded to nearest even); with widen, runs instead the f32
+ * problem whose K and V hold those rounded values. Both must give the same bits. */
+static float *attn_run_bf16(xc_backend *be, const attn_prob *p, bool widen) {
+    size_t n = p->kv_rows * (size_t)p->ldkv, os = p->q_rows * (size_t)p->ldo;
+    uint16_t *k16 = malloc(n * 2), *v16 = malloc(n * 2);
+    float *kw = malloc(n * 4), *vw = malloc(n * 4);
+    for (size_t i = 0; i < n; i++) {
+        k16[i] = xc_f32_to_bf16(p->k[i]);
+        v16[i] = xc_f32_to_bf16(p->v[i]);
+        kw[i] = xc_bf16_to_f32(k16[i]);
+        vw[i] = xc_bf16_to_f32(v16[i]);
+    }
+    float *out = malloc(os * 4);
+    for (size_t i = 0; i < os; i++) {
+        out[i] = -7.0f;
+    }
+    dev d = {.be = be};
+    float *dq = dev_put(&d, p->q, p->q_rows * p->ldq * 4);
+    float *dout = dev_put(&d, out, os * 4);
+    xc_attention_args a = attn_args(p, dq, dout, NULL, NULL);
+    if (widen) {
+        a.k = dev_put(&d, kw, n * 4);
+        a.v = dev_put(&d, vw, n * 4);
+    } else {
+        a.k = dev_put(&d, k16, n * 2);
+        a.v = dev_put(&d, v16, n * 2);
+        a.kv_dtype = XC_DTYPE_BF16;
+    }
+    assert_int_equal(xc_backend_attention(be, &a), XC_OK);
+    dev_get(&d, out, dout, os * 4);
+    dev_free(&d);
+    free(k16);
+    free(v16);
+    free(kw);
+    free(vw);
+    return out;
+}
+
+/* Attention over a bf16 KV cache: the bits of the f32 attention over the same rounded values (so
+ * it inherits that path's batch invariance and accuracy), and within tolerance of the reference
+ * reading the bf16 values; an f16 KV is refused. */
+static void test_backend_attention_bf16(void **state) {
+    (void)state;
+    uint64_t s = 777;
+    static const int geo[][3] = {{4, 2, 64}, {8, 2, 128}, {2, 1, 13}};
+    for (int ci = 0; ci < N_CONFS; ci++) {
+        xc_backend *be = open_be(&confs[ci]);
+        if (!be) {
+            continue;
+        }
+        for (size_t g = 0; g < sizeof geo / sizeof geo[0]; g++) {
+            for (int mode = 0; mode < 3; mode++) {
+                attn_prob p = {.n_heads = geo[g][0],
+                               .n_kv = geo[g][1],
+                               .hd = geo[g][2],
+                               .block_size = 16,
+                               .causal = mode != 0,
+                               .paged = mode == 2};
+                int nq[3] = {mode == 2 ? 1 : 40, 7, 1}, kv[3] = {mode == 2 ? 77 : 40, 7, 90};
+                if (mode == 1) {
+                    kv[0] = 60; /* prefill with past keys */
+                    nq[2] = 5;
+                }
+                attn_make(&p, 3, nq, kv, &s);
+                float *b = attn_run_bf16(be, &p, false);
+                float *w = attn_run_bf16(be, &p, true);
+                char what[160];
+                snprintf(what, sizeof what, "%s bf16 attention hd=%d mode %d", confs[ci].label,
+                         p.hd, mode);
+                expect_bits(what, b, w, p.q_rows * (size_t)p.ldo);
+                /* the reference reading the bf16 cache */
+                size_t n = p.kv_rows * (size_t)p.ldkv, os = p.q_rows * (size_t)p.ldo;
+                uint16_t *k16 = malloc(n * 2), *v16 = malloc(n * 2);
+                for (size_t i = 0; i < n; i++) {
+                    k16[i] = xc_f32_to_bf16(p.k[i]);
+                    v16[i] = xc_f32_to_bf16(p.v[i]);
+                }
+                float *ref = malloc(os * 4);
+                for (size_t i = 0; i < os; i++) {
+                    ref[i] = -7.0f;
+                }
+                xc_attention_args ra = attn_args(&p, p.q, ref, NULL, NULL);
+                ra.k = k16;
+                ra.v = v16;
+                ra.kv_dtype = XC_DTYPE_BF16;
+                assert_int_equal(xc_ref_attention(&ra), XC_OK);
+                expect_close(what, b, p.ldo, ref, p.ldo, (int)p.q_rows, p.ldo, 2e-6, 1e-4);
+                ra.kv_dtype = XC_DTYPE_F16;
+                assert_int_equal(xc_ref_attention(&ra), XC_ERR_UNSUPPORTED);
+                free(k16);
+                free(v16);
+                free(ref);
+                free(b);
+                free(w);
                 attn_free(&p);
             }
         }
@@ -1127,7 +1348,7 @@ static void test_backend_rejects_bad_args(void **state) {
         assert_int_equal(xc_backend_attention(be, &ta), XC_ERR_ARG);
         /* kv_store: stride below width */
         int32_t slots[1] = {0};
-        xc_kv_store_args k0 = {buf, buf, out, out, slots, 1, 8, 4, 0, 4};
+        xc_kv_store_args k0 = {buf, buf, out, out, slots, 1, 8, 4, 0, 4, XC_DTYPE_F32};
         assert_int_equal(xc_backend_kv_store(be, &k0), XC_ERR_ARG);
         REF_EXPECT(xc_ref_kv_store(&k0), XC_ERR_ARG);
         dev_free(&d);
@@ -1472,7 +1693,8 @@ static void run_kv_store(xc_backend *be, const void *ctx, const float *in, int m
                           w,
                           2 * w,
                           2 * w,
-                          m};
+                          m,
+                          XC_DTYPE_F32};
     assert_int_equal(xc_backend_kv_store(be, &a), XC_OK);
     float *kc = malloc((size_t)m * w * 4), *vc = malloc((size_t)m * w * 4);
     dev_get(&d, kc, a.k_cache, (size_t)m * w * 4);
@@ -1524,7 +1746,9 @@ int main(void) {
         cmocka_unit_test(test_backend_norms_match_ref),
         cmocka_unit_test(test_backend_rope_matches_ref),
         cmocka_unit_test(test_backend_kv_store_matches_ref),
+        cmocka_unit_test(test_backend_kv_store_bf16),
         cmocka_unit_test(test_backend_attention_matches_ref),
+        cmocka_unit_test(test_backend_attention_bf16),
         cmocka_unit_test(test_backend_attention_batch_invariant),
         cmocka_unit_test(test_backend_act_matches_ref),
         cmocka_unit_test(test_backend_embed_matches_ref),

@@ -10,6 +10,7 @@
 #include "xc_cpuid.h"
 #include "xc_dtype.h"
 #include "xc_mmap.h"
+#include "xc_sha256.h"
 #include "xc_test.h"
 
 /* ---- arena ---- */
@@ -219,6 +220,53 @@ static void test_common_errf_may_quote_the_last_error(void **state) {
     assert_string_equal(xc_err_last(), "");
 }
 
+/* SHA-256: the FIPS 180-4 examples ("abc", the 448-bit message, a million 'a') and the empty
+ * string, plus a 771-byte message, digests as Python's hashlib gives them; feeding the message
+ * in pieces of every size from 1 to 130 bytes gives the same digest. */
+static void test_common_sha256_vectors(void **state) {
+    (void)state;
+    static const char *want[] = {
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
+        "c88b6dc887c181168f0090f9b194fa95a4941342d49ba8bec914fd7ce64881a7"};
+    size_t lens[] = {0, 3, 56, 1000000, 771};
+    uint8_t *m[5];
+    m[0] = (uint8_t *)strdup("");
+    m[1] = (uint8_t *)strdup("abc");
+    m[2] = (uint8_t *)strdup("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq");
+    m[3] = malloc(1000000);
+    memset(m[3], 'a', 1000000);
+    m[4] = malloc(771);
+    for (int i = 0; i < 768; i++) {
+        m[4][i] = (uint8_t)(i % 256);
+    }
+    memcpy(m[4] + 768, "xyz", 3);
+    for (int t = 0; t < 5; t++) {
+        uint8_t d[32];
+        char hex[65];
+        xc_sha256_sum(m[t], lens[t], d);
+        for (int i = 0; i < 32; i++) {
+            snprintf(hex + 2 * i, 3, "%02x", d[i]);
+        }
+        assert_string_equal(hex, want[t]);
+        if (lens[t] < 1000) {
+            for (size_t piece = 1; piece <= 130; piece++) {
+                xc_sha256 s;
+                uint8_t d2[32];
+                xc_sha256_init(&s);
+                for (size_t o = 0; o < lens[t]; o += piece) {
+                    xc_sha256_update(&s, m[t] + o, lens[t] - o < piece ? lens[t] - o : piece);
+                }
+                xc_sha256_final(&s, d2);
+                assert_memory_equal(d, d2, 32);
+            }
+        }
+        free(m[t]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_common_errf_may_quote_the_last_error),
@@ -229,6 +277,7 @@ int main(void) {
         cmocka_unit_test(test_common_f16_matches_f16c),
         cmocka_unit_test(test_common_bf16_rounds_to_nearest_even),
         cmocka_unit_test(test_common_mmap_reads_files),
+        cmocka_unit_test(test_common_sha256_vectors),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }

@@ -3,7 +3,12 @@
  * hidden states and logits of a prefill mixing text and two images, greedy tokens, the same for a
  * text-only prompt, both checkpoint formats, and stage cuts that must not change a single bit.
  * Tolerances (f32 C vs f32 PyTorch; the script measured PyTorch's own f32-vs-f64 error at
- * <= 4.2e-5 for logits): vision 1e-4, interpolation 1e-5, hidden states 2e-4, logits 1e-3. */
+ * <= 4.2e-5 for logits): vision 1e-4, interpolation 1e-5, hidden states 2e-4, logits 1e-3.
+ * These run with an f32 KV cache. The KV conformance tests run the default bf16 cache against the
+ * original code with its keys (after RoPE) and values rounded to bf16
+ * (expected_kv_bf16.safetensors, make_fixtures.py --kv-bf16) at the same tolerances, and check
+ * that the greedy tokens are those of the f32 fixtures too (bf16 KV moves PyTorch's logits by up
+ * to 0.034 from f32 KV; the smallest top-1/top-2 margin along the greedy paths is 0.023). */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -25,6 +30,7 @@
 typedef struct fixture {
     char dir[512];
     xc_ckpt *exp; /* expected.safetensors */
+    xc_ckpt *kvb; /* expected_kv_bf16.safetensors */
     cJSON *json;  /* expected.json */
     int32_t *ids; /* image prompt ids, image rows = 0 */
     int n;
@@ -34,10 +40,10 @@ typedef struct fixture {
     int n_text;
 } fixture;
 
-static const float *tensor(fixture *f, const char *name, int64_t *shape0) {
+static const float *tensor_in(xc_ckpt *ck, const char *name, int64_t *shape0) {
     xc_tensor_view tv;
-    if (xc_ckpt_get(f->exp, name, &tv) != XC_OK) {
-        fail_msg("expected.safetensors has no %s: %s", name, xc_err_last());
+    if (xc_ckpt_get(ck, name, &tv) != XC_OK) {
+        fail_msg("expected tensors have no %s: %s", name, xc_err_last());
     }
     if (shape0) {
         *shape0 = tv.shape[0];
@@ -45,13 +51,21 @@ static const float *tensor(fixture *f, const char *name, int64_t *shape0) {
     return tv.data;
 }
 
-static const int64_t *tensor_i64(fixture *f, const char *name, int64_t *n) {
+static const float *tensor(fixture *f, const char *name, int64_t *shape0) {
+    return tensor_in(f->exp, name, shape0);
+}
+
+static const int64_t *tensor_i64_in(xc_ckpt *ck, const char *name, int64_t *n) {
     xc_tensor_view tv;
-    if (xc_ckpt_get(f->exp, name, &tv) != XC_OK || tv.dtype != XC_DTYPE_I64) {
+    if (xc_ckpt_get(ck, name, &tv) != XC_OK || tv.dtype != XC_DTYPE_I64) {
         fail_msg("expected.safetensors has no i64 %s", name);
     }
     *n = (int64_t)(tv.nbytes / 8);
     return tv.data;
+}
+
+static const int64_t *tensor_i64(fixture *f, const char *name, int64_t *n) {
+    return tensor_i64_in(f->exp, name, n);
 }
 
 static void fixture_load(fixture *f, const char *variant) {
@@ -60,6 +74,8 @@ static void fixture_load(fixture *f, const char *variant) {
     char path[600];
     snprintf(path, sizeof path, "%s/expected.safetensors", f->dir);
     assert_int_equal(xc_ckpt_open(path, &f->exp), XC_OK);
+    snprintf(path, sizeof path, "%s/expected_kv_bf16.safetensors", f->dir);
+    assert_int_equal(xc_ckpt_open(path, &f->kvb), XC_OK);
     snprintf(path, sizeof path, "%s/expected.json", f->dir);
     char *text = NULL;
     size_t len = 0;
@@ -97,6 +113,7 @@ static void fixture_load(fixture *f, const char *variant) {
 
 static void fixture_free(fixture *f) {
     xc_ckpt_close(f->exp);
+    xc_ckpt_close(f->kvb);
     cJSON_Delete(f->json);
     xc_free(f->ids);
     xc_free(f->text_ids);
@@ -115,13 +132,14 @@ static void assert_close(const float *got, const float *want, size_t n, float at
 }
 
 static xc_engine *engine_at(fixture *f, int n_stages, const int *cuts, const int *unit_cuts,
-                            const char *weights) {
+                            const char *weights, const char *kv_dtype) {
     char wpath[600];
     xc_engine_conf c = {.model_dir = f->dir,
                         .n_threads = 1,
                         .n_stages = n_stages,
                         .cuts = cuts,
-                        .unit_cuts = unit_cuts};
+                        .unit_cuts = unit_cuts,
+                        .kv_dtype = kv_dtype};
     if (weights) {
         snprintf(wpath, sizeof wpath, "%s/%s", f->dir, weights);
         c.weights = wpath;
@@ -133,8 +151,9 @@ static xc_engine *engine_at(fixture *f, int n_stages, const int *cuts, const int
     return e;
 }
 
-static xc_engine *engine(fixture *f, int n_stages, const int *cuts, const char *weights) {
-    return engine_at(f, n_stages, cuts, NULL, weights);
+static xc_engine *engine(fixture *f, int n_stages, const int *cuts, const char *weights,
+                         const char *kv_dtype) {
+    return engine_at(f, n_stages, cuts, NULL, weights, kv_dtype);
 }
 
 /* ---- vision ---- */
@@ -232,8 +251,9 @@ static void capture(void *user, int stage, const float *hidden, int rows, int wi
 
 /* Runs the prefill with one layer per stage, checks every hidden state and the logit rows
  * against the original, and returns all logits (caller frees). */
-static float *check_prefill(fixture *f, bool text, const char *weights) {
-    xc_engine *e = engine(f, 3, NULL, weights);
+static float *check_prefill(fixture *f, bool text, const char *weights, bool bf16) {
+    xc_engine *e = engine(f, 3, NULL, weights, bf16 ? "bf16" : "f32");
+    xc_ckpt *want_ck = bf16 ? f->kvb : f->exp;
     int V = xc_engine_vocab(e), H = xc_engine_hidden(e), L = xc_engine_n_layers(e);
     assert_int_equal(L, 3);
     int64_t nx = 0;
@@ -250,19 +270,21 @@ static float *check_prefill(fixture *f, bool text, const char *weights) {
     assert_int_equal(cap.n, 3);
     /* hidden_states[l] (l = 1..L) is the output of layer l-1; the last one is after the final
      * RMSNorm, as in HF's output_hidden_states */
-    const float *hs = tensor(f, text ? "text_hidden_states" : "hidden_states", NULL);
+    const float *hs = tensor_in(want_ck, text ? "text_hidden_states" : "hidden_states", NULL);
     for (int l = 1; l <= L; l++) {
         char what[64];
-        snprintf(what, sizeof what, "%s hidden_states[%d]", text ? "text" : "image", l);
+        snprintf(what, sizeof what, "%s%s hidden_states[%d]", bf16 ? "bf16 KV " : "",
+                 text ? "text" : "image", l);
         assert_close(cap.hs + (size_t)(l - 1) * p.n * H, hs + (size_t)l * p.n * H, (size_t)p.n * H,
                      2e-4f, 1e-4f, what);
     }
     int64_t nr;
     const int64_t *rows = tensor_i64(f, text ? "text_logits_rows" : "logits_rows", &nr);
-    const float *want = tensor(f, text ? "text_logits" : "logits", NULL);
+    const float *want = tensor_in(want_ck, text ? "text_logits" : "logits", NULL);
     for (int64_t i = 0; i < nr; i++) {
         char what[64];
-        snprintf(what, sizeof what, "%s logits row %d", text ? "text" : "image", (int)rows[i]);
+        snprintf(what, sizeof what, "%s%s logits row %d", bf16 ? "bf16 KV " : "",
+                 text ? "text" : "image", (int)rows[i]);
         assert_close(logits + (size_t)rows[i] * V, want + (size_t)i * V, (size_t)V, 1e-3f, 1e-4f,
                      what);
     }
@@ -271,8 +293,10 @@ static float *check_prefill(fixture *f, bool text, const char *weights) {
     return logits;
 }
 
-static void check_greedy(fixture *f, bool text) {
-    xc_engine *e = engine(f, 1, NULL, NULL);
+/* Greedy tokens equal the original's; with bf16 they must equal both the original's with a bf16
+ * KV cache and the f32 fixture's. */
+static void check_greedy(fixture *f, bool text, bool bf16) {
+    xc_engine *e = engine(f, 1, NULL, NULL, bf16 ? "bf16" : "f32");
     int64_t nx = 0, n_want;
     const float *pixels = text ? NULL : tensor(f, "images", &nx);
     const int64_t *want = tensor_i64(f, text ? "text_greedy_tokens" : "greedy_tokens", &n_want);
@@ -293,10 +317,15 @@ static void check_greedy(fixture *f, bool text) {
     assert_int_equal(xc_engine_generate(e, &p, &g, NULL, NULL, out, &n_out, &stopped), XC_OK);
     assert_int_equal(n_out, n_want);
     assert_false(stopped);
+    int64_t n_kvb = 0;
+    const int64_t *want_kvb =
+        tensor_i64_in(f->kvb, text ? "text_greedy_tokens" : "greedy_tokens", &n_kvb);
+    assert_int_equal(n_kvb, n_want);
     for (int i = 0; i < n_out; i++) {
-        if (out[i] != want[i]) {
-            fail_msg("%s greedy token %d is %d, the original gives %d", text ? "text" : "image", i,
-                     out[i], (int)want[i]);
+        if (out[i] != want[i] || (bf16 && out[i] != want_kvb[i])) {
+            fail_msg("%s%s greedy token %d is %d, the original gives %d (%d with bf16 KV)",
+                     bf16 ? "bf16 KV " : "", text ? "text" : "image", i, out[i], (int)want[i],
+                     (int)want_kvb[i]);
         }
     }
     xc_engine_destroy(e);
@@ -305,14 +334,14 @@ static void check_greedy(fixture *f, bool text) {
 static void check_variant(const char *variant) {
     fixture f;
     fixture_load(&f, variant);
-    float *img_st = check_prefill(&f, false, NULL);
-    float *img_bin = check_prefill(&f, false, "pytorch_model.bin");
+    float *img_st = check_prefill(&f, false, NULL, false);
+    float *img_bin = check_prefill(&f, false, "pytorch_model.bin", false);
     int V = 1000;
     /* the .bin and the safetensors checkpoint hold the same bits: identical logits */
     assert_memory_equal(img_st, img_bin, (size_t)f.n * V * sizeof(float));
-    float *txt = check_prefill(&f, true, NULL);
-    check_greedy(&f, false);
-    check_greedy(&f, true);
+    float *txt = check_prefill(&f, true, NULL, false);
+    check_greedy(&f, false, false);
+    check_greedy(&f, true, false);
     xc_free(img_st);
     xc_free(img_bin);
     xc_free(txt);
@@ -327,6 +356,27 @@ static void test_conformance_model_7b(void **state) {
 static void test_conformance_model_vl(void **state) {
     (void)state;
     check_variant("vl");
+}
+
+/* KV conformance: the bf16 KV cache against the original code with a bf16 KV cache. */
+static void check_kv_bf16(const char *variant) {
+    fixture f;
+    fixture_load(&f, variant);
+    xc_free(check_prefill(&f, false, NULL, true));
+    xc_free(check_prefill(&f, true, NULL, true));
+    check_greedy(&f, false, true);
+    check_greedy(&f, true, true);
+    fixture_free(&f);
+}
+
+static void test_conformance_kv_bf16_7b(void **state) {
+    (void)state;
+    check_kv_bf16("7b");
+}
+
+static void test_conformance_kv_bf16_vl(void **state) {
+    (void)state;
+    check_kv_bf16("vl");
 }
 
 /* Cutting the decoder into 1, 2 or 3 stages anywhere gives bit-identical logits. */
@@ -354,7 +404,7 @@ static void test_conformance_stage_cuts_identical(void **state) {
     float *ref = NULL;
     size_t bytes = (size_t)f.n * 1000 * sizeof(float);
     for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) {
-        xc_engine *e = engine_at(&f, cfgs[i].n, cfgs[i].cuts, cfgs[i].unit_cuts, NULL);
+        xc_engine *e = engine_at(&f, cfgs[i].n, cfgs[i].cuts, cfgs[i].unit_cuts, NULL, NULL);
         float *lg = xc_malloc(bytes);
         assert_int_equal(xc_engine_prefill_logits(e, &p, lg, NULL, NULL), XC_OK);
         if (!ref) {
@@ -551,7 +601,7 @@ static void test_conformance_long_vl_context(void **state) {
     (void)state;
     fixture f;
     fixture_load(&f, "vl");
-    xc_engine *e = engine(&f, 1, NULL, NULL);
+    xc_engine *e = engine(&f, 1, NULL, NULL, NULL);
     int max_len = xc_engine_max_prompt(e);
     assert_true(max_len == 4096 && xc_engine_max_context(e) == 32768);
     int n = max_len - 8;
@@ -587,6 +637,8 @@ int main(void) {
         cmocka_unit_test(test_conformance_vision_vl),
         cmocka_unit_test(test_conformance_model_7b),
         cmocka_unit_test(test_conformance_model_vl),
+        cmocka_unit_test(test_conformance_kv_bf16_7b),
+        cmocka_unit_test(test_conformance_kv_bf16_vl),
         cmocka_unit_test(test_conformance_stage_cuts_identical),
         cmocka_unit_test(test_conformance_chat_prompt_7b),
         cmocka_unit_test(test_conformance_chat_prompt_vl),

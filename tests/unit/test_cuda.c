@@ -356,7 +356,7 @@ static void test_cuda_kv_store_dup_and_argmax_ties(void **state) {
     float *kr = malloc((size_t)n_slots * w * 4), *vr = malloc((size_t)n_slots * w * 4);
     memcpy(kr, kc, (size_t)n_slots * w * 4);
     memcpy(vr, vc, (size_t)n_slots * w * 4);
-    xc_kv_store_args ra = {k, v, kr, vr, slots, m, w, 0, 0, n_slots};
+    xc_kv_store_args ra = {k, v, kr, vr, slots, m, w, 0, 0, n_slots, XC_DTYPE_F32};
     assert_int_equal(xc_ref_kv_store(&ra), XC_OK);
     xc_buf b[4];
     xc_kv_store_args a = ra;

@@ -232,8 +232,9 @@ static void test_llm_decode_ignores_plora(void **state) {
     assert_int_equal(xc_llm_create(be, cb, &cfg, &lc, &b), XC_OK);
     assert_int_equal(xc_llm_plora_rank(a), 8);
     xc_kv_cache *kv = NULL;
-    assert_int_equal(xc_kv_create(be, cfg.num_hidden_layers, 32, 16, xc_llm_kv_width(a), &kv),
-                     XC_OK);
+    assert_int_equal(
+        xc_kv_create(be, cfg.num_hidden_layers, 32, 16, xc_llm_kv_width(a), XC_DTYPE_BF16, &kv),
+        XC_OK);
     xc_vision *v = NULL;
     assert_int_equal(xc_vision_create(be, ca, &cfg, &v), XC_OK);
     int H = cfg.hidden_size, V = cfg.vocab_size;
@@ -283,7 +284,7 @@ static void test_llm_rejects_bad_batches(void **state) {
     xc_llm *m = NULL;
     assert_int_equal(xc_llm_create(be, ck, &cfg, &lc, &m), XC_OK);
     xc_kv_cache *kv = NULL;
-    assert_int_equal(xc_kv_create(be, 3, 4, 4, xc_llm_kv_width(m), &kv), XC_OK);
+    assert_int_equal(xc_kv_create(be, 3, 4, 4, xc_llm_kv_width(m), XC_DTYPE_BF16, &kv), XC_OK);
     float hidden[16 * 64], logits[2 * 1000];
     int32_t table[4] = {0, 1, 2, 3}, bad_table[4] = {9, 1, 2, 3};
     int32_t ids[16] = {1, 5, 7, 9};

@@ -8,9 +8,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "xc_backend.h"
+#include "xc_ckpt.h"
+#include "xc_model_config.h"
 #include "xc_test.h"
 #include "xc_tiny.h"
 #include "xc_transport.h"
+#include "xc_vision.h"
 #include "xc_wire.h"
 #include "xc_worker.h"
 
@@ -97,8 +101,9 @@ static xc_wire_msg next_msg(harness *h) {
 }
 
 /* Starts a worker, waits for its Register, assigns it the only stage (so the last one) of a tiny
- * 2-layer model and waits for Ready. */
-static void start(harness *h, const char *tag) {
+ * 2-layer model, or the vision role, and waits for Ready. vconf (vision) sets the worker's image
+ * cache and batching. */
+static void start_role(harness *h, const char *tag, bool vision, const xc_worker_conf *vconf) {
     memset(h, 0, sizeof *h);
     snprintf(h->dir, sizeof h->dir, "/tmp/xc-test-worker-XXXXXX");
     assert_non_null(mkdtemp(h->dir));
@@ -120,6 +125,11 @@ static void start(harness *h, const char *tag) {
                          .hang_s = 60,
                          .send_timeout_ms = 2000,
                          .role = XC_WIRE_ROLE_ANY};
+    if (vconf) {
+        wc.image_cache_bytes = vconf->image_cache_bytes;
+        wc.vision_batch = vconf->vision_batch;
+        wc.vision_wait_ms = vconf->vision_wait_ms;
+    }
     assert_int_equal(xc_worker_create(&wc, &h->w), XC_OK);
     assert_int_equal(pthread_create(&h->th, NULL, worker_main, h), 0);
     xc_wire_msg m = next_msg(h);
@@ -138,6 +148,10 @@ static void start(harness *h, const char *tag) {
                                                 .kv_blocks = 16,
                                                 .kv_block_size = 16,
                                                 .max_rows = 64}}};
+    if (vision) {
+        a.u.control.u.assign = (xc_wire_assign){
+            .role = XC_WIRE_ROLE_VISION, .n_stages = 1, .n_layers = 2, .model_path = h->dir};
+    }
     assert_int_equal(xc_transport_send_wire(h->tx, &a, NULL, 0, 2000), XC_OK);
     m = next_msg(h);
     if (m.kind != XC_WIRE_KIND_CONTROL || m.u.control.kind != XC_WIRE_CTL_READY) {
@@ -145,6 +159,10 @@ static void start(harness *h, const char *tag) {
                                                ? xc_wire_ctl_name(m.u.control.kind)
                                                : xc_wire_kind_name(m.kind));
     }
+}
+
+static void start(harness *h, const char *tag) {
+    start_role(h, tag, false, NULL);
 }
 
 static void stop(harness *h) {
@@ -271,11 +289,179 @@ static void test_worker_device_budget(void **state) {
     assert_int_equal(xc_worker_create(&c, &w), XC_ERR_ARG);
 }
 
+/* ---- vision: batching and the image cache ---- */
+
+/* Deterministic pixels of image `which` (3 x S x S, CLIP-normalised range). */
+static float *make_image(int S, int which) {
+    size_t n = 3u * (size_t)S * S;
+    float *p = malloc(n * sizeof(float));
+    uint64_t x = 0x9e3779b97f4a7c15ull * (uint64_t)(which + 1);
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p[i] = (float)((double)(x >> 11) * 0x1p-53 * 4.0 - 2.0);
+    }
+    return p;
+}
+
+/* Sends one vision frame of n images (pixels concatenated); rows_per (normally 3 S) lets a test
+ * send a malformed one. */
+static void send_images(harness *h, uint64_t mb, float *const *imgs, int n, int S, int rows_per) {
+    xc_wire_seq seqs[8];
+    static const uint32_t b0 = 0;
+    size_t per = 3u * (size_t)S * S;
+    float *px = malloc((size_t)n * per * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        seqs[i] = (xc_wire_seq){.id = mb * 100 + (uint64_t)i,
+                                .n_tokens = (uint32_t)rows_per,
+                                .n_blocks = 1,
+                                .block_table = &b0};
+        memcpy(px + (size_t)i * per, imgs[i], per * sizeof(float));
+    }
+    xc_wire_msg f = {.kind = XC_WIRE_KIND_FORWARD,
+                     .u.forward = {.microbatch_id = mb,
+                                   .kv_block_size = 4096,
+                                   .n_seqs = (size_t)n,
+                                   .seqs = seqs,
+                                   .payload = {.dtype = XC_DTYPE_F32,
+                                               .rows = (uint32_t)(n * rows_per),
+                                               .cols = (uint32_t)S}}};
+    size_t bytes = (size_t)n * (size_t)rows_per * (size_t)S * sizeof(float);
+    xc_frame fr = {.data = px, .len = bytes};
+    assert_int_equal(xc_transport_send_wire(h->tx, &f, &fr, 1, 2000), XC_OK);
+    free(px);
+}
+
+/* The reference: each image encoded alone by a vision tower of its own. */
+static float *encode_alone(const char *dir, const float *img, size_t *per) {
+    xc_model_config cfg;
+    assert_int_equal(xc_model_config_load(dir, &cfg), XC_OK);
+    xc_ckpt *ck = NULL;
+    assert_int_equal(xc_ckpt_open(dir, &ck), XC_OK);
+    xc_backend_conf bc = {.n_threads = 1};
+    xc_backend *be = NULL;
+    assert_int_equal(xc_backend_create("cpu", &bc, &be), XC_OK);
+    xc_vision *v = NULL;
+    assert_int_equal(xc_vision_create(be, ck, &cfg, &v), XC_OK);
+    const xc_vision_info *vi = xc_vision_get_info(v);
+    *per = (size_t)vi->n_tokens * (size_t)vi->out_dim;
+    float *out = malloc(*per * sizeof(float));
+    assert_int_equal(xc_vision_encode(v, img, 1, out, NULL), XC_OK);
+    xc_vision_destroy(v);
+    xc_backend_destroy(be);
+    xc_ckpt_close(ck);
+    return out;
+}
+
+/* Frames of different requests sent together are encoded in one call (stats), each image's
+ * embeddings have the bits of that image encoded alone, and a malformed frame among them fails
+ * alone (an Error for its micro-batch, the others answered). */
+static void test_worker_vision_batches_bit_identical(void **state) {
+    (void)state;
+    harness h;
+    xc_worker_conf vc = {.vision_batch = 8, .vision_wait_ms = 1000};
+    start_role(&h, "vis1", true, &vc);
+    int S = 56;
+    float *img[4];
+    for (int i = 0; i < 4; i++) {
+        img[i] = make_image(S, i);
+    }
+    send_images(&h, 1, &img[0], 1, S, 3 * S);
+    send_images(&h, 2, &img[1], 1, S, 2 * S); /* malformed: 2 S rows for an image */
+    send_images(&h, 3, &img[1], 2, S, 3 * S);
+    send_images(&h, 4, &img[3], 1, S, 3 * S);
+    const int first_img[5] = {0, 0, -1, 1, 3}; /* by micro-batch id */
+    int seen = 0, errors = 0;
+    while (seen < 3 || errors < 1) {
+        xc_wire_msg m = next_msg(&h);
+        if (m.kind == XC_WIRE_KIND_CONTROL && m.u.control.kind == XC_WIRE_CTL_ERROR) {
+            assert_true(m.u.control.u.error.has_microbatch);
+            assert_int_equal(m.u.control.u.error.microbatch_id, 2);
+            assert_int_equal(m.u.control.u.error.code, XC_ERR_PROTO);
+            errors++;
+            continue;
+        }
+        assert_int_equal(m.kind, XC_WIRE_KIND_FORWARD);
+        const xc_wire_forward *f = &m.u.forward;
+        assert_true(f->microbatch_id != 2 && f->microbatch_id <= 4);
+        const float *got = h.msg.frames[1].data;
+        for (size_t i = 0; i < f->n_seqs; i++) {
+            size_t per = 0;
+            float *want = encode_alone(h.dir, img[first_img[f->microbatch_id] + (int)i], &per);
+            assert_int_equal(f->payload.rows * f->payload.cols, per * f->n_seqs);
+            if (memcmp(got + i * per, want, per * sizeof(float))) {
+                fail_msg("micro-batch %llu image %zu: batched embeddings differ from the image "
+                         "encoded alone",
+                         (unsigned long long)f->microbatch_id, i);
+            }
+            free(want);
+        }
+        seen++;
+    }
+    xc_worker_stats st;
+    xc_worker_get_stats(h.w, &st);
+    assert_int_equal(st.vision_batches, 1); /* 4 images of 3 good frames: one encode */
+    assert_int_equal(st.vision_encoded, 4);
+    for (int i = 0; i < 4; i++) {
+        free(img[i]);
+    }
+    stop(&h);
+}
+
+/* The image cache: a re-sent image is copied, not encoded (hits, misses and encodes counted), and
+ * gives the same bits; the same image twice in one frame is encoded once. */
+static void test_worker_vision_cache(void **state) {
+    (void)state;
+    harness h;
+    xc_worker_conf vc = {.image_cache_bytes = 1 << 20, .vision_batch = 1};
+    start_role(&h, "vis2", true, &vc);
+    int S = 56;
+    float *a = make_image(S, 7), *b = make_image(S, 8);
+    float *first = NULL;
+    size_t bytes = 0;
+    for (int round = 0; round < 2; round++) {
+        send_images(&h, (uint64_t)(10 + round), &a, 1, S, 3 * S);
+        xc_wire_msg m = next_msg(&h);
+        assert_int_equal(m.kind, XC_WIRE_KIND_FORWARD);
+        bytes = h.msg.frames[1].len;
+        if (round == 0) {
+            first = malloc(bytes);
+            memcpy(first, h.msg.frames[1].data, bytes);
+        } else {
+            assert_memory_equal(h.msg.frames[1].data, first, bytes);
+        }
+    }
+    xc_worker_stats st;
+    xc_worker_get_stats(h.w, &st);
+    assert_int_equal(st.image_cache_hits, 1);
+    assert_int_equal(st.image_cache_misses, 1);
+    assert_int_equal(st.vision_encoded, 1);
+    float *pair[3] = {b, b, a};
+    send_images(&h, 20, pair, 3, S, 3 * S);
+    xc_wire_msg m = next_msg(&h);
+    assert_int_equal(m.kind, XC_WIRE_KIND_FORWARD);
+    assert_int_equal(m.u.forward.n_seqs, 3);
+    const char *got = h.msg.frames[1].data;
+    assert_memory_equal(got, got + bytes, bytes); /* b and b */
+    assert_memory_equal(got + 2 * bytes, first, bytes);
+    xc_worker_get_stats(h.w, &st);
+    assert_int_equal(st.image_cache_hits, 2);
+    assert_int_equal(st.image_cache_misses, 3);
+    assert_int_equal(st.vision_encoded, 2); /* b once */
+    free(first);
+    free(a);
+    free(b);
+    stop(&h);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_worker_last_stage_fails_one_sequence),
         cmocka_unit_test(test_worker_device_budget),
+        cmocka_unit_test(test_worker_vision_batches_bit_identical),
+        cmocka_unit_test(test_worker_vision_cache),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

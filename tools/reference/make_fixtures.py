@@ -785,10 +785,9 @@ def verify(out_root, orig=None):
     print(f'  fixtures total {total / 1e6:.2f} MB')
 
 
-def reload_check(orig, d, variant, bin_sd, exp, meta):
+def reload_model(orig, d, variant, bin_sd):
     """Builds the original model from the fixture directory's config.json and loads the saved
-    checkpoint (the stock position table interpolated first, as the original init does), then
-    checks that it reproduces the stored prefill logits and hidden states exactly."""
+    checkpoint (the stock position table interpolated first, as the original init does)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
     v = VARIANTS[variant]
     with tempfile.TemporaryDirectory() as td:
@@ -816,6 +815,14 @@ def reload_check(orig, d, variant, bin_sd, exp, meta):
             msd[k] = t
         model.load_state_dict(msd, strict=True)
     tokenizer = orig.tok.InternLMXComposer2Tokenizer.from_pretrained(d)
+    return model, tokenizer
+
+
+def reload_check(orig, d, variant, bin_sd, exp, meta):
+    """Reloads the saved checkpoint into the original model and checks that it reproduces the
+    stored prefill logits and hidden states exactly."""
+    v = VARIANTS[variant]
+    model, tokenizer = reload_model(orig, d, variant, bin_sd)
     with torch.no_grad():
         img_embeds = model.encode_img(exp['images'])
         inputs, im_mask = model.interleav_wrap_chat(tokenizer, v['query'], img_embeds, [],
@@ -833,6 +840,68 @@ def reload_check(orig, d, variant, bin_sd, exp, meta):
         raise RuntimeError(f'{variant}: reloaded model gives different text logits')
 
 
+def kv_bf16(out_root, orig):
+    """expected_kv_bf16.safetensors per variant: the original code run on the committed checkpoint
+    with a bf16 KV cache, i.e. every key (after RoPE) and value rounded to bf16 (round to nearest
+    even, torch's .to(bfloat16)) before attention reads it, everything else in f32 as before.
+    repeat_kv is the one function both pass through after RoPE and the cache concatenation (and
+    rounding is idempotent, so rounding cached rows again changes nothing). Stores the image and
+    text prefill hidden states and logits and the greedy chat() tokens, as expected.safetensors."""
+    from safetensors.torch import load_file, save_file
+    real = orig.m2.repeat_kv
+
+    def repeat_kv_bf16(h, n_rep):
+        return real(h.to(torch.bfloat16).to(torch.float32), n_rep)
+
+    for variant in VARIANTS:
+        d = os.path.join(out_root, variant)
+        bin_sd = torch.load(os.path.join(d, 'pytorch_model.bin'), map_location='cpu')
+        exp = load_file(os.path.join(d, 'expected.safetensors'))
+        v = VARIANTS[variant]
+        model, tokenizer = reload_model(orig, d, variant, bin_sd)
+        model.tokenizer = tokenizer
+        # how far this reload (this torch build) is from the committed f32 outputs, for the note
+        with torch.no_grad():
+            ie = model.encode_img(exp['images'])
+            inp, msk = model.interleav_wrap_chat(tokenizer, v['query'], ie, [], v['meta'])
+        _, l32, _ = prefill(model, inputs_embeds=inp['inputs_embeds'], im_mask=msk)
+        drift = (l32[exp['logits_rows']] - exp['logits']).abs().max().item()
+        orig.m2.repeat_kv = repeat_kv_bf16
+        try:
+            img = greedy_chat(model, tokenizer, v['query'], exp['images'], v['meta'])
+            txt = greedy_chat(model, tokenizer, TEXT_QUERY, None, v['meta'])
+            _, _, embeds, im_mask = image_segments(model, tokenizer, v['query'], v['meta'],
+                                                   img['img_embeds'])
+            hs, logits, _ = prefill(model, inputs_embeds=embeds, im_mask=im_mask)
+            ths, tlogits, _ = prefill(model, input_ids=exp['text_input_ids'][None])
+        finally:
+            orig.m2.repeat_kv = real
+        rows, trows = exp['logits_rows'], exp['text_logits_rows']
+        out = collections.OrderedDict(
+            hidden_states=hs.contiguous(),
+            logits=logits[rows].contiguous(),
+            greedy_tokens=torch.tensor(img['tokens'], dtype=torch.int64),
+            greedy_top_logits=img['top_logits'].contiguous(),
+            text_hidden_states=ths.contiguous(),
+            text_logits=tlogits[trows].contiguous(),
+            text_greedy_tokens=torch.tensor(txt['tokens'], dtype=torch.int64),
+            text_greedy_top_logits=txt['top_logits'].contiguous(),
+        )
+        diff = dict(
+            logits=(logits[rows] - exp['logits']).abs().max().item(),
+            hidden_states=(hs - exp['hidden_states']).abs().max().item(),
+            text_logits=(tlogits[trows] - exp['text_logits']).abs().max().item(),
+            min_margin=min(img['margins']),
+            text_min_margin=min(txt['margins']),
+            same_greedy=img['tokens'] == exp['greedy_tokens'].tolist(),
+            same_text_greedy=txt['tokens'] == exp['text_greedy_tokens'].tolist(),
+            reload_f32_logits_drift=drift,
+        )
+        save_file(dict(out), os.path.join(d, 'expected_kv_bf16.safetensors'),
+                  metadata={'variant': variant, 'bf16_vs_f32_kv': json.dumps(diff)})
+        print(f'  {variant} bf16 KV: {json.dumps(diff)}')
+
+
 # ------------------------------------------------------------------------------------------------
 
 
@@ -846,6 +915,9 @@ def main():
                     help='train the fixture tokenizer again even if OUT/tokenizer.model exists')
     ap.add_argument('--seed-tries', type=int, default=MAX_SEED_TRIES)
     ap.add_argument('--verify-only', action='store_true', help='only check existing fixtures')
+    ap.add_argument('--kv-bf16', action='store_true',
+                    help='only write expected_kv_bf16.safetensors (bf16 KV cache) next to the '
+                    'existing fixtures')
     args = ap.parse_args()
 
     torch.set_num_threads(1)  # deterministic reductions, and the machine is shared
@@ -854,6 +926,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     if args.verify_only:
         verify(args.out, orig)
+        return
+    if args.kv_bf16:
+        kv_bf16(args.out, orig)
         return
 
     tok_path = os.path.join(args.out, 'tokenizer.model')

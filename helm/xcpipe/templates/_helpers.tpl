@@ -168,6 +168,16 @@ capabilities:
   value: {{ $v.worker.hangTimeout | quote }}
 - name: XC_SEND_TIMEOUT_MS
   value: {{ $v.worker.sendTimeoutMs | quote }}
+- name: XC_KV_DTYPE
+  value: {{ $v.worker.kvDtype | quote }}
+{{- if eq .role "vision" }}
+- name: XC_IMAGE_CACHE_MB
+  value: {{ $v.vision.imageCacheMiB | quote }}
+- name: XC_VISION_BATCH
+  value: {{ $v.vision.batch | quote }}
+- name: XC_VISION_WAIT_MS
+  value: {{ $v.vision.waitMs | quote }}
+{{- end }}
 - name: XC_MEM_MB
   value: {{ .mem | quote }}
 - name: XC_ROLE
