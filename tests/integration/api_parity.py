@@ -13,14 +13,16 @@ import base64
 import json
 import math
 import sys
+import time
 import urllib.error
 import urllib.request
 
 import openai
 
 base, key, image_file, origin = sys.argv[1:5]
-# the server under test has a 1.5 s request deadline (api_serve.sh): on a loaded machine a request
-# may pass it (408), which the client retries, as the raw helper below does
+# the server under test has a 1.5 s request deadline and a 1 s dead timeout (api_serve.sh): on a
+# loaded machine a request may pass the deadline (408) or meet a replica being re-formed (503),
+# which the client retries, as the raw helper below does
 client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=4, timeout=60)
 img_url = "data:image/jpeg;base64," + base64.b64encode(open(image_file, "rb").read()).decode()
 BOS, EOS, IM_END, IM_START = 1, 2, 148, 149
@@ -47,8 +49,9 @@ def http(method, path, body=None, headers=None, auth=True):
                 raw, st, hd = r.read(), r.status, r.headers
         except urllib.error.HTTPError as e:
             raw, st, hd = e.read(), e.code, e.headers
-        if st != 408:
+        if st not in (408, 503):
             break
+        time.sleep(0.5)
     try:
         return st, hd, json.loads(raw) if raw else None
     except ValueError:
