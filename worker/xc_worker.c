@@ -168,6 +168,14 @@ static xc_status seq_add(xc_worker *w, uint64_t id, const xc_wire_sampling *ws) 
 
 /* ---- heartbeats ---- */
 
+/* Progress inside one message (after each decoder unit or CLIP layer): at full size on a small
+ * CPU a micro-batch or an image takes longer than --hang-timeout, which must only catch a loop
+ * that stopped advancing. */
+static void note_progress(void *user) {
+    xc_worker *w = user;
+    atomic_store(&w->progress_ns, xc_now_ns());
+}
+
 static void *hb_main(void *arg) {
     xc_worker *w = arg;
     xc_transport *tx = NULL;
@@ -340,7 +348,9 @@ static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
     w->hidden_size = w->cfg.hidden_size;
     w->vocab = w->cfg.vocab_size;
     if (a->role == XC_WIRE_ROLE_VISION) {
-        return xc_vision_create(w->be, w->ck, &w->cfg, &w->vision);
+        XC_TRY(xc_vision_create(w->be, w->ck, &w->cfg, &w->vision));
+        xc_vision_set_progress(w->vision, note_progress, w);
+        return XC_OK;
     }
     if ((int)a->layer_end > w->cfg.num_hidden_layers) {
         return xc_errf(XC_ERR_ARG, "assigned layers [%u, %u) but the model has %d", a->layer_begin,
@@ -353,6 +363,7 @@ static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
                       .last = last,
                       .max_rows = (int)w->max_rows};
     XC_TRY(xc_llm_create(w->be, w->ck, &w->cfg, &lc, &w->llm));
+    xc_llm_set_progress(w->llm, note_progress, w);
     XC_TRY(xc_kv_create(w->be, xc_llm_n_kv_layers(w->llm), (int)a->kv_blocks, (int)a->kv_block_size,
                         xc_llm_kv_width(w->llm), &w->kv));
     XC_TRY(
