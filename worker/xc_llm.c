@@ -43,6 +43,8 @@ typedef struct llm_layer {
 struct xc_llm {
     xc_backend *be;
     xc_llm_conf conf;
+    void (*progress)(void *user);
+    void *progress_user;
     int hidden, inter, n_heads, n_kv, head_dim, vocab;
     int unit_begin, unit_end; /* half-layer units held */
     int layer0, n_layers;     /* layers touched: [layer0, layer0 + n_layers) */
@@ -575,6 +577,9 @@ xc_status xc_llm_forward(xc_llm *m, xc_kv_cache *kv, const xc_llm_batch *b, floa
             XC_TRY_GOTO(attn_forward(m, L, hidden, L->kv_index, kv, &plan, b->n_rows, b->n_seqs),
                         st, out);
         }
+        if (m->progress) {
+            m->progress(m->progress_user);
+        }
         if (L->has_ffn) {
             XC_TRY_GOTO(ffn_forward(m, L, hidden, b->n_rows, &plan), st, out);
         }
@@ -585,4 +590,9 @@ xc_status xc_llm_forward(xc_llm *m, xc_kv_cache *kv, const xc_llm_batch *b, floa
 out:
     plan_free(&plan);
     return st;
+}
+
+void xc_llm_set_progress(xc_llm *m, void (*fn)(void *user), void *user) {
+    m->progress = fn;
+    m->progress_user = user;
 }

@@ -62,6 +62,11 @@ void xc_llm_destroy(xc_llm *m);
 xc_status xc_llm_forward(xc_llm *m, xc_kv_cache *kv, const xc_llm_batch *b, float *hidden,
                          float *logits);
 
+/* Called after every unit (attention or FFN block) of a forward, from the forward's thread: a
+ * sign of progress for a caller that watches for hangs (a 256-row micro-batch through 16 layers
+ * of the 7B model takes minutes on a small CPU). NULL clears it. */
+void xc_llm_set_progress(xc_llm *m, void (*fn)(void *user), void *user);
+
 /* Sizes. */
 int xc_llm_hidden(const xc_llm *m);
 int xc_llm_vocab(const xc_llm *m);

@@ -28,6 +28,8 @@ typedef struct vis_scratch {
 
 struct xc_vision {
     xc_backend *be;
+    void (*progress)(void *user);
+    void *progress_user;
     xc_vision_info info;
     vis_wt patch_w;   /* (width, 3 * patch * patch) */
     vis_wt class_emb; /* (1, width) */
@@ -412,6 +414,9 @@ static xc_status encode(xc_vision *v, const float *pixels, int n, float *out, fl
     xc_status st = XC_OK;
     for (int l = 0; l < in->n_layers; l++) {
         const vis_layer *L = &v->layers[l];
+        if (v->progress) {
+            v->progress(v->progress_user);
+        }
         XC_TRY_GOTO(layernorm(v, &L->ln1_w, &L->ln1_b, x, a, rows), st, out);
         XC_TRY_GOTO(linear(v, a, &L->q_w, &L->q_b, s->q.data, rows, false), st, out);
         XC_TRY_GOTO(linear(v, a, &L->k_w, &L->k_b, s->k.data, rows, false), st, out);
@@ -471,4 +476,9 @@ xc_status xc_vision_encode(xc_vision *v, const float *pixels, int n, float *out,
         v->scratch_images = n;
     }
     return encode(v, pixels, n, out, clip_out, &v->scratch);
+}
+
+void xc_vision_set_progress(xc_vision *v, void (*fn)(void *user), void *user) {
+    v->progress = fn;
+    v->progress_user = user;
 }

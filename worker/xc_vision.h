@@ -40,6 +40,10 @@ const xc_vision_info *xc_vision_get_info(const xc_vision *v);
  * (n * n_tokens, width)) receives the CLIP features before the projector. */
 xc_status xc_vision_encode(xc_vision *v, const float *pixels, int n, float *out, float *clip_out);
 
+/* Called after every CLIP layer of an encode, from the encode's thread (progress for a hang
+ * watchdog: one 490-px image takes a minute on a small CPU). NULL clears it. */
+void xc_vision_set_progress(xc_vision *v, void (*fn)(void *user), void *user);
+
 /* PyTorch-exact bicubic resize of a (g0, g0, c) grid (row-major, channels last) to (g, g, c):
  * A = -0.75, align_corners = False, border-clamped taps. Exposed for tests. */
 void xc_vision_bicubic_resize(const float *src, int g0, int c, float *dst, int g);

@@ -208,6 +208,14 @@ static xc_status seq_add(xc_worker *w, uint64_t id, const xc_wire_sampling *ws) 
 
 /* ---- heartbeats ---- */
 
+/* Progress inside one message (after each decoder unit or CLIP layer): at full size on a small
+ * CPU a micro-batch or an image takes longer than --hang-timeout, which must only catch a loop
+ * that stopped advancing. */
+static void note_progress(void *user) {
+    xc_worker *w = user;
+    atomic_store(&w->progress_ns, xc_now_ns());
+}
+
 static void *hb_main(void *arg) {
     xc_worker *w = arg;
     xc_transport *tx = NULL;
@@ -429,7 +437,9 @@ static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
     w->hidden_size = w->cfg.hidden_size;
     w->vocab = w->cfg.vocab_size;
     if (a->role == XC_WIRE_ROLE_VISION) {
-        return xc_vision_create(w->be, w->ck, &w->cfg, &w->vision);
+        XC_TRY(xc_vision_create(w->be, w->ck, &w->cfg, &w->vision));
+        xc_vision_set_progress(w->vision, note_progress, w);
+        return XC_OK;
     }
     if ((int)a->layer_end > w->cfg.num_hidden_layers) {
         return xc_errf(XC_ERR_ARG, "assigned layers [%u, %u) but the model has %d", a->layer_begin,
@@ -445,7 +455,7 @@ static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
 #ifdef XC_HAVE_CUDA
     if (!strcmp(w->conf.backend, "cuda")) { /* a clear message rather than a failed cudaMalloc */
         size_t kvb = xc_kv_bytes(xc_llm_n_kv_layers(w->llm), (int)a->kv_blocks,
-                                 (int)a->kv_block_size, xc_llm_kv_width(w->llm));
+                                 (int)a->kv_block_size, xc_llm_kv_width(w->llm), w->kv_dtype);
         xc_cuda_dev_info di;
         XC_TRY(xc_cuda_info(w->be, &di));
         if (kvb > di.free_bytes) {
@@ -458,6 +468,7 @@ static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
         }
     }
 #endif
+    xc_llm_set_progress(w->llm, note_progress, w);
     XC_TRY(xc_kv_create(w->be, xc_llm_n_kv_layers(w->llm), (int)a->kv_blocks, (int)a->kv_block_size,
                         xc_llm_kv_width(w->llm), w->kv_dtype, &w->kv));
     XC_TRY(
