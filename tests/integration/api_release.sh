@@ -82,8 +82,11 @@ EOF
 # the logs: the cancel, then one release-only micro-batch through both stages
 cancel=$(grep -m1 "cancelled: KV blocks freed" "$T/coord.log") || fail "no cancel line"
 for k in 0 1; do
-  line=$(cat "$T"/w*.log | grep -m1 "stage $k: released 1 sequence(s) (micro-batch [0-9]*, 0 rows), 0 live") \
+  # grep the files itself: 'cat | grep -m1' fails under pipefail when grep exits before cat wrote
+  # the last file (SIGPIPE), which made this check flaky
+  line=$(grep -h -m1 "stage $k: released 1 sequence(s) (micro-batch [0-9]*, 0 rows), 0 live" "$T"/w*.log) \
     || fail "stage $k logged no release-only micro-batch"
+  line=${line%%$'\n'*}
   ms=$(python3 -c '
 import sys, datetime as d
 t = lambda s: d.datetime.strptime(s.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
