@@ -532,10 +532,10 @@ int xc_cmd_generate(int argc, char **argv) {
         fprintf(stderr,
                 "timings: load %.2f s; vision %.2f s (%d image%s, timed alone); first token after "
                 "%.2f s (vision + prefill of %d rows + first step; prefill ~%.2f s, %.0f rows/s); "
-                "decode %.3f tok/s over %d tokens; total %.2f s; peak RSS %.0f MB\n",
+                "decode %.3f tok/s over %d tokens; total %.2f s; peak RSS %.0f MB (10^6 bytes)\n",
                 t_load, t_vision, p.n_img, p.n_img == 1 ? "" : "s", first, p.n, first - t_vision,
                 first - t_vision > 0 ? p.n / (first - t_vision) : 0, dec, go.n, xc_now_s() - t_gen,
-                (double)ru.ru_maxrss / 1024.0);
+                (double)ru.ru_maxrss * 1024.0 / 1e6);
     }
     if (c.print_ids) {
         for (int r = 0; r < p.n_img; r++) { /* show image rows as -1 */
