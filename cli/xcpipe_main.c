@@ -25,6 +25,7 @@ static const cli_cmd cmds[] = {
     {"worker", xc_cmd_worker, "a cluster worker process (as xcpipe-worker)"},
     {"coordinator", xc_cmd_coordinator, "the cluster coordinator (as xcpipe-coordinator)"},
     {"batch", xc_cmd_batch, "run an OpenAI Batch JSONL file against the API (resumable)"},
+    {"eval", xc_cmd_eval, "shapes | draw: accuracy of the shapes model through the API"},
 #endif
 };
 
