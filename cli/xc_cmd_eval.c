@@ -364,6 +364,15 @@ static int cmd_shapes(int argc, char **argv) {
         fprintf(stderr, "xcpipe eval shapes: give exactly one of --endpoint URL and --model DIR\n");
         return 2;
     }
+    if (f.model) {
+        char cfg[PATH_MAX];
+        snprintf(cfg, sizeof cfg, "%s/config.json", f.model);
+        if (access(cfg, R_OK) != 0) {
+            fprintf(stderr, "xcpipe eval shapes: --model %s: no readable config.json there\n",
+                    f.model);
+            return 2;
+        }
+    }
     int types[XC_SHAPES_NQ];
     int n_types = parse_types(f.types, types);
     if (n_types <= 0) {
@@ -498,9 +507,14 @@ static int cmd_shapes(int argc, char **argv) {
         fprintf(stderr, "xcpipe eval shapes: %s (log: %s)\n", xc_err_last(), log_path);
     }
     if (st != XC_OK || sum.interrupted) {
-        fprintf(stderr, "xcpipe eval shapes: the run stopped: %s%s (log: %s)\n", why,
-                sum.fatal[0] ? sum.fatal : "", log_path);
-        temp_dir = false; /* keep it for a look */
+        struct stat sb;
+        bool have_log = stat(log_path, &sb) == 0 && sb.st_size > 0;
+        fprintf(stderr, "xcpipe eval shapes: the run stopped: %s%s%s\n",
+                sum.fatal[0] ? sum.fatal
+                : why[0]     ? why
+                             : "interrupted",
+                have_log ? "; the cluster's log: " : "", have_log ? log_path : "");
+        temp_dir = temp_dir && !have_log; /* keep the log for a look */
         goto done;
     }
     if (read_records(rec_path, res, f.count) != 0) {

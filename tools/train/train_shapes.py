@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -238,13 +239,44 @@ class Layout:
         return self.cache[key]
 
 
+GRID = W.IMG // MF.VIT_PATCH  # 6 x 6 patches, 2 x 2 per cell
+
+
+def patch_targets(items):
+    """Per-patch (shape, colour) classes of the image items for the auxiliary probe: the object in
+    the patch's cell (every patch of a cell holds part of it), or 0 = background."""
+    shapes, colours = [], []
+    for it in items:
+        if not it['image']:
+            continue
+        by_cell = {o['cell']: o for o in it['scene']['objects']}
+        s = torch.zeros(GRID * GRID, dtype=torch.long)
+        c = torch.zeros(GRID * GRID, dtype=torch.long)
+        for py in range(GRID):
+            for px in range(GRID):
+                o = by_cell.get(CELLS[py * GRID + px].item())
+                if o is not None:
+                    s[py * GRID + px] = 1 + o['shape']
+                    c[py * GRID + px] = 1 + o['color']
+        shapes.append(s)
+        colours.append(c)
+    return torch.stack(shapes), torch.stack(colours)
+
+
+# the grid cell of each patch (the third probe: where a feature is, so that position words can be
+# read from the image rows' contents)
+CELLS = torch.tensor([(py * 3 // GRID) * 3 + px * 3 // GRID for py in range(GRID)
+                      for px in range(GRID)])
+
+
 def make_batch(model, lay, items, images):
-    """inputs_embeds, im_mask and labels (-100 except on answer tokens) for a batch, right-padded.
-    `images` holds the image items' pixel tensors in order."""
+    """inputs_embeds, im_mask and labels (-100 except on answer tokens) for a batch, right-padded,
+    and the CLIP features of the images. `images` holds the image items' pixel tensors in order."""
     emb = model.model.tok_embeddings
-    img_embeds = None
+    img_embeds = vit_out = None
     if images:
-        img_embeds = model.vision_proj(model.vit(torch.stack(images)))
+        vit_out = model.vit(torch.stack(images))
+        img_embeds = model.vision_proj(vit_out)
     rows, masks, labels = [], [], []
     k = 0
     for it in items:
@@ -273,7 +305,7 @@ def make_batch(model, lay, items, images):
         E[i, :e.shape[0]] = e
         M[i, :m.shape[0]] = m.bool()
         T[i, :lab.shape[0]] = lab
-    return E, M, T
+    return E, M, T, vit_out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,6 +373,16 @@ def main():
     ap.add_argument('--final-per-type', type=int, default=40)
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--plora-r', type=int, default=PLORA_R)
+    ap.add_argument('--cell-probe', type=int, default=1,
+                    help='1: the probe also predicts each patch\'s grid cell')
+    ap.add_argument('--stop-step', type=int, default=0,
+                    help='stop after this step (the schedule still spans --steps); reproduces a '
+                    'run that --time-limit ended')
+    ap.add_argument('--init', help='continue training from this model directory')
+    ap.add_argument('--first-item', type=int, default=0,
+                    help='item seed of the first training sample (continuing: past the last run)')
+    ap.add_argument('--aux-weight', type=float, default=1.0,
+                    help='weight of the auxiliary per-patch probe loss on the CLIP features')
     ap.add_argument('--time-limit', type=float, default=0,
                     help='stop after this many minutes (0: run all steps)')
     args = ap.parse_args()
@@ -356,7 +398,13 @@ def main():
     log(f'tokenizer: {tok.vocab_size} pieces')
 
     work = tempfile.mkdtemp(prefix='shapes-train-')
-    model = build(orig, tok.vocab_size, args.seed, work, args.plora_r)
+    init_state = None
+    if args.init:  # continue from a saved model (bf16 weights, fresh optimizer)
+        from safetensors.torch import load_file
+        init_state = load_file(os.path.join(args.init, 'model.safetensors'))
+        log(f'continuing from {args.init}')
+    model = build(orig, tok.vocab_size, args.seed, work, args.plora_r, state=init_state)
+    model.train()
     model.tokenizer = tok
     n_par = sum(p.numel() for p in model.parameters())
     log(f'model: {n_par / 1e6:.2f} M parameters')
@@ -367,7 +415,7 @@ def main():
         for s in range(5):
             it = W.item(s, 'color')
             px = pixels_tensor(W.render(it['scene']))
-            E, M, T = make_batch(model, lay, [it], [px])
+            E, M, T, _ = make_batch(model, lay, [it], [px])
             ie = model.encode_img(px[None])
             ref, rm = model.interleav_wrap_chat(tok, '<ImageHere>' + it['question'], ie, [], '')
             n = ref['inputs_embeds'].shape[1]
@@ -375,8 +423,17 @@ def main():
                     rm[0], M[0, :n]):
                 raise RuntimeError('training layout differs from interleav_wrap_chat')
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    torch.manual_seed(args.seed + 7)
+    probe_shape = torch.nn.Linear(VIT_HIDDEN, 1 + len(W.SHAPES))
+    probe_colour = torch.nn.Linear(VIT_HIDDEN, 1 + len(W.COLOURS))
+    probes = [probe_shape, probe_colour]
+    if args.cell_probe:
+        probe_cell = torch.nn.Linear(VIT_HIDDEN, 9)
+        probes.append(probe_cell)
+    params = list(model.named_parameters()) + [
+        (f'probe{i}.' + n, p) for i, pr in enumerate(probes) for n, p in pr.named_parameters()]
+    decay = [p for n, p in params if p.dim() >= 2]
+    no_decay = [p for n, p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.01},
                              {'params': no_decay, 'weight_decay': 0.0}], lr=args.lr,
                             betas=(0.9, 0.98))
@@ -389,7 +446,7 @@ def main():
 
     t0 = time.time()
     model.train()
-    seed = 0
+    seed = args.first_item
     ema = None
     history = []
     for step in range(args.steps):
@@ -402,22 +459,38 @@ def main():
                 images.append(pixels_tensor(W.render(it['scene'])))
         for g in opt.param_groups:
             g['lr'] = lr_at(step)
-        E, M, T = make_batch(model, lay, items, images)
+        E, M, T, vit_out = make_batch(model, lay, items, images)
         out = model(inputs_embeds=E, im_mask=M, labels=T, use_cache=False, return_dict=True)
+        loss = out.loss
+        if args.aux_weight > 0 and vit_out is not None:
+            # Auxiliary probe on the CLIP features (a training aid, not part of the model): the
+            # shape and colour of the object in each patch's cell. It gives the from-scratch
+            # vision tower a dense signal; the language-model loss alone reaches it slowly.
+            ts, tc = patch_targets(items)
+            aux = (F.cross_entropy(probe_shape(vit_out).flatten(0, 1), ts.flatten()) +
+                   F.cross_entropy(probe_colour(vit_out).flatten(0, 1), tc.flatten()))
+            if args.cell_probe:
+                cells = CELLS.repeat(vit_out.shape[0])
+                aux = aux + F.cross_entropy(probe_cell(vit_out).flatten(0, 1), cells)
+            loss = loss + args.aux_weight * aux
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema = out.loss.item() if ema is None else 0.95 * ema + 0.05 * out.loss.item()
         el = time.time() - t0
         if step % 25 == 0:
-            log(f'step {step} loss {ema:.4f} lr {lr_at(step):.2e} {el:.0f}s')
+            log(f'step {step} loss {ema:.4f} lr {lr_at(step):.2e} {el:.0f}s' +
+                (f' aux {aux.item():.3f}' if args.aux_weight > 0 and vit_out is not None else ''))
         if (step + 1) % args.eval_every == 0:
             acc = evaluate(model, tok, args.eval_per_type)
             history.append(dict(step=step + 1, seconds=round(el), loss=ema, acc=acc))
             log(f'step {step + 1} held-out ({args.eval_per_type}/type): {fmt_acc(acc)}')
             save_model(model, model.config, tok_path, args.out,
                        dict(step=step + 1, partial=True, history=history))
+        if args.stop_step and step + 1 >= args.stop_step:
+            log(f'stopping at step {step + 1} (--stop-step)')
+            break
         if args.time_limit and el > args.time_limit * 60:
             log(f'time limit reached at step {step + 1}')
             break
@@ -430,7 +503,9 @@ def main():
     final.tokenizer = tok
     acc = evaluate(final, tok, args.final_per_type)
     log(f'final held-out ({args.final_per_type}/type, bf16 weights): {fmt_acc(acc)}')
-    meta = dict(steps=step + 1, items=seed, batch=args.batch, lr=args.lr, seed=args.seed,
+    meta = dict(steps=step + 1, items=seed - args.first_item, first_item=args.first_item,
+                init=args.init, batch=args.batch, lr=args.lr, seed=args.seed,
+                aux_weight=args.aux_weight, cell_probe=args.cell_probe,
                 threads=args.threads, train_seconds=round(train_s), plora_r=args.plora_r,
                 final_acc=acc, final_per_type=args.final_per_type, held_out_seed=HELD_OUT_SEED,
                 history=history, torch=torch.__version__)
