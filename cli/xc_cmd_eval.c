@@ -80,7 +80,9 @@ static const xc_conf_spec eval_spec = {
     "prompt, the picture before the question) and prints the accuracy per question type. "
     "Answers must be exact; a caption counts when its colour and shape words are right, in "
     "order. Exit: 0 done, 1 failed requests, accuracy below --min-accuracy or answers differing "
-    "from --expect, 2 usage. See docs/model.md.",
+    "from --expect, 2 usage. A local cluster inherits the environment: XC_PLORA=off|all runs "
+    "the decoder without the PLoRA adapters or with them on every row (the ablation of "
+    "docs/model.md). See docs/model.md.",
     eval_entries, sizeof eval_entries / sizeof eval_entries[0]};
 
 typedef struct draw_flags {

@@ -40,20 +40,27 @@ timeout 120 "$XCPIPE" eval shapes --model "$M" --stages 2 --count "$N" --expect 
   2> "$T/tcp.log" || fail "2 stages over tcp: answers differ from the PyTorch reference"
 echo "2 stages over tcp: $N answers identical"
 
-# 3. under mpirun: rank 0 coordinator + HTTP, rank 1 vision, ranks 2-3 the stages
+# 3. under mpirun: rank 0 coordinator + HTTP, rank 1 vision, then the stages (1, 2 and 3)
 if [ "$MPIEXEC" != none ]; then
-  port=$((20000 + RANDOM % 20000))
-  timeout 150 "$MPIEXEC" --allow-run-as-root --oversubscribe -np 4 "$XCPIPE" serve \
-    --transport mpi --model "$M" --stages 2 --threads 1 --host 127.0.0.1 --port "$port" \
-    > "$T/mpi.log" 2>&1 &
-  MPIPID=$!
-  for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$port/ready" > /dev/null 2>&1 && break
-    kill -0 "$MPIPID" 2> /dev/null || fail "mpirun xcpipe serve exited"
-    sleep 0.1
+  for st in 1 2 3; do
+    port=$((20000 + RANDOM % 20000))
+    timeout 150 "$MPIEXEC" --allow-run-as-root --oversubscribe -np $((st + 2)) "$XCPIPE" serve \
+      --transport mpi --model "$M" --stages "$st" --threads 1 --host 127.0.0.1 --port "$port" \
+      > "$T/mpi$st.log" 2>&1 &
+    MPIPID=$!
+    for _ in $(seq 1 600); do
+      curl -sf "http://127.0.0.1:$port/ready" > /dev/null 2>&1 && break
+      kill -0 "$MPIPID" 2> /dev/null || fail "mpirun xcpipe serve ($st stages) exited"
+      sleep 0.1
+    done
+    timeout 120 "$XCPIPE" eval shapes --endpoint "http://127.0.0.1:$port" --count "$N" \
+      --expect "$REF" > "$T/mpi$st.txt" 2> "$T/mpi_eval$st.log" ||
+      fail "under mpirun, $st stage(s): answers differ from the PyTorch reference"
+    kill -TERM "$MPIPID" 2> /dev/null || true
+    for _ in $(seq 1 200); do kill -0 "$MPIPID" 2> /dev/null || break; sleep 0.1; done
+    kill -9 "$MPIPID" 2> /dev/null || true
+    wait "$MPIPID" 2> /dev/null || true
+    MPIPID=
+    echo "$st stage(s) under mpirun: $N answers identical"
   done
-  timeout 120 "$XCPIPE" eval shapes --endpoint "http://127.0.0.1:$port" --count "$N" \
-    --expect "$REF" > "$T/mpi.txt" 2> "$T/mpi_eval.log" ||
-    fail "under mpirun: answers differ from the PyTorch reference"
-  echo "2 stages under mpirun: $N answers identical"
 fi
