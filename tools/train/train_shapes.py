@@ -305,7 +305,7 @@ def make_batch(model, lay, items, images):
         E[i, :e.shape[0]] = e
         M[i, :m.shape[0]] = m.bool()
         T[i, :lab.shape[0]] = lab
-    return E, M, T, vit_out
+    return E, M, T, vit_out, img_embeds
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,6 +378,13 @@ def main():
     ap.add_argument('--stop-step', type=int, default=0,
                     help='stop after this step (the schedule still spans --steps); reproduces a '
                     'run that --time-limit ended')
+    ap.add_argument('--type-weights', default='',
+                    help='training mix of question types, e.g. caption=2,shape=2,text=0.5 '
+                    '(others 1; default: uniform)')
+    ap.add_argument('--proj-probe', type=float, default=0,
+                    help='weight of a shape probe on the projector output (0: none)')
+    ap.add_argument('--probe-warmup', type=int, default=0,
+                    help='steps in which the probes learn on detached features')
     ap.add_argument('--init', help='continue training from this model directory')
     ap.add_argument('--first-item', type=int, default=0,
                     help='item seed of the first training sample (continuing: past the last run)')
@@ -415,7 +422,7 @@ def main():
         for s in range(5):
             it = W.item(s, 'color')
             px = pixels_tensor(W.render(it['scene']))
-            E, M, T, _ = make_batch(model, lay, [it], [px])
+            E, M, T, _, _ = make_batch(model, lay, [it], [px])
             ie = model.encode_img(px[None])
             ref, rm = model.interleav_wrap_chat(tok, '<ImageHere>' + it['question'], ie, [], '')
             n = ref['inputs_embeds'].shape[1]
@@ -430,6 +437,9 @@ def main():
     if args.cell_probe:
         probe_cell = torch.nn.Linear(VIT_HIDDEN, 9)
         probes.append(probe_cell)
+    if args.proj_probe > 0:
+        probe_proj = torch.nn.Linear(LLM_HIDDEN, 1 + len(W.SHAPES))
+        probes.append(probe_proj)
     params = list(model.named_parameters()) + [
         (f'probe{i}.' + n, p) for i, pr in enumerate(probes) for n, p in pr.named_parameters()]
     decay = [p for n, p in params if p.dim() >= 2]
@@ -444,6 +454,21 @@ def main():
         t = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
+    # --type-weights: the training mix of question types (default: each type equally often, as
+    # the item's own draw gives); drawn per item from its seed, so runs stay deterministic
+    tw = dict(t.split('=') for t in args.type_weights.split(',')) if args.type_weights else {}
+    weights = [float(tw.get(q, 1.0)) for q in W.QTYPES]
+
+    def pick_type(item_seed):
+        if not tw:
+            return None
+        r = W.Rng(item_seed ^ 0x5DEECE66D).next() / 2.0**64 * sum(weights)
+        for q, w in zip(W.QTYPES, weights):
+            if r < w:
+                return q
+            r -= w
+        return W.QTYPES[-1]
+
     t0 = time.time()
     model.train()
     seed = args.first_item
@@ -452,14 +477,14 @@ def main():
     for step in range(args.steps):
         items, images = [], []
         for _ in range(args.batch):
-            it = W.item(seed)
+            it = W.item(seed, pick_type(seed))
             seed += 1
             items.append(it)
             if it['image']:
                 images.append(pixels_tensor(W.render(it['scene'])))
         for g in opt.param_groups:
             g['lr'] = lr_at(step)
-        E, M, T, vit_out = make_batch(model, lay, items, images)
+        E, M, T, vit_out, img_rows = make_batch(model, lay, items, images)
         out = model(inputs_embeds=E, im_mask=M, labels=T, use_cache=False, return_dict=True)
         loss = out.loss
         if args.aux_weight > 0 and vit_out is not None:
@@ -467,11 +492,19 @@ def main():
             # shape and colour of the object in each patch's cell. It gives the from-scratch
             # vision tower a dense signal; the language-model loss alone reaches it slowly.
             ts, tc = patch_targets(items)
-            aux = (F.cross_entropy(probe_shape(vit_out).flatten(0, 1), ts.flatten()) +
-                   F.cross_entropy(probe_colour(vit_out).flatten(0, 1), tc.flatten()))
+            feats = vit_out
+            if step < args.probe_warmup:  # fresh probes learn first, the model is left alone
+                feats, img_rows = feats.detach(), img_rows.detach()
+            aux = (F.cross_entropy(probe_shape(feats).flatten(0, 1), ts.flatten()) +
+                   F.cross_entropy(probe_colour(feats).flatten(0, 1), tc.flatten()))
+            if args.proj_probe > 0:  # the shape again, read from the projector's output as the
+                # first RMSNorm sees it
+                rows = img_rows * torch.rsqrt(img_rows.pow(2).mean(-1, keepdim=True) + 1e-5)
+                aux = aux + args.proj_probe * F.cross_entropy(
+                    probe_proj(rows).flatten(0, 1), ts.flatten())
             if args.cell_probe:
-                cells = CELLS.repeat(vit_out.shape[0])
-                aux = aux + F.cross_entropy(probe_cell(vit_out).flatten(0, 1), cells)
+                cells = CELLS.repeat(feats.shape[0])
+                aux = aux + F.cross_entropy(probe_cell(feats).flatten(0, 1), cells)
             loss = loss + args.aux_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -506,6 +539,8 @@ def main():
     meta = dict(steps=step + 1, items=seed - args.first_item, first_item=args.first_item,
                 init=args.init, batch=args.batch, lr=args.lr, seed=args.seed,
                 aux_weight=args.aux_weight, cell_probe=args.cell_probe,
+                type_weights=args.type_weights, proj_probe=args.proj_probe,
+                probe_warmup=args.probe_warmup,
                 threads=args.threads, train_seconds=round(train_s), plora_r=args.plora_r,
                 final_acc=acc, final_per_type=args.final_per_type, held_out_seed=HELD_OUT_SEED,
                 history=history, torch=torch.__version__)
