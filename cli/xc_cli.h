@@ -23,6 +23,7 @@ int xc_cmd_bench_model_cuda(int argc, char **argv);
 int xc_cmd_bench_vision_cuda(int argc, char **argv);
 const char *xc_cli_backend_arg(int argc, char **argv);
 int xc_cmd_bench_transport(int argc, char **argv); /* bench transport */
+int xc_cmd_eval(int argc, char **argv);            /* eval shapes | draw */
 int xc_cmd_batch(int argc, char **argv);           /* batch: OpenAI Batch JSONL over the HTTP API */
 int xc_cmd_bench_serve(int argc, char **argv);     /* bench serve (HTTP load test) */
 int xc_cmd_compose(int argc, char **argv);         /* compose: an illustrated article via the API */

@@ -14,6 +14,12 @@
 #include "xc_time.h"
 #include "xc_tiny.h"
 
+/* tests/fixtures/tokenizer/tiny.model (1000 pieces), embedded at build time (cli/CMakeLists.txt):
+ * make-tiny writes it by default so that a tiny model runs with `generate` and `serve` as is. */
+extern const unsigned char xc_tiny_tokenizer_model[];
+extern const size_t xc_tiny_tokenizer_model_len;
+#define XC_TINY_TOKENIZER_PIECES 1000
+
 /* ---- argument helper ---- */
 
 /* xc_conf stops at the first positional argument; `inspect DIR --filter X` puts options after
@@ -94,8 +100,9 @@ static const xc_conf_entry tiny_entries[] = {
                 "intermediate_size (SwiGLU width)"),
     XC_CONF_INT("lora-rank", NULL, tiny_opts, lora_rank, 8, 1, MAXD,
                 "PLoRA rank r on wqkv, wo, w1, w3, w2 (scaling 1)"),
-    XC_CONF_INT("vocab", NULL, tiny_opts, vocab, 512, 3, MAXD,
-                "vocab_size (match the tokenizer given with --tokenizer)"),
+    XC_CONF_INT("vocab", NULL, tiny_opts, vocab, 0, 0, MAXD,
+                "vocab_size (0 = 1000, the built-in tokenizer's pieces; 512 with --tokenizer "
+                "none; match a tokenizer given with --tokenizer FILE)"),
     XC_CONF_INT("vision-dim", NULL, tiny_opts, vision_dim, 64, 64, MAXD,
                 "CLIP width D, a multiple of 64 (heads = D/64)"),
     XC_CONF_INT("vision-layers", NULL, tiny_opts, vision_layers, 2, 1, 4096, "CLIP encoder layers"),
@@ -108,8 +115,9 @@ static const xc_conf_entry tiny_entries[] = {
                 "(exercises interpolation)"),
     XC_CONF_BOOL("post-layernorm", NULL, tiny_opts, post_layernorm, 0,
                  "also write the (unused) vision post_layernorm"),
-    XC_CONF_STR("tokenizer", NULL, tiny_opts, tokenizer, NULL, NULL,
-                "copy this tokenizer.model into the output directory"),
+    XC_CONF_STR("tokenizer", NULL, tiny_opts, tokenizer, "builtin", NULL,
+                "tokenizer.model to write: builtin (a 1000-piece SentencePiece BPE model), "
+                "none, or a file to copy"),
     XC_CONF_FLOAT("size-gb", NULL, tiny_opts, size_gb, 0, 0, 1000,
                   "pick --layers so the checkpoint holds at least this many GB (1e9 bytes); "
                   "0 = off"),
@@ -124,7 +132,8 @@ static const xc_conf_spec tiny_spec = {
     "and layouts (interleaved wqkv, PLoRA on all five projections, CLIP with class token and\n"
     "position table, vision_proj) at reduced sizes: DIR/config.json plus model.safetensors or\n"
     "pytorch_model.bin (or shards + index). Defaults: hidden 64, 2 layers, 4 heads, 2 KV heads,\n"
-    "intermediate 128, PLoRA rank 8, vocab 512, CLIP D 64 (1 head), 2 layers, patch 14,\n"
+    "intermediate 128, PLoRA rank 8, vocab 1000 and the built-in 1000-piece tokenizer, CLIP D\n"
+    "64 (1 head), 2 layers, patch 14,\n"
     "img_size 56 (7b: 16 image tokens) or 70 (vl: 25 image tokens).\n\n"
     "Large checkpoint for benchmarks (--size-gb sets --layers; 94 MB per layer here, 0.82 GB\n"
     "of embeddings, output and vision; --size-gb 1 gives 2 layers, 1.5 gives 8; ~20 MB/s):\n"
@@ -133,6 +142,20 @@ static const xc_conf_spec tiny_spec = {
     tiny_entries,
     sizeof tiny_entries / sizeof tiny_entries[0],
 };
+
+static xc_status write_builtin_tokenizer(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.model", dir);
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        return xc_errf(XC_ERR_IO, "cannot write %s", path);
+    }
+    size_t n = fwrite(xc_tiny_tokenizer_model, 1, xc_tiny_tokenizer_model_len, f);
+    if (fclose(f) != 0 || n != xc_tiny_tokenizer_model_len) {
+        return xc_errf(XC_ERR_IO, "cannot write %s", path);
+    }
+    return XC_OK;
+}
 
 static int cmd_make_tiny(int argc, char **argv) {
     tiny_opts o;
@@ -153,7 +176,20 @@ static int cmd_make_tiny(int argc, char **argv) {
     c.kv_heads = o.kv_heads;
     c.intermediate = o.intermediate;
     c.lora_rank = o.lora_rank;
-    c.vocab = o.vocab;
+    bool builtin_tok = !strcmp(o.tokenizer, "builtin");
+    bool no_tok = !strcmp(o.tokenizer, "none");
+    c.vocab = o.vocab ? o.vocab : builtin_tok ? XC_TINY_TOKENIZER_PIECES : 512;
+    if (c.vocab < 3) {
+        fprintf(stderr, "xcpipe model make-tiny: --vocab must be at least 3\n");
+        return 2;
+    }
+    if (builtin_tok && c.vocab < XC_TINY_TOKENIZER_PIECES) {
+        fprintf(stderr,
+                "xcpipe model make-tiny: --vocab %d is smaller than the built-in tokenizer's %d "
+                "pieces (use --tokenizer none or FILE)\n",
+                c.vocab, XC_TINY_TOKENIZER_PIECES);
+        return 2;
+    }
     c.vision_dim = o.vision_dim;
     c.vision_layers = o.vision_layers;
     c.vision_mlp = o.vision_mlp;
@@ -166,7 +202,7 @@ static int cmd_make_tiny(int argc, char **argv) {
                                         : XC_DTYPE_BF16;
     c.format = !strcmp(o.format, "bin") ? XC_CKPT_FORMAT_TORCH_BIN : XC_CKPT_FORMAT_SAFETENSORS;
     c.shards = o.shards;
-    c.tokenizer = o.tokenizer;
+    c.tokenizer = builtin_tok || no_tok ? NULL : o.tokenizer;
     c.force = o.force;
     xc_status st = xc_tiny_validate(&c);
     if (st != XC_OK) {
@@ -185,6 +221,9 @@ static int cmd_make_tiny(int argc, char **argv) {
     st = xc_tiny_count(&c, &nt, &np, &nb);
     if (st == XC_OK) {
         st = xc_tiny_write(o.out, &c);
+    }
+    if (st == XC_OK && builtin_tok) {
+        st = write_builtin_tokenizer(o.out);
     }
     if (st != XC_OK) {
         xc_cli_report("model make-tiny", o.out, st);

@@ -26,6 +26,7 @@ static const cli_cmd cmds[] = {
     {"coordinator", xc_cmd_coordinator, "the cluster coordinator (as xcpipe-coordinator)"},
     {"batch", xc_cmd_batch, "run an OpenAI Batch JSONL file against the API (resumable)"},
     {"compose", xc_cmd_compose, "write an illustrated article (XComposer2's composition)"},
+    {"eval", xc_cmd_eval, "shapes | draw: accuracy of the shapes model through the API"},
 #endif
 };
 

@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "xc_log.h"
@@ -22,6 +23,28 @@ typedef struct llm_wt {
     xc_dtype dtype;
     int rows, cols; /* (out, in) */
 } llm_wt;
+
+/* XC_PLORA (a debug switch for the Partial-LoRA ablation, docs/model.md): image = the adapters on
+ * image rows only, as the model is defined; off = never; all = on every row, text and decoded
+ * tokens included. Read when a stage is created, so it works in-process and in workers. */
+enum { PLORA_IMAGE, PLORA_OFF, PLORA_ALL };
+
+static xc_status plora_mode_from_env(int *mode) {
+    const char *v = getenv("XC_PLORA");
+    *mode = PLORA_IMAGE;
+    if (!v || !*v || !strcmp(v, "image")) {
+        return XC_OK;
+    }
+    if (!strcmp(v, "off")) {
+        *mode = PLORA_OFF;
+        return XC_OK;
+    }
+    if (!strcmp(v, "all")) {
+        *mode = PLORA_ALL;
+        return XC_OK;
+    }
+    return xc_errf(XC_ERR_ARG, "XC_PLORA '%s': use image (default), off or all", v);
+}
 
 /* A projection with its optional PLoRA adapter: y = W x (+ scale * B (A x) on image rows). */
 typedef struct llm_proj {
@@ -51,10 +74,11 @@ struct xc_llm {
     int n_kv_layers;          /* attention units held */
     int q_per_kv, qkv_width, kv_width;
     float eps, theta, plora_scale;
-    int max_pos;   /* positions must stay below this (dynamic NTK is a no-op below it) */
-    llm_wt embed;  /* (vocab, hidden), first stage */
-    llm_wt norm;   /* (hidden), last stage */
-    llm_wt output; /* (vocab, hidden), last stage */
+    int plora_mode; /* XC_PLORA: PLORA_IMAGE (the model), PLORA_OFF, PLORA_ALL (ablations) */
+    int max_pos;    /* positions must stay below this (dynamic NTK is a no-op below it) */
+    llm_wt embed;   /* (vocab, hidden), first stage */
+    llm_wt norm;    /* (hidden), last stage */
+    llm_wt output;  /* (vocab, hidden), last stage */
     llm_layer *layers;
     xc_buf *bufs; /* every weight buffer, for freeing */
     int n_bufs, cap_bufs;
@@ -179,6 +203,7 @@ xc_status xc_llm_create(xc_backend *be, xc_ckpt *ck, const xc_model_config *cfg,
     m->eps = cfg->rms_norm_eps;
     m->theta = cfg->rope_theta;
     m->plora_scale = conf->plora_scale > 0 ? conf->plora_scale : 1.0f;
+    XC_TRY_GOTO(plora_mode_from_env(&m->plora_mode), st, fail);
     m->max_pos = cfg->max_position_embeddings;
     m->unit_begin = ub;
     m->unit_end = ue;
@@ -388,7 +413,10 @@ static xc_status run_proj(xc_llm *m, const llm_proj *p, const float *x, float *y
                          .alpha = 1.0f,
                          .accumulate = accumulate};
     XC_TRY(xc_backend_matmul(m->be, &mm));
-    if (p->a.data && plan->n_img > 0) {
+    const xc_row_range every = {0, rows};
+    const xc_row_range *ranges = m->plora_mode == PLORA_ALL ? &every : plan->img;
+    int n_ranges = m->plora_mode == PLORA_ALL ? 1 : m->plora_mode == PLORA_OFF ? 0 : plan->n_img;
+    if (p->a.data && n_ranges > 0) {
         xc_plora_args pl = {.x = x,
                             .a = p->a.data,
                             .b = p->b.data,
@@ -399,8 +427,8 @@ static xc_status run_proj(xc_llm *m, const llm_proj *p, const float *x, float *y
                             .k = p->w.cols,
                             .rank = p->a.rows,
                             .scale = m->plora_scale,
-                            .ranges = plan->img,
-                            .n_ranges = plan->n_img};
+                            .ranges = ranges,
+                            .n_ranges = n_ranges};
         XC_TRY(xc_backend_plora(m->be, &pl));
     }
     return XC_OK;
