@@ -17,10 +17,12 @@
  * 78-97). x is deinterleaved to match once per call. The cost: bf16 prefill tiles run about 9%
  * slower (82 against 90 GFLOP/s per core at m = 256) because the AND mask takes the last register.
  * Tiles only reuse a loaded weight vector across several x rows and a loaded x vector across
- * several weight rows; each (i, j) keeps its own accumulator. Threads split the output columns,
- * which never changes an element's order. The scalar fallback performs the same operations with
- * fmaf, so it is bit-identical to the AVX2 path (slow where the CPU lacks FMA, but deterministic
- * everywhere).
+ * several weight rows; each (i, j) keeps its own accumulator. For m >= 16 (prefill) bf16, f32 and
+ * long-k f16 weights go through the packed-panel GEMM below (weights widened to f32 once per
+ * panel, k-blocked, accumulators saved between k-blocks): the same chains, so the same bits.
+ * Threads split the output columns, which never changes an element's order. The scalar fallback
+ * performs the same operations with fmaf, so it is bit-identical to the AVX2 path (slow where the
+ * CPU lacks FMA, but deterministic everywhere).
  *
  * Why not OpenBLAS (measured on the 2-core Zen 4 dev machine, OpenBLAS 0.3.21, k = n = 4096):
  * cblas_sgemm is row-invariant (rows of m = 2..64 and m = 256 bit-identical to m = 1, 1 vs 2
@@ -93,6 +95,8 @@ typedef struct mm_job {
     int tile_c;      /* weight rows per tile for this m */
     int group;       /* weight rows per L2 column group (multiple of tile_c) */
     int col_chunk;   /* output columns per parallel task */
+    bool packed;     /* prefill: the packed-panel GEMM (xp holds x padded to mp rows) */
+    int mp;          /* m rounded up to PK_R (packed path) */
 } mm_job;
 
 /* ---- validation ---- */
@@ -424,9 +428,236 @@ static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
     }
 }
 
+/* ---- prefill: the packed-panel GEMM ----
+ * For M >= PK_MIN_M. Same contract as the tiles above (every y[i][j] is the same 8-lane FMA
+ * chain over k, from zero, in k order, then the same horizontal sum), so its results are
+ * bit-identical to theirs and to the scalar kernel; only where operands live changes:
+ *  - x is packed once per call into xp: mp = m rounded up to 4 rows (the extra rows are zero and
+ *    never stored), each row zero-padded to ldxp (k rounded up to 8; bf16: to 16, deinterleaved
+ *    per 16-block as the bf16 order wants);
+ *  - per column group (PK_G weight rows) and k-block (PK_KC), the weights are widened once to
+ *    f32 into a panel buffer, laid out per 4x3 tile and 8-step so the micro-kernel reads one
+ *    contiguous stream; the widening (shift/AND for bf16, vcvtph2ps for f16) leaves the inner
+ *    loop, which is then 12 FMAs, 4 x loads and 3 panel loads per step, in registers;
+ *  - the 12 accumulators of a tile are saved to an accumulator block between k-blocks (exact:
+ *    a store and a load of the same bits), so the x tile (4 rows x PK_KC) stays in L1 while the
+ *    PK_G / 3 column tiles of the group pass over it, and the panel stays in L2 while the row
+ *    tiles of a PK_MC-row block pass over it. */
+
+#define PK_R     4
+#define PK_C     3
+#define PK_MIN_M 16
+#ifndef PK_KC
+#define PK_KC 256 /* k per block: multiple of 16 */
+#endif
+#ifndef PK_G
+#define PK_G 48 /* weight rows per panel: multiple of PK_C */
+#endif
+#ifndef PK_MC
+#define PK_MC 128 /* rows per row block: multiple of PK_R */
+#endif
+
+/* Widens weight rows [j, j + 3) (rows >= jend are zero), elements [kb, kb + kc) of the padded
+ * k range, into one tile's panel: for each 8-step s, rows c = 0..2 as 8 floats each. */
+static XC_AVX2_FN void pk_pack_tile(const mm_job *jb, int j, int jend, int kb, int kc,
+                                    float *panel) {
+    const int k = jb->k;
+    for (int c = 0; c < PK_C; c++) {
+        float *o = panel + c * 8;
+        if (j + c >= jend) {
+            for (int s = 0; s < kc / 8; s++) {
+                _mm256_storeu_ps(o + s * PK_C * 8, _mm256_setzero_ps());
+            }
+            continue;
+        }
+        if (jb->wt == XC_DTYPE_BF16) {
+            const uint16_t *wr = (const uint16_t *)jb->w + (size_t)(j + c) * (size_t)k;
+            const __m256i odd = _mm256_set1_epi32((int)0xffff0000u);
+            for (int q = 0; q < kc / 16; q++) {
+                int e = kb + q * 16;
+                __m256i v;
+                if (e + 16 <= k) {
+                    v = _mm256_loadu_si256((const __m256i *)(wr + e));
+                } else {
+                    uint16_t t[16] = {0};
+                    if (e < k) {
+                        memcpy(t, wr + e, (size_t)(k - e) * sizeof(uint16_t));
+                    }
+                    v = _mm256_loadu_si256((const __m256i *)t);
+                }
+                _mm256_storeu_ps(o + (2 * q) * PK_C * 8,
+                                 _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+                _mm256_storeu_ps(o + (2 * q + 1) * PK_C * 8,
+                                 _mm256_castsi256_ps(_mm256_and_si256(v, odd)));
+            }
+        } else {
+            const char *wr =
+                (const char *)jb->w + (size_t)(j + c) * (size_t)k * xc_dtype_size(jb->wt);
+            for (int s = 0; s < kc / 8; s++) {
+                int e = kb + s * 8;
+                __m256 v;
+                if (e + 8 <= k) {
+                    v = xc_simd_load_w(wr, jb->wt, (size_t)e);
+                } else {
+                    float t[8] = {0};
+                    for (int l = 0; e + l < k; l++) {
+                        t[l] = xc_load_f32(wr, jb->wt, (size_t)(e + l));
+                    }
+                    v = _mm256_loadu_ps(t);
+                }
+                _mm256_storeu_ps(o + s * PK_C * 8, v);
+            }
+        }
+    }
+}
+
+/* The 4x3 micro-kernel over one k-block: acc (12 vectors) is loaded (or zeroed on the first
+ * block), kc / 8 steps of 12 FMAs, and stored back. */
+static XC_AVX2_FN void pk_micro(const float *xt, size_t ldxp, const float *panel, int kc,
+                                float *acc, bool first) {
+    __m256 a00, a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32;
+    if (first) {
+        a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = _mm256_setzero_ps();
+    } else {
+        a00 = _mm256_load_ps(acc + 0 * 8);
+        a01 = _mm256_load_ps(acc + 1 * 8);
+        a02 = _mm256_load_ps(acc + 2 * 8);
+        a10 = _mm256_load_ps(acc + 3 * 8);
+        a11 = _mm256_load_ps(acc + 4 * 8);
+        a12 = _mm256_load_ps(acc + 5 * 8);
+        a20 = _mm256_load_ps(acc + 6 * 8);
+        a21 = _mm256_load_ps(acc + 7 * 8);
+        a22 = _mm256_load_ps(acc + 8 * 8);
+        a30 = _mm256_load_ps(acc + 9 * 8);
+        a31 = _mm256_load_ps(acc + 10 * 8);
+        a32 = _mm256_load_ps(acc + 11 * 8);
+    }
+    const float *x0 = xt, *x1 = xt + ldxp, *x2 = xt + 2 * ldxp, *x3 = xt + 3 * ldxp;
+    for (int kk = 0; kk < kc; kk += 8) {
+        __m256 w0 = _mm256_load_ps(panel), w1 = _mm256_load_ps(panel + 8),
+               w2 = _mm256_load_ps(panel + 16);
+        panel += PK_C * 8;
+        __m256 xv = _mm256_loadu_ps(x0 + kk);
+        a00 = _mm256_fmadd_ps(xv, w0, a00);
+        a01 = _mm256_fmadd_ps(xv, w1, a01);
+        a02 = _mm256_fmadd_ps(xv, w2, a02);
+        xv = _mm256_loadu_ps(x1 + kk);
+        a10 = _mm256_fmadd_ps(xv, w0, a10);
+        a11 = _mm256_fmadd_ps(xv, w1, a11);
+        a12 = _mm256_fmadd_ps(xv, w2, a12);
+        xv = _mm256_loadu_ps(x2 + kk);
+        a20 = _mm256_fmadd_ps(xv, w0, a20);
+        a21 = _mm256_fmadd_ps(xv, w1, a21);
+        a22 = _mm256_fmadd_ps(xv, w2, a22);
+        xv = _mm256_loadu_ps(x3 + kk);
+        a30 = _mm256_fmadd_ps(xv, w0, a30);
+        a31 = _mm256_fmadd_ps(xv, w1, a31);
+        a32 = _mm256_fmadd_ps(xv, w2, a32);
+    }
+    _mm256_store_ps(acc + 0 * 8, a00);
+    _mm256_store_ps(acc + 1 * 8, a01);
+    _mm256_store_ps(acc + 2 * 8, a02);
+    _mm256_store_ps(acc + 3 * 8, a10);
+    _mm256_store_ps(acc + 4 * 8, a11);
+    _mm256_store_ps(acc + 5 * 8, a12);
+    _mm256_store_ps(acc + 6 * 8, a20);
+    _mm256_store_ps(acc + 7 * 8, a21);
+    _mm256_store_ps(acc + 8 * 8, a22);
+    _mm256_store_ps(acc + 9 * 8, a30);
+    _mm256_store_ps(acc + 10 * 8, a31);
+    _mm256_store_ps(acc + 11 * 8, a32);
+}
+
+/* Floats of one task's scratch: the panel (PK_G x PK_KC) and the accumulator block. */
+static size_t pk_scratch_floats(const mm_job *jb) {
+    size_t mc = (size_t)(jb->mp < PK_MC ? jb->mp : PK_MC);
+    return (size_t)PK_G * PK_KC + mc * PK_G * 8;
+}
+
+/* Columns [j0, j1) of every row with the packed GEMM; scratch: pk_scratch_floats, 32-aligned. */
+static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch) {
+    float *panel = scratch;
+    float *accb = scratch + (size_t)PK_G * PK_KC;
+    const int kp = (int)jb->ldxp;
+    const size_t wsz = xc_dtype_size(jb->wt);
+    for (int i0 = 0; i0 < jb->mp; i0 += PK_MC) {
+        int mc = jb->mp - i0 < PK_MC ? jb->mp - i0 : PK_MC;
+        for (int g0 = j0; g0 < j1; g0 += PK_G) {
+            int gc = j1 - g0 < PK_G ? j1 - g0 : PK_G;
+            int nt = (gc + PK_C - 1) / PK_C;
+            for (int kb = 0; kb < kp; kb += PK_KC) {
+                int kc = kp - kb < PK_KC ? kp - kb : PK_KC;
+                for (int t = 0; t < nt; t++) {
+                    pk_pack_tile(jb, g0 + t * PK_C, j1, kb, kc, panel + (size_t)t * PK_C * kc);
+                }
+                // What the next k-block (or the next group's first one) packs, in cache lines.
+                int nkb = kb + PK_KC, ng0 = g0;
+                if (nkb >= kp) {
+                    nkb = 0;
+                    ng0 = g0 + PK_G;
+                }
+                int ngc = j1 - ng0 < PK_G ? j1 - ng0 : PK_G;
+                int nkc = kp - nkb < PK_KC ? kp - nkb : PK_KC;
+                size_t row_lines = ((size_t)nkc * wsz + 63) / 64;
+                size_t w_lines = ngc > 0 ? (size_t)ngc * row_lines : 0, w_done = 0;
+                int n_rt = mc / PK_R;
+                for (int r = 0; r < mc; r += PK_R) {
+                    const float *xt = jb->xp + (size_t)(i0 + r) * jb->ldxp + (size_t)kb;
+                    float *ab = accb + (size_t)(r / PK_R) * (size_t)nt * PK_R * PK_C * 8;
+                    // Prefetch into L2 the next row tile's x block and a share of the next
+                    // panel's weights, so neither waits on L3 or DRAM when its turn comes.
+                    const float *xn = r + PK_R < mc ? xt + PK_R * jb->ldxp
+                                                    : jb->xp + (size_t)i0 * jb->ldxp + (size_t)nkb;
+                    for (int q = 0; q < PK_R; q++) {
+                        for (int l = 0; l < nkc; l += 16) {
+                            _mm_prefetch((const char *)(xn + (size_t)q * jb->ldxp + (size_t)l),
+                                         _MM_HINT_T1);
+                        }
+                    }
+                    size_t w_to = w_lines * (size_t)(r / PK_R + 1) / (size_t)n_rt;
+                    for (; w_done < w_to; w_done++) {
+                        size_t row = w_done / row_lines, off = (w_done % row_lines) * 64;
+                        _mm_prefetch((const char *)jb->w +
+                                         ((size_t)(ng0 + (int)row) * (size_t)jb->k + (size_t)nkb) *
+                                             wsz +
+                                         off,
+                                     _MM_HINT_T1);
+                    }
+                    for (int t = 0; t < nt; t++) {
+                        pk_micro(xt, jb->ldxp, panel + (size_t)t * PK_C * kc, kc,
+                                 ab + (size_t)t * PK_R * PK_C * 8, kb == 0);
+                    }
+                }
+            }
+            for (int r = 0; r < mc; r += PK_R) {
+                const float *ab = accb + (size_t)(r / PK_R) * (size_t)nt * PK_R * PK_C * 8;
+                for (int t = 0; t < nt; t++) {
+                    for (int rr = 0; rr < PK_R && i0 + r + rr < jb->m; rr++) {
+                        for (int c = 0; c < PK_C && g0 + t * PK_C + c < j1; c++) {
+                            __m256 v = _mm256_load_ps(
+                                ab + ((size_t)t * PK_R * PK_C + (size_t)rr * PK_C + (size_t)c) * 8);
+                            mm_store(jb, i0 + r + rr, g0 + t * PK_C + c, xc_simd_hsum(v));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #endif /* XC_MM_X86 */
 
 /* ---- dispatch ---- */
+
+/* x (m, k) -> xp (mp, ldxp) for the packed GEMM: rows copied and zero-padded to ldxp, rows
+ * m..mp zero (bf16: mm_pack_x16's order). */
+static void mm_pack_x_rows(const mm_job *jb, float *xp) {
+    for (int i = 0; i < jb->m; i++) {
+        float *o = xp + (size_t)i * jb->ldxp;
+        memcpy(o, jb->x + (size_t)i * jb->ldx, (size_t)jb->k * sizeof(float));
+        memset(o + jb->k, 0, (jb->ldxp - (size_t)jb->k) * sizeof(float));
+    }
+}
 
 /* x (m, k) -> xp (m, ldxp): per 16-block the 8 even elements, then the 8 odd ones, zero-padded. */
 static void mm_pack_x16(const mm_job *jb, float *xp) {
@@ -458,6 +689,17 @@ static void mm_run_task(void *arg, int task, int n_tasks) {
         return;
     }
 #if XC_MM_X86
+    if (t->avx2 && jb->packed) {
+        float *scratch = xc_aligned_alloc(pk_scratch_floats(jb) * sizeof(float));
+        if (!scratch) {
+            // Out of memory for 100-odd KiB of scratch: the register tiles give the same bits.
+            mm_cols_avx2(jb, j0, j1);
+            return;
+        }
+        pk_cols(jb, j0, j1, scratch);
+        xc_aligned_free(scratch);
+        return;
+    }
     if (t->avx2) {
         mm_cols_avx2(jb, j0, j1);
         return;
@@ -514,8 +756,33 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
     // The bf16 kernel reads x deinterleaved per 16-block (see the contract); decode-sized x fits
     // a stack buffer, larger x is packed into the heap once per call.
     float stack_xp[MM_XP_STACK];
-    float *heap_xp = NULL;
-    if (t.avx2 && jb.wt == XC_DTYPE_BF16) {
+    float *heap_xp = NULL, *pk_xp = NULL;
+#if XC_MM_X86
+    // f16 weights with k <= 8192 stay on the register tiles: vcvtph2ps in the loop costs less
+    // there than the panel round trip (measured: 70 against 63 GFLOP/s per core, m = 256, k =
+    // 4096), while bf16 and f32 (and f16 at k = 14336) gain 10-50%. Both give the same bits.
+    bool pk_wanted = !(jb.wt == XC_DTYPE_F16 && jb.k <= 8192);
+    if (t.avx2 && jb.m >= PK_MIN_M && pk_wanted) {
+        // Prefill: the packed GEMM over x padded to whole 4-row tiles and 8 (bf16: 16) columns.
+        jb.packed = true;
+        jb.mp = (jb.m + PK_R - 1) / PK_R * PK_R;
+        size_t pad = jb.wt == XC_DTYPE_BF16 ? 16 : 8;
+        jb.ldxp = ((size_t)jb.k + pad - 1) & ~(pad - 1);
+        size_t nxp = jb.ldxp * (size_t)jb.mp;
+        pk_xp = xc_aligned_alloc(nxp * sizeof(float));
+        if (!pk_xp) {
+            return xc_errf(XC_ERR_NOMEM, "matmul: out of memory packing x (%zu floats)", nxp);
+        }
+        if (jb.wt == XC_DTYPE_BF16) {
+            mm_pack_x16(&jb, pk_xp);
+        } else {
+            mm_pack_x_rows(&jb, pk_xp);
+        }
+        memset(pk_xp + jb.ldxp * (size_t)jb.m, 0, jb.ldxp * (size_t)(jb.mp - jb.m) * sizeof(float));
+        jb.xp = pk_xp;
+    } else
+#endif
+        if (t.avx2 && jb.wt == XC_DTYPE_BF16) {
         jb.ldxp = ((size_t)jb.k + 15) & ~(size_t)15;
         size_t nxp = jb.ldxp * (size_t)jb.m;
         float *xp = stack_xp;
@@ -531,5 +798,6 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
     }
     xc_cpu_parallel(be, n_tasks, mm_run_task, &t);
     xc_free(heap_xp);
+    xc_aligned_free(pk_xp);
     return XC_OK;
 }

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Side by side: llama.cpp's llama-bench against `xcpipe bench model` on random weights of the same
+# shapes (default: 3 layers of InternLM2-7B, 32,000-row head), in interleaved rounds, printing
+# prompt (pp) and generation (tg) tokens/s and their ratio, median of the rounds (each side's
+# best repetition in a round). llama.cpp is not a dependency: pass the llama-bench you built.
+#
+#   tools/bench/side-by-side.sh --llama-bench /path/to/llama-bench [options]
+#     --xcpipe PATH       xcpipe binary (default build/bin/xcpipe)
+#     --weights LIST      bf16,f16 (default both)
+#     --threads LIST      1,2 (default)
+#     --rounds N          interleaved rounds (default 3; the median is printed)
+#     --reps N            repetitions per run, best kept (default 3)
+#     --pp N --tg N       prompt and generated tokens (default 512, 128)
+#     --vocab N           output head rows (default 32000; InternLM2-7B: 92544)
+#     --layers N          decoder layers (default 3)
+#     --dir DIR           where the GGUFs and xcpipe checkpoints are kept (default
+#                         /tmp/xcpipe-side-by-side)
+#     --python PY         a python3 with the gguf package and numpy (default python3)
+# Needs: python3 with `gguf` (pip install gguf) to write the GGUF; nothing from llama.cpp at build.
+set -euo pipefail
+
+die() { echo "side-by-side.sh: $*" >&2; exit 2; }
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+LB="" XC="$root/build/bin/xcpipe" WEIGHTS="bf16,f16" THREADS="1,2" ROUNDS=3 REPS=3 PP=512 TG=128
+VOCAB=32000 LAYERS=3 DIR=/tmp/xcpipe-side-by-side PY=python3
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --llama-bench) LB=${2:-}; shift 2 ;;
+    --xcpipe) XC=${2:-}; shift 2 ;;
+    --weights) WEIGHTS=${2:-}; shift 2 ;;
+    --threads) THREADS=${2:-}; shift 2 ;;
+    --rounds) ROUNDS=${2:-}; shift 2 ;;
+    --reps) REPS=${2:-}; shift 2 ;;
+    --pp) PP=${2:-}; shift 2 ;;
+    --tg) TG=${2:-}; shift 2 ;;
+    --vocab) VOCAB=${2:-}; shift 2 ;;
+    --layers) LAYERS=${2:-}; shift 2 ;;
+    --dir) DIR=${2:-}; shift 2 ;;
+    --python) PY=${2:-}; shift 2 ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+[ -n "$LB" ] || die "--llama-bench PATH is required (build llama.cpp yourself)"
+[ -x "$LB" ] || die "$LB is not an executable"
+[ -x "$XC" ] || die "$XC is not an executable (build xcpipe first)"
+for v in "$ROUNDS" "$REPS" "$PP" "$TG" "$VOCAB" "$LAYERS"; do
+    [[ "$v" =~ ^[1-9][0-9]*$ ]] || die "counts must be positive integers (got '$v')"
+done
+[[ "$WEIGHTS" =~ ^(bf16|f16)(,(bf16|f16))*$ ]] || die "--weights takes bf16 and/or f16"
+[[ "$THREADS" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "--threads takes a list of counts"
+"$PY" -c 'import gguf, numpy' 2>/dev/null || die "$PY lacks the gguf package (pip install gguf)"
+mkdir -p "$DIR"
+raw="$DIR/raw.txt"
+: >"$raw"
+
+IFS=, read -r -a wl <<<"$WEIGHTS"
+IFS=, read -r -a tl <<<"$THREADS"
+for w in "${wl[@]}"; do
+    g="$DIR/l$LAYERS-v$VOCAB-$w.gguf"
+    if [ ! -s "$g" ]; then
+        echo "writing $g ..." >&2
+        "$PY" "$here/make_gguf.py" "$g.tmp" --weights "$w" --layers "$LAYERS" --vocab "$VOCAB"
+        mv "$g.tmp" "$g"
+    fi
+done
+
+for r in $(seq 1 "$ROUNDS"); do
+    for w in "${wl[@]}"; do
+        for t in "${tl[@]}"; do
+            echo "round $r: $w, $t thread(s): llama-bench ..." >&2
+            "$LB" -m "$DIR/l$LAYERS-v$VOCAB-$w.gguf" -p "$PP" -n "$TG" -t "$t" -r "$REPS" -o jsonl \
+                2>/dev/null | sed "s/^/LB $r $w $t /" >>"$raw"
+            echo "round $r: $w, $t thread(s): xcpipe bench model ..." >&2
+            "$XC" bench model --weights "$w" --layers "$LAYERS" --vocab "$VOCAB" --threads "$t" \
+                --pp "$PP" --tg "$TG" --reps "$REPS" --dir "$DIR/xc-l$LAYERS-v$VOCAB-$w" 2>/dev/null |
+                sed "s/^/XC $r $w $t /" >>"$raw"
+        done
+    done
+done
+
+"$PY" - "$raw" "$PP" "$TG" <<'PY'
+import json, statistics, sys
+raw, pp, tg = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+res = {}  # (side, w, t, kind) -> [per-round best]
+bw = {}
+for line in open(raw):
+    side, r, w, t, rest = line.rstrip("\n").split(" ", 4)
+    if side == "LB":
+        try:
+            j = json.loads(rest)
+        except ValueError:
+            continue
+        kind = "pp" if j.get("n_prompt", 0) > 0 and j.get("n_gen", 0) == 0 else "tg"
+        best = max(j.get("samples_ts") or [j["avg_ts"]])
+        res.setdefault(("LB", w, t, kind), []).append(best)
+    else:
+        f = rest.split()
+        if f and f[0] in (f"pp{pp}", f"tg{tg}") and len(f) >= 3:
+            res.setdefault(("XC", w, t, f[0][:2]), []).append(float(f[2]))
+            if f[0].startswith("tg") and len(f) >= 7:
+                bw.setdefault((w, t), []).append(f[4] + " GB/s, " + " ".join(f[5:]))
+print(f"| weights | threads | xcpipe pp{pp} | llama.cpp pp{pp} | ratio | xcpipe tg{tg} | llama.cpp tg{tg} | ratio |")
+print("|---|---|---|---|---|---|---|---|")
+keys = sorted({(k[1], k[2]) for k in res}, key=lambda k: (k[0], int(k[1])))
+def med(v):
+    return statistics.median(v) if v else float("nan")
+for w, t in keys:
+    xp, lp = med(res.get(("XC", w, t, "pp"), [])), med(res.get(("LB", w, t, "pp"), []))
+    xt, lt = med(res.get(("XC", w, t, "tg"), [])), med(res.get(("LB", w, t, "tg"), []))
+    print(f"| {w} | {t} | {xp:.1f} | {lp:.1f} | {xp / lp:.2f} | {xt:.2f} | {lt:.2f} | {xt / lt:.2f} |")
+for (w, t), v in sorted(bw.items()):
+    print(f"xcpipe decode {w} {t} thread(s), GB/s and share of the read bandwidth per round: " + "; ".join(v))
+PY
