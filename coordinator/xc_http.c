@@ -1351,10 +1351,17 @@ static const struct {
     const char *path;
     bool post; /* POST (with a body), else GET/HEAD */
 } routes[] = {
-    {"/health", false},        {"/ready", false},   {"/metrics", false},
-    {"/v1/models", false},     {"/version", false}, {"/v1/chat/completions", true},
-    {"/v1/completions", true}, {"/tokenize", true}, {"/detokenize", true},
-    {"/v1/compositions", true}, {"/v1/compositions/edit", true},
+    {"/health", false},
+    {"/ready", false},
+    {"/metrics", false},
+    {"/v1/models", false},
+    {"/version", false},
+    {"/v1/chat/completions", true},
+    {"/v1/completions", true},
+    {"/tokenize", true},
+    {"/detokenize", true},
+    {"/v1/compositions", true},
+    {"/v1/compositions/edit", true},
 };
 
 /* 0: unknown path; 1: known, method fits; -1: known, other method (*allow set). */

@@ -187,7 +187,8 @@ char *xc_metrics_render(xc_metrics *m, const xc_metrics_gauges *g, size_t *len) 
              "xcpipe_vision_encode_seconds_total %.17g\n",
              g->vision_encode_s);
         outf(&o,
-             "# HELP xcpipe_vision_images_total Images sent to the vision worker (cache hits included).\n"
+             "# HELP xcpipe_vision_images_total Images sent to the vision worker (cache hits "
+             "included).\n"
              "# TYPE xcpipe_vision_images_total counter\nxcpipe_vision_images_total %.17g\n",
              g->vision_images);
         outf(&o,

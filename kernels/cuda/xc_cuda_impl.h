@@ -47,8 +47,8 @@ cudaError_t xc_cuda_rope_launch(float *x, int ldx, const int32_t *pos, const flo
 /* For i < n: k_cache[slot[i]] = k[row[i]] and the same for v (width values; bf16 != 0: the
  * cache is bf16 and every value is rounded to nearest even). The rows name distinct slots (the
  * backend drops rows that a later row overwrites). */
-cudaError_t xc_cuda_kv_store_launch(const float *k, int ldk, const float *v, int ldv,
-                                    void *k_cache, void *v_cache, int bf16, const int32_t *row,
+cudaError_t xc_cuda_kv_store_launch(const float *k, int ldk, const float *v, int ldv, void *k_cache,
+                                    void *v_cache, int bf16, const int32_t *row,
                                     const int32_t *slot, int n, int width, cudaStream_t stream);
 
 /* ---- xc_cuda_act.cu ---- */
