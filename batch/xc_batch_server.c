@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -299,4 +300,20 @@ xc_status xc_batch_server_stop(xc_batch_server *s, double grace_s) {
     }
     xc_free(s);
     return st;
+}
+
+xc_status xc_batch_server_lazy_start(void *ud, const char **endpoint, const char **api_key) {
+    xc_batch_server_lazy *l = ud;
+    fprintf(stderr, "%s: starting a local cluster (%s, %d stage(s); log %s)\n", l->who, l->sc.model,
+            l->sc.stages, l->sc.log_path ? l->sc.log_path : "/dev/null");
+    XC_TRY(xc_batch_server_start(&l->sc, &l->srv));
+    fprintf(stderr, "%s: local cluster ready on %s\n", l->who, xc_batch_server_url(l->srv));
+    *endpoint = xc_batch_server_url(l->srv);
+    *api_key = xc_batch_server_key(l->srv);
+    return XC_OK;
+}
+
+bool xc_batch_server_lazy_alive(void *ud) {
+    xc_batch_server_lazy *l = ud;
+    return !l->srv || xc_batch_server_alive(l->srv);
 }

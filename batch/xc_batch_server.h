@@ -36,6 +36,21 @@ const char *xc_batch_server_key(const xc_batch_server *s);
  * xc_batch_conf.alive). */
 bool xc_batch_server_alive(void *s);
 
+/* A server started on first use, for xc_batch_conf.start / .alive (xcpipe batch --model, xcpipe
+ * eval --model): `who` names the command in the progress lines on stderr; srv is NULL until
+ * started and is stopped by the caller with xc_batch_server_stop. */
+typedef struct xc_batch_server_lazy {
+    xc_batch_server_conf sc;
+    const char *who;
+    xc_batch_server *srv;
+} xc_batch_server_lazy;
+
+/* Starts l (a xc_batch_server_lazy *) and gives its URL and key (xc_batch_conf.start). */
+xc_status xc_batch_server_lazy_start(void *l, const char **endpoint, const char **api_key);
+
+/* True until a started server has exited (xc_batch_conf.alive). */
+bool xc_batch_server_lazy_alive(void *l);
+
 /* SIGTERM (the server drains and stops its workers), SIGKILL after grace_s, then frees. Returns
  * XC_ERR_IO when the server exited with a failure or had to be killed. NULL is XC_OK. */
 xc_status xc_batch_server_stop(xc_batch_server *s, double grace_s);

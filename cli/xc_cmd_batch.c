@@ -124,27 +124,6 @@ static int read_key(const char *path, char *key, size_t n) {
     return 0;
 }
 
-typedef struct local_ctx {
-    xc_batch_server_conf sc;
-    xc_batch_server *srv;
-} local_ctx;
-
-static xc_status start_local(void *ud, const char **endpoint, const char **api_key) {
-    local_ctx *l = ud;
-    fprintf(stderr, "xcpipe batch: starting a local cluster (%s, %d stage(s); log %s)\n",
-            l->sc.model, l->sc.stages, l->sc.log_path);
-    XC_TRY(xc_batch_server_start(&l->sc, &l->srv));
-    fprintf(stderr, "xcpipe batch: local cluster ready on %s\n", xc_batch_server_url(l->srv));
-    *endpoint = xc_batch_server_url(l->srv);
-    *api_key = xc_batch_server_key(l->srv);
-    return XC_OK;
-}
-
-static bool local_alive(void *ud) {
-    local_ctx *l = ud;
-    return !l->srv || xc_batch_server_alive(l->srv);
-}
-
 static int parse_fsync(const char *s) {
     if (!strcmp(s, "line")) {
         return 1;
@@ -220,7 +199,7 @@ int xc_cmd_batch(int argc, char **argv) {
     c.stop = &g_stop;
     c.abort_now = &g_abort;
 
-    local_ctx local = {0};
+    xc_batch_server_lazy local = {.who = "xcpipe batch"};
     char exe[PATH_MAX], log_path[PATH_MAX];
     if (f.model) {
         ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -239,9 +218,9 @@ int xc_cmd_batch(int argc, char **argv) {
                                           .log_path = log_path,
                                           .ready_timeout_s = f.ready_timeout_s,
                                           .abort = &g_stop};
-        c.start = start_local;
+        c.start = xc_batch_server_lazy_start;
         c.start_ud = &local;
-        c.alive = local_alive;
+        c.alive = xc_batch_server_lazy_alive;
         c.alive_ud = &local;
     }
 

@@ -112,26 +112,6 @@ static void on_signal(int sig) {
     g_stop = 1;
 }
 
-typedef struct local_ctx {
-    xc_batch_server_conf sc;
-    xc_batch_server *srv;
-} local_ctx;
-
-static xc_status start_local(void *ud, const char **endpoint, const char **api_key) {
-    local_ctx *l = ud;
-    fprintf(stderr, "xcpipe eval: starting a local cluster (%s, %d stage(s); log %s)\n",
-            l->sc.model, l->sc.stages, l->sc.log_path);
-    XC_TRY(xc_batch_server_start(&l->sc, &l->srv));
-    *endpoint = xc_batch_server_url(l->srv);
-    *api_key = xc_batch_server_key(l->srv);
-    return XC_OK;
-}
-
-static bool local_alive(void *ud) {
-    local_ctx *l = ud;
-    return !l->srv || xc_batch_server_alive(l->srv);
-}
-
 /* types "all" or "color,where": the enabled types in order; returns their number, -1 bad */
 static int parse_types(const char *s, int *out) {
     if (!strcmp(s, "all")) {
@@ -471,7 +451,7 @@ static int cmd_shapes(int argc, char **argv) {
     c.progress = XC_BATCH_PROGRESS_OFF;
     c.stop = &g_stop;
     c.abort_now = &g_abort;
-    local_ctx local = {0};
+    xc_batch_server_lazy local = {.who = "xcpipe eval"};
     char exe[PATH_MAX];
     if (f.model) {
         ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -489,9 +469,9 @@ static int cmd_shapes(int argc, char **argv) {
                                           .log_path = log_path,
                                           .ready_timeout_s = f.ready_timeout_s,
                                           .abort = &g_stop};
-        c.start = start_local;
+        c.start = xc_batch_server_lazy_start;
         c.start_ud = &local;
-        c.alive = local_alive;
+        c.alive = xc_batch_server_lazy_alive;
         c.alive_ud = &local;
     }
     struct sigaction sa;

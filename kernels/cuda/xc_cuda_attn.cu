@@ -1,5 +1,6 @@
 /* Attention for the CUDA backend: f32 scaled dot-product attention with GQA over paged or
- * contiguous f32 or bf16 keys (widened to f32 in shared memory), causal (prefill and decode) or bidirectional (CLIP).
+ * contiguous f32 or bf16 keys (widened to f32 in shared memory), causal (prefill and decode) or
+ * bidirectional (CLIP).
  *
  * Flash style: no score matrix is ever stored. A block holds XC_CUDA_ATTN_WARPS query items (one
  * (query row, head) per warp) of one sequence and kv head, and walks the keys in tiles of 32 that
