@@ -12,12 +12,13 @@
 typedef struct xc_sched xc_sched;
 
 typedef struct xc_sched_conf {
-    int max_rows;     /* rows per micro-batch (token budget) */
-    int chunk;        /* prefill rows of one sequence per micro-batch at most */
-    int block_size;   /* tokens per KV block */
-    int n_blocks;     /* KV blocks of the replica (smallest stage) */
-    int max_inflight; /* micro-batches in flight at most (>= P keeps every stage busy) */
-    int n_stages;     /* P: decode rows are spread over P micro-batches */
+    int max_rows;      /* rows per micro-batch (token budget) */
+    int chunk;         /* prefill rows of one sequence per micro-batch at most */
+    int block_size;    /* tokens per KV block */
+    int n_blocks;      /* KV blocks of the replica (smallest stage) */
+    int max_inflight;  /* micro-batches in flight at most (>= P keeps every stage busy) */
+    int n_stages;      /* P: decode rows are spread over P micro-batches */
+    bool prefix_cache; /* share full KV blocks of equal prefixes (xc_sched_add_keyed) */
 } xc_sched_conf;
 
 /* One sequence's rows in a micro-batch. */
@@ -25,7 +26,8 @@ typedef struct xc_sched_item {
     uint64_t id;
     int first_pos;    /* position of the first row */
     int n_tokens;     /* rows */
-    bool first_chunk; /* the sequence's first rows: carry its sampling parameters */
+    bool first_chunk; /* the sequence's first rows: carry its sampling parameters (first_pos =
+                         the rows taken from the prefix cache) */
     bool samples;     /* holds the last prompt row or a decode row: a token comes back */
     int32_t token;    /* decode rows: the input token (the last one generated) */
 } xc_sched_item;
@@ -48,6 +50,44 @@ void xc_sched_destroy(xc_sched *s);
  * release id is reserved here, so that ending it never allocates). */
 xc_status xc_sched_add(xc_sched *s, uint64_t id, int n_prompt, int max_new, bool ready);
 xc_status xc_sched_set_ready(xc_sched *s, uint64_t id);
+
+/* ---- prefix caching (conf.prefix_cache) ----
+ * A full KV block is identified by a hash chain over its rows' keys (a text row's key is its
+ * token id, an image row's xc_sched_image_key) and its parent block; equal chains are verified
+ * key by key, so a hash collision never shares a block. At admission a sequence takes every
+ * leading block that matches (reference-counted, read-only), up to the block before the one that
+ * holds its last prompt row (that row is always computed: its logits are sampled), and its prefill
+ * starts after them. Its own full prompt blocks are entered at admission and are ready once the
+ * micro-batch that writes their last row has been formed: a sequence that shares a block not ready
+ * yet (an n > 1 sibling admitted right after its twin) prefills only in a later micro-batch, which
+ * every stage runs after that one. Full blocks written by decode rows are entered too (the next
+ * turn of a chat re-sends the reply). A partially filled block is never shared. Blocks whose
+ * last user ended stay cached and are evicted least recently used first (the tail of a sequence
+ * before its head) when free blocks run out; xc_sched_n_free_blocks counts them as free. */
+
+/* The key of row `offset` of an image whose preprocessed pixels hash to image_hash (never equal
+ * to a token id). */
+uint64_t xc_sched_image_key(uint64_t image_hash, int offset);
+
+/* xc_sched_add with the keys of the n_prompt prompt rows (copied; NULL = never shared). Rows
+ * [0, data_rows) need data the caller fetches before the sequence is ready (image embeddings).
+ * *covered (may be NULL) says whether cached blocks, or the blocks of a sequence waiting for
+ * admission with the same leading keys, hold all of those rows: the caller may then add it ready
+ * without fetching the data. Should admission find fewer blocks than that after all (evicted,
+ * or the twin ended first), the sequence is not admitted, becomes not ready and is reported by
+ * xc_sched_take_uncovered: the caller fetches the data and calls xc_sched_set_ready. */
+xc_status xc_sched_add_keyed(xc_sched *s, uint64_t id, int n_prompt, int max_new, bool ready,
+                             const uint64_t *keys, int data_rows, bool *covered);
+
+/* The ids of sequences that turned out to need their data after all (see above), at most cap;
+ * returns their count and forgets them. */
+int xc_sched_take_uncovered(xc_sched *s, uint64_t *ids, int cap);
+
+/* Rows of `n_prompt` whose KV is cached for keys (what admission would reuse now). */
+int xc_sched_cached_rows(const xc_sched *s, const uint64_t *keys, int n_prompt);
+
+/* Blocks held by the prefix cache with no sequence using them (evictable). */
+int xc_sched_n_cached_blocks(const xc_sched *s);
 
 /* Forms the next micro-batch if the in-flight limit allows and there is work: admits waiting
  * sequences (FIFO) while KV blocks are free. With no rows to send but sequences to release, the

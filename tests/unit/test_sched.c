@@ -450,6 +450,382 @@ static void test_sched_release_only_batch(void **state) {
     xc_sched_destroy(s);
 }
 
+/* ---- prefix caching ---- */
+
+static xc_sched *cached_sched(int block_size, int n_blocks, int chunk) {
+    xc_sched_conf sc = {.max_rows = 64,
+                        .chunk = chunk,
+                        .block_size = block_size,
+                        .n_blocks = n_blocks,
+                        .max_inflight = 8,
+                        .n_stages = 1,
+                        .prefix_cache = true};
+    xc_sched *s;
+    assert_int_equal(xc_sched_create(&sc, &s), XC_OK);
+    return s;
+}
+
+/* Forms and completes micro-batches until nothing more is due; no token comes back, so every
+ * sequence stops after its prompt. The items formed are returned in *items (cap). */
+static int drain(xc_sched *s, xc_sched_item *items, int cap) {
+    int n = 0;
+    xc_sched_batch b;
+    while (xc_sched_next(s, &b)) {
+        for (int i = 0; i < b.n_items && n < cap; i++) {
+            items[n++] = b.items[i];
+        }
+        xc_sched_batch_done(s, b.id);
+    }
+    return n;
+}
+
+static const xc_sched_item *item_of(const xc_sched_item *it, int n, uint64_t id) {
+    for (int i = 0; i < n; i++) {
+        if (it[i].id == id) {
+            return &it[i];
+        }
+    }
+    return NULL;
+}
+
+static void test_sched_prefix_chain_and_partial_block(void **state) {
+    (void)state;
+    xc_sched *s = cached_sched(4, 32, 64);
+    uint64_t k1[10], k2[10], k3[8], k4[10];
+    for (int i = 0; i < 10; i++) {
+        k1[i] = k2[i] = k4[i] = (uint64_t)(100 + i);
+    }
+    k2[9] = 999; /* differs in the partial last block only */
+    memcpy(k3, k1, sizeof k3);
+    k4[2] = xc_sched_image_key(0xabc, 2); /* an image row in block 0: a different chain */
+    assert_int_equal(xc_sched_cached_rows(s, k1, 10), 0);
+    assert_int_equal(xc_sched_add_keyed(s, 1, 10, 2, true, k1, 0, NULL), XC_OK);
+    xc_sched_item it[64];
+    int n = drain(s, it, 64);
+    assert_int_equal(item_of(it, n, 1)->first_pos, 0);
+    int nb1 = 0;
+    const int32_t *b1 = xc_sched_blocks(s, 1, &nb1);
+    int32_t first1[3] = {b1[0], b1[1], b1[2]};
+    /* every leading full block matches, the block of the last prompt row is computed */
+    assert_int_equal(xc_sched_cached_rows(s, k1, 10), 8);
+    assert_int_equal(xc_sched_cached_rows(s, k2, 10), 8);
+    assert_int_equal(xc_sched_cached_rows(s, k3, 8), 4); /* rows 4-7 hold its last row */
+    assert_int_equal(xc_sched_cached_rows(s, k4, 10), 0);
+    assert_int_equal(xc_sched_add_keyed(s, 2, 10, 2, true, k2, 0, NULL), XC_OK);
+    assert_int_equal(xc_sched_add_keyed(s, 3, 8, 2, true, k3, 0, NULL), XC_OK);
+    assert_int_equal(xc_sched_add_keyed(s, 4, 10, 2, true, k4, 0, NULL), XC_OK);
+    n = drain(s, it, 64);
+    const xc_sched_item *a = item_of(it, n, 2), *c = item_of(it, n, 3), *d = item_of(it, n, 4);
+    assert_non_null(a);
+    assert_int_equal(a->first_pos, 8);
+    assert_int_equal(a->n_tokens, 2);
+    assert_true(a->first_chunk && a->samples);
+    assert_int_equal(c->first_pos, 4);
+    assert_int_equal(d->first_pos, 0);
+    int nb = 0;
+    const int32_t *b2 = xc_sched_blocks(s, 2, &nb);
+    assert_int_equal(b2[0], first1[0]);
+    assert_int_equal(b2[1], first1[1]);
+    assert_true(b2[2] != first1[2]); /* the partial block is never shared */
+    const int32_t *b3 = xc_sched_blocks(s, 3, &nb);
+    assert_int_equal(b3[0], first1[0]);
+    assert_true(b3[1] != first1[1]);
+    const int32_t *b4 = xc_sched_blocks(s, 4, &nb);
+    assert_true(b4[0] != first1[0]);
+    /* reference counts: the shared blocks stay while one user is left, and stay cached after */
+    xc_sched_finish(s, 1);
+    xc_sched_finish(s, 2);
+    xc_sched_finish(s, 3);
+    xc_sched_finish(s, 4);
+    assert_int_equal(xc_sched_n_free_blocks(s), 32);
+    assert_true(xc_sched_n_cached_blocks(s) > 0);
+    assert_int_equal(xc_sched_cached_rows(s, k1, 10), 8);
+    /* a failed replica trusts nothing */
+    int nf = 0;
+    uint64_t ids[4];
+    xc_sched_fail_all(s, ids, 4, &nf);
+    assert_int_equal(xc_sched_cached_rows(s, k1, 10), 0);
+    assert_int_equal(xc_sched_n_free_blocks(s), 32);
+    xc_sched_destroy(s);
+}
+
+static void test_sched_prefix_lru_eviction(void **state) {
+    (void)state;
+    xc_sched *s = cached_sched(4, 12, 64);
+    uint64_t ka[13], kb[13], kc[40];
+    for (int i = 0; i < 13; i++) {
+        ka[i] = (uint64_t)(10 + i);
+        kb[i] = (uint64_t)(50 + i);
+    }
+    for (int i = 0; i < 40; i++) {
+        kc[i] = (uint64_t)(200 + i);
+    }
+    xc_sched_item it[64];
+    /* a and b: 13 rows + 3 new = 4 blocks each, 3 full prompt blocks cached after them */
+    assert_int_equal(xc_sched_add_keyed(s, 1, 13, 3, true, ka, 0, NULL), XC_OK);
+    drain(s, it, 64);
+    assert_int_equal(xc_sched_add_keyed(s, 2, 13, 3, true, kb, 0, NULL), XC_OK);
+    drain(s, it, 64);
+    xc_sched_finish(s, 2);
+    xc_sched_finish(s, 1); /* a is now the most recently used */
+    assert_int_equal(xc_sched_cached_rows(s, ka, 13), 12);
+    assert_int_equal(xc_sched_cached_rows(s, kb, 13), 12);
+    int cached = xc_sched_n_cached_blocks(s);
+    assert_true(cached >= 6);
+    assert_int_equal(xc_sched_n_free_blocks(s), 12);
+    /* 12 - cached free blocks + cached: c needs 7 blocks, so some cached ones are evicted, b's
+     * first (least recently used), and within b its tail first */
+    int free_only = 12 - cached;
+    int need = 7;
+    assert_int_equal(xc_sched_add_keyed(s, 3, 25, 3, true, kc, 0, NULL), XC_OK);
+    drain(s, it, 64);
+    int evicted = need - free_only;
+    assert_true(evicted > 0);
+    assert_int_equal(xc_sched_cached_rows(s, ka, 13), 12); /* a untouched */
+    assert_true(xc_sched_cached_rows(s, kb, 13) < 12);     /* b lost its tail */
+    if (evicted < cached / 2) {
+        assert_true(xc_sched_cached_rows(s, kb, 13) > 0); /* ... but kept its head */
+    }
+    xc_sched_finish(s, 3);
+    assert_int_equal(xc_sched_n_free_blocks(s), 12);
+    xc_sched_destroy(s);
+}
+
+static void test_sched_prefix_twins_and_uncovered(void **state) {
+    (void)state;
+    xc_sched *s = cached_sched(4, 64, 64);
+    uint64_t k[18];
+    for (int i = 0; i < 18; i++) {
+        k[i] = i >= 2 && i < 10 ? xc_sched_image_key(77, i - 2) : (uint64_t)(300 + i);
+    }
+    /* n = 3 with an image at rows [2, 10): the first needs the embeddings, the twins are covered
+     * by its blocks and wait for its admission */
+    bool cov = true;
+    assert_int_equal(xc_sched_add_keyed(s, 1, 18, 4, false, k, 10, &cov), XC_OK);
+    assert_false(cov);
+    assert_int_equal(xc_sched_add_keyed(s, 2, 18, 4, true, k, 10, &cov), XC_OK);
+    assert_true(cov);
+    assert_int_equal(xc_sched_add_keyed(s, 3, 18, 4, true, k, 10, &cov), XC_OK);
+    assert_true(cov);
+    xc_sched_batch b;
+    assert_false(xc_sched_next(s, &b)); /* nothing admitted before the first one is ready */
+    assert_int_equal(xc_sched_set_ready(s, 1), XC_OK);
+    assert_true(xc_sched_next(s, &b));
+    /* the twins share blocks not written yet: only the first one's rows go out now */
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.items[0].id, 1);
+    assert_int_equal(b.items[0].n_tokens, 18);
+    uint64_t first = b.id;
+    assert_true(xc_sched_next(s, &b)); /* then the twins' last partial block only */
+    assert_int_equal(b.n_items, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(b.items[i].first_pos, 16);
+        assert_int_equal(b.items[i].n_tokens, 2);
+        assert_true(b.items[i].first_chunk);
+    }
+    int na, nb;
+    const int32_t *ba = xc_sched_blocks(s, 1, &na), *bb = xc_sched_blocks(s, 3, &nb);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(ba[i], bb[i]);
+    }
+    assert_true(ba[4] != bb[4]);
+    xc_sched_batch_done(s, first);
+    xc_sched_batch_done(s, b.id);
+    uint64_t u[4];
+    assert_int_equal(xc_sched_take_uncovered(s, u, 4), 0);
+    /* covered at add time, but the twin ends before its admission: it needs its data after all */
+    assert_int_equal(xc_sched_add_keyed(s, 10, 18, 40, false, k, 10, &cov), XC_OK); /* no room */
+    uint64_t k2[18];
+    memcpy(k2, k, sizeof k2);
+    k2[0] = 5;
+    assert_int_equal(xc_sched_add_keyed(s, 11, 18, 4, false, k2, 10, &cov), XC_OK);
+    assert_false(cov);
+    assert_int_equal(xc_sched_add_keyed(s, 12, 18, 4, true, k2, 10, &cov), XC_OK);
+    assert_true(cov);
+    xc_sched_finish(s, 11);
+    assert_false(xc_sched_next(s, &b) && b.n_items > 0 && b.items[0].id == 12);
+    assert_int_equal(xc_sched_take_uncovered(s, u, 4), 1);
+    assert_int_equal(u[0], 12);
+    assert_int_equal(xc_sched_set_ready(s, 12), XC_OK); /* its data came */
+    xc_sched_destroy(s);
+}
+
+static void test_sched_prefix_owner_ends_early(void **state) {
+    (void)state;
+    xc_sched *s = cached_sched(4, 64, 4);
+    uint64_t k[14];
+    for (int i = 0; i < 14; i++) {
+        k[i] = (uint64_t)(40 + i);
+    }
+    assert_int_equal(xc_sched_add_keyed(s, 1, 14, 2, true, k, 0, NULL), XC_OK);
+    assert_int_equal(xc_sched_add_keyed(s, 2, 14, 2, true, k, 0, NULL), XC_OK);
+    xc_sched_batch b;
+    assert_true(xc_sched_next(s, &b)); /* 1: rows [0, 4) (chunk 4); 2 waits for 1's blocks */
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.items[0].id, 1);
+    xc_sched_batch_done(s, b.id);
+    xc_sched_finish(s, 1); /* cancelled with blocks 1 and 2 not written: 2 computes them */
+    xc_sched_item it[64];
+    int n = drain(s, it, 64);
+    int pos = 4;
+    bool first = true;
+    for (int i = 0; i < n; i++) {
+        if (it[i].id == 2 && it[i].first_pos < 14) {
+            assert_int_equal(it[i].first_pos, pos);
+            assert_int_equal(it[i].first_chunk, first);
+            first = false;
+            pos += it[i].n_tokens;
+        }
+    }
+    assert_int_equal(pos, 14);
+    xc_sched_finish(s, 2);
+    assert_int_equal(xc_sched_n_free_blocks(s), 64);
+    xc_sched_destroy(s);
+}
+
+/* Randomized: prompts drawn from a few shared prefixes, a small pool (eviction), aborts; a fake
+ * KV pool written by the micro-batches in the order the stages run them checks that every row
+ * sees exactly its own sequence's keys at every earlier position (shared blocks, eviction,
+ * readiness of blocks shared before they are written). */
+static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in) {
+    enum { N = 40, BS = 4, MAXP = 44 };
+
+    xc_sched_conf sc = {.max_rows = 24,
+                        .chunk = chunk,
+                        .block_size = BS,
+                        .n_blocks = n_blocks,
+                        .max_inflight = 3,
+                        .n_stages = 2,
+                        .prefix_cache = true};
+    xc_sched *s;
+    assert_int_equal(xc_sched_create(&sc, &s), XC_OK);
+    srand(seed);
+    uint64_t fam[3][MAXP];
+    for (int f = 0; f < 3; f++) {
+        for (int i = 0; i < MAXP; i++) {
+            fam[f][i] = (uint64_t)(rand() % 5 == 0 ? xc_sched_image_key((uint64_t)f, i)
+                                                   : (uint64_t)(rand() % 50));
+        }
+    }
+    static uint64_t keys[N][MAXP + 16];
+    int np[N], mn[N], ngen[N], nextp[N];
+    bool done[N], started[N];
+    for (int i = 0; i < N; i++) {
+        np[i] = 1 + rand() % MAXP;
+        mn[i] = 1 + rand() % 8;
+        int f = rand() % 3, shared = rand() % (np[i] + 1);
+        for (int p = 0; p < np[i]; p++) {
+            keys[i][p] = p < shared ? fam[f][p] : (uint64_t)(100 + rand() % 1000);
+        }
+        ngen[i] = nextp[i] = 0;
+        done[i] = started[i] = false;
+    }
+    static uint64_t kv[256][BS];
+    memset(kv, 0xff, sizeof kv);
+
+    typedef struct fb {
+        uint64_t id;
+        int n;
+        xc_sched_item it[24];
+        int32_t bt[24][32];
+    } fb;
+
+    static fb q[8];
+    int qh = 0, qn = 0, added = 0, n_done = 0, steps = 0;
+    long cached_rows = 0;
+    while (n_done < N) {
+        assert_true(++steps < 200000);
+        if (added < N && rand() % 3 == 0) {
+            assert_int_equal(xc_sched_add_keyed(s, (uint64_t)added + 1, np[added], mn[added], true,
+                                                keys[added], 0, NULL),
+                             XC_OK);
+            added++;
+            continue;
+        }
+        xc_sched_batch b;
+        bool formed = xc_sched_next(s, &b);
+        if (formed && abort_one_in > 0 && rand() % abort_one_in == 0) {
+            xc_sched_abort(s, &b);
+            continue;
+        }
+        if (formed) {
+            fb *f = &q[(qh + qn++) % 8];
+            f->id = b.id;
+            f->n = b.n_items;
+            for (int k = 0; k < b.n_items; k++) {
+                const xc_sched_item *it = &b.items[k];
+                int i = (int)it->id - 1;
+                f->it[k] = *it;
+                int nb = 0;
+                const int32_t *bt = xc_sched_blocks(s, it->id, &nb);
+                assert_non_null(bt);
+                memcpy(f->bt[k], bt, (size_t)nb * sizeof *bt);
+                if (!started[i]) {
+                    assert_true(it->first_chunk);
+                    assert_int_equal(it->first_pos % BS, 0);
+                    assert_true(it->first_pos <= (np[i] - 1) / BS * BS);
+                    cached_rows += it->first_pos;
+                    nextp[i] = it->first_pos;
+                    started[i] = true;
+                } else {
+                    assert_false(it->first_chunk);
+                }
+                assert_int_equal(it->first_pos, nextp[i]);
+                nextp[i] += it->n_tokens;
+                if (it->first_pos >= np[i]) {
+                    keys[i][it->first_pos] = (uint64_t)(uint32_t)it->token;
+                }
+            }
+            continue;
+        }
+        if (qn == 0) {
+            assert_true(added < N); /* nothing in flight: only more sequences can help */
+            continue;
+        }
+        /* the stages run the oldest micro-batch: every row reads the KV of all rows before it */
+        fb *f = &q[qh];
+        qh = (qh + 1) % 8;
+        qn--;
+        for (int k = 0; k < f->n; k++) {
+            const xc_sched_item *it = &f->it[k];
+            int i = (int)it->id - 1;
+            for (int p = it->first_pos; p < it->first_pos + it->n_tokens; p++) {
+                for (int r = 0; r < p; r++) {
+                    assert_true(kv[f->bt[k][r / BS]][r % BS] == keys[i][r]);
+                }
+                kv[f->bt[k][p / BS]][p % BS] = keys[i][p];
+            }
+        }
+        xc_sched_batch_done(s, f->id);
+        for (int k = 0; k < f->n; k++) {
+            const xc_sched_item *it = &f->it[k];
+            int i = (int)it->id - 1;
+            if (!it->samples || done[i]) {
+                continue;
+            }
+            assert_int_equal(xc_sched_token(s, it->id, 2000 + ngen[i] * 7 + i % 2), XC_OK);
+            ngen[i]++;
+            if (ngen[i] == mn[i] || rand() % 17 == 0) { /* done, or cancelled */
+                xc_sched_finish(s, it->id);
+                done[i] = true;
+                n_done++;
+            }
+        }
+    }
+    assert_true(cached_rows > 0);
+    assert_int_equal(xc_sched_n_free_blocks(s), n_blocks);
+    assert_int_equal(xc_sched_n_live(s), 0);
+    xc_sched_destroy(s);
+}
+
+static void test_sched_prefix_randomized(void **state) {
+    (void)state;
+    run_cached(1, 256, 64, 0);
+    run_cached(2, 40, 5, 0);
+    run_cached(3, 30, 7, 4);
+    run_cached(4, 16, 3, 3);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sched_rows_in_order_and_kv_disjoint),
@@ -459,6 +835,11 @@ int main(void) {
         cmocka_unit_test(test_sched_resume_after_fail),
         cmocka_unit_test(test_sched_release_only_batch),
         cmocka_unit_test(test_sched_abort_forms_the_batch_again),
+        cmocka_unit_test(test_sched_prefix_chain_and_partial_block),
+        cmocka_unit_test(test_sched_prefix_lru_eviction),
+        cmocka_unit_test(test_sched_prefix_twins_and_uncovered),
+        cmocka_unit_test(test_sched_prefix_owner_ends_early),
+        cmocka_unit_test(test_sched_prefix_randomized),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }
