@@ -41,7 +41,7 @@ typedef struct serve_conf {
     int stages, replicas, threads, chunk, max_rows;
     double dead_s, heartbeat_s, orphan_s, step_timeout_s, resume_timeout_s;
     int max_resumes;
-    bool no_vision, exit_when_done;
+    bool no_vision, exit_when_done, no_prefix_cache;
 } serve_conf;
 
 static const xc_conf_entry serve_entries[] = {
@@ -75,6 +75,8 @@ static const xc_conf_entry serve_entries[] = {
                   "local workers exit after this many seconds without a message from the "
                   "coordinator (0 = never; they also exit when serve dies)"),
     XC_CONF_BOOL("no-vision", "XC_NO_VISION", serve_conf, no_vision, 0, "text only"),
+    XC_CONF_BOOL("no-prefix-cache", "XC_NO_PREFIX_CACHE", serve_conf, no_prefix_cache, 0,
+                 "do not reuse the KV blocks of equal prompt prefixes (on by default)"),
     XC_CONF_STR("requests", "XC_REQUESTS", serve_conf, requests, NULL, NULL,
                 "line-protocol requests (file, FIFO or '-'); answers on stdout"),
     XC_CONF_BOOL("exit-when-done", "XC_EXIT_WHEN_DONE", serve_conf, exit_when_done, 0,
@@ -326,6 +328,7 @@ int xc_cmd_serve(int argc, char **argv) {
     f.stages = c.stages;
     f.replicas = c.replicas;
     f.no_vision = c.no_vision;
+    f.no_prefix_cache = c.no_prefix_cache;
     f.dead_s = c.dead_s;
     f.step_timeout_s = c.step_timeout_s;
     f.max_resumes = c.max_resumes;

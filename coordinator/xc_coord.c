@@ -17,6 +17,7 @@
 #include "xc_mmap.h"
 #include "xc_sampling.h"
 #include "xc_sched.h"
+#include "xc_sha256.h"
 #include "xc_time.h"
 
 #define MAX_WORKERS     512
@@ -110,6 +111,10 @@ typedef struct creq {
     xc_coord_range *img;
     int n_img;
     float *pixels;
+    uint64_t *img_hash; /* (n_img) SHA-256 of each image's pixels, first 8 bytes (the vision
+                           worker's cache key): the prefix cache's image row keys */
+    bool covered;       /* its image rows are in cached KV blocks: no vision job (unless the
+                           scheduler reports them gone before admission) */
     float *emb; /* (n_img * img_tokens, hidden) once the vision worker answered; kept (like the
                    pixels) until the request ends, so that a resumed request needs no vision */
     bool vision_sent;
@@ -201,6 +206,7 @@ struct xc_coord {
     pthread_mutex_t stats_lock;
     xc_coord_stats stats;
     double bytes_sent;
+    double prompt_rows, prefix_hit_rows; /* prefill rows sent, rows taken from the prefix cache */
     uint64_t vclock_id[256], vclock_ns[256]; /* send time of recent vision jobs, by id % 256 */
     /* per worker: last heartbeat's cumulative counters and the busy ratio between the last two */
     uint64_t hb_busy[MAX_WORKERS], hb_time[MAX_WORKERS];
@@ -253,6 +259,7 @@ static void req_free(creq *r) {
     xc_free(r->ids);
     xc_free(r->img);
     xc_free(r->pixels);
+    xc_free(r->img_hash);
     xc_free(r->emb);
     xc_free(r->stop);
     xc_free(r);
@@ -602,7 +609,8 @@ static xc_status place(xc_coord *c) {
                             .block_size = c->conf.block_size,
                             .n_blocks = rp->kv_blocks,
                             .max_inflight = inflight,
-                            .n_stages = P};
+                            .n_stages = P,
+                            .prefix_cache = !c->conf.no_prefix_cache};
         XC_TRY(xc_sched_create(&sc, &rp->sched));
     }
     char cuts[256] = "";
@@ -1392,6 +1400,7 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
         return batch_unbuilt(c, r, b, ids, img);
     }
     size_t row = 0, irow = 0;
+    double prompt_rows = 0, hit_rows = 0;
     for (int i = 0; i < b->n_items; i++) {
         const xc_sched_item *it = &b->items[i];
         creq *q = req_find(c, it->id, NULL);
@@ -1417,6 +1426,7 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
             }
             rr[n_rr++] =
                 (xc_wire_range){(uint32_t)(a - it->first_pos), (uint32_t)(e - it->first_pos)};
+            XC_ASSERT(q->emb); /* the scheduler shares the image rows of a covered request */
             size_t src = (size_t)k * c->mi.img_tokens + (size_t)(a - q->img[k].start);
             memcpy(img + irow * H, q->emb + src * H, (size_t)(e - a) * H * sizeof(float));
             irow += (size_t)(e - a);
@@ -1433,6 +1443,10 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
             }
         }
         row += (size_t)it->n_tokens;
+        if (it->first_pos < q->n + q->base) {
+            prompt_rows += it->n_tokens;
+            hit_rows += it->first_chunk ? it->first_pos : 0; /* the rows it starts after */
+        }
         xc_wire_sampling *smp = NULL;
         if (it->first_chunk) {
             smp = xc_arena_calloc(c->arena, 1, sizeof *smp);
@@ -1524,6 +1538,8 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
         return XC_ERR_IO;
     }
     mb_sent(rp, b->id, b->n_rows);
+    c->prompt_rows += prompt_rows;
+    c->prefix_hit_rows += hit_rows;
     c->bytes_sent += (double)b->n_rows * sizeof(int32_t) + (double)img_rows * H * sizeof(float);
     if (!img_rows) {
         xc_free(img);
@@ -1533,7 +1549,38 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
 
 /* ---- admission ---- */
 
-static int pick_replica(xc_coord *c) {
+/* The prefix cache's row keys of q's prompt (n + base rows: a resumed request's prompt ends with
+ * the tokens it generated): a text row's token id, an image row's key from the image's pixel
+ * hash and the row's offset in the image. *data_rows = the rows up to the end of its last image
+ * (0 once its embeddings are here). NULL when the cache is off or no memory (never shared). */
+static uint64_t *req_keys(const xc_coord *c, const creq *q, int *data_rows) {
+    *data_rows = 0;
+    if (c->conf.no_prefix_cache) {
+        return NULL;
+    }
+    int n = q->n + q->base;
+    uint64_t *k = xc_malloc((size_t)n * sizeof *k + 8);
+    if (!k) {
+        return NULL;
+    }
+    for (int t = 0; t < n; t++) {
+        k[t] = (uint64_t)(uint32_t)q->ids[t];
+    }
+    for (int i = 0; i < q->n_img; i++) {
+        for (int t = q->img[i].start; t < q->img[i].end; t++) {
+            k[t] = xc_sched_image_key(q->img_hash[i], t - q->img[i].start);
+        }
+        if (!q->emb && q->img[i].end > *data_rows) {
+            *data_rows = q->img[i].end;
+        }
+    }
+    return k;
+}
+
+/* The least-loaded ready replica (fewest live sequences); with keys, one whose prefix cache holds
+ * more of the prompt instead, unless it is much busier (more than 25 % + 4 sequences above the
+ * least load). */
+static int pick_replica(xc_coord *c, const uint64_t *keys, int n) {
     int best = -1, load = 0;
     for (int r = 0; r < c->R; r++) {
         if (!c->reps[r].ready) {
@@ -1545,7 +1592,22 @@ static int pick_replica(xc_coord *c) {
             load = l;
         }
     }
-    return best;
+    if (best < 0 || !keys || c->R < 2) {
+        return best;
+    }
+    int hit = xc_sched_cached_rows(c->reps[best].sched, keys, n), pick = best;
+    for (int r = 0; r < c->R; r++) {
+        if (!c->reps[r].ready || r == best) {
+            continue;
+        }
+        int l = xc_sched_n_live(c->reps[r].sched);
+        int h = xc_sched_cached_rows(c->reps[r].sched, keys, n);
+        if (h > hit && l <= load + load / 4 + 4) {
+            pick = r;
+            hit = h;
+        }
+    }
+    return pick;
 }
 
 static void admit_inbox(xc_coord *c) {
@@ -1609,8 +1671,11 @@ static void admit_inbox(xc_coord *c) {
                     "cluster not ready (a worker is lost or loading); retry later");
             continue;
         }
-        int r = q->pin ? q->pin - 1 : pick_replica(c);
+        int data_rows = 0;
+        uint64_t *keys = req_keys(c, q, &data_rows);
+        int r = q->pin ? q->pin - 1 : pick_replica(c, keys, q->n + q->base);
         if (q->pin && (r >= c->R || !c->reps[r].ready)) {
+            xc_free(keys);
             if (c->placed) {
                 req_end(c, q, XC_ERR_IO, true, false, "its replica is not ready");
                 continue;
@@ -1618,25 +1683,50 @@ static void admit_inbox(xc_coord *c) {
             r = -1;
         }
         if (r < 0) {
+            xc_free(keys);
             q->wait_ns = q->wait_ns ? q->wait_ns : (c->was_ready ? now : 0);
             i++; /* not placed yet, or every replica re-forming: wait */
             continue;
         }
-        xc_status st = xc_sched_add(c->reps[r].sched, q->id, q->n + q->base, q->max_new - q->base,
-                                    q->n_img == 0 || q->emb != NULL);
+        /* a prompt whose image rows are all in cached KV blocks (the next turn of a chat, the
+         * other choices of n > 1) needs no vision job */
+        bool covered = false;
+        q->covered = false;
+        xc_status st =
+            xc_sched_add_keyed(c->reps[r].sched, q->id, q->n + q->base, q->max_new - q->base,
+                               q->n_img == 0 || q->emb != NULL, keys, data_rows, &covered);
+        xc_free(keys);
+        if (st == XC_OK && covered && !q->emb) {
+            q->covered = true;
+            st = xc_sched_set_ready(c->reps[r].sched, q->id);
+        }
         if (st != XC_OK) {
             req_end(c, q, st, false, false, xc_err_last());
             continue;
         }
         q->replica = r;
-        if (q->n_img == 0 || q->emb) {
+        if (q->n_img == 0 || q->emb || q->covered) {
             q->wait_ns = 0;
         }
         i++;
     }
+    /* covered requests whose cached image rows were evicted before admission: vision after all */
+    for (int r = 0; r < c->R; r++) {
+        uint64_t u[64];
+        int n_u;
+        while (c->reps[r].sched && (n_u = xc_sched_take_uncovered(c->reps[r].sched, u, 64)) > 0) {
+            for (int k = 0; k < n_u; k++) {
+                creq *q = req_find(c, u[k], NULL);
+                if (q && q->covered) {
+                    q->covered = false;
+                    q->wait_ns = now;
+                }
+            }
+        }
+    }
     for (int i = 0; i < c->n_reqs; i++) {
         creq *q = c->reqs[i];
-        if (q->n_img > 0 && !q->vision_sent && c->vision_worker >= 0 &&
+        if (q->n_img > 0 && !q->vision_sent && !q->covered && c->vision_worker >= 0 &&
             c->workers[c->vision_worker].ready) {
             send_vision(c, q);
         }
@@ -1960,6 +2050,14 @@ xc_status xc_coord_submit(xc_coord *c, const xc_coord_request *r, xc_coord_event
     q->img = dup_mem(r->img, (size_t)r->n_img * sizeof(xc_coord_range));
     q->stop = dup_mem(r->stop_ids, (size_t)r->n_stop_ids * sizeof(int32_t));
     q->pixels = r->n_img ? dup_mem(r->pixels, (size_t)r->n_img * 3 * S * S * sizeof(float)) : NULL;
+    q->img_hash = r->n_img ? xc_calloc((size_t)r->n_img, sizeof(uint64_t)) : NULL;
+    for (int i = 0; q->img_hash && q->pixels && i < r->n_img; i++) {
+        uint8_t d[32];
+        xc_sha256_sum(q->pixels + (size_t)i * 3 * S * S, 3 * S * S * sizeof(float), d);
+        for (int k = 0; k < 8; k++) {
+            q->img_hash[i] = q->img_hash[i] << 8 | d[k];
+        }
+    }
     q->sp = r->sampling;
     if (q->sp.greedy) {
         q->sp.temperature = 1.0f;
@@ -1970,7 +2068,7 @@ xc_status xc_coord_submit(xc_coord *c, const xc_coord_request *r, xc_coord_event
     q->top = r->top_logprobs < 0 ? 0 : r->top_logprobs > 20 ? 20 : r->top_logprobs;
     q->fn = fn;
     q->user = user;
-    if (!q->ids || !q->img || !q->stop || (r->n_img && !q->pixels)) {
+    if (!q->ids || !q->img || !q->stop || (r->n_img && (!q->pixels || !q->img_hash))) {
         req_free(q);
         return XC_ERR_NOMEM;
     }
@@ -2183,6 +2281,8 @@ static void hooks_step(xc_coord *c) {
     st.waiting += c->n_inbox;
     pthread_mutex_unlock(&c->lock);
     st.bytes_to_stage0 = c->bytes_sent;
+    st.prompt_rows_computed = c->prompt_rows;
+    st.prefix_hit_rows = c->prefix_hit_rows;
     st.resumes = c->n_resumes;
     st.resume_failures = c->n_resume_fail;
     st.step_timeouts = c->n_step_timeouts;

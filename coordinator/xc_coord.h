@@ -64,6 +64,7 @@ typedef struct xc_coord_conf {
                                    (0 = fail it at once) */
     double resume_timeout_s;    /* a request waiting for a replica (resumed, or new while every
                                    replica re-forms) fails after this; 0 = 30 */
+    bool no_prefix_cache;       /* do not share KV blocks of equal prompt prefixes (xc_sched.h) */
     const xc_place_model *cost; /* optional: overrides the cost model derived from config.json */
     const xc_transport_conf *tconf;
 } xc_coord_conf;
@@ -177,6 +178,8 @@ typedef struct xc_coord_stats {
     double vision_images;   /* images those jobs held */
     double image_cache_hits, image_cache_misses; /* vision workers' embedding caches */
     double vision_jobs;                          /* vision jobs completed */
+    double prompt_rows_computed;                 /* prompt rows sent through the stages (prefill) */
+    double prefix_hit_rows; /* prompt rows whose KV came from the prefix cache */
     int n_stages;
     xc_coord_stage_stats stages[XC_COORD_STATS_MAX_STAGES];
     /* failure handling (cumulative) */

@@ -46,6 +46,9 @@ static const xc_conf_entry coord_entries[] = {
                 "KV tokens per block"),
     XC_CONF_INT("kv-blocks", "XC_KV_BLOCKS", xc_coord_flags, kv_blocks, 4096, 1, 1 << 24,
                 "KV blocks per stage at most (also limited by worker memory)"),
+    XC_CONF_BOOL("no-prefix-cache", "XC_NO_PREFIX_CACHE", xc_coord_flags, no_prefix_cache, 0,
+                 "do not reuse the KV blocks of equal prompt prefixes (image-aware prefix "
+                 "caching is on by default)"),
     XC_CONF_INT("max-inflight", "XC_MAX_INFLIGHT", xc_coord_flags, max_inflight, 0, 0, 1024,
                 "micro-batches in flight per pipeline (0 = stages + 1)"),
     XC_CONF_INT("max-context", "XC_MAX_CONTEXT", xc_coord_flags, max_context, 0, 0, 1 << 24,
@@ -110,7 +113,8 @@ void xc_coord_cli_conf(const xc_coord_flags *f, xc_coord_conf *out) {
                            .step_timeout_s = f->step_timeout_s,
                            .max_resumes = f->max_resumes,
                            .resume_timeout_s = f->resume_timeout_s,
-                           .send_queue = f->send_queue};
+                           .send_queue = f->send_queue,
+                           .no_prefix_cache = f->no_prefix_cache};
 }
 
 int xc_coord_cli_serve(xc_coord *c, const xc_coord_flags *f, xc_http *http) {

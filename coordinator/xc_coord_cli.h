@@ -15,6 +15,7 @@ typedef struct xc_coord_flags {
     double step_timeout_s, resume_timeout_s; /* failure handling (docs/cluster.md) */
     int max_resumes, send_queue;
     bool no_vision, exit_when_done;
+    bool no_prefix_cache;  /* --no-prefix-cache (xc_coord_conf) */
     bool shutdown_workers; /* on exit, tell every worker to exit too (xcpipe serve: always) */
 } xc_coord_flags;
 

@@ -1476,6 +1476,8 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
                                .vision_images = cs.vision_images,
                                .image_cache_hits = cs.image_cache_hits,
                                .image_cache_misses = cs.image_cache_misses,
+                               .prompt_rows_computed = cs.prompt_rows_computed,
+                               .prefix_hit_rows = cs.prefix_hit_rows,
                                .bytes_to_stage0 = cs.bytes_to_stage0,
                                .resumes = cs.resumes,
                                .resume_failures = cs.resume_failures,

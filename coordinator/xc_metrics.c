@@ -202,6 +202,16 @@ char *xc_metrics_render(xc_metrics *m, const xc_metrics_gauges *g, size_t *len) 
              "xcpipe_vision_image_cache_misses_total %.17g\n",
              g->image_cache_hits, g->image_cache_misses);
         outf(&o,
+             "# HELP xcpipe_prompt_rows_computed_total Prompt rows (tokens and image rows) "
+             "prefilled through the stages.\n"
+             "# TYPE xcpipe_prompt_rows_computed_total counter\n"
+             "xcpipe_prompt_rows_computed_total %.17g\n"
+             "# HELP xcpipe_prefix_cache_hit_rows_total Prompt rows whose KV came from the prefix "
+             "cache (not computed).\n"
+             "# TYPE xcpipe_prefix_cache_hit_rows_total counter\n"
+             "xcpipe_prefix_cache_hit_rows_total %.17g\n",
+             g->prompt_rows_computed, g->prefix_hit_rows);
+        outf(&o,
              "# HELP xcpipe_coordinator_bytes_sent_total Bytes of forward frames the "
              "coordinator sent to first stages.\n"
              "# TYPE xcpipe_coordinator_bytes_sent_total counter\n"

@@ -48,8 +48,9 @@ typedef struct xc_metrics_gauges {
     /* failure handling, cumulative (docs/cluster.md "Failure handling") */
     double resumes, resume_failures, step_timeouts, worker_restarts, replica_failures;
     double slow_peer_sends, unknown_dropped;
-    double image_cache_hits, image_cache_misses; /* its embedding cache: found / encoded */
-    const xc_metrics_stage *stages;              /* (n_stages) */
+    double image_cache_hits, image_cache_misses;  /* its embedding cache: found / encoded */
+    double prompt_rows_computed, prefix_hit_rows; /* prefill rows run / taken from the cache */
+    const xc_metrics_stage *stages;               /* (n_stages) */
     int n_stages;
 } xc_metrics_gauges;
 

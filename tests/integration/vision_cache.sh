@@ -2,7 +2,9 @@
 # The vision worker's image embedding cache on a real cluster (issue 13.2): the same chat with
 # one image sent three times encodes the image once; /metrics (from the vision worker's
 # heartbeats) shows 2 cache hits and 1 miss, and the three greedy answers are identical. With
-# --image-cache-mb 0 on the same requests: 0 hits, 3 misses, the same answer.
+# --image-cache-mb 0 on the same requests: 0 hits, 3 misses, the same answer. The coordinator
+# runs with --no-prefix-cache: with it, a re-sent image whose rows are in cached KV blocks is not
+# sent to the vision worker at all (tests/integration/prefix_cache.sh).
 # usage: vision_cache.sh XCPIPE WORKER COORD
 XCPIPE=$1 WORKER=$2 COORD=$3
 source "$(dirname "$0")/cluster_lib.sh"
@@ -19,7 +21,7 @@ run() { # run CACHE_MB: prints "hits misses", then the answer (or "differ: ..." 
   PIDS=()
   start_workers 3 "$ep" "c$mb" --heartbeat 0.1 --image-cache-mb "$mb"
   "$COORD" --model "$T/m" --endpoint "$ep" --stages 2 --port "$port" --served-model-name tiny \
-    --canary-interval 0 2> "$T/coord-$mb.log" &
+    --canary-interval 0 --no-prefix-cache 2> "$T/coord-$mb.log" &
   PIDS+=($!)
   local end=$((SECONDS + 30))
   until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ready")" = 200 ]; do
