@@ -18,12 +18,15 @@
 #include "xc_time.h"
 
 typedef struct bs_conf {
-    const char *url, *api_key, *model, *image, *prompt;
+    const char *url, *api_key, *model, *image, *prompt, *scenario;
     int clients, max_tokens, pid, image_every;
     double duration;
 } bs_conf;
 
 static const xc_conf_entry bs_entries[] = {
+    XC_CONF_STR("scenario", NULL, bs_conf, scenario, "mixed", "mixed|chat-images",
+                "mixed: this load test; chat-images: multimodal chats with the prefix cache on and "
+                "off (its own options: --scenario chat-images --help)"),
     XC_CONF_STR("url", "XC_BENCH_URL", bs_conf, url, "http://127.0.0.1:8000", NULL,
                 "server base URL (http://HOST:PORT)"),
     XC_CONF_STR("api-key", "XC_BENCH_API_KEY", bs_conf, api_key, NULL, NULL, "Bearer key"),
@@ -261,7 +264,16 @@ static char *b64_encode(const unsigned char *d, size_t n) {
     return o;
 }
 
+int xc_cmd_bench_chat_images(int argc, char **argv); /* xc_cmd_bench_chat.c */
+
 int xc_cmd_bench_serve(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) { /* --scenario chat-images has its own options */
+        if ((!strcmp(argv[i], "--scenario") && i + 1 < argc &&
+             !strcmp(argv[i + 1], "chat-images")) ||
+            !strcmp(argv[i], "--scenario=chat-images")) {
+            return xc_cmd_bench_chat_images(argc, argv);
+        }
+    }
     bs_conf c;
     xc_status st = xc_conf_parse(&bs_spec, &c, argc, argv, NULL);
     if (st == XC_AGAIN) {
