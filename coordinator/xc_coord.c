@@ -1696,7 +1696,7 @@ static void admit_inbox(xc_coord *c) {
             xc_sched_add_keyed(c->reps[r].sched, q->id, q->n + q->base, q->max_new - q->base,
                                q->n_img == 0 || q->emb != NULL, keys, data_rows, &covered);
         xc_free(keys);
-        if (st == XC_OK && covered && !q->emb) {
+        if (st == XC_OK && covered && !q->emb && !q->pin) { /* the canary checks vision too */
             q->covered = true;
             st = xc_sched_set_ready(c->reps[r].sched, q->id);
         }

@@ -529,11 +529,15 @@ xc_status xc_sched_set_ready(xc_sched *s, uint64_t id) {
         return xc_errf(XC_ERR_ARG, "sequence %llu is unknown", (unsigned long long)id);
     }
     q->ready = true;
+    q->data_rows = 0; /* its data is here */
     return XC_OK;
 }
 
 int xc_sched_take_uncovered(xc_sched *s, uint64_t *ids, int cap) {
     int n = s->n_uncovered < cap ? s->n_uncovered : cap;
+    if (n <= 0) {
+        return 0;
+    }
     memcpy(ids, s->uncovered, (size_t)n * sizeof(uint64_t));
     memmove(s->uncovered, s->uncovered + n, (size_t)(s->n_uncovered - n) * sizeof(uint64_t));
     s->n_uncovered -= n;
@@ -554,6 +558,19 @@ int xc_sched_cached_rows(const xc_sched *s, const uint64_t *keys, int n_prompt) 
             break;
         }
         prev = b;
+    }
+    /* or the blocks a twin waiting for admission will write (n > 1 siblings) */
+    for (int i = 0; i < s->n_seqs; i++) {
+        const sseq *w = &s->seqs[i];
+        if (w->admitted || !w->keys) {
+            continue;
+        }
+        int full = w->n_prompt / bs < max ? w->n_prompt / bs : max, t = 0;
+        while (t < full && !memcmp(keys + (size_t)t * bs, w->keys + (size_t)t * bs,
+                                   (size_t)bs * sizeof(uint64_t))) {
+            t++;
+        }
+        m = t > m ? t : m;
     }
     return m * bs;
 }

@@ -83,7 +83,8 @@ xc_status xc_sched_add_keyed(xc_sched *s, uint64_t id, int n_prompt, int max_new
  * returns their count and forgets them. */
 int xc_sched_take_uncovered(xc_sched *s, uint64_t *ids, int cap);
 
-/* Rows of `n_prompt` whose KV is cached for keys (what admission would reuse now). */
+/* Rows of `n_prompt` whose KV is cached for keys, or will be written by a sequence with the same
+ * leading keys that waits for admission (what admission would reuse). */
 int xc_sched_cached_rows(const xc_sched *s, const uint64_t *keys, int n_prompt);
 
 /* Blocks held by the prefix cache with no sequence using them (evictable). */

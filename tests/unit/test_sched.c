@@ -603,6 +603,7 @@ static void test_sched_prefix_twins_and_uncovered(void **state) {
     bool cov = true;
     assert_int_equal(xc_sched_add_keyed(s, 1, 18, 4, false, k, 10, &cov), XC_OK);
     assert_false(cov);
+    assert_int_equal(xc_sched_cached_rows(s, k, 18), 16); /* what its twin will write */
     assert_int_equal(xc_sched_add_keyed(s, 2, 18, 4, true, k, 10, &cov), XC_OK);
     assert_true(cov);
     assert_int_equal(xc_sched_add_keyed(s, 3, 18, 4, true, k, 10, &cov), XC_OK);
