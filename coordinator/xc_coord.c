@@ -1689,17 +1689,14 @@ static void admit_inbox(xc_coord *c) {
             continue;
         }
         /* a prompt whose image rows are all in cached KV blocks (the next turn of a chat, the
-         * other choices of n > 1) needs no vision job */
+         * other choices of n > 1) needs no vision job (it is added ready without embeddings);
+         * the canary (pinned) always sends its image to the vision worker too */
         bool covered = false;
-        q->covered = false;
-        xc_status st =
-            xc_sched_add_keyed(c->reps[r].sched, q->id, q->n + q->base, q->max_new - q->base,
-                               q->n_img == 0 || q->emb != NULL, keys, data_rows, &covered);
+        xc_status st = xc_sched_add_keyed(c->reps[r].sched, q->id, q->n + q->base,
+                                          q->max_new - q->base, q->n_img == 0 || q->emb != NULL,
+                                          keys, q->pin ? 0 : data_rows, &covered);
         xc_free(keys);
-        if (st == XC_OK && covered && !q->emb && !q->pin) { /* the canary checks vision too */
-            q->covered = true;
-            st = xc_sched_set_ready(c->reps[r].sched, q->id);
-        }
+        q->covered = st == XC_OK && covered && !q->emb;
         if (st != XC_OK) {
             req_end(c, q, st, false, false, xc_err_last());
             continue;

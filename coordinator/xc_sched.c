@@ -512,6 +512,7 @@ xc_status xc_sched_add_keyed(xc_sched *s, uint64_t id, int n_prompt, int max_new
         }
         if (data_rows > 0 && rows >= data_rows) {
             q.data_rows = data_rows;
+            q.ready = true; /* without its data */
             if (covered) {
                 *covered = true;
             }
@@ -667,7 +668,6 @@ static void admit(xc_sched *s) {
         xc_free(shared);
         best->n_blocks = need;
         best->admitted = true;
-        best->data_rows = 0;
     }
 }
 
@@ -737,7 +737,8 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
         for (int i = 0; i < s->n_seqs; i++) {
             const sseq *q = &s->seqs[i];
             ready += q->admitted && q->prefilled == q->n_prompt && q->n_gen > 0 && !q->waiting;
-            prefill = prefill || (q->admitted && q->prefilled < q->n_prompt && shared_ready(s, q));
+            prefill = prefill ||
+                      (q->admitted && q->ready && q->prefilled < q->n_prompt && shared_ready(s, q));
         }
         if (!prefill && ready < decode_cap) {
             return false;
@@ -765,7 +766,7 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
         sseq *best = NULL;
         for (int i = 0; i < s->n_seqs; i++) {
             sseq *q = &s->seqs[i];
-            if (q->admitted && q->prefilled < q->n_prompt && q->stamp != mb &&
+            if (q->admitted && q->ready && q->prefilled < q->n_prompt && q->stamp != mb &&
                 (!best || q->order < best->order) && shared_ready(s, q)) {
                 best = q;
             }
@@ -917,6 +918,13 @@ static void hand_over(xc_sched *s, const sseq *q, int32_t b) {
     }
     heir->n_cached = at;
     heir->prefilled = at * bs_of(s);
+    if (heir->data_rows > heir->prefilled) {
+        /* it now computes rows whose data it never fetched: it waits for them */
+        heir->ready = false;
+        heir->data_rows = 0;
+        XC_ASSERT(s->n_uncovered < s->cap_release); /* reserved by xc_sched_add */
+        s->uncovered[s->n_uncovered++] = heir->id;
+    }
 }
 
 void xc_sched_finish(xc_sched *s, uint64_t id) {

@@ -70,11 +70,12 @@ xc_status xc_sched_set_ready(xc_sched *s, uint64_t id);
 uint64_t xc_sched_image_key(uint64_t image_hash, int offset);
 
 /* xc_sched_add with the keys of the n_prompt prompt rows (copied; NULL = never shared). Rows
- * [0, data_rows) need data the caller fetches before the sequence is ready (image embeddings).
- * *covered (may be NULL) says whether cached blocks, or the blocks of a sequence waiting for
- * admission with the same leading keys, hold all of those rows: the caller may then add it ready
- * without fetching the data. Should admission find fewer blocks than that after all (evicted,
- * or the twin ended first), the sequence is not admitted, becomes not ready and is reported by
+ * [0, data_rows) need data the caller fetches before the sequence is ready (image embeddings;
+ * xc_sched_set_ready = the data is here). *covered (may be NULL) says whether cached blocks, or
+ * the blocks of a sequence waiting for admission with the same leading keys, hold all of those
+ * rows: the sequence is then ready without the data, which the caller does not fetch. Should it
+ * have to compute some of those rows after all (the blocks were evicted before its admission, or
+ * the twin that was to write them ended first), it waits and is reported by
  * xc_sched_take_uncovered: the caller fetches the data and calls xc_sched_set_ready. */
 xc_status xc_sched_add_keyed(xc_sched *s, uint64_t id, int n_prompt, int max_new, bool ready,
                              const uint64_t *keys, int data_rows, bool *covered);

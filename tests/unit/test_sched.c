@@ -604,9 +604,9 @@ static void test_sched_prefix_twins_and_uncovered(void **state) {
     assert_int_equal(xc_sched_add_keyed(s, 1, 18, 4, false, k, 10, &cov), XC_OK);
     assert_false(cov);
     assert_int_equal(xc_sched_cached_rows(s, k, 18), 16); /* what its twin will write */
-    assert_int_equal(xc_sched_add_keyed(s, 2, 18, 4, true, k, 10, &cov), XC_OK);
+    assert_int_equal(xc_sched_add_keyed(s, 2, 18, 4, false, k, 10, &cov), XC_OK);
     assert_true(cov);
-    assert_int_equal(xc_sched_add_keyed(s, 3, 18, 4, true, k, 10, &cov), XC_OK);
+    assert_int_equal(xc_sched_add_keyed(s, 3, 18, 4, false, k, 10, &cov), XC_OK);
     assert_true(cov);
     xc_sched_batch b;
     assert_false(xc_sched_next(s, &b)); /* nothing admitted before the first one is ready */
@@ -641,7 +641,7 @@ static void test_sched_prefix_twins_and_uncovered(void **state) {
     k2[0] = 5;
     assert_int_equal(xc_sched_add_keyed(s, 11, 18, 4, false, k2, 10, &cov), XC_OK);
     assert_false(cov);
-    assert_int_equal(xc_sched_add_keyed(s, 12, 18, 4, true, k2, 10, &cov), XC_OK);
+    assert_int_equal(xc_sched_add_keyed(s, 12, 18, 4, false, k2, 10, &cov), XC_OK);
     assert_true(cov);
     xc_sched_finish(s, 11);
     assert_false(xc_sched_next(s, &b) && b.n_items > 0 && b.items[0].id == 12);
@@ -710,7 +710,8 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
     }
     static uint64_t keys[N][MAXP + 16];
     int np[N], mn[N], ngen[N], nextp[N];
-    bool done[N], started[N];
+    bool done[N], started[N], has_data[N], fetching[N];
+    int data[N], n_covered = 0, n_uncovered = 0;
     for (int i = 0; i < N; i++) {
         np[i] = 1 + rand() % MAXP;
         mn[i] = 1 + rand() % 8;
@@ -719,6 +720,13 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
             keys[i][p] = p < shared ? fam[f][p] : (uint64_t)(100 + rand() % 1000);
         }
         ngen[i] = nextp[i] = 0;
+        data[i] = rand() % 2 ? rand() % (np[i] + 1) : 0;
+        if (i > 0 && rand() % 3 == 0) { /* a sibling (n > 1): the same prompt and data */
+            np[i] = np[i - 1];
+            data[i] = data[i - 1];
+            memcpy(keys[i], keys[i - 1], (size_t)np[i] * sizeof(uint64_t));
+        }
+        has_data[i] = fetching[i] = false;
         done[i] = started[i] = false;
     }
     static uint64_t kv[256][BS];
@@ -736,11 +744,52 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
     long cached_rows = 0;
     while (n_done < N) {
         assert_true(++steps < 200000);
+        /* rows [0, data[i]) need data (image embeddings) that arrives a while after it is asked
+         * for, unless cached blocks cover them */
+        uint64_t unc[N];
+        for (int k = xc_sched_take_uncovered(s, unc, N) - 1; k >= 0; k--) {
+            int i = (int)unc[k] - 1;
+            if (done[i]) {
+                continue; /* reported, then cancelled */
+            }
+            assert_false(has_data[i]);
+            assert_false(fetching[i]);
+            fetching[i] = true;
+            n_uncovered++;
+        }
+        if (rand() % 4 == 0) {
+            for (int i = 0; i < added; i++) {
+                if (fetching[i] && rand() % 2 == 0) {
+                    fetching[i] = false;
+                    has_data[i] = true;
+                    assert_int_equal(xc_sched_set_ready(s, (uint64_t)i + 1), XC_OK);
+                    break;
+                }
+            }
+        }
+        if (added > 0 && rand() % 50 == 0) { /* cancelled at any time (even before admission) */
+            int i = rand() % added;
+            if (!done[i]) {
+                xc_sched_finish(s, (uint64_t)i + 1);
+                done[i] = true;
+                fetching[i] = false;
+                n_done++;
+            }
+            continue;
+        }
         if (added < N && rand() % 3 == 0) {
-            assert_int_equal(xc_sched_add_keyed(s, (uint64_t)added + 1, np[added], mn[added], true,
-                                                keys[added], 0, NULL),
+            int i = added++;
+            bool cov = false;
+            assert_int_equal(xc_sched_add_keyed(s, (uint64_t)i + 1, np[i], mn[i], data[i] == 0,
+                                                keys[i], data[i], &cov),
                              XC_OK);
-            added++;
+            if (cov) {
+                n_covered++;
+            } else if (data[i] > 0) {
+                fetching[i] = true;
+            } else {
+                has_data[i] = true;
+            }
             continue;
         }
         xc_sched_batch b;
@@ -761,6 +810,8 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
                 const int32_t *bt = xc_sched_blocks(s, it->id, &nb);
                 assert_non_null(bt);
                 memcpy(f->bt[k], bt, (size_t)nb * sizeof *bt);
+                /* rows that need data go out only with it */
+                assert_true(has_data[i] || it->first_pos >= data[i]);
                 if (!started[i]) {
                     assert_true(it->first_chunk);
                     assert_int_equal(it->first_pos % BS, 0);
@@ -780,7 +831,12 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
             continue;
         }
         if (qn == 0) {
-            assert_true(added < N); /* nothing in flight: only more sequences can help */
+            bool any_fetching = false;
+            for (int i = 0; i < added; i++) {
+                any_fetching = any_fetching || fetching[i];
+            }
+            /* nothing in flight: only more sequences or data can help */
+            assert_true(added < N || any_fetching);
             continue;
         }
         /* the stages run the oldest micro-batch: every row reads the KV of all rows before it */
@@ -814,6 +870,8 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
         }
     }
     assert_true(cached_rows > 0);
+    assert_true(n_covered > 0);
+    (void)n_uncovered; /* happens with eviction; seen in some runs only */
     assert_int_equal(xc_sched_n_free_blocks(s), n_blocks);
     assert_int_equal(xc_sched_n_live(s), 0);
     xc_sched_destroy(s);
@@ -825,6 +883,9 @@ static void test_sched_prefix_randomized(void **state) {
     run_cached(2, 40, 5, 0);
     run_cached(3, 30, 7, 4);
     run_cached(4, 16, 3, 3);
+    for (unsigned sd = 10; sd < 200; sd++) { /* small pools, chunks, abort rates */
+        run_cached(sd, 16 + sd % 40, 1 + sd % 9, sd % 5 == 1 ? 0 : sd % 5);
+    }
 }
 
 int main(void) {
