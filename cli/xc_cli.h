@@ -15,6 +15,7 @@ int xc_cmd_serve(int argc, char **argv);              /* serve: a whole cluster,
 int xc_cmd_worker(int argc, char **argv);             /* worker: as xcpipe-worker */
 int xc_cmd_coordinator(int argc, char **argv);        /* coordinator: as xcpipe-coordinator */
 int xc_cmd_bench_pipeline(int argc, char **argv);     /* bench pipeline (sim backend) */
+int xc_cmd_bench_sched(int argc, char **argv);        /* bench sched (coordinator step) */
 int xc_cmd_generate(int argc, char **argv);           /* single-process generation */
 int xc_cmd_bench_model(int argc, char **argv);        /* bench model */
 int xc_cmd_bench_vision(int argc, char **argv);       /* bench vision */

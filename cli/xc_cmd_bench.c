@@ -21,6 +21,7 @@ static const bench_cmd benches[] = {
     {"preprocess", xc_cmd_bench_preprocess, "image decode+resize+normalize vs PIL"},
 #ifndef XC_CLI_SUBSET
     {"pipeline", xc_cmd_bench_pipeline, "pipeline efficiency, bubbles at P = 2, 4, 8 (sim)"},
+    {"sched", xc_cmd_bench_sched, "coordinator scheduling step at 2048 live sequences (sim)"},
     {"vision-serve", xc_cmd_bench_vision_serve,
      "vision worker images/s, requests batched vs one by one"},
     {"transport", xc_cmd_bench_transport, "forward-frame GB/s per transport vs raw zmq/MPI"},

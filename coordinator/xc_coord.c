@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "xc_idmap.h"
 #include "xc_log.h"
 #include "xc_mem.h"
 #include "xc_mmap.h"
@@ -105,6 +106,7 @@ typedef struct cworker {
 
 typedef struct creq {
     uint64_t id;
+    int slot;    /* its index in xc_coord.reqs */
     int replica; /* -1 until routed */
     int32_t *ids;
     int n;
@@ -185,6 +187,8 @@ struct xc_coord {
 
     creq **reqs;
     int n_reqs, cap_reqs;
+    xc_idmap req_by_id; /* id -> creq of reqs: results, cancels and vision answers find theirs
+                           without a scan (a step at thousands of sequences, issue 13.6) */
 
     /* cross-thread */
     pthread_t thread;
@@ -214,6 +218,8 @@ struct xc_coord {
     double hb_live[MAX_WORKERS];                          /* Heartbeat.live_sequences */
     double hb_ichit[MAX_WORKERS], hb_icmiss[MAX_WORKERS]; /* Heartbeat.image_cache_* (vision) */
     uint64_t nomem_log_ns; /* last "no memory to build a micro-batch" line */
+    uint64_t count_ns;     /* last count of running / waiting requests (hooks_step) */
+    int n_running, n_waiting;
     /* failure handling counters (xc_coord_stats) */
     double n_resumes, n_resume_fail, n_step_timeouts, n_restarts, n_replica_fail, n_slow;
     atomic_int n_unknown_dropped;
@@ -266,15 +272,11 @@ static void req_free(creq *r) {
 }
 
 static creq *req_find(xc_coord *c, uint64_t id, int *idx) {
-    for (int i = 0; i < c->n_reqs; i++) {
-        if (c->reqs[i]->id == id) {
-            if (idx) {
-                *idx = i;
-            }
-            return c->reqs[i];
-        }
+    creq *q = xc_idmap_get(&c->req_by_id, id);
+    if (q && idx) {
+        *idx = q->slot;
     }
-    return NULL;
+    return q;
 }
 
 /* Ends request r (done or failed): frees its KV in its replica and drops it. */
@@ -288,7 +290,9 @@ static void req_end(xc_coord *c, creq *r, xc_status st, bool retryable, bool sto
         xc_sched_finish(c->reps[r->replica].sched, r->id);
     }
     emit_done(r, st, retryable, stopped, msg);
+    xc_idmap_del(&c->req_by_id, r->id);
     c->reqs[idx] = c->reqs[--c->n_reqs];
+    c->reqs[idx]->slot = idx;
     req_free(r);
     atomic_fetch_sub(&c->n_active, 1);
 }
@@ -1175,7 +1179,12 @@ static void on_result(xc_coord *c, const xc_wire_result *res) {
     }
     xc_sched_batch_done(s, mb);
     mb_done(c, &c->reps[r], mb);
+    size_t next_off = 0; /* where row i's alternatives start in top_ids / top_logprobs */
     for (size_t i = 0; i < res->n; i++) {
+        size_t off = next_off;
+        if (res->n_logprobs == res->n) {
+            next_off += res->n_top[i];
+        }
         creq *q = req_find(c, res->seq_ids[i], NULL);
         if (!q || q->replica != r) {
             continue; /* finished or failed meanwhile */
@@ -1192,10 +1201,6 @@ static void on_result(xc_coord *c, const xc_wire_result *res) {
         q->n_gen++;
         xc_coord_event ev = {.id = q->id, .kind = XC_COORD_TOKEN, .token = t};
         if (q->logprobs && res->n_logprobs == res->n) { /* api helper: logprobs */
-            size_t off = 0;
-            for (size_t k = 0; k < i; k++) {
-                off += res->n_top[k];
-            }
             int32_t top_ids[XC_WIRE_MAX_TOP_LOGPROBS];
             int n_top = (int)res->n_top[i];
             for (int k = 0; k < n_top; k++) {
@@ -1383,11 +1388,12 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
     cworker *w0 = &c->workers[rp->worker[0]];
     size_t H = (size_t)c->mi.hidden;
     xc_wire_seq *seqs = xc_arena_calloc(c->arena, (size_t)b->n_items, sizeof *seqs);
+    creq **qs = xc_arena_alloc(c->arena, (size_t)b->n_items * sizeof *qs + 1);
     int32_t *ids = xc_malloc((size_t)b->n_rows * sizeof(int32_t) + 4);
     size_t img_rows = 0;
-    for (int i = 0; i < b->n_items; i++) {
+    for (int i = 0; qs && i < b->n_items; i++) {
         const xc_sched_item *it = &b->items[i];
-        creq *q = req_find(c, it->id, NULL);
+        creq *q = qs[i] = req_find(c, it->id, NULL); /* looked up once per item */
         for (int k = 0; q && k < q->n_img; k++) {
             int a = q->img[k].start > it->first_pos ? q->img[k].start : it->first_pos;
             int e = q->img[k].end < it->first_pos + it->n_tokens ? q->img[k].end
@@ -1396,14 +1402,14 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
         }
     }
     float *img = img_rows ? xc_malloc(img_rows * H * sizeof(float)) : NULL;
-    if (!seqs || !ids || (img_rows && !img)) {
+    if (!seqs || !qs || !ids || (img_rows && !img)) {
         return batch_unbuilt(c, r, b, ids, img);
     }
     size_t row = 0, irow = 0;
     double prompt_rows = 0, hit_rows = 0;
     for (int i = 0; i < b->n_items; i++) {
         const xc_sched_item *it = &b->items[i];
-        creq *q = req_find(c, it->id, NULL);
+        creq *q = qs[i];
         XC_ASSERT(q);
         int nb = 0;
         const int32_t *bt = xc_sched_blocks(rp->sched, it->id, &nb);
@@ -1619,18 +1625,23 @@ static void admit_inbox(xc_coord *c) {
     pthread_mutex_unlock(&c->lock);
     for (int i = 0; i < n; i++) {
         creq *q = in[i];
-        if (c->n_reqs == c->cap_reqs) {
+        bool room = c->n_reqs < c->cap_reqs;
+        if (!room) {
             int cap = c->cap_reqs ? c->cap_reqs * 2 : 64;
             creq **nr = xc_realloc(c->reqs, (size_t)cap * sizeof *nr);
-            if (!nr) {
-                emit_done(q, XC_ERR_NOMEM, true, false, "coordinator out of memory");
-                req_free(q);
-                atomic_fetch_sub(&c->n_active, 1);
-                continue;
+            if (nr) {
+                c->reqs = nr;
+                c->cap_reqs = cap;
+                room = true;
             }
-            c->reqs = nr;
-            c->cap_reqs = cap;
         }
+        if (!room || xc_idmap_put(&c->req_by_id, q->id, q) != XC_OK) {
+            emit_done(q, XC_ERR_NOMEM, true, false, "coordinator out of memory");
+            req_free(q);
+            atomic_fetch_sub(&c->n_active, 1);
+            continue;
+        }
+        q->slot = c->n_reqs;
         c->reqs[c->n_reqs++] = q;
     }
     xc_free(in);
@@ -1791,6 +1802,12 @@ static void send_heartbeats(xc_coord *c, uint64_t *last, uint64_t *seq) {
     }
 }
 
+static uint64_t thread_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static void *coord_main(void *arg) {
     xc_coord *c = arg;
     xc_log_set_role("C");
@@ -1798,17 +1815,25 @@ static void *coord_main(void *arg) {
     while (!atomic_load(&c->stop_now)) {
         xc_arena_reset(c->arena);
         /* drain the mailbox, then schedule */
-        int timeout = 5;
+        int timeout = 5, n_msg = 0, n_mb = 0, n_rows = 0;
+        uint64_t cpu0 = 0, wall0 = 0, in_handle = 0; /* wall time handling messages */
         for (int k = 0; k < 256; k++) {
             xc_msg msg = {0};
             xc_wire_msg m;
             xc_status st = xc_transport_recv_wire(c->rx, timeout, c->arena, &msg, &m);
+            if (k == 0 && c->conf.on_step) { /* the step starts when the wait ends */
+                cpu0 = thread_cpu_ns();
+                wall0 = xc_now_ns();
+            }
             if (st != XC_OK) {
                 break;
             }
+            uint64_t t = c->conf.on_step ? xc_now_ns() : 0;
             handle(c, &m, &msg);
+            in_handle += c->conf.on_step ? xc_now_ns() - t : 0;
             xc_msg_fini(&msg);
             timeout = 0;
+            n_msg++;
         }
         flush_queues(c);
         pump_dials(c);
@@ -1820,14 +1845,38 @@ static void *coord_main(void *arg) {
             update_ready(c);
         }
         admit_inbox(c);
-        hooks_step(c); /* serving hooks: cancellations, then statistics */
+        hooks_step(c);                     /* serving hooks: cancellations, then statistics */
+        uint64_t in_next = 0, in_send = 0; /* wall time forming / building and sending */
         for (int r = 0; r < c->R; r++) {
             xc_sched_batch b;
-            while (c->reps[r].ready && xc_sched_next(c->reps[r].sched, &b)) {
-                if (send_batch(c, r, &b) != XC_OK) {
+            for (;;) {
+                uint64_t t = c->conf.on_step ? xc_now_ns() : 0;
+                bool got = c->reps[r].ready && xc_sched_next(c->reps[r].sched, &b);
+                in_next += c->conf.on_step ? xc_now_ns() - t : 0;
+                if (!got) {
+                    break;
+                }
+                t = c->conf.on_step ? xc_now_ns() : 0;
+                xc_status sst = send_batch(c, r, &b);
+                in_send += c->conf.on_step ? xc_now_ns() - t : 0;
+                if (sst != XC_OK) {
                     break; /* undone (tried again next step) or the replica failed */
                 }
+                n_mb++;
+                n_rows += b.n_rows;
             }
+        }
+        if (c->conf.on_step && (n_msg > 0 || n_mb > 0)) {
+            xc_coord_step sp = {.cpu_s = (double)(thread_cpu_ns() - cpu0) * 1e-9,
+                                .wall_s = (double)(xc_now_ns() - wall0) * 1e-9,
+                                .live = c->n_reqs,
+                                .messages = n_msg,
+                                .microbatches = n_mb,
+                                .rows = n_rows,
+                                .handle_s = (double)in_handle * 1e-9,
+                                .sched_next_s = (double)in_next * 1e-9,
+                                .send_s = (double)in_send * 1e-9};
+            c->conf.on_step(c->conf.on_step_user, &sp);
         }
         if (c->placed) {
             update_ready(c);
@@ -2159,6 +2208,7 @@ void xc_coord_destroy(xc_coord *c) {
      * its DONE event */
     fail_everything(c, "coordinator destroyed", true);
     xc_free(c->reqs);
+    xc_idmap_fini(&c->req_by_id);
     for (int i = 0; i < c->n_workers; i++) {
         queue_clear(c, &c->workers[i]);
         xc_transport_close(c->workers[i].tx);
@@ -2257,17 +2307,26 @@ static void hooks_step(xc_coord *c) {
     pthread_mutex_lock(&c->stats_lock);
     st = c->stats;
     pthread_mutex_unlock(&c->stats_lock);
-    st.running = st.waiting = st.kv_blocks_used = st.kv_blocks_total = 0;
-    for (int i = 0; i < c->n_reqs; i++) {
-        const creq *q = c->reqs[i];
-        int nb = 0;
-        if (q->replica >= 0 && c->reps[q->replica].sched &&
-            xc_sched_blocks(c->reps[q->replica].sched, q->id, &nb)) {
-            st.running++;
-        } else {
-            st.waiting++;
+    st.kv_blocks_used = st.kv_blocks_total = 0;
+    /* running / waiting need a look at every request: at most every 10 ms (a gauge for
+     * /metrics), not at every step of thousands of sequences */
+    uint64_t now = xc_now_ns();
+    if (now - c->count_ns >= 10000000ull || c->n_reqs < 64) {
+        c->count_ns = now;
+        c->n_running = c->n_waiting = 0;
+        for (int i = 0; i < c->n_reqs; i++) {
+            const creq *q = c->reqs[i];
+            int nb = 0;
+            if (q->replica >= 0 && c->reps[q->replica].sched &&
+                xc_sched_blocks(c->reps[q->replica].sched, q->id, &nb)) {
+                c->n_running++;
+            } else {
+                c->n_waiting++;
+            }
         }
     }
+    st.running = c->n_running;
+    st.waiting = c->n_waiting;
     for (int r = 0; r < c->R; r++) {
         if (c->reps[r].sched) {
             st.kv_blocks_total += c->reps[r].kv_blocks;

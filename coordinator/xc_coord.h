@@ -39,6 +39,22 @@ typedef struct xc_coord_sampling {
     float logit_bias[300]; /* [-100, 100] */
 } xc_coord_sampling;
 
+/* One scheduling step of the coordinator thread (a loop turn that handled a message or sent a
+ * micro-batch): what it cost and did, for xcpipe bench sched. */
+typedef struct xc_coord_step {
+    double cpu_s;     /* the coordinator thread's CPU time in the step (CLOCK_THREAD_CPUTIME_ID) */
+    double wall_s;    /* wall time from the first message (or the mailbox's timeout) to the end */
+    int live;         /* requests the coordinator holds (admitted, waiting or resuming) */
+    int messages;     /* messages handled (Results, heartbeats, ...) */
+    int microbatches; /* micro-batches sent */
+    int rows;         /* rows in them */
+    /* wall time of it: handling messages (Results: tokens to the request callbacks), inside
+     * xc_sched_next (forming micro-batches), building, encoding and sending them */
+    double handle_s, sched_next_s, send_s;
+} xc_coord_step;
+
+typedef void (*xc_coord_step_fn)(void *user, const xc_coord_step *s);
+
 typedef struct xc_coord_conf {
     const char *model_dir;      /* directory with config.json; sent to workers as the model path */
     const char *endpoint;       /* own mailbox: tcp://0.0.0.0:5555, ipc:///tmp/xc-c, mpi://0 */
@@ -67,6 +83,9 @@ typedef struct xc_coord_conf {
     bool no_prefix_cache;       /* do not share KV blocks of equal prompt prefixes (xc_sched.h) */
     const xc_place_model *cost; /* optional: overrides the cost model derived from config.json */
     const xc_transport_conf *tconf;
+    xc_coord_step_fn on_step; /* optional: called on the coordinator thread after every step that
+                                 did work (must be quick; xcpipe bench sched) */
+    void *on_step_user;
 } xc_coord_conf;
 
 /* A request: prompt ids with image slots and preprocessed pixels, and how to sample. */

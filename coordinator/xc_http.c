@@ -380,6 +380,7 @@ typedef struct choice {
     xc_status status;
     bool retryable;
     char message[256];
+    char done_msg[256]; /* the DONE event's message, copied on the coordinator's thread */
     const char *finish;
     int n_tokens;
     uint64_t last_ns;
@@ -394,6 +395,21 @@ typedef struct choice {
     size_t n_echo;
     size_t *echo_off; /* (prompt_len) text offset of each prompt token */
 } choice;
+
+/* One coordinator event, queued by the coordinator's thread for the HTTP side (the connection's
+ * thread), which detokenizes, scans stop strings and encodes SSE: the scheduling thread only
+ * copies. DONE's message is in its choice's done_msg. */
+typedef struct pev {
+    int ch; /* choice index */
+    xc_coord_event_kind kind;
+    uint64_t t_ns; /* when the coordinator delivered it (TTFT, inter-token latency) */
+    /* TOKEN */
+    bool has_logprob;
+    xc_api_logprob lp; /* token, logprob, alternatives */
+    /* DONE */
+    xc_status status;
+    bool retryable, stopped;
+} pev;
 
 typedef struct job {
     xc_http *h;
@@ -414,6 +430,9 @@ typedef struct job {
     int prompt_tokens;
     int fd;
     bool timed_out, client_gone;
+    pev *evq; /* (n_evq) events not handled yet, oldest first */
+    int n_evq, cap_evq;
+    bool detached; /* the HTTP side dropped its reference: events are handled as they come */
 } job;
 
 static void job_free(job *j) {
@@ -427,15 +446,22 @@ static void job_free(job *j) {
     }
     xc_free(j->ch);
     xc_free(j->out.p);
+    xc_free(j->evq);
     xc_api_request_fini(&j->req);
     pthread_mutex_destroy(&j->lock);
     pthread_cond_destroy(&j->cond);
     xc_free(j);
 }
 
-/* Drops one reference; frees on the last. Called without the lock held. */
+static void job_drain(job *j);
+
+/* The HTTP side drops its reference (frees on the last): what is queued is handled now, and from
+ * then on the coordinator's thread handles events as they come (counted in the metrics as
+ * before). Called without the lock held. */
 static void job_unref(job *j) {
     pthread_mutex_lock(&j->lock);
+    job_drain(j);
+    j->detached = true;
     bool last = --j->refs == 0;
     pthread_mutex_unlock(&j->lock);
     if (last) {
@@ -525,9 +551,9 @@ static void sse_delta(job *j, choice *ch, const char *text, size_t len, bool end
                                   j->h->tok));
 }
 
-static void on_token(job *j, choice *ch, const xc_coord_event *ev) {
+static void on_token(job *j, choice *ch, const pev *ev) {
     xc_http *h = j->h;
-    uint64_t now = xc_now_ns();
+    uint64_t now = ev->t_ns;
     if (ch->text.stopped) {
         return; /* generated after a stop string: dropped, cancellation is on its way */
     }
@@ -544,7 +570,7 @@ static void on_token(job *j, choice *ch, const xc_coord_event *ev) {
     const char *text = NULL;
     size_t len = 0;
     bool stopped = false;
-    if (xc_api_text_feed(&ch->text, ev->token, &text, &len, &stopped) != XC_OK) {
+    if (xc_api_text_feed(&ch->text, ev->lp.token, &text, &len, &stopped) != XC_OK) {
         text = "";
         len = 0;
     }
@@ -564,12 +590,12 @@ static void on_token(job *j, choice *ch, const xc_coord_event *ev) {
         if (ch->n_lp < ch->cap_lp) {
             xc_api_logprob *e = &ch->lp[ch->n_lp];
             memset(e, 0, sizeof *e);
-            e->token = ev->token;
-            e->logprob = ev->has_logprob ? ev->logprob : 0.0f;
-            e->n_top = ev->n_top < j->req.top_logprobs ? ev->n_top : j->req.top_logprobs;
+            e->token = ev->lp.token;
+            e->logprob = ev->has_logprob ? ev->lp.logprob : 0.0f;
+            e->n_top = ev->lp.n_top < j->req.top_logprobs ? ev->lp.n_top : j->req.top_logprobs;
             for (int k = 0; k < e->n_top; k++) {
-                e->top_ids[k] = ev->top_ids[k];
-                e->top_logprobs[k] = ev->top_logprobs[k];
+                e->top_ids[k] = ev->lp.top_ids[k];
+                e->top_logprobs[k] = ev->lp.top_logprobs[k];
             }
             ch->lp_end[ch->n_lp] = ch->text.emitted + ch->text.n_pend;
             ch->n_lp++;
@@ -586,7 +612,7 @@ static void on_token(job *j, choice *ch, const xc_coord_event *ev) {
     }
 }
 
-static void on_done(job *j, choice *ch, const xc_coord_event *ev) {
+static void on_done(job *j, choice *ch, const pev *ev) {
     ch->done = true;
     j->n_done++;
     bool ok = ev->status == XC_OK || ch->stop_hit;
@@ -617,7 +643,7 @@ static void on_done(job *j, choice *ch, const xc_coord_event *ev) {
     } else {
         ch->status = ev->status;
         ch->retryable = ev->retryable;
-        snprintf(ch->message, sizeof ch->message, "%s", ev->message ? ev->message : "");
+        snprintf(ch->message, sizeof ch->message, "%s", ch->done_msg);
         if (j->req.stream && !j->error_sent && !j->timed_out && !j->client_gone) {
             xc_api_error e;
             xc_api_error_set(&e, ev->retryable ? 503 : 500,
@@ -645,15 +671,66 @@ static void on_done(job *j, choice *ch, const xc_coord_event *ev) {
     }
 }
 
-/* The coordinator's event callback (its thread): never blocks beyond the job's lock. */
+/* Handles the queued events in order (lock held): detokenizing, stop strings, SSE encoding and
+ * the latency metrics, on the HTTP side. */
+static void job_drain(job *j) {
+    for (int i = 0; i < j->n_evq; i++) {
+        const pev *e = &j->evq[i];
+        if (e->kind == XC_COORD_TOKEN) {
+            on_token(j, &j->ch[e->ch], e);
+        } else {
+            on_done(j, &j->ch[e->ch], e);
+        }
+    }
+    j->n_evq = 0;
+}
+
+/* The coordinator's event callback (its thread): only copies the event into the job's queue
+ * (never blocks beyond the job's lock); the connection's thread handles it (job_drain). Without
+ * memory to queue it, the queue and the event are handled here, in order, as a fallback. */
 static void on_event(void *user, const xc_coord_event *ev) {
     choice *ch = user;
     job *j = ch->job;
     pthread_mutex_lock(&j->lock);
+    if (j->n_evq == j->cap_evq) {
+        int cap = j->cap_evq ? j->cap_evq * 2 : 16;
+        pev *q = xc_realloc(j->evq, (size_t)cap * sizeof *q);
+        if (q) {
+            j->evq = q;
+            j->cap_evq = cap;
+        }
+    }
+    pev one;
+    pev *e = j->n_evq < j->cap_evq && !j->detached ? &j->evq[j->n_evq] : &one;
+    e->ch = ch->index;
+    e->kind = ev->kind;
+    e->t_ns = xc_now_ns();
     if (ev->kind == XC_COORD_TOKEN) {
-        on_token(j, ch, ev);
+        e->has_logprob = ev->has_logprob;
+        e->lp.token = ev->token;
+        e->lp.logprob = ev->logprob;
+        int n_top = ev->has_logprob ? ev->n_top : 0;
+        n_top = n_top < XC_API_MAX_TOP_LOGPROBS ? n_top : XC_API_MAX_TOP_LOGPROBS;
+        e->lp.n_top = n_top;
+        for (int k = 0; k < n_top; k++) {
+            e->lp.top_ids[k] = ev->top_ids[k];
+            e->lp.top_logprobs[k] = ev->top_logprobs[k];
+        }
     } else {
-        on_done(j, ch, ev);
+        e->status = ev->status;
+        e->retryable = ev->retryable;
+        e->stopped = ev->stopped;
+        snprintf(ch->done_msg, sizeof ch->done_msg, "%s", ev->message ? ev->message : "");
+    }
+    if (e == &one) { /* no room, or nobody on the HTTP side: handle everything now, in order */
+        job_drain(j);
+        if (one.kind == XC_COORD_TOKEN) {
+            on_token(j, ch, &one);
+        } else {
+            on_done(j, ch, &one);
+        }
+    } else {
+        j->n_evq++;
     }
     pthread_cond_broadcast(&j->cond);
     bool last = ev->kind == XC_COORD_DONE && --j->refs == 0;
@@ -678,12 +755,15 @@ static void cancel_all(job *j) {
 /* Waits up to ms for events, then handles stop strings, the deadline and a vanished client. Lock
  * held. Returns false once the job should stop waiting (timed out or client gone). */
 static bool job_wait(job *j, int ms) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += (long)ms * 1000000L;
-    ts.tv_sec += ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
-    pthread_cond_timedwait(&j->cond, &j->lock, &ts);
+    if (j->n_evq == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)ms * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&j->cond, &j->lock, &ts);
+    }
+    job_drain(j);
     for (int i = 0; i < j->n; i++) {
         choice *ch = &j->ch[i];
         if (ch->stop_hit && !ch->done && !ch->cancel_sent) {
@@ -754,6 +834,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
 static void sse_free(void *cls) {
     job *j = cls;
     pthread_mutex_lock(&j->lock);
+    job_drain(j); /* choices done meanwhile are not cancelled */
     if (j->n_done < j->n) {
         j->client_gone = !j->timed_out;
         cancel_all(j);

@@ -772,8 +772,252 @@ static Xc__V1__Result *result_to_pb(xc_arena *a, const xc_wire_result *r) {
     return p;
 }
 
-xc_status xc_wire_encode_unchecked(const xc_wire_msg *m, uint32_t version, void **out,
-                                   size_t *out_len) {
+/* ---- a direct encoder for Forward ----
+ *
+ * A Forward header is encoded at every scheduling step (issue 13.6: 1,024 sequences, each with its
+ * KV block table). protobuf-c's generic packer walks the descriptors twice (size, then bytes) and
+ * needs the message rebuilt in its own structs; this writes the same bytes straight from the
+ * plain structs (test_wire compares them with protobuf-c's on random messages): proto3 rules,
+ * fields in number order, scalars equal to 0 (and false, and floats == 0) left out, repeated
+ * scalars packed, sub-messages present when set. */
+
+enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
+
+static size_t vsz(uint64_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *put_v(uint8_t *p, uint64_t v) {
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+static size_t tsz(uint32_t field) {
+    return vsz((uint64_t)field << 3);
+}
+
+static uint8_t *put_tag(uint8_t *p, uint32_t field, int wt) {
+    return put_v(p, ((uint64_t)field << 3) | (uint64_t)wt);
+}
+
+/* optional scalar fields (left out when zero) */
+static size_t u_sz(uint32_t f, uint64_t v) {
+    return v ? tsz(f) + vsz(v) : 0;
+}
+
+static uint8_t *u_put(uint8_t *p, uint32_t f, uint64_t v) {
+    return v ? put_v(put_tag(p, f, WT_VARINT), v) : p;
+}
+
+static size_t f_sz(uint32_t f, float v) {
+    return v != 0.0f ? tsz(f) + 4 : 0;
+}
+
+static uint8_t *f_put(uint8_t *p, uint32_t f, float v) {
+    if (v == 0.0f) {
+        return p;
+    }
+    p = put_tag(p, f, WT_I32);
+    uint32_t b;
+    memcpy(&b, &v, 4);
+    for (int i = 0; i < 4; i++) {
+        *p++ = (uint8_t)(b >> (8 * i));
+    }
+    return p;
+}
+
+/* packed repeated uint32 / uint64 / float: payload bytes, then the field */
+static size_t pk32_len(const uint32_t *v, size_t n) {
+    size_t b = 0;
+    for (size_t i = 0; i < n; i++) {
+        b += vsz(v[i]);
+    }
+    return b;
+}
+
+static size_t pk64_len(const uint64_t *v, size_t n) {
+    size_t b = 0;
+    for (size_t i = 0; i < n; i++) {
+        b += vsz(v[i]);
+    }
+    return b;
+}
+
+static size_t len_sz(uint32_t f, size_t len) {
+    return tsz(f) + vsz(len) + len;
+}
+
+static uint8_t *pk32_put(uint8_t *p, uint32_t f, const uint32_t *v, size_t n) {
+    if (n == 0) {
+        return p;
+    }
+    p = put_v(put_tag(p, f, WT_LEN), pk32_len(v, n));
+    for (size_t i = 0; i < n; i++) {
+        p = put_v(p, v[i]);
+    }
+    return p;
+}
+
+static uint8_t *pk64_put(uint8_t *p, uint32_t f, const uint64_t *v, size_t n) {
+    if (n == 0) {
+        return p;
+    }
+    p = put_v(put_tag(p, f, WT_LEN), pk64_len(v, n));
+    for (size_t i = 0; i < n; i++) {
+        p = put_v(p, v[i]);
+    }
+    return p;
+}
+
+static uint8_t *pkf_put(uint8_t *p, uint32_t f, const float *v, size_t n) {
+    if (n == 0) {
+        return p;
+    }
+    p = put_v(put_tag(p, f, WT_LEN), 4 * n);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, &v[i], 4);
+        for (int k = 0; k < 4; k++) {
+            *p++ = (uint8_t)(b >> (8 * k));
+        }
+    }
+    return p;
+}
+
+static size_t pk32_sz(uint32_t f, const uint32_t *v, size_t n) {
+    return n ? len_sz(f, pk32_len(v, n)) : 0;
+}
+
+static size_t tensor_body(const xc_wire_tensor *t) {
+    return u_sz(1, (uint32_t)dtype_to_pb(t->dtype)) + u_sz(2, t->rows) + u_sz(3, t->cols);
+}
+
+static uint8_t *tensor_put(uint8_t *p, uint32_t f, const xc_wire_tensor *t) {
+    p = put_v(put_tag(p, f, WT_LEN), tensor_body(t));
+    p = u_put(p, 1, (uint32_t)dtype_to_pb(t->dtype));
+    p = u_put(p, 2, t->rows);
+    return u_put(p, 3, t->cols);
+}
+
+static size_t sampling_body(const xc_wire_sampling *w) {
+    return u_sz(1, w->greedy) + f_sz(2, w->temperature) + u_sz(3, w->top_k) + f_sz(4, w->top_p) +
+           f_sz(5, w->repetition_penalty) + u_sz(6, w->seed) + u_sz(7, w->max_new_tokens) +
+           pk32_sz(8, w->stop_ids, w->n_stop_ids) + u_sz(9, w->prompt_len) +
+           pk32_sz(10, w->penalty_ids, w->n_penalty_ids) + u_sz(11, w->logprobs) +
+           u_sz(12, w->top_logprobs) + u_sz(20, w->choice) + f_sz(21, w->presence_penalty) +
+           f_sz(22, w->frequency_penalty) + f_sz(23, w->min_p) + u_sz(24, w->min_tokens) +
+           pk32_sz(25, w->logit_bias_ids, w->n_logit_bias) +
+           (w->n_logit_bias ? len_sz(26, 4 * w->n_logit_bias) : 0) + u_sz(30, w->resumed_tokens);
+}
+
+static uint8_t *sampling_put(uint8_t *p, const xc_wire_sampling *w) {
+    p = put_v(put_tag(p, 6, WT_LEN), sampling_body(w));
+    p = u_put(p, 1, w->greedy);
+    p = f_put(p, 2, w->temperature);
+    p = u_put(p, 3, w->top_k);
+    p = f_put(p, 4, w->top_p);
+    p = f_put(p, 5, w->repetition_penalty);
+    p = u_put(p, 6, w->seed);
+    p = u_put(p, 7, w->max_new_tokens);
+    p = pk32_put(p, 8, w->stop_ids, w->n_stop_ids);
+    p = u_put(p, 9, w->prompt_len);
+    p = pk32_put(p, 10, w->penalty_ids, w->n_penalty_ids);
+    p = u_put(p, 11, w->logprobs);
+    p = u_put(p, 12, w->top_logprobs);
+    p = u_put(p, 20, w->choice);
+    p = f_put(p, 21, w->presence_penalty);
+    p = f_put(p, 22, w->frequency_penalty);
+    p = f_put(p, 23, w->min_p);
+    p = u_put(p, 24, w->min_tokens);
+    p = pk32_put(p, 25, w->logit_bias_ids, w->n_logit_bias);
+    p = pkf_put(p, 26, w->logit_bias_values, w->n_logit_bias);
+    return u_put(p, 30, w->resumed_tokens);
+}
+
+static size_t range_body(const xc_wire_range *r) {
+    return u_sz(1, r->start) + u_sz(2, r->end);
+}
+
+static size_t seq_body(const xc_wire_seq *s) {
+    size_t b = u_sz(1, s->id) + u_sz(2, s->first_pos) + u_sz(3, s->n_tokens) +
+               pk32_sz(4, s->block_table, s->n_blocks);
+    for (size_t k = 0; k < s->n_image_ranges; k++) {
+        b += len_sz(5, range_body(&s->image_ranges[k]));
+    }
+    if (s->sampling) {
+        b += len_sz(6, sampling_body(s->sampling));
+    }
+    return b;
+}
+
+static uint8_t *seq_put(uint8_t *p, const xc_wire_seq *s, size_t body) {
+    p = put_v(put_tag(p, 3, WT_LEN), body);
+    p = u_put(p, 1, s->id);
+    p = u_put(p, 2, s->first_pos);
+    p = u_put(p, 3, s->n_tokens);
+    p = pk32_put(p, 4, s->block_table, s->n_blocks);
+    for (size_t k = 0; k < s->n_image_ranges; k++) {
+        const xc_wire_range *r = &s->image_ranges[k];
+        p = put_v(put_tag(p, 5, WT_LEN), range_body(r));
+        p = u_put(p, 1, r->start);
+        p = u_put(p, 2, r->end);
+    }
+    return s->sampling ? sampling_put(p, s->sampling) : p;
+}
+
+/* Envelope{version, forward: f} into a new buffer. */
+static xc_status encode_forward_direct(const xc_wire_forward *f, uint32_t version, void **out,
+                                       size_t *out_len) {
+    size_t *seq_len = xc_malloc((f->n_seqs ? f->n_seqs : 1) * sizeof *seq_len);
+    if (!seq_len) {
+        return xc_errf(XC_ERR_NOMEM, "wire: no memory to encode a forward message");
+    }
+    size_t body = u_sz(1, f->microbatch_id) + u_sz(2, f->kv_block_size);
+    for (size_t i = 0; i < f->n_seqs; i++) {
+        seq_len[i] = seq_body(&f->seqs[i]);
+        body += len_sz(3, seq_len[i]);
+    }
+    body += f->n_release ? len_sz(4, pk64_len(f->release_ids, f->n_release)) : 0;
+    body += len_sz(5, tensor_body(&f->payload));
+    body += f->has_image_rows ? len_sz(6, tensor_body(&f->image_rows)) : 0;
+    body += u_sz(30, f->epoch);
+    size_t n = u_sz(1, version) + len_sz(3, body);
+    uint8_t *buf = xc_malloc(n);
+    if (!buf) {
+        xc_free(seq_len);
+        return xc_errf(XC_ERR_NOMEM, "wire: no memory for a %zu-byte header", n);
+    }
+    uint8_t *p = u_put(buf, 1, version);
+    p = put_v(put_tag(p, 3, WT_LEN), body);
+    p = u_put(p, 1, f->microbatch_id);
+    p = u_put(p, 2, f->kv_block_size);
+    for (size_t i = 0; i < f->n_seqs; i++) {
+        p = seq_put(p, &f->seqs[i], seq_len[i]);
+    }
+    p = pk64_put(p, 4, f->release_ids, f->n_release);
+    p = tensor_put(p, 5, &f->payload);
+    if (f->has_image_rows) {
+        p = tensor_put(p, 6, &f->image_rows);
+    }
+    p = u_put(p, 30, f->epoch);
+    XC_ASSERT((size_t)(p - buf) == n);
+    xc_free(seq_len);
+    *out = buf;
+    *out_len = n;
+    return XC_OK;
+}
+
+xc_status xc_wire_encode_generic(const xc_wire_msg *m, uint32_t version, void **out,
+                                 size_t *out_len) {
     xc_arena *a = NULL;
     XC_TRY(xc_arena_create(4096, &a));
     xc_status st = XC_OK;
@@ -814,6 +1058,14 @@ xc_status xc_wire_encode_unchecked(const xc_wire_msg *m, uint32_t version, void 
 out:
     xc_arena_destroy(a);
     return st;
+}
+
+xc_status xc_wire_encode_unchecked(const xc_wire_msg *m, uint32_t version, void **out,
+                                   size_t *out_len) {
+    if (m->kind == XC_WIRE_KIND_FORWARD) {
+        return encode_forward_direct(&m->u.forward, version, out, out_len);
+    }
+    return xc_wire_encode_generic(m, version, out, out_len);
 }
 
 xc_status xc_wire_encode(const xc_wire_msg *m, const size_t *frame_lens, size_t n_frames,

@@ -289,6 +289,12 @@ xc_status xc_wire_encode_result(const xc_wire_result *r, void **out, size_t *out
 xc_status xc_wire_encode_unchecked(const xc_wire_msg *m, uint32_t version, void **out,
                                    size_t *out_len);
 
+/* The same through protobuf-c's generic packer for every kind (xc_wire_encode_unchecked writes
+ * Forward headers with a direct encoder, the hot path of a scheduling step): for tests that
+ * compare the two byte for byte. */
+xc_status xc_wire_encode_generic(const xc_wire_msg *m, uint32_t version, void **out,
+                                 size_t *out_len);
+
 /* Decodes and checks header bytes buf (len) followed by n_frames tensor frames of frame_lens
  * bytes. Everything *out points to lives in arena (reset or destroy it to free). On failure *out
  * is untouched and the status is XC_ERR_PROTO (bad bytes, wrong version, failed check) or

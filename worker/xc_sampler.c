@@ -395,3 +395,28 @@ xc_status xc_sampler_logprobs(const float *logits, int n_vocab, int32_t token, i
     }
     return XC_OK;
 }
+
+bool xc_sampler_plan_next(const xc_sampler *s, xc_sampler_plan *p) {
+    if (s->p.n_logit_bias > 0 || (s->n_generated < s->p.min_tokens && s->p.n_stop_ids > 0) ||
+        s->count || s->p.min_p > 0.0f) {
+        return false;
+    }
+    *p = (xc_sampler_plan){.greedy = s->p.greedy,
+                           .temperature = s->p.temperature,
+                           .top_k = s->p.top_k,
+                           .top_p = s->p.top_p,
+                           .repetition_penalty = s->p.repetition_penalty,
+                           .seen = s->seen_list,
+                           .n_seen = s->n_seen,
+                           .u = xc_sampler_uniform(s->p.seed, s->p.choice, s->pos)};
+    return true;
+}
+
+xc_status xc_sampler_accept(xc_sampler *s, int32_t token) {
+    if (token < 0 || token >= s->n_vocab) {
+        return xc_errf(XC_ERR_ARG, "sampler: token %d outside the vocabulary of %d", token,
+                       s->n_vocab);
+    }
+    s->pos++;
+    return xc_sampler_observe_output(s, &token, 1);
+}

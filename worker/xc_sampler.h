@@ -50,3 +50,27 @@ xc_status xc_sampler_sample(xc_sampler *s, float *logits, int32_t *out);
  * token out of range or k outside [0, 20]. */
 xc_status xc_sampler_logprobs(const float *logits, int n_vocab, int32_t token, int k, float *lp,
                               int32_t *top_ids, float *top_lps);
+
+/* Device sampling (issue 13.7): the next draw as a device can run it. A device sampler applies,
+ * per row, the repetition penalty over `seen`, then greedy argmax, or temperature, top-k, top-p
+ * and the draw with uniform u, exactly in the order and with the rules of xc_sampler_sample. */
+typedef struct xc_sampler_plan {
+    bool greedy;
+    float temperature;
+    int top_k;                /* 0 = off */
+    float top_p;              /* 1 = off */
+    float repetition_penalty; /* 1 = off */
+    const int32_t *seen;      /* (n_seen) distinct ids the penalty applies to (view, valid until
+                                 the sampler is next modified) */
+    int n_seen;
+    double u; /* xc_sampler_uniform(seed, choice, position of this draw) */
+} xc_sampler_plan;
+
+/* Fills p and returns true when the next draw needs nothing beyond the plan's processors; false
+ * (sample on the host) when logit_bias, min_tokens (still holding stop ids back), frequency or
+ * presence penalties, or min_p are active. */
+bool xc_sampler_plan_next(const xc_sampler *s, xc_sampler_plan *p);
+
+/* Takes the token a device drew by the plan: advances the position and marks the token as
+ * generated, as xc_sampler_sample does after its own pick. */
+xc_status xc_sampler_accept(xc_sampler *s, int32_t token);

@@ -914,6 +914,68 @@ static void seq_fail_set(xc_worker *w, seq_fail *sf, const xc_wire_forward *f, s
     sf->n++;
 }
 
+#ifdef XC_HAVE_CUDA
+/* The last stage on CUDA (issue 13.7): the rows whose next draw the device can make
+ * (xc_sampler_plan_next) are sampled together on the device, and only their ids and requested
+ * logprobs come back; done[i] marks them. Other rows (logit_bias, min_tokens, frequency/presence
+ * penalties, min_p) are left to the host path. */
+static xc_status sample_on_device(xc_worker *w, const xc_wire_forward *f, seq_fail *sf,
+                                  int32_t *toks, bool *want, result_lp *lp, bool *done) {
+    size_t m = f->n_seqs;
+    xc_cuda_sample_row *rows = xc_arena_alloc(w->arena, m * sizeof *rows + 1);
+    size_t *at = xc_arena_alloc(w->arena, m * sizeof *at + 1);
+    int32_t *tk = xc_arena_alloc(w->arena, m * sizeof *tk + 4);
+    float *lpv = xc_arena_alloc(w->arena, m * sizeof *lpv + 4);
+    int32_t *tid = xc_arena_alloc(w->arena, m * 20 * sizeof *tid + 4);
+    float *tlp = xc_arena_alloc(w->arena, m * 20 * sizeof *tlp + 4);
+    if (!rows || !at || !tk || !lpv || !tid || !tlp) {
+        return XC_OK; /* the host path samples them all */
+    }
+    int n = 0;
+    for (size_t i = 0; i < m; i++) {
+        seq_state *s = sf->code[i] ? NULL : seq_find(w, f->seqs[i].id);
+        xc_sampler_plan pl;
+        if (!s || !wants_token(s, &f->seqs[i]) || !xc_sampler_plan_next(s->smp, &pl)) {
+            continue;
+        }
+        rows[n] = (xc_cuda_sample_row){.row = (int)i,
+                                       .greedy = pl.greedy,
+                                       .temperature = pl.temperature,
+                                       .top_k = pl.top_k,
+                                       .top_p = pl.top_p,
+                                       .repetition_penalty = pl.repetition_penalty,
+                                       .seen = pl.seen,
+                                       .n_seen = pl.n_seen,
+                                       .u = pl.u,
+                                       .top_logprobs = s->logprobs && lp ? (int)s->top : -1};
+        at[n++] = i;
+    }
+    if (n == 0) {
+        return XC_OK;
+    }
+    XC_TRY(xc_cuda_sample(w->be, w->logits.data, w->vocab, w->vocab, rows, n, tk, lpv, tid, tlp));
+    for (int j = 0; j < n; j++) {
+        size_t i = at[j];
+        seq_state *s = seq_find(w, f->seqs[i].id);
+        done[i] = true;
+        xc_status ss = xc_sampler_accept(s->smp, tk[j]);
+        if (ss != XC_OK) {
+            seq_fail_set(w, sf, f, i, ss);
+            continue;
+        }
+        toks[i] = tk[j];
+        want[i] = true;
+        if (rows[j].top_logprobs >= 0) {
+            lp->lp[i] = lpv[j];
+            lp->n_top[i] = s->top;
+            memcpy(lp->top_ids + i * 20, tid + (size_t)j * 20, s->top * sizeof(int32_t));
+            memcpy(lp->top_lps + i * 20, tlp + (size_t)j * 20, s->top * sizeof(float));
+        }
+    }
+    return XC_OK;
+}
+#endif
+
 static xc_status send_result(xc_worker *w, const xc_wire_forward *f, const int32_t *toks,
                              const bool *want, const result_lp *lp, const seq_fail *sf) {
     uint64_t *ids = xc_arena_alloc(w->arena, f->n_seqs * sizeof(uint64_t) + 8);
@@ -1148,8 +1210,18 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
                 lp.lp[i] = NAN;
             }
         }
+        bool *done = xc_arena_calloc(w->arena, f->n_seqs + 1, sizeof *done);
+        if (!done) {
+            xc_free(host);
+            return XC_ERR_NOMEM;
+        }
+#ifdef XC_HAVE_CUDA
+        if (strcmp(xc_backend_name(w->be), "cuda") == 0) {
+            st = sample_on_device(w, f, &sf, toks, want, any_lp ? &lp : NULL, done);
+        }
+#endif
         for (size_t i = 0; i < f->n_seqs && st == XC_OK; i++) {
-            seq_state *s = sf.code[i] ? NULL : seq_find(w, f->seqs[i].id);
+            seq_state *s = sf.code[i] || done[i] ? NULL : seq_find(w, f->seqs[i].id);
             if (!s || !wants_token(s, &f->seqs[i])) {
                 continue;
             }

@@ -3,6 +3,7 @@
  * `xcpipe bench model/vision --backend cuda` prints beside its figures. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,3 +34,28 @@ xc_status xc_cuda_time_copy(xc_backend *be, void *dst, const void *src, size_t b
 /* Best of iters cuBLAS bf16 GEMMs (m, k) x (k, n) -> f32 with fp32 accumulation on random data
  * (after one warm-up), in ms. XC_ERR_NOMEM if the operands do not fit. */
 xc_status xc_cuda_time_gemm(xc_backend *be, int m, int n, int k, int iters, double *ms);
+
+/* One row of a micro-batch to sample on the device (issue 13.7): the rules of the CPU sampler
+ * (worker/xc_sampler.h, xc_sampler_plan) for the repetition penalty, greedy, temperature, top-k
+ * and top-p, with the draw's uniform u computed on the host. */
+typedef struct xc_cuda_sample_row {
+    int row; /* row of the logits */
+    bool greedy;
+    float temperature;
+    int top_k;                /* 0 = off */
+    float top_p;              /* 1 = off */
+    float repetition_penalty; /* 1 = off */
+    const int32_t *seen;      /* (n_seen) distinct ids in [0, n), host memory */
+    int n_seen;
+    double u;         /* uniform in [0, 1) of this draw */
+    int top_logprobs; /* -1: no logprobs; else 0..20 alternatives */
+} xc_cuda_sample_row;
+
+/* Samples the m rows together on the device from logits (device, rows of n at stride ld, modified
+ * in place: penalty, temperature) and copies only the results to the host: tok[i] for row i, and
+ * for rows that ask for logprobs lp[i] and top_ids / top_lps[20 i .. 20 i + top_logprobs) (lp,
+ * top_ids, top_lps may be NULL when no row asks). XC_ERR_ARG for a bad row, XC_ERR_DEVICE on a
+ * device failure. */
+xc_status xc_cuda_sample(xc_backend *be, float *logits, int ld, int n,
+                         const xc_cuda_sample_row *rows, int m, int32_t *tok, float *lp,
+                         int32_t *top_ids, float *top_lps);

@@ -75,6 +75,8 @@ typedef struct xc_cuda_ctx {
     size_t part_size;
     void *argmax; /* softmax argmax results (m) int32 */
     size_t argmax_size;
+    void *smp; /* sampling results: (m) ids, (m) logprobs, (20 m) alternatives and theirs */
+    size_t smp_size;
     /* parameter ring: host arrays (positions, ids, slots, block tables, work lists) are written to
      * pinned memory and copied on the stream ahead of the kernel that reads them */
     char *ring_host, *ring_dev;
@@ -231,6 +233,7 @@ static void xc_cuda_close(xc_backend *be) {
     cudaFree(c->tmp);
     cudaFree(c->part);
     cudaFree(c->argmax);
+    cudaFree(c->smp);
     cudaFree(c->ring_dev);
     cudaFreeHost(c->ring_host);
     for (int i = 0; i + 1 < c->n_retired; i += 2) { /* (host, device) pairs */
@@ -1032,3 +1035,104 @@ const xc_backend_ops xc_backend_cuda_ops = {
     .sync = xc_cuda_sync,
     .copy2d = xc_cuda_copy2d,
 };
+
+/* ---- sampling a micro-batch's rows on the device (issue 13.7) ---- */
+
+xc_status xc_cuda_sample(xc_backend *be, float *logits, int ld, int n,
+                         const xc_cuda_sample_row *rows, int m, int32_t *tok, float *lp,
+                         int32_t *top_ids, float *top_lps) {
+    if (strcmp(xc_backend_name(be), "cuda") != 0) {
+        return xc_errf(XC_ERR_ARG, "xc_cuda_sample: backend %s is not cuda", xc_backend_name(be));
+    }
+    if (m < 0 || n < 1 || ld < n || (m > 0 && (!rows || !tok))) {
+        return xc_errf(XC_ERR_ARG, "xc_cuda_sample: m %d, n %d, ld %d", m, n, ld);
+    }
+    if (m == 0) {
+        return XC_OK;
+    }
+    xc_cuda_ctx *c = xc_cuda_get(be);
+    bool any_lp = false;
+    size_t n_seen = 0;
+    for (int i = 0; i < m; i++) {
+        const xc_cuda_sample_row *r = &rows[i];
+        if (r->row < 0 || r->top_logprobs < -1 || r->top_logprobs > 20 || r->n_seen < 0 ||
+            (r->n_seen > 0 && !r->seen) || (!r->greedy && !(r->temperature > 0.0f)) ||
+            !(r->top_p > 0.0f && r->top_p <= 1.0f) || r->top_k < 0 ||
+            !(r->u >= 0.0 && r->u < 1.0)) {
+            return xc_errf(XC_ERR_ARG, "xc_cuda_sample: row %d has bad parameters", i);
+        }
+        for (int k = 0; k < r->n_seen; k++) {
+            if (r->seen[k] < 0 || r->seen[k] >= n) {
+                return xc_errf(XC_ERR_ARG, "xc_cuda_sample: row %d: seen id %d outside [0, %d)", i,
+                               r->seen[k], n);
+            }
+        }
+        any_lp = any_lp || r->top_logprobs >= 0;
+        n_seen += (size_t)r->n_seen;
+    }
+    if (any_lp && (!lp || !top_ids || !top_lps)) {
+        return xc_errf(XC_ERR_ARG, "xc_cuda_sample: logprobs asked without room for them");
+    }
+    int max_row = 0;
+    for (int i = 0; i < m; i++) {
+        max_row = rows[i].row > max_row ? rows[i].row : max_row;
+    }
+    XC_TRY(xc_cuda_dev_ptr(c, "sample", "logits", logits, xc_cuda_span(max_row + 1, n, ld, 4)));
+    xc_cuda_sample_param *ps = xc_malloc((size_t)m * sizeof *ps);
+    int32_t *seen = xc_malloc((n_seen ? n_seen : 1) * sizeof *seen);
+    if (!ps || !seen) {
+        xc_free(ps);
+        xc_free(seen);
+        return XC_ERR_NOMEM;
+    }
+    size_t off = 0;
+    for (int i = 0; i < m; i++) {
+        const xc_cuda_sample_row *r = &rows[i];
+        ps[i] = (xc_cuda_sample_param){.row = r->row,
+                                       .greedy = r->greedy,
+                                       .top_k = r->top_k,
+                                       .seen_off = (int)off,
+                                       .n_seen = r->n_seen,
+                                       .top_logprobs = r->top_logprobs,
+                                       .temperature = r->greedy ? 1.0f : r->temperature,
+                                       .top_p = r->top_p,
+                                       .repetition_penalty = r->repetition_penalty,
+                                       .u = r->u};
+        if (r->n_seen > 0) {
+            memcpy(seen + off, r->seen, (size_t)r->n_seen * sizeof *seen);
+        }
+        off += (size_t)r->n_seen;
+    }
+    /* results: ids (m), logprobs (m), alternatives (20 m) and theirs (20 m), 4 bytes each */
+    size_t mz = (size_t)m;
+    xc_status st = xc_cuda_scratch(c, &c->smp, &c->smp_size, mz * 42 * 4);
+    void *d_ps = NULL, *d_seen = NULL;
+    if (st == XC_OK) {
+        st = xc_cuda_put(c, ps, mz * sizeof *ps, &d_ps);
+    }
+    if (st == XC_OK) {
+        st = xc_cuda_put(c, seen, n_seen * sizeof *seen, &d_seen);
+    }
+    xc_free(ps);
+    xc_free(seen);
+    XC_TRY(st);
+    int32_t *d_tok = c->smp;
+    float *d_lp = (float *)c->smp + mz;
+    int32_t *d_top = (int32_t *)c->smp + 2 * mz;
+    float *d_top_lps = (float *)c->smp + 22 * mz;
+    XC_CUDA_CHECK(xc_cuda_sample_launch(logits, ld, n, m, d_ps, d_seen, d_tok, d_lp, d_top,
+                                        d_top_lps, c->stream));
+    /* only the chosen ids, and the logprobs when some row asked */
+    XC_CUDA_CHECK(
+        cudaMemcpyAsync(tok, d_tok, mz * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream));
+    if (any_lp) {
+        XC_CUDA_CHECK(
+            cudaMemcpyAsync(lp, d_lp, mz * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+        XC_CUDA_CHECK(cudaMemcpyAsync(top_ids, d_top, mz * 20 * sizeof(int32_t),
+                                      cudaMemcpyDeviceToHost, c->stream));
+        XC_CUDA_CHECK(cudaMemcpyAsync(top_lps, d_top_lps, mz * 20 * sizeof(float),
+                                      cudaMemcpyDeviceToHost, c->stream));
+    }
+    XC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    return xc_cuda_done(c, "sample");
+}

@@ -132,6 +132,23 @@ cudaError_t xc_cuda_attn_combine_launch(const xc_cuda_attn_params *p, const int3
 cudaError_t xc_cuda_fill_random_launch(void *p, int t, size_t n, float a, uint64_t seed,
                                        cudaStream_t stream);
 
+/* ---- xc_cuda_sample.cu: sampling a micro-batch's rows (issue 13.7) ---- */
+
+/* One row to sample (see xc_cuda.h's xc_cuda_sample_row; seen ids at seen_off of the array). */
+typedef struct xc_cuda_sample_param {
+    int row, greedy, top_k, seen_off, n_seen, top_logprobs; /* top_logprobs -1: no logprobs */
+    float temperature, top_p, repetition_penalty;
+    double u;
+} xc_cuda_sample_param;
+
+/* For each of the m params (one block each): the token into tok[b]; with logprobs, lp[b] and
+ * top_logprobs alternatives at top_ids / top_lps + 20 b. Logits (rows of n at stride ld) are
+ * modified in place (penalty, temperature). */
+cudaError_t xc_cuda_sample_launch(float *logits, int ld, int n, int m,
+                                  const xc_cuda_sample_param *params, const int32_t *seen,
+                                  int32_t *tok, float *lp, int32_t *top_ids, float *top_lps,
+                                  cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,7 @@
 #include "xc_conf.h"
 #include "xc_cpuid.h"
 #include "xc_dtype.h"
+#include "xc_idmap.h"
 #include "xc_mmap.h"
 #include "xc_sha256.h"
 #include "xc_test.h"
@@ -267,6 +268,64 @@ static void test_common_sha256_vectors(void **state) {
     }
 }
 
+/* xc_idmap against a naive list of (key, value) pairs under random puts, replacements and
+ * deletions, with keys that collide in their low bits (ids of one replica differ only above bit
+ * 48) and the key 0. */
+static void test_common_idmap_matches_a_list(void **state) {
+    (void)state;
+
+    enum { N = 600 };
+
+    uint64_t keys[N];
+    for (int i = 0; i < N; i++) {
+        keys[i] = i % 3 == 0 ? (uint64_t)i << 48 : i % 3 == 1 ? (uint64_t)i * 1024 : (uint64_t)i;
+    }
+    static int vals[N];
+    void *ref[N] = {0}; /* value of keys[i] in the map, or NULL */
+    xc_idmap m;
+    xc_idmap_init(&m);
+    assert_null(xc_idmap_get(&m, 5));
+    assert_null(xc_idmap_del(&m, 5));
+    assert_int_equal(xc_idmap_put(&m, 1, NULL), XC_ERR_ARG);
+    uint64_t rng = 12345;
+    size_t live = 0;
+    for (int step = 0; step < 40000; step++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        int k = (int)((rng >> 33) % N);
+        int op = (int)((rng >> 20) % 3);
+        if (op < 2) {
+            void *v = &vals[(k + step) % N];
+            assert_int_equal(xc_idmap_put(&m, keys[k], v), XC_OK);
+            live += ref[k] == NULL;
+            ref[k] = v;
+        } else {
+            assert_ptr_equal(xc_idmap_del(&m, keys[k]), ref[k]);
+            live -= ref[k] != NULL;
+            ref[k] = NULL;
+        }
+        assert_int_equal(xc_idmap_count(&m), live);
+        if (step % 997 == 0) {
+            for (int i = 0; i < N; i++) {
+                assert_ptr_equal(xc_idmap_get(&m, keys[i]), ref[i]);
+            }
+            assert_null(xc_idmap_get(&m, 7777777));
+        }
+    }
+    for (int i = 0; i < N; i++) {
+        assert_ptr_equal(xc_idmap_del(&m, keys[i]), ref[i]);
+    }
+    assert_int_equal(xc_idmap_count(&m), 0);
+    /* reserve: puts up to the reserved count keep the table */
+    assert_int_equal(xc_idmap_reserve(&m, 1000), XC_OK);
+    uint64_t *t = m.keys;
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(xc_idmap_put(&m, (uint64_t)i, &vals[0]), XC_OK);
+    }
+    assert_ptr_equal(m.keys, t);
+    xc_idmap_fini(&m);
+    xc_idmap_fini(NULL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_common_errf_may_quote_the_last_error),
@@ -278,6 +337,7 @@ int main(void) {
         cmocka_unit_test(test_common_bf16_rounds_to_nearest_even),
         cmocka_unit_test(test_common_mmap_reads_files),
         cmocka_unit_test(test_common_sha256_vectors),
+        cmocka_unit_test(test_common_idmap_matches_a_list),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }

@@ -154,6 +154,8 @@ typedef struct fake {
     atomic_int swallow_next; /* the next micro-batch with rows is never answered (a hang) */
     uint64_t inc;            /* incarnation in Register and Heartbeat (a restart changes it) */
     uint32_t epoch;          /* from the last Assign; frames of another epoch are dropped */
+    bool cuda;               /* Register as a CUDA worker ... */
+    uint64_t dev_mem;        /* ... with this Register.device_mem_bytes (also sent by CPU ones) */
     /* state */
     pthread_t th;
     atomic_int stop;
@@ -303,12 +305,14 @@ static void *fake_main(void *arg) {
         /* like a real worker: register until assigned (every 0.2 s instead of 2 s), heartbeat */
         if (!atomic_load(&f->assigned) && now - last_reg > 200000000ull) {
             last_reg = now;
-            xc_wire_control r = {.kind = XC_WIRE_CTL_REGISTER,
-                                 .u.reg = {.worker_id = f->id,
-                                           .backend = XC_WIRE_BACKEND_CPU,
-                                           .host_mem_bytes = 1ull << 30,
-                                           .endpoint = f->ep,
-                                           .incarnation = f->inc}};
+            xc_wire_control r = {
+                .kind = XC_WIRE_CTL_REGISTER,
+                .u.reg = {.worker_id = f->id,
+                          .backend = f->cuda ? XC_WIRE_BACKEND_CUDA : XC_WIRE_BACKEND_CPU,
+                          .host_mem_bytes = 1ull << 30,
+                          .device_mem_bytes = f->dev_mem,
+                          .endpoint = f->ep,
+                          .incarnation = f->inc}};
             fake_send(f, coord, &r);
         }
         if (now - last_hb > 200000000ull) {
@@ -545,6 +549,43 @@ static void test_coord_sequence_failure_fails_one_request(void **state) {
     check_tokens(&again, 10, 3);
     xc_coord_destroy(c);
     fake_stop(&w);
+}
+
+/* Placement and KV sizing use a CUDA worker's device memory (Register.device_mem_bytes, from
+ * cudaMemGetInfo and --device-mem-frac), not its host memory; a CPU worker is sized by host
+ * memory as before. The test model's KV block is 4 layers x 2 x 2 heads x 4 x 4 bytes (an older
+ * worker without kv_elem_bytes counts as f32) x 16 tokens = 4 KiB: 1 MiB of device memory holds
+ * about 250 blocks beside the tiny weights, 1 GiB of host memory the --kv-blocks cap of 512. */
+static void test_coord_cuda_kv_sized_by_device_memory(void **state) {
+    (void)state;
+    for (int cuda = 0; cuda < 2; cuda++) {
+        char ep[64];
+        xc_coord *c = coord_start(ep, sizeof ep, 1, 1);
+        fake w;
+        fake_init(&w, cuda ? "gpu0" : "cpu0", ep);
+        w.cuda = cuda;
+        w.dev_mem = 1ull << 20;
+        fake_start(&w);
+        assert_int_equal(xc_coord_wait_ready(c, 5), XC_OK);
+        xc_coord_stats st = {0};
+        for (int i = 0; i < 200 && st.kv_blocks_total == 0; i++) {
+            usleep(10000);
+            xc_coord_get_stats(c, &st);
+        }
+        if (cuda) {
+            assert_true(st.kv_blocks_total > 200 && st.kv_blocks_total < 256);
+        } else {
+            assert_int_equal(st.kv_blocks_total, 512);
+        }
+        /* and it serves */
+        result r;
+        assert_int_equal(submit(c, &r, 10, 3, 2, true), XC_OK);
+        assert_true(wait_done(&r, 5));
+        assert_int_equal(r.status, XC_OK);
+        check_tokens(&r, 10, 3);
+        xc_coord_destroy(c);
+        fake_stop(&w);
+    }
 }
 
 static void arm_fault(size_t n) {
@@ -1033,6 +1074,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_coord_sampling_bounds_match_the_sampler, mark_live,
                                         check_leaks),
         cmocka_unit_test_setup_teardown(test_coord_sequence_failure_fails_one_request, mark_live,
+                                        check_leaks),
+        cmocka_unit_test_setup_teardown(test_coord_cuda_kv_sized_by_device_memory, mark_live,
                                         check_leaks),
         cmocka_unit_test_setup_teardown(test_coord_unbuilt_batch_is_rolled_back, mark_live,
                                         check_leaks),

@@ -24,11 +24,13 @@
 
 #include "xc_backend.h"
 #include "xc_ckpt.h"
+#include "xc_cuda.h"
 #include "xc_dtype.h"
 #include "xc_engine.h"
 #include "xc_mem.h"
 #include "xc_model_config.h"
 #include "xc_ref.h"
+#include "xc_sampler.h"
 #include "xc_test.h"
 #include "xc_tiny.h"
 
@@ -659,6 +661,123 @@ static void test_cuda_model_logits_vl(void **state) {
     model_logits("vl");
 }
 
+/* ---- sampling a micro-batch's rows on the device (issue 13.7) ---- */
+
+/* xc_cuda_sample against the CPU sampler (xc_sampler_sample, xc_sampler_logprobs): 36 rows of a
+ * 5003-token vocabulary (random logits, so no ties) with greedy, top-k, top-p, both, no filter,
+ * temperatures and repetition penalties over observed prompt ids, each with its own seed, choice
+ * and position, for three draws in a row (xc_sampler_accept advances the device twin). The tokens
+ * must be equal (a draw within float rounding of a boundary could differ: with random logits
+ * that has probability ~1e-6 over the whole test), logprobs within 2e-5, alternatives equal. */
+static void test_cuda_sample_matches_cpu_sampler(void **state) {
+    (void)state;
+    xc_backend *be = open_cuda();
+
+    enum { M = 36, N = 5003, ROUNDS = 3 };
+
+    xc_sampler *cpu[M], *dev[M];
+    int want_lp[M];
+    for (int r = 0; r < M; r++) {
+        xc_sampling sp = xc_sampling_defaults();
+        sp.seed = 1000u + (uint64_t)r * 7919u;
+        sp.choice = (uint32_t)(r % 3);
+        sp.greedy = r % 6 == 0;
+        sp.temperature = (float[]){1.0f, 0.7f, 1.3f, 1.0f, 0.9f, 2.0f}[r % 6];
+        sp.top_k = (int[]){0, 50, 0, 7, 0, 1}[r % 6];
+        sp.top_p = (float[]){1.0f, 0.8f, 0.9f, 1.0f, 1.0f, 0.5f}[r % 6];
+        sp.repetition_penalty = r % 4 == 0 ? 1.0f : 1.005f + 0.1f * (float)(r % 3);
+        want_lp[r] = r % 5 == 0 ? 5 : r % 7 == 0 ? 0 : -1;
+        assert_int_equal(xc_sampler_create(N, &sp, &cpu[r]), XC_OK);
+        assert_int_equal(xc_sampler_create(N, &sp, &dev[r]), XC_OK);
+        int32_t prompt[12];
+        for (int k = 0; k < 12; k++) {
+            prompt[k] = (int32_t)((r * 131 + k * 977) % N);
+        }
+        assert_int_equal(xc_sampler_observe(cpu[r], prompt, 12), XC_OK);
+        assert_int_equal(xc_sampler_observe(dev[r], prompt, 12), XC_OK);
+        xc_sampler_set_position(cpu[r], 17u + (uint64_t)r);
+        xc_sampler_set_position(dev[r], 17u + (uint64_t)r);
+    }
+    for (int round = 0; round < ROUNDS; round++) {
+        float *logits = rnd_floats((size_t)M * N, 6.0f);
+        float *row = malloc((size_t)N * sizeof *row);
+        assert_non_null(row);
+        int32_t want_tok[M];
+        float want_lpv[M], want_top_lps[M][20];
+        int32_t want_top[M][20];
+        for (int r = 0; r < M; r++) {
+            memcpy(row, logits + (size_t)r * N, (size_t)N * sizeof *row);
+            assert_int_equal(xc_sampler_sample(cpu[r], row, &want_tok[r]), XC_OK);
+            if (want_lp[r] >= 0) {
+                assert_int_equal(xc_sampler_logprobs(row, N, want_tok[r], want_lp[r], &want_lpv[r],
+                                                     want_top[r], want_top_lps[r]),
+                                 XC_OK);
+            }
+        }
+        xc_cuda_sample_row rows[M];
+        for (int r = 0; r < M; r++) {
+            xc_sampler_plan pl;
+            assert_true(xc_sampler_plan_next(dev[r], &pl));
+            rows[r] = (xc_cuda_sample_row){.row = r,
+                                           .greedy = pl.greedy,
+                                           .temperature = pl.temperature,
+                                           .top_k = pl.top_k,
+                                           .top_p = pl.top_p,
+                                           .repetition_penalty = pl.repetition_penalty,
+                                           .seen = pl.seen,
+                                           .n_seen = pl.n_seen,
+                                           .u = pl.u,
+                                           .top_logprobs = want_lp[r]};
+        }
+        xc_buf b;
+        float *d = put(be, &b, logits, (size_t)M * N * sizeof(float));
+        int32_t tok[M], top_ids[M * 20];
+        float lp[M], top_lps[M * 20];
+        assert_int_equal(xc_cuda_sample(be, d, N, N, rows, M, tok, lp, top_ids, top_lps), XC_OK);
+        xc_backend_buf_free(be, &b);
+        for (int r = 0; r < M; r++) {
+            if (tok[r] != want_tok[r]) {
+                fail_msg("round %d row %d (greedy %d, T %g, top-k %d, top-p %g, penalty %g): "
+                         "device token %d, CPU sampler %d",
+                         round, r, rows[r].greedy, rows[r].temperature, rows[r].top_k,
+                         rows[r].top_p, rows[r].repetition_penalty, tok[r], want_tok[r]);
+            }
+            assert_int_equal(xc_sampler_accept(dev[r], tok[r]), XC_OK);
+            if (want_lp[r] >= 0) {
+                assert_true(fabsf(lp[r] - want_lpv[r]) <= 2e-5f);
+                for (int k = 0; k < want_lp[r]; k++) {
+                    assert_int_equal(top_ids[r * 20 + k], want_top[r][k]);
+                    assert_true(fabsf(top_lps[r * 20 + k] - want_top_lps[r][k]) <= 2e-5f);
+                }
+            }
+        }
+        free(row);
+        free(logits);
+    }
+    /* a row that asks for processors the device does not run is left to the host */
+    xc_sampling sp = xc_sampling_defaults();
+    sp.min_p = 0.1f;
+    xc_sampler *h = NULL;
+    assert_int_equal(xc_sampler_create(N, &sp, &h), XC_OK);
+    xc_sampler_plan pl;
+    assert_false(xc_sampler_plan_next(h, &pl));
+    xc_sampler_destroy(h);
+    /* bad rows are refused before anything runs */
+    xc_cuda_sample_row bad = {.row = 0, .temperature = 0.0f, .top_p = 1.0f, .top_logprobs = -1};
+    int32_t t = 0;
+    xc_buf b;
+    float *one = rnd_floats(N, 1.0f);
+    float *d = put(be, &b, one, (size_t)N * sizeof(float));
+    assert_int_equal(xc_cuda_sample(be, d, N, N, &bad, 1, &t, NULL, NULL, NULL), XC_ERR_ARG);
+    xc_backend_buf_free(be, &b);
+    free(one);
+    for (int r = 0; r < M; r++) {
+        xc_sampler_destroy(cpu[r]);
+        xc_sampler_destroy(dev[r]);
+    }
+    xc_backend_destroy(be);
+}
+
 int main(void) {
     setenv("XC_CUDA_DEBUG", "1", 0); /* device-pointer checks and a sync after every op */
     xc_backend *be = NULL;
@@ -679,6 +798,7 @@ int main(void) {
         cmocka_unit_test(test_cuda_plora_matches_ref),
         cmocka_unit_test(test_cuda_attention_split_matches),
         cmocka_unit_test(test_cuda_kv_store_dup_and_argmax_ties),
+        cmocka_unit_test(test_cuda_sample_matches_cpu_sampler),
         cmocka_unit_test(test_cuda_model_tokens_7b),
         cmocka_unit_test(test_cuda_model_tokens_vl),
         cmocka_unit_test(test_cuda_debug_rejects_host_pointers),

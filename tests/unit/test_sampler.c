@@ -645,6 +645,92 @@ static void test_sampler_matches_hf_processors(void **state) {
     cJSON_Delete(root);
 }
 
+/* Device sampling's host side (issue 13.7): the plan names the processors and the draw's uniform
+ * at the current position, xc_sampler_accept leaves the sampler exactly as xc_sampler_sample does
+ * (the next draws equal, the penalty sees the token), and processors a device does not run make
+ * the plan refuse. */
+static void test_sampler_plan_and_accept_match_sample(void **state) {
+    (void)state;
+
+    enum { N = 300 };
+
+    float logits[N], a[N], b[N];
+    for (int i = 0; i < N; i++) {
+        logits[i] = (float)((i * 37) % 101) / 17.0f - 3.0f + (float)i * 1e-4f;
+    }
+    xc_sampling sp = xc_sampling_defaults();
+    sp.seed = 4242;
+    sp.choice = 2;
+    sp.repetition_penalty = 1.3f;
+    xc_sampler *x = NULL, *y = NULL;
+    assert_int_equal(xc_sampler_create(N, &sp, &x), XC_OK);
+    assert_int_equal(xc_sampler_create(N, &sp, &y), XC_OK);
+    int32_t prompt[3] = {5, 77, 5};
+    assert_int_equal(xc_sampler_observe(x, prompt, 3), XC_OK);
+    assert_int_equal(xc_sampler_observe(y, prompt, 3), XC_OK);
+    xc_sampler_set_position(x, 40);
+    xc_sampler_set_position(y, 40);
+    for (int step = 0; step < 6; step++) {
+        xc_sampler_plan pl;
+        assert_true(xc_sampler_plan_next(y, &pl));
+        assert_false(pl.greedy);
+        assert_int_equal(pl.top_k, sp.top_k);
+        assert_true(pl.top_p == sp.top_p && pl.temperature == sp.temperature);
+        assert_true(pl.repetition_penalty == sp.repetition_penalty);
+        assert_true(pl.u == xc_sampler_uniform(4242, 2, 40u + (uint64_t)step));
+        assert_true(pl.n_seen >= 2 && pl.n_seen <= 2 + step); /* 5, 77 and the tokens drawn */
+        int32_t tx = -1, ty = -1;
+        memcpy(a, logits, sizeof a);
+        memcpy(b, logits, sizeof b);
+        assert_int_equal(xc_sampler_sample(x, a, &tx), XC_OK);
+        /* y: a "device" that draws what the host would (the same sampler code on a twin) */
+        xc_sampler *twin = NULL;
+        assert_int_equal(xc_sampler_create(N, &sp, &twin), XC_OK);
+        assert_int_equal(xc_sampler_observe(twin, pl.seen, pl.n_seen), XC_OK);
+        xc_sampler_set_position(twin, 40u + (uint64_t)step);
+        assert_int_equal(xc_sampler_sample(twin, b, &ty), XC_OK);
+        xc_sampler_destroy(twin);
+        assert_int_equal(ty, tx);
+        assert_int_equal(xc_sampler_accept(y, ty), XC_OK);
+        bool seen = false;
+        assert_true(xc_sampler_plan_next(y, &pl));
+        for (int k = 0; k < pl.n_seen; k++) {
+            seen = seen || pl.seen[k] == tx;
+        }
+        assert_true(seen);
+        logits[tx] -= 0.5f; /* keep the draws distinct */
+    }
+    assert_int_equal(xc_sampler_accept(y, N), XC_ERR_ARG);
+    assert_int_equal(xc_sampler_accept(y, -1), XC_ERR_ARG);
+    xc_sampler_destroy(x);
+    xc_sampler_destroy(y);
+    /* processors the device path does not run */
+    xc_sampling q[4];
+    for (int i = 0; i < 4; i++) {
+        q[i] = xc_sampling_defaults();
+    }
+    q[0].n_logit_bias = 1;
+    q[0].logit_bias_ids[0] = 3;
+    q[0].logit_bias[0] = 2.0f;
+    q[1].min_tokens = 2;
+    q[1].n_stop_ids = 1;
+    q[1].stop_ids[0] = 7;
+    q[2].frequency_penalty = 0.5f;
+    q[3].min_p = 0.05f;
+    for (int i = 0; i < 4; i++) {
+        xc_sampler *z = NULL;
+        xc_sampler_plan pl;
+        assert_int_equal(xc_sampler_create(N, &q[i], &z), XC_OK);
+        assert_false(xc_sampler_plan_next(z, &pl));
+        if (i == 1) { /* min_tokens holds stop ids back only until that many tokens */
+            int32_t t[2] = {1, 2};
+            assert_int_equal(xc_sampler_observe_output(z, t, 2), XC_OK);
+            assert_true(xc_sampler_plan_next(z, &pl));
+        }
+        xc_sampler_destroy(z);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sampler_greedy_applies_penalty),
@@ -656,6 +742,7 @@ int main(void) {
         cmocka_unit_test(test_sampler_processors_match_naive_chain),
         cmocka_unit_test(test_sampler_matches_hf_processors),
         cmocka_unit_test(test_sampler_uniform_is_a_good_counter_generator),
+        cmocka_unit_test(test_sampler_plan_and_accept_match_sample),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }

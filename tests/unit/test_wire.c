@@ -960,6 +960,109 @@ static void test_wire_random_garbage_never_crashes(void **state) {
     xc_arena_destroy(a);
 }
 
+/* The direct Forward encoder (the scheduling step's hot path) writes exactly protobuf-c's bytes:
+ * random forwards with and without sampling parameters, image ranges, releases and image rows,
+ * zero fields (left out), -0.0 floats, 64-bit ids, large block ids, protocol version 1 and 7. */
+static void test_wire_direct_forward_matches_protobuf_c(void **state) {
+    (void)state;
+    uint64_t r = 0x9e3779b97f4a7c15ull;
+#define RND() (r ^= r << 13, r ^= r >> 7, r ^= r << 17, r)
+
+    enum { NS = 40 };
+
+    static xc_wire_seq seqs[NS];
+    static uint32_t blocks[NS][64], stop_ids[NS][4], pen[NS][30], lb_ids[NS][5];
+    static float lb_vals[NS][5];
+    static xc_wire_range ranges[NS][3];
+    static xc_wire_sampling smp[NS];
+    static uint64_t rel[17];
+    for (int trial = 0; trial < 300; trial++) {
+        size_t n = (size_t)(RND() % (NS + 1));
+        for (size_t i = 0; i < n; i++) {
+            size_t nb = (size_t)(RND() % 64);
+            for (size_t k = 0; k < nb; k++) {
+                blocks[i][k] = (uint32_t)(RND() % 4 == 0 ? RND() : RND() % 300);
+            }
+            size_t nr = (size_t)(RND() % 4);
+            for (size_t k = 0; k < nr; k++) {
+                ranges[i][k] = (xc_wire_range){(uint32_t)(RND() % 3), (uint32_t)(RND() % 2000)};
+            }
+            xc_wire_sampling *w = &smp[i];
+            memset(w, 0, sizeof *w);
+            w->greedy = RND() % 2;
+            w->temperature = RND() % 3 ? 0.7f : RND() % 2 ? -0.0f : 0.0f;
+            w->top_k = (uint32_t)(RND() % 3 ? 0 : RND() % 100);
+            w->top_p = RND() % 2 ? 1.0f : 0.25f;
+            w->repetition_penalty = 1.05f;
+            w->seed = RND() % 2 ? RND() : 0;
+            w->max_new_tokens = (uint32_t)(RND() % 5000);
+            w->n_stop_ids = (size_t)(RND() % 5);
+            for (size_t k = 0; k < w->n_stop_ids; k++) {
+                stop_ids[i][k] = (uint32_t)(RND() % 92544);
+            }
+            w->stop_ids = stop_ids[i];
+            w->prompt_len = (uint32_t)(RND() % 3000);
+            w->n_penalty_ids = (size_t)(RND() % 31);
+            for (size_t k = 0; k < w->n_penalty_ids; k++) {
+                pen[i][k] = (uint32_t)(RND() % 92544);
+            }
+            w->penalty_ids = pen[i];
+            w->logprobs = RND() % 2;
+            w->top_logprobs = (uint32_t)(RND() % 21);
+            w->choice = (uint32_t)(RND() % 3 ? 0 : RND() % 65536);
+            w->presence_penalty = RND() % 2 ? -1.5f : 0.0f;
+            w->frequency_penalty = RND() % 2 ? 0.25f : 0.0f;
+            w->min_p = RND() % 2 ? 0.05f : 0.0f;
+            w->min_tokens = (uint32_t)(RND() % 4);
+            w->n_logit_bias = (size_t)(RND() % 6);
+            for (size_t k = 0; k < w->n_logit_bias; k++) {
+                lb_ids[i][k] = (uint32_t)(RND() % 92544);
+                lb_vals[i][k] = RND() % 2 ? -100.0f : 3.5f;
+            }
+            w->logit_bias_ids = lb_ids[i];
+            w->logit_bias_values = lb_vals[i];
+            w->resumed_tokens = (uint32_t)(RND() % 3);
+            seqs[i] = (xc_wire_seq){.id = RND() % 2 ? RND() : RND() % 1000,
+                                    .first_pos = (uint32_t)(RND() % 5000),
+                                    .n_tokens = (uint32_t)(RND() % 300),
+                                    .n_blocks = nb,
+                                    .block_table = blocks[i],
+                                    .n_image_ranges = nr,
+                                    .image_ranges = ranges[i],
+                                    .sampling = RND() % 3 == 0 ? w : NULL};
+        }
+        size_t n_rel = (size_t)(RND() % 18);
+        for (size_t k = 0; k < n_rel; k++) {
+            rel[k] = RND() % 2 ? RND() : RND() % 100;
+        }
+        xc_wire_msg m = {
+            .kind = XC_WIRE_KIND_FORWARD,
+            .u.forward = {
+                .microbatch_id = RND() % 2 ? RND() : 0,
+                .kv_block_size = (uint32_t)(RND() % 3 ? 16 : 0),
+                .n_seqs = n,
+                .seqs = seqs,
+                .n_release = n_rel,
+                .release_ids = rel,
+                .payload = {.dtype = RND() % 2 ? XC_DTYPE_I32 : XC_DTYPE_BF16,
+                            .rows = (uint32_t)(RND() % 2000),
+                            .cols = (uint32_t)(RND() % 2 ? 1 : 4096)},
+                .has_image_rows = RND() % 2,
+                .image_rows = {.dtype = XC_DTYPE_F32, .rows = (uint32_t)(RND() % 50), .cols = 4096},
+                .epoch = (uint32_t)(RND() % 3)}};
+        uint32_t version = trial % 2 ? 1 : 7;
+        void *a = NULL, *b = NULL;
+        size_t la = 0, lb = 0;
+        assert_int_equal(xc_wire_encode_unchecked(&m, version, &a, &la), XC_OK);
+        assert_int_equal(xc_wire_encode_generic(&m, version, &b, &lb), XC_OK);
+        assert_int_equal(la, lb);
+        assert_memory_equal(a, b, la);
+        xc_free(a);
+        xc_free(b);
+    }
+#undef RND
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_wire_forward_roundtrip),
@@ -968,6 +1071,7 @@ int main(void) {
         cmocka_unit_test(test_wire_result_roundtrip),
         cmocka_unit_test(test_wire_result_failed_sequences),
         cmocka_unit_test(test_wire_bytes_match_protobuf_encoding),
+        cmocka_unit_test(test_wire_direct_forward_matches_protobuf_c),
         cmocka_unit_test(test_wire_decodes_hand_encoded_seeds),
         cmocka_unit_test(test_wire_decode_rejects_bad_version),
         cmocka_unit_test(test_wire_decode_rejects_truncated),
