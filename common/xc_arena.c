@@ -118,6 +118,23 @@ void xc_arena_reset(xc_arena *a) {
     a->total = 0;
 }
 
+void xc_arena_reset_keep(xc_arena *a, size_t max_keep) {
+    size_t cap = 0;
+    int n = 0;
+    for (xc_arena_block *b = a->head; b; b = b->next) {
+        cap += b->size;
+        n++;
+    }
+    xc_arena_reset(a);
+    if (n > 1 && cap <= max_keep) {
+        xc_arena_block *one = block_new(cap); /* without memory: the oldest block stays */
+        if (one) {
+            xc_free(a->head);
+            a->head = one;
+        }
+    }
+}
+
 size_t xc_arena_used(const xc_arena *a) {
     return a->total;
 }

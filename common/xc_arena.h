@@ -25,5 +25,10 @@ char *xc_arena_strndup(xc_arena *a, const char *s, size_t n);
 /* Forgets all allocations but keeps the first block for reuse. */
 void xc_arena_reset(xc_arena *a);
 
+/* Like xc_arena_reset, but if the arena held several blocks whose sizes add up to at most
+ * max_keep bytes, they are replaced by one block of that size: an arena reset at each step of a
+ * loop settles on one block as big as its busiest step and mallocs nothing after that. */
+void xc_arena_reset_keep(xc_arena *a, size_t max_keep);
+
 /* Bytes handed out since creation or the last reset. */
 size_t xc_arena_used(const xc_arena *a);

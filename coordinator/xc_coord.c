@@ -134,6 +134,11 @@ typedef struct creq {
     void *user;
     bool logprobs; /* api helper: ask the last stage for logprobs ... */
     int top;       /* ... and this many alternatives */
+    /* the block table last sent and its packed wire bytes (reused while it does not change) */
+    int32_t *bt_ids;
+    uint8_t *bt_wire;
+    int bt_n, bt_cap;
+    size_t bt_len;
 } creq;
 
 typedef struct replica {
@@ -268,6 +273,8 @@ static void req_free(creq *r) {
     xc_free(r->img_hash);
     xc_free(r->emb);
     xc_free(r->stop);
+    xc_free(r->bt_ids);
+    xc_free(r->bt_wire);
     xc_free(r);
 }
 
@@ -1364,6 +1371,41 @@ static void send_vision(xc_coord *c, creq *q) {
     hooks_vision_sent(c, q);
 }
 
+/* The packed wire bytes of block table bt (nb ids) for q: those of the table q sent last when
+ * it is the same, extended when it only grew, packed anew otherwise; NULL without memory (the
+ * encoder then packs bt itself). */
+static const uint8_t *packed_table(creq *q, const int32_t *bt, int nb, size_t *len) {
+    size_t same = (size_t)(nb < q->bt_n ? nb : q->bt_n) * sizeof(int32_t);
+    int from = nb >= q->bt_n && (same == 0 || memcmp(q->bt_ids, bt, same) == 0) ? q->bt_n : 0;
+    if (from == nb) {
+        *len = q->bt_len;
+        return q->bt_wire;
+    }
+    if (nb > q->bt_cap) {
+        int cap = nb > 2 * q->bt_cap ? nb : 2 * q->bt_cap;
+        int32_t *ids = xc_realloc(q->bt_ids, (size_t)cap * sizeof *ids);
+        if (ids) {
+            q->bt_ids = ids;
+        }
+        uint8_t *w = ids ? xc_realloc(q->bt_wire, (size_t)cap * 5) : NULL;
+        if (!w) {
+            q->bt_n = 0;
+            return NULL;
+        }
+        q->bt_wire = w;
+        q->bt_cap = cap;
+    }
+    if (from == 0) {
+        q->bt_len = 0;
+    }
+    memcpy(q->bt_ids + from, bt + from, (size_t)(nb - from) * sizeof(int32_t));
+    q->bt_len +=
+        xc_wire_pack_u32((const uint32_t *)bt + from, (size_t)(nb - from), q->bt_wire + q->bt_len);
+    q->bt_n = nb;
+    *len = q->bt_len;
+    return q->bt_wire;
+}
+
 /* A micro-batch that cannot be built (no memory) is undone in the scheduler and formed again at
  * the next step; the log says so at most once a second. */
 static xc_status batch_unbuilt(xc_coord *c, int r, const xc_sched_batch *b, int32_t *ids,
@@ -1413,13 +1455,15 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
         XC_ASSERT(q);
         int nb = 0;
         const int32_t *bt = xc_sched_blocks(rp->sched, it->id, &nb);
-        uint32_t *bt32 = xc_arena_alloc(c->arena, (size_t)nb * sizeof(uint32_t) + 4);
-        xc_wire_range *rr = xc_arena_alloc(c->arena, (size_t)(q->n_img + 1) * sizeof *rr);
-        if (!bt32 || !rr) {
+        /* only the blocks covering positions [0, first_pos + n_tokens) (proto: block_table) */
+        int bs = c->conf.block_size, nb_use = (it->first_pos + it->n_tokens + bs - 1) / bs;
+        nb = nb < nb_use ? nb : nb_use;
+        size_t bt_len = 0;
+        const uint8_t *bt_wire = packed_table(q, bt, nb, &bt_len);
+        xc_wire_range *rr =
+            q->n_img ? xc_arena_alloc(c->arena, (size_t)q->n_img * sizeof *rr) : NULL;
+        if (q->n_img && !rr) {
             return batch_unbuilt(c, r, b, ids, img);
-        }
-        for (int k = 0; k < nb; k++) {
-            bt32[k] = (uint32_t)bt[k];
         }
         /* image ranges of this chunk, relative to the chunk, and their embedding rows */
         int n_rr = 0;
@@ -1506,7 +1550,10 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                                 .first_pos = (uint32_t)it->first_pos,
                                 .n_tokens = (uint32_t)it->n_tokens,
                                 .n_blocks = (size_t)nb,
-                                .block_table = bt32,
+                                /* block ids are >= 0: the same bits as uint32 */
+                                .block_table = (const uint32_t *)bt,
+                                .block_table_packed = bt_wire,
+                                .block_table_packed_len = bt_len,
                                 .n_image_ranges = (size_t)n_rr,
                                 .image_ranges = rr,
                                 .sampling = smp};
@@ -1813,7 +1860,7 @@ static void *coord_main(void *arg) {
     xc_log_set_role("C");
     uint64_t drain_deadline = 0, hb_last = 0, hb_seq = 0;
     while (!atomic_load(&c->stop_now)) {
-        xc_arena_reset(c->arena);
+        xc_arena_reset_keep(c->arena, 16u << 20); /* no malloc per step once settled */
         /* drain the mailbox, then schedule */
         int timeout = 5, n_msg = 0, n_mb = 0, n_rows = 0;
         uint64_t cpu0 = 0, wall0 = 0, in_handle = 0; /* wall time handling messages */

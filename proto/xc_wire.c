@@ -220,35 +220,47 @@ static xc_status check_sampling(size_t i, const xc_wire_sampling *s) {
     return XC_OK;
 }
 
-static int cmp_u64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Sequence ids must be unique within a micro-batch: sort a copy (n <= XC_WIRE_MAX_SEQS). */
+/* Sequence ids must be unique within a micro-batch: a pairwise look for a few, an open-addressing
+ * hash set (linear time) for more (n <= XC_WIRE_MAX_SEQS). */
 static xc_status check_unique_ids(const xc_wire_forward *f) {
-    if (f->n_seqs < 2) {
+    size_t n = f->n_seqs;
+    if (n <= 16) {
+        for (size_t i = 1; i < n; i++) {
+            for (size_t k = 0; k < i; k++) {
+                if (f->seqs[i].id == f->seqs[k].id) {
+                    return BAD("forward: sequence id %llu appears twice",
+                               (unsigned long long)f->seqs[i].id);
+                }
+            }
+        }
         return XC_OK;
     }
-    uint64_t small[64];
-    uint64_t *ids = f->n_seqs <= 64 ? small : xc_malloc(f->n_seqs * sizeof *ids);
-    if (!ids) {
-        return xc_errf(XC_ERR_NOMEM, "forward: no memory to check %zu sequence ids", f->n_seqs);
+    size_t cap = 32;
+    while (cap < 2 * n) {
+        cap *= 2;
     }
-    for (size_t i = 0; i < f->n_seqs; i++) {
-        ids[i] = f->seqs[i].id;
+    uint64_t *key = xc_malloc(cap * sizeof *key + cap);
+    if (!key) {
+        return xc_errf(XC_ERR_NOMEM, "forward: no memory to check %zu sequence ids", n);
     }
-    qsort(ids, f->n_seqs, sizeof *ids, cmp_u64);
+    uint8_t *used = (uint8_t *)(key + cap);
+    memset(used, 0, cap);
     xc_status st = XC_OK;
-    for (size_t i = 1; i < f->n_seqs; i++) {
-        if (ids[i] == ids[i - 1]) {
-            st = BAD("forward: sequence id %llu appears twice", (unsigned long long)ids[i]);
-            break;
+    for (size_t i = 0; i < n && st == XC_OK; i++) {
+        uint64_t id = f->seqs[i].id, h = id * 0x9e3779b97f4a7c15ull;
+        for (size_t j = (size_t)(h >> 32) & (cap - 1);; j = (j + 1) & (cap - 1)) {
+            if (!used[j]) {
+                used[j] = 1;
+                key[j] = id;
+                break;
+            }
+            if (key[j] == id) {
+                st = BAD("forward: sequence id %llu appears twice", (unsigned long long)id);
+                break;
+            }
         }
     }
-    if (ids != small) {
-        xc_free(ids);
-    }
+    xc_free(key);
     return st;
 }
 
@@ -947,9 +959,34 @@ static size_t range_body(const xc_wire_range *r) {
     return u_sz(1, r->start) + u_sz(2, r->end);
 }
 
+size_t xc_wire_pack_u32(const uint32_t *v, size_t n, uint8_t *out) {
+    uint8_t *p = out;
+    for (size_t i = 0; i < n; i++) {
+        p = put_v(p, v[i]);
+    }
+    return (size_t)(p - out);
+}
+
+/* the block table field: its packed bytes when the caller has them */
+static size_t table_sz(const xc_wire_seq *s) {
+    if (s->n_blocks == 0) {
+        return 0;
+    }
+    return s->block_table_packed ? len_sz(4, s->block_table_packed_len)
+                                 : pk32_sz(4, s->block_table, s->n_blocks);
+}
+
+static uint8_t *table_put(uint8_t *p, const xc_wire_seq *s) {
+    if (s->n_blocks == 0 || !s->block_table_packed) {
+        return pk32_put(p, 4, s->block_table, s->n_blocks);
+    }
+    p = put_v(put_tag(p, 4, WT_LEN), s->block_table_packed_len);
+    memcpy(p, s->block_table_packed, s->block_table_packed_len);
+    return p + s->block_table_packed_len;
+}
+
 static size_t seq_body(const xc_wire_seq *s) {
-    size_t b = u_sz(1, s->id) + u_sz(2, s->first_pos) + u_sz(3, s->n_tokens) +
-               pk32_sz(4, s->block_table, s->n_blocks);
+    size_t b = u_sz(1, s->id) + u_sz(2, s->first_pos) + u_sz(3, s->n_tokens) + table_sz(s);
     for (size_t k = 0; k < s->n_image_ranges; k++) {
         b += len_sz(5, range_body(&s->image_ranges[k]));
     }
@@ -964,7 +1001,7 @@ static uint8_t *seq_put(uint8_t *p, const xc_wire_seq *s, size_t body) {
     p = u_put(p, 1, s->id);
     p = u_put(p, 2, s->first_pos);
     p = u_put(p, 3, s->n_tokens);
-    p = pk32_put(p, 4, s->block_table, s->n_blocks);
+    p = table_put(p, s);
     for (size_t k = 0; k < s->n_image_ranges; k++) {
         const xc_wire_range *r = &s->image_ranges[k];
         p = put_v(put_tag(p, 5, WT_LEN), range_body(r));

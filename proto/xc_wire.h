@@ -202,6 +202,11 @@ typedef struct xc_wire_seq {
     size_t n_image_ranges;             /* <= XC_WIRE_MAX_RANGES */
     const xc_wire_range *image_ranges; /* (n_image_ranges) sorted, disjoint */
     const xc_wire_sampling *sampling;  /* set only when the sequence is new, else NULL */
+    /* optional (NULL = none): block_table already packed (xc_wire_pack_u32 of its n_blocks
+     * entries), copied by the Forward encoder instead of packing the ids again; the caller keeps
+     * it equal to block_table (the generic encoder and the checks read block_table) */
+    const uint8_t *block_table_packed;
+    size_t block_table_packed_len;
 } xc_wire_seq;
 
 /* Shape of a raw row-major tensor frame: exactly rows * cols * xc_dtype_size(dtype) bytes. */
@@ -308,6 +313,11 @@ xc_status xc_wire_decode_control(const void *buf, size_t len, xc_arena *arena,
 xc_status xc_wire_decode_forward(const void *buf, size_t len, const size_t *frame_lens,
                                  size_t n_frames, xc_arena *arena, xc_wire_forward *out);
 xc_status xc_wire_decode_result(const void *buf, size_t len, xc_arena *arena, xc_wire_result *out);
+
+/* Writes v[0..n) as the payload of a packed repeated uint32 field (varints, at most 5 bytes
+ * each) to out; returns the bytes written. Packed payloads concatenate: the bytes of v[0..n+m)
+ * are those of v[0..n) followed by those of v[n..n+m). */
+size_t xc_wire_pack_u32(const uint32_t *v, size_t n, uint8_t *out);
 
 /* Bytes of the frame a tensor descriptor announces (rows * cols * dtype size; no overflow is
  * possible within the XC_WIRE_MAX_* limits, and 0 for an invalid dtype). */

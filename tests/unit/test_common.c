@@ -40,6 +40,63 @@ static void test_common_arena_allocates_and_resets(void **state) {
     xc_arena_destroy(NULL);
 }
 
+static int g_arena_mallocs;
+
+static void *counting_malloc(size_t n) {
+    g_arena_mallocs++;
+    return test_malloc(n);
+}
+
+static void *counting_calloc(size_t c, size_t n) {
+    return test_calloc(c, n);
+}
+
+static void *counting_realloc(void *p, size_t n) {
+    return test_realloc(p, n);
+}
+
+static void counting_free(void *p) {
+    test_free(p);
+}
+
+static void test_common_arena_reset_keep_settles_on_one_block(void **state) {
+    (void)state;
+    xc_mem_hooks h = {.malloc_fn = counting_malloc,
+                      .calloc_fn = counting_calloc,
+                      .realloc_fn = counting_realloc,
+                      .free_fn = counting_free};
+    xc_mem_set_hooks(&h);
+    xc_arena *a = NULL;
+    assert_int_equal(xc_arena_create(1024, &a), XC_OK);
+    int first = 0;
+    for (int step = 0; step < 4; step++) {
+        g_arena_mallocs = 0;
+        for (int i = 0; i < 10; i++) { /* 10 x 700 bytes: several 1 KiB blocks at first */
+            char *p = xc_arena_alloc(a, 700);
+            assert_non_null(p);
+            memset(p, i, 700);
+        }
+        char *big = xc_arena_alloc(a, 5000);
+        assert_non_null(big);
+        memset(big, 7, 5000);
+        if (step == 0) {
+            first = g_arena_mallocs;
+        }
+        xc_arena_reset_keep(a, 1 << 20);
+        assert_int_equal(xc_arena_used(a), 0);
+    }
+    assert_true(first >= 10);
+    assert_int_equal(g_arena_mallocs, 0); /* later steps fit in the block kept */
+    /* over max_keep: like xc_arena_reset (the oldest block only) */
+    assert_non_null(xc_arena_alloc(a, 1 << 16));
+    xc_arena_reset_keep(a, 1024);
+    g_arena_mallocs = 0;
+    assert_non_null(xc_arena_alloc(a, 1 << 15));
+    assert_int_equal(g_arena_mallocs, 1);
+    xc_arena_destroy(a);
+    xc_mem_set_hooks(NULL);
+}
+
 /* ---- conf ---- */
 
 typedef struct demo_conf {
@@ -330,6 +387,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_common_errf_may_quote_the_last_error),
         cmocka_unit_test(test_common_arena_allocates_and_resets),
+        cmocka_unit_test(test_common_arena_reset_keep_settles_on_one_block),
         cmocka_unit_test(test_common_conf_precedence),
         cmocka_unit_test(test_common_conf_rejects_bad_values),
         cmocka_unit_test(test_common_conf_positional),

@@ -972,6 +972,7 @@ static void test_wire_direct_forward_matches_protobuf_c(void **state) {
 
     static xc_wire_seq seqs[NS];
     static uint32_t blocks[NS][64], stop_ids[NS][4], pen[NS][30], lb_ids[NS][5];
+    static uint8_t packed[NS][64 * 5];
     static float lb_vals[NS][5];
     static xc_wire_range ranges[NS][3];
     static xc_wire_sampling smp[NS];
@@ -1030,6 +1031,13 @@ static void test_wire_direct_forward_matches_protobuf_c(void **state) {
                                     .n_image_ranges = nr,
                                     .image_ranges = ranges[i],
                                     .sampling = RND() % 3 == 0 ? w : NULL};
+            if (RND() % 2) { /* a block table the caller packed (in two pieces) */
+                size_t cut = nb ? (size_t)(RND() % (nb + 1)) : 0;
+                size_t len = xc_wire_pack_u32(blocks[i], cut, packed[i]);
+                len += xc_wire_pack_u32(blocks[i] + cut, nb - cut, packed[i] + len);
+                seqs[i].block_table_packed = packed[i];
+                seqs[i].block_table_packed_len = len;
+            }
         }
         size_t n_rel = (size_t)(RND() % 18);
         for (size_t k = 0; k < n_rel; k++) {
@@ -1063,6 +1071,35 @@ static void test_wire_direct_forward_matches_protobuf_c(void **state) {
 #undef RND
 }
 
+/* Duplicate sequence ids are found among many (the hash set) as among a few, and distinct ids,
+ * 0 and UINT64_MAX among them, pass. */
+static void test_wire_unique_ids_many(void **state) {
+    (void)state;
+
+    enum { N = 3000 };
+
+    static xc_wire_seq seqs[N];
+    static uint32_t block0 = 0;
+    for (int i = 0; i < N; i++) {
+        uint64_t id = i == 0 ? 0 : i == 1 ? UINT64_MAX : (uint64_t)i * 0x100000000ull + 5;
+        seqs[i] = (xc_wire_seq){.id = id, .n_tokens = 1, .n_blocks = 1, .block_table = &block0};
+    }
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_FORWARD,
+                     .u.forward = {.kv_block_size = 16,
+                                   .n_seqs = N,
+                                   .seqs = seqs,
+                                   .payload = {.dtype = XC_DTYPE_I32, .rows = N, .cols = 1}}};
+    size_t len = N * sizeof(int32_t);
+    assert_int_equal(xc_wire_check(&m, &len, 1), XC_OK);
+    seqs[N - 1].id = UINT64_MAX;
+    assert_int_equal(xc_wire_check(&m, &len, 1), XC_ERR_PROTO);
+    assert_non_null(strstr(xc_err_last(), "appears twice"));
+    seqs[N - 1].id = 77;
+    seqs[1234].id = 77;
+    assert_int_equal(xc_wire_check(&m, &len, 1), XC_ERR_PROTO);
+    assert_non_null(strstr(xc_err_last(), "sequence id 77 appears twice"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_wire_forward_roundtrip),
@@ -1072,6 +1109,7 @@ int main(void) {
         cmocka_unit_test(test_wire_result_failed_sequences),
         cmocka_unit_test(test_wire_bytes_match_protobuf_encoding),
         cmocka_unit_test(test_wire_direct_forward_matches_protobuf_c),
+        cmocka_unit_test(test_wire_unique_ids_many),
         cmocka_unit_test(test_wire_decodes_hand_encoded_seeds),
         cmocka_unit_test(test_wire_decode_rejects_bad_version),
         cmocka_unit_test(test_wire_decode_rejects_truncated),
