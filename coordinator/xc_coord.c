@@ -1429,7 +1429,7 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
     replica *rp = &c->reps[r];
     cworker *w0 = &c->workers[rp->worker[0]];
     size_t H = (size_t)c->mi.hidden;
-    xc_wire_seq *seqs = xc_arena_calloc(c->arena, (size_t)b->n_items, sizeof *seqs);
+    xc_wire_seq *seqs = xc_arena_alloc(c->arena, (size_t)b->n_items * sizeof *seqs); /* set below */
     creq **qs = xc_arena_alloc(c->arena, (size_t)b->n_items * sizeof *qs + 1);
     int32_t *ids = xc_malloc((size_t)b->n_rows * sizeof(int32_t) + 4);
     size_t img_rows = 0;
@@ -1453,8 +1453,8 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
         const xc_sched_item *it = &b->items[i];
         creq *q = qs[i];
         XC_ASSERT(q);
-        int nb = 0;
-        const int32_t *bt = xc_sched_blocks(rp->sched, it->id, &nb);
+        int nb = it->n_blocks;
+        const int32_t *bt = it->blocks;
         /* only the blocks covering positions [0, first_pos + n_tokens) (proto: block_table) */
         int bs = c->conf.block_size, nb_use = (it->first_pos + it->n_tokens + bs - 1) / bs;
         nb = nb < nb_use ? nb : nb_use;

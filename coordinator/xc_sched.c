@@ -59,6 +59,8 @@ struct xc_sched {
     int lru_head, lru_tail, n_lru;
     uint64_t *uncovered;
     int n_uncovered;
+    /* sequences by state (count_seq), so that a step scans only when there is work of a kind */
+    int n_unadmitted, n_prefilling, n_decoding, n_dec_ready;
 };
 
 /* ---- hashing ---- */
@@ -167,6 +169,20 @@ static xc_status map_grow(xc_sched *s, int cap) {
 }
 
 /* ---- block cache ---- */
+
+/* Adds d to the counter of q's state: waiting for admission, prefilling (admitted, prompt rows
+ * left), decoding (and ready to: no row in flight). Every change of admitted, prefilled, n_gen or
+ * waiting is bracketed by count_seq(-1) and count_seq(+1). */
+static void count_seq(xc_sched *s, const sseq *q, int d) {
+    if (!q->admitted) {
+        s->n_unadmitted += d;
+    } else if (q->prefilled < q->n_prompt) {
+        s->n_prefilling += d;
+    } else if (q->n_gen > 0) {
+        s->n_decoding += d;
+        s->n_dec_ready += q->waiting ? 0 : d;
+    }
+}
 
 static int bs_of(const xc_sched *s) {
     return s->conf.block_size;
@@ -521,6 +537,7 @@ xc_status xc_sched_add_keyed(xc_sched *s, uint64_t id, int n_prompt, int max_new
     s->seqs[s->n_seqs] = q;
     map_put(s, id, s->n_seqs);
     s->n_seqs++;
+    count_seq(s, &q, 1);
     return XC_OK;
 }
 
@@ -614,7 +631,7 @@ static void take_blocks(xc_sched *s, sseq *q, const int32_t *shared, int m, int 
 static void admit(xc_sched *s) {
     /* FIFO: the oldest waiting sequence first; a big one at the head blocks later ones (no
      * starvation) */
-    for (;;) {
+    while (s->n_unadmitted > 0) {
         sseq *best = NULL;
         for (int i = 0; i < s->n_seqs; i++) {
             sseq *q = &s->seqs[i];
@@ -664,10 +681,12 @@ static void admit(xc_sched *s) {
             xc_free(shared);
             return;
         }
+        count_seq(s, best, -1);
         take_blocks(s, best, shared, m, need);
         xc_free(shared);
         best->n_blocks = need;
         best->admitted = true;
+        count_seq(s, best, 1);
     }
 }
 
@@ -720,25 +739,17 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
     admit(s);
     uint64_t mb = s->next_mb;
     /* decode rows: spread the decoding sequences over P micro-batches */
-    int n_decoding = 0;
-    for (int i = 0; i < s->n_seqs; i++) {
-        const sseq *q = &s->seqs[i];
-        if (q->admitted && q->prefilled == q->n_prompt && q->n_gen > 0) {
-            n_decoding++;
-        }
-    }
+    int n_decoding = s->n_decoding;
     int decode_cap = (n_decoding + s->conf.n_stages - 1) / s->conf.n_stages;
     /* Decode rows form P groups that cycle through the pipeline. With P micro-batches already in
      * flight, a smaller decode-only batch would only split a group and pay each layer's fixed
      * cost twice: wait for the group unless prefill work can fill the batch. */
     if (s->n_inflight >= s->conf.n_stages) {
-        int ready = 0;
+        int ready = s->n_dec_ready;
         bool prefill = false;
-        for (int i = 0; i < s->n_seqs; i++) {
+        for (int i = 0; i < s->n_seqs && s->n_prefilling > 0 && !prefill; i++) {
             const sseq *q = &s->seqs[i];
-            ready += q->admitted && q->prefilled == q->n_prompt && q->n_gen > 0 && !q->waiting;
-            prefill = prefill ||
-                      (q->admitted && q->ready && q->prefilled < q->n_prompt && shared_ready(s, q));
+            prefill = q->admitted && q->ready && q->prefilled < q->n_prompt && shared_ready(s, q);
         }
         if (!prefill && ready < decode_cap) {
             return false;
@@ -746,23 +757,31 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
     }
     int budget = s->conf.max_rows, n = 0, rows = 0, n_dec = 0;
     /* oldest first, so that every stream advances */
-    for (int i = 0; i < s->n_seqs && n_dec < decode_cap && rows < budget; i++) {
+    for (int i = 0; i < s->n_seqs && n_dec < decode_cap && s->n_dec_ready > 0 && rows < budget;
+         i++) {
         sseq *q = &s->seqs[i];
         if (q->admitted && q->prefilled == q->n_prompt && q->n_gen > 0 && !q->waiting) {
             int pos = q->n_prompt + q->n_gen - 1;
-            s->items[n++] = (xc_sched_item){
-                .id = q->id, .first_pos = pos, .n_tokens = 1, .samples = true, .token = q->last};
+            s->items[n++] = (xc_sched_item){.id = q->id,
+                                            .first_pos = pos,
+                                            .n_tokens = 1,
+                                            .samples = true,
+                                            .token = q->last,
+                                            .blocks = q->blocks,
+                                            .n_blocks = q->n_blocks};
             if (q->keys && pos < q->n_blocks * bs_of(s)) {
                 q->keys[pos] = (uint64_t)(uint32_t)q->last;
             }
+            count_seq(s, q, -1);
             q->waiting = true;
+            count_seq(s, q, 1);
             q->stamp = mb;
             rows++;
             n_dec++;
         }
     }
     /* prefill chunks in arrival order */
-    for (;;) {
+    while (s->n_prefilling > 0) {
         sseq *best = NULL;
         for (int i = 0; i < s->n_seqs; i++) {
             sseq *q = &s->seqs[i];
@@ -782,11 +801,15 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
                                         .first_pos = best->prefilled,
                                         .n_tokens = c,
                                         .first_chunk = !best->started,
-                                        .samples = last};
+                                        .samples = last,
+                                        .blocks = best->blocks,
+                                        .n_blocks = best->n_blocks};
         best->started = true;
         best->stamp = mb;
+        count_seq(s, best, -1);
         best->prefilled += c;
         best->waiting = best->waiting || last;
+        count_seq(s, best, 1);
         rows += c;
     }
     if (n == 0 && s->n_release == 0) {
@@ -840,6 +863,7 @@ void xc_sched_abort(xc_sched *s, const xc_sched_batch *b) {
                 }
             }
         }
+        count_seq(s, q, -1);
         if (it->first_pos >= q->n_prompt) { /* a decode row */
             q->waiting = false;
         } else if (q->prefilled == it->first_pos + it->n_tokens) { /* a prefill chunk */
@@ -847,6 +871,7 @@ void xc_sched_abort(xc_sched *s, const xc_sched_batch *b) {
             q->waiting = q->waiting && !it->samples;
             q->started = q->started && !it->first_chunk;
         }
+        count_seq(s, q, 1);
     }
     /* the releases it carried are pending again (release_out holds them; release is empty, and
      * both arrays have the same capacity) */
@@ -881,9 +906,11 @@ xc_status xc_sched_token(xc_sched *s, uint64_t id, int32_t token) {
         return xc_errf(XC_ERR_PROTO, "token for sequence %llu that expects none",
                        (unsigned long long)id);
     }
+    count_seq(s, q, -1);
     q->waiting = false;
     q->last = token;
     q->n_gen++;
+    count_seq(s, q, 1);
     return XC_OK;
 }
 
@@ -917,7 +944,9 @@ static void hand_over(xc_sched *s, const sseq *q, int32_t b) {
         }
     }
     heir->n_cached = at;
+    count_seq(s, heir, -1);
     heir->prefilled = at * bs_of(s);
+    count_seq(s, heir, 1);
     if (heir->data_rows > heir->prefilled) {
         /* it now computes rows whose data it never fetched: it waits for them */
         heir->ready = false;
@@ -933,6 +962,7 @@ void xc_sched_finish(xc_sched *s, uint64_t id) {
         return;
     }
     sseq *q = &s->seqs[ix];
+    count_seq(s, q, -1);
     if (q->admitted) {
         /* the tail first: the cache evicts a sequence's last blocks before its first ones */
         for (int k = q->n_blocks - 1; k >= 0; k--) {
@@ -984,6 +1014,7 @@ void xc_sched_fail_all(xc_sched *s, uint64_t *ids, int cap, int *n) {
     }
     s->n_seqs = 0;
     s->n_inflight = 0;
+    s->n_unadmitted = s->n_prefilling = s->n_decoding = s->n_dec_ready = 0;
     for (int i = 0; i < s->conf.n_blocks; i++) {
         s->free_blocks[i] = s->conf.n_blocks - 1 - i;
     }
@@ -1004,6 +1035,15 @@ bool xc_sched_is_inflight(const xc_sched *s, uint64_t mb_id) {
         }
     }
     return false;
+}
+
+bool xc_sched_counts_ok(const xc_sched *s) {
+    xc_sched t = {.n_unadmitted = 0};
+    for (int i = 0; i < s->n_seqs; i++) {
+        count_seq(&t, &s->seqs[i], 1);
+    }
+    return t.n_unadmitted == s->n_unadmitted && t.n_prefilling == s->n_prefilling &&
+           t.n_decoding == s->n_decoding && t.n_dec_ready == s->n_dec_ready;
 }
 
 int xc_sched_n_live(const xc_sched *s) {

@@ -24,12 +24,14 @@ typedef struct xc_sched_conf {
 /* One sequence's rows in a micro-batch. */
 typedef struct xc_sched_item {
     uint64_t id;
-    int first_pos;    /* position of the first row */
-    int n_tokens;     /* rows */
-    bool first_chunk; /* the sequence's first rows: carry its sampling parameters (first_pos =
-                         the rows taken from the prefix cache) */
-    bool samples;     /* holds the last prompt row or a decode row: a token comes back */
-    int32_t token;    /* decode rows: the input token (the last one generated) */
+    int first_pos;         /* position of the first row */
+    int n_tokens;          /* rows */
+    bool first_chunk;      /* the sequence's first rows: carry its sampling parameters (first_pos =
+                              the rows taken from the prefix cache) */
+    bool samples;          /* holds the last prompt row or a decode row: a token comes back */
+    int32_t token;         /* decode rows: the input token (the last one generated) */
+    const int32_t *blocks; /* its block table, as xc_sched_blocks gives it (same lifetime) */
+    int n_blocks;
 } xc_sched_item;
 
 typedef struct xc_sched_batch {
@@ -130,6 +132,9 @@ void xc_sched_drop_releases(xc_sched *s);
 
 /* Whether micro-batch mb_id is in flight. */
 bool xc_sched_is_inflight(const xc_sched *s, uint64_t mb_id);
+
+/* For tests: whether the per-state counts that spare a step its scans match a recount. */
+bool xc_sched_counts_ok(const xc_sched *s);
 
 int xc_sched_n_live(const xc_sched *s);     /* admitted + waiting sequences (load) */
 int xc_sched_n_inflight(const xc_sched *s); /* micro-batches in flight */

@@ -59,6 +59,7 @@ static void run_fake(int P, int max_rows, int chunk, int n_blocks, unsigned seed
     int qh = 0, qn = 0, n_done = 0, max_seen_inflight = 0, steps = 0;
     while (n_done < NS) {
         assert_true(++steps < 100000);
+        assert_true(xc_sched_counts_ok(s)); /* the per-state counts follow every change */
         xc_sched_batch b;
         bool formed = xc_sched_next(s, &b);
         if (formed && abort_one_in > 0 && rand() % abort_one_in == 0) {
@@ -164,6 +165,7 @@ static void run_fake(int P, int max_rows, int chunk, int n_blocks, unsigned seed
         assert_int_equal(ref[i].released, 1); /* every sequence released exactly once */
     }
     free(q);
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
 }
 
@@ -225,6 +227,7 @@ static void test_sched_abort_forms_the_batch_again(void **state) {
     }
     assert_int_equal(b.n_release, 1);
     assert_int_equal(b.release[0], 3);
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
     run_fake(1, 32, 8, 64, 5, 3);
     run_fake(4, 64, 7, 200, 6, 4);
@@ -251,6 +254,7 @@ static void test_sched_long_prompt_chunks_in_flight(void **state) {
     }
     assert_false(xc_sched_next(s, &b)); /* the in-flight limit */
     assert_int_equal(xc_sched_n_inflight(s), 4);
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
 }
 
@@ -279,6 +283,7 @@ static void test_sched_admission_and_errors(void **state) {
     uint64_t ids[8];
     int n;
     xc_sched_fail_all(s, ids, 8, &n);
+    assert_true(xc_sched_counts_ok(s));
     assert_int_equal(n, 3);
     assert_int_equal(xc_sched_n_free_blocks(s), 4);
     assert_int_equal(xc_sched_n_inflight(s), 0);
@@ -287,6 +292,7 @@ static void test_sched_admission_and_errors(void **state) {
     assert_int_equal(b.n_release, 1);
     assert_int_equal(b.release[0], 1);
     assert_false(xc_sched_next(s, &b));
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
 }
 
@@ -315,6 +321,7 @@ static void test_sched_fail_all_releases_on_the_stages(void **state) {
     uint64_t ids[8];
     int n;
     xc_sched_fail_all(s, ids, 8, &n);
+    assert_true(xc_sched_counts_ok(s));
     assert_int_equal(n, 3); /* 1, 2 (admitted) and 4 (waiting) */
     assert_false(xc_sched_is_inflight(s, b.id));
     assert_true(xc_sched_next(s, &b));
@@ -339,8 +346,10 @@ static void test_sched_fail_all_releases_on_the_stages(void **state) {
         admitted += b.n_items;
     }
     xc_sched_fail_all(s, ids, 8, &n);
+    assert_true(xc_sched_counts_ok(s));
     assert_true(xc_sched_next(s, &b));
     assert_int_equal(b.n_release, admitted);
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
 }
 
@@ -386,6 +395,7 @@ static void test_sched_resume_after_fail(void **state) {
     assert_int_equal(b.n_items, 1);
     assert_int_equal(b.items[0].first_pos, 10);
     assert_int_equal(b.items[0].token, 42);
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
 }
 
@@ -447,6 +457,7 @@ static void test_sched_release_only_batch(void **state) {
     assert_int_equal(b.items[0].id, 10);
     assert_int_equal(b.n_release, 1);
     assert_int_equal(b.release[0], 9);
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
 }
 
@@ -546,6 +557,7 @@ static void test_sched_prefix_chain_and_partial_block(void **state) {
     xc_sched_fail_all(s, ids, 4, &nf);
     assert_int_equal(xc_sched_cached_rows(s, k1, 10), 0);
     assert_int_equal(xc_sched_n_free_blocks(s), 32);
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
 }
 
@@ -588,6 +600,7 @@ static void test_sched_prefix_lru_eviction(void **state) {
     }
     xc_sched_finish(s, 3);
     assert_int_equal(xc_sched_n_free_blocks(s), 12);
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
 }
 
@@ -648,6 +661,7 @@ static void test_sched_prefix_twins_and_uncovered(void **state) {
     assert_int_equal(xc_sched_take_uncovered(s, u, 4), 1);
     assert_int_equal(u[0], 12);
     assert_int_equal(xc_sched_set_ready(s, 12), XC_OK); /* its data came */
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
 }
 
@@ -681,6 +695,7 @@ static void test_sched_prefix_owner_ends_early(void **state) {
     assert_int_equal(pos, 14);
     xc_sched_finish(s, 2);
     assert_int_equal(xc_sched_n_free_blocks(s), 64);
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
 }
 
@@ -792,6 +807,7 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
             }
             continue;
         }
+        assert_true(xc_sched_counts_ok(s));
         xc_sched_batch b;
         bool formed = xc_sched_next(s, &b);
         if (formed && abort_one_in > 0 && rand() % abort_one_in == 0) {
@@ -809,6 +825,8 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
                 int nb = 0;
                 const int32_t *bt = xc_sched_blocks(s, it->id, &nb);
                 assert_non_null(bt);
+                assert_ptr_equal(it->blocks, bt); /* the item carries its block table */
+                assert_int_equal(it->n_blocks, nb);
                 memcpy(f->bt[k], bt, (size_t)nb * sizeof *bt);
                 /* rows that need data go out only with it */
                 assert_true(has_data[i] || it->first_pos >= data[i]);
@@ -874,6 +892,7 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
     (void)n_uncovered; /* happens with eviction; seen in some runs only */
     assert_int_equal(xc_sched_n_free_blocks(s), n_blocks);
     assert_int_equal(xc_sched_n_live(s), 0);
+    assert_true(xc_sched_counts_ok(s));
     xc_sched_destroy(s);
 }
 
