@@ -15,6 +15,7 @@
 #include "xc_image.h"
 #include "xc_mem.h"
 #include "xc_mmap.h"
+#include "xc_sha256.h"
 #include "xc_time.h"
 
 /* ---- errors ---- */
@@ -1237,6 +1238,162 @@ static xc_status check_context(const xc_api_conf *conf, const xc_api_request *r,
     return XC_OK;
 }
 
+/* ---- preprocessed images by their encoded bytes ---- */
+
+typedef struct imgc_entry {
+    uint8_t key[32]; /* SHA-256 of the encoded bytes */
+    int size;        /* S */
+    float *pixels;   /* (3, S, S) */
+    uint64_t hash;   /* the pixels' hash (xc_coord_request.img_hash) */
+    uint64_t used;   /* last use (a clock of lookups) */
+} imgc_entry;
+
+struct xc_api_imgcache {
+    pthread_mutex_t lock;
+    size_t max_bytes, bytes;
+    imgc_entry *e;
+    int n, cap;
+    uint64_t clock, hits, misses;
+};
+
+xc_status xc_api_imgcache_create(size_t max_bytes, xc_api_imgcache **out) {
+    xc_api_imgcache *c = xc_calloc(1, sizeof *c);
+    if (!c) {
+        return XC_ERR_NOMEM;
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    c->max_bytes = max_bytes;
+    *out = c;
+    return XC_OK;
+}
+
+void xc_api_imgcache_destroy(xc_api_imgcache *c) {
+    if (!c) {
+        return;
+    }
+    for (int i = 0; i < c->n; i++) {
+        xc_free(c->e[i].pixels);
+    }
+    xc_free(c->e);
+    pthread_mutex_destroy(&c->lock);
+    xc_free(c);
+}
+
+void xc_api_imgcache_stats(xc_api_imgcache *c, uint64_t *hits, uint64_t *misses, int *entries,
+                           size_t *bytes) {
+    pthread_mutex_lock(&c->lock);
+    *hits = c->hits;
+    *misses = c->misses;
+    *entries = c->n;
+    *bytes = c->bytes;
+    pthread_mutex_unlock(&c->lock);
+}
+
+static size_t imgc_bytes(int S) {
+    return 3u * (size_t)S * (size_t)S * sizeof(float);
+}
+
+/* Copies the cached pixels of key into pixels (3, S, S) and their hash into *hash. */
+static bool imgc_get(xc_api_imgcache *c, const uint8_t key[32], int S, float *pixels,
+                     uint64_t *hash) {
+    pthread_mutex_lock(&c->lock);
+    bool hit = false;
+    for (int i = 0; i < c->n && !hit; i++) {
+        imgc_entry *e = &c->e[i];
+        if (e->size == S && !memcmp(e->key, key, 32)) {
+            memcpy(pixels, e->pixels, imgc_bytes(S));
+            *hash = e->hash;
+            e->used = ++c->clock;
+            hit = true;
+        }
+    }
+    c->hits += hit;
+    c->misses += !hit;
+    pthread_mutex_unlock(&c->lock);
+    return hit;
+}
+
+/* Enters a copy of pixels under key, evicting the least recently used entries to stay within
+ * max_bytes (an image bigger than that is not kept; without memory nothing is). */
+static void imgc_put(xc_api_imgcache *c, const uint8_t key[32], int S, const float *pixels,
+                     uint64_t hash) {
+    size_t nb = imgc_bytes(S);
+    if (nb > c->max_bytes) {
+        return;
+    }
+    float *copy = xc_malloc(nb);
+    if (!copy) {
+        return;
+    }
+    memcpy(copy, pixels, nb);
+    pthread_mutex_lock(&c->lock);
+    for (int i = 0; i < c->n; i++) {
+        if (c->e[i].size == S && !memcmp(c->e[i].key, key, 32)) { /* entered meanwhile */
+            pthread_mutex_unlock(&c->lock);
+            xc_free(copy);
+            return;
+        }
+    }
+    while (c->n > 0 && c->bytes + nb > c->max_bytes) {
+        int old = 0;
+        for (int i = 1; i < c->n; i++) {
+            old = c->e[i].used < c->e[old].used ? i : old;
+        }
+        c->bytes -= imgc_bytes(c->e[old].size);
+        xc_free(c->e[old].pixels);
+        c->e[old] = c->e[--c->n];
+    }
+    if (c->n == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 16;
+        imgc_entry *e = xc_realloc(c->e, (size_t)cap * sizeof *e);
+        if (!e) {
+            pthread_mutex_unlock(&c->lock);
+            xc_free(copy);
+            return;
+        }
+        c->e = e;
+        c->cap = cap;
+    }
+    imgc_entry *e = &c->e[c->n++];
+    memcpy(e->key, key, 32);
+    e->size = S;
+    e->pixels = copy;
+    e->hash = hash;
+    e->used = ++c->clock;
+    c->bytes += nb;
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* The pixel hash of xc_coord_request.img_hash: the first 8 bytes of their SHA-256, big-endian. */
+static uint64_t pixel_hash(const float *pixels, int S) {
+    uint8_t d[32];
+    xc_sha256_sum(pixels, imgc_bytes(S), d);
+    uint64_t h = 0;
+    for (int k = 0; k < 8; k++) {
+        h = h << 8 | d[k];
+    }
+    return h;
+}
+
+/* Decodes and preprocesses image bytes into pixels (3, S, S) and their hash, through the cache
+ * when there is one. */
+static xc_status image_pixels(const xc_api_conf *conf, const uint8_t *data, size_t len,
+                              const xc_image_limits *lim, int S, float *pixels, uint64_t *hash) {
+    uint8_t key[32];
+    if (conf->imgcache) {
+        xc_sha256_sum(data, len, key);
+        if (imgc_get(conf->imgcache, key, S, pixels, hash)) {
+            return XC_OK;
+        }
+    }
+    XC_TRY(xc_image_preprocess(data, len, lim, S, NULL, pixels));
+    *hash = pixel_hash(pixels, S);
+    if (conf->imgcache) {
+        imgc_put(conf->imgcache, key, S, pixels, *hash);
+    }
+    return XC_OK;
+}
+
 xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const xc_api_request *r,
                          xc_api_prepared *out, xc_api_error *err) {
     memset(out, 0, sizeof *out);
@@ -1274,7 +1431,8 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
     if (r->n_images > 0) {
         out->img = xc_malloc((size_t)r->n_images * sizeof *out->img);
         out->pixels = xc_malloc((size_t)r->n_images * per * sizeof(float));
-        if (!out->img || !out->pixels) {
+        out->img_hash = xc_malloc((size_t)r->n_images * sizeof(uint64_t));
+        if (!out->img || !out->pixels || !out->img_hash) {
             xc_chat_prompt_fini(&cp);
             xc_api_prepared_fini(out);
             return xc_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
@@ -1301,8 +1459,8 @@ xc_status xc_api_prepare(const xc_api_conf *conf, const xc_tokenizer *tok, const
             xc_api_prepared_fini(out);
             return XC_ERR_ARG;
         }
-        st = xc_image_preprocess(r->images[i].data, r->images[i].len, &lim, S, NULL,
-                                 out->pixels + (size_t)i * per);
+        st = image_pixels(conf, r->images[i].data, r->images[i].len, &lim, S,
+                          out->pixels + (size_t)i * per, &out->img_hash[i]);
         if (st != XC_OK) {
             char param[32];
             snprintf(param, sizeof param, "image %d", i);
@@ -1339,6 +1497,7 @@ static xc_status fill_request(const xc_api_conf *conf, const xc_tokenizer *tok,
                                   .img = out->img,
                                   .n_img = r->n_images,
                                   .pixels = out->pixels,
+                                  .img_hash = out->img_hash,
                                   .sampling = {.greedy = r->greedy,
                                                .temperature = r->temperature,
                                                .top_k = r->top_k,
@@ -1367,6 +1526,7 @@ void xc_api_prepared_fini(xc_api_prepared *p) {
     xc_free(p->ids);
     xc_free(p->img);
     xc_free(p->pixels);
+    xc_free(p->img_hash);
     memset(p, 0, sizeof *p);
 }
 

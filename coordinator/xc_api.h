@@ -29,6 +29,17 @@
 xc_status xc_api_json_precheck(const char *body, size_t len, int max_depth, long max_nodes);
 
 /* What the server accepts (immutable after startup). */
+/* A bounded cache of decoded, preprocessed images keyed by the SHA-256 of their encoded bytes
+ * (thread-safe): a chat client re-sends the same image with every turn, and a hit skips its
+ * decoding, resizing and normalizing (milliseconds) and the SHA-256 of its pixels (the prefix
+ * cache's image key). Least recently used entries go first when max_bytes would be exceeded. */
+typedef struct xc_api_imgcache xc_api_imgcache;
+xc_status xc_api_imgcache_create(size_t max_bytes, xc_api_imgcache **out);
+void xc_api_imgcache_destroy(xc_api_imgcache *c);
+/* hits and misses so far, entries and pixel bytes held now */
+void xc_api_imgcache_stats(xc_api_imgcache *c, uint64_t *hits, uint64_t *misses, int *entries,
+                           size_t *bytes);
+
 typedef struct xc_api_conf {
     const char *model_name;     /* the served model id: requests must name it */
     int max_n;                  /* choices per request at most */
@@ -45,6 +56,7 @@ typedef struct xc_api_conf {
     const char *media_dir;      /* file:// URLs are allowed below this directory; NULL = refused */
     const xc_media_conf *media; /* http(s) URLs (xc_api_fetch); NULL = refused */
     xc_chat_variant variant;    /* default meta instruction */
+    xc_api_imgcache *imgcache;  /* preprocessed images by their encoded bytes; NULL = none */
 } xc_api_conf;
 
 /* An error in OpenAI's shape plus the HTTP status to send. */
@@ -138,6 +150,7 @@ typedef struct xc_api_prepared {
     int32_t *ids;
     xc_coord_range *img;
     float *pixels;            /* (n_img, 3, S, S) */
+    uint64_t *img_hash;       /* (n_img) the pixels' hash as xc_coord_submit computes it */
     int32_t stop_ids[2 + 32]; /* EOS, [UNUSED_TOKEN_145], then stop_token_ids */
     int prompt_tokens;        /* rows, image rows included (usage.prompt_tokens) */
     int image_tokens;         /* image rows among them */

@@ -1862,7 +1862,7 @@ static void *coord_main(void *arg) {
     while (!atomic_load(&c->stop_now)) {
         xc_arena_reset_keep(c->arena, 16u << 20); /* no malloc per step once settled */
         /* drain the mailbox, then schedule */
-        int timeout = 5, n_msg = 0, n_mb = 0, n_rows = 0;
+        int timeout = 1, n_msg = 0, n_mb = 0, n_rows = 0;
         uint64_t cpu0 = 0, wall0 = 0, in_handle = 0; /* wall time handling messages */
         for (int k = 0; k < 256; k++) {
             xc_msg msg = {0};
@@ -2144,7 +2144,10 @@ xc_status xc_coord_submit(xc_coord *c, const xc_coord_request *r, xc_coord_event
     q->stop = dup_mem(r->stop_ids, (size_t)r->n_stop_ids * sizeof(int32_t));
     q->pixels = r->n_img ? dup_mem(r->pixels, (size_t)r->n_img * 3 * S * S * sizeof(float)) : NULL;
     q->img_hash = r->n_img ? xc_calloc((size_t)r->n_img, sizeof(uint64_t)) : NULL;
-    for (int i = 0; q->img_hash && q->pixels && i < r->n_img; i++) {
+    if (q->img_hash && r->img_hash) {
+        memcpy(q->img_hash, r->img_hash, (size_t)r->n_img * sizeof(uint64_t));
+    }
+    for (int i = 0; q->img_hash && q->pixels && !r->img_hash && i < r->n_img; i++) {
         uint8_t d[32];
         xc_sha256_sum(q->pixels + (size_t)i * 3 * S * S, 3 * S * S * sizeof(float), d);
         for (int k = 0; k < 8; k++) {

@@ -95,6 +95,9 @@ typedef struct xc_coord_request {
     const xc_coord_range *img; /* (n_img) sorted, disjoint, each exactly the image token count */
     int n_img;
     const float *pixels; /* (n_img, 3, S, S) host, normalized as CLIP expects */
+    /* optional (NULL = computed here): each image's pixel hash, the first 8 bytes of the SHA-256
+     * of its (3, S, S) f32 pixels, big-endian (the prefix cache's and the vision cache's key) */
+    const uint64_t *img_hash;
     xc_coord_sampling sampling;
     int max_new_tokens;
     const int32_t *stop_ids; /* a generated stop id ends the reply and is not delivered */

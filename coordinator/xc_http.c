@@ -113,6 +113,10 @@ static const xc_conf_entry http_entries[] = {
                 1024,
                 "requests parsing JSON or decoding images at once (bounds the memory of large "
                 "bodies; the others wait their turn)"),
+    XC_CONF_INT("image-input-cache-mb", "XC_IMAGE_INPUT_CACHE_MB", xc_http_flags,
+                image_input_cache_mb, 64, 0, 65536,
+                "MiB of decoded, preprocessed images kept by the SHA-256 of their encoded bytes: "
+                "an image re-sent with every turn of a chat is not decoded again (0 = off)"),
     XC_CONF_INT("max-concurrent-requests", "XC_MAX_CONCURRENT", xc_http_flags, max_concurrent, 256,
                 1, 1 << 20, "chat requests in service at once; more get 429"),
     XC_CONF_INT("max-n", "XC_MAX_N", xc_http_flags, max_n, 8, 1, 128, "choices (n) per request"),
@@ -1891,6 +1895,10 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
                            .media_dir = f->media_dir ? h->media_dir : NULL,
                            .media = h->media.allowed_domains ? &h->media : NULL,
                            .variant = vl ? XC_CHAT_VARIANT_VL : XC_CHAT_VARIANT_7B};
+    if (S > 0 && f->image_input_cache_mb > 0) {
+        XC_TRY_GOTO(xc_api_imgcache_create((size_t)f->image_input_cache_mb << 20, &h->api.imgcache),
+                    st, fail);
+    }
     xc_compose_http_conf cconf = {.api = &h->api,
                                   .tok = h->tok,
                                   .c = c,
@@ -1975,6 +1983,7 @@ void xc_http_destroy(xc_http *h) {
         MHD_stop_daemon(h->d); /* joins the connection threads: their jobs end first */
     }
     xc_compose_http_destroy(h->compose);
+    xc_api_imgcache_destroy(h->api.imgcache);
     for (int i = 0; i < h->n_keys; i++) {
         xc_free(h->keys[i]);
     }

@@ -29,6 +29,7 @@ typedef struct xc_http_flags {
     const char *variant;      /* auto|7b|vl: default meta instruction */
     int max_body_kb;          /* 0 = what one --max-image-mb image needs as base64 + 1 MiB */
     int preprocess_slots;     /* requests parsing JSON or decoding images at once */
+    int image_input_cache_mb; /* preprocessed images kept by encoded bytes (MiB; 0 = none) */
     int max_concurrent;       /* chat requests in service at once; more get 429 */
     int max_n, max_tokens, default_max_tokens, max_images, max_image_mpixels, max_image_mb;
     double request_timeout_s;

@@ -15,6 +15,7 @@
 #include "xc_mem.h"
 #include "xc_mmap.h"
 #include "xc_sampler.h"
+#include "xc_sha256.h"
 #include "xc_test.h"
 #include "xc_tokenizer.h"
 #include "xc_wire.h"
@@ -464,6 +465,83 @@ static void test_api_file_urls(void **state) {
     }
     assert_string_equal(msg[0], msg[1]);
     assert_string_equal(msg[0], msg[2]);
+}
+
+/* The prepared pixels and their hash of `file` sent as the only image, through conf. */
+static void prepare_image(const xc_api_conf *conf, const xc_tokenizer *tok, const char *file,
+                          float *pixels, uint64_t *hash) {
+    size_t raw = 0;
+    char *b64 = b64_file(file, &raw);
+    char *body = image_body(b64, 1, "");
+    xc_api_request r;
+    xc_api_error e;
+    assert_int_equal(parse(conf, body, &r, &e), XC_OK);
+    xc_api_prepared p;
+    assert_int_equal(xc_api_prepare(conf, tok, &r, &p, &e), XC_OK);
+    assert_non_null(p.req.img_hash);
+    memcpy(pixels, p.req.pixels, 3 * 56 * 56 * sizeof(float));
+    *hash = p.req.img_hash[0];
+    xc_api_prepared_fini(&p);
+    xc_api_request_fini(&r);
+    xc_free(body);
+    xc_free(b64);
+}
+
+/* The input image cache: a re-sent image gives the same pixels and pixel hash (SHA-256 of the
+ * pixels, as xc_coord_submit computes it) as decoding it does; the least recently used image is
+ * evicted to stay within the bytes given; off (NULL) gives the same answers. */
+static void test_api_image_input_cache(void **state) {
+    (void)state;
+    xc_tokenizer *tok = NULL;
+    assert_int_equal(xc_tokenizer_load(TOKFILE, &tok), XC_OK);
+    const char *files[2] = {IMGFILE, XC_FIXTURE_DIR "/image/src/jpg_444_333x250.jpg"};
+    size_t per = 3 * 56 * 56 * sizeof(float);
+    float *want[2], *got = xc_malloc(per);
+    uint64_t want_hash[2], h = 0;
+    xc_api_conf plain = conf_default();
+    for (int i = 0; i < 2; i++) { /* no cache: decoded each time */
+        want[i] = xc_malloc(per);
+        prepare_image(&plain, tok, files[i], want[i], &want_hash[i]);
+        uint8_t d[32];
+        xc_sha256_sum(want[i], per, d);
+        uint64_t ref = 0;
+        for (int k = 0; k < 8; k++) {
+            ref = ref << 8 | d[k];
+        }
+        assert_true(want_hash[i] == ref);
+    }
+    xc_api_conf c = conf_default();
+    assert_int_equal(xc_api_imgcache_create(per + per / 2, &c.imgcache), XC_OK); /* room for 1 */
+    uint64_t hits, misses;
+    size_t bytes;
+    int entries;
+    int seq[5] = {0, 0, 1, 1, 0}; /* miss, hit, miss (evicts 0), hit, miss */
+    int want_hits[5] = {0, 1, 1, 2, 2};
+    for (int t = 0; t < 5; t++) {
+        int i = seq[t];
+        prepare_image(&c, tok, files[i], got, &h);
+        assert_memory_equal(got, want[i], per);
+        assert_true(h == want_hash[i]);
+        xc_api_imgcache_stats(c.imgcache, &hits, &misses, &entries, &bytes);
+        assert_int_equal(hits, want_hits[t]);
+        assert_int_equal(misses, t + 1 - want_hits[t]);
+        assert_int_equal(entries, 1);
+        assert_int_equal(bytes, per);
+    }
+    xc_api_imgcache_destroy(c.imgcache);
+    /* smaller than one image: nothing kept */
+    assert_int_equal(xc_api_imgcache_create(per - 1, &c.imgcache), XC_OK);
+    prepare_image(&c, tok, files[0], got, &h);
+    prepare_image(&c, tok, files[0], got, &h);
+    assert_memory_equal(got, want[0], per);
+    xc_api_imgcache_stats(c.imgcache, &hits, &misses, &entries, &bytes);
+    assert_int_equal(hits, 0);
+    assert_int_equal(entries, 0);
+    xc_api_imgcache_destroy(c.imgcache);
+    xc_free(want[0]);
+    xc_free(want[1]);
+    xc_free(got);
+    xc_tokenizer_destroy(tok);
 }
 
 static void test_api_prepare_context(void **state) {
@@ -966,6 +1044,7 @@ int main(void) {
         cmocka_unit_test(test_api_parse_every_parameter),
         cmocka_unit_test(test_api_parse_errors),
         cmocka_unit_test(test_api_images_and_prepare),
+        cmocka_unit_test(test_api_image_input_cache),
         cmocka_unit_test(test_api_file_urls),
         cmocka_unit_test(test_api_prepare_context),
         cmocka_unit_test(test_api_stop_strings_match_naive_cut),
