@@ -19,6 +19,8 @@ typedef struct xc_transport_ops {
     xc_status (*send)(xc_transport *tx, xc_frame *frames, size_t n, int timeout_ms);
     /* mode RECV; *out is empty on entry. */
     xc_status (*recv)(xc_transport *tx, int timeout_ms, xc_msg *out);
+    /* optional (xc_transport_wake); any thread */
+    void (*wake)(xc_transport *tx);
 } xc_transport_ops;
 
 struct xc_transport {

@@ -135,6 +135,12 @@ const char *xc_transport_name(const xc_transport *tx) {
 
 /* ---- wire helpers ---- */
 
+void xc_transport_wake(xc_transport *tx) {
+    if (tx && tx->mode == XC_TRANSPORT_RECV && tx->ops->wake) {
+        tx->ops->wake(tx);
+    }
+}
+
 xc_status xc_transport_send_wire(xc_transport *tx, const xc_wire_msg *m, xc_frame *tensors,
                                  size_t n_tensors, int timeout_ms) {
     if (n_tensors > XC_MSG_MAX_FRAMES - 1) {

@@ -60,6 +60,9 @@ typedef struct xc_transport_conf {
     /* RECV only: public keys of the senders let in (comma or whitespace separated); NULL reads
      * XC_CURVE_CLIENT_KEYS(_FILE); none at all admits any sender that knows the server key. */
     const char *curve_client_keys;
+    /* RECV: xc_transport_wake can end a receive early (zmq: an eventfd polled with the socket,
+     * one more poll per message; inproc always can; mpi cannot) */
+    bool wakeable;
 } xc_transport_conf;
 
 #define XC_TRANSPORT_CONF_INIT                                                                     \
@@ -95,6 +98,11 @@ void xc_transport_zmq_fault_at(int part);
  * timeout_ms (< 0: forever). XC_ERR_TIMEOUT, XC_ERR_PROTO (a message with too many frames, which
  * is dropped), XC_ERR_IO, XC_ERR_NOMEM. */
 xc_status xc_transport_recv(xc_transport *tx, int timeout_ms, xc_msg *out);
+
+/* From any thread: a xc_transport_recv waiting on tx (RECV, opened with conf.wakeable) returns
+ * XC_ERR_TIMEOUT now, or the next one does at once if none waits (one wake-up is kept until a
+ * receive returns). A no-op where the transport cannot (mpi): its receive ends at its timeout. */
+void xc_transport_wake(xc_transport *tx);
 
 /* The endpoint as opened, resolved ("tcp://127.0.0.1:41234" for port *). A view valid until
  * close. */

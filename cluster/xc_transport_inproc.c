@@ -24,6 +24,7 @@ typedef struct inproc_queue {
     xc_msg *ring; /* (cap) */
     pthread_cond_t not_empty;
     pthread_cond_t not_full; /* also signalled on bind */
+    bool woken;              /* xc_transport_wake: the receive returns */
 } inproc_queue;
 
 /* One lock for the registry and every queue: inproc traffic is pointer hand-off, so the lock is
@@ -196,10 +197,11 @@ static xc_status inproc_recv(xc_transport *tx, int timeout_ms, xc_msg *out) {
     uint64_t deadline = xc_deadline_ns(timeout_ms);
     bool ok = true;
     pthread_mutex_lock(&g_lock);
-    while (ok && q->count == 0) {
+    while (ok && q->count == 0 && !q->woken) {
         ok = cond_wait_until(&q->not_empty, deadline);
     }
     ok = q->count > 0;
+    q->woken = false;
     if (ok) {
         *out = q->ring[q->head];
         q->head = (q->head + 1) % q->cap;
@@ -214,10 +216,19 @@ static xc_status inproc_recv(xc_transport *tx, int timeout_ms, xc_msg *out) {
     return XC_OK;
 }
 
+static void inproc_wake(xc_transport *tx) {
+    inproc_queue *q = tx->ctx;
+    pthread_mutex_lock(&g_lock);
+    q->woken = true;
+    pthread_cond_broadcast(&q->not_empty);
+    pthread_mutex_unlock(&g_lock);
+}
+
 const xc_transport_ops xc_transport_inproc_ops = {
     .name = "inproc",
     .open = inproc_open,
     .close = inproc_close,
     .send = inproc_send,
     .recv = inproc_recv,
+    .wake = inproc_wake,
 };

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <zmq.h>
 
@@ -37,6 +39,7 @@ typedef struct zmq_tx {
     bool zap_running;
     size_t n_keys;
     uint8_t (*keys)[32]; /* (n_keys) */
+    int wake_fd;         /* RECV with conf.wakeable: an eventfd polled with the socket; else -1 */
 } zmq_tx;
 
 /* ---- native errors: converted here and only here ---- */
@@ -363,6 +366,9 @@ static void zmq_close_tx(xc_transport *tx) {
     if (z->zap_running) {
         pthread_join(z->zap_thread, NULL);
     }
+    if (z->wake_fd >= 0) {
+        close(z->wake_fd);
+    }
     xc_free(z->keys);
     xc_free(z);
     tx->ctx = NULL;
@@ -376,6 +382,12 @@ static xc_status zmq_open_tx(xc_transport *tx, const char *ep, const xc_transpor
     }
     tx->ctx = z;
     z->snd_timeo = z->rcv_timeo = -2; /* not set yet */
+    z->wake_fd = -1;
+    if (tx->mode == XC_TRANSPORT_RECV && conf->wakeable &&
+        (z->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+        st = xc_errf(XC_ERR_IO, "zmq %s: eventfd: %s", ep, strerror(errno));
+        goto fail;
+    }
     if (!(z->ctx = zmq_ctx_new())) {
         st = zmq_status(ep, "zmq_ctx_new");
         goto fail;
@@ -562,12 +574,48 @@ static void zmq_frame_free(void *data, void *hint) {
     xc_free(hint);
 }
 
+/* Waits (wakeable receivers) until a message is there (XC_OK), a wake-up or the deadline
+ * (XC_ERR_TIMEOUT). */
+static xc_status wait_readable(zmq_tx *z, const char *ep, uint64_t deadline, int timeout_ms) {
+    zmq_pollitem_t it[2] = {{.socket = z->sock, .events = ZMQ_POLLIN},
+                            {.fd = z->wake_fd, .events = ZMQ_POLLIN}};
+    int rc;
+    do {
+        it[0].revents = it[1].revents = 0;
+        rc = zmq_poll(it, 2, xc_deadline_left_ms(deadline));
+    } while (rc == -1 && zmq_errno() == EINTR);
+    if (rc == -1) {
+        return zmq_status(ep, "zmq_poll");
+    }
+    if (it[1].revents & ZMQ_POLLIN) {
+        uint64_t v;
+        if (read(z->wake_fd, &v, sizeof v) < 0) {
+            /* nothing pending after all (EAGAIN): the wake-up is spent either way */
+        }
+    }
+    if (!(it[0].revents & ZMQ_POLLIN)) {
+        return xc_errf(XC_ERR_TIMEOUT, "zmq %s: nothing received in %d ms", ep, timeout_ms);
+    }
+    return XC_OK;
+}
+
+static void zmq_wake_tx(xc_transport *tx) {
+    zmq_tx *z = tx->ctx;
+    uint64_t one = 1;
+    if (z->wake_fd >= 0 && write(z->wake_fd, &one, sizeof one) < 0) {
+        /* the counter is full: a wake-up is pending anyway */
+    }
+}
+
 static xc_status zmq_recv_tx(xc_transport *tx, int timeout_ms, xc_msg *out) {
     zmq_tx *z = tx->ctx;
     const char *ep = tx->endpoint;
     uint64_t deadline = xc_deadline_ns(timeout_ms);
     xc_status st = XC_OK;
     size_t n = 0;
+    if (z->wake_fd >= 0) {
+        XC_TRY(wait_readable(z, ep, deadline, timeout_ms));
+    }
     for (;;) {
         zmq_msg_t *m = xc_malloc(sizeof *m);
         if (!m) {
@@ -625,4 +673,5 @@ const xc_transport_ops xc_transport_zmq_ops = {
     .close = zmq_close_tx,
     .send = zmq_send_tx,
     .recv = zmq_recv_tx,
+    .wake = zmq_wake_tx,
 };

@@ -1862,8 +1862,8 @@ static void *coord_main(void *arg) {
     while (!atomic_load(&c->stop_now)) {
         xc_arena_reset_keep(c->arena, 16u << 20); /* no malloc per step once settled */
         /* drain the mailbox, then schedule */
-        int timeout = 1, n_msg = 0, n_mb = 0, n_rows = 0;
-        uint64_t cpu0 = 0, wall0 = 0, in_handle = 0; /* wall time handling messages */
+        int timeout = 5, n_msg = 0, n_mb = 0, n_rows = 0; /* woken by submit and cancel */
+        uint64_t cpu0 = 0, wall0 = 0, in_handle = 0;      /* wall time handling messages */
         for (int k = 0; k < 256; k++) {
             xc_msg msg = {0};
             xc_wire_msg m;
@@ -2014,8 +2014,11 @@ xc_status xc_coord_create(const xc_coord_conf *conf, xc_coord **out) {
     c->need_vision = !conf->no_vision && c->mi.img_size > 0;
     derive_cost(c);
     XC_TRY_GOTO(xc_arena_create(1 << 16, &c->arena), st, fail);
+    /* wakeable: a submitted request or a cancellation ends the loop's wait for messages */
+    xc_transport_conf rxc = conf->tconf ? *conf->tconf : (xc_transport_conf)XC_TRANSPORT_CONF_INIT;
+    rxc.wakeable = true;
     XC_TRY_GOTO(xc_transport_open(conf->endpoint ? conf->endpoint : "tcp://127.0.0.1:5555",
-                                  XC_TRANSPORT_RECV, conf->tconf, &c->rx),
+                                  XC_TRANSPORT_RECV, &rxc, &c->rx),
                 st, fail);
     if (pthread_create(&c->thread, NULL, coord_main, c) != 0) {
         st = xc_errf(XC_ERR_IO, "coordinator: cannot start its thread");
@@ -2194,6 +2197,7 @@ xc_status xc_coord_submit(xc_coord *c, const xc_coord_request *r, xc_coord_event
         *id = q->id;
     }
     pthread_mutex_unlock(&c->lock);
+    xc_transport_wake(c->rx); /* admitted now, not after the loop's wait for messages */
     return XC_OK;
 }
 
@@ -2292,6 +2296,7 @@ xc_status xc_coord_cancel(xc_coord *c, uint64_t id) {
     }
     c->cancels[c->n_cancels++] = id;
     pthread_mutex_unlock(&c->lock);
+    xc_transport_wake(c->rx);
     return XC_OK;
 }
 

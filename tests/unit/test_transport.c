@@ -170,6 +170,59 @@ static void test_transport_zmq_timeouts(void **state) {
     xc_transport_close(rx);
 }
 
+/* xc_transport_wake: a wake-up from another thread ends a long receive at once; one sent before a
+ * receive makes it return at once and is spent; a message still arrives whole after it. */
+static void *waker(void *arg) {
+    usleep(50000);
+    xc_transport_wake(arg);
+    return NULL;
+}
+
+static void expect_wake(const char *ep) {
+    xc_transport_conf c = XC_TRANSPORT_CONF_INIT;
+    c.wakeable = true;
+    xc_transport *rx = NULL, *tx = NULL;
+    assert_int_equal(xc_transport_open(ep, XC_TRANSPORT_RECV, &c, &rx), XC_OK);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, waker, rx), 0);
+    xc_msg m;
+    uint64_t t0 = xc_now_ns();
+    assert_int_equal(xc_transport_recv(rx, 20000, &m), XC_ERR_TIMEOUT);
+    double took = (double)(xc_now_ns() - t0) * 1e-6;
+    pthread_join(th, NULL);
+    if (took < 40 || took > 10000) { /* woken after ~50 ms, long before the 20 s timeout */
+        fail_msg("%s: woken after %.1f ms", ep, took);
+    }
+    xc_transport_wake(rx); /* kept for the next receive */
+    t0 = xc_now_ns();
+    assert_int_equal(xc_transport_recv(rx, 20000, &m), XC_ERR_TIMEOUT);
+    assert_true(xc_now_ns() - t0 < 10000000000ull);
+    expect_recv_timeout(rx, 60); /* spent */
+    assert_int_equal(xc_transport_open(xc_transport_endpoint(rx), XC_TRANSPORT_SEND, NULL, &tx),
+                     XC_OK);
+    g_freed = 0;
+    xc_frame f = {.data = g_small, .len = 1, .free_fn = count_free};
+    assert_int_equal(xc_transport_send(tx, &f, 1, 5000), XC_OK);
+    assert_int_equal(xc_transport_recv(rx, 5000, &m), XC_OK);
+    assert_int_equal(m.n, 1);
+    assert_int_equal(m.frames[0].len, 1);
+    xc_msg_fini(&m);
+    xc_transport_close(tx);
+    xc_transport_close(rx);
+    /* a receiver that is not wakeable ignores it (zmq) or is woken as well (inproc) */
+    assert_int_equal(xc_transport_open(ep, XC_TRANSPORT_RECV, NULL, &rx), XC_OK);
+    xc_transport_wake(rx);
+    xc_transport_close(rx);
+}
+
+static void test_transport_wake(void **state) {
+    (void)state;
+    expect_wake("inproc://t-wake");
+    char ep[64];
+    snprintf(ep, sizeof ep, "ipc:///tmp/xc-test-wake-%d", (int)getpid());
+    expect_wake(ep);
+}
+
 /* Threads: a sender thread pushes numbered zero-copy frames while the main thread receives them
  * in order through a queue of 2. */
 static uint32_t g_seq_vals[200];
@@ -569,6 +622,7 @@ int main(void) {
         cmocka_unit_test(test_transport_zmq_ipc_multiframe),
         cmocka_unit_test(test_transport_zmq_tcp_multiframe),
         cmocka_unit_test(test_transport_inproc_timeouts),
+        cmocka_unit_test(test_transport_wake),
         cmocka_unit_test(test_transport_zmq_timeouts),
         cmocka_unit_test(test_transport_inproc_threads_in_order),
         cmocka_unit_test(test_transport_zmq_dead_peer_does_not_hang_close),
