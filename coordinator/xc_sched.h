@@ -30,7 +30,25 @@ typedef struct xc_sched_item {
                          the rows taken from the prefix cache) */
     bool samples;     /* holds the last prompt row or a decode row: a token comes back */
     int32_t token;    /* decode rows: the input token (the last one generated) */
+    int fork0;        /* forks[fork0, fork0 + n_forks) of the batch draw their first token from
+                         this item's last row (its last prompt chunk; issue 13.3) */
+    int n_forks;
 } xc_sched_item;
+
+/* issue 13.3 (n > 1 shares one prefill): a waiting sequence whose whole prompt (every row key)
+ * equals that of a sequence whose last prompt chunk is being formed is forked from it instead of
+ * prefilling: it shares all of the parent's full blocks, gets a private copy of the parent's
+ * partially filled last block (a copy-on-write instruction in a later micro-batch) and blocks of
+ * its own for what it generates, and its first token is drawn from the parent's last row. */
+typedef struct xc_sched_fork {
+    uint64_t parent; /* the item's sequence */
+    uint64_t id;     /* the new sequence (admitted, its prompt done, its first token in flight) */
+} xc_sched_fork;
+
+/* KV block copy every stage makes before it runs a micro-batch's rows. */
+typedef struct xc_sched_copy {
+    int32_t src, dst;
+} xc_sched_copy;
 
 typedef struct xc_sched_batch {
     uint64_t id; /* micro-batch id, unique in this scheduler */
@@ -39,6 +57,10 @@ typedef struct xc_sched_batch {
     int n_rows;
     int n_release;
     const uint64_t *release; /* sequences finished since the last batch (their KV is free) */
+    int n_forks;
+    const xc_sched_fork *forks; /* grouped by item (xc_sched_item.fork0) */
+    int n_copies;
+    const xc_sched_copy *copies; /* forks of earlier micro-batches: their private last blocks */
 } xc_sched_batch;
 
 xc_status xc_sched_create(const xc_sched_conf *conf, xc_sched **out);
