@@ -83,7 +83,9 @@ xc_status xc_sched_set_ready(xc_sched *s, uint64_t id);
  * micro-batch that writes their last row has been formed: a sequence that shares a block not ready
  * yet (an n > 1 sibling admitted right after its twin) prefills only in a later micro-batch, which
  * every stage runs after that one. Full blocks written by decode rows are entered too (the next
- * turn of a chat re-sends the reply). A partially filled block is never shared. Blocks whose
+ * turn of a chat re-sends the reply). A partially filled block is never shared (a fork gets a
+ * copy of its parent's: xc_sched_fork). A sequence whose whole prompt equals that of a sequence
+ * whose last prompt chunk is not formed yet waits to be forked from it. Blocks whose
  * last user ended stay cached and are evicted least recently used first (the tail of a sequence
  * before its head) when free blocks run out; xc_sched_n_free_blocks counts them as free. */
 
