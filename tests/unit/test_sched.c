@@ -727,6 +727,86 @@ static void test_sched_prefix_owner_ends_early(void **state) {
     xc_sched_destroy(s);
 }
 
+/* issue 13.3: an aborted micro-batch undoes its forks (formed again with it), a fork whose twin
+ * ends before its last chunk is admitted as usual, and a replica failure with forks and their
+ * copies pending leaves a whole pool and no copy behind; resumed siblings fork again. */
+static void test_sched_forks_abort_and_fail(void **state) {
+    (void)state;
+    xc_sched *s = cached_sched(4, 32, 64);
+    uint64_t k[10];
+    for (int i = 0; i < 10; i++) {
+        k[i] = (uint64_t)(600 + i);
+    }
+    for (uint64_t id = 1; id <= 3; id++) {
+        assert_int_equal(xc_sched_add_keyed(s, id, 10, 3, true, k, 0, NULL), XC_OK);
+    }
+    xc_sched_batch b;
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.n_forks, 2);
+    int free_before = 32 - 4 - 2 * 2; /* 13 rows: 4 blocks each, the 2 full ones shared */
+    assert_int_equal(xc_sched_n_free_blocks(s), free_before);
+    xc_sched_abort(s, &b); /* not sent: the forks are undone with it */
+    assert_int_equal(xc_sched_n_free_blocks(s), 32 - 4);
+    assert_null(xc_sched_blocks(s, 2, &(int){0}));
+    assert_true(xc_sched_next(s, &b)); /* formed again, with the same forks */
+    assert_int_equal(b.n_forks, 2);
+    assert_int_equal(b.items[0].n_forks, 2);
+    assert_int_equal(xc_sched_n_free_blocks(s), free_before);
+    uint64_t mb1 = b.id;
+    /* the copies wait for the next micro-batch; a replica failure drops them with the rest */
+    uint64_t ids[8];
+    int n = 0;
+    xc_sched_fail_all(s, ids, 8, &n);
+    assert_int_equal(n, 3);
+    assert_int_equal(xc_sched_n_free_blocks(s), 32);
+    xc_sched_drop_releases(s);
+    assert_false(xc_sched_is_inflight(s, mb1));
+    /* resumed: each with the token it had (the same one), so the prompts are equal again */
+    uint64_t k2[11];
+    memcpy(k2, k, sizeof k);
+    k2[10] = 77;
+    for (uint64_t id = 1; id <= 3; id++) {
+        assert_int_equal(xc_sched_add_keyed(s, id, 11, 2, true, k2, 0, NULL), XC_OK);
+    }
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_copies, 0);
+    assert_int_equal(b.n_forks, 2);
+    assert_int_equal(b.items[0].first_pos, 0);
+    assert_int_equal(b.items[0].n_tokens, 11);
+    xc_sched_batch_done(s, b.id);
+    for (uint64_t id = 1; id <= 3; id++) {
+        assert_int_equal(xc_sched_token(s, id, 5), XC_OK);
+    }
+    assert_true(xc_sched_next(s, &b)); /* decode rows, with the 2 copies of block 2 */
+    assert_int_equal(b.n_copies, 2);
+    assert_int_equal(b.n_items, 3);
+    xc_sched_batch_done(s, b.id);
+    for (uint64_t id = 1; id <= 3; id++) {
+        xc_sched_finish(s, id);
+    }
+    /* a fork candidate whose twin is cancelled before its last chunk is admitted as usual */
+    uint64_t k3[10];
+    for (int i = 0; i < 10; i++) {
+        k3[i] = (uint64_t)(900 + i);
+    }
+    assert_int_equal(xc_sched_add_keyed(s, 20, 10, 2, true, k3, 0, NULL), XC_OK);
+    assert_int_equal(xc_sched_add_keyed(s, 21, 10, 2, true, k3, 0, NULL), XC_OK);
+    xc_sched_finish(s, 20);
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.items[0].id, 21);
+    assert_int_equal(b.items[0].n_tokens, 10);
+    assert_int_equal(b.n_forks, 0);
+    xc_sched_batch_done(s, b.id);
+    xc_sched_finish(s, 21);
+    while (xc_sched_next(s, &b)) { /* the release-only batch */
+        xc_sched_batch_done(s, b.id);
+    }
+    assert_int_equal(xc_sched_n_free_blocks(s), 32);
+    xc_sched_destroy(s);
+}
+
 /* Randomized: prompts drawn from a few shared prefixes, a small pool (eviction), aborts; a fake
  * KV pool written by the micro-batches in the order the stages run them checks that every row
  * sees exactly its own sequence's keys at every earlier position (shared blocks, eviction,
@@ -1006,6 +1086,7 @@ int main(void) {
         cmocka_unit_test(test_sched_prefix_lru_eviction),
         cmocka_unit_test(test_sched_prefix_twins_and_uncovered),
         cmocka_unit_test(test_sched_prefix_owner_ends_early),
+        cmocka_unit_test(test_sched_forks_abort_and_fail),
         cmocka_unit_test(test_sched_prefix_randomized),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
