@@ -79,6 +79,9 @@ seeded = {"model": "tiny", "max_tokens": 8, "temperature": 0.9, "seed": 5}
 step("n1", dict(seeded, messages=[user(1, "Describe it.")]))
 step("n4", dict(seeded, n=4, messages=[user(2, "Describe it.")], logprobs=True, top_logprobs=2))
 step("sep", dict(seeded, messages=[user(2, "Describe it.")]))
+# text only: the first choice is ready at once, so its siblings fork only if they reach the
+# scheduler before its last prompt chunk is formed (reported, not required)
+step("t4", dict(seeded, n=4, messages=[{"role": "user", "content": "Tell me a long story."}]))
 print(json.dumps(out))
 PY
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
@@ -120,9 +123,12 @@ check(n4["rows"] == n1["rows"],
 check(off["n4"]["vision"] == 4 and off["n4"]["rows"] == 4 * n4["prompt"], "n = 4 without cache")
 check(on["sep"]["answers"][0] == n4["answers"][0], "choice 0 of n = 4 != a separate request")
 check(len(set(n4["answers"])) > 1, "n = 4: all choices equal (sampling at 0.9 should differ)")
+t4 = on["t4"]
 print("prefix cache: turn 2 of %d prompt rows computed %d (on) / %d (off), no vision job; "
       "n = 4: %d vision image(s) like n = 1, %d prompt rows computed like n = 1's %d (off: %d); "
-      "answers and logprobs identical on and off" %
+      "answers and logprobs identical on and off; text-only n = 4 (%d-row prompt): %d rows "
+      "computed, %s" %
       (p2, on["turn2"]["rows"], off["turn2"]["rows"], n4["vision"], n4["rows"], n1["rows"],
-       off["n4"]["rows"]))
+       off["n4"]["rows"], t4["prompt"], t4["rows"],
+       "forked" if t4["hit"] >= 3 * t4["prompt"] else "not forked (a late choice)"))
 PY
