@@ -972,10 +972,29 @@ static void seq_fail_set(xc_worker *w, seq_fail *sf, const xc_wire_forward *f, s
  * (xc_sampler_plan_next) are sampled together on the device, and only their ids and requested
  * logprobs come back; done[i] marks them. Other rows (logit_bias, min_tokens, frequency/presence
  * penalties, min_p) are left to the host path. */
-static xc_status sample_on_device(xc_worker *w, const xc_wire_forward *f, const size_t *row_of,
+static xc_status sample_on_device(xc_worker *w, const xc_wire_forward *f, size_t n_orig,
                                   seq_fail *sf, int32_t *toks, bool *want, result_lp *lp,
-                                  bool *done) {
+                                  bool *done, const size_t *row_of) {
     size_t m = f->n_seqs;
+    /* issue 13.3: the device sampler changes a row's logits in place, so each fork (entries
+     * n_orig.. of f) samples its own copy of its parent's row, made in the spare rows after the
+     * micro-batch's; with too few spare rows the host path samples every row (nothing changed) */
+    if (row_of) {
+        if (m > w->max_rows) {
+            return XC_OK;
+        }
+        float *lg = w->logits.data;
+        int V = w->vocab;
+        for (size_t i = n_orig; i < m; i++) {
+            xc_copy2d_args a = {.src = lg + row_of[i] * (size_t)V,
+                                .dst = lg + i * (size_t)V,
+                                .m = 1,
+                                .n = V,
+                                .lds = V,
+                                .ldd = V};
+            XC_TRY(xc_backend_copy2d(w->be, &a));
+        }
+    }
     xc_cuda_sample_row *rows = xc_arena_alloc(w->arena, m * sizeof *rows + 1);
     size_t *at = xc_arena_alloc(w->arena, m * sizeof *at + 1);
     int32_t *tk = xc_arena_alloc(w->arena, m * sizeof *tk + 4);
@@ -992,7 +1011,7 @@ static xc_status sample_on_device(xc_worker *w, const xc_wire_forward *f, const 
         if (!s || !wants_token(s, &f->seqs[i]) || !xc_sampler_plan_next(s->smp, &pl)) {
             continue;
         }
-        rows[n] = (xc_cuda_sample_row){.row = (int)(row_of ? row_of[i] : i), /* forks: parent's */
+        rows[n] = (xc_cuda_sample_row){.row = (int)i, /* a fork: its copy of its parent's row */
                                        .greedy = pl.greedy,
                                        .temperature = pl.temperature,
                                        .top_k = pl.top_k,
@@ -1288,7 +1307,8 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
         }
 #ifdef XC_HAVE_CUDA
         if (strcmp(xc_backend_name(w->be), "cuda") == 0) {
-            st = sample_on_device(w, fs, row_of, &sf, toks, want, any_lp ? &lp : NULL, done);
+            st = sample_on_device(w, fs, f->n_seqs, &sf, toks, want, any_lp ? &lp : NULL, done,
+                                  row_of);
         }
 #endif
         for (size_t i = 0; i < fs->n_seqs && st == XC_OK; i++) {
