@@ -74,6 +74,8 @@ struct xc_sched {
      * most one per sequence: capacity cap_seqs) */
     xc_sched_fork *forks;
     int n_forks;
+    int n_fork_wait; /* at least the sequences waiting to be forked (0: fork_twins has nothing
+                        to look for) */
     cow *cows, *cows_out;
     int n_cows;
     xc_sched_copy *copies; /* the pending copies handed out (cows_out), as the batch shows them */
@@ -546,6 +548,7 @@ xc_status xc_sched_add_keyed(xc_sched *s, uint64_t id, int n_prompt, int max_new
                 !memcmp(w->keys, keys, (size_t)n_prompt * sizeof(uint64_t))) {
                 q.has_fork = true;
                 q.fork_of = w->id;
+                s->n_fork_wait++;
             }
         }
         int rows = q.has_fork ? n_prompt : match(s, &q, max, NULL) * bs;
@@ -793,9 +796,17 @@ static void fork_twins(xc_sched *s, const sseq *t, xc_sched_item *it, uint64_t m
     int bs = bs_of(s), full = t->n_prompt / bs;
     bool partial = t->n_prompt % bs != 0;
     it->fork0 = s->n_forks;
+    if (s->n_fork_wait == 0) {
+        return;
+    }
+    int waiting = 0; /* the others still waiting to be forked */
     for (int i = 0; i < s->n_seqs; i++) {
         sseq *q = &s->seqs[i];
-        if (!q->has_fork || q->fork_of != t->id || q->admitted || !q->ready) {
+        if (!q->has_fork || q->admitted) {
+            continue;
+        }
+        if (q->fork_of != t->id || !q->ready) {
+            waiting++;
             continue;
         }
         int need = blocks_for(s, q->n_prompt + q->max_new);
@@ -834,6 +845,7 @@ static void fork_twins(xc_sched *s, const sseq *t, xc_sched_item *it, uint64_t m
         s->forks[s->n_forks++] = (xc_sched_fork){.parent = t->id, .id = q->id};
         it->n_forks++;
     }
+    s->n_fork_wait = waiting;
 }
 
 /* Undoes the fork of q in micro-batch mb (aborted): it waits to be forked again. */
@@ -848,6 +860,7 @@ static void unfork(xc_sched *s, sseq *q) {
     q->n_cached = q->prefilled = 0;
     q->fork_mb = 0;
     q->stamp = 0;
+    s->n_fork_wait++;
 }
 
 /* Drops the pending copies into sequence id's blocks (it ended, or its fork was undone). */
@@ -1172,7 +1185,7 @@ void xc_sched_fail_all(xc_sched *s, uint64_t *ids, int cap, int *n) {
     }
     s->n_seqs = 0;
     s->n_inflight = 0;
-    s->n_cows = s->n_copies = 0;
+    s->n_cows = s->n_copies = s->n_fork_wait = 0;
     for (int i = 0; i < s->conf.n_blocks; i++) {
         s->free_blocks[i] = s->conf.n_blocks - 1 - i;
     }
