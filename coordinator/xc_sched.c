@@ -791,13 +791,15 @@ static void unref_block(xc_sched *s, int32_t b) {
  * sequences waiting to be forked from it are admitted now, sharing its full blocks, with a copy of
  * its partial last block (sent with the next micro-batch, which every stage runs after this one)
  * and blocks of their own for what they generate; their first token is drawn from t's last row.
- * One that does not fit is admitted as usual later. */
-static void fork_twins(xc_sched *s, const sseq *t, xc_sched_item *it, uint64_t mb) {
+ * One that does not fit (in the free blocks, or past max forks: a fork counts as a row of the
+ * micro-batch's budget, so that sequences and forks stay within max_rows) is admitted as usual
+ * later. Returns the forks made. */
+static int fork_twins(xc_sched *s, const sseq *t, xc_sched_item *it, uint64_t mb, int max) {
     int bs = bs_of(s), full = t->n_prompt / bs;
     bool partial = t->n_prompt % bs != 0;
     it->fork0 = s->n_forks;
     if (s->n_fork_wait == 0) {
-        return;
+        return 0;
     }
     int waiting = 0; /* the others still waiting to be forked */
     for (int i = 0; i < s->n_seqs; i++) {
@@ -811,7 +813,7 @@ static void fork_twins(xc_sched *s, const sseq *t, xc_sched_item *it, uint64_t m
         }
         int need = blocks_for(s, q->n_prompt + q->max_new);
         q->has_fork = false; /* from here on: forked, or admitted as usual */
-        if (need - full > s->n_free + s->n_lru) {
+        if (it->n_forks >= max || need - full > s->n_free + s->n_lru) {
             continue;
         }
         q->blocks = xc_malloc((size_t)need * sizeof(int32_t));
@@ -846,6 +848,7 @@ static void fork_twins(xc_sched *s, const sseq *t, xc_sched_item *it, uint64_t m
         it->n_forks++;
     }
     s->n_fork_wait = waiting;
+    return it->n_forks;
 }
 
 /* Undoes the fork of q in micro-batch mb (aborted): it waits to be forked again. */
@@ -951,7 +954,7 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
         best->waiting = best->waiting || last;
         rows += c;
         if (last && best->keys) {
-            fork_twins(s, best, &s->items[n - 1], mb);
+            budget -= fork_twins(s, best, &s->items[n - 1], mb, budget - rows);
         }
     }
     if (n == 0 && s->n_release == 0) {

@@ -805,6 +805,28 @@ static void test_sched_forks_abort_and_fail(void **state) {
     }
     assert_int_equal(xc_sched_n_free_blocks(s), 32);
     xc_sched_destroy(s);
+    /* a fork counts as a row of the budget (max_rows 4): a 2-row prompt forks 2 of its 5
+     * siblings, the others prefill their partial block as twins */
+    xc_sched_conf sc = {.max_rows = 4,
+                        .chunk = 4,
+                        .block_size = 4,
+                        .n_blocks = 64,
+                        .max_inflight = 8,
+                        .n_stages = 1,
+                        .prefix_cache = true};
+    assert_int_equal(xc_sched_create(&sc, &s), XC_OK);
+    for (uint64_t id = 1; id <= 6; id++) {
+        assert_int_equal(xc_sched_add_keyed(s, id, 2, 2, true, k, 0, NULL), XC_OK);
+    }
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.n_rows, 2);
+    assert_int_equal(b.n_forks, 2);
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_forks, 0);
+    assert_int_equal(b.n_items, 2); /* twins: 2 rows each */
+    assert_int_equal(b.n_rows, 4);
+    xc_sched_destroy(s);
 }
 
 /* Randomized: prompts drawn from a few shared prefixes, a small pool (eviction), aborts; a fake
@@ -933,6 +955,7 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in,
             /* issue 13.3: forks take the parent's full blocks, a block of their own for its
              * partial last one (copied in a later micro-batch), and compute no prompt row */
             assert_true(b.n_forks <= N && b.n_copies <= N);
+            assert_true(b.n_items + b.n_forks <= 24); /* sequences + forks within max_rows */
             f->n_forks = b.n_forks;
             memcpy(f->forks, b.forks, (size_t)b.n_forks * sizeof *b.forks);
             f->n_copies = b.n_copies;
