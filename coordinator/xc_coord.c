@@ -1406,6 +1406,57 @@ static const uint8_t *packed_table(creq *q, const int32_t *bt, int nb, size_t *l
     return q->bt_wire;
 }
 
+/* The Sampling of q's first chunk (or of q as a fork, issue 13.3), in the arena; NULL = no
+ * memory. */
+static xc_wire_sampling *wire_sampling(xc_coord *c, const creq *q) {
+    xc_wire_sampling *smp = xc_arena_calloc(c->arena, 1, sizeof *smp);
+    uint32_t *pen = xc_arena_alloc(c->arena, (size_t)(q->n + q->base) * sizeof(uint32_t) + 4);
+    if (!smp || !pen) {
+        return NULL;
+    }
+    size_t n_pen = 0;
+    if (q->penalize) {
+        for (int t = 0; t < q->n; t++) {
+            bool in_img = false;
+            for (int k = 0; k < q->n_img; k++) {
+                in_img = in_img || (t >= q->img[k].start && t < q->img[k].end);
+            }
+            if (!in_img) {
+                pen[n_pen++] = (uint32_t)q->ids[t];
+            }
+        }
+    }
+    /* a resumed sequence: the tokens it generated before were seen by its sampler */
+    for (int t = q->n; t < q->n + q->base; t++) {
+        pen[n_pen++] = (uint32_t)q->ids[t];
+    }
+    *smp = (xc_wire_sampling){.greedy = q->sp.greedy,
+                              .temperature = q->sp.greedy ? 1.0f : q->sp.temperature,
+                              .top_k = (uint32_t)q->sp.top_k,
+                              .top_p = q->sp.top_p,
+                              .repetition_penalty = q->sp.repetition_penalty,
+                              .seed = q->sp.seed,
+                              .max_new_tokens = (uint32_t)(q->max_new - q->base),
+                              .prompt_len = (uint32_t)(q->n + q->base),
+                              .n_penalty_ids = n_pen,
+                              .penalty_ids = pen,
+                              .logprobs = q->logprobs, /* api helper */
+                              .top_logprobs = (uint32_t)q->top,
+                              .choice = q->sp.choice,
+                              .presence_penalty = q->sp.presence_penalty,
+                              .frequency_penalty = q->sp.frequency_penalty,
+                              .min_p = q->sp.min_p,
+                              .min_tokens = (uint32_t)q->sp.min_tokens,
+                              /* min_tokens: the last stage holds the stop ids back */
+                              .n_stop_ids = q->sp.min_tokens > 0 ? (size_t)q->n_stop : 0,
+                              .stop_ids = (const uint32_t *)q->stop,
+                              .n_logit_bias = (size_t)q->sp.n_logit_bias,
+                              .logit_bias_ids = q->sp.logit_bias_ids,
+                              .logit_bias_values = q->sp.logit_bias,
+                              .resumed_tokens = (uint32_t)q->base};
+    return smp;
+}
+
 /* A micro-batch that cannot be built (no memory) is undone in the scheduler and formed again at
  * the next step; the log says so at most once a second. */
 static xc_status batch_unbuilt(xc_coord *c, int r, const xc_sched_batch *b, int32_t *ids,
@@ -1498,53 +1549,25 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
             hit_rows += it->first_chunk ? it->first_pos : 0; /* the rows it starts after */
         }
         xc_wire_sampling *smp = NULL;
-        if (it->first_chunk) {
-            smp = xc_arena_calloc(c->arena, 1, sizeof *smp);
-            uint32_t *pen =
-                xc_arena_alloc(c->arena, (size_t)(q->n + q->base) * sizeof(uint32_t) + 4);
-            if (!smp || !pen) {
+        if (it->first_chunk && !(smp = wire_sampling(c, q))) {
+            return batch_unbuilt(c, r, b, ids, img);
+        }
+        /* issue 13.3: forks drawing their first token from this chunk's last row */
+        xc_wire_fork *fk = NULL;
+        if (it->n_forks > 0) {
+            fk = xc_arena_alloc(c->arena, (size_t)it->n_forks * sizeof *fk);
+            if (!fk) {
                 return batch_unbuilt(c, r, b, ids, img);
             }
-            size_t n_pen = 0;
-            if (q->penalize) {
-                for (int t = 0; t < q->n; t++) {
-                    bool in_img = false;
-                    for (int k = 0; k < q->n_img; k++) {
-                        in_img = in_img || (t >= q->img[k].start && t < q->img[k].end);
-                    }
-                    if (!in_img) {
-                        pen[n_pen++] = (uint32_t)q->ids[t];
-                    }
+            for (int k = 0; k < it->n_forks; k++) {
+                creq *fq = req_find(c, b->forks[it->fork0 + k].id, NULL);
+                XC_ASSERT(fq); /* a live sequence of the scheduler */
+                fk[k] = (xc_wire_fork){.id = fq->id, .sampling = wire_sampling(c, fq)};
+                if (!fk[k].sampling) {
+                    return batch_unbuilt(c, r, b, ids, img);
                 }
+                hit_rows += fq->n + fq->base; /* its whole prompt, computed by its twin */
             }
-            /* a resumed sequence: the tokens it generated before were seen by its sampler */
-            for (int t = q->n; t < q->n + q->base; t++) {
-                pen[n_pen++] = (uint32_t)q->ids[t];
-            }
-            *smp = (xc_wire_sampling){.greedy = q->sp.greedy,
-                                      .temperature = q->sp.greedy ? 1.0f : q->sp.temperature,
-                                      .top_k = (uint32_t)q->sp.top_k,
-                                      .top_p = q->sp.top_p,
-                                      .repetition_penalty = q->sp.repetition_penalty,
-                                      .seed = q->sp.seed,
-                                      .max_new_tokens = (uint32_t)(q->max_new - q->base),
-                                      .prompt_len = (uint32_t)(q->n + q->base),
-                                      .n_penalty_ids = n_pen,
-                                      .penalty_ids = pen,
-                                      .logprobs = q->logprobs, /* api helper */
-                                      .top_logprobs = (uint32_t)q->top,
-                                      .choice = q->sp.choice,
-                                      .presence_penalty = q->sp.presence_penalty,
-                                      .frequency_penalty = q->sp.frequency_penalty,
-                                      .min_p = q->sp.min_p,
-                                      .min_tokens = (uint32_t)q->sp.min_tokens,
-                                      /* min_tokens: the last stage holds the stop ids back */
-                                      .n_stop_ids = q->sp.min_tokens > 0 ? (size_t)q->n_stop : 0,
-                                      .stop_ids = (const uint32_t *)q->stop,
-                                      .n_logit_bias = (size_t)q->sp.n_logit_bias,
-                                      .logit_bias_ids = q->sp.logit_bias_ids,
-                                      .logit_bias_values = q->sp.logit_bias,
-                                      .resumed_tokens = (uint32_t)q->base};
         }
         seqs[i] = (xc_wire_seq){.id = it->id,
                                 .first_pos = (uint32_t)it->first_pos,
@@ -1556,7 +1579,18 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
                                 .block_table_packed_len = bt_len,
                                 .n_image_ranges = (size_t)n_rr,
                                 .image_ranges = rr,
-                                .sampling = smp};
+                                .sampling = smp,
+                                .n_forks = (size_t)it->n_forks,
+                                .forks = fk};
+    }
+    uint32_t *cp_src = xc_arena_alloc(c->arena, (size_t)b->n_copies * sizeof(uint32_t) + 4);
+    uint32_t *cp_dst = xc_arena_alloc(c->arena, (size_t)b->n_copies * sizeof(uint32_t) + 4);
+    if (!cp_src || !cp_dst) {
+        return batch_unbuilt(c, r, b, ids, img);
+    }
+    for (int k = 0; k < b->n_copies; k++) {
+        cp_src[k] = (uint32_t)b->copies[k].src;
+        cp_dst[k] = (uint32_t)b->copies[k].dst;
     }
     xc_wire_forward f = {
         .microbatch_id = ((uint64_t)r << 48) | b->id,
@@ -1568,7 +1602,10 @@ static xc_status send_batch(xc_coord *c, int r, const xc_sched_batch *b) {
         .release_ids = b->release,
         .payload = {.dtype = XC_DTYPE_I32, .rows = (uint32_t)b->n_rows, .cols = 1},
         .has_image_rows = img_rows > 0,
-        .image_rows = {.dtype = XC_DTYPE_F32, .rows = (uint32_t)img_rows, .cols = (uint32_t)H}};
+        .image_rows = {.dtype = XC_DTYPE_F32, .rows = (uint32_t)img_rows, .cols = (uint32_t)H},
+        .n_copies = (size_t)b->n_copies,
+        .copy_src = cp_src,
+        .copy_dst = cp_dst};
     xc_frame fr[2] = {
         {.data = ids, .len = (size_t)b->n_rows * sizeof(int32_t), .free_fn = free_buf},
         {.data = img, .len = img_rows * H * sizeof(float), .free_fn = free_buf}};

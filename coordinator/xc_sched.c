@@ -30,7 +30,18 @@ typedef struct sseq {
     int data_rows;   /* rows that need data the caller did not fetch (covered by the cache) */
     bool has_dep;    /* covered by the blocks of a sequence still waiting for admission */
     uint64_t dep;
+    /* issue 13.3: to be forked from fork_of (the same prompt) when its last prompt chunk forms */
+    bool has_fork;
+    uint64_t fork_of;
+    uint64_t fork_mb; /* the micro-batch it was forked in (0 = not forked) */
 } sseq;
+
+/* a pending copy on write: src (the parent's partial last block) -> dst (fork id's), to be sent
+ * with the first micro-batch formed after mb */
+typedef struct cow {
+    int32_t src, dst;
+    uint64_t id, mb;
+} cow;
 
 struct xc_sched {
     xc_sched_conf conf;
@@ -61,6 +72,16 @@ struct xc_sched {
     int n_uncovered;
     /* sequences by state (count_seq), so that a step scans only when there is work of a kind */
     int n_unadmitted, n_prefilling, n_decoding, n_dec_ready;
+    /* issue 13.3: forks of the batch being formed, pending copies, copies handed out (each at
+     * most one per sequence: capacity cap_seqs) */
+    xc_sched_fork *forks;
+    int n_forks;
+    int n_fork_wait; /* at least the sequences waiting to be forked (0: fork_twins has nothing
+                        to look for) */
+    cow *cows, *cows_out;
+    int n_cows;
+    xc_sched_copy *copies; /* the pending copies handed out (cows_out), as the batch shows them */
+    int n_copies;
 };
 
 /* ---- hashing ---- */
@@ -416,6 +437,10 @@ void xc_sched_destroy(xc_sched *s) {
     xc_free(s->parent_gen);
     xc_free(s->bucket);
     xc_free(s->uncovered);
+    xc_free(s->forks);
+    xc_free(s->cows);
+    xc_free(s->cows_out);
+    xc_free(s->copies);
     xc_free(s);
 }
 
@@ -464,6 +489,23 @@ xc_status xc_sched_add_keyed(xc_sched *s, uint64_t id, int n_prompt, int max_new
             return XC_ERR_NOMEM;
         }
         s->seqs = n;
+        xc_sched_fork *fk = xc_realloc(s->forks, (size_t)cap * sizeof *fk);
+        if (fk) {
+            s->forks = fk;
+        }
+        cow *cw = fk ? xc_realloc(s->cows, (size_t)cap * sizeof *cw) : NULL;
+        if (cw) {
+            s->cows = cw;
+        }
+        cow *co = cw ? xc_realloc(s->cows_out, (size_t)cap * sizeof *co) : NULL;
+        if (co) {
+            s->cows_out = co;
+        }
+        xc_sched_copy *cp = co ? xc_realloc(s->copies, (size_t)cap * sizeof *cp) : NULL;
+        if (!cp) {
+            return XC_ERR_NOMEM; /* cap_seqs stays: every array holds at least that many */
+        }
+        s->copies = cp;
         s->cap_seqs = cap;
     }
     if (2 * (s->n_seqs + 1) > s->map_cap) {
@@ -513,7 +555,19 @@ xc_status xc_sched_add_keyed(xc_sched *s, uint64_t id, int n_prompt, int max_new
         }
         q.chain_ok = true;
         int max = max_shared(s, n_prompt);
-        int rows = match(s, &q, max, NULL) * bs;
+        /* n > 1 (issue 13.3): the same prompt as a sequence whose last prompt chunk is not formed
+         * yet: it will be forked from that one and compute no prompt row */
+        for (int i = 0; i < s->n_seqs && !q.has_fork; i++) {
+            const sseq *w = &s->seqs[i];
+            if (w->keys && w->n_prompt == n_prompt && !w->has_fork && !w->fork_mb &&
+                !(w->admitted && w->prefilled == w->n_prompt) &&
+                !memcmp(w->keys, keys, (size_t)n_prompt * sizeof(uint64_t))) {
+                q.has_fork = true;
+                q.fork_of = w->id;
+                s->n_fork_wait++;
+            }
+        }
+        int rows = q.has_fork ? n_prompt : match(s, &q, max, NULL) * bs;
         if (rows < data_rows) {
             /* a twin waiting for admission (n > 1, or the same prompt sent twice at once) */
             for (int i = 0; i < s->n_seqs; i++) {
@@ -638,6 +692,13 @@ static void admit(xc_sched *s) {
             if (q->admitted || !q->ready || (best && q->order >= best->order)) {
                 continue;
             }
+            if (q->has_fork) { /* to be forked when its twin's last prompt chunk forms */
+                const sseq *w = find(s, q->fork_of);
+                if (w && !(w->admitted && w->prefilled == w->n_prompt)) {
+                    continue;
+                }
+                q->has_fork = false; /* the twin ended, or it came too late: admitted as usual */
+            }
             if (q->has_dep) { /* wait for its twin's admission: it shares the twin's blocks */
                 const sseq *w = find(s, q->dep);
                 if (w && !w->admitted) {
@@ -732,6 +793,113 @@ static void blocks_written(xc_sched *s, const xc_sched_item *it, uint64_t mb) {
     }
 }
 
+/* Gives block b back (a user let go of it): cached if it is a written full block, else free. */
+static void unref_block(xc_sched *s, int32_t b) {
+    if (--s->ref[b] > 0) {
+        return;
+    }
+    if (s->hashed[b] && s->ready[b]) {
+        lru_push(s, b);
+    } else {
+        leave(s, b);
+        s->free_blocks[s->n_free++] = b;
+    }
+}
+
+/* issue 13.3: the last prompt chunk of t (item it) is being formed in micro-batch mb: the
+ * sequences waiting to be forked from it are admitted now, sharing its full blocks, with a copy of
+ * its partial last block (sent with the next micro-batch, which every stage runs after this one)
+ * and blocks of their own for what they generate; their first token is drawn from t's last row.
+ * One that does not fit (in the free blocks, or past max forks: a fork counts as a row of the
+ * micro-batch's budget, so that sequences and forks stay within max_rows) is admitted as usual
+ * later. Returns the forks made. */
+static int fork_twins(xc_sched *s, const sseq *t, xc_sched_item *it, uint64_t mb, int max) {
+    int bs = bs_of(s), full = t->n_prompt / bs;
+    bool partial = t->n_prompt % bs != 0;
+    it->fork0 = s->n_forks;
+    if (s->n_fork_wait == 0) {
+        return 0;
+    }
+    int waiting = 0; /* the others still waiting to be forked */
+    for (int i = 0; i < s->n_seqs; i++) {
+        sseq *q = &s->seqs[i];
+        if (!q->has_fork || q->admitted) {
+            continue;
+        }
+        if (q->fork_of != t->id || !q->ready) {
+            waiting++;
+            continue;
+        }
+        int need = blocks_for(s, q->n_prompt + q->max_new);
+        q->has_fork = false; /* from here on: forked, or admitted as usual */
+        if (it->n_forks >= max || need - full > s->n_free + s->n_lru) {
+            continue;
+        }
+        q->blocks = xc_malloc((size_t)need * sizeof(int32_t));
+        if (!q->blocks) {
+            continue;
+        }
+        for (int k = 0; k < full; k++) {
+            q->blocks[k] = t->blocks[k];
+            s->ref[t->blocks[k]]++; /* t holds them: none is in the LRU list */
+        }
+        for (int k = full; k < need; k++) {
+            q->blocks[k] = take_block(s);
+            XC_ASSERT(q->blocks[k] != NOBLK);
+            s->ref[q->blocks[k]] = 1;
+        }
+        if (partial) {
+            XC_ASSERT(s->n_cows < s->cap_seqs);
+            s->cows[s->n_cows++] =
+                (cow){.src = t->blocks[full], .dst = q->blocks[full], .id = q->id, .mb = mb};
+        }
+        q->has_fork = true; /* kept with fork_mb, so that an abort can undo the fork */
+        q->n_blocks = need;
+        count_seq(s, q, -1);
+        q->admitted = true;
+        q->n_cached = full;
+        q->prefilled = q->n_prompt;
+        q->started = true;
+        q->waiting = true;
+        count_seq(s, q, 1);
+        q->stamp = mb;
+        q->fork_mb = mb;
+        XC_ASSERT(s->n_forks < s->cap_seqs);
+        s->forks[s->n_forks++] = (xc_sched_fork){.parent = t->id, .id = q->id};
+        it->n_forks++;
+    }
+    s->n_fork_wait = waiting;
+    return it->n_forks;
+}
+
+/* Undoes the fork of q in micro-batch mb (aborted): it waits to be forked again. */
+static void unfork(xc_sched *s, sseq *q) {
+    for (int k = q->n_blocks - 1; k >= 0; k--) {
+        unref_block(s, q->blocks[k]);
+    }
+    xc_free(q->blocks);
+    q->blocks = NULL;
+    q->n_blocks = 0;
+    count_seq(s, q, -1);
+    q->admitted = q->started = q->waiting = false;
+    q->n_cached = q->prefilled = 0;
+    count_seq(s, q, 1);
+    q->fork_mb = 0;
+    q->stamp = 0;
+    s->n_fork_wait++;
+}
+
+/* Drops the pending copies into sequence id's blocks (it ended, or its fork was undone). */
+static void drop_cows(xc_sched *s, uint64_t id) {
+    int k = 0;
+    for (int i = 0; i < s->n_cows; i++) {
+        if (s->cows[i].id != id) {
+            s->cows[k++] = s->cows[i];
+        }
+    }
+    s->n_cows = k;
+}
+
 bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
     if (s->n_inflight >= s->conf.max_inflight) {
         return false;
@@ -756,6 +924,7 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
         }
     }
     int budget = s->conf.max_rows, n = 0, rows = 0, n_dec = 0;
+    s->n_forks = 0;
     /* oldest first, so that every stream advances */
     for (int i = 0; i < s->n_seqs && n_dec < decode_cap && s->n_dec_ready > 0 && rows < budget;
          i++) {
@@ -811,10 +980,26 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
         best->waiting = best->waiting || last;
         count_seq(s, best, 1);
         rows += c;
+        if (last && best->keys) {
+            budget -= fork_twins(s, best, &s->items[n - 1], mb, budget - rows);
+        }
     }
     if (n == 0 && s->n_release == 0) {
         return false;
     }
+    /* the copies of forks formed in earlier micro-batches go out with this one; this one's wait
+     * for the next (their source is written by this one) */
+    s->n_copies = 0;
+    int keep = 0;
+    for (int i = 0; i < s->n_cows; i++) {
+        if (s->cows[i].mb != mb) {
+            s->cows_out[s->n_copies] = s->cows[i];
+            s->copies[s->n_copies++] = (xc_sched_copy){s->cows[i].src, s->cows[i].dst};
+        } else {
+            s->cows[keep++] = s->cows[i];
+        }
+    }
+    s->n_cows = keep;
     if (s->conf.prefix_cache) {
         for (int i = 0; i < n; i++) {
             blocks_written(s, &s->items[i], mb);
@@ -836,13 +1021,33 @@ bool xc_sched_next(xc_sched *s, xc_sched_batch *out) {
                             .items = s->items,
                             .n_rows = rows,
                             .n_release = n_rel,
-                            .release = s->release_out};
+                            .release = s->release_out,
+                            .n_forks = s->n_forks,
+                            .forks = s->forks,
+                            .n_copies = s->n_copies,
+                            .copies = s->copies};
     return true;
 }
 
 void xc_sched_abort(xc_sched *s, const xc_sched_batch *b) {
     xc_sched_batch_done(s, b->id);
     int bs = bs_of(s);
+    /* its forks wait to be forked again; the copies it carried are pending again (before any
+     * new one: they are older) */
+    for (int i = 0; i < b->n_forks; i++) {
+        sseq *q = find(s, b->forks[i].id);
+        if (q && q->fork_mb == b->id) {
+            drop_cows(s, q->id);
+            unfork(s, q);
+        }
+    }
+    if (b->n_copies > 0 && b->copies == s->copies) {
+        XC_ASSERT(s->n_cows + b->n_copies <= s->cap_seqs);
+        memmove(s->cows + b->n_copies, s->cows, (size_t)s->n_cows * sizeof(cow));
+        memcpy(s->cows, s->cows_out, (size_t)b->n_copies * sizeof(cow));
+        s->n_cows += b->n_copies;
+        s->n_copies = 0;
+    }
     for (int i = 0; i < b->n_items; i++) {
         const xc_sched_item *it = &b->items[i];
         sseq *q = find(s, it->id);
@@ -963,6 +1168,9 @@ void xc_sched_finish(xc_sched *s, uint64_t id) {
     }
     sseq *q = &s->seqs[ix];
     count_seq(s, q, -1);
+    if (q->fork_mb) {
+        drop_cows(s, id); /* its private last block is free again: nothing to copy into it */
+    }
     if (q->admitted) {
         /* the tail first: the cache evicts a sequence's last blocks before its first ones */
         for (int k = q->n_blocks - 1; k >= 0; k--) {
@@ -1015,6 +1223,7 @@ void xc_sched_fail_all(xc_sched *s, uint64_t *ids, int cap, int *n) {
     s->n_seqs = 0;
     s->n_inflight = 0;
     s->n_unadmitted = s->n_prefilling = s->n_decoding = s->n_dec_ready = 0;
+    s->n_cows = s->n_copies = s->n_fork_wait = 0;
     for (int i = 0; i < s->conf.n_blocks; i++) {
         s->free_blocks[i] = s->conf.n_blocks - 1 - i;
     }

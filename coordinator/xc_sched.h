@@ -24,15 +24,33 @@ typedef struct xc_sched_conf {
 /* One sequence's rows in a micro-batch. */
 typedef struct xc_sched_item {
     uint64_t id;
-    int first_pos;         /* position of the first row */
-    int n_tokens;          /* rows */
-    bool first_chunk;      /* the sequence's first rows: carry its sampling parameters (first_pos =
-                              the rows taken from the prefix cache) */
-    bool samples;          /* holds the last prompt row or a decode row: a token comes back */
-    int32_t token;         /* decode rows: the input token (the last one generated) */
+    int first_pos;    /* position of the first row */
+    int n_tokens;     /* rows */
+    bool first_chunk; /* the sequence's first rows: carry its sampling parameters (first_pos =
+                         the rows taken from the prefix cache) */
+    bool samples;     /* holds the last prompt row or a decode row: a token comes back */
+    int32_t token;    /* decode rows: the input token (the last one generated) */
+    int fork0;        /* forks[fork0, fork0 + n_forks) of the batch draw their first token from
+                         this item's last row (its last prompt chunk; issue 13.3) */
+    int n_forks;
     const int32_t *blocks; /* its block table, as xc_sched_blocks gives it (same lifetime) */
     int n_blocks;
 } xc_sched_item;
+
+/* issue 13.3 (n > 1 shares one prefill): a waiting sequence whose whole prompt (every row key)
+ * equals that of a sequence whose last prompt chunk is being formed is forked from it instead of
+ * prefilling: it shares all of the parent's full blocks, gets a private copy of the parent's
+ * partially filled last block (a copy-on-write instruction in a later micro-batch) and blocks of
+ * its own for what it generates, and its first token is drawn from the parent's last row. */
+typedef struct xc_sched_fork {
+    uint64_t parent; /* the item's sequence */
+    uint64_t id;     /* the new sequence (admitted, its prompt done, its first token in flight) */
+} xc_sched_fork;
+
+/* KV block copy every stage makes before it runs a micro-batch's rows. */
+typedef struct xc_sched_copy {
+    int32_t src, dst;
+} xc_sched_copy;
 
 typedef struct xc_sched_batch {
     uint64_t id; /* micro-batch id, unique in this scheduler */
@@ -41,6 +59,10 @@ typedef struct xc_sched_batch {
     int n_rows;
     int n_release;
     const uint64_t *release; /* sequences finished since the last batch (their KV is free) */
+    int n_forks;
+    const xc_sched_fork *forks; /* grouped by item (xc_sched_item.fork0) */
+    int n_copies;
+    const xc_sched_copy *copies; /* forks of earlier micro-batches: their private last blocks */
 } xc_sched_batch;
 
 xc_status xc_sched_create(const xc_sched_conf *conf, xc_sched **out);
@@ -63,7 +85,9 @@ xc_status xc_sched_set_ready(xc_sched *s, uint64_t id);
  * micro-batch that writes their last row has been formed: a sequence that shares a block not ready
  * yet (an n > 1 sibling admitted right after its twin) prefills only in a later micro-batch, which
  * every stage runs after that one. Full blocks written by decode rows are entered too (the next
- * turn of a chat re-sends the reply). A partially filled block is never shared. Blocks whose
+ * turn of a chat re-sends the reply). A partially filled block is never shared (a fork gets a
+ * copy of its parent's: xc_sched_fork). A sequence whose whole prompt equals that of a sequence
+ * whose last prompt chunk is not formed yet waits to be forked from it. Blocks whose
  * last user ended stay cached and are evicted least recently used first (the tail of a sequence
  * before its head) when free blocks run out; xc_sched_n_free_blocks counts them as free. */
 

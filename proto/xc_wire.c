@@ -220,34 +220,47 @@ static xc_status check_sampling(size_t i, const xc_wire_sampling *s) {
     return XC_OK;
 }
 
-/* Sequence ids must be unique within a micro-batch: a pairwise look for a few, an open-addressing
- * hash set (linear time) for more (n <= XC_WIRE_MAX_SEQS). */
-static xc_status check_unique_ids(const xc_wire_forward *f) {
-    size_t n = f->n_seqs;
-    if (n <= 16) {
-        for (size_t i = 1; i < n; i++) {
-            for (size_t k = 0; k < i; k++) {
-                if (f->seqs[i].id == f->seqs[k].id) {
-                    return BAD("forward: sequence id %llu appears twice",
-                               (unsigned long long)f->seqs[i].id);
-                }
-            }
-        }
+/* Sequence ids (forks' included) must be unique within a micro-batch: a pairwise look for a few,
+ * an open-addressing hash set (linear time) for more (n <= XC_WIRE_MAX_SEQS). */
+static xc_status check_unique_ids(const xc_wire_forward *f, size_t n_forks) {
+    size_t n = f->n_seqs + n_forks;
+    if (n < 2) {
         return XC_OK;
     }
+    uint64_t small[16];
     size_t cap = 32;
     while (cap < 2 * n) {
         cap *= 2;
     }
-    uint64_t *key = xc_malloc(cap * sizeof *key + cap);
-    if (!key) {
+    /* ids (n), then for more than 16 the set: keys (cap) and their used flags (cap) */
+    uint64_t *ids = n <= 16 ? small : xc_malloc(n * sizeof *ids + cap * sizeof *ids + cap);
+    if (!ids) {
         return xc_errf(XC_ERR_NOMEM, "forward: no memory to check %zu sequence ids", n);
     }
+    size_t k = 0;
+    for (size_t i = 0; i < f->n_seqs; i++) {
+        ids[k++] = f->seqs[i].id;
+        for (size_t j = 0; j < f->seqs[i].n_forks; j++) {
+            ids[k++] = f->seqs[i].forks[j].id;
+        }
+    }
+    xc_status st = XC_OK;
+    if (n <= 16) {
+        for (size_t i = 1; i < n && st == XC_OK; i++) {
+            for (size_t j = 0; j < i; j++) {
+                if (ids[i] == ids[j]) {
+                    st = BAD("forward: sequence id %llu appears twice", (unsigned long long)ids[i]);
+                    break;
+                }
+            }
+        }
+        return st;
+    }
+    uint64_t *key = ids + n;
     uint8_t *used = (uint8_t *)(key + cap);
     memset(used, 0, cap);
-    xc_status st = XC_OK;
     for (size_t i = 0; i < n && st == XC_OK; i++) {
-        uint64_t id = f->seqs[i].id, h = id * 0x9e3779b97f4a7c15ull;
+        uint64_t id = ids[i], h = id * 0x9e3779b97f4a7c15ull;
         for (size_t j = (size_t)(h >> 32) & (cap - 1);; j = (j + 1) & (cap - 1)) {
             if (!used[j]) {
                 used[j] = 1;
@@ -260,7 +273,7 @@ static xc_status check_unique_ids(const xc_wire_forward *f) {
             }
         }
     }
-    xc_free(key);
+    xc_free(ids);
     return st;
 }
 
@@ -293,9 +306,30 @@ static xc_status check_forward(const xc_wire_forward *f, const size_t *frame_len
         return BAD("forward: kv_block_size %u is outside [1, %u]", f->kv_block_size,
                    XC_WIRE_MAX_BLOCK_SIZE);
     }
+    if (f->n_copies > XC_WIRE_MAX_SEQS) {
+        return BAD("forward: %zu block copies (at most %u)", f->n_copies, XC_WIRE_MAX_SEQS);
+    }
+    for (size_t i = 0; i < f->n_copies; i++) {
+        if (f->copy_src[i] == f->copy_dst[i]) {
+            return BAD("forward: block copy %zu copies block %u onto itself", i, f->copy_src[i]);
+        }
+    }
     uint64_t rows = 0, image_rows = 0;
+    size_t n_forks = 0;
     for (size_t i = 0; i < f->n_seqs; i++) {
         const xc_wire_seq *s = &f->seqs[i];
+        n_forks += s->n_forks;
+        if (f->n_seqs + n_forks > XC_WIRE_MAX_SEQS) {
+            return BAD("forward: %zu sequences and forks (at most %u)", f->n_seqs + n_forks,
+                       XC_WIRE_MAX_SEQS);
+        }
+        for (size_t k = 0; k < s->n_forks; k++) {
+            if (!s->forks[k].sampling) {
+                return BAD("seq %zu: fork %zu (id %llu) has no sampling parameters", i, k,
+                           (unsigned long long)s->forks[k].id);
+            }
+            XC_TRY(check_sampling(i, s->forks[k].sampling));
+        }
         if (s->n_tokens < 1) {
             return BAD("seq %zu (id %llu): n_tokens is 0", i, (unsigned long long)s->id);
         }
@@ -340,7 +374,7 @@ static xc_status check_forward(const xc_wire_forward *f, const size_t *frame_len
             XC_TRY(check_sampling(i, s->sampling));
         }
     }
-    XC_TRY(check_unique_ids(f));
+    XC_TRY(check_unique_ids(f, n_forks));
 
     const xc_wire_tensor *p = &f->payload;
     bool tokens = p->dtype == XC_DTYPE_I32;
@@ -656,6 +690,8 @@ static Xc__V1__Control *control_to_pb(xc_arena *a, const xc_wire_control *c) {
     return p;
 }
 
+static Xc__V1__Sampling *sampling_to_pb(xc_arena *a, const xc_wire_sampling *w);
+
 static Xc__V1__Seq *seq_to_pb(xc_arena *a, const xc_wire_seq *s) {
     Xc__V1__Seq *p = A_NEW(a, Xc__V1__Seq, 1);
     if (!p) {
@@ -681,40 +717,60 @@ static Xc__V1__Seq *seq_to_pb(xc_arena *a, const xc_wire_seq *s) {
         }
         p->n_image_ranges = s->n_image_ranges;
     }
-    if (s->sampling) {
-        const xc_wire_sampling *w = s->sampling;
-        Xc__V1__Sampling *q = A_NEW(a, Xc__V1__Sampling, 1);
-        if (!q) {
+    if (s->sampling && !(p->sampling = sampling_to_pb(a, s->sampling))) {
+        return NULL;
+    }
+    if (s->n_forks > 0) { /* issue 13.3 */
+        Xc__V1__Fork *fs = A_NEW(a, Xc__V1__Fork, s->n_forks);
+        p->forks = A_NEW(a, Xc__V1__Fork *, s->n_forks);
+        if (!fs || !p->forks) {
             return NULL;
         }
-        xc__v1__sampling__init(q);
-        q->greedy = w->greedy;
-        q->temperature = w->temperature;
-        q->top_k = w->top_k;
-        q->top_p = w->top_p;
-        q->repetition_penalty = w->repetition_penalty;
-        q->seed = w->seed;
-        q->max_new_tokens = w->max_new_tokens;
-        q->n_stop_ids = w->n_stop_ids;
-        q->stop_ids = (uint32_t *)w->stop_ids;
-        q->prompt_len = w->prompt_len;
-        q->n_penalty_ids = w->n_penalty_ids;
-        q->penalty_ids = (uint32_t *)w->penalty_ids;
-        q->logprobs = w->logprobs; /* api helper */
-        q->top_logprobs = w->top_logprobs;
-        q->choice = w->choice;
-        q->presence_penalty = w->presence_penalty;
-        q->frequency_penalty = w->frequency_penalty;
-        q->min_p = w->min_p;
-        q->min_tokens = w->min_tokens;
-        q->n_logit_bias_ids = w->n_logit_bias;
-        q->logit_bias_ids = (uint32_t *)w->logit_bias_ids;
-        q->n_logit_bias_values = w->n_logit_bias;
-        q->logit_bias_values = (float *)w->logit_bias_values;
-        q->resumed_tokens = w->resumed_tokens;
-        p->sampling = q;
+        for (size_t k = 0; k < s->n_forks; k++) {
+            xc__v1__fork__init(&fs[k]);
+            fs[k].id = s->forks[k].id;
+            if (s->forks[k].sampling &&
+                !(fs[k].sampling = sampling_to_pb(a, s->forks[k].sampling))) {
+                return NULL;
+            }
+            p->forks[k] = &fs[k];
+        }
+        p->n_forks = s->n_forks;
     }
     return p;
+}
+
+static Xc__V1__Sampling *sampling_to_pb(xc_arena *a, const xc_wire_sampling *w) {
+    Xc__V1__Sampling *q = A_NEW(a, Xc__V1__Sampling, 1);
+    if (!q) {
+        return NULL;
+    }
+    xc__v1__sampling__init(q);
+    q->greedy = w->greedy;
+    q->temperature = w->temperature;
+    q->top_k = w->top_k;
+    q->top_p = w->top_p;
+    q->repetition_penalty = w->repetition_penalty;
+    q->seed = w->seed;
+    q->max_new_tokens = w->max_new_tokens;
+    q->n_stop_ids = w->n_stop_ids;
+    q->stop_ids = (uint32_t *)w->stop_ids;
+    q->prompt_len = w->prompt_len;
+    q->n_penalty_ids = w->n_penalty_ids;
+    q->penalty_ids = (uint32_t *)w->penalty_ids;
+    q->logprobs = w->logprobs; /* api helper */
+    q->top_logprobs = w->top_logprobs;
+    q->choice = w->choice;
+    q->presence_penalty = w->presence_penalty;
+    q->frequency_penalty = w->frequency_penalty;
+    q->min_p = w->min_p;
+    q->min_tokens = w->min_tokens;
+    q->n_logit_bias_ids = w->n_logit_bias;
+    q->logit_bias_ids = (uint32_t *)w->logit_bias_ids;
+    q->n_logit_bias_values = w->n_logit_bias;
+    q->logit_bias_values = (float *)w->logit_bias_values;
+    q->resumed_tokens = w->resumed_tokens;
+    return q;
 }
 
 static Xc__V1__Forward *forward_to_pb(xc_arena *a, const xc_wire_forward *f) {
@@ -740,6 +796,9 @@ static Xc__V1__Forward *forward_to_pb(xc_arena *a, const xc_wire_forward *f) {
     }
     p->n_release_ids = f->n_release;
     p->release_ids = (uint64_t *)f->release_ids;
+    p->n_copy_src = p->n_copy_dst = f->n_copies; /* issue 13.3 */
+    p->copy_src = (uint32_t *)f->copy_src;
+    p->copy_dst = (uint32_t *)f->copy_dst;
     if (!(p->payload = tensor_to_pb(a, &f->payload))) {
         return NULL;
     }
@@ -985,6 +1044,11 @@ static uint8_t *table_put(uint8_t *p, const xc_wire_seq *s) {
     return p + s->block_table_packed_len;
 }
 
+/* issue 13.3: Fork{id = 1, sampling = 6} */
+static size_t fork_body(const xc_wire_fork *k) {
+    return u_sz(1, k->id) + (k->sampling ? len_sz(6, sampling_body(k->sampling)) : 0);
+}
+
 static size_t seq_body(const xc_wire_seq *s) {
     size_t b = u_sz(1, s->id) + u_sz(2, s->first_pos) + u_sz(3, s->n_tokens) + table_sz(s);
     for (size_t k = 0; k < s->n_image_ranges; k++) {
@@ -992,6 +1056,9 @@ static size_t seq_body(const xc_wire_seq *s) {
     }
     if (s->sampling) {
         b += len_sz(6, sampling_body(s->sampling));
+    }
+    for (size_t k = 0; k < s->n_forks; k++) {
+        b += len_sz(7, fork_body(&s->forks[k]));
     }
     return b;
 }
@@ -1008,7 +1075,14 @@ static uint8_t *seq_put(uint8_t *p, const xc_wire_seq *s, size_t body) {
         p = u_put(p, 1, r->start);
         p = u_put(p, 2, r->end);
     }
-    return s->sampling ? sampling_put(p, s->sampling) : p;
+    p = s->sampling ? sampling_put(p, s->sampling) : p;
+    for (size_t k = 0; k < s->n_forks; k++) {
+        const xc_wire_fork *fk = &s->forks[k];
+        p = put_v(put_tag(p, 7, WT_LEN), fork_body(fk));
+        p = u_put(p, 1, fk->id);
+        p = fk->sampling ? sampling_put(p, fk->sampling) : p;
+    }
+    return p;
 }
 
 /* Envelope{version, forward: f} into a new buffer. */
@@ -1026,6 +1100,7 @@ static xc_status encode_forward_direct(const xc_wire_forward *f, uint32_t versio
     body += f->n_release ? len_sz(4, pk64_len(f->release_ids, f->n_release)) : 0;
     body += len_sz(5, tensor_body(&f->payload));
     body += f->has_image_rows ? len_sz(6, tensor_body(&f->image_rows)) : 0;
+    body += pk32_sz(7, f->copy_src, f->n_copies) + pk32_sz(8, f->copy_dst, f->n_copies);
     body += u_sz(30, f->epoch);
     size_t n = u_sz(1, version) + len_sz(3, body);
     uint8_t *buf = xc_malloc(n);
@@ -1045,6 +1120,8 @@ static xc_status encode_forward_direct(const xc_wire_forward *f, uint32_t versio
     if (f->has_image_rows) {
         p = tensor_put(p, 6, &f->image_rows);
     }
+    p = pk32_put(p, 7, f->copy_src, f->n_copies);
+    p = pk32_put(p, 8, f->copy_dst, f->n_copies);
     p = u_put(p, 30, f->epoch);
     XC_ASSERT((size_t)(p - buf) == n);
     xc_free(seq_len);
@@ -1242,6 +1319,9 @@ static xc_status tensor_from_pb(const char *what, const Xc__V1__Tensor *p, xc_wi
     return XC_OK;
 }
 
+static xc_status sampling_from_pb(xc_arena *a, size_t i, const Xc__V1__Sampling *w,
+                                  const xc_wire_sampling **out);
+
 static xc_status forward_from_pb(xc_arena *a, const Xc__V1__Forward *p, xc_wire_forward *f) {
     memset(f, 0, sizeof *f);
     f->microbatch_id = p->microbatch_id;
@@ -1277,45 +1357,37 @@ static xc_status forward_from_pb(xc_arena *a, const Xc__V1__Forward *p, xc_wire_
         s->n_image_ranges = q->n_image_ranges;
         s->image_ranges = rs;
         if (q->sampling) {
-            const Xc__V1__Sampling *w = q->sampling;
-            xc_wire_sampling *smp = A_NEW(a, xc_wire_sampling, 1);
-            if (!smp) {
-                return xc_errf(XC_ERR_NOMEM, "wire: no memory for sampling parameters");
+            XC_TRY(sampling_from_pb(a, i, q->sampling, &s->sampling));
+        }
+        if (q->n_forks > XC_WIRE_MAX_SEQS) {
+            return BAD("seq %zu: %zu forks (at most %u)", i, q->n_forks, XC_WIRE_MAX_SEQS);
+        }
+        if (q->n_forks > 0) { /* issue 13.3 */
+            xc_wire_fork *fk = A_NEW(a, xc_wire_fork, q->n_forks);
+            if (!fk) {
+                return xc_errf(XC_ERR_NOMEM, "wire: no memory for %zu forks", q->n_forks);
             }
-            *smp = (xc_wire_sampling){.greedy = w->greedy,
-                                      .temperature = w->temperature,
-                                      .top_k = w->top_k,
-                                      .top_p = w->top_p,
-                                      .repetition_penalty = w->repetition_penalty,
-                                      .seed = w->seed,
-                                      .max_new_tokens = w->max_new_tokens,
-                                      .n_stop_ids = w->n_stop_ids,
-                                      .stop_ids = w->stop_ids,
-                                      .prompt_len = w->prompt_len,
-                                      .n_penalty_ids = w->n_penalty_ids,
-                                      .penalty_ids = w->penalty_ids,
-                                      .logprobs = w->logprobs, /* api helper */
-                                      .top_logprobs = w->top_logprobs,
-                                      .choice = w->choice,
-                                      .presence_penalty = w->presence_penalty,
-                                      .frequency_penalty = w->frequency_penalty,
-                                      .min_p = w->min_p,
-                                      .min_tokens = w->min_tokens,
-                                      .n_logit_bias = w->n_logit_bias_ids,
-                                      .logit_bias_ids = w->logit_bias_ids,
-                                      .logit_bias_values = w->logit_bias_values,
-                                      .resumed_tokens = w->resumed_tokens};
-            if (w->n_logit_bias_ids != w->n_logit_bias_values) {
-                return BAD("seq %zu: %zu logit_bias ids but %zu values", i, w->n_logit_bias_ids,
-                           w->n_logit_bias_values);
+            for (size_t k = 0; k < q->n_forks; k++) {
+                fk[k].id = q->forks[k]->id;
+                fk[k].sampling = NULL;
+                if (q->forks[k]->sampling) {
+                    XC_TRY(sampling_from_pb(a, i, q->forks[k]->sampling, &fk[k].sampling));
+                }
             }
-            s->sampling = smp;
+            s->n_forks = q->n_forks;
+            s->forks = fk;
         }
     }
     f->n_seqs = p->n_seqs;
     f->seqs = seqs;
     f->n_release = p->n_release_ids;
     f->release_ids = p->release_ids;
+    if (p->n_copy_src != p->n_copy_dst) {
+        return BAD("forward: %zu copy sources but %zu destinations", p->n_copy_src, p->n_copy_dst);
+    }
+    f->n_copies = p->n_copy_src;
+    f->copy_src = p->copy_src;
+    f->copy_dst = p->copy_dst;
     if (!p->payload) {
         return BAD("forward: payload tensor descriptor is missing");
     }
@@ -1324,6 +1396,43 @@ static xc_status forward_from_pb(xc_arena *a, const Xc__V1__Forward *p, xc_wire_
         f->has_image_rows = true;
         XC_TRY(tensor_from_pb("image rows", p->image_rows, &f->image_rows));
     }
+    return XC_OK;
+}
+
+static xc_status sampling_from_pb(xc_arena *a, size_t i, const Xc__V1__Sampling *w,
+                                  const xc_wire_sampling **out) {
+    xc_wire_sampling *smp = A_NEW(a, xc_wire_sampling, 1);
+    if (!smp) {
+        return xc_errf(XC_ERR_NOMEM, "wire: no memory for sampling parameters");
+    }
+    *smp = (xc_wire_sampling){.greedy = w->greedy,
+                              .temperature = w->temperature,
+                              .top_k = w->top_k,
+                              .top_p = w->top_p,
+                              .repetition_penalty = w->repetition_penalty,
+                              .seed = w->seed,
+                              .max_new_tokens = w->max_new_tokens,
+                              .n_stop_ids = w->n_stop_ids,
+                              .stop_ids = w->stop_ids,
+                              .prompt_len = w->prompt_len,
+                              .n_penalty_ids = w->n_penalty_ids,
+                              .penalty_ids = w->penalty_ids,
+                              .logprobs = w->logprobs, /* api helper */
+                              .top_logprobs = w->top_logprobs,
+                              .choice = w->choice,
+                              .presence_penalty = w->presence_penalty,
+                              .frequency_penalty = w->frequency_penalty,
+                              .min_p = w->min_p,
+                              .min_tokens = w->min_tokens,
+                              .n_logit_bias = w->n_logit_bias_ids,
+                              .logit_bias_ids = w->logit_bias_ids,
+                              .logit_bias_values = w->logit_bias_values,
+                              .resumed_tokens = w->resumed_tokens};
+    if (w->n_logit_bias_ids != w->n_logit_bias_values) {
+        return BAD("seq %zu: %zu logit_bias ids but %zu values", i, w->n_logit_bias_ids,
+                   w->n_logit_bias_values);
+    }
+    *out = smp;
     return XC_OK;
 }
 

@@ -193,6 +193,12 @@ typedef struct xc_wire_sampling {
 
 #define XC_WIRE_MAX_TOP_LOGPROBS 20
 
+/* issue 13.3: a new sequence forked from a Seq's last prompt row (n > 1 shares one prefill). */
+typedef struct xc_wire_fork {
+    uint64_t id;                      /* unique within the micro-batch (with the seqs' ids) */
+    const xc_wire_sampling *sampling; /* required */
+} xc_wire_fork;
+
 typedef struct xc_wire_seq {
     uint64_t id;        /* unique within the micro-batch */
     uint32_t first_pos; /* position of the first row; first_pos + n_tokens <= XC_WIRE_MAX_POS */
@@ -202,6 +208,11 @@ typedef struct xc_wire_seq {
     size_t n_image_ranges;             /* <= XC_WIRE_MAX_RANGES */
     const xc_wire_range *image_ranges; /* (n_image_ranges) sorted, disjoint */
     const xc_wire_sampling *sampling;  /* set only when the sequence is new, else NULL */
+    size_t n_forks;                    /* sequences that draw their first token from this one's
+                                          last row (its sampling's prompt_len must end in this
+                                          chunk on the last stage); all forks of a micro-batch
+                                          and its seqs <= XC_WIRE_MAX_SEQS */
+    const xc_wire_fork *forks;         /* (n_forks) */
     /* optional (NULL = none): block_table already packed (xc_wire_pack_u32 of its n_blocks
      * entries), copied by the Forward encoder instead of packing the ids again; the caller keeps
      * it equal to block_table (the generic encoder and the checks read block_table) */
@@ -230,6 +241,9 @@ typedef struct xc_wire_forward {
     bool has_image_rows;
     xc_wire_tensor image_rows;
     uint32_t epoch; /* the replica's Assign.epoch it was formed in (0 = unchecked) */
+    /* issue 13.3: KV blocks to copy (src -> dst, src != dst) on every stage before its rows run */
+    size_t n_copies; /* <= XC_WIRE_MAX_SEQS */
+    const uint32_t *copy_src, *copy_dst;
 } xc_wire_forward;
 
 /* Last stage -> coordinator: the token sampled for each sequence of a micro-batch. */

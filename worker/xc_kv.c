@@ -107,6 +107,32 @@ xc_dtype xc_kv_dtype(const xc_kv_cache *kv) {
     return kv->dtype;
 }
 
+xc_status xc_kv_copy_block(xc_kv_cache *kv, int src, int dst) {
+    if (src < 0 || dst < 0 || src >= kv->n_blocks || dst >= kv->n_blocks || src == dst) {
+        return xc_errf(XC_ERR_ARG, "kv cache: cannot copy block %d to %d (%d blocks)", src, dst,
+                       kv->n_blocks);
+    }
+    /* a block is block_size rows of width elements: contiguous, copied as floats */
+    size_t bytes = (size_t)kv->block_size * (size_t)kv->width * xc_dtype_size(kv->dtype);
+    if (bytes % sizeof(float) != 0) {
+        return xc_errf(XC_ERR_ARG, "kv cache: a block of %zu bytes is not whole floats", bytes);
+    }
+    int n = (int)(bytes / sizeof(float));
+    for (int l = 0; l < kv->n_layers; l++) {
+        for (int kv_i = 0; kv_i < 2; kv_i++) {
+            float *base = (float *)(kv_i ? kv->v[l].data : kv->k[l].data);
+            xc_copy2d_args a = {.src = base + (size_t)src * (size_t)n,
+                                .dst = base + (size_t)dst * (size_t)n,
+                                .m = 1,
+                                .n = n,
+                                .lds = n,
+                                .ldd = n};
+            XC_TRY(xc_backend_copy2d(kv->be, &a));
+        }
+    }
+    return XC_OK;
+}
+
 int xc_kv_block_size(const xc_kv_cache *kv) {
     return kv->block_size;
 }

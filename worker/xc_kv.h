@@ -26,6 +26,11 @@ void *xc_kv_k(const xc_kv_cache *kv, int layer);
 void *xc_kv_v(const xc_kv_cache *kv, int layer);
 xc_dtype xc_kv_dtype(const xc_kv_cache *kv);
 
+/* Copies block src's keys and values to block dst in every layer (issue 13.3: copy on write of
+ * a forked sequence's partial last block), on the backend (CUDA: device to device, on its
+ * stream). XC_ERR_ARG for a block id out of range or src == dst. */
+xc_status xc_kv_copy_block(xc_kv_cache *kv, int src, int dst);
+
 int xc_kv_block_size(const xc_kv_cache *kv);
 int xc_kv_n_blocks(const xc_kv_cache *kv);
 

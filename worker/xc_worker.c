@@ -863,6 +863,59 @@ static xc_status check_stage_frame(xc_worker *w, const xc_wire_forward *f) {
             }
         }
     }
+    for (size_t i = 0; i < f->n_copies; i++) {
+        if (f->copy_src[i] >= w->kv_blocks || f->copy_dst[i] >= w->kv_blocks) {
+            return xc_errf(XC_ERR_PROTO, "block copy %u -> %u: not below %u", f->copy_src[i],
+                           f->copy_dst[i], w->kv_blocks);
+        }
+    }
+    return XC_OK;
+}
+
+/* issue 13.3 (n > 1 shares one prefill): f's sequences followed by their forks, each fork a copy
+ * of its parent's entry with its own id and sampling; row_of[i] = the parent's index (its logits
+ * row). Without forks, f itself and row_of = NULL. */
+static xc_status expand_forks(xc_worker *w, const xc_wire_forward *f, xc_wire_forward *out,
+                              size_t **row_of) {
+    *out = *f;
+    *row_of = NULL;
+    size_t n = f->n_seqs;
+    for (size_t i = 0; i < f->n_seqs; i++) {
+        n += f->seqs[i].n_forks;
+    }
+    if (n == f->n_seqs) {
+        return XC_OK;
+    }
+    xc_wire_seq *vs = xc_arena_alloc(w->arena, n * sizeof *vs);
+    size_t *ro = xc_arena_alloc(w->arena, n * sizeof *ro);
+    if (!vs || !ro) {
+        return XC_ERR_NOMEM;
+    }
+    size_t k = f->n_seqs;
+    for (size_t i = 0; i < f->n_seqs; i++) {
+        vs[i] = f->seqs[i];
+        ro[i] = i;
+        for (size_t j = 0; j < f->seqs[i].n_forks; j++, k++) {
+            vs[k] = f->seqs[i];
+            vs[k].id = f->seqs[i].forks[j].id;
+            vs[k].sampling = f->seqs[i].forks[j].sampling;
+            vs[k].n_forks = 0;
+            vs[k].forks = NULL;
+            ro[k] = i;
+        }
+    }
+    out->seqs = vs;
+    out->n_seqs = n;
+    *row_of = ro;
+    return XC_OK;
+}
+
+/* issue 13.3: the micro-batch's KV block copies (copy on write of forks' partial last blocks),
+ * before its rows run. */
+static xc_status apply_copies(xc_worker *w, const xc_wire_forward *f) {
+    for (size_t i = 0; i < f->n_copies && w->kv; i++) {
+        XC_TRY(xc_kv_copy_block(w->kv, (int)f->copy_src[i], (int)f->copy_dst[i]));
+    }
     return XC_OK;
 }
 
@@ -919,9 +972,29 @@ static void seq_fail_set(xc_worker *w, seq_fail *sf, const xc_wire_forward *f, s
  * (xc_sampler_plan_next) are sampled together on the device, and only their ids and requested
  * logprobs come back; done[i] marks them. Other rows (logit_bias, min_tokens, frequency/presence
  * penalties, min_p) are left to the host path. */
-static xc_status sample_on_device(xc_worker *w, const xc_wire_forward *f, seq_fail *sf,
-                                  int32_t *toks, bool *want, result_lp *lp, bool *done) {
+static xc_status sample_on_device(xc_worker *w, const xc_wire_forward *f, size_t n_orig,
+                                  seq_fail *sf, int32_t *toks, bool *want, result_lp *lp,
+                                  bool *done, const size_t *row_of) {
     size_t m = f->n_seqs;
+    /* issue 13.3: the device sampler changes a row's logits in place, so each fork (entries
+     * n_orig.. of f) samples its own copy of its parent's row, made in the spare rows after the
+     * micro-batch's; with too few spare rows the host path samples every row (nothing changed) */
+    if (row_of) {
+        if (m > w->max_rows) {
+            return XC_OK;
+        }
+        float *lg = w->logits.data;
+        int V = w->vocab;
+        for (size_t i = n_orig; i < m; i++) {
+            xc_copy2d_args a = {.src = lg + row_of[i] * (size_t)V,
+                                .dst = lg + i * (size_t)V,
+                                .m = 1,
+                                .n = V,
+                                .lds = V,
+                                .ldd = V};
+            XC_TRY(xc_backend_copy2d(w->be, &a));
+        }
+    }
     xc_cuda_sample_row *rows = xc_arena_alloc(w->arena, m * sizeof *rows + 1);
     size_t *at = xc_arena_alloc(w->arena, m * sizeof *at + 1);
     int32_t *tk = xc_arena_alloc(w->arena, m * sizeof *tk + 4);
@@ -938,7 +1011,7 @@ static xc_status sample_on_device(xc_worker *w, const xc_wire_forward *f, seq_fa
         if (!s || !wants_token(s, &f->seqs[i]) || !xc_sampler_plan_next(s->smp, &pl)) {
             continue;
         }
-        rows[n] = (xc_cuda_sample_row){.row = (int)i,
+        rows[n] = (xc_cuda_sample_row){.row = (int)i, /* a fork: its copy of its parent's row */
                                        .greedy = pl.greedy,
                                        .temperature = pl.temperature,
                                        .top_k = pl.top_k,
@@ -1069,54 +1142,71 @@ static xc_status pass_releases(xc_worker *w, const xc_wire_forward *f, bool last
 static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg) {
     XC_TRY(check_stage_frame(w, f));
     bool first = w->stage == 0, last = w->stage + 1 == w->n_stages;
+    if (!w->sim) {
+        XC_TRY(apply_copies(w, f)); /* before any row of this micro-batch runs */
+    }
     if (f->n_seqs == 0) {
         return pass_releases(w, f, last);
     }
+    /* fs: the sequences and their forks (issue 13.3), which are registered and sampled like the
+     * others; a fork's logits row is its parent's (row_of) */
+    xc_wire_forward fx;
+    size_t *row_of = NULL;
+    XC_TRY(expand_forks(w, f, &fx, &row_of));
+    const xc_wire_forward *fs = &fx;
     seq_fail sf = {0};
     if (last) {
-        XC_TRY(seq_fail_init(w, f->n_seqs, &sf));
+        XC_TRY(seq_fail_init(w, fs->n_seqs, &sf));
     }
     /* every stage knows the live sequences (the last one with a sampler each), so that a
      * release is seen to reach all of them (Heartbeat.live_sequences). On the last stage a
      * sequence whose sampler cannot be made, or that it does not know, fails alone; elsewhere the
      * state only counts sequences, so failing to record one fails nothing. */
-    for (size_t i = 0; i < f->n_seqs; i++) {
+    for (size_t i = 0; i < fs->n_seqs; i++) {
+        const xc_wire_seq *q = &fs->seqs[i];
         xc_status st = XC_OK;
-        if (f->seqs[i].sampling) {
-            st = seq_add(w, f->seqs[i].id, f->seqs[i].sampling);
-        } else if (last && !seq_find(w, f->seqs[i].id)) {
+        if (i >= f->n_seqs && q->sampling->prompt_len != q->first_pos + q->n_tokens) {
+            st = xc_errf(XC_ERR_PROTO,
+                         "fork %llu: its prompt of %u rows does not end with its "
+                         "parent's chunk at %u",
+                         (unsigned long long)q->id, q->sampling->prompt_len,
+                         q->first_pos + q->n_tokens);
+        } else if (q->sampling) {
+            st = seq_add(w, q->id, q->sampling);
+        } else if (last && !seq_find(w, q->id)) {
             st = xc_errf(XC_ERR_PROTO, "sequence %llu is unknown here and has no sampling params",
-                         (unsigned long long)f->seqs[i].id);
+                         (unsigned long long)q->id);
         }
         if (st != XC_OK && last) {
-            seq_fail_set(w, &sf, f, i, st);
+            seq_fail_set(w, &sf, fs, i, st);
         } else if (st != XC_OK) {
             XC_LOG_WARN("stage %u: sequence %llu not recorded: %s", w->stage,
-                        (unsigned long long)f->seqs[i].id, xc_err_last());
+                        (unsigned long long)q->id, xc_err_last());
         }
     }
     size_t rows = f->payload.rows, H = (size_t)w->hidden_size;
-    int32_t *toks = xc_arena_calloc(w->arena, f->n_seqs + 1, sizeof(int32_t));
-    bool *want = xc_arena_calloc(w->arena, f->n_seqs + 1, sizeof(bool));
+    int32_t *toks = xc_arena_calloc(w->arena, fs->n_seqs + 1, sizeof(int32_t));
+    bool *want = xc_arena_calloc(w->arena, fs->n_seqs + 1, sizeof(bool));
     if (!toks || !want) {
         return XC_ERR_NOMEM;
     }
     if (w->sim) {
         uint64_t t0 = xc_now_ns();
         int n_logit = 0;
-        for (size_t i = 0; i < f->n_seqs; i++) {
-            seq_state *s = last && !sf.code[i] ? seq_find(w, f->seqs[i].id) : NULL;
-            if (s && wants_token(s, &f->seqs[i])) {
+        for (size_t i = 0; i < fs->n_seqs; i++) {
+            seq_state *s = last && !sf.code[i] ? seq_find(w, fs->seqs[i].id) : NULL;
+            if (s && wants_token(s, &fs->seqs[i])) {
                 want[i] = true;
-                toks[i] = xc_sim_token(s->id, f->seqs[i].first_pos + f->seqs[i].n_tokens, w->vocab);
-                n_logit++;
+                toks[i] =
+                    xc_sim_token(s->id, fs->seqs[i].first_pos + fs->seqs[i].n_tokens, w->vocab);
+                n_logit += i < f->n_seqs;
             }
         }
         double us = xc_sim_units_stage_us(&w->conf.sim, (int)w->unit_begin, (int)w->unit_end, first,
                                           last, (int)rows, n_logit);
         xc_sim_wait_until(t0, us);
         if (last) {
-            return send_result(w, f, toks, want, NULL, &sf);
+            return send_result(w, fs, toks, want, NULL, &sf);
         }
         float *host = xc_calloc(rows * (size_t)w->conf.sim_width + 1, sizeof(float));
         if (!host) {
@@ -1193,41 +1283,43 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
         xc_status st = XC_OK;
         result_lp lp = {0}; /* api helper: logprobs for the sequences that asked */
         bool any_lp = false;
-        for (size_t i = 0; i < f->n_seqs; i++) {
-            seq_state *s = seq_find(w, f->seqs[i].id);
+        for (size_t i = 0; i < fs->n_seqs; i++) {
+            seq_state *s = seq_find(w, fs->seqs[i].id);
             any_lp = any_lp || (s && s->logprobs);
         }
         if (any_lp) {
-            lp.lp = xc_arena_alloc(w->arena, f->n_seqs * sizeof(float) + 4);
-            lp.n_top = xc_arena_calloc(w->arena, f->n_seqs + 1, sizeof(uint32_t));
-            lp.top_ids = xc_arena_alloc(w->arena, f->n_seqs * 20 * sizeof(int32_t) + 4);
-            lp.top_lps = xc_arena_alloc(w->arena, f->n_seqs * 20 * sizeof(float) + 4);
+            lp.lp = xc_arena_alloc(w->arena, fs->n_seqs * sizeof(float) + 4);
+            lp.n_top = xc_arena_calloc(w->arena, fs->n_seqs + 1, sizeof(uint32_t));
+            lp.top_ids = xc_arena_alloc(w->arena, fs->n_seqs * 20 * sizeof(int32_t) + 4);
+            lp.top_lps = xc_arena_alloc(w->arena, fs->n_seqs * 20 * sizeof(float) + 4);
             if (!lp.lp || !lp.n_top || !lp.top_ids || !lp.top_lps) {
                 xc_free(host);
                 return XC_ERR_NOMEM;
             }
-            for (size_t i = 0; i < f->n_seqs; i++) {
+            for (size_t i = 0; i < fs->n_seqs; i++) {
                 lp.lp[i] = NAN;
             }
         }
-        bool *done = xc_arena_calloc(w->arena, f->n_seqs + 1, sizeof *done);
+        bool *done = xc_arena_calloc(w->arena, fs->n_seqs + 1, sizeof *done);
         if (!done) {
             xc_free(host);
             return XC_ERR_NOMEM;
         }
 #ifdef XC_HAVE_CUDA
         if (strcmp(xc_backend_name(w->be), "cuda") == 0) {
-            st = sample_on_device(w, f, &sf, toks, want, any_lp ? &lp : NULL, done);
+            st = sample_on_device(w, fs, f->n_seqs, &sf, toks, want, any_lp ? &lp : NULL, done,
+                                  row_of);
         }
 #endif
-        for (size_t i = 0; i < f->n_seqs && st == XC_OK; i++) {
-            seq_state *s = sf.code[i] || done[i] ? NULL : seq_find(w, f->seqs[i].id);
-            if (!s || !wants_token(s, &f->seqs[i])) {
+        for (size_t i = 0; i < fs->n_seqs && st == XC_OK; i++) {
+            seq_state *s = sf.code[i] || done[i] ? NULL : seq_find(w, fs->seqs[i].id);
+            if (!s || !wants_token(s, &fs->seqs[i])) {
                 continue;
             }
             /* a device copy that fails fails the micro-batch; sampling fails one sequence */
+            size_t row = row_of ? row_of[i] : i;
             st = xc_backend_copy_out(w->be, host,
-                                     (const float *)w->logits.data + i * (size_t)w->vocab,
+                                     (const float *)w->logits.data + row * (size_t)w->vocab,
                                      (size_t)w->vocab * sizeof(float));
             if (st != XC_OK) {
                 break;
@@ -1239,14 +1331,14 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
                                          lp.top_ids + i * 20, lp.top_lps + i * 20);
             }
             if (ss != XC_OK) {
-                seq_fail_set(w, &sf, f, i, ss);
+                seq_fail_set(w, &sf, fs, i, ss);
                 continue;
             }
             want[i] = true;
         }
         xc_free(host);
         XC_TRY(st);
-        return send_result(w, f, toks, want, any_lp ? &lp : NULL, &sf);
+        return send_result(w, fs, toks, want, any_lp ? &lp : NULL, &sf);
     }
     float *host = xc_malloc(rows * H * sizeof(float) + 4);
     if (!host) {

@@ -4,10 +4,11 @@
 # * turn 2 of a chat about one image (the whole history re-sent) takes turn 1's full KV blocks
 #   from the cache: no vision job, only the rows after them computed
 #   (xcpipe_prompt_rows_computed_total + xcpipe_prefix_cache_hit_rows_total = its prompt tokens);
-# * n = 4 with one image: one vision job like n = 1, and the prompt rows of n = 1 plus, per extra
-#   choice, only the rows of the partially filled last block;
-# * every answer, and the logprobs of turn 2, identical with the cache on and off; choice 0 of
-#   n = 4 equal to a separate seeded request.
+# * n = 4 with one image: one vision job and exactly the prompt rows of n = 1 (one prefill; the
+#   other choices are forked from its last row, issue 13.3), the other choices' prompts counted as
+#   cache hits;
+# * every answer, and the logprobs of turn 2 and of n = 4, identical with the cache on and off
+#   (off: each choice prefills on its own); choice 0 of n = 4 equal to a separate seeded request.
 # usage: prefix_cache.sh XCPIPE WORKER COORD
 XCPIPE=$1 WORKER=$2 COORD=$3
 source "$(dirname "$0")/cluster_lib.sh"
@@ -76,8 +77,11 @@ step("turn2", {"model": "tiny", "max_tokens": 6, "temperature": 0, "messages": t
                "logprobs": True, "top_logprobs": 3})
 seeded = {"model": "tiny", "max_tokens": 8, "temperature": 0.9, "seed": 5}
 step("n1", dict(seeded, messages=[user(1, "Describe it.")]))
-step("n4", dict(seeded, n=4, messages=[user(2, "Describe it.")]))
+step("n4", dict(seeded, n=4, messages=[user(2, "Describe it.")], logprobs=True, top_logprobs=2))
 step("sep", dict(seeded, messages=[user(2, "Describe it.")]))
+# text only: the first choice is ready at once, so its siblings fork only if they reach the
+# scheduler before its last prompt chunk is formed (reported, not required)
+step("t4", dict(seeded, n=4, messages=[{"role": "user", "content": "Tell me a long story."}]))
 print(json.dumps(out))
 PY
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
@@ -97,10 +101,11 @@ def check(cond, what):
 for k in on:
     check(on[k]["answers"] == off[k]["answers"], "%s: answers differ with the cache on and off" % k)
     for r in (on, off):
-        check(r[k]["rows"] + r[k]["hit"] == r[k]["prompt"] * len(r[k]["answers"]) or k == "n4",
+        check(r[k]["rows"] + r[k]["hit"] == r[k]["prompt"] * len(r[k]["answers"]),
               "%s: computed + cached rows != prompt tokens" % k)
     check(off[k]["hit"] == 0, "%s: cache hits with --no-prefix-cache" % k)
 check(on["turn2"]["lp"] == off["turn2"]["lp"], "turn 2: logprobs differ with the cache on and off")
+check(on["n4"]["lp"] == off["n4"]["lp"], "n = 4: logprobs differ with the cache on and off")
 p1, p2 = on["turn1"]["prompt"], on["turn2"]["prompt"]
 check(on["turn2"]["vision"] == 0 and off["turn2"]["vision"] == 1,
       "turn 2: vision jobs on %d (want 0), off %d (want 1)" % (on["turn2"]["vision"],
@@ -112,15 +117,18 @@ n4, n1 = on["n4"], on["n1"]
 check(len(n4["answers"]) == 4 and n4["prompt"] == n1["prompt"], "n = 4: 4 answers, same prompt")
 check(n4["vision"] == n1["vision"] == 1, "n = 4: %d vision images (n = 1: %d)" %
       (n4["vision"], n1["vision"]))
-tail = n4["prompt"] - (n4["prompt"] - 1) // BS * BS
-check(n4["rows"] == n1["rows"] + 3 * tail,
-      "n = 4 computed %d rows; n = 1 %d, + 3 x %d (the partial last block)" %
-      (n4["rows"], n1["rows"], tail))
+check(n4["rows"] == n1["rows"],
+      "n = 4 computed %d prompt rows; n = 1 %d (one prefill, the other choices forked)" %
+      (n4["rows"], n1["rows"]))
 check(off["n4"]["vision"] == 4 and off["n4"]["rows"] == 4 * n4["prompt"], "n = 4 without cache")
 check(on["sep"]["answers"][0] == n4["answers"][0], "choice 0 of n = 4 != a separate request")
 check(len(set(n4["answers"])) > 1, "n = 4: all choices equal (sampling at 0.9 should differ)")
+t4 = on["t4"]
 print("prefix cache: turn 2 of %d prompt rows computed %d (on) / %d (off), no vision job; "
-      "n = 4: %d vision image(s) like n = 1, %d rows = n = 1's %d + 3 x %d; answers and turn-2 "
-      "logprobs identical on and off" % (p2, on["turn2"]["rows"], off["turn2"]["rows"],
-                                         n4["vision"], n4["rows"], n1["rows"], tail))
+      "n = 4: %d vision image(s) like n = 1, %d prompt rows computed like n = 1's %d (off: %d); "
+      "answers and logprobs identical on and off; text-only n = 4 (%d-row prompt): %d rows "
+      "computed, %s" %
+      (p2, on["turn2"]["rows"], off["turn2"]["rows"], n4["vision"], n4["rows"], n1["rows"],
+       off["n4"]["rows"], t4["prompt"], t4["rows"],
+       "forked" if t4["hit"] >= 3 * t4["prompt"] else "not forked (a late choice)"))
 PY

@@ -161,6 +161,7 @@ typedef struct fake {
     atomic_int stop;
     atomic_int n_assign;
     atomic_int assigned;
+    atomic_int n_forks; /* last stage: Seq.forks seen (issue 13.3) */
     uint32_t stage, n_stages;
     char next[128];
 
@@ -212,6 +213,14 @@ static void fake_send(fake *f, xc_transport *tx, const xc_wire_control *c) {
     (void)f;
 }
 
+static int count_forks(const xc_wire_forward *fw) {
+    int n = 0;
+    for (size_t i = 0; i < fw->n_seqs; i++) {
+        n += (int)fw->seqs[i].n_forks;
+    }
+    return n;
+}
+
 static void fake_forward(fake *f, xc_transport *coord, xc_transport *next, xc_arena *arena,
                          const xc_wire_forward *fw) {
     pthread_mutex_lock(&f->mu);
@@ -227,6 +236,14 @@ static void fake_forward(fake *f, xc_transport *coord, xc_transport *next, xc_ar
         if (fw->seqs[i].sampling && fake_seq_find(f, fw->seqs[i].id) < 0) {
             fake_seq_add(f, fw->seqs[i].id, fw->seqs[i].sampling);
         }
+        for (size_t j = 0; j < fw->seqs[i].n_forks; j++) { /* issue 13.3: registered alike */
+            if (fake_seq_find(f, fw->seqs[i].forks[j].id) < 0) {
+                fake_seq_add(f, fw->seqs[i].forks[j].id, fw->seqs[i].forks[j].sampling);
+            }
+        }
+    }
+    if (f->stage + 1 == f->n_stages) {
+        atomic_fetch_add(&f->n_forks, count_forks(fw));
     }
     if (fw->epoch && f->epoch && fw->epoch != f->epoch) {
         return; /* left over from before the replica was re-formed (as the real worker) */
@@ -255,8 +272,9 @@ static void fake_forward(fake *f, xc_transport *coord, xc_transport *next, xc_ar
         (void)xc_transport_send_wire(next, &m, &fr, 1, 1000);
         return;
     }
-    uint64_t *ids = xc_arena_alloc(arena, (fw->n_seqs + 1) * sizeof(uint64_t));
-    uint32_t *toks = xc_arena_alloc(arena, (fw->n_seqs + 1) * sizeof(uint32_t));
+    size_t n_out = fw->n_seqs + (size_t)count_forks(fw);
+    uint64_t *ids = xc_arena_alloc(arena, (n_out + 1) * sizeof(uint64_t));
+    uint32_t *toks = xc_arena_alloc(arena, (n_out + 1) * sizeof(uint32_t));
     uint64_t *fids = xc_arena_alloc(arena, (fw->n_seqs + 1) * sizeof(uint64_t));
     int32_t *fcodes = xc_arena_alloc(arena, (fw->n_seqs + 1) * sizeof(int32_t));
     const char **fmsgs = xc_arena_alloc(arena, (fw->n_seqs + 1) * sizeof(char *));
@@ -276,6 +294,10 @@ static void fake_forward(fake *f, xc_transport *coord, xc_transport *next, xc_ar
         if (q->first_pos + q->n_tokens >= f->seqs[k].prompt_len) {
             ids[n] = q->id;
             toks[n++] = (uint32_t)tok_of(q->id, q->first_pos + q->n_tokens);
+            for (size_t j = 0; j < q->n_forks; j++) { /* from the same row, each its own */
+                ids[n] = q->forks[j].id;
+                toks[n++] = (uint32_t)tok_of(q->forks[j].id, q->first_pos + q->n_tokens);
+            }
         }
     }
     xc_wire_msg m = {.kind = XC_WIRE_KIND_RESULT,
@@ -741,6 +763,51 @@ static void test_coord_failed_replica_resumes_requests(void **state) {
     fake_stop(&s1);
 }
 
+/* issue 13.3: 3 requests with the same prompt, submitted before the replica is ready (so that the
+ * scheduler sees them together), prefill once: the other two are forked from the first one's last
+ * row (Seq.forks on the last stage; the prompt is computed once, the forks' prompts are cache
+ * hits). Then the replica fails and each resumes with its own tokens: every request gets exactly
+ * the tokens of an undisturbed run, each once, and the stages hold no sequence at the end (the
+ * forks' releases reached them). */
+static void test_coord_forked_siblings_resume(void **state) {
+    (void)state;
+    char ep[64];
+    xc_coord *c = coord_start_conf(ep, sizeof ep, 2, 2, 3, 0);
+    result r[3];
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(submit(c, &r[i], 40, 250, 1, true), XC_OK);
+    }
+    fake s0, s1;
+    fake_init(&s0, "s0", ep);
+    fake_init(&s1, "s1", ep);
+    fake_start(&s0);
+    fake_start(&s1);
+    assert_int_equal(xc_coord_wait_ready(c, 5), XC_OK);
+    for (int i = 0; i < 3; i++) {
+        wait_tokens(&r[i], 2, 5);
+    }
+    assert_int_equal(atomic_load(&s1.n_forks), 2);
+    xc_coord_stats st = stats_of(c);
+    assert_true(st.prompt_rows_computed == 40);
+    assert_true(st.prefix_hit_rows == 80);
+    atomic_store(&s1.fail_next_mb, 1);
+    for (int i = 0; i < 3; i++) {
+        assert_true(wait_done(&r[i], 10));
+        assert_int_equal(r[i].status, XC_OK);
+        assert_int_equal(r[i].n_done, 1);
+        check_tokens(&r[i], 40, 250);
+    }
+    st = stats_of(c);
+    assert_true(st.resumes == 3);
+    assert_int_equal(st.kv_blocks_used, 0);
+    usleep(100000);
+    assert_int_equal(fake_live(&s0), 0);
+    assert_int_equal(fake_live(&s1), 0);
+    xc_coord_destroy(c);
+    fake_stop(&s0);
+    fake_stop(&s1);
+}
+
 /* --max-resumes 1: the second loss of a request's replica fails it (retryably, naming the
  * limit); what it streamed before is the undisturbed prefix. */
 static void test_coord_resumes_are_bounded(void **state) {
@@ -1084,6 +1151,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_coord_failed_replica_resumes_requests, mark_live,
                                         check_leaks),
         cmocka_unit_test_setup_teardown(test_coord_resumes_are_bounded, mark_live, check_leaks),
+        cmocka_unit_test_setup_teardown(test_coord_forked_siblings_resume, mark_live, check_leaks),
         cmocka_unit_test_setup_teardown(test_coord_restart_under_same_id_resumes, mark_live,
                                         check_leaks),
         cmocka_unit_test_setup_teardown(test_coord_step_deadline_rule, mark_live, check_leaks),

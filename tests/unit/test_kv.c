@@ -1,5 +1,8 @@
 /* KV block pool: all-or-nothing allocation, double frees and duplicates refused, reuse. */
+#include <string.h>
+
 #include "xc_kv.h"
+#include "xc_mem.h"
 #include "xc_test.h"
 
 /* A bf16 cache takes half the bytes of an f32 one, in the sizing formula and in the buffers it
@@ -36,6 +39,48 @@ static void test_kv_dtype_sizes(void **state) {
     xc_backend_destroy(be);
 }
 
+/* issue 13.3: copying a block copies exactly that block's K and V rows in every layer, in both
+ * dtypes; the other blocks keep their bytes; bad ids are refused. */
+static void test_kv_copy_block(void **state) {
+    (void)state;
+    xc_backend *be = NULL;
+    assert_int_equal(xc_backend_create("cpu", NULL, &be), XC_OK);
+    xc_dtype dts[2] = {XC_DTYPE_BF16, XC_DTYPE_F32};
+    for (int d = 0; d < 2; d++) {
+        enum { L = 3, NB = 5, BS = 4, W = 6 };
+
+        xc_kv_cache *kv = NULL;
+        assert_int_equal(xc_kv_create(be, L, NB, BS, W, dts[d], &kv), XC_OK);
+        size_t esz = xc_dtype_size(dts[d]), layer = (size_t)NB * BS * W * esz;
+        size_t blk = (size_t)BS * W * esz;
+        uint8_t *want = xc_malloc(2 * L * layer);
+        assert_non_null(want);
+        for (int l = 0; l < L; l++) {
+            uint8_t *k = xc_kv_k(kv, l), *v = xc_kv_v(kv, l);
+            for (size_t i = 0; i < layer; i++) {
+                k[i] = (uint8_t)(i * 7 + (size_t)l * 31 + 1);
+                v[i] = (uint8_t)(i * 13 + (size_t)l * 17 + 5);
+            }
+            memcpy(want + (2 * (size_t)l) * layer, k, layer);
+            memcpy(want + (2 * (size_t)l + 1) * layer, v, layer);
+            /* expected: block 1 overwritten by block 3 */
+            memcpy(want + (2 * (size_t)l) * layer + 1 * blk, k + 3 * blk, blk);
+            memcpy(want + (2 * (size_t)l + 1) * layer + 1 * blk, v + 3 * blk, blk);
+        }
+        assert_int_equal(xc_kv_copy_block(kv, 3, 1), XC_OK);
+        for (int l = 0; l < L; l++) {
+            assert_memory_equal(xc_kv_k(kv, l), want + (2 * (size_t)l) * layer, layer);
+            assert_memory_equal(xc_kv_v(kv, l), want + (2 * (size_t)l + 1) * layer, layer);
+        }
+        assert_int_equal(xc_kv_copy_block(kv, 2, 2), XC_ERR_ARG);
+        assert_int_equal(xc_kv_copy_block(kv, 0, NB), XC_ERR_ARG);
+        assert_int_equal(xc_kv_copy_block(kv, -1, 0), XC_ERR_ARG);
+        xc_free(want);
+        xc_kv_destroy(kv);
+    }
+    xc_backend_destroy(be);
+}
+
 static void test_kv_pool_allocates_all_or_nothing(void **state) {
     (void)state;
     xc_block_pool *p = NULL;
@@ -69,6 +114,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kv_pool_allocates_all_or_nothing),
         cmocka_unit_test(test_kv_dtype_sizes),
+        cmocka_unit_test(test_kv_copy_block),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }

@@ -612,7 +612,8 @@ static void test_sched_prefix_twins_and_uncovered(void **state) {
         k[i] = i >= 2 && i < 10 ? xc_sched_image_key(77, i - 2) : (uint64_t)(300 + i);
     }
     /* n = 3 with an image at rows [2, 10): the first needs the embeddings, the twins are covered
-     * by its blocks and wait for its admission */
+     * by it and are forked from it (issue 13.3); a fourth prompt differs in its last row only: a
+     * twin that shares the full blocks and computes its partial last block */
     bool cov = true;
     assert_int_equal(xc_sched_add_keyed(s, 1, 18, 4, false, k, 10, &cov), XC_OK);
     assert_false(cov);
@@ -621,30 +622,69 @@ static void test_sched_prefix_twins_and_uncovered(void **state) {
     assert_true(cov);
     assert_int_equal(xc_sched_add_keyed(s, 3, 18, 4, false, k, 10, &cov), XC_OK);
     assert_true(cov);
+    uint64_t kt[18];
+    memcpy(kt, k, sizeof kt);
+    kt[17] = 4242;
+    assert_int_equal(xc_sched_add_keyed(s, 4, 18, 4, false, kt, 10, &cov), XC_OK);
+    assert_true(cov);
     xc_sched_batch b;
     assert_false(xc_sched_next(s, &b)); /* nothing admitted before the first one is ready */
     assert_int_equal(xc_sched_set_ready(s, 1), XC_OK);
     assert_true(xc_sched_next(s, &b));
-    /* the twins share blocks not written yet: only the first one's rows go out now */
+    /* one prefill: 1's rows, with 2 and 3 forked from its last row; the twin 4 shares blocks not
+     * written yet, so its rows go out later */
     assert_int_equal(b.n_items, 1);
     assert_int_equal(b.items[0].id, 1);
     assert_int_equal(b.items[0].n_tokens, 18);
+    assert_int_equal(b.items[0].n_forks, 2);
+    assert_int_equal(b.n_forks, 2);
+    assert_int_equal(b.forks[0].parent, 1);
+    assert_int_equal(b.forks[0].id + b.forks[1].id, 5); /* 2 and 3 */
+    assert_int_equal(b.n_copies, 0);                    /* their source is written by this one */
     uint64_t first = b.id;
-    assert_true(xc_sched_next(s, &b)); /* then the twins' last partial block only */
-    assert_int_equal(b.n_items, 2);
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(b.items[i].first_pos, 16);
-        assert_int_equal(b.items[i].n_tokens, 2);
-        assert_true(b.items[i].first_chunk);
-    }
-    int na, nb;
-    const int32_t *ba = xc_sched_blocks(s, 1, &na), *bb = xc_sched_blocks(s, 3, &nb);
+    int na, nb, nc;
+    const int32_t *ba = xc_sched_blocks(s, 1, &na), *bb = xc_sched_blocks(s, 2, &nb),
+                  *bc = xc_sched_blocks(s, 3, &nc);
+    assert_int_equal(nb, 6); /* 18 + 4 rows */
     for (int i = 0; i < 4; i++) {
         assert_int_equal(ba[i], bb[i]);
+        assert_int_equal(ba[i], bc[i]);
     }
-    assert_true(ba[4] != bb[4]);
+    assert_true(ba[4] != bb[4] && ba[4] != bc[4] && bb[4] != bc[4]);
+    int32_t src = ba[4], d2 = bb[4], d3 = bc[4];
+    assert_true(xc_sched_next(s, &b)); /* the twin's last partial block only, and the copies */
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.items[0].id, 4);
+    assert_int_equal(b.items[0].first_pos, 16);
+    assert_int_equal(b.items[0].n_tokens, 2);
+    assert_true(b.items[0].first_chunk);
+    assert_int_equal(b.n_forks, 0);
+    assert_int_equal(b.n_copies, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(b.copies[i].src, src);
+        assert_true(b.copies[i].dst == d2 || b.copies[i].dst == d3);
+    }
+    assert_true(b.copies[0].dst != b.copies[1].dst);
+    const int32_t *bt = xc_sched_blocks(s, 4, &nb);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(ba[i], bt[i]);
+    }
     xc_sched_batch_done(s, first);
     xc_sched_batch_done(s, b.id);
+    /* the forks' first tokens came from 1's row: they decode from position 18 */
+    for (uint64_t id = 1; id <= 4; id++) {
+        assert_int_equal(xc_sched_token(s, id, (int32_t)(500 + id)), XC_OK);
+    }
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_copies, 0); /* sent once */
+    for (int i = 0; i < b.n_items; i++) {
+        assert_int_equal(b.items[i].first_pos, 18);
+        assert_int_equal(b.items[i].n_tokens, 1);
+    }
+    xc_sched_batch_done(s, b.id);
+    for (uint64_t id = 1; id <= 4; id++) {
+        xc_sched_finish(s, id);
+    }
     uint64_t u[4];
     assert_int_equal(xc_sched_take_uncovered(s, u, 4), 0);
     /* covered at add time, but the twin ends before its admission: it needs its data after all */
@@ -672,8 +712,11 @@ static void test_sched_prefix_owner_ends_early(void **state) {
     for (int i = 0; i < 14; i++) {
         k[i] = (uint64_t)(40 + i);
     }
+    uint64_t k2[14];
+    memcpy(k2, k, sizeof k2);
+    k2[13] = 7; /* a twin, not a fork: it shares the full blocks */
     assert_int_equal(xc_sched_add_keyed(s, 1, 14, 2, true, k, 0, NULL), XC_OK);
-    assert_int_equal(xc_sched_add_keyed(s, 2, 14, 2, true, k, 0, NULL), XC_OK);
+    assert_int_equal(xc_sched_add_keyed(s, 2, 14, 2, true, k2, 0, NULL), XC_OK);
     xc_sched_batch b;
     assert_true(xc_sched_next(s, &b)); /* 1: rows [0, 4) (chunk 4); 2 waits for 1's blocks */
     assert_int_equal(b.n_items, 1);
@@ -699,11 +742,116 @@ static void test_sched_prefix_owner_ends_early(void **state) {
     xc_sched_destroy(s);
 }
 
+/* issue 13.3: an aborted micro-batch undoes its forks (formed again with it), a fork whose twin
+ * ends before its last chunk is admitted as usual, and a replica failure with forks and their
+ * copies pending leaves a whole pool and no copy behind; resumed siblings fork again. */
+static void test_sched_forks_abort_and_fail(void **state) {
+    (void)state;
+    xc_sched *s = cached_sched(4, 32, 64);
+    uint64_t k[10];
+    for (int i = 0; i < 10; i++) {
+        k[i] = (uint64_t)(600 + i);
+    }
+    for (uint64_t id = 1; id <= 3; id++) {
+        assert_int_equal(xc_sched_add_keyed(s, id, 10, 3, true, k, 0, NULL), XC_OK);
+    }
+    xc_sched_batch b;
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.n_forks, 2);
+    int free_before = 32 - 4 - 2 * 2; /* 13 rows: 4 blocks each, the 2 full ones shared */
+    assert_int_equal(xc_sched_n_free_blocks(s), free_before);
+    xc_sched_abort(s, &b); /* not sent: the forks are undone with it */
+    assert_int_equal(xc_sched_n_free_blocks(s), 32 - 4);
+    assert_null(xc_sched_blocks(s, 2, &(int){0}));
+    assert_true(xc_sched_next(s, &b)); /* formed again, with the same forks */
+    assert_int_equal(b.n_forks, 2);
+    assert_int_equal(b.items[0].n_forks, 2);
+    assert_int_equal(xc_sched_n_free_blocks(s), free_before);
+    uint64_t mb1 = b.id;
+    /* the copies wait for the next micro-batch; a replica failure drops them with the rest */
+    uint64_t ids[8];
+    int n = 0;
+    xc_sched_fail_all(s, ids, 8, &n);
+    assert_int_equal(n, 3);
+    assert_int_equal(xc_sched_n_free_blocks(s), 32);
+    xc_sched_drop_releases(s);
+    assert_false(xc_sched_is_inflight(s, mb1));
+    /* resumed: each with the token it had (the same one), so the prompts are equal again */
+    uint64_t k2[11];
+    memcpy(k2, k, sizeof k);
+    k2[10] = 77;
+    for (uint64_t id = 1; id <= 3; id++) {
+        assert_int_equal(xc_sched_add_keyed(s, id, 11, 2, true, k2, 0, NULL), XC_OK);
+    }
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_copies, 0);
+    assert_int_equal(b.n_forks, 2);
+    assert_int_equal(b.items[0].first_pos, 0);
+    assert_int_equal(b.items[0].n_tokens, 11);
+    xc_sched_batch_done(s, b.id);
+    for (uint64_t id = 1; id <= 3; id++) {
+        assert_int_equal(xc_sched_token(s, id, 5), XC_OK);
+    }
+    assert_true(xc_sched_next(s, &b)); /* decode rows, with the 2 copies of block 2 */
+    assert_int_equal(b.n_copies, 2);
+    assert_int_equal(b.n_items, 3);
+    xc_sched_batch_done(s, b.id);
+    for (uint64_t id = 1; id <= 3; id++) {
+        xc_sched_finish(s, id);
+    }
+    /* a fork candidate whose twin is cancelled before its last chunk is admitted as usual */
+    uint64_t k3[10];
+    for (int i = 0; i < 10; i++) {
+        k3[i] = (uint64_t)(900 + i);
+    }
+    assert_int_equal(xc_sched_add_keyed(s, 20, 10, 2, true, k3, 0, NULL), XC_OK);
+    assert_int_equal(xc_sched_add_keyed(s, 21, 10, 2, true, k3, 0, NULL), XC_OK);
+    xc_sched_finish(s, 20);
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.items[0].id, 21);
+    assert_int_equal(b.items[0].n_tokens, 10);
+    assert_int_equal(b.n_forks, 0);
+    xc_sched_batch_done(s, b.id);
+    xc_sched_finish(s, 21);
+    while (xc_sched_next(s, &b)) { /* the release-only batch */
+        xc_sched_batch_done(s, b.id);
+    }
+    assert_int_equal(xc_sched_n_free_blocks(s), 32);
+    assert_true(xc_sched_counts_ok(s));
+    xc_sched_destroy(s);
+    /* a fork counts as a row of the budget (max_rows 4): a 2-row prompt forks 2 of its 5
+     * siblings, the others prefill their partial block as twins */
+    xc_sched_conf sc = {.max_rows = 4,
+                        .chunk = 4,
+                        .block_size = 4,
+                        .n_blocks = 64,
+                        .max_inflight = 8,
+                        .n_stages = 1,
+                        .prefix_cache = true};
+    assert_int_equal(xc_sched_create(&sc, &s), XC_OK);
+    for (uint64_t id = 1; id <= 6; id++) {
+        assert_int_equal(xc_sched_add_keyed(s, id, 2, 2, true, k, 0, NULL), XC_OK);
+    }
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.n_rows, 2);
+    assert_int_equal(b.n_forks, 2);
+    assert_true(xc_sched_next(s, &b));
+    assert_int_equal(b.n_forks, 0);
+    assert_int_equal(b.n_items, 2); /* twins: 2 rows each */
+    assert_int_equal(b.n_rows, 4);
+    assert_true(xc_sched_counts_ok(s));
+    xc_sched_destroy(s);
+}
+
 /* Randomized: prompts drawn from a few shared prefixes, a small pool (eviction), aborts; a fake
  * KV pool written by the micro-batches in the order the stages run them checks that every row
  * sees exactly its own sequence's keys at every earlier position (shared blocks, eviction,
  * readiness of blocks shared before they are written). */
-static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in) {
+static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in,
+                       int *n_forks_seen) {
     enum { N = 40, BS = 4, MAXP = 44 };
 
     xc_sched_conf sc = {.max_rows = 24,
@@ -752,11 +900,15 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
         int n;
         xc_sched_item it[24];
         int32_t bt[24][32];
+        int n_forks, n_copies;
+        xc_sched_fork forks[N];
+        xc_sched_copy copies[N];
     } fb;
 
     static fb q[8];
-    int qh = 0, qn = 0, added = 0, n_done = 0, steps = 0;
+    int qh = 0, qn = 0, added = 0, n_done = 0, steps = 0, n_forked = 0;
     long cached_rows = 0;
+    bool forked[N] = {false};
     while (n_done < N) {
         assert_true(++steps < 200000);
         /* rows [0, data[i]) need data (image embeddings) that arrives a while after it is asked
@@ -818,6 +970,41 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
             fb *f = &q[(qh + qn++) % 8];
             f->id = b.id;
             f->n = b.n_items;
+            /* issue 13.3: forks take the parent's full blocks, a block of their own for its
+             * partial last one (copied in a later micro-batch), and compute no prompt row */
+            assert_true(b.n_forks <= N && b.n_copies <= N);
+            assert_true(b.n_items + b.n_forks <= 24); /* sequences + forks within max_rows */
+            f->n_forks = b.n_forks;
+            memcpy(f->forks, b.forks, (size_t)b.n_forks * sizeof *b.forks);
+            f->n_copies = b.n_copies;
+            memcpy(f->copies, b.copies, (size_t)b.n_copies * sizeof *b.copies);
+            int n_in_items = 0;
+            for (int k = 0; k < b.n_items; k++) {
+                const xc_sched_item *it = &b.items[k];
+                for (int j = it->fork0; j < it->fork0 + it->n_forks; j++) {
+                    assert_int_equal(b.forks[j].parent, it->id);
+                    int p = (int)it->id - 1, c = (int)b.forks[j].id - 1;
+                    assert_true(it->samples && it->first_pos + it->n_tokens == np[p]);
+                    assert_int_equal(np[c], np[p]);
+                    assert_memory_equal(keys[c], keys[p], (size_t)np[p] * sizeof(uint64_t));
+                    assert_false(started[c]);
+                    int nbp = 0, nbc = 0;
+                    const int32_t *bp = xc_sched_blocks(s, it->id, &nbp);
+                    const int32_t *bc = xc_sched_blocks(s, b.forks[j].id, &nbc);
+                    assert_non_null(bc);
+                    for (int k2 = 0; k2 < np[p] / BS; k2++) {
+                        assert_int_equal(bc[k2], bp[k2]);
+                    }
+                    if (np[p] % BS) {
+                        assert_true(bc[np[p] / BS] != bp[np[p] / BS]);
+                    }
+                    started[c] = forked[c] = true;
+                    nextp[c] = np[c];
+                    n_forked++;
+                    n_in_items++;
+                }
+            }
+            assert_int_equal(n_in_items, b.n_forks);
             for (int k = 0; k < b.n_items; k++) {
                 const xc_sched_item *it = &b.items[k];
                 int i = (int)it->id - 1;
@@ -830,6 +1017,7 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
                 memcpy(f->bt[k], bt, (size_t)nb * sizeof *bt);
                 /* rows that need data go out only with it */
                 assert_true(has_data[i] || it->first_pos >= data[i]);
+                assert_true(!forked[i] || it->first_pos >= np[i]); /* no prompt row */
                 if (!started[i]) {
                     assert_true(it->first_chunk);
                     assert_int_equal(it->first_pos % BS, 0);
@@ -861,6 +1049,9 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
         fb *f = &q[qh];
         qh = (qh + 1) % 8;
         qn--;
+        for (int k = 0; k < f->n_copies; k++) { /* before its rows */
+            memcpy(kv[f->copies[k].dst], kv[f->copies[k].src], sizeof kv[0]);
+        }
         for (int k = 0; k < f->n; k++) {
             const xc_sched_item *it = &f->it[k];
             int i = (int)it->id - 1;
@@ -886,9 +1077,26 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
                 n_done++;
             }
         }
+        for (int j = 0; j < f->n_forks; j++) { /* their first token, from the parent's row */
+            int i = (int)f->forks[j].id - 1;
+            if (done[i]) {
+                continue;
+            }
+            assert_int_equal(ngen[i], 0);
+            assert_int_equal(xc_sched_token(s, f->forks[j].id, 2000 + i % 2), XC_OK);
+            ngen[i]++;
+            if (ngen[i] == mn[i] || rand() % 17 == 0) {
+                xc_sched_finish(s, f->forks[j].id);
+                done[i] = true;
+                n_done++;
+            }
+        }
     }
     assert_true(cached_rows > 0);
     assert_true(n_covered > 0);
+    if (n_forks_seen) {
+        *n_forks_seen += n_forked;
+    }
     (void)n_uncovered; /* happens with eviction; seen in some runs only */
     assert_int_equal(xc_sched_n_free_blocks(s), n_blocks);
     assert_int_equal(xc_sched_n_live(s), 0);
@@ -898,13 +1106,15 @@ static void run_cached(unsigned seed, int n_blocks, int chunk, int abort_one_in)
 
 static void test_sched_prefix_randomized(void **state) {
     (void)state;
-    run_cached(1, 256, 64, 0);
-    run_cached(2, 40, 5, 0);
-    run_cached(3, 30, 7, 4);
-    run_cached(4, 16, 3, 3);
+    int forks = 0;
+    run_cached(1, 256, 64, 0, &forks);
+    run_cached(2, 40, 5, 0, &forks);
+    run_cached(3, 30, 7, 4, &forks);
+    run_cached(4, 16, 3, 3, &forks);
     for (unsigned sd = 10; sd < 200; sd++) { /* small pools, chunks, abort rates */
-        run_cached(sd, 16 + sd % 40, 1 + sd % 9, sd % 5 == 1 ? 0 : sd % 5);
+        run_cached(sd, 16 + sd % 40, 1 + sd % 9, sd % 5 == 1 ? 0 : sd % 5, &forks);
     }
+    assert_true(forks > 100); /* n > 1 siblings forked (issue 13.3) */
 }
 
 int main(void) {
@@ -920,6 +1130,7 @@ int main(void) {
         cmocka_unit_test(test_sched_prefix_lru_eviction),
         cmocka_unit_test(test_sched_prefix_twins_and_uncovered),
         cmocka_unit_test(test_sched_prefix_owner_ends_early),
+        cmocka_unit_test(test_sched_forks_abort_and_fail),
         cmocka_unit_test(test_sched_prefix_randomized),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);

@@ -170,6 +170,60 @@ static void test_wire_forward_roundtrip(void **state) {
     xc_arena_destroy(a);
 }
 
+/* issue 13.3: forks of a sequence (ids and their own sampling) and the KV block copies travel
+ * intact; a fork without sampling, a fork id equal to another sequence's and a copy onto itself
+ * are rejected. */
+static void test_wire_forks_and_copies(void **state) {
+    (void)state;
+    xc_wire_seq seqs[2];
+    xc_wire_forward f;
+    make_forward(seqs, &f);
+    xc_wire_sampling s1 = sampling_a, s2 = sampling_a;
+    s1.choice = 1;
+    s2.choice = 2;
+    s2.seed = 99;
+    xc_wire_fork fk[2] = {{.id = 11, .sampling = &s1}, {.id = 12, .sampling = &s2}};
+    seqs[0].n_forks = 2;
+    seqs[0].forks = fk;
+    static const uint32_t src[2] = {1, 1}, dst[2] = {5, 6};
+    f.n_copies = 2;
+    f.copy_src = src;
+    f.copy_dst = dst;
+    void *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(xc_wire_encode_forward(&f, &buf, &len), XC_OK);
+    xc_arena *a = NULL;
+    assert_int_equal(xc_arena_create(4096, &a), XC_OK);
+    xc_wire_forward g;
+    assert_int_equal(xc_wire_decode_forward(buf, len, fwd_lens, 2, a, &g), XC_OK);
+    xc_free(buf);
+    assert_int_equal(g.seqs[0].n_forks, 2);
+    assert_int_equal(g.seqs[1].n_forks, 0);
+    assert_int_equal(g.seqs[0].forks[0].id, 11);
+    assert_int_equal(g.seqs[0].forks[1].id, 12);
+    assert_int_equal(g.seqs[0].forks[0].sampling->choice, 1);
+    assert_int_equal(g.seqs[0].forks[1].sampling->choice, 2);
+    assert_int_equal(g.seqs[0].forks[1].sampling->seed, 99);
+    assert_int_equal(g.seqs[0].forks[1].sampling->prompt_len, sampling_a.prompt_len);
+    assert_int_equal(g.n_copies, 2);
+    assert_memory_equal(g.copy_src, src, sizeof src);
+    assert_memory_equal(g.copy_dst, dst, sizeof dst);
+    xc_arena_destroy(a);
+
+    xc_wire_msg m = {.kind = XC_WIRE_KIND_FORWARD, .u.forward = f};
+    fk[1].sampling = NULL;
+    expect_reject(&m, fwd_lens, 2, "has no sampling parameters");
+    fk[1].sampling = &s2;
+    fk[1].id = 9; /* seqs[1]'s id */
+    expect_reject(&m, fwd_lens, 2, "appears twice");
+    fk[1].id = 7; /* its own parent's */
+    expect_reject(&m, fwd_lens, 2, "appears twice");
+    fk[1].id = 12;
+    static const uint32_t self[2] = {5, 6};
+    m.u.forward.copy_src = self;
+    expect_reject(&m, fwd_lens, 2, "onto itself");
+}
+
 /* Hidden-state payloads in each float dtype, no image frame, an empty micro-batch that only
  * releases sequences. */
 static void test_wire_forward_hidden_roundtrip(void **state) {
@@ -977,6 +1031,8 @@ static void test_wire_direct_forward_matches_protobuf_c(void **state) {
     static xc_wire_range ranges[NS][3];
     static xc_wire_sampling smp[NS];
     static uint64_t rel[17];
+    static xc_wire_fork forks[NS][3];
+    static uint32_t csrc[9], cdst[9];
     for (int trial = 0; trial < 300; trial++) {
         size_t n = (size_t)(RND() % (NS + 1));
         for (size_t i = 0; i < n; i++) {
@@ -1038,6 +1094,18 @@ static void test_wire_direct_forward_matches_protobuf_c(void **state) {
                 seqs[i].block_table_packed = packed[i];
                 seqs[i].block_table_packed_len = len;
             }
+            /* issue 13.3: forks, each with sampling (or, unchecked, without) */
+            seqs[i].n_forks = (size_t)(RND() % 4 ? 0 : RND() % 4);
+            for (size_t k = 0; k < seqs[i].n_forks; k++) {
+                forks[i][k] = (xc_wire_fork){.id = RND() % 2 ? RND() : RND() % 1000,
+                                             .sampling = RND() % 5 ? &smp[RND() % (i + 1)] : NULL};
+            }
+            seqs[i].forks = forks[i];
+        }
+        size_t n_cp = (size_t)(RND() % 3 ? 0 : RND() % 10);
+        for (size_t k = 0; k < n_cp; k++) {
+            csrc[k] = (uint32_t)(RND() % 2 ? RND() : RND() % 100);
+            cdst[k] = (uint32_t)(RND() % 4 ? RND() % 300 : 0);
         }
         size_t n_rel = (size_t)(RND() % 18);
         for (size_t k = 0; k < n_rel; k++) {
@@ -1057,7 +1125,10 @@ static void test_wire_direct_forward_matches_protobuf_c(void **state) {
                             .cols = (uint32_t)(RND() % 2 ? 1 : 4096)},
                 .has_image_rows = RND() % 2,
                 .image_rows = {.dtype = XC_DTYPE_F32, .rows = (uint32_t)(RND() % 50), .cols = 4096},
-                .epoch = (uint32_t)(RND() % 3)}};
+                .epoch = (uint32_t)(RND() % 3),
+                .n_copies = n_cp,
+                .copy_src = csrc,
+                .copy_dst = cdst}};
         uint32_t version = trial % 2 ? 1 : 7;
         void *a = NULL, *b = NULL;
         size_t la = 0, lb = 0;
@@ -1104,6 +1175,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_wire_forward_roundtrip),
         cmocka_unit_test(test_wire_forward_hidden_roundtrip),
+        cmocka_unit_test(test_wire_forks_and_copies),
         cmocka_unit_test(test_wire_control_roundtrip),
         cmocka_unit_test(test_wire_result_roundtrip),
         cmocka_unit_test(test_wire_result_failed_sequences),

@@ -264,6 +264,143 @@ static void test_worker_last_stage_fails_one_sequence(void **state) {
     stop(&h);
 }
 
+/* The token a Result gives sequence id (fails if none). */
+static uint32_t result_token(const xc_wire_msg *m, uint64_t id) {
+    assert_int_equal(m->kind, XC_WIRE_KIND_RESULT);
+    for (size_t i = 0; i < m->u.result.n; i++) {
+        if (m->u.result.seq_ids[i] == id) {
+            return m->u.result.tokens[i];
+        }
+    }
+    fail_msg("no token for sequence %llu", (unsigned long long)id);
+    return 0;
+}
+
+/* issue 13.3: a sequence with 3 forks (Seq.forks) prefills once and the Result carries a token
+ * for each of the 4, drawn from the one last row with each one's own choice index: equal to what
+ * 4 separate prefills of the same prompt draw. A later micro-batch's copy list (Forward.copy_src/
+ * copy_dst) gives each fork a copy of the partial last block, and their decode rows then draw
+ * what the separate sequences draw at the same position. A copy with a block id past the pool
+ * fails the micro-batch with an Error. */
+static void test_worker_forks_and_block_copies(void **state) {
+    (void)state;
+    harness h;
+    start(&h, "fork");
+
+    enum { NP = 20 }; /* 16 + 4: a partial second block */
+
+    int32_t prompt[NP * 4];
+    for (int i = 0; i < NP; i++) {
+        prompt[i] = (int32_t)(3 + (i * 37) % 400);
+    }
+    for (int k = 1; k < 4; k++) {
+        memcpy(prompt + k * NP, prompt, sizeof(int32_t) * NP);
+    }
+    xc_wire_sampling sp[4];
+    for (int c = 0; c < 4; c++) {
+        sp[c] = (xc_wire_sampling){.temperature = 1.5f,
+                                   .top_p = 1.0f,
+                                   .repetition_penalty = 1.0f,
+                                   .seed = 77,
+                                   .max_new_tokens = 4,
+                                   .prompt_len = NP,
+                                   .choice = (uint32_t)c};
+    }
+    /* the reference: 4 separate prefills (choices 0-3) in blocks {2k, 2k + 1} */
+    static const uint32_t bt[8][2] = {{0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}};
+    xc_wire_seq sep[4];
+    for (int c = 0; c < 4; c++) {
+        sep[c] = (xc_wire_seq){.id = 40 + (uint64_t)c,
+                               .n_tokens = NP,
+                               .n_blocks = 2,
+                               .block_table = bt[c],
+                               .sampling = &sp[c]};
+    }
+    uint32_t t[4], r[4];
+    xc_wire_msg m;
+    for (int k = 0; k < 2; k++) { /* 2 x 40 rows: max_rows is 64 */
+        send_ids(&h, 1 + (uint64_t)k, sep + 2 * k, 2, prompt, 2 * NP);
+        m = next_msg(&h);
+        for (int c = 2 * k; c < 2 * k + 2; c++) {
+            t[c] = result_token(&m, 40 + (uint64_t)c);
+        }
+    }
+    xc_wire_seq dec[4];
+    int32_t in[4];
+    for (int c = 0; c < 4; c++) {
+        dec[c] = (xc_wire_seq){.id = 40 + (uint64_t)c,
+                               .first_pos = NP,
+                               .n_tokens = 1,
+                               .n_blocks = 2,
+                               .block_table = bt[c]};
+        in[c] = (int32_t)t[c];
+    }
+    send_ids(&h, 9, dec, 4, in, 4);
+    m = next_msg(&h);
+    for (int c = 0; c < 4; c++) {
+        r[c] = result_token(&m, 40 + (uint64_t)c);
+    }
+    /* one prefill of choice 0 in blocks {8, 9}, with choices 1-3 forked from its last row */
+    xc_wire_fork fk[3];
+    for (int c = 1; c < 4; c++) {
+        fk[c - 1] = (xc_wire_fork){.id = 50 + (uint64_t)c, .sampling = &sp[c]};
+    }
+    xc_wire_seq par = {.id = 50,
+                       .n_tokens = NP,
+                       .n_blocks = 2,
+                       .block_table = bt[4],
+                       .sampling = &sp[0],
+                       .n_forks = 3,
+                       .forks = fk};
+    send_ids(&h, 3, &par, 1, prompt, NP);
+    m = next_msg(&h);
+    assert_int_equal(m.u.result.n, 4);
+    assert_int_equal(m.u.result.n_failed, 0);
+    for (int c = 0; c < 4; c++) {
+        assert_int_equal(result_token(&m, 50 + (uint64_t)c), t[c]);
+    }
+    /* the forks share block 8 and get copies of block 9 in 10, 11, 12, then decode */
+    static const uint32_t src[3] = {9, 9, 9}, dst[3] = {10, 11, 12};
+    static const uint32_t fbt[4][2] = {{8, 9}, {8, 10}, {8, 11}, {8, 12}};
+    for (int c = 0; c < 4; c++) {
+        dec[c] = (xc_wire_seq){.id = 50 + (uint64_t)c,
+                               .first_pos = NP,
+                               .n_tokens = 1,
+                               .n_blocks = 2,
+                               .block_table = fbt[c]};
+    }
+    xc_wire_msg f = {.kind = XC_WIRE_KIND_FORWARD,
+                     .u.forward = {.microbatch_id = 4,
+                                   .kv_block_size = 16,
+                                   .n_seqs = 4,
+                                   .seqs = dec,
+                                   .payload = {.dtype = XC_DTYPE_I32, .rows = 4, .cols = 1},
+                                   .n_copies = 3,
+                                   .copy_src = src,
+                                   .copy_dst = dst}};
+    xc_frame fr = {.data = in, .len = sizeof in};
+    assert_int_equal(xc_transport_send_wire(h.tx, &f, &fr, 1, 2000), XC_OK);
+    m = next_msg(&h);
+    for (int c = 0; c < 4; c++) {
+        assert_int_equal(result_token(&m, 50 + (uint64_t)c), r[c]);
+    }
+    /* a copy past the pool fails the micro-batch, with an Error that says so */
+    static const uint32_t bad_src[1] = {99}, bad_dst[1] = {13};
+    f.u.forward.microbatch_id = 5;
+    f.u.forward.n_seqs = 0;
+    f.u.forward.payload.rows = 0;
+    f.u.forward.n_copies = 1;
+    f.u.forward.copy_src = bad_src;
+    f.u.forward.copy_dst = bad_dst;
+    fr.len = 0;
+    assert_int_equal(xc_transport_send_wire(h.tx, &f, &fr, 1, 2000), XC_OK);
+    m = next_msg(&h);
+    assert_int_equal(m.kind, XC_WIRE_KIND_CONTROL);
+    assert_int_equal(m.u.control.kind, XC_WIRE_CTL_ERROR);
+    assert_non_null(strstr(m.u.control.u.error.message, "block copy 99 -> 13"));
+    stop(&h);
+}
+
 /* The device memory a CUDA worker advertises: a share of the free memory, capped; two workers on
  * one GPU at 0.45 each advertise together less than the free memory. */
 static void test_worker_device_budget(void **state) {
@@ -459,6 +596,7 @@ int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_worker_last_stage_fails_one_sequence),
+        cmocka_unit_test(test_worker_forks_and_block_copies),
         cmocka_unit_test(test_worker_device_budget),
         cmocka_unit_test(test_worker_vision_batches_bit_identical),
         cmocka_unit_test(test_worker_vision_cache),
