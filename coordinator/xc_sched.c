@@ -758,11 +758,14 @@ static bool shared_ready(const xc_sched *s, const sseq *q) {
 
 /* After micro-batch mb was formed: the blocks its rows completed become shareable. */
 static void blocks_written(xc_sched *s, const xc_sched_item *it, uint64_t mb) {
+    int bs = bs_of(s), end = it->first_pos + it->n_tokens;
+    if (it->first_pos / bs == end / bs) {
+        return; /* its rows complete no block (most decode rows): no lookup */
+    }
     sseq *q = find(s, it->id);
     if (!q || !q->keys) {
         return;
     }
-    int bs = bs_of(s), end = it->first_pos + it->n_tokens;
     for (int k = it->first_pos / bs; k < end / bs && k < q->n_blocks; k++) {
         int32_t b = q->blocks[k];
         if (k < q->n_prompt / bs) { /* a prompt block entered at admission */

@@ -855,12 +855,7 @@ static Xc__V1__Result *result_to_pb(xc_arena *a, const xc_wire_result *r) {
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
 static size_t vsz(uint64_t v) {
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
+    return v ? (size_t)(64 - __builtin_clzll(v) + 6) / 7 : 1; /* 7 bits per byte */
 }
 
 static uint8_t *put_v(uint8_t *p, uint64_t v) {
