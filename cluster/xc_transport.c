@@ -141,8 +141,8 @@ void xc_transport_wake(xc_transport *tx) {
     }
 }
 
-xc_status xc_transport_send_wire(xc_transport *tx, const xc_wire_msg *m, xc_frame *tensors,
-                                 size_t n_tensors, int timeout_ms) {
+static xc_status send_wire(xc_transport *tx, const xc_wire_msg *m, xc_frame *tensors,
+                           size_t n_tensors, int timeout_ms, bool trusted) {
     if (n_tensors > XC_MSG_MAX_FRAMES - 1) {
         return xc_errf(XC_ERR_ARG, "transport %s: %zu tensor frames (at most %d)", tx->endpoint,
                        n_tensors, XC_MSG_MAX_FRAMES - 1);
@@ -155,13 +155,24 @@ xc_status xc_transport_send_wire(xc_transport *tx, const xc_wire_msg *m, xc_fram
     }
     void *hdr = NULL;
     size_t hdr_len = 0;
-    XC_TRY(xc_wire_encode(m, lens, n_tensors, &hdr, &hdr_len));
+    XC_TRY(trusted ? xc_wire_encode_trusted(m, &hdr, &hdr_len)
+                   : xc_wire_encode(m, lens, n_tensors, &hdr, &hdr_len));
     frames[0] = (xc_frame){.data = hdr, .len = hdr_len, .free_fn = xc_frame_free_xc};
     xc_status st = xc_transport_send(tx, frames, n_tensors + 1, timeout_ms);
     if (st != XC_OK) {
         xc_free(hdr); /* the tensors stay the caller's */
     }
     return st;
+}
+
+xc_status xc_transport_send_wire(xc_transport *tx, const xc_wire_msg *m, xc_frame *tensors,
+                                 size_t n_tensors, int timeout_ms) {
+    return send_wire(tx, m, tensors, n_tensors, timeout_ms, false);
+}
+
+xc_status xc_transport_send_wire_trusted(xc_transport *tx, const xc_wire_msg *m, xc_frame *tensors,
+                                         size_t n_tensors, int timeout_ms) {
+    return send_wire(tx, m, tensors, n_tensors, timeout_ms, true);
 }
 
 xc_status xc_transport_recv_wire(xc_transport *tx, int timeout_ms, xc_arena *arena, xc_msg *msg,

@@ -114,6 +114,11 @@ const char *xc_transport_name(const xc_transport *tx);
 /* Encodes m (xc_wire_encode) as frame 0 and sends it followed by tensors[0..n_tensors) as
  * xc_transport_send does (the tensor frames' ownership moves only on XC_OK). XC_ERR_ARG for an
  * invalid message. */
+/* xc_transport_send_wire with xc_wire_encode_trusted: for messages the sender built itself from
+ * checked state (the coordinator's micro-batches); the receiver checks them. */
+xc_status xc_transport_send_wire_trusted(xc_transport *tx, const xc_wire_msg *m, xc_frame *tensors,
+                                         size_t n_tensors, int timeout_ms);
+
 xc_status xc_transport_send_wire(xc_transport *tx, const xc_wire_msg *m, xc_frame *tensors,
                                  size_t n_tensors, int timeout_ms);
 

@@ -378,7 +378,11 @@ static xc_status post(xc_coord *c, cworker *w, const xc_wire_msg *m, xc_frame *t
         queue_flush(c, w);
     }
     if (w->q_n == 0) {
-        xc_status st = xc_transport_send_wire(w->tx, m, tensors, n_t, 0);
+        /* its micro-batches come from the scheduler's checked state: not walked again here (the
+         * stage's decode checks them) */
+        xc_status st = m->kind == XC_WIRE_KIND_FORWARD
+                           ? xc_transport_send_wire_trusted(w->tx, m, tensors, n_t, 0)
+                           : xc_transport_send_wire(w->tx, m, tensors, n_t, 0);
         if (st != XC_ERR_TIMEOUT) {
             return st;
         }
@@ -402,7 +406,8 @@ static xc_status post(xc_coord *c, cworker *w, const xc_wire_msg *m, xc_frame *t
     }
     void *hdr = NULL;
     size_t hdr_len = 0;
-    XC_TRY(xc_wire_encode(m, lens, n_t, &hdr, &hdr_len));
+    XC_TRY(m->kind == XC_WIRE_KIND_FORWARD ? xc_wire_encode_trusted(m, &hdr, &hdr_len)
+                                           : xc_wire_encode(m, lens, n_t, &hdr, &hdr_len));
     outmsg o = {.n = n_t + 1};
     o.fr[0] = (xc_frame){.data = hdr, .len = hdr_len, .free_fn = free_buf};
     for (size_t i = 0; i < n_t; i++) {

@@ -1198,6 +1198,17 @@ xc_status xc_wire_encode(const xc_wire_msg *m, const size_t *frame_lens, size_t 
     return st;
 }
 
+xc_status xc_wire_encode_trusted(const xc_wire_msg *m, void **out, size_t *out_len) {
+    XC_TRY(xc_wire_encode_unchecked(m, XC_WIRE_VERSION, out, out_len));
+    if (*out_len > XC_WIRE_MAX_HEADER_BYTES) {
+        xc_free(*out);
+        *out = NULL;
+        return xc_errf(XC_ERR_ARG, "wire: %s header of %zu bytes is over the %u-byte limit",
+                       xc_wire_kind_name(m->kind), *out_len, XC_WIRE_MAX_HEADER_BYTES);
+    }
+    return XC_OK;
+}
+
 xc_status xc_wire_encode_control(const xc_wire_control *c, void **out, size_t *out_len) {
     xc_wire_msg m = {.kind = XC_WIRE_KIND_CONTROL, .u.control = *c};
     return xc_wire_encode(&m, NULL, 0, out, out_len);

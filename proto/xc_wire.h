@@ -303,6 +303,11 @@ xc_status xc_wire_encode_control(const xc_wire_control *c, void **out, size_t *o
 xc_status xc_wire_encode_forward(const xc_wire_forward *f, void **out, size_t *out_len);
 xc_status xc_wire_encode_result(const xc_wire_result *r, void **out, size_t *out_len);
 
+/* xc_wire_encode without xc_wire_check's walk over the message: for a sender that built m itself
+ * from state it checked (the coordinator's micro-batches, the scheduling step's hot path); the
+ * receiver's xc_wire_decode checks all of it. The header size limit still holds. */
+xc_status xc_wire_encode_trusted(const xc_wire_msg *m, void **out, size_t *out_len);
+
 /* Encodes without any check and with the given version number: for tests and fuzz seeds only,
  * to produce the bad headers a broken or hostile peer could send. */
 xc_status xc_wire_encode_unchecked(const xc_wire_msg *m, uint32_t version, void **out,

@@ -1180,6 +1180,15 @@ static void test_wire_unique_ids_many(void **state) {
     assert_int_equal(xc_wire_check(&m, &len, 1), XC_ERR_PROTO);
     assert_non_null(strstr(xc_err_last(), "sequence id 78 appears twice"));
     seqs[5].n_forks = 0;
+    /* the trusted encoder (no walk over the message) writes the same bytes as the checked one */
+    void *a = NULL, *b = NULL;
+    size_t la = 0, lb = 0;
+    assert_int_equal(xc_wire_encode(&m, &len, 1, &a, &la), XC_OK);
+    assert_int_equal(xc_wire_encode_trusted(&m, &b, &lb), XC_OK);
+    assert_int_equal(la, lb);
+    assert_memory_equal(a, b, la);
+    xc_free(a);
+    xc_free(b);
 }
 
 int main(void) {
