@@ -1172,8 +1172,8 @@ static void test_wire_unique_ids_many(void **state) {
     seqs[1234].id = 78;
     assert_int_equal(xc_wire_check(&m, &len, 1), XC_OK);
     /* a fork's id counts too */
-    xc_wire_sampling smp = {.greedy = true, .top_p = 1, .repetition_penalty = 1,
-                            .max_new_tokens = 4, .prompt_len = 1};
+    xc_wire_sampling smp = {
+        .greedy = true, .top_p = 1, .repetition_penalty = 1, .max_new_tokens = 4, .prompt_len = 1};
     xc_wire_fork fk = {.id = 78, .sampling = &smp};
     seqs[5].n_forks = 1;
     seqs[5].forks = &fk;
