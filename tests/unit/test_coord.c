@@ -4,6 +4,7 @@
  * stage, a micro-batch that cannot be built, a stage error, an assignment that cannot load, and a
  * stop racing submissions. Tokens come from a formula of (sequence id, position) that the test
  * checks independently. */
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -877,12 +878,17 @@ static void test_coord_forged_heartbeats_do_not_stall(void **state) {
 /* The step deadline rule against hand-computed values. */
 static void test_coord_step_deadline_rule(void **state) {
     (void)state;
-    assert_true(xc_coord_step_deadline(2.5, 0.01, 4, 100) == 2.5); /* fixed */
-    assert_true(xc_coord_step_deadline(0, 0, 0, 7) == 60);         /* nothing measured yet */
-    assert_true(xc_coord_step_deadline(0, 0.05, 4, 2) == 10);      /* 20 x 0.05 = 1 s: floor */
-    assert_true(xc_coord_step_deadline(0, 0.8, 4, 4) == 16);       /* 20 x 0.8 */
-    assert_true(xc_coord_step_deadline(0, 0.8, 4, 400) == 1600);   /* 100x the mean rows */
-    assert_true(xc_coord_step_deadline(0, 0.8, 4, 1) == 16);       /* fewer rows: no discount */
+    assert_true(xc_coord_step_deadline(2.5, 0.01, 4, 100, 0) == 2.5);   /* fixed */
+    assert_true(xc_coord_step_deadline(2.5, 0, 0, 128, 16.5e9) == 2.5); /* fixed, unmeasured */
+    assert_true(xc_coord_step_deadline(0, 0, 0, 7, 0) == 60);           /* nothing measured yet */
+    assert_true(xc_coord_step_deadline(0, 0, 0, 7, 5e6) == 60);         /* a tiny model: 60 s */
+    /* the real 7B (16.5 GB of weights), a 128-row chunk before any measurement: 2,112 s */
+    assert_true(fabs(xc_coord_step_deadline(0, 0, 0, 128, 16.5e9) - 2112) < 1e-6);
+    assert_true(fabs(xc_coord_step_deadline(0, 0, 0, 1, 16.5e9) - 60) < 1e-6); /* one row */
+    assert_true(xc_coord_step_deadline(0, 0.05, 4, 2, 16.5e9) == 10); /* 20 x 0.05 = 1 s: floor */
+    assert_true(xc_coord_step_deadline(0, 0.8, 4, 4, 16.5e9) == 16);  /* 20 x 0.8 */
+    assert_true(xc_coord_step_deadline(0, 0.8, 4, 400, 0) == 1600);   /* 100x the mean rows */
+    assert_true(xc_coord_step_deadline(0, 0.8, 4, 1, 0) == 16);       /* fewer rows: no discount */
 }
 
 /* A worker whose assignment fails to load loses the role, which goes to a spare, and is not
