@@ -177,6 +177,7 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
     f->endpoint = ep;
     xc_coord_conf cc;
     xc_coord_cli_conf(f, &cc);
+    cc.one_host = true; /* the workers are this process's children: one host's memory */
     xc_coord *co = NULL;
     xc_status st = xc_coord_create(&cc, &co);
     if (st != XC_OK) {

@@ -516,6 +516,28 @@ static int kv_blocks_for(xc_coord *c, const replica *r) {
             want = fit < 1 ? 1 : (int)fit;
         }
     }
+    if (c->conf.one_host && r->P > 0) {
+        /* one host's memory for all R replicas: 80 % of it (the rest for the vision worker,
+         * its image cache, scratch and the system) less every stage's weights, shared out
+         * between the replicas' KV pools. Each worker above sees the whole host and would take
+         * as much again (2 stages of the VL model here: 8.2 GiB of KV pools beside 16.5 GB of
+         * weights on a 23.5 GiB machine). */
+        double weights = 0, per_block = 0, mem = (double)c->workers[r->worker[0]].mem;
+        for (int k = 0; k < r->P; k++) {
+            const cworker *w = &c->workers[r->worker[k]];
+            int layers = xc_place_attn_units(r->bounds[k], r->bounds[k + 1]);
+            weights +=
+                xc_place_unit_stage_bytes(&c->cost, r->bounds[k], r->bounds[k + 1], r->P, k) -
+                layers * c->cost.kv_bytes_layer * c->cost.kv_budget_tokens;
+            per_block += layers * c->cost.kv_bytes_layer * (w->kv_elem / 2.0) * c->conf.block_size;
+            mem = (double)w->mem < mem ? (double)w->mem : mem;
+        }
+        int R = c->R > 0 ? c->R : 1;
+        double fit = per_block > 0 ? (0.8 * mem / R - weights) / per_block : want;
+        if (fit < want) {
+            want = fit < 1 ? 1 : (int)fit;
+        }
+    }
     return want;
 }
 
