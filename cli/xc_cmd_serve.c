@@ -358,6 +358,9 @@ int xc_cmd_serve(int argc, char **argv) {
         f.replicas = 0;
         xc_coord_conf cc;
         xc_coord_cli_conf(&f, &cc);
+        /* every rank on this node (Open MPI / MPICH say how many are local): one host's
+         * memory for all the stages' KV pools, as for local processes */
+        cc.one_host = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", -1) == size;
         xc_coord *co = NULL;
         st = xc_coord_create(&cc, &co);
         if (st != XC_OK) {
