@@ -734,6 +734,12 @@ static void report_mb_failure(xc_worker *w, uint64_t mb, xc_status st, const cha
  * attention). Each frame gets its own reply. Returns the first frame's status; failures of the
  * others are reported here. */
 static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg) {
+    if (!w->vision) { /* the sim backend takes the vision role but has no model to run */
+        return xc_errf(XC_ERR_UNSUPPORTED,
+                       "worker %s has no vision model (the sim backend "
+                       "simulates decoder stages only: serve it --no-vision)",
+                       w->id);
+    }
     const xc_vision_info *vi = xc_vision_get_info(w->vision);
     size_t per = (size_t)vi->n_tokens * (size_t)vi->out_dim;
     size_t img_px = 3u * (size_t)vi->img_size * (size_t)vi->img_size;
