@@ -177,7 +177,9 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
     f->endpoint = ep;
     xc_coord_conf cc;
     xc_coord_cli_conf(f, &cc);
-    cc.one_host = true; /* the workers are this process's children: one host's memory */
+    /* the workers are this process's children: one host's memory (CUDA workers get a share of
+     * the device each already, XC_DEVICE_MEM_FRAC below) */
+    cc.one_host = !strcmp(c->backend, "cpu");
     xc_coord *co = NULL;
     xc_status st = xc_coord_create(&cc, &co);
     if (st != XC_OK) {
@@ -360,7 +362,8 @@ int xc_cmd_serve(int argc, char **argv) {
         xc_coord_cli_conf(&f, &cc);
         /* every rank on this node (Open MPI / MPICH say how many are local): one host's
          * memory for all the stages' KV pools, as for local processes */
-        cc.one_host = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", -1) == size;
+        cc.one_host = !strcmp(c.backend, "cpu") &&
+                      env_int("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", -1) == size;
         xc_coord *co = NULL;
         st = xc_coord_create(&cc, &co);
         if (st != XC_OK) {

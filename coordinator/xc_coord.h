@@ -50,9 +50,9 @@ typedef struct xc_coord_conf {
     int chunk;                  /* prefill rows of one sequence per micro-batch */
     int block_size;             /* KV tokens per block */
     int kv_blocks;              /* KV blocks per stage at most (also limited by worker memory) */
-    bool one_host;              /* every worker runs on this host (xcpipe serve's local
-                                   processes): they share its memory, so the KV pools of all
-                                   stages and replicas together must fit beside all weights */
+    bool one_host;              /* every worker runs on this host and advertises its whole
+                                   memory (xcpipe serve's local CPU processes): the KV pools of
+                                   all stages and replicas together must fit beside all weights */
     int max_inflight;           /* micro-batches in flight per replica; 0 = stages + 1 */
     int max_context;            /* tokens per sequence; 0 = config max_length */
     int plora_rank;             /* for the placement cost model when it cannot see the checkpoint */
