@@ -74,8 +74,9 @@ static const xc_conf_entry serve_entries[] = {
     XC_CONF_FLOAT("heartbeat", "XC_HEARTBEAT", serve_conf, heartbeat_s, 0.5, 0.01, 60,
                   "workers' heartbeat period"),
     XC_CONF_FLOAT("orphan-timeout", "XC_ORPHAN_TIMEOUT", serve_conf, orphan_s, 60, 0, 1e7,
-                  "local workers exit after this many seconds without a message from the "
-                  "coordinator (0 = never; they also exit when serve dies)"),
+                  "local workers and MPI worker ranks exit after this many seconds without a "
+                  "message from the coordinator (0 = never; local ones also exit when serve "
+                  "dies)"),
     XC_CONF_BOOL("no-vision", "XC_NO_VISION", serve_conf, no_vision, 0, "text only"),
     XC_CONF_STR("requests", "XC_REQUESTS", serve_conf, requests, NULL, NULL,
                 "line-protocol requests (file, FIFO or '-'); answers on stdout"),
@@ -381,8 +382,11 @@ int xc_cmd_serve(int argc, char **argv) {
         xc_coord_destroy(co);
         return rc;
     }
-    char ep[64], id[32], thr[16], hb[32];
+    char ep[64], id[32], thr[16], hb[32], orphan[32];
     snprintf(ep, sizeof ep, "mpi://%d", rank);
+    /* as for local workers: a rank that the coordinator stopped talking to (it exited before
+     * this rank registered: mpirun would wait for it forever) exits on its own */
+    snprintf(orphan, sizeof orphan, "%g", c.orphan_s);
     snprintf(id, sizeof id, "rank%d", rank);
     snprintf(thr, sizeof thr, "%d", c.threads);
     snprintf(hb, sizeof hb, "%g", c.heartbeat_s);
@@ -403,6 +407,8 @@ int xc_cmd_serve(int argc, char **argv) {
                      (char *)c.log_level,
                      "--role",
                      rank == 1 ? "any" : "stage", /* rank 1: vision if the model has it */
+                     "--orphan-timeout",
+                     orphan,
                      NULL};
-    return xc_worker_cli_main(17, wargv);
+    return xc_worker_cli_main(19, wargv);
 }
