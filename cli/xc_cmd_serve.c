@@ -62,9 +62,11 @@ static const xc_conf_entry serve_entries[] = {
                 "rows per micro-batch"),
     XC_CONF_FLOAT("dead-timeout", "XC_DEAD_TIMEOUT", serve_conf, dead_s, 3.0, 0.05, 3600,
                   "seconds without a heartbeat after which a worker is dead"),
-    XC_CONF_FLOAT("step-timeout", "XC_STEP_TIMEOUT", serve_conf, step_timeout_s, 0, 0, 86400,
-                  "seconds a micro-batch may take before its replica is failed and re-formed "
-                  "(0 = 20 x its measured expected time, at least 10 s)"),
+    XC_CONF_FLOAT(
+        "step-timeout", "XC_STEP_TIMEOUT", serve_conf, step_timeout_s, 0, 0, 86400,
+        "seconds a micro-batch may take before its replica is failed and re-formed "
+        "(0 = 20 x its measured expected time, at least 10 s; before a measurement its rows "
+        "x the replica's weight bytes at 1 GB/s, at least 60 s)"),
     XC_CONF_INT("max-resumes", "XC_MAX_RESUMES", serve_conf, max_resumes, 3, 0, 1000,
                 "times a request is re-prefilled after losing its replica (0 = fail it)"),
     XC_CONF_FLOAT("resume-timeout", "XC_RESUME_TIMEOUT", serve_conf, resume_timeout_s, 30, 0.1,
@@ -72,8 +74,9 @@ static const xc_conf_entry serve_entries[] = {
     XC_CONF_FLOAT("heartbeat", "XC_HEARTBEAT", serve_conf, heartbeat_s, 0.5, 0.01, 60,
                   "workers' heartbeat period"),
     XC_CONF_FLOAT("orphan-timeout", "XC_ORPHAN_TIMEOUT", serve_conf, orphan_s, 60, 0, 1e7,
-                  "local workers exit after this many seconds without a message from the "
-                  "coordinator (0 = never; they also exit when serve dies)"),
+                  "local workers and MPI worker ranks exit after this many seconds without a "
+                  "message from the coordinator (0 = never; local ones also exit when serve "
+                  "dies)"),
     XC_CONF_BOOL("no-vision", "XC_NO_VISION", serve_conf, no_vision, 0, "text only"),
     XC_CONF_BOOL("no-prefix-cache", "XC_NO_PREFIX_CACHE", serve_conf, no_prefix_cache, 0,
                  "do not reuse the KV blocks of equal prompt prefixes (on by default)"),
@@ -177,6 +180,9 @@ static int serve_local(const serve_conf *c, xc_coord_flags *f) {
     f->endpoint = ep;
     xc_coord_conf cc;
     xc_coord_cli_conf(f, &cc);
+    /* the workers are this process's children: one host's memory (CUDA workers get a share of
+     * the device each already, XC_DEVICE_MEM_FRAC below) */
+    cc.one_host = !strcmp(c->backend, "cpu");
     xc_coord *co = NULL;
     xc_status st = xc_coord_create(&cc, &co);
     if (st != XC_OK) {
@@ -358,6 +364,10 @@ int xc_cmd_serve(int argc, char **argv) {
         f.replicas = 0;
         xc_coord_conf cc;
         xc_coord_cli_conf(&f, &cc);
+        /* every rank on this node (Open MPI / MPICH say how many are local): one host's
+         * memory for all the stages' KV pools, as for local processes */
+        cc.one_host = !strcmp(c.backend, "cpu") &&
+                      env_int("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", -1) == size;
         xc_coord *co = NULL;
         st = xc_coord_create(&cc, &co);
         if (st != XC_OK) {
@@ -375,8 +385,11 @@ int xc_cmd_serve(int argc, char **argv) {
         xc_coord_destroy(co);
         return rc;
     }
-    char ep[64], id[32], thr[16], hb[32];
+    char ep[64], id[32], thr[16], hb[32], orphan[32];
     snprintf(ep, sizeof ep, "mpi://%d", rank);
+    /* as for local workers: a rank that the coordinator stopped talking to (it exited before
+     * this rank registered: mpirun would wait for it forever) exits on its own */
+    snprintf(orphan, sizeof orphan, "%g", c.orphan_s);
     snprintf(id, sizeof id, "rank%d", rank);
     snprintf(thr, sizeof thr, "%d", c.threads);
     snprintf(hb, sizeof hb, "%g", c.heartbeat_s);
@@ -397,6 +410,8 @@ int xc_cmd_serve(int argc, char **argv) {
                      (char *)c.log_level,
                      "--role",
                      rank == 1 ? "any" : "stage", /* rank 1: vision if the model has it */
+                     "--orphan-timeout",
+                     orphan,
                      NULL};
-    return xc_worker_cli_main(17, wargv);
+    return xc_worker_cli_main(19, wargv);
 }

@@ -508,9 +508,18 @@ static void send_assign(xc_coord *c, int wi) {
         double pred = w->role == 0 ? 0
                                    : xc_place_unit_stage_bytes(&c->cost, a.unit_begin, a.unit_end,
                                                                (int)a.n_stages, w->stage);
-        XC_LOG_INFO("assigned worker %s: %s replica %d stage %d units [%u, %u) predicted %.0f MB",
+        /* the KV pool the stage is given (kv_blocks x block_size tokens at its KV element
+         * size) fills only as sequences use it: beyond the max_context budget it is not in the
+         * prediction, so say how far it can grow */
+        double pool = w->role == 0 ? 0
+                                   : xc_place_attn_units((int)a.unit_begin, (int)a.unit_end) *
+                                         c->cost.kv_bytes_layer * (w->kv_elem / 2.0) *
+                                         (double)a.kv_blocks * a.kv_block_size;
+        XC_LOG_INFO("assigned worker %s: %s replica %d stage %d units [%u, %u) predicted %.0f MB "
+                    "(weights and the KV of %d tokens; its KV pool can hold %.0f MB)",
                     w->id, w->role == 0 ? "vision" : "decoder", w->role ? w->replica : 0,
-                    w->role ? w->stage : 0, a.unit_begin, a.unit_end, pred / 1e6);
+                    w->role ? w->stage : 0, a.unit_begin, a.unit_end, pred / 1e6,
+                    w->role == 0 ? 0 : (int)c->cost.kv_budget_tokens, pool / 1e6);
     }
 }
 
@@ -526,6 +535,28 @@ static int kv_blocks_for(xc_coord *c, const replica *r) {
         double per_block =
             layers * c->cost.kv_bytes_layer * (w->kv_elem / 2.0) * c->conf.block_size;
         double fit = per_block > 0 ? ((double)w->mem - weights) / per_block : want;
+        if (fit < want) {
+            want = fit < 1 ? 1 : (int)fit;
+        }
+    }
+    if (c->conf.one_host && r->P > 0) {
+        /* one host's memory for all R replicas: 80 % of it (the rest for the vision worker,
+         * its image cache, scratch and the system) less every stage's weights, shared out
+         * between the replicas' KV pools. Each worker above sees the whole host and would take
+         * as much again (2 stages of the VL model here: 8.2 GiB of KV pools beside 16.5 GB of
+         * weights on a 23.5 GiB machine). */
+        double weights = 0, per_block = 0, mem = (double)c->workers[r->worker[0]].mem;
+        for (int k = 0; k < r->P; k++) {
+            const cworker *w = &c->workers[r->worker[k]];
+            int layers = xc_place_attn_units(r->bounds[k], r->bounds[k + 1]);
+            weights +=
+                xc_place_unit_stage_bytes(&c->cost, r->bounds[k], r->bounds[k + 1], r->P, k) -
+                layers * c->cost.kv_bytes_layer * c->cost.kv_budget_tokens;
+            per_block += layers * c->cost.kv_bytes_layer * (w->kv_elem / 2.0) * c->conf.block_size;
+            mem = (double)w->mem < mem ? (double)w->mem : mem;
+        }
+        int R = c->R > 0 ? c->R : 1;
+        double fit = per_block > 0 ? (0.8 * mem / R - weights) / per_block : want;
         if (fit < want) {
             want = fit < 1 ? 1 : (int)fit;
         }
@@ -1111,12 +1142,16 @@ static bool is_stop(const creq *q, int32_t t) {
 
 /* ---- step deadlines ---- */
 
-double xc_coord_step_deadline(double step_timeout_s, double mean_s, double mean_rows, int rows) {
+double xc_coord_step_deadline(double step_timeout_s, double mean_s, double mean_rows, int rows,
+                              double weight_bytes) {
     if (step_timeout_s > 0) {
         return step_timeout_s;
     }
     if (mean_s <= 0) {
-        return 60;
+        /* nothing measured yet: every row streams through all the weights; allow 1 GB/s
+         * (a full-size 128-row chunk measured ~4.7 GB/s on a 2-core CPU under load 15) */
+        double est = (rows > 0 ? rows : 1) * weight_bytes / 1e9;
+        return est > 60 ? est : 60;
     }
     double scale = rows > mean_rows && mean_rows > 0 ? rows / mean_rows : 1;
     double d = 20 * mean_s * scale;
@@ -1124,7 +1159,10 @@ double xc_coord_step_deadline(double step_timeout_s, double mean_s, double mean_
 }
 
 static double step_deadline_s(const xc_coord *c, const replica *rp, int rows) {
-    return xc_coord_step_deadline(c->conf.step_timeout_s, rp->ewma_s, rp->ewma_rows, rows);
+    /* the replica's weights: the layers, the embedding table and the head */
+    const xc_place_model *m = &c->cost;
+    double wb = m->n_layers * m->layer_bytes + m->embed_bytes + m->head_bytes;
+    return xc_coord_step_deadline(c->conf.step_timeout_s, rp->ewma_s, rp->ewma_rows, rows, wb);
 }
 
 static void mb_sent(replica *rp, uint64_t id, int rows) {

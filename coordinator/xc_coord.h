@@ -66,6 +66,9 @@ typedef struct xc_coord_conf {
     int chunk;                  /* prefill rows of one sequence per micro-batch */
     int block_size;             /* KV tokens per block */
     int kv_blocks;              /* KV blocks per stage at most (also limited by worker memory) */
+    bool one_host;              /* every worker runs on this host and advertises its whole
+                                   memory (xcpipe serve's local CPU processes): the KV pools of
+                                   all stages and replicas together must fit beside all weights */
     int max_inflight;           /* micro-batches in flight per replica; 0 = stages + 1 */
     int max_context;            /* tokens per sequence; 0 = config max_length */
     int plora_rank;             /* for the placement cost model when it cannot see the checkpoint */
@@ -74,8 +77,8 @@ typedef struct xc_coord_conf {
     int send_queue;             /* messages queued per worker while its link is full; a full
                                    queue marks the worker slow (0 = 64) */
     double step_timeout_s;      /* a micro-batch not back after this fails its replica; 0 = auto:
-                                   20 x its expected time (measured), at least 10 s (60 s before
-                                   the first measurement) */
+                                   20 x its expected time (measured), at least 10 s (before the
+                                   first measurement: rows x weight bytes at 1 GB/s, >= 60 s) */
     int max_resumes;            /* times a request is re-prefilled after losing its replica
                                    (0 = fail it at once) */
     double resume_timeout_s;    /* a request waiting for a replica (resumed, or new while every
@@ -217,8 +220,11 @@ typedef struct xc_coord_stats {
 
 /* The deadline in seconds of a micro-batch of `rows` rows: step_timeout_s when > 0, else 20 x
  * its expected round trip (mean_s, the replica's measured mean, scaled by rows / mean_rows when
- * above the mean rows), at least 10 s; 60 s when nothing was measured yet (mean_s <= 0). */
-double xc_coord_step_deadline(double step_timeout_s, double mean_s, double mean_rows, int rows);
+ * above the mean rows), at least 10 s; when nothing was measured yet (mean_s <= 0), the time to
+ * stream the replica's weight_bytes once per row at 1 GB/s, at least 60 s (a 128-row chunk of
+ * the real 7B: 2,100 s; a tiny model: 60 s). */
+double xc_coord_step_deadline(double step_timeout_s, double mean_s, double mean_rows, int rows,
+                              double weight_bytes);
 
 /* Replicas placed (0 before placement). */
 int xc_coord_n_replicas(xc_coord *c);

@@ -27,9 +27,11 @@ static const xc_conf_entry coord_entries[] = {
                  "serve text only (no vision worker)"),
     XC_CONF_FLOAT("dead-timeout", "XC_DEAD_TIMEOUT", xc_coord_flags, dead_s, 3.0, 0.05, 3600,
                   "seconds without a heartbeat after which a worker is dead"),
-    XC_CONF_FLOAT("step-timeout", "XC_STEP_TIMEOUT", xc_coord_flags, step_timeout_s, 0, 0, 86400,
-                  "seconds a micro-batch may take before its replica is failed and re-formed "
-                  "(0 = 20 x its measured expected time, at least 10 s)"),
+    XC_CONF_FLOAT(
+        "step-timeout", "XC_STEP_TIMEOUT", xc_coord_flags, step_timeout_s, 0, 0, 86400,
+        "seconds a micro-batch may take before its replica is failed and re-formed "
+        "(0 = 20 x its measured expected time, at least 10 s; before a measurement its rows "
+        "x the replica's weight bytes at 1 GB/s, at least 60 s)"),
     XC_CONF_INT("max-resumes", "XC_MAX_RESUMES", xc_coord_flags, max_resumes, 3, 0, 1000,
                 "times a request is re-prefilled on another replica after losing its own "
                 "(0 = fail it)"),

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -425,6 +426,34 @@ void xc_worker_reset_stats(xc_worker *w) {
 
 /* ---- assignment ---- */
 
+/* The first stage reads the whole token-embedding table once, at load (CPU backend: the table is
+ * used in place through the checkpoint mapping). Every other weight is resident after the first
+ * forward, but a lookup faults in only the rows of the ids seen, so without this the stage's
+ * memory would creep towards the placement's prediction (which counts the whole table: 758 MB
+ * for the real vocabulary) over days of traffic, and the first use of a rare id would wait for
+ * the disk. MADV_WILLNEED starts the read-ahead; touching one byte per page maps the pages. */
+static void prefault_embedding(xc_worker *w) {
+    xc_tensor_view tv;
+    if (!w->ck || xc_ckpt_get(w->ck, "model.tok_embeddings.weight", &tv) != XC_OK || !tv.data ||
+        tv.nbytes == 0) {
+        return; /* xc_llm_create has reported a missing table already */
+    }
+    uint64_t t0 = xc_now_ns();
+    long pg = sysconf(_SC_PAGESIZE);
+    size_t page = pg > 0 ? (size_t)pg : 4096;
+    uintptr_t lo = (uintptr_t)tv.data & ~(uintptr_t)(page - 1);
+    (void)madvise((void *)lo, (uintptr_t)tv.data + tv.nbytes - lo, MADV_WILLNEED);
+    const volatile unsigned char *p = tv.data;
+    unsigned sum = 0;
+    for (size_t i = 0; i < tv.nbytes; i += page) {
+        sum += p[i];
+    }
+    sum += p[tv.nbytes - 1];
+    (void)sum; /* the reads are volatile: they happen */
+    XC_LOG_INFO("embedding table read at load: %.0f MB in %.2f s", (double)tv.nbytes / 1e6,
+                (double)(xc_now_ns() - t0) * 1e-9);
+}
+
 static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
     size_t f = sizeof(float);
     if (w->sim) {
@@ -469,6 +498,9 @@ static xc_status load_role(xc_worker *w, const xc_wire_assign *a) {
     }
 #endif
     xc_llm_set_progress(w->llm, note_progress, w);
+    if (a->stage == 0 && !strcmp(w->conf.backend, "cpu")) {
+        prefault_embedding(w);
+    }
     XC_TRY(xc_kv_create(w->be, xc_llm_n_kv_layers(w->llm), (int)a->kv_blocks, (int)a->kv_block_size,
                         xc_llm_kv_width(w->llm), w->kv_dtype, &w->kv));
     XC_TRY(
@@ -702,6 +734,12 @@ static void report_mb_failure(xc_worker *w, uint64_t mb, xc_status st, const cha
  * attention). Each frame gets its own reply. Returns the first frame's status; failures of the
  * others are reported here. */
 static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg *msg) {
+    if (!w->vision) { /* the sim backend takes the vision role but has no model to run */
+        return xc_errf(XC_ERR_UNSUPPORTED,
+                       "worker %s has no vision model (the sim backend "
+                       "simulates decoder stages only: serve it --no-vision)",
+                       w->id);
+    }
     const xc_vision_info *vi = xc_vision_get_info(w->vision);
     size_t per = (size_t)vi->n_tokens * (size_t)vi->out_dim;
     size_t img_px = 3u * (size_t)vi->img_size * (size_t)vi->img_size;

@@ -16,7 +16,7 @@ typedef struct worker_flags {
     const char *coordinator, *endpoint, *id, *backend, *log_level, *role, *kv_dtype;
     int threads, send_timeout_ms, mem_mb, sim_width, parent_pid, device, device_mem_mb;
     int image_cache_mb, vision_batch, vision_wait_ms;
-    double heartbeat_s, hang_s, orphan_s, device_mem_frac;
+    double heartbeat_s, hang_s, orphan_s, device_mem_frac, stop_grace_s;
     double sim_layer_us, sim_layer_row_us, sim_embed_us, sim_head_us, sim_head_row_us, sim_scale;
 } worker_flags;
 
@@ -60,6 +60,10 @@ static const xc_conf_entry worker_entries[] = {
     XC_CONF_FLOAT("orphan-timeout", "XC_ORPHAN_TIMEOUT", worker_flags, orphan_s, 0, 0, 1e7,
                   "exit (status 1) after this many seconds without a message from the "
                   "coordinator, which sends one every second (0 = wait for it forever)"),
+    XC_CONF_FLOAT("stop-grace", "XC_STOP_GRACE", worker_flags, stop_grace_s, 15, 0, 86400,
+                  "on SIGTERM/SIGINT, seconds to finish the message in hand (a full-size "
+                  "micro-batch or image can take minutes) before the process ends anyway "
+                  "(SIGALRM; 0 = wait for the message)"),
     XC_CONF_INT("parent-pid", "XC_PARENT_PID", worker_flags, parent_pid, 0, 0, 1 << 30,
                 "exit when process PID, which started this worker, exits (Linux parent-death "
                 "signal; 0 = no such parent)"),
@@ -94,8 +98,16 @@ static const xc_conf_spec worker_spec = {
 
 static volatile sig_atomic_t g_stop;
 
+static unsigned g_grace_s; /* --stop-grace, whole seconds (0 = none) */
+
+/* The main loop sees g_stop between messages; one message can run for minutes at full size, so
+ * the first signal also arms an alarm: the process ends (SIGALRM's default action) if it is still
+ * running --stop-grace seconds later. Both calls are async-signal-safe. */
 static void on_signal(int sig) {
     (void)sig;
+    if (!g_stop && g_grace_s > 0) {
+        alarm(g_grace_s);
+    }
     g_stop = 1;
 }
 
@@ -115,6 +127,7 @@ int xc_worker_cli_main(int argc, char **argv) {
     }
     xc_log_set_level((xc_log_level)xc_log_parse_level(c.log_level));
     xc_log_set_role("W");
+    g_grace_s = c.stop_grace_s > 0 ? (unsigned)(c.stop_grace_s + 0.999) : 0;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;

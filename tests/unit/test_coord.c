@@ -4,6 +4,7 @@
  * stage, a micro-batch that cannot be built, a stage error, an assignment that cannot load, and a
  * stop racing submissions. Tokens come from a formula of (sequence id, position) that the test
  * checks independently. */
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -982,15 +983,74 @@ static void test_coord_forged_heartbeats_do_not_stall(void **state) {
     fake_stop(&s0);
 }
 
+/* KV pools on one host (xcpipe serve's local workers): each worker advertises the whole host
+ * (1 GiB here), so per worker the pool may take what its own stage's weights leave; on one host
+ * all stages' pools together get 80 % of it less all the weights. 4 layers of 100 MB in 2
+ * stages, K and V of 1024 bytes per token and layer at the fakes' 4-byte elements (2x the bf16
+ * figure), 16-token blocks: per worker (2^30 - 200e6) / (2 x 2048 x 16) = 13,332 blocks; one
+ * host (0.8 x 2^30 - 400e6) / (4 x 2048 x 16) = 3,501 blocks. */
+static void kv_pool_blocks(bool one_host, int want) {
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://tc-coord-%d", ++g_serial);
+    xc_place_model cost = {.attn_time = 1,
+                           .ffn_time = 1,
+                           .layer_time = 2,
+                           .attn_bytes = 50e6,
+                           .ffn_bytes = 50e6,
+                           .layer_bytes = 100e6,
+                           .kv_bytes_layer = 1024,
+                           .kv_budget_tokens = 64};
+    xc_coord_conf cc = {.model_dir = g_dir,
+                        .endpoint = ep,
+                        .stages = 2,
+                        .replicas = 1,
+                        .workers = 2,
+                        .no_vision = true,
+                        .dead_s = 5,
+                        .max_rows = 2048,
+                        .chunk = 2048,
+                        .block_size = 16,
+                        .kv_blocks = 1 << 20,
+                        .send_timeout_ms = 1000,
+                        .one_host = one_host,
+                        .cost = &cost};
+    xc_coord *c = NULL;
+    assert_int_equal(xc_coord_create(&cc, &c), XC_OK);
+    fake s0, s1;
+    fake_init(&s0, "s0", ep);
+    fake_init(&s1, "s1", ep);
+    fake_start(&s0);
+    fake_start(&s1);
+    assert_int_equal(xc_coord_wait_ready(c, 5), XC_OK);
+    xc_coord_stats st = stats_of(c);
+    assert_int_equal(st.kv_blocks_total, want);
+    xc_coord_destroy(c);
+    fake_stop(&s0);
+    fake_stop(&s1);
+}
+
+static void test_coord_kv_pool_per_worker_and_one_host(void **state) {
+    (void)state;
+    assert_int_equal((int)(((double)(1ull << 30) - 200e6) / (2 * 2048 * 16)), 13332);
+    assert_int_equal((int)((0.8 * (double)(1ull << 30) - 400e6) / (4 * 2048 * 16)), 3501);
+    kv_pool_blocks(false, 13332);
+    kv_pool_blocks(true, 3501);
+}
+
 /* The step deadline rule against hand-computed values. */
 static void test_coord_step_deadline_rule(void **state) {
     (void)state;
-    assert_true(xc_coord_step_deadline(2.5, 0.01, 4, 100) == 2.5); /* fixed */
-    assert_true(xc_coord_step_deadline(0, 0, 0, 7) == 60);         /* nothing measured yet */
-    assert_true(xc_coord_step_deadline(0, 0.05, 4, 2) == 10);      /* 20 x 0.05 = 1 s: floor */
-    assert_true(xc_coord_step_deadline(0, 0.8, 4, 4) == 16);       /* 20 x 0.8 */
-    assert_true(xc_coord_step_deadline(0, 0.8, 4, 400) == 1600);   /* 100x the mean rows */
-    assert_true(xc_coord_step_deadline(0, 0.8, 4, 1) == 16);       /* fewer rows: no discount */
+    assert_true(xc_coord_step_deadline(2.5, 0.01, 4, 100, 0) == 2.5);   /* fixed */
+    assert_true(xc_coord_step_deadline(2.5, 0, 0, 128, 16.5e9) == 2.5); /* fixed, unmeasured */
+    assert_true(xc_coord_step_deadline(0, 0, 0, 7, 0) == 60);           /* nothing measured yet */
+    assert_true(xc_coord_step_deadline(0, 0, 0, 7, 5e6) == 60);         /* a tiny model: 60 s */
+    /* the real 7B (16.5 GB of weights), a 128-row chunk before any measurement: 2,112 s */
+    assert_true(fabs(xc_coord_step_deadline(0, 0, 0, 128, 16.5e9) - 2112) < 1e-6);
+    assert_true(fabs(xc_coord_step_deadline(0, 0, 0, 1, 16.5e9) - 60) < 1e-6); /* one row */
+    assert_true(xc_coord_step_deadline(0, 0.05, 4, 2, 16.5e9) == 10); /* 20 x 0.05 = 1 s: floor */
+    assert_true(xc_coord_step_deadline(0, 0.8, 4, 4, 16.5e9) == 16);  /* 20 x 0.8 */
+    assert_true(xc_coord_step_deadline(0, 0.8, 4, 400, 0) == 1600);   /* 100x the mean rows */
+    assert_true(xc_coord_step_deadline(0, 0.8, 4, 1, 0) == 16);       /* fewer rows: no discount */
 }
 
 /* A worker whose assignment fails to load loses the role, which goes to a spare, and is not
@@ -1155,6 +1215,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_coord_restart_under_same_id_resumes, mark_live,
                                         check_leaks),
         cmocka_unit_test_setup_teardown(test_coord_step_deadline_rule, mark_live, check_leaks),
+        cmocka_unit_test_setup_teardown(test_coord_kv_pool_per_worker_and_one_host, mark_live,
+                                        check_leaks),
         cmocka_unit_test_setup_teardown(test_coord_step_deadline_fails_and_resumes, mark_live,
                                         check_leaks),
         cmocka_unit_test_setup_teardown(test_coord_forged_heartbeats_do_not_stall, mark_live,
