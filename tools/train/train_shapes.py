@@ -7,7 +7,9 @@ CLIP ViT trained from scratch and PLoRA on the image rows as the original forwar
 Training sequences are laid out exactly as chat() lays out its prompts (interleav_wrap_chat for
 image questions: BOS per text segment; build_inputs for text-only ones: double BOS), with no meta
 instruction, and the answer plus [UNUSED_TOKEN_145] appended; the loss is on the answer tokens
-only. The data come from tools/train/shapes_world.py, generated on the fly (item seeds 0, 1, ...);
+only. With --q-per-image each picture is asked several questions, each still its own single-turn
+row in that layout (rows share the picture's CLIP forward). The data come from
+tools/train/shapes_world.py, generated on the fly (item seeds 0, 1, ...);
 held-out accuracy is measured with greedy chat() on item seeds from 1e9 on, which training never
 sees. See models/shapes/README.md.
 
