@@ -7,7 +7,9 @@ CLIP ViT trained from scratch and PLoRA on the image rows as the original forwar
 Training sequences are laid out exactly as chat() lays out its prompts (interleav_wrap_chat for
 image questions: BOS per text segment; build_inputs for text-only ones: double BOS), with no meta
 instruction, and the answer plus [UNUSED_TOKEN_145] appended; the loss is on the answer tokens
-only. The data come from tools/train/shapes_world.py, generated on the fly (item seeds 0, 1, ...);
+only. With --q-per-image each picture is asked several questions, each still its own single-turn
+row in that layout (rows share the picture's CLIP forward). The data come from
+tools/train/shapes_world.py, generated on the fly (item seeds 0, 1, ...);
 held-out accuracy is measured with greedy chat() on item seeds from 1e9 on, which training never
 sees. See models/shapes/README.md.
 
@@ -246,9 +248,12 @@ def patch_targets(items):
     """Per-patch (shape, colour) classes of the image items for the auxiliary probe: the object in
     the patch's cell (every patch of a cell holds part of it), or 0 = background."""
     shapes, colours = [], []
+    seen = set()
     for it in items:
-        if not it['image']:
+        if not it['image'] or it.get('img_idx', -1) in seen:
             continue
+        if 'img_idx' in it:  # one target per picture, however many rows ask about it
+            seen.add(it['img_idx'])
         by_cell = {o['cell']: o for o in it['scene']['objects']}
         s = torch.zeros(GRID * GRID, dtype=torch.long)
         c = torch.zeros(GRID * GRID, dtype=torch.long)
@@ -269,12 +274,12 @@ CELLS = torch.tensor([(py * 3 // GRID) * 3 + px * 3 // GRID for py in range(GRID
                       for px in range(GRID)])
 
 
-def make_batch(model, lay, items, images):
+def make_batch(model, lay, items, images, img_embeds=None, vit_out=None):
     """inputs_embeds, im_mask and labels (-100 except on answer tokens) for a batch, right-padded,
-    and the CLIP features of the images. `images` holds the image items' pixel tensors in order."""
+    and the CLIP features of the images. `images` holds the image items' pixel tensors in order
+    (or img_embeds/vit_out their features, computed already)."""
     emb = model.model.tok_embeddings
-    img_embeds = vit_out = None
-    if images:
+    if images and img_embeds is None:
         vit_out = model.vit(torch.stack(images))
         img_embeds = model.vision_proj(vit_out)
     rows, masks, labels = [], [], []
@@ -284,7 +289,7 @@ def make_batch(model, lay, items, images):
             p, ans = lay.image_item(it['question'], it['answer'])
             ids_a = torch.tensor(lay.head)
             ids_b = torch.tensor(p + ans)
-            e = torch.cat([emb(ids_a), img_embeds[k], emb(ids_b)])
+            e = torch.cat([emb(ids_a), img_embeds[it.get('img_idx', k)], emb(ids_b)])
             k += 1
             n_img = img_embeds.shape[1]
             m = torch.cat([torch.zeros(len(lay.head)), torch.ones(n_img), torch.zeros(len(ids_b))])
@@ -360,6 +365,7 @@ def fmt_acc(acc):
 
 
 def main():
+    global LLM_HIDDEN, LLM_INTERMEDIATE, LLM_LAYERS, LLM_HEADS, LLM_KV_HEADS
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--orig-dir', required=True)
     ap.add_argument('--out', default='models/shapes')
@@ -390,11 +396,29 @@ def main():
                     help='item seed of the first training sample (continuing: past the last run)')
     ap.add_argument('--aux-weight', type=float, default=1.0,
                     help='weight of the auxiliary per-patch probe loss on the CLIP features')
+    ap.add_argument('--q-per-image', default='',
+                    help='several questions about each picture, each its own single-turn row '
+                    'sharing one CLIP forward: comma-separated types per picture, e.g. '
+                    'caption,color,shape,where,count,exists,where,exists (--batch then counts '
+                    'pictures; empty: one item per row, as before)')
+    ap.add_argument('--text-per-image', type=int, default=1,
+                    help='with --q-per-image: text-only rows per picture')
+    ap.add_argument('--llm', default='',
+                    help='LLM sizes hidden,intermediate,layers,heads,kv_heads (default '
+                    f'{LLM_HIDDEN},{LLM_INTERMEDIATE},{LLM_LAYERS},{LLM_HEADS},{LLM_KV_HEADS})')
+    ap.add_argument('--log-every', type=int, default=25)
     ap.add_argument('--time-limit', type=float, default=0,
                     help='stop after this many minutes (0: run all steps)')
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.llm:
+        LLM_HIDDEN, LLM_INTERMEDIATE, LLM_LAYERS, LLM_HEADS, LLM_KV_HEADS = map(
+            int, args.llm.split(','))
+    qpi = args.q_per_image.split(',') if args.q_per_image else []
+    for q in qpi:
+        if q not in W.QTYPES or q == 'text':
+            ap.error(f'--q-per-image: bad type {q!r}')
     torch.manual_seed(args.seed)
     orig = MF.Orig(args.orig_dir)
     os.makedirs(args.out, exist_ok=True)
@@ -476,17 +500,53 @@ def main():
     history = []
     for step in range(args.steps):
         items, images = [], []
-        for _ in range(args.batch):
-            it = W.item(seed, pick_type(seed))
-            seed += 1
-            items.append(it)
-            if it['image']:
-                images.append(pixels_tensor(W.render(it['scene'])))
+        if qpi:  # --q-per-image: each picture asked several questions (distinct question
+            # streams of one scene; question seeds far below the held-out range)
+            for _ in range(args.batch):
+                sc = W.scene(seed)
+                for j, qt in enumerate(qpi):
+                    t, q, a, _ = W.question(seed * 64 + j + 1, sc, qt)
+                    items.append(dict(seed=seed, scene=sc, qtype=t, question=q, answer=a,
+                                      image=True, img_idx=len(images)))
+                for j in range(args.text_per_image):
+                    items.append(W.item(seed * 64 + 32 + j, 'text'))
+                images.append(pixels_tensor(W.render(sc)))
+                seed += 1
+        else:
+            for _ in range(args.batch):
+                it = W.item(seed, pick_type(seed))
+                seed += 1
+                items.append(it)
+                if it['image']:
+                    images.append(pixels_tensor(W.render(it['scene'])))
         for g in opt.param_groups:
             g['lr'] = lr_at(step)
-        E, M, T, vit_out, img_rows = make_batch(model, lay, items, images)
-        out = model(inputs_embeds=E, im_mask=M, labels=T, use_cache=False, return_dict=True)
-        loss = out.loss
+        if qpi:
+            # one CLIP forward; the rows in three groups of similar length (captions, other
+            # image questions, text) so that little is padding. The loss is the token mean over
+            # all groups, the same as one padded batch gives (causal attention, right padding).
+            vit_out = model.vit(torch.stack(images))
+            img_rows = model.vision_proj(vit_out)
+            groups = [[it for it in items if it['qtype'] == 'caption'],
+                      [it for it in items if it['image'] and it['qtype'] != 'caption'],
+                      [it for it in items if not it['image']]]
+            lm_sum, n_tok = 0, 0
+            for g in groups:
+                if not g:
+                    continue
+                E, M, T, _, _ = make_batch(model, lay, g, images, img_rows, vit_out)
+                o = model(inputs_embeds=E, im_mask=M, labels=T, use_cache=False,
+                          return_dict=True)
+                n = int((T[:, 1:] != -100).sum())
+                lm_sum = lm_sum + o.loss * n
+                n_tok += n
+            loss = lm_sum / n_tok
+        else:
+            E, M, T, vit_out, img_rows = make_batch(model, lay, items, images)
+            out = model(inputs_embeds=E, im_mask=M, labels=T, use_cache=False,
+                        return_dict=True)
+            loss = out.loss
+        lm_loss = loss.item()
         if args.aux_weight > 0 and vit_out is not None:
             # Auxiliary probe on the CLIP features (a training aid, not part of the model): the
             # shape and colour of the object in each patch's cell. It gives the from-scratch
@@ -510,9 +570,9 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        ema = out.loss.item() if ema is None else 0.95 * ema + 0.05 * out.loss.item()
+        ema = lm_loss if ema is None else 0.95 * ema + 0.05 * lm_loss
         el = time.time() - t0
-        if step % 25 == 0:
+        if step % args.log_every == 0:
             log(f'step {step} loss {ema:.4f} lr {lr_at(step):.2e} {el:.0f}s' +
                 (f' aux {aux.item():.3f}' if args.aux_weight > 0 and vit_out is not None else ''))
         if (step + 1) % args.eval_every == 0:
