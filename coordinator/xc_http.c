@@ -1551,6 +1551,12 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
                                        .sequences = cs.stages[i].sequences,
                                        .kv_bytes_per_token = cs.stages[i].kv_bytes_per_token};
         }
+        uint64_t ic_hits = 0, ic_misses = 0;
+        size_t ic_bytes = 0;
+        if (h->api.imgcache) {
+            int ic_entries = 0;
+            xc_api_imgcache_stats(h->api.imgcache, &ic_hits, &ic_misses, &ic_entries, &ic_bytes);
+        }
         xc_metrics_gauges g = {.running = cs.running,
                                .waiting = cs.waiting,
                                .http_active = atomic_load(&h->active),
@@ -1563,6 +1569,9 @@ static enum MHD_Result route(xc_http *h, struct MHD_Connection *conn, const char
                                .image_cache_misses = cs.image_cache_misses,
                                .prompt_rows_computed = cs.prompt_rows_computed,
                                .prefix_hit_rows = cs.prefix_hit_rows,
+                               .input_cache_hits = (double)ic_hits,
+                               .input_cache_misses = (double)ic_misses,
+                               .input_cache_bytes = (double)ic_bytes,
                                .bytes_to_stage0 = cs.bytes_to_stage0,
                                .resumes = cs.resumes,
                                .resume_failures = cs.resume_failures,

@@ -212,6 +212,18 @@ char *xc_metrics_render(xc_metrics *m, const xc_metrics_gauges *g, size_t *len) 
              "xcpipe_prefix_cache_hit_rows_total %.17g\n",
              g->prompt_rows_computed, g->prefix_hit_rows);
         outf(&o,
+             "# HELP xcpipe_input_image_cache_hits_total Request images found decoded in the "
+             "input image cache (by the hash of their encoded bytes; not decoded again).\n"
+             "# TYPE xcpipe_input_image_cache_hits_total counter\n"
+             "xcpipe_input_image_cache_hits_total %.17g\n"
+             "# HELP xcpipe_input_image_cache_misses_total Request images looked up in the input "
+             "image cache and decoded.\n"
+             "# TYPE xcpipe_input_image_cache_misses_total counter\n"
+             "xcpipe_input_image_cache_misses_total %.17g\n",
+             g->input_cache_hits, g->input_cache_misses);
+        gauge(&o, "xcpipe_input_image_cache_bytes",
+              "Bytes of decoded images held by the input image cache.", g->input_cache_bytes);
+        outf(&o,
              "# HELP xcpipe_coordinator_bytes_sent_total Bytes of forward frames the "
              "coordinator sent to first stages.\n"
              "# TYPE xcpipe_coordinator_bytes_sent_total counter\n"

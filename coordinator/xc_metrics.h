@@ -50,7 +50,10 @@ typedef struct xc_metrics_gauges {
     double slow_peer_sends, unknown_dropped;
     double image_cache_hits, image_cache_misses;  /* its embedding cache: found / encoded */
     double prompt_rows_computed, prefix_hit_rows; /* prefill rows run / taken from the cache */
-    const xc_metrics_stage *stages;               /* (n_stages) */
+    /* the HTTP side's input image cache (--image-input-cache-mb): decoded images found by the
+       hash of their encoded bytes / decoded, and what it holds */
+    double input_cache_hits, input_cache_misses, input_cache_bytes;
+    const xc_metrics_stage *stages; /* (n_stages) */
     int n_stages;
 } xc_metrics_gauges;
 

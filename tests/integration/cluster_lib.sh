@@ -75,4 +75,19 @@ start_workers() {
   done
 }
 
-free_port() { echo $((20000 + RANDOM % 20000)); }
+# A TCP port for a listener: below the kernel's ephemeral range (32768-60999 here; outgoing
+# connections of this or a parallel test take ports from there), not listening now, and not
+# handed out before in this test.
+free_port() {
+  local p i
+  for i in $(seq 200); do
+    p=$((20000 + RANDOM % 12000))
+    grep -qx "$p" "$T/.ports" 2>/dev/null && continue
+    (exec 3<> "/dev/tcp/127.0.0.1/$p") 2> /dev/null && continue
+    echo "$p" >> "$T/.ports"
+    echo "$p"
+    return 0
+  done
+  echo "free_port: no free port found" >&2
+  return 1
+}

@@ -46,7 +46,7 @@ echo "2 stages over tcp: $N answers identical"
 # 3. under mpirun: rank 0 coordinator + HTTP, rank 1 vision, then the stages (1, 2 and 3)
 if [ "$MPIEXEC" != none ]; then
   for st in 1 2 3; do
-    port=$((20000 + RANDOM % 20000))
+    port=$((20000 + RANDOM % 12000))  # below the ephemeral range (32768-)
     timeout 150 "$MPIEXEC" --allow-run-as-root --oversubscribe -np $((st + 2)) "$XCPIPE" serve \
       --transport mpi --model "$M" --stages "$st" --threads 1 --host 127.0.0.1 --port "$port" \
       > "$T/mpi$st.log" 2>&1 &

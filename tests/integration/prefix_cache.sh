@@ -53,7 +53,7 @@ def metrics():
     m = c.getresponse().read().decode()
     get = lambda n: int(float(re.search(r"^%s (\S+)$" % n, m, re.M)[1]))
     return [get("xcpipe_prompt_rows_computed_total"), get("xcpipe_prefix_cache_hit_rows_total"),
-            get("xcpipe_vision_images_total")]
+            get("xcpipe_vision_images_total"), get("xcpipe_input_image_cache_hits_total")]
 def user(i, text):
     return {"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + img[i]}},
@@ -65,7 +65,8 @@ def step(key, body):
     m1 = metrics()
     out[key] = {"answers": [c["message"]["content"] for c in d["choices"]],
                 "prompt": d["usage"]["prompt_tokens"],
-                "rows": m1[0] - m0[0], "hit": m1[1] - m0[1], "vision": m1[2] - m0[2]}
+                "rows": m1[0] - m0[0], "hit": m1[1] - m0[1], "vision": m1[2] - m0[2],
+                "input_hit": m1[3] - m0[3]}
     if body.get("logprobs"):
         out[key]["lp"] = [json.dumps(c["logprobs"]) for c in d["choices"]]
     return d
@@ -106,6 +107,10 @@ for k in on:
     check(off[k]["hit"] == 0, "%s: cache hits with --no-prefix-cache" % k)
 check(on["turn2"]["lp"] == off["turn2"]["lp"], "turn 2: logprobs differ with the cache on and off")
 check(on["n4"]["lp"] == off["n4"]["lp"], "n = 4: logprobs differ with the cache on and off")
+for r in (on, off):  # turn 2 re-sends turn 1's image bytes: found decoded (input image cache)
+    check(r["turn1"]["input_hit"] == 0 and r["turn2"]["input_hit"] == 1,
+          "input image cache hits: turn 1 %d (want 0), turn 2 %d (want 1)" %
+          (r["turn1"]["input_hit"], r["turn2"]["input_hit"]))
 p1, p2 = on["turn1"]["prompt"], on["turn2"]["prompt"]
 check(on["turn2"]["vision"] == 0 and off["turn2"]["vision"] == 1,
       "turn 2: vision jobs on %d (want 0), off %d (want 1)" % (on["turn2"]["vision"],
