@@ -274,6 +274,44 @@ CELLS = torch.tensor([(py * 3 // GRID) * 3 + px * 3 // GRID for py in range(GRID
                       for px in range(GRID)])
 
 
+def hard_exists(rng, sc):
+    """A balanced yes/no binding question about scene `sc` (training only, --exists-hard): 'yes'
+    names a present object's colour and shape; 'no' names a present colour with another present
+    object's shape, or a present shape with a colour no object has, or a present colour with a
+    shape no object has, so that the answer depends on which colour goes with which shape."""
+    objs = sc['objects']
+    present = {(o['color'], o['shape']) for o in objs}
+    if rng.rnd(2):
+        o = objs[rng.rnd(len(objs))]
+        c, s, a = o['color'], o['shape'], 'yes'
+    else:
+        cands = [(p['color'], q['shape']) for p in objs for q in objs
+                 if (p['color'], q['shape']) not in present]  # swapped bindings
+        if not cands or rng.rnd(3) == 0:  # one part present, the other absent
+            o = objs[rng.rnd(len(objs))]
+            if rng.rnd(2):
+                cands = [(c, o['shape']) for c in range(len(W.COLOURS))
+                         if (c, o['shape']) not in present]
+            else:
+                cands = [(o['color'], s) for s in range(len(W.SHAPES))
+                         if (o['color'], s) not in present]
+        c, s = cands[rng.rnd(len(cands))]
+        a = 'no'
+    return f'Is there a {W.COLOURS[c]} {W.SHAPES[s]}?', a
+
+
+def colour_key_question(rng, sc):
+    """A training-only question keyed by colour (--colour-key-q): 'What shape is the red one?'
+    about an object whose colour no other object has; None when every colour is shared. No
+    evaluated question looks an object up by its colour, but 'Is there a red square?' needs it."""
+    objs = sc['objects']
+    uniq = [o for o in objs if sum(p['color'] == o['color'] for p in objs) == 1]
+    if not uniq:
+        return None
+    o = uniq[rng.rnd(len(uniq))]
+    return f'What shape is the {W.COLOURS[o["color"]]} one?', W.SHAPES[o['shape']]
+
+
 def make_batch(model, lay, items, images, img_embeds=None, vit_out=None):
     """inputs_embeds, im_mask and labels (-100 except on answer tokens) for a batch, right-padded,
     and the CLIP features of the images. `images` holds the image items' pixel tensors in order
@@ -401,6 +439,13 @@ def main():
                     'sharing one CLIP forward: comma-separated types per picture, e.g. '
                     'caption,color,shape,where,count,exists,where,exists (--batch then counts '
                     'pictures; empty: one item per row, as before)')
+    ap.add_argument('--exists-hard', type=float, default=0,
+                    help='with --q-per-image: probability that an exists question is replaced by '
+                    'a balanced yes/no binding question about the same picture (training only; '
+                    'the evaluation keeps shapes_world.question())')
+    ap.add_argument('--colour-key-q', type=int, default=0,
+                    help='with --q-per-image: training-only questions per picture that look an '
+                    'object up by its colour ("What shape is the red one?")')
     ap.add_argument('--text-per-image', type=int, default=1,
                     help='with --q-per-image: text-only rows per picture')
     ap.add_argument('--llm', default='',
@@ -506,8 +551,17 @@ def main():
                 sc = W.scene(seed)
                 for j, qt in enumerate(qpi):
                     t, q, a, _ = W.question(seed * 64 + j + 1, sc, qt)
+                    if t == 'exists' and args.exists_hard > 0:
+                        r = W.Rng((seed * 64 + j + 1) ^ 0xE715)
+                        if r.next() / 2.0**64 < args.exists_hard:
+                            q, a = hard_exists(r, sc)
                     items.append(dict(seed=seed, scene=sc, qtype=t, question=q, answer=a,
                                       image=True, img_idx=len(images)))
+                for j in range(args.colour_key_q):  # training only: colour -> shape lookups
+                    qa = colour_key_question(W.Rng((seed * 64 + 48 + j) ^ 0xC01), sc)
+                    if qa:
+                        items.append(dict(seed=seed, scene=sc, qtype='shape', question=qa[0],
+                                          answer=qa[1], image=True, img_idx=len(images)))
                 for j in range(args.text_per_image):
                     items.append(W.item(seed * 64 + 32 + j, 'text'))
                 images.append(pixels_tensor(W.render(sc)))
@@ -600,7 +654,10 @@ def main():
                 init=args.init, batch=args.batch, lr=args.lr, seed=args.seed,
                 aux_weight=args.aux_weight, cell_probe=args.cell_probe,
                 type_weights=args.type_weights, proj_probe=args.proj_probe,
-                probe_warmup=args.probe_warmup,
+                probe_warmup=args.probe_warmup, q_per_image=args.q_per_image,
+                text_per_image=args.text_per_image, exists_hard=args.exists_hard,
+                colour_key_q=args.colour_key_q,
+                warmup=args.warmup, steps_scheduled=args.steps,
                 threads=args.threads, train_seconds=round(train_s), plora_r=args.plora_r,
                 final_acc=acc, final_per_type=args.final_per_type, held_out_seed=HELD_OUT_SEED,
                 history=history, torch=torch.__version__)
