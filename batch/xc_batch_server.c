@@ -302,6 +302,26 @@ xc_status xc_batch_server_stop(xc_batch_server *s, double grace_s) {
     return st;
 }
 
+xc_status xc_batch_server_lazy_init(xc_batch_server_lazy *l, const char *who,
+                                    const xc_batch_server_conf *sc,
+                                    xc_status (**start)(void *, const char **, const char **),
+                                    void **start_ud, bool (**alive)(void *), void **alive_ud) {
+    memset(l, 0, sizeof *l);
+    l->who = who;
+    ssize_t n = readlink("/proc/self/exe", l->exe, sizeof l->exe - 1);
+    if (n <= 0) {
+        return xc_errf(XC_ERR_IO, "cannot find this program's path: %s", strerror(errno));
+    }
+    l->exe[n] = 0;
+    l->sc = *sc;
+    l->sc.exe = l->exe;
+    *start = xc_batch_server_lazy_start;
+    *start_ud = l;
+    *alive = xc_batch_server_lazy_alive;
+    *alive_ud = l;
+    return XC_OK;
+}
+
 xc_status xc_batch_server_lazy_start(void *ud, const char **endpoint, const char **api_key) {
     xc_batch_server_lazy *l = ud;
     fprintf(stderr, "%s: starting a local cluster (%s, %d stage(s); log %s)\n", l->who, l->sc.model,

@@ -4,6 +4,7 @@
  * process dies, and runs in its own process group so a terminal's ^C reaches only the batch. */
 #pragma once
 
+#include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -43,7 +44,17 @@ typedef struct xc_batch_server_lazy {
     xc_batch_server_conf sc;
     const char *who;
     xc_batch_server *srv;
+    char exe[PATH_MAX]; /* this program's path (xc_batch_server_lazy_init) */
 } xc_batch_server_lazy;
+
+/* Sets l up to start `xcpipe serve` as sc says, with this program's own binary (read from
+ * /proc/self/exe; sc->exe is ignored), on its first use: *start, *alive and their user data get
+ * what xc_batch_conf wants (start, start_ud, alive, alive_ud). who names the caller in messages.
+ * XC_ERR_IO when the program's path cannot be read (the message says why). */
+xc_status xc_batch_server_lazy_init(xc_batch_server_lazy *l, const char *who,
+                                    const xc_batch_server_conf *sc,
+                                    xc_status (**start)(void *, const char **, const char **),
+                                    void **start_ud, bool (**alive)(void *), void **alive_ud);
 
 /* Starts l (a xc_batch_server_lazy *) and gives its URL and key (xc_batch_conf.start). */
 xc_status xc_batch_server_lazy_start(void *l, const char **endpoint, const char **api_key);

@@ -199,29 +199,23 @@ int xc_cmd_batch(int argc, char **argv) {
     c.stop = &g_stop;
     c.abort_now = &g_abort;
 
-    xc_batch_server_lazy local = {.who = "xcpipe batch"};
-    char exe[PATH_MAX], log_path[PATH_MAX];
+    xc_batch_server_lazy local = {0};
+    char log_path[PATH_MAX];
     if (f.model) {
-        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-        if (n <= 0) {
-            fprintf(stderr, "xcpipe batch: cannot find this program's path: %s\n", strerror(errno));
-            return 2;
-        }
-        exe[n] = 0;
         snprintf(log_path, sizeof log_path, "%s%s", f.serve_log ? f.serve_log : f.output,
                  f.serve_log ? "" : ".serve.log");
-        local.sc = (xc_batch_server_conf){.exe = exe,
-                                          .model = f.model,
-                                          .stages = f.stages,
-                                          .extra = f.serve_args.items,
-                                          .n_extra = f.serve_args.n,
-                                          .log_path = log_path,
-                                          .ready_timeout_s = f.ready_timeout_s,
-                                          .abort = &g_stop};
-        c.start = xc_batch_server_lazy_start;
-        c.start_ud = &local;
-        c.alive = xc_batch_server_lazy_alive;
-        c.alive_ud = &local;
+        xc_batch_server_conf sc = {.model = f.model,
+                                   .stages = f.stages,
+                                   .extra = f.serve_args.items,
+                                   .n_extra = f.serve_args.n,
+                                   .log_path = log_path,
+                                   .ready_timeout_s = f.ready_timeout_s,
+                                   .abort = &g_stop};
+        if (xc_batch_server_lazy_init(&local, "xcpipe batch", &sc, &c.start, &c.start_ud, &c.alive,
+                                      &c.alive_ud) != XC_OK) {
+            fprintf(stderr, "xcpipe batch: %s\n", xc_err_last());
+            return 2;
+        }
     }
 
     struct sigaction sa;

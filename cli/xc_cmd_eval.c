@@ -451,28 +451,20 @@ static int cmd_shapes(int argc, char **argv) {
     c.progress = XC_BATCH_PROGRESS_OFF;
     c.stop = &g_stop;
     c.abort_now = &g_abort;
-    xc_batch_server_lazy local = {.who = "xcpipe eval"};
-    char exe[PATH_MAX];
+    xc_batch_server_lazy local = {0};
     if (f.model) {
-        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-        if (n <= 0) {
-            fprintf(stderr, "xcpipe eval shapes: cannot find this program's path: %s\n",
-                    strerror(errno));
+        xc_batch_server_conf sc = {.model = f.model,
+                                   .stages = f.stages,
+                                   .extra = f.serve_args.items,
+                                   .n_extra = f.serve_args.n,
+                                   .log_path = log_path,
+                                   .ready_timeout_s = f.ready_timeout_s,
+                                   .abort = &g_stop};
+        if (xc_batch_server_lazy_init(&local, "xcpipe eval", &sc, &c.start, &c.start_ud, &c.alive,
+                                      &c.alive_ud) != XC_OK) {
+            fprintf(stderr, "xcpipe eval shapes: %s\n", xc_err_last());
             goto done;
         }
-        exe[n] = 0;
-        local.sc = (xc_batch_server_conf){.exe = exe,
-                                          .model = f.model,
-                                          .stages = f.stages,
-                                          .extra = f.serve_args.items,
-                                          .n_extra = f.serve_args.n,
-                                          .log_path = log_path,
-                                          .ready_timeout_s = f.ready_timeout_s,
-                                          .abort = &g_stop};
-        c.start = xc_batch_server_lazy_start;
-        c.start_ud = &local;
-        c.alive = xc_batch_server_lazy_alive;
-        c.alive_ud = &local;
     }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -18,6 +18,7 @@
 
 #include "xc_batch.h"
 #include "xc_batch_input.h"
+#include "xc_batch_server.h"
 #include "xc_test.h"
 
 /* ---- the fake server ---- */
@@ -664,6 +665,48 @@ static void test_batch_sends_image_files_as_data_urls(void **state) {
     fclose(log);
 }
 
+/* The local cluster's set-up: this program's own path, the caller's configuration, the hooks
+ * xc_batch_conf wants, and nothing started before the first use. */
+static void test_batch_server_lazy_init_hooks_this_program(void **state) {
+    (void)state;
+    char want[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", want, sizeof want - 1);
+    assert_true(n > 0);
+    want[n] = 0;
+    const char *extra[] = {"--threads", "1"};
+    volatile sig_atomic_t stop = 0;
+    xc_batch_server_conf sc = {.exe = "/not/this",
+                               .model = "models/x",
+                               .stages = 3,
+                               .extra = extra,
+                               .n_extra = 2,
+                               .log_path = "/tmp/x.log",
+                               .ready_timeout_s = 7,
+                               .abort = &stop};
+    xc_batch_conf c;
+    xc_batch_conf_defaults(&c);
+    xc_batch_server_lazy l;
+    assert_int_equal(xc_batch_server_lazy_init(&l, "xcpipe test", &sc, &c.start, &c.start_ud,
+                                               &c.alive, &c.alive_ud),
+                     XC_OK);
+    assert_string_equal(l.exe, want);
+    assert_ptr_equal(l.sc.exe, l.exe);
+    assert_string_equal(l.sc.model, "models/x");
+    assert_int_equal(l.sc.stages, 3);
+    assert_ptr_equal(l.sc.extra, extra);
+    assert_int_equal(l.sc.n_extra, 2);
+    assert_string_equal(l.sc.log_path, "/tmp/x.log");
+    assert_true(l.sc.ready_timeout_s == 7);
+    assert_ptr_equal(l.sc.abort, &stop);
+    assert_string_equal(l.who, "xcpipe test");
+    assert_null(l.srv);
+    assert_ptr_equal(c.start, xc_batch_server_lazy_start);
+    assert_ptr_equal(c.start_ud, &l);
+    assert_ptr_equal(c.alive, xc_batch_server_lazy_alive);
+    assert_ptr_equal(c.alive_ud, &l);
+    assert_true(c.alive(c.alive_ud)); /* not started yet: nothing has gone */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_batch_runs_every_request_once_with_c_in_flight, reset_files),
@@ -674,6 +717,7 @@ int main(void) {
         cmocka_unit_test_setup(test_batch_stops_on_refused_key_and_unreachable_endpoint,
                                reset_files),
         cmocka_unit_test_setup(test_batch_sends_image_files_as_data_urls, reset_files),
+        cmocka_unit_test(test_batch_server_lazy_init_hooks_this_program),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
