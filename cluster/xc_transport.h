@@ -61,7 +61,7 @@ typedef struct xc_transport_conf {
      * XC_CURVE_CLIENT_KEYS(_FILE); none at all admits any sender that knows the server key. */
     const char *curve_client_keys;
     /* RECV: xc_transport_wake can end a receive early (zmq: an eventfd polled with the socket,
-     * one more poll per message; inproc always can; mpi cannot) */
+     * one more poll per message; mpi: a flag its polling loop checks; inproc always can) */
     bool wakeable;
 } xc_transport_conf;
 
@@ -101,7 +101,7 @@ xc_status xc_transport_recv(xc_transport *tx, int timeout_ms, xc_msg *out);
 
 /* From any thread: a xc_transport_recv waiting on tx (RECV, opened with conf.wakeable) returns
  * XC_ERR_TIMEOUT now, or the next one does at once if none waits (one wake-up is kept until a
- * receive returns). A no-op where the transport cannot (mpi): its receive ends at its timeout. */
+ * receive returns). A no-op on a receiver not opened wakeable (zmq, mpi). */
 void xc_transport_wake(xc_transport *tx);
 
 /* The endpoint as opened, resolved ("tcp://127.0.0.1:41234" for port *). A view valid until

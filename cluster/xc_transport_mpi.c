@@ -10,6 +10,7 @@
  * every call and buy nothing. If the application initialised MPI itself, it must provide at
  * least SERIALIZED and not call MPI concurrently with these transports. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,8 @@ typedef struct mpi_tx {
     size_t max_frame;
     mpi_pending *pending; /* (hwm) SEND slots, n_reqs == 0 when free */
     bool broken;          /* RECV: a peer broke the framing; nothing more can be matched */
+    bool wakeable;        /* RECV with conf.wakeable */
+    atomic_bool woken;    /* xc_transport_wake: the receive's polling loop returns */
 } mpi_tx;
 
 static void nap(void) {
@@ -156,6 +159,8 @@ static xc_status mpi_open(xc_transport *tx, const char *ep, const xc_transport_c
     m->hwm = conf->hwm;
     m->linger_ms = conf->linger_ms;
     m->max_frame = conf->max_frame_bytes;
+    m->wakeable = tx->mode == XC_TRANSPORT_RECV && conf->wakeable;
+    atomic_init(&m->woken, false);
     if (tx->mode == XC_TRANSPORT_SEND &&
         !(m->pending = xc_calloc((size_t)m->hwm, sizeof *m->pending))) {
         xc_free(m);
@@ -308,6 +313,14 @@ static xc_status mpi_send(xc_transport *tx, xc_frame *frames, size_t n, int time
     return XC_OK;
 }
 
+/* The receive polls every 20 us (nap), so a flag it checks between polls is wake-up enough. */
+static void mpi_wake(xc_transport *tx) {
+    mpi_tx *m = tx->ctx;
+    if (m->wakeable) {
+        atomic_store(&m->woken, true);
+    }
+}
+
 static xc_status mpi_recv(xc_transport *tx, int timeout_ms, xc_msg *out) {
     mpi_tx *m = tx->ctx;
     const char *ep = tx->endpoint;
@@ -325,7 +338,13 @@ static xc_status mpi_recv(xc_transport *tx, int timeout_ms, xc_msg *out) {
             return mpi_status(ep, "MPI_Iprobe", rc);
         }
         if (flag) {
+            if (m->wakeable) {
+                atomic_store(&m->woken, false); /* a message wins; the wake-up is spent too */
+            }
             break;
+        }
+        if (m->wakeable && atomic_exchange(&m->woken, false)) {
+            return xc_errf(XC_ERR_TIMEOUT, "mpi %s: woken", ep);
         }
         if (xc_deadline_left_ms(deadline) == 0) {
             return xc_errf(XC_ERR_TIMEOUT, "mpi %s: nothing received in %d ms", ep, timeout_ms);
@@ -392,4 +411,5 @@ const xc_transport_ops xc_transport_mpi_ops = {
     .close = mpi_close,
     .send = mpi_send,
     .recv = mpi_recv,
+    .wake = mpi_wake,
 };

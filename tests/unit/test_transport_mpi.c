@@ -1,8 +1,10 @@
 /* MPI transport tests, run by ctest under `mpirun -np 2`: multi-frame zero-copy messages from
  * rank 1 to rank 0, wire messages both ways with a garbage frame dropped, timeouts and bad
- * endpoints. Both ranks run every test; MPI_Barrier separates them. */
+ * endpoints, wake-ups. Both ranks run every test; MPI_Barrier separates them. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mpi.h>
 
@@ -147,6 +149,64 @@ static void test_transport_mpi_timeout_and_bad_endpoints(void **state) {
     MPI_Barrier(MPI_COMM_WORLD);
 }
 
+/* xc_transport_wake (the coordinator's receive is opened wakeable): a wake-up from another thread
+ * ends a long receive at once, one sent before a receive is kept for it and then spent, a message
+ * still arrives whole after them, and a receiver not opened wakeable ignores wake-ups. */
+static void *waker(void *arg) {
+    usleep(50000);
+    xc_transport_wake(arg);
+    return NULL;
+}
+
+static void test_transport_mpi_wake(void **state) {
+    (void)state;
+    xc_msg m;
+    if (g_rank == 0) {
+        xc_transport_conf c = XC_TRANSPORT_CONF_INIT;
+        c.wakeable = true;
+        xc_transport *rx = NULL;
+        assert_int_equal(xc_transport_open("mpi://*/5", XC_TRANSPORT_RECV, &c, &rx), XC_OK);
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, waker, rx), 0);
+        uint64_t t0 = xc_now_ns();
+        assert_int_equal(xc_transport_recv(rx, 20000, &m), XC_ERR_TIMEOUT);
+        double took = (double)(xc_now_ns() - t0) * 1e-6;
+        pthread_join(th, NULL);
+        if (took < 40 || took > 10000) { /* woken after ~50 ms, long before the 20 s timeout */
+            fail_msg("woken after %.1f ms", took);
+        }
+        xc_transport_wake(rx); /* kept for the next receive */
+        t0 = xc_now_ns();
+        assert_int_equal(xc_transport_recv(rx, 20000, &m), XC_ERR_TIMEOUT);
+        assert_true(xc_now_ns() - t0 < 10000000000ull);
+        t0 = xc_now_ns(); /* spent: the next receive waits its timeout */
+        assert_int_equal(xc_transport_recv(rx, 80, &m), XC_ERR_TIMEOUT);
+        assert_true((double)(xc_now_ns() - t0) * 1e-6 >= 60);
+        MPI_Barrier(MPI_COMM_WORLD); /* rank 1 sends now */
+        assert_int_equal(xc_transport_recv(rx, 20000, &m), XC_OK);
+        assert_int_equal(m.n, 1);
+        assert_int_equal(m.frames[0].len, 3);
+        assert_memory_equal(m.frames[0].data, "abc", 3);
+        xc_msg_fini(&m);
+        xc_transport_close(rx);
+        assert_int_equal(xc_transport_open("mpi://*/6", XC_TRANSPORT_RECV, NULL, &rx), XC_OK);
+        xc_transport_wake(rx); /* not wakeable: ignored */
+        t0 = xc_now_ns();
+        assert_int_equal(xc_transport_recv(rx, 80, &m), XC_ERR_TIMEOUT);
+        assert_true((double)(xc_now_ns() - t0) * 1e-6 >= 60);
+        xc_transport_close(rx);
+    } else {
+        xc_transport *tx = NULL;
+        assert_int_equal(xc_transport_open("mpi://0/5", XC_TRANSPORT_SEND, NULL, &tx), XC_OK);
+        MPI_Barrier(MPI_COMM_WORLD);
+        static char abc[3] = {'a', 'b', 'c'};
+        xc_frame f = {.data = abc, .len = 3};
+        assert_int_equal(xc_transport_send(tx, &f, 1, 20000), XC_OK);
+        xc_transport_close(tx);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+
 int main(int argc, char **argv) {
     int provided = 0;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
@@ -162,6 +222,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_transport_mpi_multiframe),
         cmocka_unit_test(test_transport_mpi_wire),
         cmocka_unit_test(test_transport_mpi_timeout_and_bad_endpoints),
+        cmocka_unit_test(test_transport_mpi_wake),
     };
     int rc = cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
     MPI_Finalize();
