@@ -132,24 +132,20 @@ static bool json_int_in(const cJSON *v, double lo, double hi, long long *out) {
     return true;
 }
 
-static int b64_val(unsigned char c) {
-    if (c >= 'A' && c <= 'Z') {
-        return c - 'A';
-    }
-    if (c >= 'a' && c <= 'z') {
-        return c - 'a' + 26;
-    }
-    if (c >= '0' && c <= '9') {
-        return c - '0' + 52;
-    }
-    if (c == '+' || c == '-') {
-        return 62;
-    }
-    if (c == '/' || c == '_') {
-        return 63;
-    }
-    return -1;
-}
+/* base64 digit value + 1 of each byte (standard and URL alphabets), 0 for any other byte: one
+ * table load per character instead of a chain of range tests (the data URL of a re-sent image is
+ * decoded on every chat turn; the branches cost ~6 ns a character on random base64). */
+static const uint8_t k_b64[256] = {
+    ['A'] = 1,  ['B'] = 2,  ['C'] = 3,  ['D'] = 4,  ['E'] = 5,  ['F'] = 6,  ['G'] = 7,  ['H'] = 8,
+    ['I'] = 9,  ['J'] = 10, ['K'] = 11, ['L'] = 12, ['M'] = 13, ['N'] = 14, ['O'] = 15, ['P'] = 16,
+    ['Q'] = 17, ['R'] = 18, ['S'] = 19, ['T'] = 20, ['U'] = 21, ['V'] = 22, ['W'] = 23, ['X'] = 24,
+    ['Y'] = 25, ['Z'] = 26, ['a'] = 27, ['b'] = 28, ['c'] = 29, ['d'] = 30, ['e'] = 31, ['f'] = 32,
+    ['g'] = 33, ['h'] = 34, ['i'] = 35, ['j'] = 36, ['k'] = 37, ['l'] = 38, ['m'] = 39, ['n'] = 40,
+    ['o'] = 41, ['p'] = 42, ['q'] = 43, ['r'] = 44, ['s'] = 45, ['t'] = 46, ['u'] = 47, ['v'] = 48,
+    ['w'] = 49, ['x'] = 50, ['y'] = 51, ['z'] = 52, ['0'] = 53, ['1'] = 54, ['2'] = 55, ['3'] = 56,
+    ['4'] = 57, ['5'] = 58, ['6'] = 59, ['7'] = 60, ['8'] = 61, ['9'] = 62, ['+'] = 63, ['-'] = 63,
+    ['/'] = 64, ['_'] = 64,
+};
 
 /* Strict base64 (standard or URL alphabet, padding optional). *out is xc_malloc'd. Returns 0, or
  * -1 for a bad character or length, -2 when the result would exceed max bytes, -3 out of memory. */
@@ -168,20 +164,32 @@ static int b64_decode(const char *s, size_t n, size_t max, uint8_t **out, size_t
     if (!p) {
         return -3;
     }
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64_val((unsigned char)s[i]);
-        if (v < 0) {
+    const unsigned char *u = (const unsigned char *)s;
+    size_t o = 0, i = 0;
+    for (; i + 4 <= n; i += 4, o += 3) { /* whole quads: 4 digits, 3 bytes */
+        unsigned a = k_b64[u[i]], b = k_b64[u[i + 1]], c = k_b64[u[i + 2]], d = k_b64[u[i + 3]];
+        if (!a || !b || !c || !d) {
             xc_free(p);
             return -1;
         }
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            p[o++] = (uint8_t)(acc >> bits);
+        uint32_t v = (a - 1) << 18 | (b - 1) << 12 | (c - 1) << 6 | (d - 1);
+        p[o] = (uint8_t)(v >> 16);
+        p[o + 1] = (uint8_t)(v >> 8);
+        p[o + 2] = (uint8_t)v;
+    }
+    if (i < n) { /* 2 or 3 digits left: 1 or 2 bytes, the rest of the bits dropped */
+        uint32_t v = 0;
+        for (size_t k = 0; k < 4; k++) {
+            unsigned d = i + k < n ? k_b64[u[i + k]] : 1;
+            if (!d) {
+                xc_free(p);
+                return -1;
+            }
+            v = v << 6 | (d - 1);
+        }
+        p[o++] = (uint8_t)(v >> 16);
+        if (n - i == 3) {
+            p[o++] = (uint8_t)(v >> 8);
         }
     }
     *out = p;
@@ -973,9 +981,23 @@ xc_status xc_api_json_precheck(const char *body, size_t len, int max_depth, long
             nodes++;
         }
         opened = false;
-        if (c == '"') { /* skip the string */
-            for (i++; i < len && body[i] != '"'; i++) {
-                i += body[i] == '\\';
+        if (c == '"') { /* skip the string: its closing quote is the first one after an even
+                         * run of backslashes (memchr: a data URL is ~100 KB) */
+            size_t open = i;
+            for (;;) {
+                const char *q = memchr(body + i + 1, '"', len - i - 1);
+                if (!q) {
+                    i = len;
+                    break;
+                }
+                i = (size_t)(q - body);
+                size_t bs = 0;
+                while (i - bs - 1 > open && body[i - bs - 1] == '\\') {
+                    bs++;
+                }
+                if (bs % 2 == 0) {
+                    break;
+                }
             }
         } else if (c == '{' || c == '[') {
             if (++depth > max_depth) {

@@ -419,6 +419,67 @@ static void test_api_images_and_prepare(void **state) {
     xc_tokenizer_destroy(tok);
 }
 
+/* Data URLs: random bytes of every length from 1 to 200 bytes, encoded here bit by bit in the
+ * standard or the URL alphabet, with and without padding, decode to the same bytes; one digit
+ * replaced by a byte outside both alphabets (or '=' inside), or a length of 1 mod 4, is a 400. */
+static void test_api_base64_round_trip(void **state) {
+    (void)state;
+    static const char std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    static const char bad[] = "*.= !~\t";
+    xc_api_conf c = conf_default();
+    unsigned seed = 11;
+    uint8_t raw[200];
+    char enc[300], body[600];
+    for (size_t n = 1; n <= sizeof raw; n++) {
+        for (int variant = 0; variant < 4; variant++) {
+            for (size_t i = 0; i < n; i++) {
+                raw[i] = (uint8_t)(rand_r(&seed) >> 7);
+            }
+            const char *tbl = variant & 1 ? url : std;
+            size_t k = 0;
+            for (size_t bit = 0; bit < n * 8; bit += 6) { /* 6 bits at a time, zero-filled */
+                unsigned v = 0;
+                for (size_t b = bit; b < bit + 6; b++) {
+                    v = v << 1 | (b < n * 8 ? (raw[b / 8] >> (7 - b % 8)) & 1u : 0u);
+                }
+                enc[k++] = tbl[v];
+            }
+            while (variant & 2 && k % 4) {
+                enc[k++] = '=';
+            }
+            enc[k] = 0;
+            snprintf(body, sizeof body,
+                     "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                     "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}}]}]}",
+                     enc);
+            xc_api_request r;
+            xc_api_error e;
+            assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+            assert_int_equal(r.n_images, 1);
+            assert_int_equal(r.images[0].len, n);
+            assert_memory_equal(r.images[0].data, raw, n);
+            xc_api_request_fini(&r);
+            /* one digit (not padding) replaced by a byte of neither alphabet */
+            size_t digits = (n * 8 + 5) / 6, at = (size_t)rand_r(&seed) % digits;
+            enc[at] = bad[(size_t)rand_r(&seed) % (sizeof bad - 1)];
+            snprintf(body, sizeof body,
+                     "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                     "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}}]}]}",
+                     enc);
+            bool trailing_pad = enc[at] == '=' && at + 1 == k; /* then it is only shorter */
+            if (!trailing_pad) {
+                expect_error(&c, body, 400, "messages[0].content[0]");
+            }
+        }
+    }
+    /* 1 digit past a whole quad is no byte at all */
+    expect_error(&c,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                 "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AAAAB\"}}]}]}",
+                 400, "messages[0].content[0]");
+}
+
 static void test_api_file_urls(void **state) {
     (void)state;
     xc_api_conf c = conf_default();
@@ -1044,6 +1105,7 @@ int main(void) {
         cmocka_unit_test(test_api_parse_every_parameter),
         cmocka_unit_test(test_api_parse_errors),
         cmocka_unit_test(test_api_images_and_prepare),
+        cmocka_unit_test(test_api_base64_round_trip),
         cmocka_unit_test(test_api_image_input_cache),
         cmocka_unit_test(test_api_file_urls),
         cmocka_unit_test(test_api_prepare_context),
