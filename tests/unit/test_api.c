@@ -480,6 +480,128 @@ static void test_api_base64_round_trip(void **state) {
                  400, "messages[0].content[0]");
 }
 
+/* base64 of raw[0, n) in alphabet tbl, padded or not, '\/' for '/' when escape (JSON allows it). */
+static size_t b64_enc(const uint8_t *raw, size_t n, const char *tbl, bool pad, bool escape,
+                      char *out) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)raw[i] << 16 | (i + 1 < n ? (uint32_t)raw[i + 1] << 8 : 0u) |
+                     (i + 2 < n ? raw[i + 2] : 0u);
+        int digits = i + 2 < n ? 4 : i + 1 < n ? 3 : 2;
+        for (int d = 0; d < 4; d++) {
+            char ch = d < digits ? tbl[(v >> (18 - 6 * d)) & 63] : '=';
+            if (ch == '=' && !pad) {
+                break;
+            }
+            if (ch == '/' && escape) {
+                out[k++] = '\\';
+            }
+            out[k++] = ch;
+        }
+    }
+    out[k] = 0;
+    return k;
+}
+
+/* Large data URLs are decoded straight from the body before cJSON parses it (xc_api_parse):
+ * random images of 3-60 KB in both alphabets, padded or not, as image_url.url and as a bare
+ * image_url string, two in one request, decode to their bytes in order; a payload with '\/'
+ * escapes (the usual path) too; one bad digit in a large payload is the same 400 as in a small
+ * one; a large data URL that is a text part stays text, unchanged; a tag written by the client
+ * in the lifted form decodes as the base64 it is (the same bytes as alone). */
+static void test_api_large_data_urls(void **state) {
+    (void)state;
+    static const char std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    xc_api_conf c = conf_default();
+    c.max_images = 4;
+    unsigned seed = 3;
+    size_t sizes[] = {3000, 3073, 3074, 3075, 10000, 60001};
+    size_t cap = 2 * 60001 * 2 + 4096;
+    uint8_t *raw[2] = {xc_malloc(60001), xc_malloc(60001)};
+    char *enc[2] = {xc_malloc(60001 * 2 + 8), xc_malloc(60001 * 2 + 8)};
+    char *body = xc_malloc(cap);
+    assert_true(raw[0] && raw[1] && enc[0] && enc[1] && body);
+    for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+        for (int variant = 0; variant < 8; variant++) {
+            size_t n[2] = {sizes[t], sizes[(t + 3) % 6]};
+            for (int i = 0; i < 2; i++) {
+                for (size_t k = 0; k < n[i]; k++) {
+                    raw[i][k] = (uint8_t)(rand_r(&seed) >> 9);
+                }
+                b64_enc(raw[i], n[i], variant & 1 ? url : std, variant & 2, variant == 4, enc[i]);
+            }
+            snprintf(body, cap,
+                     "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                     "\"image_url\",\"image_url\":{\"url\" :\n \"data:image/png;base64,%s\"}},"
+                     "{\"type\":\"text\",\"text\":\"x\"},{\"type\":\"image_url\",\"image_url\":"
+                     "\"data:image/jpeg;base64,%s\"}]}]}",
+                     enc[0], enc[1]);
+            xc_api_request r;
+            xc_api_error e;
+            if (parse(&c, body, &r, &e) != XC_OK) {
+                fail_msg("size %zu variant %d: %s", n[0], variant, e.message);
+            }
+            assert_int_equal(r.n_images, 2);
+            for (int i = 0; i < 2; i++) {
+                assert_int_equal(r.images[i].len, n[i]);
+                assert_memory_equal(r.images[i].data, raw[i], n[i]);
+            }
+            xc_api_request_fini(&r);
+        }
+    }
+    /* one bad digit in the middle of a large payload */
+    size_t k = b64_enc(raw[0], 30000, std, true, false, enc[0]);
+    enc[0][k / 2] = '*';
+    snprintf(body, cap,
+             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+             "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}}]}]}",
+             enc[0]);
+    expect_error(&c, body, 400, "messages[0].content[0]");
+    /* a large data URL as text stays text */
+    b64_enc(raw[0], 30000, std, true, false, enc[0]);
+    snprintf(body, cap,
+             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+             "\"text\",\"text\":\"data:image/png;base64,%s\"}]}]}",
+             enc[0]);
+    xc_api_request r;
+    xc_api_error e;
+    assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+    assert_int_equal(r.n_images, 0);
+    assert_true(!strncmp(r.query, "data:image/png;base64,", 22));
+    assert_string_equal(r.query + 22, enc[0]);
+    xc_api_request_fini(&r);
+    /* a client's own tag beside a lifted image: decoded as base64, like alone */
+    const char *tag = "xc-lifted-0123456789abcdef-0";
+    snprintf(body, cap,
+             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+             "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}}]}]}",
+             tag);
+    assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+    size_t alone_len = r.images[0].len;
+    uint8_t alone[64];
+    assert_true(alone_len <= sizeof alone);
+    memcpy(alone, r.images[0].data, alone_len);
+    xc_api_request_fini(&r);
+    snprintf(body, cap,
+             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+             "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}},{\"type\":"
+             "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}}]}]}",
+             enc[0], tag);
+    assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+    assert_int_equal(r.n_images, 2);
+    assert_int_equal(r.images[0].len, 30000);
+    assert_memory_equal(r.images[0].data, raw[0], 30000);
+    assert_int_equal(r.images[1].len, alone_len);
+    assert_memory_equal(r.images[1].data, alone, alone_len);
+    xc_api_request_fini(&r);
+    for (int i = 0; i < 2; i++) {
+        xc_free(raw[i]);
+        xc_free(enc[i]);
+    }
+    xc_free(body);
+}
+
 static void test_api_file_urls(void **state) {
     (void)state;
     xc_api_conf c = conf_default();
@@ -1106,6 +1228,7 @@ int main(void) {
         cmocka_unit_test(test_api_parse_errors),
         cmocka_unit_test(test_api_images_and_prepare),
         cmocka_unit_test(test_api_base64_round_trip),
+        cmocka_unit_test(test_api_large_data_urls),
         cmocka_unit_test(test_api_image_input_cache),
         cmocka_unit_test(test_api_file_urls),
         cmocka_unit_test(test_api_prepare_context),
