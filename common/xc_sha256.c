@@ -63,7 +63,7 @@ static void block_portable(uint32_t h[8], const uint8_t *p) {
 
 #ifdef XC_SHA_X86
 /* n blocks with the SHA extensions (SHA-NI: sha256rnds2 does two rounds, sha256msg1/msg2 the
- * message schedule; about 8x the portable code). The state lives in two registers as the
+ * message schedule; about 6x the portable code). The state lives in two registers as the
  * instruction wants it: ABEF and CDGH (lane 3 first). */
 __attribute__((target("sha,sse4.1"))) static void blocks_shani(uint32_t h[8], const uint8_t *p,
                                                                size_t n) {
