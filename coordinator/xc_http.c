@@ -1927,13 +1927,16 @@ xc_status xc_http_create(const xc_http_flags *f, const char *model_dir, xc_coord
         st = xc_errf(XC_ERR_ARG, "--host %s is not an address this machine can bind", f->host);
         goto fail;
     }
+    /* MHD's memory per connection 256 KiB (default 32 KiB, half of it the read buffer): a chat
+     * turn's ~66 KB body with its image arrives in one read and one call, not five of 16 KB;
+     * the pool is reserved, touched only as used, and freed with the connection */
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD |
                      (ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0);
-    h->d = MHD_start_daemon(flags, (uint16_t)f->port, NULL, NULL, on_request, h,
-                            MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED,
-                            on_completed, h, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
-                            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
+    h->d = MHD_start_daemon(
+        flags, (uint16_t)f->port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(256u << 10), MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->d) {
         st = xc_errf(XC_ERR_IO, "cannot listen on %s:%d (in use?)", f->host, f->port);

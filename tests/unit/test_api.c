@@ -419,6 +419,189 @@ static void test_api_images_and_prepare(void **state) {
     xc_tokenizer_destroy(tok);
 }
 
+/* Data URLs: random bytes of every length from 1 to 200 bytes, encoded here bit by bit in the
+ * standard or the URL alphabet, with and without padding, decode to the same bytes; one digit
+ * replaced by a byte outside both alphabets (or '=' inside), or a length of 1 mod 4, is a 400. */
+static void test_api_base64_round_trip(void **state) {
+    (void)state;
+    static const char std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    static const char bad[] = "*.= !~\t";
+    xc_api_conf c = conf_default();
+    unsigned seed = 11;
+    uint8_t raw[200];
+    char enc[300], body[600];
+    for (size_t n = 1; n <= sizeof raw; n++) {
+        for (int variant = 0; variant < 4; variant++) {
+            for (size_t i = 0; i < n; i++) {
+                raw[i] = (uint8_t)(rand_r(&seed) >> 7);
+            }
+            const char *tbl = variant & 1 ? url : std;
+            size_t k = 0;
+            for (size_t bit = 0; bit < n * 8; bit += 6) { /* 6 bits at a time, zero-filled */
+                unsigned v = 0;
+                for (size_t b = bit; b < bit + 6; b++) {
+                    v = v << 1 | (b < n * 8 ? (raw[b / 8] >> (7 - b % 8)) & 1u : 0u);
+                }
+                enc[k++] = tbl[v];
+            }
+            while (variant & 2 && k % 4) {
+                enc[k++] = '=';
+            }
+            enc[k] = 0;
+            snprintf(body, sizeof body,
+                     "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                     "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}}]}]}",
+                     enc);
+            xc_api_request r;
+            xc_api_error e;
+            assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+            assert_int_equal(r.n_images, 1);
+            assert_int_equal(r.images[0].len, n);
+            assert_memory_equal(r.images[0].data, raw, n);
+            xc_api_request_fini(&r);
+            /* one digit (not padding) replaced by a byte of neither alphabet */
+            size_t digits = (n * 8 + 5) / 6, at = (size_t)rand_r(&seed) % digits;
+            enc[at] = bad[(size_t)rand_r(&seed) % (sizeof bad - 1)];
+            snprintf(body, sizeof body,
+                     "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                     "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}}]}]}",
+                     enc);
+            bool trailing_pad = enc[at] == '=' && at + 1 == k; /* then it is only shorter */
+            if (!trailing_pad) {
+                expect_error(&c, body, 400, "messages[0].content[0]");
+            }
+        }
+    }
+    /* 1 digit past a whole quad is no byte at all */
+    expect_error(&c,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                 "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AAAAB\"}}]}]}",
+                 400, "messages[0].content[0]");
+}
+
+/* base64 of raw[0, n) in alphabet tbl, padded or not, '\/' for '/' when escape (JSON allows it). */
+static size_t b64_enc(const uint8_t *raw, size_t n, const char *tbl, bool pad, bool escape,
+                      char *out) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)raw[i] << 16 | (i + 1 < n ? (uint32_t)raw[i + 1] << 8 : 0u) |
+                     (i + 2 < n ? raw[i + 2] : 0u);
+        int digits = i + 2 < n ? 4 : i + 1 < n ? 3 : 2;
+        for (int d = 0; d < 4; d++) {
+            char ch = d < digits ? tbl[(v >> (18 - 6 * d)) & 63] : '=';
+            if (ch == '=' && !pad) {
+                break;
+            }
+            if (ch == '/' && escape) {
+                out[k++] = '\\';
+            }
+            out[k++] = ch;
+        }
+    }
+    out[k] = 0;
+    return k;
+}
+
+/* Large data URLs are decoded straight from the body before cJSON parses it (xc_api_parse):
+ * random images of 3-60 KB in both alphabets, padded or not, as image_url.url and as a bare
+ * image_url string, two in one request, decode to their bytes in order; a payload with '\/'
+ * escapes (the usual path) too; one bad digit in a large payload is the same 400 as in a small
+ * one; a large data URL that is a text part stays text, unchanged; a tag written by the client
+ * in the lifted form decodes as the base64 it is (the same bytes as alone). */
+static void test_api_large_data_urls(void **state) {
+    (void)state;
+    static const char std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    xc_api_conf c = conf_default();
+    c.max_images = 4;
+    unsigned seed = 3;
+    size_t sizes[] = {3000, 3073, 3074, 3075, 10000, 60001};
+    size_t cap = 2 * 60001 * 2 + 4096;
+    uint8_t *raw[2] = {xc_malloc(60001), xc_malloc(60001)};
+    char *enc[2] = {xc_malloc(60001 * 2 + 8), xc_malloc(60001 * 2 + 8)};
+    char *body = xc_malloc(cap);
+    assert_true(raw[0] && raw[1] && enc[0] && enc[1] && body);
+    for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+        for (int variant = 0; variant < 8; variant++) {
+            size_t n[2] = {sizes[t], sizes[(t + 3) % 6]};
+            for (int i = 0; i < 2; i++) {
+                for (size_t k = 0; k < n[i]; k++) {
+                    raw[i][k] = (uint8_t)(rand_r(&seed) >> 9);
+                }
+                b64_enc(raw[i], n[i], variant & 1 ? url : std, variant & 2, variant == 4, enc[i]);
+            }
+            snprintf(body, cap,
+                     "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                     "\"image_url\",\"image_url\":{\"url\" :\n \"data:image/png;base64,%s\"}},"
+                     "{\"type\":\"text\",\"text\":\"x\"},{\"type\":\"image_url\",\"image_url\":"
+                     "\"data:image/jpeg;base64,%s\"}]}]}",
+                     enc[0], enc[1]);
+            xc_api_request r;
+            xc_api_error e;
+            if (parse(&c, body, &r, &e) != XC_OK) {
+                fail_msg("size %zu variant %d: %s", n[0], variant, e.message);
+            }
+            assert_int_equal(r.n_images, 2);
+            for (int i = 0; i < 2; i++) {
+                assert_int_equal(r.images[i].len, n[i]);
+                assert_memory_equal(r.images[i].data, raw[i], n[i]);
+            }
+            xc_api_request_fini(&r);
+        }
+    }
+    /* one bad digit in the middle of a large payload */
+    size_t k = b64_enc(raw[0], 30000, std, true, false, enc[0]);
+    enc[0][k / 2] = '*';
+    snprintf(body, cap,
+             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+             "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}}]}]}",
+             enc[0]);
+    expect_error(&c, body, 400, "messages[0].content[0]");
+    /* a large data URL as text stays text */
+    b64_enc(raw[0], 30000, std, true, false, enc[0]);
+    snprintf(body, cap,
+             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+             "\"text\",\"text\":\"data:image/png;base64,%s\"}]}]}",
+             enc[0]);
+    xc_api_request r;
+    xc_api_error e;
+    assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+    assert_int_equal(r.n_images, 0);
+    assert_true(!strncmp(r.query, "data:image/png;base64,", 22));
+    assert_string_equal(r.query + 22, enc[0]);
+    xc_api_request_fini(&r);
+    /* a client's own tag beside a lifted image: decoded as base64, like alone */
+    const char *tag = "xc-lifted-0123456789abcdef-0";
+    snprintf(body, cap,
+             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+             "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}}]}]}",
+             tag);
+    assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+    size_t alone_len = r.images[0].len;
+    uint8_t alone[64];
+    assert_true(alone_len <= sizeof alone);
+    memcpy(alone, r.images[0].data, alone_len);
+    xc_api_request_fini(&r);
+    snprintf(body, cap,
+             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+             "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}},{\"type\":"
+             "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,%s\"}}]}]}",
+             enc[0], tag);
+    assert_int_equal(parse(&c, body, &r, &e), XC_OK);
+    assert_int_equal(r.n_images, 2);
+    assert_int_equal(r.images[0].len, 30000);
+    assert_memory_equal(r.images[0].data, raw[0], 30000);
+    assert_int_equal(r.images[1].len, alone_len);
+    assert_memory_equal(r.images[1].data, alone, alone_len);
+    xc_api_request_fini(&r);
+    for (int i = 0; i < 2; i++) {
+        xc_free(raw[i]);
+        xc_free(enc[i]);
+    }
+    xc_free(body);
+}
+
 static void test_api_file_urls(void **state) {
     (void)state;
     xc_api_conf c = conf_default();
@@ -1044,6 +1227,8 @@ int main(void) {
         cmocka_unit_test(test_api_parse_every_parameter),
         cmocka_unit_test(test_api_parse_errors),
         cmocka_unit_test(test_api_images_and_prepare),
+        cmocka_unit_test(test_api_base64_round_trip),
+        cmocka_unit_test(test_api_large_data_urls),
         cmocka_unit_test(test_api_image_input_cache),
         cmocka_unit_test(test_api_file_urls),
         cmocka_unit_test(test_api_prepare_context),
