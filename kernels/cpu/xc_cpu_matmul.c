@@ -64,12 +64,20 @@
  * sgemm's 91-93 (f32). */
 #define GROUP_BYTES (192 * 1024)
 
-/* Decode tiles (R <= 2) prefetch every weight row this far ahead into L2, once per cache line
- * (integer address arithmetic: the address may lie past the array, which a prefetch tolerates).
- * Measured on the dev machine (bf16 m = 1, two threads, interleaved best-of-20 runs on a shared
- * machine): 1.1-2x the GB/s of the hardware prefetcher alone at 2048 bytes (4096: about the same,
- * 8192: worse); prefetching into L1 (_MM_HINT_T0), or on every 16-32 bytes, was slower. */
-#define PREFETCH_BYTES 2048
+/* Decode tiles (R <= 2) prefetch every weight row this far ahead into L2, once per cache line;
+ * past a row's end the target moves to the same row of the next tile (mm_pf_addr), which the
+ * thread streams next, instead of the start of the next row, which that row's own stream
+ * covers. Measured on the 2-core Zen 3 machine (m = 1, 4096 x 14336, one thread, four
+ * interleaved rounds beside the read-bandwidth loop, other jobs running): share of the read
+ * bandwidth, bf16 / f16, 0.71 / 0.74 with 2048 bytes ahead into the next row (the old scheme),
+ * 0.80 / 0.84 with 4096 into the next tile, 0.83 / 0.93 with 6144 (medians). Earlier, on the
+ * Zen 4 machine, prefetching into L1 (_MM_HINT_T0), or on every 16-32 bytes, was slower. */
+#ifndef MM_DEC_LOOPS
+#define MM_DEC_LOOPS 1 /* the dedicated 1 x 8 decode loops (0: the generic tiles) */
+#endif
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 6144
+#endif
 
 /* Packed-x floats kept on the stack (64 KiB: a decode row up to k = 16384); more goes to the heap.
  */
@@ -214,6 +222,16 @@ static void mm_cols_scalar(const mm_job *jb, int j0, int j1) {
 #define XC_AVX2_FN     __attribute__((target("avx2,fma,f16c")))
 #define XC_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
+/* The decode prefetch target for a weight row at byte offset off: PREFETCH_BYTES further on in
+ * the same row or, past its end, as far into the same row of the next tile (C rows on), which
+ * this thread streams next (the next row's own stream already covers that row's start). Integer
+ * arithmetic: the address may lie past the weights, which a prefetch tolerates. */
+static inline const char *mm_pf_addr(const void *row, size_t off, size_t row_bytes, int C) {
+    size_t t = off + PREFETCH_BYTES;
+    uintptr_t r = (uintptr_t)row;
+    return (const char *)(t < row_bytes ? r + t : r + (size_t)C * row_bytes + (t - row_bytes));
+}
+
 /* One R x C tile: rows i0.., weight rows j0.., the whole of k. R, C and wt are constants. */
 XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const int C,
                             const xc_dtype wt) {
@@ -238,14 +256,36 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
             acc[r][c] = _mm256_setzero_ps();
         }
     }
-    for (int kk = 0; kk < k8; kk += 8) {
+    int kk0 = 0;
+    if (MM_DEC_LOOPS && R == 1 && C == 8 && wt == XC_DTYPE_F16) {
+        // Decode, f16: a cache line (32 weights) per row per step, one L2 prefetch per line,
+        // and each weight vector consumed as soon as it is widened (no spills).
+        const size_t rb = (size_t)k * 2;
+        for (; kk0 + 32 <= k8; kk0 += 32) {
+            size_t off = (size_t)kk0 * 2 + PREFETCH_BYTES;
+            off += off >= rb ? 7 * rb : 0; /* past the row: row c of the next tile */
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                _mm_prefetch((const char *)((uintptr_t)wr[c] + off), _MM_HINT_T1);
+            }
+#pragma GCC unroll 4
+            for (int b = 0; b < 32; b += 8) {
+                __m256 xv = _mm256_loadu_ps(xr[0] + kk0 + b);
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; c++) {
+                    __m128i h = _mm_loadu_si128((const __m128i *)(wr[c] + (size_t)(kk0 + b) * 2));
+                    acc[0][c] = _mm256_fmadd_ps(xv, _mm256_cvtph_ps(h), acc[0][c]);
+                }
+            }
+        }
+    }
+    for (int kk = kk0; kk < k8; kk += 8) {
         __m256 wv[TILE_C];
 #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
             if (R <= 2 && (((size_t)kk * wsz) & 63) == 0) {
                 // Decode: once per cache line, ask for the line PREFETCH_BYTES ahead into L2.
-                _mm_prefetch((const char *)((uintptr_t)wr[c] + (size_t)kk * wsz + PREFETCH_BYTES),
-                             _MM_HINT_T1);
+                _mm_prefetch(mm_pf_addr(wr[c], (size_t)kk * wsz, (size_t)k * wsz, C), _MM_HINT_T1);
             }
             wv[c] = xc_simd_load_w(wr[c], wt, (size_t)kk);
         }
@@ -335,12 +375,40 @@ XC_AVX2_INLINE void mm_tile_b16(const mm_job *jb, int i0, int j0, const int R, c
         }
     }
     int kk = 0;
+    if (MM_DEC_LOOPS && R == 1 && C == 8) {
+        // Decode: a cache line (32 weights) per row per step, one L2 prefetch per line, each
+        // row's 16-block widened and consumed at once (8 accumulators, 2 x vectors, the mask and
+        // one weight vector live: no spills). Per row the even half still precedes the odd half.
+        const __m256i odd = _mm256_set1_epi32((int)0xffff0000u);
+        const size_t rb = (size_t)k * 2;
+        for (; kk + 32 <= k16; kk += 32) {
+            size_t off = (size_t)kk * 2 + PREFETCH_BYTES;
+            off += off >= rb ? 7 * rb : 0; /* past the row: row c of the next tile */
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                _mm_prefetch((const char *)((uintptr_t)wr[c] + off), _MM_HINT_T1);
+            }
+#pragma GCC unroll 2
+            for (int b = 0; b < 32; b += 16) {
+                __m256 xe = _mm256_loadu_ps(xr[0] + kk + b),
+                       xo = _mm256_loadu_ps(xr[0] + kk + b + 8);
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; c++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(wr[c] + kk + b));
+                    acc[0][c] = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)),
+                                                acc[0][c]);
+                    acc[0][c] = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(v, odd)),
+                                                acc[0][c]);
+                }
+            }
+        }
+    }
     if (R <= 2) {
         // Decode: a cache line (32 weights) per row per step, with one L2 prefetch per line.
         for (; kk + 32 <= k16; kk += 32) {
 #pragma GCC unroll 8
             for (int c = 0; c < C; c++) {
-                _mm_prefetch((const char *)((uintptr_t)(wr[c] + kk) + PREFETCH_BYTES), _MM_HINT_T1);
+                _mm_prefetch(mm_pf_addr(wr[c], (size_t)kk * 2, (size_t)k * 2, C), _MM_HINT_T1);
             }
             mm_b16_block(acc, xr, (size_t)kk, wr, (size_t)kk, R, C);
             mm_b16_block(acc, xr, (size_t)kk + 16, wr, (size_t)kk + 16, R, C);
