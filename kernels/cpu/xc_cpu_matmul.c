@@ -654,6 +654,7 @@ static size_t pk_scratch_floats(const mm_job *jb) {
 /* Columns [j0, j1) of every row with the packed GEMM; scratch: pk_scratch_floats, 32-aligned. */
 static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch) {
     const int kp = (int)jb->ldxp;
+    const size_t wsz = xc_dtype_size(jb->wt);
     const size_t tile_floats = (size_t)PK_R * jb->ldxp; /* one row tile of xq */
     float *panel = scratch;
     float *accb = scratch + (size_t)PK_G * (size_t)(kp < PK_KS ? kp : PK_KS);
@@ -668,6 +669,21 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
                 for (int t = 0; t < nt; t++) {
                     pk_pack_tile(jb, g0 + t * PK_C, j1, ks, kl, panel + (size_t)t * PK_C * kl);
                 }
+                // The next panel's weights (next superblock, or the next group's first one) are
+                // prefetched into L2 a share per micro-kernel call, so its packing does not wait
+                // on DRAM: at small m (16 rows) the packing otherwise took as long as the FMAs.
+                int nks = ks + PK_KS, ng0 = g0;
+                if (nks >= kp) {
+                    nks = 0;
+                    ng0 = g0 + PK_G < j1 ? g0 + PK_G : j0;
+                }
+                int ngc = j1 - ng0 < PK_G ? j1 - ng0 : PK_G;
+                int nkl = kp - nks < PK_KS ? kp - nks : PK_KS;
+                nkl = nks + nkl > jb->k ? jb->k - nks : nkl; /* the weights are not padded */
+                const size_t row_lines = ((size_t)(nkl > 0 ? nkl : 0) * wsz + 63) / 64;
+                const size_t w_lines = (size_t)ngc * row_lines;
+                const size_t calls = (size_t)(mc / PK_R) * (size_t)((kl + PK_KC - 1) / PK_KC) * nt;
+                size_t call = 0, w_done = 0;
                 for (int r = 0; r < mc; r += PK_R) {
                     float *ab = accb + (size_t)(r / PK_R) * (size_t)nt * PK_R * PK_C * 8;
                     const float *xT = jb->xp + (size_t)((i0 + r) / PK_R) * tile_floats;
@@ -685,6 +701,15 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
                             for (int to = lines * (t + 1) / nt; done < to; done++) {
                                 _mm_prefetch((const char *)(xn + (uintptr_t)done * 64),
                                              _MM_HINT_T0);
+                            }
+                            for (size_t wt = w_lines * ++call / calls; w_done < wt; w_done++) {
+                                size_t row = w_done / row_lines, col = w_done % row_lines * 64;
+                                _mm_prefetch(
+                                    (const char *)jb->w +
+                                        ((size_t)(ng0 + (int)row) * (size_t)jb->k + (size_t)nks) *
+                                            wsz +
+                                        col,
+                                    _MM_HINT_T1);
                             }
                             pk_micro(xt, panel + (size_t)t * PK_C * kl + (size_t)kb * PK_C, kc,
                                      ab + (size_t)t * PK_R * PK_C * 8, ks + kb == 0);
