@@ -289,7 +289,8 @@ static xc_status run_rows(xc_engine *e, eng_seq *s, const int32_t *ids, int star
                       .img_embeds =
                           n_r ? (const float *)s->img.data + img_row * (size_t)e->cfg.hidden_size
                               : NULL,
-                      .all_logits = all_logits};
+                      .all_logits = all_logits,
+                      .last_rows_only = !cb}; /* hidden is read only by a stage callback */
     float *host = NULL;
     size_t hb = (size_t)n * (size_t)e->cfg.hidden_size * sizeof(float);
     if (cb) {

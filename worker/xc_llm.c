@@ -451,9 +451,26 @@ static xc_status copy_cols(xc_llm *m, const float *src, int lds, float *dst, int
     return xc_backend_copy2d(m->be, &c);
 }
 
-/* Unit 2l: h += wo(attention(RoPE(wqkv(RMSNorm(h))))), storing k, v in KV layer li. */
+/* Moves each sequence's last row of buf (rows of width floats) to row s, in sequence order
+ * (row s <= that row, and earlier rows are read before they are overwritten). */
+static xc_status gather_last_rows(xc_llm *m, const xc_llm_batch *b, float *buf, int width) {
+    int row = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        row += b->seqs[s].n_tokens;
+        if (row - 1 != s) {
+            XC_TRY(copy_cols(m, buf + (size_t)(row - 1) * (size_t)width, width,
+                             buf + (size_t)s * (size_t)width, width, 1, width));
+        }
+    }
+    return XC_OK;
+}
+
+/* Unit 2l: h += wo(attention(RoPE(wqkv(RMSNorm(h))))), storing k, v in KV layer li. With cb (the
+ * batch) and cplan, the attention output and h are gathered to each sequence's last row after
+ * the attention, and wo runs on those n_seqs rows with cplan's image ranges. */
 static xc_status attn_forward(xc_llm *m, const llm_layer *L, float *h, int li, xc_kv_cache *kv,
-                              const llm_plan *plan, int rows, int n_seqs) {
+                              const llm_plan *plan, int rows, int n_seqs, const xc_llm_batch *cb,
+                              const llm_plan *cplan) {
     float *a = m->s_a.data, *qkv = m->s_qkv.data, *q = m->s_q.data, *k = m->s_k.data,
           *v = m->s_v.data, *o = m->s_attn.data;
     int hd = m->head_dim, qw = m->n_heads * hd;
@@ -506,6 +523,12 @@ static xc_status attn_forward(xc_llm *m, const llm_layer *L, float *h, int li, x
                             .n_seqs = n_seqs,
                             .kv_dtype = xc_kv_dtype(kv)};
     XC_TRY(xc_backend_attention(m->be, &at));
+    if (cplan) {
+        XC_TRY(gather_last_rows(m, cb, o, qw));
+        XC_TRY(gather_last_rows(m, cb, h, m->hidden));
+        rows = n_seqs;
+        plan = cplan;
+    }
     XC_TRY(run_proj(m, &L->wo, o, h, rows, true, plan)); /* h += wo(o) */
     return XC_OK;
 }
@@ -558,11 +581,13 @@ static xc_status embed_rows(xc_llm *m, const xc_llm_batch *b, const llm_plan *pl
     return XC_OK;
 }
 
-static xc_status head_forward(xc_llm *m, const xc_llm_batch *b, float *h, float *logits) {
-    XC_TRY(rmsnorm(m, &m->norm, h, h, b->n_rows));
+/* compacted: h already holds each sequence's last row in rows 0 .. n_seqs - 1. */
+static xc_status head_forward(xc_llm *m, const xc_llm_batch *b, float *h, float *logits,
+                              bool compacted) {
+    XC_TRY(rmsnorm(m, &m->norm, h, h, compacted ? b->n_seqs : b->n_rows));
     const float *x = h;
-    int rows = b->n_rows;
-    if (!b->all_logits) {
+    int rows = compacted ? b->n_seqs : b->n_rows;
+    if (!b->all_logits && !compacted) {
         /* gather each sequence's last row; the head GEMM is batch-invariant either way */
         float *a = m->s_a.data;
         int row = 0;
@@ -596,26 +621,73 @@ xc_status xc_llm_forward(xc_llm *m, xc_kv_cache *kv, const xc_llm_batch *b, floa
     llm_plan plan;
     xc_status st = XC_OK;
     XC_TRY(plan_make(m, b, m->n_kv_layers > 0 ? kv : NULL, &plan));
+    /* Last rows only: after the final layer's attention (every row's keys and values are cached
+     * by then) only each sequence's last row feeds the head, so wo, the FFN and the head run on
+     * those rows alone, gathered to rows 0 .. n_seqs - 1 (the GEMMs are batch-invariant, so the
+     * logits are the same bits). cplan carries their image ranges for PLoRA. */
+    bool compact = m->conf.last && b->last_rows_only && !b->all_logits && m->n_layers > 0 &&
+                   b->n_seqs < b->n_rows;
+    llm_plan cplan = plan;
+    xc_row_range *cimg = NULL;
+    if (compact) {
+        cimg = xc_malloc((size_t)b->n_seqs * sizeof(xc_row_range));
+        if (!cimg) {
+            st = XC_ERR_NOMEM;
+            goto out;
+        }
+        cplan.img = cimg;
+        cplan.n_img = 0;
+        int row = 0;
+        for (int s = 0; s < b->n_seqs; s++) {
+            row += b->seqs[s].n_tokens;
+            bool in_img = false;
+            for (int r = 0; r < plan.n_img && !in_img; r++) {
+                in_img = row - 1 >= plan.img[r].start && row - 1 < plan.img[r].end;
+            }
+            if (!in_img) {
+                continue;
+            }
+            if (cplan.n_img > 0 && cimg[cplan.n_img - 1].end == s) {
+                cimg[cplan.n_img - 1].end = s + 1;
+            } else {
+                cimg[cplan.n_img++] = (xc_row_range){s, s + 1};
+            }
+        }
+    }
     if (m->conf.first) {
         XC_TRY_GOTO(embed_rows(m, b, &plan, hidden), st, out);
     }
+    int rows = b->n_rows;
+    const llm_plan *rp = &plan;
     for (int i = 0; i < m->n_layers; i++) {
         const llm_layer *L = &m->layers[i];
+        bool cut = compact && i == m->n_layers - 1;
         if (L->has_attn) {
-            XC_TRY_GOTO(attn_forward(m, L, hidden, L->kv_index, kv, &plan, b->n_rows, b->n_seqs),
+            XC_TRY_GOTO(attn_forward(m, L, hidden, L->kv_index, kv, &plan, b->n_rows, b->n_seqs, b,
+                                     cut ? &cplan : NULL),
                         st, out);
+            if (cut) {
+                rows = b->n_seqs;
+                rp = &cplan;
+            }
         }
         if (m->progress) {
             m->progress(m->progress_user);
         }
         if (L->has_ffn) {
-            XC_TRY_GOTO(ffn_forward(m, L, hidden, b->n_rows, &plan), st, out);
+            if (cut && rows != b->n_seqs) {
+                XC_TRY_GOTO(gather_last_rows(m, b, hidden, m->hidden), st, out);
+                rows = b->n_seqs;
+                rp = &cplan;
+            }
+            XC_TRY_GOTO(ffn_forward(m, L, hidden, rows, rp), st, out);
         }
     }
     if (m->conf.last) {
-        XC_TRY_GOTO(head_forward(m, b, hidden, logits), st, out);
+        XC_TRY_GOTO(head_forward(m, b, hidden, logits, compact), st, out);
     }
 out:
+    xc_free(cimg);
     plan_free(&plan);
     return st;
 }

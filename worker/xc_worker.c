@@ -1311,7 +1311,8 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
                       .n_rows = (int)rows,
                       .ids = ids,
                       .img_embeds = f->has_image_rows ? w->img.data : NULL,
-                      .all_logits = false};
+                      .all_logits = false,
+                      .last_rows_only = true}; /* the last stage samples; it sends no hidden */
     XC_TRY(xc_llm_forward(w->llm, w->kv, &b, w->hidden.data, last ? w->logits.data : NULL));
     if (last) {
         float *host = xc_malloc((size_t)w->vocab * sizeof(float));

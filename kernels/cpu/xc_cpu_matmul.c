@@ -64,12 +64,20 @@
  * sgemm's 91-93 (f32). */
 #define GROUP_BYTES (192 * 1024)
 
-/* Decode tiles (R <= 2) prefetch every weight row this far ahead into L2, once per cache line
- * (integer address arithmetic: the address may lie past the array, which a prefetch tolerates).
- * Measured on the dev machine (bf16 m = 1, two threads, interleaved best-of-20 runs on a shared
- * machine): 1.1-2x the GB/s of the hardware prefetcher alone at 2048 bytes (4096: about the same,
- * 8192: worse); prefetching into L1 (_MM_HINT_T0), or on every 16-32 bytes, was slower. */
-#define PREFETCH_BYTES 2048
+/* Decode tiles (R <= 2) prefetch every weight row this far ahead into L2, once per cache line;
+ * past a row's end the target moves to the same row of the next tile (mm_pf_addr), which the
+ * thread streams next, instead of the start of the next row, which that row's own stream
+ * covers. Measured on the 2-core Zen 3 machine (m = 1, 4096 x 14336, one thread, four
+ * interleaved rounds beside the read-bandwidth loop, other jobs running): share of the read
+ * bandwidth, bf16 / f16, 0.71 / 0.74 with 2048 bytes ahead into the next row (the old scheme),
+ * 0.80 / 0.84 with 4096 into the next tile, 0.83 / 0.93 with 6144 (medians). Earlier, on the
+ * Zen 4 machine, prefetching into L1 (_MM_HINT_T0), or on every 16-32 bytes, was slower. */
+#ifndef MM_DEC_LOOPS
+#define MM_DEC_LOOPS 1 /* the dedicated 1 x 8 decode loops (0: the generic tiles) */
+#endif
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 6144
+#endif
 
 /* Packed-x floats kept on the stack (64 KiB: a decode row up to k = 16384); more goes to the heap.
  */
@@ -214,6 +222,16 @@ static void mm_cols_scalar(const mm_job *jb, int j0, int j1) {
 #define XC_AVX2_FN     __attribute__((target("avx2,fma,f16c")))
 #define XC_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
+/* The decode prefetch target for a weight row at byte offset off: PREFETCH_BYTES further on in
+ * the same row or, past its end, as far into the same row of the next tile (C rows on), which
+ * this thread streams next (the next row's own stream already covers that row's start). Integer
+ * arithmetic: the address may lie past the weights, which a prefetch tolerates. */
+static inline const char *mm_pf_addr(const void *row, size_t off, size_t row_bytes, int C) {
+    size_t t = off + PREFETCH_BYTES;
+    uintptr_t r = (uintptr_t)row;
+    return (const char *)(t < row_bytes ? r + t : r + (size_t)C * row_bytes + (t - row_bytes));
+}
+
 /* One R x C tile: rows i0.., weight rows j0.., the whole of k. R, C and wt are constants. */
 XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const int C,
                             const xc_dtype wt) {
@@ -238,14 +256,36 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
             acc[r][c] = _mm256_setzero_ps();
         }
     }
-    for (int kk = 0; kk < k8; kk += 8) {
+    int kk0 = 0;
+    if (MM_DEC_LOOPS && R == 1 && C == 8 && wt == XC_DTYPE_F16) {
+        // Decode, f16: a cache line (32 weights) per row per step, one L2 prefetch per line,
+        // and each weight vector consumed as soon as it is widened (no spills).
+        const size_t rb = (size_t)k * 2;
+        for (; kk0 + 32 <= k8; kk0 += 32) {
+            size_t off = (size_t)kk0 * 2 + PREFETCH_BYTES;
+            off += off >= rb ? 7 * rb : 0; /* past the row: row c of the next tile */
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                _mm_prefetch((const char *)((uintptr_t)wr[c] + off), _MM_HINT_T1);
+            }
+#pragma GCC unroll 4
+            for (int b = 0; b < 32; b += 8) {
+                __m256 xv = _mm256_loadu_ps(xr[0] + kk0 + b);
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; c++) {
+                    __m128i h = _mm_loadu_si128((const __m128i *)(wr[c] + (size_t)(kk0 + b) * 2));
+                    acc[0][c] = _mm256_fmadd_ps(xv, _mm256_cvtph_ps(h), acc[0][c]);
+                }
+            }
+        }
+    }
+    for (int kk = kk0; kk < k8; kk += 8) {
         __m256 wv[TILE_C];
 #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
             if (R <= 2 && (((size_t)kk * wsz) & 63) == 0) {
                 // Decode: once per cache line, ask for the line PREFETCH_BYTES ahead into L2.
-                _mm_prefetch((const char *)((uintptr_t)wr[c] + (size_t)kk * wsz + PREFETCH_BYTES),
-                             _MM_HINT_T1);
+                _mm_prefetch(mm_pf_addr(wr[c], (size_t)kk * wsz, (size_t)k * wsz, C), _MM_HINT_T1);
             }
             wv[c] = xc_simd_load_w(wr[c], wt, (size_t)kk);
         }
@@ -335,12 +375,40 @@ XC_AVX2_INLINE void mm_tile_b16(const mm_job *jb, int i0, int j0, const int R, c
         }
     }
     int kk = 0;
+    if (MM_DEC_LOOPS && R == 1 && C == 8) {
+        // Decode: a cache line (32 weights) per row per step, one L2 prefetch per line, each
+        // row's 16-block widened and consumed at once (8 accumulators, 2 x vectors, the mask and
+        // one weight vector live: no spills). Per row the even half still precedes the odd half.
+        const __m256i odd = _mm256_set1_epi32((int)0xffff0000u);
+        const size_t rb = (size_t)k * 2;
+        for (; kk + 32 <= k16; kk += 32) {
+            size_t off = (size_t)kk * 2 + PREFETCH_BYTES;
+            off += off >= rb ? 7 * rb : 0; /* past the row: row c of the next tile */
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                _mm_prefetch((const char *)((uintptr_t)wr[c] + off), _MM_HINT_T1);
+            }
+#pragma GCC unroll 2
+            for (int b = 0; b < 32; b += 16) {
+                __m256 xe = _mm256_loadu_ps(xr[0] + kk + b),
+                       xo = _mm256_loadu_ps(xr[0] + kk + b + 8);
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; c++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(wr[c] + kk + b));
+                    acc[0][c] = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)),
+                                                acc[0][c]);
+                    acc[0][c] = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(v, odd)),
+                                                acc[0][c]);
+                }
+            }
+        }
+    }
     if (R <= 2) {
         // Decode: a cache line (32 weights) per row per step, with one L2 prefetch per line.
         for (; kk + 32 <= k16; kk += 32) {
 #pragma GCC unroll 8
             for (int c = 0; c < C; c++) {
-                _mm_prefetch((const char *)((uintptr_t)(wr[c] + kk) + PREFETCH_BYTES), _MM_HINT_T1);
+                _mm_prefetch(mm_pf_addr(wr[c], (size_t)kk * 2, (size_t)k * 2, C), _MM_HINT_T1);
             }
             mm_b16_block(acc, xr, (size_t)kk, wr, (size_t)kk, R, C);
             mm_b16_block(acc, xr, (size_t)kk + 16, wr, (size_t)kk + 16, R, C);
@@ -432,29 +500,38 @@ static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
  * For M >= PK_MIN_M. Same contract as the tiles above (every y[i][j] is the same 8-lane FMA
  * chain over k, from zero, in k order, then the same horizontal sum), so its results are
  * bit-identical to theirs and to the scalar kernel; only where operands live changes:
- *  - x is packed once per call into xp: mp = m rounded up to 4 rows (the extra rows are zero and
- *    never stored), each row zero-padded to ldxp (k rounded up to 8; bf16: to 16, deinterleaved
- *    per 16-block as the bf16 order wants);
- *  - per column group (PK_G weight rows) and k-block (PK_KC), the weights are widened once to
- *    f32 into a panel buffer, laid out per 4x3 tile and 8-step so the micro-kernel reads one
- *    contiguous stream; the widening (shift/AND for bf16, vcvtph2ps for f16) leaves the inner
- *    loop, which is then 12 FMAs, 4 x loads and 3 panel loads per step, in registers;
- *  - the 12 accumulators of a tile are saved to an accumulator block between k-blocks (exact:
- *    a store and a load of the same bits), so the x tile (4 rows x PK_KC) stays in L1 while the
- *    PK_G / 3 column tiles of the group pass over it, and the panel stays in L2 while the row
- *    tiles of a PK_MC-row block pass over it. */
+ *  - x is packed once per call into xq, interleaved per 4-row tile: for each 8-step of the
+ *    contract's order (bf16: the deinterleaved 16-blocks) the 4 rows' 8 values sit side by side
+ *    ([tile][step][row][8]), so a row tile's k-block is one contiguous stream (no 4 KB-aliased
+ *    rows in L1, one hardware-prefetch stream); rows are padded to mp (multiple of 4, zero rows
+ *    never stored) and columns to ldxp (k rounded up to 8; bf16: 16) with zeros;
+ *  - per PK_G weight rows and PK_KS-wide k superblock the weights are widened once to an f32
+ *    panel ([tile of 3 rows][step][row][8]; shift/AND for bf16, vcvtph2ps for f16): the widening
+ *    leaves the inner loop, which is 12 FMAs, 4 x loads and 3 panel loads per step;
+ *  - the row tiles of a PK_MC-row block then walk the panel (L2-resident) one after the other;
+ *    a row tile's PK_KC-wide x block stays in L1 while the PK_G / 3 column tiles pass over it,
+ *    and the next block is prefetched into L1 a share per column tile; the 12 accumulators of a
+ *    (row tile, column tile) are saved to an accumulator block between k-blocks (exact: a store
+ *    and a load of the same bits) and reduced once after the last superblock.
+ * Measured (2-core Zen 3 EPYC, 32 KiB L1d / 512 KiB L2, one thread, thread CPU time on a machine
+ * with a PyTorch training on the other core, m = 512): bf16 4096x6144 75 -> 80-85 GFLOP/s,
+ * 14336x4096 73 -> 78 (bf16 and f16), against a micro-kernel ceiling of 86-96 with everything in
+ * cache; f16 at k = 4096 stays on the register tiles (86 against 78 packed). */
 
 #define PK_R     4
 #define PK_C     3
 #define PK_MIN_M 16
 #ifndef PK_KC
-#define PK_KC 256 /* k per block: multiple of 16 */
+#define PK_KC 512 /* k per micro-kernel call (x block in L1): multiple of 16 */
+#endif
+#ifndef PK_KS
+#define PK_KS 1024 /* k per panel (f32 panel PK_G x PK_KS in L2): multiple of PK_KC */
 #endif
 #ifndef PK_G
 #define PK_G 48 /* weight rows per panel: multiple of PK_C */
 #endif
 #ifndef PK_MC
-#define PK_MC 128 /* rows per row block: multiple of PK_R */
+#define PK_MC 256 /* rows per row block (bounds the accumulator block): multiple of PK_R */
 #endif
 
 /* Widens weight rows [j, j + 3) (rows >= jend are zero), elements [kb, kb + kc) of the padded
@@ -511,10 +588,16 @@ static XC_AVX2_FN void pk_pack_tile(const mm_job *jb, int j, int jend, int kb, i
     }
 }
 
+#define PK_FMA_ROW(R, XV)                                                                          \
+    a##R##0 = _mm256_fmadd_ps(XV, w0, a##R##0);                                                    \
+    a##R##1 = _mm256_fmadd_ps(XV, w1, a##R##1);                                                    \
+    a##R##2 = _mm256_fmadd_ps(XV, w2, a##R##2);
+
 /* The 4x3 micro-kernel over one k-block: acc (12 vectors) is loaded (or zeroed on the first
- * block), kc / 8 steps of 12 FMAs, and stored back. */
-static XC_AVX2_FN void pk_micro(const float *xt, size_t ldxp, const float *panel, int kc,
-                                float *acc, bool first) {
+ * block), kc / 8 steps of 12 FMAs, and stored back. xt: the row tile's block ([step][row][8]);
+ * panel: the column tile's block ([step][row][8]). */
+static XC_AVX2_FN void pk_micro(const float *xt, const float *panel, int kc, float *acc,
+                                bool first) {
     __m256 a00, a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32;
     if (first) {
         a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = _mm256_setzero_ps();
@@ -532,27 +615,19 @@ static XC_AVX2_FN void pk_micro(const float *xt, size_t ldxp, const float *panel
         a31 = _mm256_load_ps(acc + 10 * 8);
         a32 = _mm256_load_ps(acc + 11 * 8);
     }
-    const float *x0 = xt, *x1 = xt + ldxp, *x2 = xt + 2 * ldxp, *x3 = xt + 3 * ldxp;
-    for (int kk = 0; kk < kc; kk += 8) {
+    for (int s = 0; s < kc / 8; s++) {
         __m256 w0 = _mm256_load_ps(panel), w1 = _mm256_load_ps(panel + 8),
                w2 = _mm256_load_ps(panel + 16);
         panel += PK_C * 8;
-        __m256 xv = _mm256_loadu_ps(x0 + kk);
-        a00 = _mm256_fmadd_ps(xv, w0, a00);
-        a01 = _mm256_fmadd_ps(xv, w1, a01);
-        a02 = _mm256_fmadd_ps(xv, w2, a02);
-        xv = _mm256_loadu_ps(x1 + kk);
-        a10 = _mm256_fmadd_ps(xv, w0, a10);
-        a11 = _mm256_fmadd_ps(xv, w1, a11);
-        a12 = _mm256_fmadd_ps(xv, w2, a12);
-        xv = _mm256_loadu_ps(x2 + kk);
-        a20 = _mm256_fmadd_ps(xv, w0, a20);
-        a21 = _mm256_fmadd_ps(xv, w1, a21);
-        a22 = _mm256_fmadd_ps(xv, w2, a22);
-        xv = _mm256_loadu_ps(x3 + kk);
-        a30 = _mm256_fmadd_ps(xv, w0, a30);
-        a31 = _mm256_fmadd_ps(xv, w1, a31);
-        a32 = _mm256_fmadd_ps(xv, w2, a32);
+        __m256 xv = _mm256_load_ps(xt);
+        PK_FMA_ROW(0, xv)
+        xv = _mm256_load_ps(xt + 8);
+        PK_FMA_ROW(1, xv)
+        xv = _mm256_load_ps(xt + 16);
+        PK_FMA_ROW(2, xv)
+        xv = _mm256_load_ps(xt + 24);
+        PK_FMA_ROW(3, xv)
+        xt += PK_R * 8;
     }
     _mm256_store_ps(acc + 0 * 8, a00);
     _mm256_store_ps(acc + 1 * 8, a01);
@@ -568,75 +643,89 @@ static XC_AVX2_FN void pk_micro(const float *xt, size_t ldxp, const float *panel
     _mm256_store_ps(acc + 11 * 8, a32);
 }
 
-/* Floats of one task's scratch: the panel (PK_G x PK_KC) and the accumulator block. */
+/* Floats of one task's scratch: the panel (PK_G x PK_KS at most) and the accumulator block
+ * (PK_MC rows x PK_G columns x 8 lanes at most). */
 static size_t pk_scratch_floats(const mm_job *jb) {
+    size_t ks = jb->ldxp < PK_KS ? jb->ldxp : PK_KS;
     size_t mc = (size_t)(jb->mp < PK_MC ? jb->mp : PK_MC);
-    return (size_t)PK_G * PK_KC + mc * PK_G * 8;
+    return (size_t)PK_G * ks + mc * PK_G * 8;
 }
 
 /* Columns [j0, j1) of every row with the packed GEMM; scratch: pk_scratch_floats, 32-aligned. */
 static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch) {
-    float *panel = scratch;
-    float *accb = scratch + (size_t)PK_G * PK_KC;
     const int kp = (int)jb->ldxp;
     const size_t wsz = xc_dtype_size(jb->wt);
+    const size_t tile_floats = (size_t)PK_R * jb->ldxp; /* one row tile of xq */
+    float *panel = scratch;
+    float *accb = scratch + (size_t)PK_G * (size_t)(kp < PK_KS ? kp : PK_KS);
     for (int i0 = 0; i0 < jb->mp; i0 += PK_MC) {
         int mc = jb->mp - i0 < PK_MC ? jb->mp - i0 : PK_MC;
         for (int g0 = j0; g0 < j1; g0 += PK_G) {
             int gc = j1 - g0 < PK_G ? j1 - g0 : PK_G;
             int nt = (gc + PK_C - 1) / PK_C;
-            for (int kb = 0; kb < kp; kb += PK_KC) {
-                int kc = kp - kb < PK_KC ? kp - kb : PK_KC;
+            for (int ks = 0; ks < kp; ks += PK_KS) {
+                int kl = kp - ks < PK_KS ? kp - ks : PK_KS;
+                bool last = ks + kl >= kp;
                 for (int t = 0; t < nt; t++) {
-                    pk_pack_tile(jb, g0 + t * PK_C, j1, kb, kc, panel + (size_t)t * PK_C * kc);
+                    pk_pack_tile(jb, g0 + t * PK_C, j1, ks, kl, panel + (size_t)t * PK_C * kl);
                 }
-                // What the next k-block (or the next group's first one) packs, in cache lines.
-                int nkb = kb + PK_KC, ng0 = g0;
-                if (nkb >= kp) {
-                    nkb = 0;
-                    ng0 = g0 + PK_G;
+                // The next panel's weights (next superblock, or the next group's first one) are
+                // prefetched into L2 a share per micro-kernel call, so its packing does not wait
+                // on DRAM: at small m (16 rows) the packing otherwise took as long as the FMAs.
+                int nks = ks + PK_KS, ng0 = g0;
+                if (nks >= kp) {
+                    nks = 0;
+                    ng0 = g0 + PK_G < j1 ? g0 + PK_G : j0;
                 }
                 int ngc = j1 - ng0 < PK_G ? j1 - ng0 : PK_G;
-                int nkc = kp - nkb < PK_KC ? kp - nkb : PK_KC;
-                size_t row_lines = ((size_t)nkc * wsz + 63) / 64;
-                size_t w_lines = ngc > 0 ? (size_t)ngc * row_lines : 0, w_done = 0;
-                int n_rt = mc / PK_R;
+                int nkl = kp - nks < PK_KS ? kp - nks : PK_KS;
+                nkl = nks + nkl > jb->k ? jb->k - nks : nkl; /* the weights are not padded */
+                const size_t row_lines = ((size_t)(nkl > 0 ? nkl : 0) * wsz + 63) / 64;
+                const size_t w_lines = (size_t)ngc * row_lines;
+                const size_t calls = (size_t)(mc / PK_R) * (size_t)((kl + PK_KC - 1) / PK_KC) * nt;
+                size_t call = 0, w_done = 0;
                 for (int r = 0; r < mc; r += PK_R) {
-                    const float *xt = jb->xp + (size_t)(i0 + r) * jb->ldxp + (size_t)kb;
                     float *ab = accb + (size_t)(r / PK_R) * (size_t)nt * PK_R * PK_C * 8;
-                    // Prefetch into L2 the next row tile's x block and a share of the next
-                    // panel's weights, so neither waits on L3 or DRAM when its turn comes.
-                    const float *xn = r + PK_R < mc ? xt + PK_R * jb->ldxp
-                                                    : jb->xp + (size_t)i0 * jb->ldxp + (size_t)nkb;
-                    for (int q = 0; q < PK_R; q++) {
-                        for (int l = 0; l < nkc; l += 16) {
-                            _mm_prefetch((const char *)(xn + (size_t)q * jb->ldxp + (size_t)l),
-                                         _MM_HINT_T1);
+                    const float *xT = jb->xp + (size_t)((i0 + r) / PK_R) * tile_floats;
+                    for (int kb = 0; kb < kl; kb += PK_KC) {
+                        int kc = kl - kb < PK_KC ? kl - kb : PK_KC;
+                        const float *xt = xT + (size_t)(ks + kb) * PK_R;
+                        // Into L1, a share per column tile: the next x block (this row tile's
+                        // next k-block, or the next row tile's first one). A prefetch past the
+                        // end of xq is harmless.
+                        uintptr_t xn = kb + PK_KC < kl
+                                           ? (uintptr_t)(xt + (size_t)kc * PK_R)
+                                           : (uintptr_t)(xT + tile_floats + (size_t)ks * PK_R);
+                        int lines = kc * PK_R / 16, done = 0;
+                        for (int t = 0; t < nt; t++) {
+                            for (int to = lines * (t + 1) / nt; done < to; done++) {
+                                _mm_prefetch((const char *)(xn + (uintptr_t)done * 64),
+                                             _MM_HINT_T0);
+                            }
+                            for (size_t wt = w_lines * ++call / calls; w_done < wt; w_done++) {
+                                size_t row = w_done / row_lines, col = w_done % row_lines * 64;
+                                _mm_prefetch(
+                                    (const char *)jb->w +
+                                        ((size_t)(ng0 + (int)row) * (size_t)jb->k + (size_t)nks) *
+                                            wsz +
+                                        col,
+                                    _MM_HINT_T1);
+                            }
+                            pk_micro(xt, panel + (size_t)t * PK_C * kl + (size_t)kb * PK_C, kc,
+                                     ab + (size_t)t * PK_R * PK_C * 8, ks + kb == 0);
                         }
                     }
-                    size_t w_to = w_lines * (size_t)(r / PK_R + 1) / (size_t)n_rt;
-                    for (; w_done < w_to; w_done++) {
-                        size_t row = w_done / row_lines, off = (w_done % row_lines) * 64;
-                        _mm_prefetch((const char *)jb->w +
-                                         ((size_t)(ng0 + (int)row) * (size_t)jb->k + (size_t)nkb) *
-                                             wsz +
-                                         off,
-                                     _MM_HINT_T1);
+                    if (!last) {
+                        continue;
                     }
                     for (int t = 0; t < nt; t++) {
-                        pk_micro(xt, jb->ldxp, panel + (size_t)t * PK_C * kc, kc,
-                                 ab + (size_t)t * PK_R * PK_C * 8, kb == 0);
-                    }
-                }
-            }
-            for (int r = 0; r < mc; r += PK_R) {
-                const float *ab = accb + (size_t)(r / PK_R) * (size_t)nt * PK_R * PK_C * 8;
-                for (int t = 0; t < nt; t++) {
-                    for (int rr = 0; rr < PK_R && i0 + r + rr < jb->m; rr++) {
-                        for (int c = 0; c < PK_C && g0 + t * PK_C + c < j1; c++) {
-                            __m256 v = _mm256_load_ps(
-                                ab + ((size_t)t * PK_R * PK_C + (size_t)rr * PK_C + (size_t)c) * 8);
-                            mm_store(jb, i0 + r + rr, g0 + t * PK_C + c, xc_simd_hsum(v));
+                        for (int rr = 0; rr < PK_R && i0 + r + rr < jb->m; rr++) {
+                            for (int c = 0; c < PK_C && g0 + t * PK_C + c < j1; c++) {
+                                __m256 v = _mm256_load_ps(
+                                    ab +
+                                    ((size_t)t * PK_R * PK_C + (size_t)rr * PK_C + (size_t)c) * 8);
+                                mm_store(jb, i0 + r + rr, g0 + t * PK_C + c, xc_simd_hsum(v));
+                            }
                         }
                     }
                 }
@@ -645,19 +734,24 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
     }
 }
 
+/* x (m, k) -> xq (mp / 4 tiles of 4 x ldxp) for the packed GEMM: per 4-row tile and 8-step of the
+ * contract's order (bf16: per 16-block the 8 even elements, then the 8 odd ones) the 4 rows' 8
+ * values side by side; zero-padded to ldxp columns and mp rows. */
+static void mm_pack_x_tiles(const mm_job *jb, float *xq) {
+    const bool b16 = jb->wt == XC_DTYPE_BF16;
+    for (int i = 0; i < jb->mp; i++) {
+        const float *x = i < jb->m ? jb->x + (size_t)i * jb->ldx : NULL;
+        float *o = xq + (size_t)(i / 4) * 4 * jb->ldxp + (size_t)(i % 4) * 8;
+        for (size_t q = 0; q < jb->ldxp; q++) {
+            size_t e = b16 ? (q & ~(size_t)15) + 2 * (q & 7) + ((q >> 3) & 1) : q;
+            o[(q / 8) * 32 + q % 8] = x && e < (size_t)jb->k ? x[e] : 0.0f;
+        }
+    }
+}
+
 #endif /* XC_MM_X86 */
 
 /* ---- dispatch ---- */
-
-/* x (m, k) -> xp (mp, ldxp) for the packed GEMM: rows copied and zero-padded to ldxp, rows
- * m..mp zero (bf16: mm_pack_x16's order). */
-static void mm_pack_x_rows(const mm_job *jb, float *xp) {
-    for (int i = 0; i < jb->m; i++) {
-        float *o = xp + (size_t)i * jb->ldxp;
-        memcpy(o, jb->x + (size_t)i * jb->ldx, (size_t)jb->k * sizeof(float));
-        memset(o + jb->k, 0, (jb->ldxp - (size_t)jb->k) * sizeof(float));
-    }
-}
 
 /* x (m, k) -> xp (m, ldxp): per 16-block the 8 even elements, then the 8 odd ones, zero-padded. */
 static void mm_pack_x16(const mm_job *jb, float *xp) {
@@ -759,8 +853,9 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
     float *heap_xp = NULL, *pk_xp = NULL;
 #if XC_MM_X86
     // f16 weights with k <= 8192 stay on the register tiles: vcvtph2ps in the loop costs less
-    // there than the panel round trip (measured: 70 against 63 GFLOP/s per core, m = 256, k =
-    // 4096), while bf16 and f32 (and f16 at k = 14336) gain 10-50%. Both give the same bits.
+    // there than the panel round trip (measured on the Zen 3 machine, one thread, m = 512, k =
+    // 4096: 86 against 78 GFLOP/s), while bf16 and f32 (and f16 at k = 14336) gain. Both give
+    // the same bits.
     bool pk_wanted = !(jb.wt == XC_DTYPE_F16 && jb.k <= 8192);
     if (t.avx2 && jb.m >= PK_MIN_M && pk_wanted) {
         // Prefill: the packed GEMM over x padded to whole 4-row tiles and 8 (bf16: 16) columns.
@@ -773,12 +868,7 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
         if (!pk_xp) {
             return xc_errf(XC_ERR_NOMEM, "matmul: out of memory packing x (%zu floats)", nxp);
         }
-        if (jb.wt == XC_DTYPE_BF16) {
-            mm_pack_x16(&jb, pk_xp);
-        } else {
-            mm_pack_x_rows(&jb, pk_xp);
-        }
-        memset(pk_xp + jb.ldxp * (size_t)jb.m, 0, jb.ldxp * (size_t)(jb.mp - jb.m) * sizeof(float));
+        mm_pack_x_tiles(&jb, pk_xp);
         jb.xp = pk_xp;
     } else
 #endif

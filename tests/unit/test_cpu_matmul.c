@@ -296,13 +296,14 @@ static void test_cpu_matmul_batch_invariant_scalar(void **state) {
     invariance_for(XC_DTYPE_BF16, true);
 }
 
-/* The packed prefill GEMM (m >= 16) in its blocked cases: several 128-row blocks with a partial
- * 4-row tile, several 48-row weight panels per task (one thread) and several k-blocks with a
- * padded tail (and f16 past k = 8192, where it takes the packed path): every row equals the row
- * computed alone by the decode tiles, bit for bit, on 1 and 2 threads, and the scalar kernel. */
+/* The packed prefill GEMM (m >= 16) in its blocked cases: several 256-row blocks with a partial
+ * 4-row tile, several 48-row weight panels per task (one thread), several 1024-wide panels and
+ * 512-wide k-blocks with a padded tail (and f16 past k = 8192, where it takes the packed path):
+ * every row equals the row computed alone by the decode tiles, bit for bit, on 1 and 2 threads,
+ * and the scalar kernel. */
 static void test_cpu_matmul_packed_blocks_invariant(void **state) {
     (void)state;
-    static const int shapes[][3] = {{133, 157, 600}, {21, 50, 8203}};
+    static const int shapes[][3] = {{133, 157, 600}, {261, 53, 1100}, {21, 50, 8203}};
     xc_backend *be1 = make_backend_isa(1, false), *be2 = make_backend_isa(2, false);
     xc_backend *sc = make_backend_isa(2, true);
     uint64_t s = 4242;

@@ -272,6 +272,103 @@ static void test_llm_decode_ignores_plora(void **state) {
     remove_dir(dir);
 }
 
+/* One last-stage forward of a 3-sequence image batch (sequence 1 ends inside an image, so its
+ * last row runs PLoRA) with last_rows_only, against the same forward over every row: the logits
+ * are the same bits. Also for a last stage that starts with the final layer's FFN unit. */
+static void run_last_rows(const xc_model_config *cfg, xc_backend *be, xc_ckpt *ck,
+                          const prompt_fx *f, const float *emb, int unit_cut, bool last_only,
+                          float *logits) {
+    int L = cfg->num_hidden_layers, H = cfg->hidden_size;
+    xc_llm_conf ca = {.unit_begin = 0, .unit_end = unit_cut, .first = true, .max_rows = 512};
+    xc_llm_conf cb = {.unit_begin = unit_cut, .unit_end = 2 * L, .last = true, .max_rows = 512};
+    xc_llm_conf whole = {
+        .layer_begin = 0, .layer_end = L, .first = true, .last = true, .max_rows = 512};
+    bool split = unit_cut < 2 * L;
+    xc_llm *a = NULL, *b = NULL;
+    assert_int_equal(xc_llm_create(be, ck, cfg, split ? &ca : &whole, &a), XC_OK);
+    if (split) {
+        assert_int_equal(xc_llm_create(be, ck, cfg, &cb, &b), XC_OK);
+    }
+    xc_kv_cache *kv = NULL;
+    assert_int_equal(xc_kv_create(be, L, 64, 16, xc_llm_kv_width(a), XC_DTYPE_BF16, &kv), XC_OK);
+    static int32_t tables[3][20];
+    for (int q = 0; q < 3; q++) {
+        for (int i = 0; i < 20; i++) {
+            tables[q][i] = q * 20 + i;
+        }
+    }
+    int n1 = f->img[0].start + 3; /* ends on an image row */
+    xc_row_range img1 = {f->img[0].start, n1};
+    xc_llm_seq seqs[3] = {
+        {.n_tokens = f->n, .block_table = tables[0], .img = f->img, .n_img = 2},
+        {.n_tokens = n1, .block_table = tables[1], .img = &img1, .n_img = 1},
+        {.n_tokens = 5, .block_table = tables[2]},
+    };
+    int rows = f->n + n1 + 5;
+    int32_t *ids = xc_malloc((size_t)rows * sizeof(int32_t));
+    memcpy(ids, f->ids, (size_t)f->n * sizeof(int32_t));
+    memcpy(ids + f->n, f->ids, (size_t)n1 * sizeof(int32_t));
+    memcpy(ids + f->n + n1, f->ids + f->n - 5, 5 * sizeof(int32_t));
+    int img_rows = (f->img[0].end - f->img[0].start) + (f->img[1].end - f->img[1].start);
+    float *ie = xc_malloc((size_t)(img_rows + 3) * H * sizeof(float));
+    memcpy(ie, emb, (size_t)img_rows * H * sizeof(float));
+    memcpy(ie + (size_t)img_rows * H, emb, (size_t)3 * H * sizeof(float));
+    float *hidden = xc_malloc((size_t)rows * H * sizeof(float));
+    xc_llm_batch batch = {.seqs = seqs,
+                          .n_seqs = 3,
+                          .n_rows = rows,
+                          .ids = ids,
+                          .img_embeds = ie,
+                          .last_rows_only = last_only};
+    assert_int_equal(xc_llm_forward(a, kv, &batch, hidden, split ? NULL : logits), XC_OK);
+    if (split) {
+        assert_int_equal(xc_llm_forward(b, kv, &batch, hidden, logits), XC_OK);
+    }
+    xc_free(ids);
+    xc_free(ie);
+    xc_free(hidden);
+    xc_kv_destroy(kv);
+    xc_llm_destroy(a);
+    xc_llm_destroy(b);
+}
+
+static void test_llm_last_rows_only_same_logits(void **state) {
+    (void)state;
+    prompt_fx f;
+    prompt_load(&f);
+    xc_model_config cfg;
+    assert_int_equal(xc_model_config_load(VL, &cfg), XC_OK);
+    assert_true(f.img[0].end - f.img[0].start >= 3 && f.n + f.img[0].start + 8 <= 512 &&
+                f.n <= 320);
+    xc_backend *be = NULL;
+    assert_int_equal(xc_backend_create("cpu", NULL, &be), XC_OK);
+    xc_ckpt *ck = NULL;
+    assert_int_equal(xc_ckpt_open(VL, &ck), XC_OK);
+    xc_vision *v = NULL;
+    assert_int_equal(xc_vision_create(be, ck, &cfg, &v), XC_OK);
+    int V = cfg.vocab_size, L = cfg.num_hidden_layers;
+    float *emb = xc_malloc((size_t)2 * 25 * cfg.hidden_size * sizeof(float));
+    assert_int_equal(xc_vision_encode(v, f.pixels, 2, emb, NULL), XC_OK);
+    float *all = xc_malloc((size_t)3 * V * sizeof(float)), *few = xc_malloc((size_t)3 * V * 4);
+    int cuts[2] = {2 * L, 2 * L - 1}; /* one stage; a last stage holding only the final FFN */
+    for (int c = 0; c < 2; c++) {
+        run_last_rows(&cfg, be, ck, &f, emb, cuts[c], false, all);
+        run_last_rows(&cfg, be, ck, &f, emb, cuts[c], true, few);
+        assert_memory_equal(all, few, (size_t)3 * V * sizeof(float));
+    }
+    /* and the flag matters: without the gather, row 1 of the logits would be another row's */
+    bool differs = memcmp(all, all + V, (size_t)V * sizeof(float)) != 0 &&
+                   memcmp(all + V, all + 2 * (size_t)V, (size_t)V * sizeof(float)) != 0;
+    assert_true(differs);
+    xc_free(emb);
+    xc_free(all);
+    xc_free(few);
+    xc_vision_destroy(v);
+    xc_ckpt_close(ck);
+    xc_backend_destroy(be);
+    xc_ckpt_close(f.exp);
+}
+
 static void test_llm_rejects_bad_batches(void **state) {
     (void)state;
     xc_model_config cfg;
@@ -320,6 +417,7 @@ int main(void) {
         cmocka_unit_test(test_llm_plora_changes_only_image_rows),
         cmocka_unit_test(test_llm_text_only_ignores_plora),
         cmocka_unit_test(test_llm_decode_ignores_plora),
+        cmocka_unit_test(test_llm_last_rows_only_same_logits),
         cmocka_unit_test(test_llm_rejects_bad_batches),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);

@@ -85,6 +85,8 @@ import json, statistics, sys
 raw, pp, tg = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 res = {}  # (side, w, t, kind) -> [per-round best]
 bw = {}
+share = {}  # (w, t, round) -> bytes per token, read bandwidth; llama.cpp's tg of that round
+lb_tg = {}
 for line in open(raw):
     side, r, w, t, rest = line.rstrip("\n").split(" ", 4)
     if side == "LB":
@@ -95,12 +97,21 @@ for line in open(raw):
         kind = "pp" if j.get("n_prompt", 0) > 0 and j.get("n_gen", 0) == 0 else "tg"
         best = max(j.get("samples_ts") or [j["avg_ts"]])
         res.setdefault(("LB", w, t, kind), []).append(best)
+        if kind == "tg":
+            lb_tg[(w, t, r)] = best
     else:
         f = rest.split()
         if f and f[0] in (f"pp{pp}", f"tg{tg}") and len(f) >= 3:
             res.setdefault(("XC", w, t, f[0][:2]), []).append(float(f[2]))
             if f[0].startswith("tg") and len(f) >= 7:
                 bw.setdefault((w, t), []).append(f[4] + " GB/s, " + " ".join(f[5:]))
+                # bytes per token (weights + KV) from xcpipe's own figures, and the read
+                # bandwidth measured in the same run: "tg64 T tok/s ms GB/s NN% of BW"
+                try:
+                    share.setdefault((w, t, r), {})["bpt"] = float(f[4]) / float(f[2])
+                    share[(w, t, r)]["bw"] = float(f[-1])
+                except (ValueError, ZeroDivisionError):
+                    pass
 print(f"| weights | threads | xcpipe pp{pp} | llama.cpp pp{pp} | ratio | xcpipe tg{tg} | llama.cpp tg{tg} | ratio |")
 print("|---|---|---|---|---|---|---|---|")
 keys = sorted({(k[1], k[2]) for k in res}, key=lambda k: (k[0], int(k[1])))
@@ -112,4 +123,14 @@ for w, t in keys:
     print(f"| {w} | {t} | {xp:.1f} | {lp:.1f} | {xp / lp:.2f} | {xt:.2f} | {lt:.2f} | {xt / lt:.2f} |")
 for (w, t), v in sorted(bw.items()):
     print(f"xcpipe decode {w} {t} thread(s), GB/s and share of the read bandwidth per round: " + "; ".join(v))
+# llama.cpp's own share: its tg tokens/s times the bytes a token reads (the same shapes; xcpipe's
+# bytes per token, weights plus the f32 KV it reads), over the bandwidth xcpipe measured in
+# that round
+lbs = {}
+for (w, t, r), d in sorted(share.items()):
+    if (w, t, r) in lb_tg and "bw" in d and d["bw"] > 0:
+        g = lb_tg[(w, t, r)] * d["bpt"]
+        lbs.setdefault((w, t), []).append(f"{g:.1f} GB/s, {100 * g / d['bw']:.0f}% of {d['bw']:.1f}")
+for (w, t), v in sorted(lbs.items()):
+    print(f"llama.cpp decode {w} {t} thread(s), GB/s and share of the same read bandwidth per round: " + "; ".join(v))
 PY
