@@ -232,6 +232,16 @@ static inline const char *mm_pf_addr(const void *row, size_t off, size_t row_byt
     return (const char *)(t < row_bytes ? r + t : r + (size_t)C * row_bytes + (t - row_bytes));
 }
 
+/* The decode loops' L2 prefetches: for each of a 1 x 8 tile's weight rows (consecutive, row_bytes
+ * each, from row0), the line mm_pf_addr gives for byte offset off. */
+XC_AVX2_INLINE void mm_pf_dec_lines(const void *row0, size_t off, size_t row_bytes) {
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) {
+        _mm_prefetch(mm_pf_addr((const char *)row0 + (size_t)c * row_bytes, off, row_bytes, 8),
+                     _MM_HINT_T1);
+    }
+}
+
 /* One R x C tile: rows i0.., weight rows j0.., the whole of k. R, C and wt are constants. */
 XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const int C,
                             const xc_dtype wt) {
@@ -262,12 +272,7 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
         // and each weight vector consumed as soon as it is widened (no spills).
         const size_t rb = (size_t)k * 2;
         for (; kk0 + 32 <= k8; kk0 += 32) {
-            size_t off = (size_t)kk0 * 2 + PREFETCH_BYTES;
-            off += off >= rb ? 7 * rb : 0; /* past the row: row c of the next tile */
-#pragma GCC unroll 8
-            for (int c = 0; c < 8; c++) {
-                _mm_prefetch((const char *)((uintptr_t)wr[c] + off), _MM_HINT_T1);
-            }
+            mm_pf_dec_lines(wr[0], (size_t)kk0 * 2, rb);
 #pragma GCC unroll 4
             for (int b = 0; b < 32; b += 8) {
                 __m256 xv = _mm256_loadu_ps(xr[0] + kk0 + b);
@@ -382,12 +387,7 @@ XC_AVX2_INLINE void mm_tile_b16(const mm_job *jb, int i0, int j0, const int R, c
         const __m256i odd = _mm256_set1_epi32((int)0xffff0000u);
         const size_t rb = (size_t)k * 2;
         for (; kk + 32 <= k16; kk += 32) {
-            size_t off = (size_t)kk * 2 + PREFETCH_BYTES;
-            off += off >= rb ? 7 * rb : 0; /* past the row: row c of the next tile */
-#pragma GCC unroll 8
-            for (int c = 0; c < 8; c++) {
-                _mm_prefetch((const char *)((uintptr_t)wr[c] + off), _MM_HINT_T1);
-            }
+            mm_pf_dec_lines(wr[0], (size_t)kk * 2, rb);
 #pragma GCC unroll 2
             for (int b = 0; b < 32; b += 16) {
                 __m256 xe = _mm256_loadu_ps(xr[0] + kk + b),
