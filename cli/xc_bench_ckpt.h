@@ -1,5 +1,6 @@
-/* Shared by the model and vision benchmarks (CPU and CUDA): a random checkpoint cached on disk,
- * the ViT-L/14-shaped tiny-model configuration, and comma-separated counts. */
+/* Shared by the benchmarks: a random checkpoint cached on disk, the ViT-L/14-shaped tiny-model
+ * configuration and comma-separated counts (model and vision, CPU and CUDA), and the weightless
+ * model directory of the simulated clusters (pipeline, sched). */
 #pragma once
 
 #include "xc_dtype.h"
@@ -16,3 +17,11 @@ void xc_bench_vision_conf(xc_tiny_conf *tc, int width, int layers, xc_dtype dtyp
 
 /* Parses "1,16,256" into out (at most max positive counts <= 2^20); -1 on anything else. */
 int xc_bench_int_list(const char *s, int *out, int max);
+
+/* Makes a temporary directory from the mkdtemp template dir (changed in place) holding only the
+ * config.json of InternLM2-7B with the given decoder layers, the model of the sim backend's
+ * clusters. XC_ERR_IO when it cannot (nothing is left behind). */
+xc_status xc_bench_sim_model_dir(char *dir, int layers);
+
+/* Removes what xc_bench_sim_model_dir made. */
+void xc_bench_sim_model_dir_remove(const char *dir);

@@ -4,6 +4,7 @@
  * over ideal (P x the throughput of one worker running the whole model at the same micro-batch
  * size), the bubble fraction of every stage, chunked prefill of one long prompt against an
  * unpipelined run, and R replicas against one. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "xc_bench_ckpt.h"
 #include "xc_cli.h"
 #include "xc_conf.h"
 #include "xc_coord.h"
@@ -285,20 +287,36 @@ static xc_status run_long(const char *model, int P, const bp_conf *bc, double *s
     return st;
 }
 
-static xc_status write_config(const char *dir, int layers) {
-    char path[512];
+xc_status xc_bench_sim_model_dir(char *dir, int layers) {
+    if (!mkdtemp(dir)) {
+        return xc_errf(XC_ERR_IO, "cannot make a temporary directory %s: %s", dir, strerror(errno));
+    }
+    char path[600];
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *f = fopen(path, "w");
     if (!f) {
-        return xc_errf(XC_ERR_IO, "cannot write %s", path);
+        xc_status st = xc_errf(XC_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+        rmdir(dir);
+        return st;
     }
     fprintf(f,
             "{\"num_hidden_layers\": %d, \"hidden_size\": 4096, \"intermediate_size\": 14336,"
             " \"num_attention_heads\": 32, \"num_key_value_heads\": 8, \"vocab_size\": 92544,"
             " \"max_length\": 32768, \"max_position_embeddings\": 32768}\n",
             layers);
-    fclose(f);
+    if (fclose(f) != 0) {
+        xc_status st = xc_errf(XC_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+        xc_bench_sim_model_dir_remove(dir);
+        return st;
+    }
     return XC_OK;
+}
+
+void xc_bench_sim_model_dir_remove(const char *dir) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    rmdir(dir);
 }
 
 int xc_cmd_bench_pipeline(int argc, char **argv) {
@@ -313,8 +331,8 @@ int xc_cmd_bench_pipeline(int argc, char **argv) {
     }
     xc_log_set_level(XC_LOG_LEVEL_WARN);
     char dir[] = "/tmp/xc-bench-pipeline-XXXXXX";
-    if (!mkdtemp(dir) || write_config(dir, bc.layers) != XC_OK) {
-        fprintf(stderr, "xcpipe bench pipeline: cannot make a temporary model directory\n");
+    if (xc_bench_sim_model_dir(dir, bc.layers) != XC_OK) {
+        fprintf(stderr, "xcpipe bench pipeline: %s\n", xc_err_last());
         return 1;
     }
     xc_sim_cost k = XC_SIM_COST_H100;
@@ -385,9 +403,6 @@ int xc_cmd_bench_pipeline(int argc, char **argv) {
             printf("%-8d %10.3f %10.2f %12.3f\n", Ls[i], t, t1 / t, b);
         }
     }
-    char path[600];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    unlink(path);
-    rmdir(dir);
+    xc_bench_sim_model_dir_remove(dir);
     return rc;
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "xc_bench_ckpt.h"
 #include "xc_cli.h"
 #include "xc_conf.h"
 #include "xc_coord.h"
@@ -110,20 +111,6 @@ static int cmp_double(const void *a, const void *b) {
 static double pct(const double *sorted, int n, double p) {
     int i = (int)(p * (n - 1) + 0.5);
     return sorted[i < n ? i : n - 1];
-}
-
-static xc_status write_config(const char *dir) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        return xc_errf(XC_ERR_IO, "cannot write %s", path);
-    }
-    fprintf(f, "{\"num_hidden_layers\": 32, \"hidden_size\": 4096, \"intermediate_size\": 14336,"
-               " \"num_attention_heads\": 32, \"num_key_value_heads\": 8, \"vocab_size\": 92544,"
-               " \"max_length\": 32768, \"max_position_embeddings\": 32768}\n");
-    fclose(f);
-    return XC_OK;
 }
 
 static xc_status run(const char *dir, const bs_conf *bc, bench_state *b) {
@@ -257,8 +244,8 @@ int xc_cmd_bench_sched(int argc, char **argv) {
     }
     xc_log_set_level(XC_LOG_LEVEL_WARN);
     char dir[] = "/tmp/xc-bench-sched-XXXXXX";
-    if (!mkdtemp(dir) || write_config(dir) != XC_OK) {
-        fprintf(stderr, "xcpipe bench sched: cannot make a temporary model directory\n");
+    if (xc_bench_sim_model_dir(dir, 32) != XC_OK) {
+        fprintf(stderr, "xcpipe bench sched: %s\n", xc_err_last());
         return 1;
     }
     bench_state b = {.sequences = bc.sequences, .cap = bc.max_steps};
@@ -326,9 +313,6 @@ int xc_cmd_bench_sched(int argc, char **argv) {
     free(b.rows);
     free(b.msgs);
     pthread_mutex_destroy(&b.lock);
-    char path[600];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    unlink(path);
-    rmdir(dir);
+    xc_bench_sim_model_dir_remove(dir);
     return rc;
 }
