@@ -714,6 +714,26 @@ static xc_status run(xc_compose *s, const char *step, const xc_compose_prompt *p
     return XC_OK;
 }
 
+/* Runs one model call on `text` with the request's uploaded images: the prompt interleaves
+ * them where the text has image marks, or is the text alone (with BOS only where `bos`). */
+static xc_status run_uploads(xc_compose *s, const char *step, const char *text, bool bos,
+                             const xc_compose_image *up, int n_up, int max_new, stops which,
+                             bool deltas, xc_tokens *out, bool *stopped) {
+    xc_compose_prompt p;
+    xc_status st = n_up ? xc_compose_interleave(s->conf, text, n_up, &p)
+                        : xc_compose_tokenize(s->conf, text, bos, &p);
+    if (st != XC_OK) {
+        return fail(s, st, "%s prompt: %s", step, xc_err_last());
+    }
+    const xc_compose_image *imgs[XC_COMPOSE_MAX_IMAGES];
+    for (int i = 0; i < n_up && i < XC_COMPOSE_MAX_IMAGES; i++) {
+        imgs[i] = &up[i];
+    }
+    st = run(s, step, &p, imgs, max_new, which, deltas, out, stopped);
+    xc_compose_prompt_fini(&p);
+    return st;
+}
+
 /* HF's clean_up_tokenization: each replacement over the whole string, in this order. */
 static void clean_up(char *t) {
     static const char *const rep[][2] = {
@@ -831,21 +851,11 @@ xc_status xc_compose_article(xc_compose *s, const char *instruction, const xc_co
     if (!text) {
         return fail(s, XC_ERR_NOMEM, "out of memory");
     }
-    xc_compose_prompt p;
-    xc_status st = n_up ? xc_compose_interleave(s->conf, text, n_up, &p)
-                        : xc_compose_tokenize(s->conf, text, true, &p);
-    xc_free(text);
-    if (st != XC_OK) {
-        return fail(s, st, "article prompt: %s", xc_err_last());
-    }
-    const xc_compose_image *imgs[XC_COMPOSE_MAX_IMAGES];
-    for (int i = 0; i < n_up && i < XC_COMPOSE_MAX_IMAGES; i++) {
-        imgs[i] = &up[i];
-    }
     xc_tokens t = {0};
     bool stopped;
-    st = run(s, "article", &p, imgs, s->conf->article_max_tokens, STOPS_STREAM, true, &t, &stopped);
-    xc_compose_prompt_fini(&p);
+    xc_status st = run_uploads(s, "article", text, true, up, n_up, s->conf->article_max_tokens,
+                               STOPS_STREAM, true, &t, &stopped);
+    xc_free(text);
     char *out = NULL;
     if (st == XC_OK) {
         st = decode_special(s, &t, 0, &out); /* decode(output[1:]): the stream's text */
@@ -903,21 +913,11 @@ xc_status xc_compose_loc(xc_compose *s, char *const *paras, int n_paras, const x
     if (!text) {
         return fail(s, XC_ERR_NOMEM, "out of memory");
     }
-    xc_compose_prompt p;
-    xc_status st = n_up ? xc_compose_interleave(s->conf, text, n_up, &p)
-                        : xc_compose_tokenize(s->conf, text, false, &p);
-    xc_free(text);
-    if (st != XC_OK) {
-        return fail(s, st, "position prompt: %s", xc_err_last());
-    }
-    const xc_compose_image *imgs[XC_COMPOSE_MAX_IMAGES];
-    for (int i = 0; i < n_up && i < XC_COMPOSE_MAX_IMAGES; i++) {
-        imgs[i] = &up[i];
-    }
     xc_tokens t = {0};
     bool stopped;
-    st = run(s, "positions", &p, imgs, GEN_LOC_MAX, STOPS_GENERATE, false, &t, &stopped);
-    xc_compose_prompt_fini(&p);
+    xc_status st = run_uploads(s, "positions", text, false, up, n_up, GEN_LOC_MAX, STOPS_GENERATE,
+                               false, &t, &stopped);
+    xc_free(text);
     char *ans = NULL;
     if (st == XC_OK) {
         st = decode_clean(s, &t, 0, &ans);
