@@ -2,6 +2,9 @@
  * returns the process exit code: 0 ok, 1 failure, 2 bad usage. */
 #pragma once
 
+#include <signal.h>
+#include <stddef.h>
+
 int xc_cmd_model(int argc, char **argv); /* model make-tiny | inspect */
 int xc_cmd_bench(int argc, char **argv); /* bench kernels | model | vision | tokenize | ... */
 int xc_cmd_bench_kernels(int argc, char **argv);
@@ -31,3 +34,13 @@ int xc_cmd_compose(int argc, char **argv);         /* compose: an illustrated ar
 
 /* Prints "xcpipe <cmd>: <what>: <xc_err_last()>" to stderr for a failed status. */
 void xc_cli_report(const char *cmd, const char *what, int status);
+
+/* The API key in `path`: its first line that is neither blank nor a '#' comment, trimmed. Prints
+ * "xcpipe <cmd>: --api-key-file PATH: why" and returns -1 when the file cannot be read or holds
+ * no key. */
+int xc_cli_read_key(const char *cmd, const char *path, char *key, size_t n);
+
+/* Installs SIGINT and SIGTERM handlers (no SA_RESTART, so a signal wakes a poll at once) and
+ * ignores SIGPIPE, for commands that drain and stop on the first signal and abort on the second:
+ * *stop is set by the first signal, *abort_now by the second. */
+void xc_cli_stop_signals(volatile sig_atomic_t **stop, volatile sig_atomic_t **abort_now);

@@ -86,44 +86,6 @@ static const xc_conf_spec batch_spec = {
     "interrupted. See docs/batch.md.",
     batch_entries, sizeof batch_entries / sizeof batch_entries[0]};
 
-static volatile sig_atomic_t g_stop, g_abort;
-
-static void on_signal(int sig) {
-    (void)sig;
-    if (g_stop) {
-        g_abort = 1;
-    }
-    g_stop = 1;
-}
-
-/* The first line of the file that is neither blank nor a '#' comment, trimmed. */
-static int read_key(const char *path, char *key, size_t n) {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "xcpipe batch: --api-key-file %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    char line[1024];
-    key[0] = 0;
-    while (fgets(line, sizeof line, f)) {
-        char *s = line + strspn(line, " \t");
-        size_t l = strcspn(s, "\r\n");
-        while (l > 0 && (s[l - 1] == ' ' || s[l - 1] == '\t')) {
-            l--;
-        }
-        if (l > 0 && s[0] != '#') {
-            snprintf(key, n, "%.*s", (int)l, s);
-            break;
-        }
-    }
-    fclose(f);
-    if (!key[0]) {
-        fprintf(stderr, "xcpipe batch: --api-key-file %s holds no key\n", path);
-        return -1;
-    }
-    return 0;
-}
-
 static int parse_fsync(const char *s) {
     if (!strcmp(s, "line")) {
         return 1;
@@ -162,7 +124,7 @@ int xc_cmd_batch(int argc, char **argv) {
         return 2;
     }
     char key[600] = "";
-    if (f.api_key_file && read_key(f.api_key_file, key, sizeof key) != 0) {
+    if (f.api_key_file && xc_cli_read_key("batch", f.api_key_file, key, sizeof key) != 0) {
         return 2;
     }
     if (!f.api_key_file && getenv("XC_BATCH_API_KEY")) {
@@ -196,8 +158,7 @@ int xc_cmd_batch(int argc, char **argv) {
                  : !strcmp(f.progress, "off")   ? XC_BATCH_PROGRESS_OFF
                                                 : XC_BATCH_PROGRESS_AUTO;
     c.progress_interval_s = f.progress_s;
-    c.stop = &g_stop;
-    c.abort_now = &g_abort;
+    xc_cli_stop_signals(&c.stop, &c.abort_now);
 
     xc_batch_server_lazy local = {0};
     char log_path[PATH_MAX];
@@ -210,20 +171,13 @@ int xc_cmd_batch(int argc, char **argv) {
                                    .n_extra = f.serve_args.n,
                                    .log_path = log_path,
                                    .ready_timeout_s = f.ready_timeout_s,
-                                   .abort = &g_stop};
+                                   .abort = c.stop};
         if (xc_batch_server_lazy_init(&local, "xcpipe batch", &sc, &c.start, &c.start_ud, &c.alive,
                                       &c.alive_ud) != XC_OK) {
             fprintf(stderr, "xcpipe batch: %s\n", xc_err_last());
             return 2;
         }
     }
-
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal; /* no SA_RESTART: a signal wakes the poll at once */
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     xc_batch_summary s;
     st = xc_batch_run(&c, &s);

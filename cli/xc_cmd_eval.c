@@ -102,16 +102,6 @@ static const xc_conf_spec draw_spec = {
     "Draws shapes-world item S and prints its question, answer and caption as one JSON line.",
     draw_entries, sizeof draw_entries / sizeof draw_entries[0]};
 
-static volatile sig_atomic_t g_stop, g_abort;
-
-static void on_signal(int sig) {
-    (void)sig;
-    if (g_stop) {
-        g_abort = 1;
-    }
-    g_stop = 1;
-}
-
 /* types "all" or "color,where": the enabled types in order; returns their number, -1 bad */
 static int parse_types(const char *s, int *out) {
     if (!strcmp(s, "all")) {
@@ -131,22 +121,6 @@ static int parse_types(const char *s, int *out) {
         out[n++] = q;
     }
     return n;
-}
-
-static int read_key(const char *path, char *key, size_t n) {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "xcpipe eval: --api-key-file %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    key[0] = 0;
-    char line[512];
-    if (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = 0;
-        snprintf(key, n, "%s", line);
-    }
-    fclose(f);
-    return key[0] ? 0 : -1;
 }
 
 /* The request line of item it (its picture is img<i>.png in the work directory). */
@@ -365,8 +339,7 @@ static int cmd_shapes(int argc, char **argv) {
         return 2;
     }
     char key[600] = "";
-    if (f.api_key_file && read_key(f.api_key_file, key, sizeof key) != 0) {
-        fprintf(stderr, "xcpipe eval shapes: --api-key-file %s holds no key\n", f.api_key_file);
+    if (f.api_key_file && xc_cli_read_key("eval shapes", f.api_key_file, key, sizeof key) != 0) {
         return 2;
     }
 
@@ -449,8 +422,7 @@ static int cmd_shapes(int argc, char **argv) {
     c.timeout_s = f.timeout_s;
     c.fsync_every = 0;
     c.progress = XC_BATCH_PROGRESS_OFF;
-    c.stop = &g_stop;
-    c.abort_now = &g_abort;
+    xc_cli_stop_signals(&c.stop, &c.abort_now);
     xc_batch_server_lazy local = {0};
     if (f.model) {
         xc_batch_server_conf sc = {.model = f.model,
@@ -459,19 +431,13 @@ static int cmd_shapes(int argc, char **argv) {
                                    .n_extra = f.serve_args.n,
                                    .log_path = log_path,
                                    .ready_timeout_s = f.ready_timeout_s,
-                                   .abort = &g_stop};
+                                   .abort = c.stop};
         if (xc_batch_server_lazy_init(&local, "xcpipe eval", &sc, &c.start, &c.start_ud, &c.alive,
                                       &c.alive_ud) != XC_OK) {
             fprintf(stderr, "xcpipe eval shapes: %s\n", xc_err_last());
             goto done;
         }
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     xc_batch_summary sum;
     st = xc_batch_run(&c, &sum);

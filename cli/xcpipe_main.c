@@ -1,4 +1,6 @@
 /* xcpipe: the command-line entry point; dispatches to subcommands in cli/xc_cmd_*.c. */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -34,6 +36,54 @@ void xc_cli_report(const char *cmd, const char *what, int status) {
     const char *detail = xc_err_last();
     fprintf(stderr, "xcpipe %s: %s: %s%s%s\n", cmd, what, xc_status_str((xc_status)status),
             detail[0] ? ": " : "", detail);
+}
+
+int xc_cli_read_key(const char *cmd, const char *path, char *key, size_t n) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "xcpipe %s: --api-key-file %s: %s\n", cmd, path, strerror(errno));
+        return -1;
+    }
+    char line[1024];
+    key[0] = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *s = line + strspn(line, " \t");
+        size_t l = strcspn(s, "\r\n");
+        while (l > 0 && (s[l - 1] == ' ' || s[l - 1] == '\t')) {
+            l--;
+        }
+        if (l > 0 && s[0] != '#') {
+            snprintf(key, n, "%.*s", (int)l, s);
+            break;
+        }
+    }
+    fclose(f);
+    if (!key[0]) {
+        fprintf(stderr, "xcpipe %s: --api-key-file %s holds no key\n", cmd, path);
+        return -1;
+    }
+    return 0;
+}
+
+static volatile sig_atomic_t g_stop, g_abort;
+
+static void on_stop_signal(int sig) {
+    (void)sig;
+    if (g_stop) {
+        g_abort = 1;
+    }
+    g_stop = 1;
+}
+
+void xc_cli_stop_signals(volatile sig_atomic_t **stop, volatile sig_atomic_t **abort_now) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    *stop = &g_stop;
+    *abort_now = &g_abort;
 }
 
 static void usage(FILE *f) {
