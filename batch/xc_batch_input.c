@@ -228,6 +228,32 @@ char *xc_batch_input_base64(const char *prefix, const unsigned char *d, size_t n
 
 /* ---- the body ---- */
 
+/* One image URL of a body: a file reference (file://, or a path relative to the input) is
+ * checked and counted in *n_files, and with `load` replaced by its data URL; others pass as they
+ * are. */
+static xc_status take_url(const xc_batch_input_conf *c, cJSON *url, bool load, int *n_files,
+                          xc_batch_input_error *err) {
+    ref_kind kind = REF_PASS;
+    const char *path = NULL;
+    XC_TRY(classify(url->valuestring, &kind, &path, err));
+    if (kind != REF_FILE) {
+        return XC_OK;
+    }
+    char *real = NULL, *data = NULL;
+    size_t size;
+    XC_TRY(resolve(c, path, &real, &size, err));
+    xc_status st = load ? load_data_url(c, path, real, &data, err) : XC_OK;
+    xc_free(real);
+    XC_TRY(st);
+    if (load) {
+        /* cJSON_SetValuestring only shrinks; swap the string ourselves */
+        cJSON_free(url->valuestring);
+        url->valuestring = data;
+    }
+    (*n_files)++;
+    return XC_OK;
+}
+
 /* Walks every image part of every message. With load, file references are replaced by data
  * URLs in place; without, they are only resolved and counted. */
 static xc_status walk_images(const xc_batch_input_conf *c, cJSON *body, bool load, int *n_files,
@@ -242,22 +268,7 @@ static xc_status walk_images(const xc_batch_input_conf *c, cJSON *body, bool loa
         if (!cJSON_IsString(url)) {
             return refuse(err, "invalid_body", "body.images[%d] has no url string", ci);
         }
-        ref_kind kind = REF_PASS;
-        const char *path = NULL;
-        XC_TRY(classify(url->valuestring, &kind, &path, err));
-        if (kind == REF_FILE) {
-            char *real = NULL, *data = NULL;
-            size_t size;
-            XC_TRY(resolve(c, path, &real, &size, err));
-            xc_status st = load ? load_data_url(c, path, real, &data, err) : XC_OK;
-            xc_free(real);
-            XC_TRY(st);
-            if (load) {
-                cJSON_free(url->valuestring);
-                url->valuestring = data;
-            }
-            (*n_files)++;
-        }
+        XC_TRY(take_url(c, url, load, n_files, err));
         ci++;
     }
     cJSON *msgs = cJSON_GetObjectItemCaseSensitive(body, "messages");
@@ -279,23 +290,7 @@ static xc_status walk_images(const xc_batch_input_conf *c, cJSON *body, bool loa
                 return refuse(err, "invalid_body",
                               "body.messages[%d].content[%d].image_url has no url string", mi, pi);
             }
-            ref_kind kind = REF_PASS;
-            const char *path = NULL;
-            XC_TRY(classify(url->valuestring, &kind, &path, err));
-            if (kind == REF_FILE) {
-                char *real = NULL, *data = NULL;
-                size_t size;
-                XC_TRY(resolve(c, path, &real, &size, err));
-                xc_status st = load ? load_data_url(c, path, real, &data, err) : XC_OK;
-                xc_free(real);
-                XC_TRY(st);
-                if (load) {
-                    /* cJSON_SetValuestring only shrinks; swap the string ourselves */
-                    cJSON_free(url->valuestring);
-                    url->valuestring = data;
-                }
-                (*n_files)++;
-            }
+            XC_TRY(take_url(c, url, load, n_files, err));
             pi++;
         }
         mi++;
