@@ -614,6 +614,18 @@ static void test_worker_sim_start_rule(void **state) {
     assert_true(xc_sim_start_ns(200, 100, 0) == 200);
 }
 
+/* The worker counts a micro-batch after its send: waits (5 s at most) until it counted n. */
+static void wait_microbatches(xc_worker *w, uint64_t n, xc_worker_stats *ws) {
+    for (int i = 0; i < 5000; i++) {
+        xc_worker_get_stats(w, ws);
+        if (ws->microbatches >= n) {
+            break;
+        }
+        usleep(1000);
+    }
+    assert_true(ws->microbatches == n);
+}
+
 /* A sim first stage of 2 with 3 micro-batches queued at once: each takes the cost model's time
  * (never less, measured from the first send), the 2nd and 3rd start when the one before ends
  * (stats: early > 0), and one sent after the stage went idle starts when taken (early unchanged).
@@ -682,8 +694,7 @@ static void test_worker_sim_stage_queue(void **state) {
         assert_true(xc_now_ns() - sent >= (uint64_t)(mb_us * 1000.0) * mb);
     }
     xc_worker_stats ws;
-    xc_worker_get_stats(h.w, &ws);
-    assert_true(ws.microbatches == 3);
+    wait_microbatches(h.w, 3, &ws);
     assert_true(ws.sim_model_ns == 3 * (uint64_t)(mb_us * 1000.0));
     assert_true(ws.sim_early_ns > 0); /* the 2nd and 3rd were queued in time */
     uint64_t early = ws.sim_early_ns;
@@ -693,7 +704,7 @@ static void test_worker_sim_stage_queue(void **state) {
     send_ids(&h, 4, &q, 1, ids, 2);
     m = next_msg(&h);
     assert_int_equal(m.u.forward.microbatch_id, 4);
-    xc_worker_get_stats(h.w, &ws);
+    wait_microbatches(h.w, 4, &ws);
     assert_true(ws.sim_model_ns == 4 * (uint64_t)(mb_us * 1000.0));
     assert_true(ws.sim_early_ns == early); /* arrived idle: started when taken */
     h.stop = 1;
