@@ -23,7 +23,7 @@
 #include "xc_worker.h"
 
 typedef struct bp_conf {
-    int streams_per_stage, new_tokens, prompt, long_prompt, chunk, max_rows, layers;
+    int streams_per_stage, new_tokens, prompt, long_prompt, chunk, max_rows, layers, max_inflight;
     double scale;
     bool detail;
 } bp_conf;
@@ -39,6 +39,9 @@ static const xc_conf_entry bp_entries[] = {
     XC_CONF_INT("chunk", NULL, bp_conf, chunk, 256, 1, 65536, "prefill chunk rows"),
     XC_CONF_INT("max-rows", NULL, bp_conf, max_rows, 256, 1, 65536, "rows per micro-batch"),
     XC_CONF_INT("layers", NULL, bp_conf, layers, 32, 8, 4096, "decoder layers (7B: 32)"),
+    XC_CONF_INT("max-inflight", NULL, bp_conf, max_inflight, 0, 0, 1024,
+                "micro-batches in flight per replica (the coordinator's --max-inflight; 0: stages "
+                "+ 1)"),
     XC_CONF_FLOAT("scale", NULL, bp_conf, scale, 4.0, 0.01, 1000,
                   "slow the cost model down by this factor (sleep precision vs run time)"),
     XC_CONF_BOOL("detail", NULL, bp_conf, detail, false,
@@ -112,6 +115,7 @@ static xc_status cluster_start(cluster *cl, const char *model, int P, int R, con
                         .no_vision = true,
                         .dead_s = 30,
                         .max_rows = bc->max_rows,
+                        .max_inflight = bc->max_inflight,
                         .chunk = bc->chunk,
                         .block_size = 16,
                         .kv_blocks = 1 << 20,
