@@ -23,8 +23,9 @@
 #include "xc_worker.h"
 
 typedef struct bp_conf {
-    int streams_per_stage, new_tokens, prompt, long_prompt, chunk, max_rows, layers;
+    int streams_per_stage, new_tokens, prompt, long_prompt, chunk, max_rows, layers, max_inflight;
     double scale;
+    bool detail;
 } bp_conf;
 
 static const xc_conf_entry bp_entries[] = {
@@ -38,8 +39,14 @@ static const xc_conf_entry bp_entries[] = {
     XC_CONF_INT("chunk", NULL, bp_conf, chunk, 256, 1, 65536, "prefill chunk rows"),
     XC_CONF_INT("max-rows", NULL, bp_conf, max_rows, 256, 1, 65536, "rows per micro-batch"),
     XC_CONF_INT("layers", NULL, bp_conf, layers, 32, 8, 4096, "decoder layers (7B: 32)"),
+    XC_CONF_INT("max-inflight", NULL, bp_conf, max_inflight, 0, 0, 1024,
+                "micro-batches in flight per replica (the coordinator's --max-inflight; 0: stages "
+                "+ 1)"),
     XC_CONF_FLOAT("scale", NULL, bp_conf, scale, 4.0, 0.01, 1000,
                   "slow the cost model down by this factor (sleep precision vs run time)"),
+    XC_CONF_BOOL("detail", NULL, bp_conf, detail, false,
+                 "decode-heavy: also print, per stage and micro-batch, the cost model's time and "
+                 "where the rest of the busy time went"),
 };
 
 static const xc_conf_spec bp_spec = {
@@ -62,7 +69,21 @@ typedef struct cluster {
     bench_worker ws[128];
     int n;
     xc_sim_cost cost;
+    /* the coordinator's steps that did work: count, wall time, micro-batches sent */
+    atomic_uint_fast64_t steps, step_ns, step_mbs, step_cpu_ns, step_handle_ns, step_next_ns,
+        step_send_ns;
 } cluster;
+
+static void on_step(void *user, const xc_coord_step *sp) {
+    cluster *cl = user;
+    atomic_fetch_add(&cl->steps, 1);
+    atomic_fetch_add(&cl->step_ns, (uint64_t)(sp->wall_s * 1e9));
+    atomic_fetch_add(&cl->step_mbs, (uint64_t)sp->microbatches);
+    atomic_fetch_add(&cl->step_cpu_ns, (uint64_t)(sp->cpu_s * 1e9));
+    atomic_fetch_add(&cl->step_handle_ns, (uint64_t)(sp->handle_s * 1e9));
+    atomic_fetch_add(&cl->step_next_ns, (uint64_t)(sp->sched_next_s * 1e9));
+    atomic_fetch_add(&cl->step_send_ns, (uint64_t)(sp->send_s * 1e9));
+}
 
 static void *worker_thread(void *arg) {
     bench_worker *b = arg;
@@ -94,10 +115,13 @@ static xc_status cluster_start(cluster *cl, const char *model, int P, int R, con
                         .no_vision = true,
                         .dead_s = 30,
                         .max_rows = bc->max_rows,
+                        .max_inflight = bc->max_inflight,
                         .chunk = bc->chunk,
                         .block_size = 16,
                         .kv_blocks = 1 << 20,
-                        .cost = &pm};
+                        .cost = &pm,
+                        .on_step = on_step,
+                        .on_step_user = cl};
     XC_TRY(xc_coord_create(&cc, &cl->co));
     for (int i = 0; i < P * R; i++) {
         char wep[64];
@@ -181,6 +205,15 @@ static xc_status submit(cluster *cl, counter *cnt, int n, int prompt, int new_to
 typedef struct decode_result {
     double tps, ideal, eff, bound;
     double bubble[64];
+    /* --detail, per stage: the modelled device's utilization (its busy time over the window;
+     * the mean over the stages is the efficiency), and per micro-batch (us) the cost model's
+     * time, how much earlier than the thread took it it started (queued work), how late the
+     * sleep woke, the thread's other busy time (bookkeeping and the send), and rows */
+    double util[64], model_us[64], early_us[64], late_us[64], host_us[64], rows[64];
+    /* coordinator, per step that did work: wall and CPU time, handling messages, forming and
+     * sending micro-batches (us); steps per micro-batch sent */
+    double coord_step_us, coord_cpu_us, coord_handle_us, coord_next_us, coord_send_us,
+        coord_steps_per_mb;
     int P;
 } decode_result;
 
@@ -203,14 +236,23 @@ static xc_status run_decode(const char *model, int P, int R, const bp_conf *bc,
     for (int i = 0; i < cl.n; i++) {
         xc_worker_reset_stats(cl.ws[i].w);
     }
-    int tok0 = atomic_load(&cnt.tokens);
+    atomic_store(&cl.steps, 0);
+    atomic_store(&cl.step_ns, 0);
+    atomic_store(&cl.step_mbs, 0);
+    atomic_store(&cl.step_cpu_ns, 0);
+    atomic_store(&cl.step_handle_ns, 0);
+    atomic_store(&cl.step_next_ns, 0);
+    atomic_store(&cl.step_send_ns, 0);
+    /* the clock outside the token counts: a pause between the two reads can only lengthen the
+     * window, never count tokens from outside it */
     uint64_t t0 = xc_now_ns();
+    int tok0 = atomic_load(&cnt.tokens);
     int stop_at = streams * (bc->new_tokens - 4);
     while (st == XC_OK && atomic_load(&cnt.tokens) < stop_at && atomic_load(&cnt.done) == 0) {
         usleep(200);
     }
-    uint64_t t1 = xc_now_ns();
     int tok1 = atomic_load(&cnt.tokens);
+    uint64_t t1 = xc_now_ns();
     double wall = (double)(t1 - t0) * 1e-9;
     if (st == XC_OK) {
         memset(out, 0, sizeof *out);
@@ -235,12 +277,29 @@ static xc_status run_decode(const char *model, int P, int R, const bp_conf *bc,
                 ((pm.attn_time + pm.ffn_time) * bc->layers + pm.first_time + pm.last_time) / P /
                 tmax;
         }
+        double steps = (double)atomic_load(&cl.steps), mbs = (double)atomic_load(&cl.step_mbs);
+        out->coord_step_us = steps > 0 ? (double)atomic_load(&cl.step_ns) * 1e-3 / steps : 0;
+        out->coord_steps_per_mb = mbs > 0 ? steps / mbs : 0;
+        double per = steps > 0 ? 1e-3 / steps : 0;
+        out->coord_cpu_us = (double)atomic_load(&cl.step_cpu_ns) * per;
+        out->coord_handle_us = (double)atomic_load(&cl.step_handle_ns) * per;
+        out->coord_next_us = (double)atomic_load(&cl.step_next_ns) * per;
+        out->coord_send_us = (double)atomic_load(&cl.step_send_ns) * per;
         for (int i = 0; i < cl.n && i < 64; i++) {
             xc_worker_stats ws;
             xc_worker_get_stats(cl.ws[i].w, &ws);
             double b = 1.0 - (double)ws.busy_ns * 1e-9 / wall;
             int at = R == 1 && ws.stage >= 0 && ws.stage < 64 ? ws.stage : i; /* stage order */
             out->bubble[at] = b > 0 ? b : 0; /* busy can exceed the window by one send */
+            double n = ws.microbatches ? (double)ws.microbatches : 1;
+            out->util[at] = (double)ws.sim_model_ns * 1e-9 / wall;
+            out->model_us[at] = (double)ws.sim_model_ns * 1e-3 / n;
+            out->early_us[at] = (double)ws.sim_early_ns * 1e-3 / n;
+            out->late_us[at] = (double)ws.sim_late_ns * 1e-3 / n;
+            out->host_us[at] = ((double)ws.busy_ns + (double)ws.sim_early_ns -
+                                (double)ws.sim_model_ns - (double)ws.sim_late_ns) *
+                               1e-3 / n;
+            out->rows[at] = (double)ws.rows / n;
         }
     }
     while (st == XC_OK && atomic_load(&cnt.done) < streams) {
@@ -251,6 +310,22 @@ static xc_status run_decode(const char *model, int P, int R, const bp_conf *bc,
     }
     cluster_stop(&cl);
     return st;
+}
+
+static void print_detail(const decode_result *d, int n) {
+    const char *what[6] = {"util", "model us", "early us", "late us", "host us", "rows"};
+    const double *v[6] = {d->util, d->model_us, d->early_us, d->late_us, d->host_us, d->rows};
+    for (int k = 0; k < 6; k++) {
+        printf("  %-9s", what[k]);
+        for (int s = 0; s < n; s++) {
+            printf(k == 0 ? " %8.3f" : " %8.1f", v[k][s]);
+        }
+        printf("\n");
+    }
+    printf("  coordinator per step: %.1f us wall (%.1f CPU; handling %.1f, forming %.1f, sending "
+           "%.1f), %.2f steps per micro-batch\n",
+           d->coord_step_us, d->coord_cpu_us, d->coord_handle_us, d->coord_next_us,
+           d->coord_send_us, d->coord_steps_per_mb);
 }
 
 /* One long prompt, one new token: seconds from submit to the token (prefill time). */
@@ -365,6 +440,9 @@ int xc_cmd_bench_pipeline(int argc, char **argv) {
             printf("%s%.3f", s ? " " : "", d.bubble[s]);
         }
         printf("\n");
+        if (bc.detail) {
+            print_detail(&d, Ps[i]);
+        }
     }
     if (rc == 0) {
         decode_result d;

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "xc_arena.h"
 #include "xc_status.h"
@@ -35,6 +36,8 @@ typedef struct xc_frame {
 typedef struct xc_msg {
     size_t n;
     xc_frame frames[XC_MSG_MAX_FRAMES];
+    uint64_t queued_ns; /* inproc: when the sender queued it (xc_now_ns); 0 where not known (zmq,
+                           mpi). The sim backend starts its modeled compute from it. */
 } xc_msg;
 
 /* Releases every frame (calls each free_fn) and empties m. NULL or an empty message is a no-op. */

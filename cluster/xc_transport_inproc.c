@@ -175,6 +175,7 @@ static xc_status inproc_send(xc_transport *tx, xc_frame *frames, size_t n, int t
     }
     ok = q->bound && q->count < q->cap;
     if (ok) {
+        m.queued_ns = xc_now_ns();
         q->ring[(q->head + q->count) % q->cap] = m;
         q->count++;
         pthread_cond_signal(&q->not_empty);

@@ -4,6 +4,9 @@
 #include <errno.h>
 #include <math.h>
 #include <time.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 xc_status xc_sim_cost_validate(const xc_sim_cost *c) {
     const double v[] = {c->layer_us, c->layer_row_us, c->embed_us, c->head_us, c->head_row_us};
@@ -62,6 +65,19 @@ void xc_sim_wait_until(uint64_t start_ns, double us) {
                           .tv_nsec = (long)(t % 1000000000ull)};
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
     }
+}
+
+uint64_t xc_sim_start_ns(uint64_t picked_ns, uint64_t queued_ns, uint64_t free_ns) {
+    if (queued_ns && queued_ns <= free_ns && free_ns < picked_ns) {
+        return free_ns;
+    }
+    return picked_ns;
+}
+
+void xc_sim_thread_precise(void) {
+#ifdef __linux__
+    (void)prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+#endif
 }
 
 int32_t xc_sim_token(uint64_t seq_id, uint32_t pos, int vocab) {

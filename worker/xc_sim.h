@@ -51,6 +51,19 @@ double xc_sim_units_stage_us(const xc_sim_cost *c, int unit_begin, int unit_end,
 /* Sleeps until start_ns + us microseconds on the monotonic clock (absolute, so no drift). */
 void xc_sim_wait_until(uint64_t start_ns, double us);
 
+/* When a simulated stage starts computing a micro-batch, modelled as a device with a queue in
+ * front of it: one that was queued (queued_ns, 0 = not known) by the time the device finished the
+ * previous one (free_ns) starts at free_ns, because the worker could have launched it while the
+ * previous one ran; any other starts when the worker's thread took it (picked_ns), never earlier.
+ * So a stage that always has work queued computes back to back, and the thread's late wake-ups
+ * delay only its hand-offs, as with an asynchronous GPU stream. */
+uint64_t xc_sim_start_ns(uint64_t picked_ns, uint64_t queued_ns, uint64_t free_ns);
+
+/* Asks the kernel to end this thread's sleeps on time: Linux timer slack 1 ns instead of the
+ * default 50 us (a sim stage's sleep that ends late is compute time a GPU would not take).
+ * A no-op elsewhere. */
+void xc_sim_thread_precise(void);
+
 /* The token a sim last stage "samples": a fixed function of the sequence and position, never
  * below 16 (so never a typical stop id) and below vocab. */
 int32_t xc_sim_token(uint64_t seq_id, uint32_t pos, int vocab);

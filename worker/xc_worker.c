@@ -96,6 +96,10 @@ struct xc_worker {
 
     /* stats */
     atomic_uint_fast64_t busy_ns, n_mb, n_rows, n_bad;
+    /* sim: modeled compute, how much earlier than the thread took them the micro-batches
+     * started (xc_sim_start_ns), and how late the sleeps woke (xc_worker_stats) */
+    atomic_uint_fast64_t sim_model_ns, sim_early_ns, sim_late_ns;
+    uint64_t sim_free_ns; /* sim: when the modelled device finished its last micro-batch */
     atomic_uint_fast64_t bytes_out; /* api helper: frame bytes sent downstream */
     atomic_int stat_stage;
     atomic_uint live_seqs; /* n_seqs, for the heartbeat thread */
@@ -416,12 +420,18 @@ void xc_worker_get_stats(xc_worker *w, xc_worker_stats *out) {
     out->image_cache_misses = atomic_load(&w->vis_misses);
     out->vision_encoded = atomic_load(&w->vis_encoded);
     out->vision_batches = atomic_load(&w->vis_batches);
+    out->sim_model_ns = atomic_load(&w->sim_model_ns);
+    out->sim_early_ns = atomic_load(&w->sim_early_ns);
+    out->sim_late_ns = atomic_load(&w->sim_late_ns);
 }
 
 void xc_worker_reset_stats(xc_worker *w) {
     atomic_store(&w->busy_ns, 0);
     atomic_store(&w->n_mb, 0);
     atomic_store(&w->n_rows, 0);
+    atomic_store(&w->sim_model_ns, 0);
+    atomic_store(&w->sim_early_ns, 0);
+    atomic_store(&w->sim_late_ns, 0);
 }
 
 /* ---- assignment ---- */
@@ -1229,7 +1239,6 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
         return XC_ERR_NOMEM;
     }
     if (w->sim) {
-        uint64_t t0 = xc_now_ns();
         int n_logit = 0;
         for (size_t i = 0; i < fs->n_seqs; i++) {
             seq_state *s = last && !sf.code[i] ? seq_find(w, fs->seqs[i].id) : NULL;
@@ -1242,7 +1251,14 @@ static xc_status run_stage(xc_worker *w, const xc_wire_forward *f, const xc_msg 
         }
         double us = xc_sim_units_stage_us(&w->conf.sim, (int)w->unit_begin, (int)w->unit_end, first,
                                           last, (int)rows, n_logit);
+        uint64_t picked = xc_now_ns();
+        uint64_t t0 = xc_sim_start_ns(picked, msg->queued_ns, w->sim_free_ns);
         xc_sim_wait_until(t0, us);
+        uint64_t end = t0 + (uint64_t)(us * 1000.0), woke = xc_now_ns();
+        w->sim_free_ns = end;
+        atomic_fetch_add(&w->sim_model_ns, end - t0);
+        atomic_fetch_add(&w->sim_early_ns, picked - t0);
+        atomic_fetch_add(&w->sim_late_ns, woke > end ? woke - end : 0);
         if (last) {
             return send_result(w, fs, toks, want, NULL, &sf);
         }
@@ -1471,6 +1487,9 @@ static xc_status send_register(xc_worker *w) {
 }
 
 xc_status xc_worker_run(xc_worker *w, volatile sig_atomic_t *stop) {
+    if (w->sim) {
+        xc_sim_thread_precise();
+    }
     atomic_store(&w->progress_ns, xc_now_ns());
     if (!w->hb_started) {
         atomic_store(&w->hb_stop, 0);

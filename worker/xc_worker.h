@@ -56,6 +56,10 @@ typedef struct xc_worker_stats {
     uint64_t image_cache_hits, image_cache_misses; /* vision: images found / not found cached */
     uint64_t vision_encoded;                       /* vision: images encoded */
     uint64_t vision_batches;                       /* vision: encode calls */
+    /* sim backend: the cost model's time for the micro-batches run (the modelled device's busy
+     * time), how much earlier than the worker's thread took them they started (queued work
+     * started when the device became free, xc_sim_start_ns), and how late the sleeps woke */
+    uint64_t sim_model_ns, sim_early_ns, sim_late_ns;
 } xc_worker_stats;
 
 /* Opens the worker's mailbox and its link to the coordinator. Nothing is loaded until an

@@ -60,10 +60,17 @@ static void roundtrip_three_frames(const char *bind_ep, const xc_transport_conf 
             {.data = g_big, .len = sizeof g_big, .free_fn = count_free},
             {.data = g_small, .len = sizeof g_small},
         };
+        uint64_t before = xc_now_ns();
         assert_int_equal(xc_transport_send(tx, frames, 3, 5000), XC_OK);
+        uint64_t after = xc_now_ns();
         hdr[0]++; /* borrowed frames were copied: changing them now is harmless */
         xc_msg m;
         assert_int_equal(xc_transport_recv(rx, 5000, &m), XC_OK);
+        if (!strcmp(xc_transport_name(rx), "inproc")) { /* when it was queued; else not known */
+            assert_true(m.queued_ns >= before && m.queued_ns <= after);
+        } else {
+            assert_true(m.queued_ns == 0);
+        }
         assert_int_equal(m.n, 3);
         assert_int_equal(m.frames[0].len, sizeof hdr);
         assert_int_equal(((char *)m.frames[0].data)[0], 'h' + round);

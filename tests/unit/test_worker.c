@@ -12,6 +12,7 @@
 #include "xc_ckpt.h"
 #include "xc_model_config.h"
 #include "xc_test.h"
+#include "xc_time.h"
 #include "xc_tiny.h"
 #include "xc_transport.h"
 #include "xc_vision.h"
@@ -592,6 +593,129 @@ static void test_worker_vision_cache(void **state) {
     stop(&h);
 }
 
+/* ---- the sim backend's timing model ---- */
+
+/* Queued work starts when the modelled device becomes free; work that arrives later, or whose
+ * arrival is not known, starts when the thread takes it; nothing starts before it was taken
+ * unless it was queued in time. */
+static void test_worker_sim_start_rule(void **state) {
+    (void)state;
+    /* queued at 100, device free at 150, taken at 200: starts at 150 */
+    assert_true(xc_sim_start_ns(200, 100, 150) == 150);
+    assert_true(xc_sim_start_ns(200, 150, 150) == 150);
+    /* queued after the device was free: when taken */
+    assert_true(xc_sim_start_ns(200, 160, 150) == 200);
+    /* arrival not known (zmq, mpi): when taken */
+    assert_true(xc_sim_start_ns(200, 0, 150) == 200);
+    /* the device's last micro-batch has not ended by the time it is taken (cannot happen after
+     * a sleep to its end; never start later than taken) */
+    assert_true(xc_sim_start_ns(200, 100, 250) == 200);
+    /* a device that never ran (free 0) */
+    assert_true(xc_sim_start_ns(200, 100, 0) == 200);
+}
+
+/* The worker counts a micro-batch after its send: waits (5 s at most) until it counted n. */
+static void wait_microbatches(xc_worker *w, uint64_t n, xc_worker_stats *ws) {
+    for (int i = 0; i < 5000; i++) {
+        xc_worker_get_stats(w, ws);
+        if (ws->microbatches >= n) {
+            break;
+        }
+        usleep(1000);
+    }
+    assert_true(ws->microbatches == n);
+}
+
+/* A sim first stage of 2 with 3 micro-batches queued at once: each takes the cost model's time
+ * (never less, measured from the first send), the 2nd and 3rd start when the one before ends
+ * (stats: early > 0), and one sent after the stage went idle starts when taken (early unchanged).
+ */
+static void test_worker_sim_stage_queue(void **state) {
+    (void)state;
+    harness h;
+    memset(&h, 0, sizeof h);
+    snprintf(h.cep, sizeof h.cep, "inproc://tw-coord-sim");
+    snprintf(h.wep, sizeof h.wep, "inproc://tw-worker-sim");
+    assert_int_equal(xc_transport_open(h.cep, XC_TRANSPORT_RECV, NULL, &h.rx), XC_OK);
+    assert_int_equal(xc_arena_create(1 << 16, &h.arena), XC_OK);
+    const double mb_us = 100000; /* one layer of 100 ms: robust to a loaded machine */
+    xc_worker_conf wc = {.coordinator = h.cep,
+                         .endpoint = h.wep,
+                         .id = "tws",
+                         .backend = "sim",
+                         .heartbeat_s = 0.5,
+                         .hang_s = 60,
+                         .send_timeout_ms = 2000,
+                         .role = XC_WIRE_ROLE_ANY,
+                         .sim = {.layer_us = mb_us, .scale = 1},
+                         .sim_width = 4};
+    assert_int_equal(xc_worker_create(&wc, &h.w), XC_OK);
+    assert_int_equal(pthread_create(&h.th, NULL, worker_main, &h), 0);
+    xc_wire_msg m = next_msg(&h);
+    assert_int_equal(m.u.control.kind, XC_WIRE_CTL_REGISTER);
+    assert_int_equal(xc_transport_open(h.wep, XC_TRANSPORT_SEND, NULL, &h.tx), XC_OK);
+    xc_wire_msg a = {.kind = XC_WIRE_KIND_CONTROL,
+                     .u.control = {.kind = XC_WIRE_CTL_ASSIGN,
+                                   .u.assign = {.role = XC_WIRE_ROLE_STAGE,
+                                                .stage = 0,
+                                                .n_stages = 2,
+                                                .layer_begin = 0,
+                                                .layer_end = 1,
+                                                .n_layers = 2,
+                                                .model_path = "/nonexistent-sim",
+                                                .next_endpoint = h.cep,
+                                                .kv_blocks = 16,
+                                                .kv_block_size = 16,
+                                                .max_rows = 64}}};
+    assert_int_equal(xc_transport_send_wire(h.tx, &a, NULL, 0, 2000), XC_OK);
+    m = next_msg(&h);
+    assert_int_equal(m.u.control.kind, XC_WIRE_CTL_READY);
+    static const uint32_t b0[] = {0};
+    xc_wire_sampling greedy = {.greedy = true,
+                               .temperature = 1.0f,
+                               .top_p = 1.0f,
+                               .repetition_penalty = 1.0f,
+                               .max_new_tokens = 4,
+                               .prompt_len = 2};
+    const int32_t ids[] = {5, 6};
+    uint64_t sent = xc_now_ns();
+    for (uint64_t mb = 1; mb <= 3; mb++) {
+        xc_wire_seq q = {
+            .id = 40 + mb, .n_tokens = 2, .n_blocks = 1, .block_table = b0, .sampling = &greedy};
+        send_ids(&h, mb, &q, 1, ids, 2);
+    }
+    for (uint64_t mb = 1; mb <= 3; mb++) {
+        m = next_msg(&h);
+        assert_int_equal(m.kind, XC_WIRE_KIND_FORWARD);
+        assert_int_equal(m.u.forward.microbatch_id, mb);
+        assert_int_equal(m.u.forward.payload.rows, 2);
+        assert_int_equal(m.u.forward.payload.cols, 4);
+        /* never faster than the model */
+        assert_true(xc_now_ns() - sent >= (uint64_t)(mb_us * 1000.0) * mb);
+    }
+    xc_worker_stats ws;
+    wait_microbatches(h.w, 3, &ws);
+    assert_true(ws.sim_model_ns == 3 * (uint64_t)(mb_us * 1000.0));
+    assert_true(ws.sim_early_ns > 0); /* the 2nd and 3rd were queued in time */
+    uint64_t early = ws.sim_early_ns;
+    usleep(10000);
+    xc_wire_seq q = {
+        .id = 50, .n_tokens = 2, .n_blocks = 1, .block_table = b0, .sampling = &greedy};
+    send_ids(&h, 4, &q, 1, ids, 2);
+    m = next_msg(&h);
+    assert_int_equal(m.u.forward.microbatch_id, 4);
+    wait_microbatches(h.w, 4, &ws);
+    assert_true(ws.sim_model_ns == 4 * (uint64_t)(mb_us * 1000.0));
+    assert_true(ws.sim_early_ns == early); /* arrived idle: started when taken */
+    h.stop = 1;
+    pthread_join(h.th, NULL);
+    xc_worker_destroy(h.w);
+    xc_msg_fini(&h.msg);
+    xc_transport_close(h.tx);
+    xc_transport_close(h.rx);
+    xc_arena_destroy(h.arena);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
@@ -600,6 +724,8 @@ int main(void) {
         cmocka_unit_test(test_worker_device_budget),
         cmocka_unit_test(test_worker_vision_batches_bit_identical),
         cmocka_unit_test(test_worker_vision_cache),
+        cmocka_unit_test(test_worker_sim_start_rule),
+        cmocka_unit_test(test_worker_sim_stage_queue),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
