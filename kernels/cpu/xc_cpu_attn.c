@@ -42,10 +42,10 @@ typedef struct xc_attn_tile {
     const float *const *kp, *const *vp; /* the current block's K and V rows (xc_attn_block) */
 } xc_attn_tile;
 
-/* Head dims up to this take the scores with the keys in the lanes (kt below): each score is one
- * chain of head_dim FMAs, and 8 keys share every instruction. Above it the query's elements are
- * in the lanes, whose per-score horizontal sum is amortised over head_dim / 8 FMAs; at small
- * head dims (16 in the tiny model: 2 FMAs per score) that sum took most of the attention's time. */
+/* Head dims up to this take the scores with the keys in the lanes (kt below): 8 keys share every
+ * instruction, with the same operations per score as the kernel that puts the query's elements
+ * in the lanes. That one's per-score horizontal sum is amortised over head_dim / 8 FMAs; at small
+ * head dims (16 in the tiny model: 2 FMAs per score) it took most of the attention's time. */
 #define XC_ATTN_KT_HD 32
 
 /* One block of XC_ATTN_KB keys as a group of tiles reads it: row pointers, and a bf16 cache's
