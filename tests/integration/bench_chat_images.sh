@@ -26,8 +26,9 @@ grep -q "^answers identical with the cache on and off: yes (6 of 6)" "$T/out.txt
   fail "the answers differ"
 read -r on off < <(sed -n \
   's/^prompt rows computed: \([0-9]*\) with the cache.*, \([0-9]*\) without.*/\1 \2/p' "$T/out.txt")
-[ -n "$on" ] && [ -n "$off" ] && [ "$on" -lt "$off" ] ||
+if ! { [ -n "$on" ] && [ -n "$off" ] && [ "$on" -lt "$off" ]; }; then
   fail "prompt rows computed with the cache ($on) not below those without ($off)"
+fi
 for t in 1 2 3; do
   grep -Eq "^$t +[0-9.]+ ms +[0-9.]+ ms +[0-9.]+x" "$T/out.txt" || fail "no TTFT line for turn $t"
 done
