@@ -5,7 +5,11 @@
  * time to first token per turn for both, the speedup, the prompt rows each server computed
  * (/metrics), and whether every answer is identical. */
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,53 +109,39 @@ static int dial(const char *host, const char *port) {
         close(fd);
         fd = -1;
     }
+    /* the request goes out in two writes (head, body): without this, on a kept connection the
+     * body's last segment waits for the server's delayed ACK of the head (Nagle), ~20-40 ms */
+    int one = 1;
+    if (fd >= 0) {
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     freeaddrinfo(ai);
     return fd;
 }
 
-/* Sends one HTTP/1.0 request and reads the whole answer into *out (NUL-terminated); with
- * stream, *ttft = seconds to the first event that carries content. Returns the status or 0. */
-static int http_call(const bc_run *r, const char *method, const char *path, const char *body,
-                     char **out, double *ttft) {
-    int fd = dial(r->host, r->port);
-    if (fd < 0) {
-        return 0;
-    }
-    const char *key = r->c->api_key;
-    size_t bl = body ? strlen(body) : 0;
-    char head[1024];
-    int hl = snprintf(head, sizeof head,
-                      "%s %s HTTP/1.0\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %zu\r\n%s%s%s\r\n",
-                      method, path, r->host, bl, key ? "Authorization: Bearer " : "",
-                      key ? key : "", key ? "\r\n" : "");
-    double t0 = xc_now_s();
-    if (write(fd, head, (size_t)hl) != hl || (bl && write(fd, body, bl) != (ssize_t)bl)) {
-        close(fd);
-        return 0;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = xc_malloc(cap);
-    if (ttft) {
-        *ttft = -1;
-    }
-    for (; buf;) {
-        if (n + 4096 > cap) {
-            char *nb = xc_realloc(buf, cap * 2);
+/* Reads from fd into *buf (grown as needed; *n bytes held, NUL-terminated) until at least want
+ * bytes are held or the peer closes. With ttft (a stream), *ttft = seconds since t0 at the first
+ * read that brings an event with non-empty content. Returns false on a read error or close
+ * before want. */
+static bool read_until(int fd, char **buf, size_t *cap, size_t *n, size_t want, double t0,
+                       double *ttft) {
+    while (*n < want) {
+        if (*n + 4096 > *cap) {
+            char *nb = xc_realloc(*buf, *cap * 2);
             if (!nb) {
-                break;
+                return false;
             }
-            buf = nb;
-            cap *= 2;
+            *buf = nb;
+            *cap *= 2;
         }
-        ssize_t k = read(fd, buf + n, cap - n - 1);
+        ssize_t k = read(fd, *buf + *n, *cap - *n - 1);
         if (k <= 0) {
-            break;
+            return false;
         }
-        n += (size_t)k;
-        buf[n] = 0;
+        *n += (size_t)k;
+        (*buf)[*n] = 0;
         if (ttft && *ttft < 0) {
-            const char *p = strstr(buf, "\"content\":\"");
+            const char *p = strstr(*buf, "\"content\":\"");
             while (p && p[11] == '"') { /* the role chunk's empty content */
                 p = strstr(p + 11, "\"content\":\"");
             }
@@ -160,13 +150,112 @@ static int http_call(const bc_run *r, const char *method, const char *path, cons
             }
         }
     }
-    close(fd);
-    if (!buf) {
-        return 0;
+    return true;
+}
+
+/* Sends one request and reads the whole answer into *out (headers, blank line, then the body with
+ * any chunked framing removed; NUL-terminated); with stream, *ttft = seconds to the first event
+ * that carries content. conn NULL: a connection of its own (HTTP/1.0, closed after). conn: an
+ * HTTP/1.1 connection kept open between calls, as a chat client keeps one (*conn -1 = none yet;
+ * one that the server closed while idle is replaced once). Returns the status or 0. */
+static int http_call(const bc_run *r, int *conn, const char *method, const char *path,
+                     const char *body, char **out, double *ttft) {
+    const char *key = r->c->api_key;
+    size_t bl = body ? strlen(body) : 0;
+    char head[1024];
+    int hl = snprintf(head, sizeof head,
+                      "%s %s HTTP/1.%d\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\n%s%s%s\r\n",
+                      method, path, conn ? 1 : 0, r->host, bl, key ? "Authorization: Bearer " : "",
+                      key ? key : "", key ? "\r\n" : "");
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool reused = conn && *conn >= 0;
+        int fd = reused ? *conn : dial(r->host, r->port);
+        if (fd < 0) {
+            return 0;
+        }
+        if (conn) {
+            *conn = fd;
+        }
+        double t0 = xc_now_s();
+        if (ttft) {
+            *ttft = -1;
+        }
+        size_t cap = 1 << 16, n = 0;
+        char *buf = xc_malloc(cap);
+        if (buf) {
+            buf[0] = 0;
+        }
+        bool ok =
+            buf && write(fd, head, (size_t)hl) == hl && (!bl || write(fd, body, bl) == (ssize_t)bl);
+        /* the headers */
+        char *eoh = NULL;
+        while (ok && !(eoh = strstr(buf, "\r\n\r\n"))) {
+            ok = read_until(fd, &buf, &cap, &n, n + 1, t0, ttft);
+        }
+        if (!ok || !eoh) {
+            xc_free(buf);
+            close(fd);
+            if (conn) {
+                *conn = -1;
+            }
+            if (reused && n == 0) {
+                continue; /* the server closed the idle connection: dial again */
+            }
+            return 0;
+        }
+        size_t hdr = (size_t)(eoh - buf) + 4;
+        bool chunked = strcasestr(buf, "\r\nTransfer-Encoding: chunked") &&
+                       strcasestr(buf, "\r\nTransfer-Encoding: chunked") < eoh;
+        const char *cl = strcasestr(buf, "\r\nContent-Length:");
+        bool keep = conn && !strncmp(buf, "HTTP/1.1", 8) &&
+                    !(strcasestr(buf, "\r\nConnection: close") &&
+                      strcasestr(buf, "\r\nConnection: close") < eoh);
+        if (chunked) { /* de-chunk in place: body bytes move down over the framing */
+            size_t w = hdr, rd = hdr;
+            for (;;) {
+                char *nl = NULL;
+                while (ok && !(nl = strstr(buf + rd, "\r\n"))) {
+                    ok = read_until(fd, &buf, &cap, &n, n + 1, t0, ttft);
+                }
+                if (!ok) {
+                    break;
+                }
+                size_t len = strtoul(buf + rd, NULL, 16);
+                rd = (size_t)(nl - buf) + 2;
+                ok = read_until(fd, &buf, &cap, &n, rd + len + 2, t0, ttft);
+                if (!ok) {
+                    break;
+                }
+                memmove(buf + w, buf + rd, len);
+                w += len;
+                rd += len + 2;
+                if (len == 0) {
+                    break;
+                }
+            }
+            n = w;
+        } else if (cl && cl < eoh) {
+            ok = read_until(fd, &buf, &cap, &n, hdr + strtoul(cl + 17, NULL, 10), t0, ttft);
+        } else {
+            read_until(fd, &buf, &cap, &n, SIZE_MAX, t0, ttft); /* to the close */
+            keep = false;
+        }
+        buf[n] = 0;
+        if (!ok || !keep) {
+            close(fd);
+            if (conn) {
+                *conn = -1;
+            }
+        }
+        if (!ok) {
+            xc_free(buf);
+            return 0;
+        }
+        *out = buf;
+        return n >= 12 ? atoi(buf + 9) : 0;
     }
-    buf[n] = 0;
-    *out = buf;
-    return n >= 12 ? atoi(buf + 9) : 0;
+    return 0;
 }
 
 /* The content fragments of an SSE body, concatenated as they are (still JSON-escaped). */
@@ -221,10 +310,11 @@ static char *conv_body(const bc_run *r, int conv, int turn) {
 static void *conv_main(void *arg) {
     bc_job *j = arg;
     bc_run *r = j->r;
+    int conn = -1; /* one connection per conversation, kept across its turns */
     for (int t = 0; t < r->c->turns; t++) {
         char *body = conv_body(r, j->conv, t), *resp = NULL;
         double ttft = -1;
-        int st = body ? http_call(r, "POST", "/v1/chat/completions", body, &resp, &ttft) : 0;
+        int st = body ? http_call(r, &conn, "POST", "/v1/chat/completions", body, &resp, &ttft) : 0;
         xc_free(body);
         r->status[j->conv][t] = st;
         r->ttft[j->conv][t] = ttft;
@@ -235,8 +325,11 @@ static void *conv_main(void *arg) {
             for (int k = t; k < r->c->turns; k++) {
                 r->status[j->conv][k] = k == t ? st : -1;
             }
-            return NULL;
+            break;
         }
+    }
+    if (conn >= 0) {
+        close(conn);
     }
     return NULL;
 }
@@ -244,7 +337,7 @@ static void *conv_main(void *arg) {
 /* A counter from /metrics; -1 if absent. */
 static double metric(const bc_run *r, const char *name) {
     char *resp = NULL;
-    if (http_call(r, "GET", "/metrics", NULL, &resp, NULL) != 200) {
+    if (http_call(r, NULL, "GET", "/metrics", NULL, &resp, NULL) != 200) {
         xc_free(resp);
         return -1;
     }

@@ -88,6 +88,11 @@ static entry *find(xc_imgcache *c, const uint8_t key[32]) {
     return NULL;
 }
 
+bool xc_imgcache_has(const xc_imgcache *c, const uint8_t key[32], size_t n) {
+    const entry *e = find((xc_imgcache *)c, key);
+    return e && e->n == n;
+}
+
 bool xc_imgcache_get(xc_imgcache *c, const uint8_t key[32], float *out, size_t n) {
     entry *e = find(c, key);
     if (!e || e->n != n) {

@@ -31,6 +31,10 @@ void xc_imgcache_key(const void *pixels, size_t n_bytes, uint8_t key[32]);
  * true. false (a miss) if the key is absent or holds another number of floats. */
 bool xc_imgcache_get(xc_imgcache *c, const uint8_t key[32], float *out, size_t n);
 
+/* Whether n floats are stored under key (what xc_imgcache_get would find); counts nothing and
+ * leaves the order of use as it is. */
+bool xc_imgcache_has(const xc_imgcache *c, const uint8_t key[32], size_t n);
+
 /* Stores a copy of emb (n floats) under key (replacing an entry with that key), evicting the least
  * recently used entries until it fits. An entry larger than the whole bound is not stored (XC_OK).
  * XC_ERR_NOMEM if the copy cannot be allocated (the cache stays as it was, less evictions). */

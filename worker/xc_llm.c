@@ -466,8 +466,9 @@ static xc_status gather_last_rows(xc_llm *m, const xc_llm_batch *b, float *buf, 
 }
 
 /* Unit 2l: h += wo(attention(RoPE(wqkv(RMSNorm(h))))), storing k, v in KV layer li. With cb (the
- * batch) and cplan, the attention output and h are gathered to each sequence's last row after
- * the attention, and wo runs on those n_seqs rows with cplan's image ranges. */
+ * batch) and cplan, every row's k and v are stored but only each sequence's last row is a query
+ * (cplan's aseqs), its attention output and h are gathered to rows 0 .. n_seqs - 1, and wo runs
+ * on those n_seqs rows with cplan's image ranges. */
 static xc_status attn_forward(xc_llm *m, const llm_layer *L, float *h, int li, xc_kv_cache *kv,
                               const llm_plan *plan, int rows, int n_seqs, const xc_llm_batch *cb,
                               const llm_plan *cplan) {
@@ -519,7 +520,7 @@ static xc_status attn_forward(xc_llm *m, const llm_layer *L, float *h, int li, x
                             .block_size = xc_kv_block_size(kv),
                             .scale = 1.0f / sqrtf((float)hd),
                             .causal = true,
-                            .seqs = plan->aseqs,
+                            .seqs = cplan ? cplan->aseqs : plan->aseqs,
                             .n_seqs = n_seqs,
                             .kv_dtype = xc_kv_dtype(kv)};
     XC_TRY(xc_backend_attention(m->be, &at));
@@ -621,24 +622,33 @@ xc_status xc_llm_forward(xc_llm *m, xc_kv_cache *kv, const xc_llm_batch *b, floa
     llm_plan plan;
     xc_status st = XC_OK;
     XC_TRY(plan_make(m, b, m->n_kv_layers > 0 ? kv : NULL, &plan));
-    /* Last rows only: after the final layer's attention (every row's keys and values are cached
-     * by then) only each sequence's last row feeds the head, so wo, the FFN and the head run on
-     * those rows alone, gathered to rows 0 .. n_seqs - 1 (the GEMMs are batch-invariant, so the
-     * logits are the same bits). cplan carries their image ranges for PLoRA. */
+    /* Last rows only: only each sequence's last row feeds the head, so the final layer's
+     * attention takes that row alone as its query (every row's keys and values are still
+     * computed and cached), and wo, the FFN and the head run on those rows alone, gathered to
+     * rows 0 .. n_seqs - 1 (attention and GEMMs are batch-invariant, so the logits are the same
+     * bits). cplan carries their image ranges for PLoRA and their attention queries. */
     bool compact = m->conf.last && b->last_rows_only && !b->all_logits && m->n_layers > 0 &&
                    b->n_seqs < b->n_rows;
     llm_plan cplan = plan;
     xc_row_range *cimg = NULL;
+    xc_attn_seq *cseqs = NULL;
     if (compact) {
         cimg = xc_malloc((size_t)b->n_seqs * sizeof(xc_row_range));
-        if (!cimg) {
+        cseqs = xc_malloc((size_t)b->n_seqs * sizeof(xc_attn_seq));
+        if (!cimg || !cseqs) {
             st = XC_ERR_NOMEM;
             goto out;
         }
         cplan.img = cimg;
         cplan.n_img = 0;
+        cplan.aseqs = cseqs;
         int row = 0;
         for (int s = 0; s < b->n_seqs; s++) {
+            /* the final attention's queries: each sequence's last row alone (the same keys, so
+             * the same bits for that row; the others' outputs would never be read) */
+            cseqs[s] = plan.aseqs[s];
+            cseqs[s].q_start += cseqs[s].n_q - 1;
+            cseqs[s].n_q = 1;
             row += b->seqs[s].n_tokens;
             bool in_img = false;
             for (int r = 0; r < plan.n_img && !in_img; r++) {
@@ -688,6 +698,7 @@ xc_status xc_llm_forward(xc_llm *m, xc_kv_cache *kv, const xc_llm_batch *b, floa
     }
 out:
     xc_free(cimg);
+    xc_free(cseqs);
     plan_free(&plan);
     return st;
 }

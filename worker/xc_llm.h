@@ -44,10 +44,12 @@ typedef struct xc_llm_batch {
     const int32_t *ids;      /* first stage: (n_rows) token ids; image rows are ignored */
     const float *img_embeds; /* first stage: (image rows in batch order, hidden), backend mem */
     bool all_logits;         /* last stage: logits for every row, else the last row of each seq */
-    bool last_rows_only;     /* last stage, !all_logits: the stage's final layer runs wo and the
-                                FFN on each sequence's last row only (the other rows' outputs are
-                                never read); hidden then holds those rows' final-normed states in
-                                rows 0 .. n_seqs - 1 and stale values elsewhere. Same logits. */
+    bool last_rows_only;     /* last stage, !all_logits: the stage's final layer runs its
+                                attention queries, wo and the FFN on each sequence's last row only
+                                (every row's keys and values are still cached; the other rows'
+                                outputs are never read); hidden then holds those rows'
+                                final-normed states in rows 0 .. n_seqs - 1 and stale values
+                                elsewhere. Same logits. */
 } xc_llm_batch;
 
 /* Loads the stage's tensors from the checkpoint (views on the CPU backend; nothing is copied).

@@ -758,7 +758,20 @@ static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg
         return XC_ERR_NOMEM;
     }
     jobs[0] = (vjob){.f = *f, .msgp = msg};
-    int nj = vision_gather(w, jobs);
+    /* a frame whose images are all in the image cache needs no encode: it is answered at once
+     * instead of waiting --vision-wait-ms for frames to batch with (its keys are kept for below) */
+    bool caching = w->conf.image_cache_bytes > 0, all_cached = false;
+    uint8_t(*keys0)[32] = NULL;
+    if (caching && vision_check(w, f, msg) == XC_OK) {
+        keys0 = xc_malloc(f->n_seqs * sizeof *keys0);
+        all_cached = keys0 != NULL;
+        const float *px = msg->frames[1].data;
+        for (size_t i = 0; keys0 && i < f->n_seqs; i++) {
+            xc_imgcache_key(px + i * img_px, img_px * sizeof(float), keys0[i]);
+            all_cached = all_cached && xc_imgcache_has(w->imgcache, keys0[i], per);
+        }
+    }
+    int nj = all_cached ? 1 : vision_gather(w, jobs);
     size_t total = 0;
     for (int j = 0; j < nj; j++) {
         vjob *J = &jobs[j];
@@ -776,7 +789,6 @@ static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg
     vmiss *miss = xc_calloc(total + 1, sizeof *miss);
     xc_status st = miss ? XC_OK : XC_ERR_NOMEM;
     int n_miss = 0, n_enc = 0;
-    bool caching = w->conf.image_cache_bytes > 0;
     for (int j = 0; j < nj && st == XC_OK; j++) {
         vjob *J = &jobs[j];
         if (J->st != XC_OK) {
@@ -786,8 +798,12 @@ static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg
         for (size_t i = 0; i < J->f.n_seqs; i++) {
             vmiss *v = &miss[n_miss];
             *v = (vmiss){.px = px + i * img_px, .dst = J->host + i * per, .dup = -1};
-            if (caching) {
+            if (caching && j == 0 && keys0) {
+                memcpy(v->key, keys0[i], sizeof v->key);
+            } else if (caching) {
                 xc_imgcache_key(v->px, img_px * sizeof(float), v->key);
+            }
+            if (caching) {
                 if (xc_imgcache_get(w->imgcache, v->key, v->dst, per)) {
                     atomic_fetch_add(&w->vis_hits, 1);
                     continue;
@@ -850,6 +866,7 @@ static xc_status run_vision(xc_worker *w, const xc_wire_forward *f, const xc_msg
     xc_free(px_all);
     xc_free(emb);
     xc_free(miss);
+    xc_free(keys0);
     for (int j = 0; j < nj; j++) {
         vjob *J = &jobs[j];
         if (J->st == XC_OK) {

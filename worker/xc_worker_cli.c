@@ -49,7 +49,8 @@ static const xc_conf_entry worker_entries[] = {
     XC_CONF_INT("vision-batch", "XC_VISION_BATCH", worker_flags, vision_batch, 8, 1, 1024,
                 "vision: images of different requests encoded together, at most (1 = no batching)"),
     XC_CONF_INT("vision-wait-ms", "XC_VISION_WAIT_MS", worker_flags, vision_wait_ms, 5, 0, 10000,
-                "vision: how long a request's images wait for others to batch with"),
+                "vision: how long a request's images wait for others to batch with (images all in "
+                "the image cache do not wait)"),
     XC_CONF_INT("threads", "XC_THREADS", worker_flags, threads, 0, 0, 1024,
                 "CPU threads (0 = the cores this process may use: online CPUs, affinity and the "
                 "cgroup CPU quota)"),

@@ -42,12 +42,20 @@ typedef struct xc_attn_tile {
     const float *const *kp, *const *vp; /* the current block's K and V rows (xc_attn_block) */
 } xc_attn_tile;
 
+/* Head dims up to this take the scores with the keys in the lanes (kt below): 8 keys share every
+ * instruction, with the same operations per score as the kernel that puts the query's elements
+ * in the lanes. That one's per-score horizontal sum is amortised over head_dim / 8 FMAs; at small
+ * head dims (16 in the tiny model: 2 FMAs per score) it took most of the attention's time. */
+#define XC_ATTN_KT_HD 32
+
 /* One block of XC_ATTN_KB keys as a group of tiles reads it: row pointers, and a bf16 cache's
- * rows widened (exactly) to f32 once for every tile of the group. */
+ * rows widened (exactly) to f32 once for every tile of the group; for head_dim <= XC_ATTN_KT_HD
+ * also the keys transposed (kt[d][j] = element d of key j, 0 past the block's keys). */
 typedef struct xc_attn_block {
     const float *kp[XC_ATTN_KB], *vp[XC_ATTN_KB];
     float kw[XC_ATTN_KB][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
     float vw[XC_ATTN_KB][XC_OPCHECK_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    float kt[XC_ATTN_KT_HD][XC_ATTN_KB] __attribute__((aligned(32)));
 } xc_attn_block;
 
 /* Tiles of one (sequence, kv head) that walk the keys together, sharing each block they load:
@@ -122,6 +130,108 @@ XC_SIMD_FN void xc_attn_scores_avx2(xc_attn_tile *t, int nk, int hd, float scale
     if (t->qt == 8) {
         xc_attn_scores_avx2_q(t, nk, hd, scale, 4, 4);
     }
+}
+
+/* Small head dims (<= XC_ATTN_KT_HD), 8 keys in the lanes (kt), with the bits of
+ * xc_attn_scores_avx2: there lane l of a dot product accumulates elements l, l + 8, ... by FMAs
+ * from zero, the horizontal sum adds (l0 + l4) + (l2 + l6) and (l1 + l5) + (l3 + l7), and the
+ * head_dim % 8 tail follows by FMAs. Here chain(l) is that lane's FMA sequence for 8 keys at
+ * once, and the sums come in the same order, so every score is the same float; what is saved is
+ * the per-score horizontal sum (at head_dim 16: 2 FMAs per score, then 5 shuffles and adds).
+ * G (1 or 2) key groups of 8 share each broadcast of q. */
+XC_SIMD_INL void xc_attn_kt_groups(const float *q, const float (*kt)[XC_ATTN_KB], int g0, int hd,
+                                   __m256 vs, float *out, const int G, const int N8) {
+    __m256 half[2][2]; /* (l0 + l4) + (l2 + l6), (l1 + l5) + (l3 + l7) per group */
+    for (int h = 0; h < 2; h++) {
+        __m256 bl[2][2];
+        for (int pi = 0; pi < 2; pi++) {
+            const int l = h + 2 * pi; /* h = 0: lanes 0 and 2; h = 1: lanes 1 and 3 */
+            __m256 a[2], b[2];
+            for (int g = 0; g < G; g++) {
+                a[g] = _mm256_setzero_ps();
+                b[g] = _mm256_setzero_ps();
+            }
+            for (int m = 0; m < N8; m++) { /* N8 = head_dim / 8 (constant): unrolled */
+                const int d = 8 * m + l;
+                __m256 x = _mm256_broadcast_ss(q + d), y = _mm256_broadcast_ss(q + d + 4);
+                for (int g = 0; g < G; g++) {
+                    a[g] = _mm256_fmadd_ps(x, _mm256_load_ps(kt[d] + (g0 + g) * 8), a[g]);
+                    b[g] = _mm256_fmadd_ps(y, _mm256_load_ps(kt[d + 4] + (g0 + g) * 8), b[g]);
+                }
+            }
+            for (int g = 0; g < G; g++) {
+                bl[pi][g] = _mm256_add_ps(a[g], b[g]);
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            half[h][g] = _mm256_add_ps(bl[0][g], bl[1][g]);
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        __m256 sv = _mm256_add_ps(half[0][g], half[1][g]);
+        for (int d = 8 * N8; d < hd; d++) {
+            sv = _mm256_fmadd_ps(_mm256_broadcast_ss(q + d), _mm256_load_ps(kt[d] + (g0 + g) * 8),
+                                 sv);
+        }
+        _mm256_store_ps(out + (g0 + g) * 8, _mm256_mul_ps(sv, vs));
+    }
+}
+
+XC_SIMD_INL void xc_attn_scores_kt_n(xc_attn_tile *t, const float (*kt)[XC_ATTN_KB], int nk, int hd,
+                                     float scale, const int N8) {
+    int ng = (nk + 7) / 8;
+    __m256 vs = _mm256_set1_ps(scale);
+    for (int it = 0; it < t->qt; it++) {
+        int g = 0;
+        for (; g + 2 <= ng; g += 2) {
+            xc_attn_kt_groups(t->q[it], kt, g, hd, vs, t->p[it], 2, N8);
+        }
+        if (g < ng) {
+            xc_attn_kt_groups(t->q[it], kt, g, hd, vs, t->p[it], 1, N8);
+        }
+    }
+}
+
+/* p[it][j] for j < nk (lanes up to the next multiple of 8 hold scores of zero keys, which the
+ * exp masks); one unrolled body per head_dim / 8. */
+XC_SIMD_FN void xc_attn_scores_kt_avx2(xc_attn_tile *t, const float (*kt)[XC_ATTN_KB], int nk,
+                                       int hd, float scale) {
+    switch (hd / 8) {
+    case 0:
+        xc_attn_scores_kt_n(t, kt, nk, hd, scale, 0);
+        break;
+    case 1:
+        xc_attn_scores_kt_n(t, kt, nk, hd, scale, 1);
+        break;
+    case 2:
+        xc_attn_scores_kt_n(t, kt, nk, hd, scale, 2);
+        break;
+    case 3:
+        xc_attn_scores_kt_n(t, kt, nk, hd, scale, 3);
+        break;
+    default: /* 4: head_dim 32 (XC_ATTN_KT_HD) */
+        xc_attn_scores_kt_n(t, kt, nk, hd, scale, 4);
+        break;
+    }
+}
+
+/* The largest of p[0 .. nvis) (1 <= nvis <= XC_ATTN_KB): max is exact, so the order of the
+ * comparisons does not change the result. */
+XC_SIMD_FN float xc_attn_max_avx2(const float *p, int nvis) {
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int j = 0; j < nvis; j += 8) {
+        __m256 v = _mm256_load_ps(p + j);
+        if (j + 8 > nvis) {
+            __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nvis - j), idx));
+            v = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, keep);
+        }
+        m = _mm256_max_ps(m, v);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    return _mm_cvtss_f32(h);
 }
 
 /* Turns item it's masked scores (the first nvis visible, the rest of the block -inf) into
@@ -221,6 +331,41 @@ XC_SIMD_FN void xc_attn_widen_avx2(float *dst, const uint16_t *src, int n) {
     }
     for (; i < n; i++) {
         dst[i] = xc_bf16_to_f32(src[i]);
+    }
+}
+
+/* B->kt from B->kp: 8 x 8 blocks transposed in registers, keys past nk as zeros; a tail of
+ * head_dim % 8 elements one by one. (A copy: no arithmetic.) */
+XC_SIMD_FN void xc_attn_transpose_avx2(xc_attn_block *B, int nk, int hd) {
+    int hd8 = hd & ~7;
+    for (int j0 = 0; j0 < XC_ATTN_KB; j0 += 8) {
+        for (int d0 = 0; d0 < hd8; d0 += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++) {
+                r[i] = j0 + i < nk ? _mm256_loadu_ps(B->kp[j0 + i] + d0) : _mm256_setzero_ps();
+            }
+            __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            _mm256_store_ps(B->kt[d0 + 0] + j0, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_store_ps(B->kt[d0 + 1] + j0, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_store_ps(B->kt[d0 + 2] + j0, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_store_ps(B->kt[d0 + 3] + j0, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_store_ps(B->kt[d0 + 4] + j0, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_store_ps(B->kt[d0 + 5] + j0, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_store_ps(B->kt[d0 + 6] + j0, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_store_ps(B->kt[d0 + 7] + j0, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+    }
+    for (int d = hd8; d < hd; d++) {
+        for (int jj = 0; jj < XC_ATTN_KB; jj++) {
+            B->kt[d][jj] = jj < nk ? B->kp[jj][d] : 0.0f;
+        }
     }
 }
 
@@ -335,6 +480,9 @@ static void xc_attn_block_load(const xc_attn_job *j, xc_attn_block *B, const xc_
             B->vp[jj] = (const float *)a->v + r;
         }
     }
+    if (hd <= XC_ATTN_KT_HD && j->simd) {
+        xc_attn_transpose_avx2(B, nk, hd);
+    }
 }
 
 /* One block's step for one tile: its first nk keys of the block starting at key kb (nk from the
@@ -345,7 +493,9 @@ static void xc_attn_tile_block(const xc_attn_job *j, xc_attn_tile *t, const xc_a
     int nk = t->maxlast + 1 - kb < XC_ATTN_KB ? t->maxlast + 1 - kb : XC_ATTN_KB;
     t->kp = B->kp;
     t->vp = B->vp;
-    if (j->simd) {
+    if (hd <= XC_ATTN_KT_HD && j->simd) {
+        xc_attn_scores_kt_avx2(t, (const float(*)[XC_ATTN_KB])B->kt, nk, hd, j->scale);
+    } else if (j->simd) {
         xc_attn_scores_avx2(t, nk, hd, j->scale);
     } else {
         xc_attn_scores_scalar(t, nk, hd, j->scale);
@@ -360,11 +510,16 @@ static void xc_attn_tile_block(const xc_attn_job *j, xc_attn_tile *t, const xc_a
             continue;
         }
         float bm = t->p[it][0];
-        for (int jj = 1; jj < nvis; jj++) {
-            bm = t->p[it][jj] > bm ? t->p[it][jj] : bm;
+        if (j->simd) {
+            bm = xc_attn_max_avx2(t->p[it], nvis);
+        } else {
+            for (int jj = 1; jj < nvis; jj++) {
+                bm = t->p[it][jj] > bm ? t->p[it][jj] : bm;
+            }
         }
         float mnew = bm > t->m[it] ? bm : t->m[it];
-        f[it] = expf(t->m[it] - mnew); /* 0 on the first block (m = -inf) */
+        /* 0 on the first block (m = -inf); exactly 1 (expf(0)) when the max stays */
+        f[it] = t->m[it] == mnew ? 1.0f : expf(t->m[it] - mnew);
         float sum = j->simd ? xc_attn_exp_avx2(t->p[it], nvis, mnew)
                             : xc_attn_exp_scalar(t->p[it], nvis, mnew);
         t->l[it] = t->l[it] * f[it] + sum;

@@ -620,11 +620,8 @@ static void test_backend_attention_matches_ref(void **state) {
     (void)state;
     uint64_t s = 4242;
     static const int geo[][3] = {/* n_heads, n_kv, hd */
-                                 {1, 1, 8},
-                                 {2, 1, 13},
-                                 {4, 2, 64},
-                                 {8, 2, 128},
-                                 {3, 3, 5}};
+                                 {1, 1, 8}, {2, 1, 13}, {4, 2, 64}, {8, 2, 128},
+                                 {3, 3, 5}, {4, 2, 16}, {2, 1, 32}};
     for (int ci = 0; ci < N_CONFS; ci++) {
         xc_backend *be = open_be(&confs[ci]);
         if (!be) {
@@ -775,7 +772,7 @@ static void test_backend_attention_bf16(void **state) {
  * the bits of the one-shot prefill. */
 static void test_backend_attention_batch_invariant(void **state) {
     (void)state;
-    static const int geo[][3] = {{4, 1, 64}, {2, 2, 13}, {8, 2, 128}};
+    static const int geo[][3] = {{4, 1, 64}, {2, 2, 13}, {8, 2, 128}, {4, 2, 16}};
     for (int ci = 0; ci < N_CONFS; ci++) {
         xc_backend *be = open_be(&confs[ci]);
         if (!be) {

@@ -30,6 +30,10 @@ static void test_imgcache_lru_within_bound(void **state) {
     for (int i = 0; i < 3; i++) {
         assert_int_equal(xc_imgcache_put(c, key[i], emb[i], N), XC_OK);
     }
+    /* has: what get would find, counting nothing (the hits and misses below) */
+    assert_true(xc_imgcache_has(c, key[0], N));
+    assert_false(xc_imgcache_has(c, key[0], N - 1));
+    assert_false(xc_imgcache_has(c, key[3], N));
     assert_true(xc_imgcache_get(c, key[0], out, N)); /* 0 becomes the most recent */
     assert_memory_equal(out, emb[0], sizeof out);
     assert_false(xc_imgcache_get(c, key[0], out, N - 1));           /* another size is a miss */

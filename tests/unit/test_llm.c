@@ -274,10 +274,12 @@ static void test_llm_decode_ignores_plora(void **state) {
 
 /* One last-stage forward of a 3-sequence image batch (sequence 1 ends inside an image, so its
  * last row runs PLoRA) with last_rows_only, against the same forward over every row: the logits
- * are the same bits. Also for a last stage that starts with the final layer's FFN unit. */
+ * are the same bits, and so is the KV cache (the final attention takes only the last rows as
+ * queries, but every row's keys and values are stored). Also for a last stage that starts with
+ * the final layer's FFN unit. kv_out: the cache's K and V of every layer, copied. */
 static void run_last_rows(const xc_model_config *cfg, xc_backend *be, xc_ckpt *ck,
                           const prompt_fx *f, const float *emb, int unit_cut, bool last_only,
-                          float *logits) {
+                          float *logits, uint8_t *kv_out) {
     int L = cfg->num_hidden_layers, H = cfg->hidden_size;
     xc_llm_conf ca = {.unit_begin = 0, .unit_end = unit_cut, .first = true, .max_rows = 512};
     xc_llm_conf cb = {.unit_begin = unit_cut, .unit_end = 2 * L, .last = true, .max_rows = 512};
@@ -291,6 +293,11 @@ static void run_last_rows(const xc_model_config *cfg, xc_backend *be, xc_ckpt *c
     }
     xc_kv_cache *kv = NULL;
     assert_int_equal(xc_kv_create(be, L, 64, 16, xc_llm_kv_width(a), XC_DTYPE_BF16, &kv), XC_OK);
+    size_t kv_layer = xc_kv_bytes(1, 64, 16, xc_llm_kv_width(a), XC_DTYPE_BF16) / 2; /* K or V */
+    for (int l = 0; l < L; l++) { /* slots no row writes compare equal too */
+        memset(xc_kv_k(kv, l), 0, kv_layer);
+        memset(xc_kv_v(kv, l), 0, kv_layer);
+    }
     static int32_t tables[3][20];
     for (int q = 0; q < 3; q++) {
         for (int i = 0; i < 20; i++) {
@@ -324,6 +331,10 @@ static void run_last_rows(const xc_model_config *cfg, xc_backend *be, xc_ckpt *c
     if (split) {
         assert_int_equal(xc_llm_forward(b, kv, &batch, hidden, logits), XC_OK);
     }
+    for (int l = 0; l < L; l++) {
+        memcpy(kv_out + (size_t)(2 * l) * kv_layer, xc_kv_k(kv, l), kv_layer);
+        memcpy(kv_out + (size_t)(2 * l + 1) * kv_layer, xc_kv_v(kv, l), kv_layer);
+    }
     xc_free(ids);
     xc_free(ie);
     xc_free(hidden);
@@ -351,11 +362,16 @@ static void test_llm_last_rows_only_same_logits(void **state) {
     assert_int_equal(xc_vision_encode(v, f.pixels, 2, emb, NULL), XC_OK);
     float *all = xc_malloc((size_t)3 * V * sizeof(float)), *few = xc_malloc((size_t)3 * V * 4);
     int cuts[2] = {2 * L, 2 * L - 1}; /* one stage; a last stage holding only the final FFN */
+    size_t kvn = xc_kv_bytes(L, 64, 16, cfg.num_key_value_heads * cfg.head_dim, XC_DTYPE_BF16);
+    uint8_t *kv_all = xc_malloc(kvn), *kv_few = xc_malloc(kvn);
     for (int c = 0; c < 2; c++) {
-        run_last_rows(&cfg, be, ck, &f, emb, cuts[c], false, all);
-        run_last_rows(&cfg, be, ck, &f, emb, cuts[c], true, few);
+        run_last_rows(&cfg, be, ck, &f, emb, cuts[c], false, all, kv_all);
+        run_last_rows(&cfg, be, ck, &f, emb, cuts[c], true, few, kv_few);
         assert_memory_equal(all, few, (size_t)3 * V * sizeof(float));
+        assert_memory_equal(kv_all, kv_few, kvn);
     }
+    xc_free(kv_all);
+    xc_free(kv_few);
     /* and the flag matters: without the gather, row 1 of the logits would be another row's */
     bool differs = memcmp(all, all + V, (size_t)V * sizeof(float)) != 0 &&
                    memcmp(all + V, all + 2 * (size_t)V, (size_t)V * sizeof(float)) != 0;

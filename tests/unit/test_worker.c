@@ -716,6 +716,53 @@ static void test_worker_sim_stage_queue(void **state) {
     xc_arena_destroy(h.arena);
 }
 
+/* A frame whose images are all in the image cache is answered at once instead of waiting
+ * --vision-wait-ms for frames to batch with; a frame with an uncached image still waits the
+ * window. (Bounds far from the 1 s window, for a loaded machine.) */
+static void test_worker_vision_cached_no_wait(void **state) {
+    (void)state;
+    harness h;
+    xc_worker_conf vc = {.image_cache_bytes = 1 << 20, .vision_batch = 2, .vision_wait_ms = 1000};
+    start_role(&h, "vis3", true, &vc);
+    int S = 56;
+    float *a = make_image(S, 11), *b = make_image(S, 12), *c = make_image(S, 13);
+    float *ab[2] = {a, b};
+    send_images(&h, 30, ab, 2, S, 3 * S); /* a full batch: encoded without waiting */
+    xc_wire_msg m = next_msg(&h);
+    assert_int_equal(m.kind, XC_WIRE_KIND_FORWARD);
+    assert_int_equal(m.u.forward.microbatch_id, 30);
+    size_t bytes = h.msg.frames[1].len / 2;
+    float *emb_a = malloc(bytes);
+    memcpy(emb_a, h.msg.frames[1].data, bytes);
+    double t0 = xc_now_s();
+    send_images(&h, 31, &a, 1, S, 3 * S); /* cached: no wait */
+    m = next_msg(&h);
+    double cached_s = xc_now_s() - t0;
+    assert_int_equal(m.kind, XC_WIRE_KIND_FORWARD);
+    assert_int_equal(m.u.forward.microbatch_id, 31);
+    assert_memory_equal(h.msg.frames[1].data, emb_a, bytes);
+    t0 = xc_now_s();
+    send_images(&h, 32, &c, 1, S, 3 * S); /* not cached: waits for a second image */
+    m = next_msg(&h);
+    double miss_s = xc_now_s() - t0;
+    assert_int_equal(m.kind, XC_WIRE_KIND_FORWARD);
+    assert_int_equal(m.u.forward.microbatch_id, 32);
+    if (!(cached_s < 0.5 && miss_s >= 0.9)) {
+        fail_msg("cached frame answered after %.3f s (want < 0.5), uncached after %.3f s (want the "
+                 "1 s window)",
+                 cached_s, miss_s);
+    }
+    xc_worker_stats st;
+    xc_worker_get_stats(h.w, &st);
+    assert_int_equal(st.image_cache_hits, 1);
+    assert_int_equal(st.vision_encoded, 3);
+    free(emb_a);
+    free(a);
+    free(b);
+    free(c);
+    stop(&h);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
@@ -723,6 +770,7 @@ int main(void) {
         cmocka_unit_test(test_worker_forks_and_block_copies),
         cmocka_unit_test(test_worker_device_budget),
         cmocka_unit_test(test_worker_vision_batches_bit_identical),
+        cmocka_unit_test(test_worker_vision_cached_no_wait),
         cmocka_unit_test(test_worker_vision_cache),
         cmocka_unit_test(test_worker_sim_start_rule),
         cmocka_unit_test(test_worker_sim_stage_queue),
