@@ -35,10 +35,17 @@ int xc_cmd_compose(int argc, char **argv);         /* compose: an illustrated ar
 /* Prints "xcpipe <cmd>: <what>: <xc_err_last()>" to stderr for a failed status. */
 void xc_cli_report(const char *cmd, const char *what, int status);
 
+/* API keys the clients send: at most this many bytes, no line break (a key is never cut short). */
+#define XC_CLI_KEY_MAX 512
+
 /* The API key in `path`: its first line that is neither blank nor a '#' comment, trimmed. Prints
- * "xcpipe <cmd>: --api-key-file PATH: why" and returns -1 when the file cannot be read or holds
- * no key. */
+ * "xcpipe <cmd>: --api-key-file PATH: why" and returns -1 when the file cannot be read, holds no
+ * key, or its key is longer than XC_CLI_KEY_MAX bytes or than n - 1. */
 int xc_cli_read_key(const char *cmd, const char *path, char *key, size_t n);
+
+/* 0 when `key` (given by `what`, e.g. "--api-key") is at most XC_CLI_KEY_MAX bytes and holds no
+ * line break; else prints "xcpipe <cmd>: <what>: why" and returns -1. */
+int xc_cli_check_key(const char *cmd, const char *what, const char *key);
 
 /* Installs SIGINT and SIGTERM handlers (no SA_RESTART, so a signal wakes a poll at once) and
  * ignores SIGPIPE, for commands that drain and stop on the first signal and abort on the second:

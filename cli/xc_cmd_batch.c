@@ -128,6 +128,9 @@ int xc_cmd_batch(int argc, char **argv) {
         return 2;
     }
     if (!f.api_key_file && getenv("XC_BATCH_API_KEY")) {
+        if (xc_cli_check_key("batch", "XC_BATCH_API_KEY", getenv("XC_BATCH_API_KEY")) != 0) {
+            return 2;
+        }
         snprintf(key, sizeof key, "%s", getenv("XC_BATCH_API_KEY"));
     }
     if (f.model && key[0]) {

@@ -4,6 +4,7 @@
  * cache (--url) and one without (--url-off, `--no-prefix-cache`), one after the other: prints the
  * time to first token per turn for both, the speedup, the prompt rows each server computed
  * (/metrics), and whether every answer is identical. */
+#include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -22,8 +23,9 @@
 #include "xc_mmap.h"
 #include "xc_time.h"
 
-#define MAX_TURNS 16
-#define MAX_CONV  64
+#define MAX_TURNS    16
+#define MAX_CONV     64
+#define BC_MAX_CHUNK (1ull << 30) /* a chunk size above this is refused */
 
 typedef struct bc_conf {
     const char *url, *url_off, *api_key, *model, *images, *scenario;
@@ -153,6 +155,9 @@ static bool read_until(int fd, char **buf, size_t *cap, size_t *n, size_t want, 
     return true;
 }
 
+static int http_send(const bc_run *r, int *conn, const char *head, size_t hl, const char *body,
+                     size_t bl, char **out, double *ttft);
+
 /* Sends one request and reads the whole answer into *out (headers, blank line, then the body with
  * any chunked framing removed; NUL-terminated); with stream, *ttft = seconds to the first event
  * that carries content. conn NULL: a connection of its own (HTTP/1.0, closed after). conn: an
@@ -162,12 +167,23 @@ static int http_call(const bc_run *r, int *conn, const char *method, const char 
                      const char *body, char **out, double *ttft) {
     const char *key = r->c->api_key;
     size_t bl = body ? strlen(body) : 0;
-    char head[1024];
-    int hl = snprintf(head, sizeof head,
+    char *head = NULL; /* sized to any key length, never cut */
+    int hl = asprintf(&head,
                       "%s %s HTTP/1.%d\r\nHost: %s\r\nContent-Type: application/json\r\n"
                       "Content-Length: %zu\r\n%s%s%s\r\n",
                       method, path, conn ? 1 : 0, r->host, bl, key ? "Authorization: Bearer " : "",
                       key ? key : "", key ? "\r\n" : "");
+    if (hl < 0) {
+        return 0;
+    }
+    int status = http_send(r, conn, head, (size_t)hl, body, bl, out, ttft);
+    free(head);
+    return status;
+}
+
+/* http_call's exchange, with the request head already formatted. */
+static int http_send(const bc_run *r, int *conn, const char *head, size_t hl, const char *body,
+                     size_t bl, char **out, double *ttft) {
     for (int attempt = 0; attempt < 2; attempt++) {
         bool reused = conn && *conn >= 0;
         int fd = reused ? *conn : dial(r->host, r->port);
@@ -186,8 +202,8 @@ static int http_call(const bc_run *r, int *conn, const char *method, const char 
         if (buf) {
             buf[0] = 0;
         }
-        bool ok =
-            buf && write(fd, head, (size_t)hl) == hl && (!bl || write(fd, body, bl) == (ssize_t)bl);
+        bool ok = buf && write(fd, head, hl) == (ssize_t)hl &&
+                  (!bl || write(fd, body, bl) == (ssize_t)bl);
         /* the headers */
         char *eoh = NULL;
         while (ok && !(eoh = strstr(buf, "\r\n\r\n"))) {
@@ -221,9 +237,22 @@ static int http_call(const bc_run *r, int *conn, const char *method, const char 
                 if (!ok) {
                     break;
                 }
-                size_t len = strtoul(buf + rd, NULL, 16);
+                /* a chunk size line: hex digits, optional extensions; a size that does not
+                 * parse or is absurd fails the call rather than cut or overrun the body */
+                char *end = NULL;
+                errno = 0;
+                unsigned long long len64 = strtoull(buf + rd, &end, 16);
+                if (end == buf + rd || errno || (*end != '\r' && *end != ';') ||
+                    len64 > BC_MAX_CHUNK) {
+                    ok = false;
+                    break;
+                }
+                size_t len = (size_t)len64;
                 rd = (size_t)(nl - buf) + 2;
                 ok = read_until(fd, &buf, &cap, &n, rd + len + 2, t0, ttft);
+                if (ok && memcmp(buf + rd + len, "\r\n", 2) != 0) {
+                    ok = false; /* the chunk's data must end in CRLF */
+                }
                 if (!ok) {
                     break;
                 }
@@ -476,12 +505,23 @@ int xc_cmd_bench_chat_images(int argc, char **argv) {
                 st != XC_OK ? xc_err_last() : "--scenario chat-images needs --image FILE[,FILE]");
         return 2;
     }
+    if (c.api_key && xc_cli_check_key("bench serve", "--api-key", c.api_key) != 0) {
+        return 2;
+    }
     char *b64[16] = {0}, list[4096];
     int n_img = 0;
-    snprintf(list, sizeof list, "%s", c.images);
+    if (snprintf(list, sizeof list, "%s", c.images) >= (int)sizeof list) {
+        fprintf(stderr, "xcpipe bench serve: --image: the list is longer than %zu bytes\n",
+                sizeof list - 1);
+        return 2;
+    }
     int rc = 0;
-    for (char *sv = NULL, *p = strtok_r(list, ",", &sv); p && n_img < 16;
-         p = strtok_r(NULL, ",", &sv)) {
+    for (char *sv = NULL, *p = strtok_r(list, ",", &sv); p; p = strtok_r(NULL, ",", &sv)) {
+        if (n_img == 16) {
+            fprintf(stderr, "xcpipe bench serve: --image: at most 16 images\n");
+            rc = 2;
+            break;
+        }
         if (!(b64[n_img++] = b64_file(p))) {
             xc_cli_report("bench serve", p, XC_ERR_IO);
             rc = 1;

@@ -92,15 +92,19 @@ static int one_request(bs_shared *sh, const char *body, double *ttft, double **i
         return 0;
     }
     freeaddrinfo(ai);
-    char head[1024];
+    char *head = NULL; /* sized to the key (checked at start: <= 512 bytes) */
     size_t bl = strlen(body);
-    int hl = snprintf(head, sizeof head,
+    int hl = asprintf(&head,
                       "POST /v1/chat/completions HTTP/1.0\r\nHost: %s\r\nContent-Type: "
                       "application/json\r\nContent-Length: %zu\r\n%s%s%s\r\n",
                       sh->host, bl, sh->c->api_key ? "Authorization: Bearer " : "",
                       sh->c->api_key ? sh->c->api_key : "", sh->c->api_key ? "\r\n" : "");
     double t0 = xc_now_s();
-    if (write(fd, head, (size_t)hl) != hl || write(fd, body, bl) != (ssize_t)bl) {
+    bool sent = hl >= 0 && write(fd, head, (size_t)hl) == hl && write(fd, body, bl) == (ssize_t)bl;
+    if (hl >= 0) {
+        free(head);
+    }
+    if (!sent) {
         close(fd);
         return 0;
     }
@@ -281,6 +285,9 @@ int xc_cmd_bench_serve(int argc, char **argv) {
     }
     if (st != XC_OK) {
         fprintf(stderr, "xcpipe bench serve: %s\n", xc_err_last());
+        return 2;
+    }
+    if (c.api_key && xc_cli_check_key("bench serve", "--api-key", c.api_key) != 0) {
         return 2;
     }
     bs_shared *sh = xc_calloc(1, sizeof *sh);

@@ -234,18 +234,13 @@ int xc_cmd_compose(int argc, char **argv) {
     }
     char key[600] = "";
     if (f.api_key_file) {
-        FILE *kf = fopen(f.api_key_file, "r");
-        if (!kf || !fgets(key, sizeof key, kf)) {
-            fprintf(stderr, "xcpipe compose: --api-key-file %s: cannot read a key\n",
-                    f.api_key_file);
-            if (kf) {
-                fclose(kf);
-            }
+        if (xc_cli_read_key("compose", f.api_key_file, key, sizeof key) != 0) {
             return 2;
         }
-        fclose(kf);
-        key[strcspn(key, "\r\n")] = 0;
     } else if (getenv("XC_COMPOSE_API_KEY")) {
+        if (xc_cli_check_key("compose", "XC_COMPOSE_API_KEY", getenv("XC_COMPOSE_API_KEY")) != 0) {
+            return 2;
+        }
         snprintf(key, sizeof key, "%s", getenv("XC_COMPOSE_API_KEY"));
     }
     /* the request */

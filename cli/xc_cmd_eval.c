@@ -36,7 +36,7 @@ static const xc_conf_entry eval_entries[] = {
     XC_CONF_STR("endpoint", "XC_EVAL_ENDPOINT", eval_flags, endpoint, NULL, NULL,
                 "base URL of an OpenAI-compatible server serving the shapes model"),
     XC_CONF_STR("api-key-file", "XC_EVAL_API_KEY_FILE", eval_flags, api_key_file, NULL, NULL,
-                "file whose first line is the endpoint's API key"),
+                "file with the endpoint's API key: its first non-blank, non-# line, trimmed"),
     XC_CONF_STR("model", "XC_EVAL_MODEL", eval_flags, model, NULL, NULL,
                 "start a local cluster on this model directory (instead of --endpoint)"),
     XC_CONF_INT("stages", "XC_EVAL_STAGES", eval_flags, stages, 2, 1, 64,

@@ -1,6 +1,7 @@
 /* xcpipe: the command-line entry point; dispatches to subcommands in cli/xc_cmd_*.c. */
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -44,22 +45,49 @@ int xc_cli_read_key(const char *cmd, const char *path, char *key, size_t n) {
         fprintf(stderr, "xcpipe %s: --api-key-file %s: %s\n", cmd, path, strerror(errno));
         return -1;
     }
-    char line[1024];
+    char line[XC_CLI_KEY_MAX + 64];
     key[0] = 0;
+    bool too_long = false;
     while (fgets(line, sizeof line, f)) {
+        size_t ll = strlen(line);
+        if (ll == sizeof line - 1 && line[ll - 1] != '\n' && !feof(f)) {
+            too_long = true; /* a line longer than any key may be */
+            break;
+        }
         char *s = line + strspn(line, " \t");
         size_t l = strcspn(s, "\r\n");
         while (l > 0 && (s[l - 1] == ' ' || s[l - 1] == '\t')) {
             l--;
         }
         if (l > 0 && s[0] != '#') {
-            snprintf(key, n, "%.*s", (int)l, s);
+            too_long = l > XC_CLI_KEY_MAX || l >= n;
+            if (!too_long) {
+                snprintf(key, n, "%.*s", (int)l, s);
+            }
             break;
         }
     }
     fclose(f);
+    if (too_long) {
+        fprintf(stderr, "xcpipe %s: --api-key-file %s: the key is longer than %d bytes\n", cmd,
+                path, XC_CLI_KEY_MAX);
+        return -1;
+    }
     if (!key[0]) {
         fprintf(stderr, "xcpipe %s: --api-key-file %s holds no key\n", cmd, path);
+        return -1;
+    }
+    return 0;
+}
+
+int xc_cli_check_key(const char *cmd, const char *what, const char *key) {
+    if (strlen(key) > XC_CLI_KEY_MAX) {
+        fprintf(stderr, "xcpipe %s: %s: the key is longer than %d bytes\n", cmd, what,
+                XC_CLI_KEY_MAX);
+        return -1;
+    }
+    if (strpbrk(key, "\r\n")) {
+        fprintf(stderr, "xcpipe %s: %s: the key holds a line break\n", cmd, what);
         return -1;
     }
     return 0;

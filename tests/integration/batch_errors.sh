@@ -120,6 +120,14 @@ mv "$T/out.before" "$T/out.jsonl"
 mv "$T/err.before" "$T/err.jsonl"
 "${B[@]}" --api-key-file "$T/key.txt" 2> "$T/run3.log" || true
 grep -q "batch: 0 requests this run" "$T/run3.log" || fail "the rerun sent requests"
+# a key file with a key over 512 bytes is refused with its reason (exit 2), never cut short
+head -c 600 /dev/zero | tr '\0' k > "$T/long.txt"
+cp "$T/out.jsonl" "$T/out.keep"
+rc=0
+"${B[@]}" --api-key-file "$T/long.txt" 2> "$T/run4.log" || rc=$?
+[ "$rc" = 2 ] || fail "a 600-byte key: exit $rc, expected 2"
+grep -q "long.txt: the key is longer than 512 bytes" "$T/run4.log" || fail "no long-key message"
+cmp -s "$T/out.jsonl" "$T/out.keep" || fail "the output changed on a refused key file"
 
 # the examples run end to end (the tiny model writes nonsense, but every request is answered)
 for ex in outline-articles image-articles; do
