@@ -459,6 +459,9 @@ int xc_cmd_bench_pipeline(int argc, char **argv) {
                    "units (attention | FFN): the most any schedule can reach)\nreplicas: 2 x 2 "
                    "reaches %.2fx the throughput of 1 x 2\n",
                    d.tps / tps_2);
+            if (bc.detail) {
+                print_detail(&d, 4); /* both replicas' stages: stage 0, 1 of each */
+            }
         }
     }
     if (rc == 0) {
