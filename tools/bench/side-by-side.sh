@@ -16,6 +16,8 @@
 #     --dir DIR           where the GGUFs and xcpipe checkpoints are kept (default
 #                         /tmp/xcpipe-side-by-side)
 #     --python PY         a python3 with the gguf package and numpy (default python3)
+#     --lock FILE         hold this lock (flock) around each round's runs of one weight type, so
+#                         other benchmarks on a shared machine wait (default: none)
 # Needs: python3 with `gguf` (pip install gguf) to write the GGUF; nothing from llama.cpp at build.
 set -euo pipefail
 
@@ -23,7 +25,7 @@ die() { echo "side-by-side.sh: $*" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 LB="" XC="$root/build/bin/xcpipe" WEIGHTS="bf16,f16" THREADS="1,2" ROUNDS=3 REPS=3 PP=512 TG=128
-VOCAB=32000 LAYERS=3 DIR=/tmp/xcpipe-side-by-side PY=python3
+VOCAB=32000 LAYERS=3 DIR=/tmp/xcpipe-side-by-side PY=python3 LOCK=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --llama-bench) LB=${2:-}; shift 2 ;;
@@ -38,6 +40,7 @@ while [ $# -gt 0 ]; do
     --layers) LAYERS=${2:-}; shift 2 ;;
     --dir) DIR=${2:-}; shift 2 ;;
     --python) PY=${2:-}; shift 2 ;;
+    --lock) LOCK=${2:-}; shift 2 ;;
     -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
@@ -50,7 +53,6 @@ for v in "$ROUNDS" "$REPS" "$PP" "$TG" "$VOCAB" "$LAYERS"; do
 done
 [[ "$WEIGHTS" =~ ^(bf16|f16)(,(bf16|f16))*$ ]] || die "--weights takes bf16 and/or f16"
 [[ "$THREADS" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "--threads takes a list of counts"
-"$PY" -c 'import gguf, numpy' 2>/dev/null || die "$PY lacks the gguf package (pip install gguf)"
 mkdir -p "$DIR"
 raw="$DIR/raw.txt"
 : >"$raw"
@@ -60,6 +62,7 @@ IFS=, read -r -a tl <<<"$THREADS"
 for w in "${wl[@]}"; do
     g="$DIR/l$LAYERS-v$VOCAB-$w.gguf"
     if [ ! -s "$g" ]; then
+        "$PY" -c 'import gguf, numpy' 2>/dev/null || die "$PY lacks the gguf package (pip install gguf)"
         echo "writing $g ..." >&2
         "$PY" "$here/make_gguf.py" "$g.tmp" --weights "$w" --layers "$LAYERS" --vocab "$VOCAB"
         mv "$g.tmp" "$g"
@@ -68,6 +71,11 @@ done
 
 for r in $(seq 1 "$ROUNDS"); do
     for w in "${wl[@]}"; do
+        if [ -n "$LOCK" ]; then
+            exec 9>>"$LOCK"
+            flock 9
+            echo "round $r: $w: holding $LOCK; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+        fi
         for t in "${tl[@]}"; do
             echo "round $r: $w, $t thread(s): llama-bench ..." >&2
             "$LB" -m "$DIR/l$LAYERS-v$VOCAB-$w.gguf" -p "$PP" -n "$TG" -t "$t" -r "$REPS" -o jsonl \
@@ -77,6 +85,11 @@ for r in $(seq 1 "$ROUNDS"); do
                 --pp "$PP" --tg "$TG" --reps "$REPS" --dir "$DIR/xc-l$LAYERS-v$VOCAB-$w" 2>/dev/null |
                 sed "s/^/XC $r $w $t /" >>"$raw"
         done
+        if [ -n "$LOCK" ]; then
+            echo "round $r: $w: releasing $LOCK; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+            flock -u 9
+            exec 9>&-
+        fi
     done
 done
 
@@ -121,6 +134,28 @@ for w, t in keys:
     xp, lp = med(res.get(("XC", w, t, "pp"), [])), med(res.get(("LB", w, t, "pp"), []))
     xt, lt = med(res.get(("XC", w, t, "tg"), [])), med(res.get(("LB", w, t, "tg"), []))
     print(f"| {w} | {t} | {xp:.1f} | {lp:.1f} | {xp / lp:.2f} | {xt:.2f} | {lt:.2f} | {xt / lt:.2f} |")
+# per-round ratios (pp; tg), the rounds in order, to show whether a median holds in every round
+rr = {}
+for line in open(raw):
+    side, r, w, t, rest = line.rstrip("\n").split(" ", 4)
+    if side == "LB":
+        try:
+            j = json.loads(rest)
+        except ValueError:
+            continue
+        kind = "pp" if j.get("n_prompt", 0) > 0 and j.get("n_gen", 0) == 0 else "tg"
+        rr.setdefault((w, t, r, kind), {})["LB"] = max(j.get("samples_ts") or [j["avg_ts"]])
+    else:
+        f = rest.split()
+        if f and f[0] in (f"pp{pp}", f"tg{tg}") and len(f) >= 3:
+            rr.setdefault((w, t, r, f[0][:2]), {})["XC"] = float(f[2])
+for w, t in keys:
+    parts = []
+    for kind in ("pp", "tg"):
+        v = [d["XC"] / d["LB"] for (w2, t2, r2, k2), d in sorted(rr.items(), key=lambda i: int(i[0][2]))
+             if (w2, t2, k2) == (w, t, kind) and "XC" in d and "LB" in d and d["LB"] > 0]
+        parts.append(" ".join(f"{x:.2f}" for x in v))
+    print(f"ratios per round, {w} {t} thread(s) (pp; tg): " + "; ".join(parts))
 for (w, t), v in sorted(bw.items()):
     print(f"xcpipe decode {w} {t} thread(s), GB/s and share of the read bandwidth per round: " + "; ".join(v))
 # llama.cpp's own share: its tg tokens/s times the bytes a token reads (the same shapes; xcpipe's
