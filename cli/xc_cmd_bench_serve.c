@@ -111,6 +111,10 @@ static int one_request(bs_shared *sh, const char *body, double *ttft, double **i
     /* read everything, timing each "data: " event with content as it arrives */
     size_t cap = 1 << 16, n = 0, scan = 0;
     char *buf = xc_malloc(cap);
+    if (!buf) {
+        close(fd);
+        return 0;
+    }
     int status = 0;
     double last = 0;
     *ttft = -1;
