@@ -100,6 +100,7 @@ res = {}  # (side, w, t, kind) -> [per-round best]
 bw = {}
 share = {}  # (w, t, round) -> bytes per token, read bandwidth; llama.cpp's tg of that round
 lb_tg = {}
+rr = {}  # (w, t, round, kind) -> {"XC": tok/s, "LB": tok/s}: the per-round ratios
 for line in open(raw):
     side, r, w, t, rest = line.rstrip("\n").split(" ", 4)
     if side == "LB":
@@ -110,12 +111,14 @@ for line in open(raw):
         kind = "pp" if j.get("n_prompt", 0) > 0 and j.get("n_gen", 0) == 0 else "tg"
         best = max(j.get("samples_ts") or [j["avg_ts"]])
         res.setdefault(("LB", w, t, kind), []).append(best)
+        rr.setdefault((w, t, r, kind), {})["LB"] = best
         if kind == "tg":
             lb_tg[(w, t, r)] = best
     else:
         f = rest.split()
         if f and f[0] in (f"pp{pp}", f"tg{tg}") and len(f) >= 3:
             res.setdefault(("XC", w, t, f[0][:2]), []).append(float(f[2]))
+            rr.setdefault((w, t, r, f[0][:2]), {})["XC"] = float(f[2])
             if f[0].startswith("tg") and len(f) >= 7:
                 bw.setdefault((w, t), []).append(f[4] + " GB/s, " + " ".join(f[5:]))
                 # bytes per token (weights + KV) from xcpipe's own figures, and the read
@@ -135,20 +138,6 @@ for w, t in keys:
     xt, lt = med(res.get(("XC", w, t, "tg"), [])), med(res.get(("LB", w, t, "tg"), []))
     print(f"| {w} | {t} | {xp:.1f} | {lp:.1f} | {xp / lp:.2f} | {xt:.2f} | {lt:.2f} | {xt / lt:.2f} |")
 # per-round ratios (pp; tg), the rounds in order, to show whether a median holds in every round
-rr = {}
-for line in open(raw):
-    side, r, w, t, rest = line.rstrip("\n").split(" ", 4)
-    if side == "LB":
-        try:
-            j = json.loads(rest)
-        except ValueError:
-            continue
-        kind = "pp" if j.get("n_prompt", 0) > 0 and j.get("n_gen", 0) == 0 else "tg"
-        rr.setdefault((w, t, r, kind), {})["LB"] = max(j.get("samples_ts") or [j["avg_ts"]])
-    else:
-        f = rest.split()
-        if f and f[0] in (f"pp{pp}", f"tg{tg}") and len(f) >= 3:
-            rr.setdefault((w, t, r, f[0][:2]), {})["XC"] = float(f[2])
 for w, t in keys:
     parts = []
     for kind in ("pp", "tg"):
