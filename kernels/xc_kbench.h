@@ -8,9 +8,10 @@
 #include "xc_backend.h"
 
 /* Read bandwidth in GB/s (1e9 bytes/s) with the CPU backend's threads: a buffer of `bytes` (make it
- * much larger than the L3) is summed with vector loads, each thread its own contiguous part; the
- * best of `passes` timed passes goes to *gbps. XC_ERR_ARG for bytes < 1 MiB or passes < 1,
- * XC_ERR_NOMEM if the buffer cannot be allocated. */
+ * much larger than the L3) is summed with vector loads, each thread its own contiguous part, once
+ * per read pattern in every pass (one sequential stream; 8 interleaved streams, 16 KiB and
+ * 256 KiB apart); the fastest of all these timed reads goes to *gbps. XC_ERR_ARG for bytes < 1 MiB
+ * or passes < 1, XC_ERR_NOMEM if the buffer cannot be allocated. */
 xc_status xc_kbench_read_bw(xc_backend *be, size_t bytes, int passes, double *gbps);
 
 /* The same measurement with a buffer kept between calls, so that a benchmark can re-measure next

@@ -64,16 +64,24 @@
  * sgemm's 91-93 (f32). */
 #define GROUP_BYTES (192 * 1024)
 
-/* Decode tiles (R <= 2) prefetch every weight row this far ahead into L2, once per cache line;
- * past a row's end the target moves to the same row of the next tile (mm_pf_addr), which the
- * thread streams next, instead of the start of the next row, which that row's own stream
- * covers. Measured on the 2-core Zen 3 machine (m = 1, 4096 x 14336, one thread, four
- * interleaved rounds beside the read-bandwidth loop, other jobs running): share of the read
- * bandwidth, bf16 / f16, 0.71 / 0.74 with 2048 bytes ahead into the next row (the old scheme),
- * 0.80 / 0.84 with 4096 into the next tile, 0.83 / 0.93 with 6144 (medians). Earlier, on the
- * Zen 4 machine, prefetching into L1 (_MM_HINT_T0), or on every 16-32 bytes, was slower. */
+/* Decode. The dedicated 1 x 8 loops (m = 1, bf16 and f16) issue no software prefetch: the
+ * hardware prefetchers keep the tile's 8 row streams ahead by themselves, and a software
+ * prefetch per line only slowed them. Measured on the 2-core Zen 3 machine (one thread, a
+ * 1 GiB stream of 8-row tiles of 8 KiB rows with this loop's bf16 widening and FMAs, best of 7
+ * interleaved rounds): 23.4 GB/s without prefetch against 19.6 with one L2 prefetch per line
+ * 6 KiB ahead (the earlier scheme; 2-32 KiB ahead and L1 / non-temporal hints 17-21), f16 24.8
+ * against 21.1. The other decode tiles (R <= 2: m = 2, and tiles narrower than 8) still
+ * prefetch every weight row this far ahead into L2, once per cache line; past a row's end the
+ * target moves to the same row of the next tile (mm_pf_addr), which the thread streams next
+ * (without it they measured the same at m = 2, within the noise). */
 #ifndef MM_DEC_LOOPS
 #define MM_DEC_LOOPS 1 /* the dedicated 1 x 8 decode loops (0: the generic tiles) */
+#endif
+#ifndef MM_DEC_STREAM
+#define MM_DEC_STREAM (256 * 1024) /* bytes each decode tile row stream runs on (mm_cols_dec) */
+#endif
+#ifndef MM_DEC_TASKS
+#define MM_DEC_TASKS 16 /* parallel tasks per thread for m = 1 */
 #endif
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES 6144
@@ -232,19 +240,10 @@ static inline const char *mm_pf_addr(const void *row, size_t off, size_t row_byt
     return (const char *)(t < row_bytes ? r + t : r + (size_t)C * row_bytes + (t - row_bytes));
 }
 
-/* The decode loops' L2 prefetches: for each of a 1 x 8 tile's weight rows (consecutive, row_bytes
- * each, from row0), the line mm_pf_addr gives for byte offset off. */
-XC_AVX2_INLINE void mm_pf_dec_lines(const void *row0, size_t off, size_t row_bytes) {
-#pragma GCC unroll 8
-    for (int c = 0; c < 8; c++) {
-        _mm_prefetch(mm_pf_addr((const char *)row0 + (size_t)c * row_bytes, off, row_bytes, 8),
-                     _MM_HINT_T1);
-    }
-}
-
-/* One R x C tile: rows i0.., weight rows j0.., the whole of k. R, C and wt are constants. */
+/* One R x C tile: rows i0.., weight rows j0, j0 + cs, j0 + 2 cs, ..., the whole of k. R, C, wt
+ * and, outside the decode loops, cs = 1 are constants. */
 XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const int C,
-                            const xc_dtype wt) {
+                            const xc_dtype wt, const int cs) {
     const int k = jb->k;
     const int k8 = k & ~7;
     const size_t wsz = wt == XC_DTYPE_F32 ? 4 : 2;
@@ -257,7 +256,7 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
     }
 #pragma GCC unroll 8
     for (int c = 0; c < C; c++) {
-        wr[c] = (const char *)jb->w + (size_t)(j0 + c) * (size_t)k * wsz;
+        wr[c] = (const char *)jb->w + (size_t)(j0 + c * cs) * (size_t)k * wsz;
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
@@ -268,11 +267,9 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
     }
     int kk0 = 0;
     if (MM_DEC_LOOPS && R == 1 && C == 8 && wt == XC_DTYPE_F16) {
-        // Decode, f16: a cache line (32 weights) per row per step, one L2 prefetch per line,
-        // and each weight vector consumed as soon as it is widened (no spills).
-        const size_t rb = (size_t)k * 2;
+        // Decode, f16: a cache line (32 weights) per row per step, each weight vector consumed
+        // as soon as it is widened (no spills); no software prefetch (see MM_DEC_LOOPS).
         for (; kk0 + 32 <= k8; kk0 += 32) {
-            mm_pf_dec_lines(wr[0], (size_t)kk0 * 2, rb);
 #pragma GCC unroll 4
             for (int b = 0; b < 32; b += 8) {
                 __m256 xv = _mm256_loadu_ps(xr[0] + kk0 + b);
@@ -288,7 +285,7 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
         __m256 wv[TILE_C];
 #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
-            if (R <= 2 && (((size_t)kk * wsz) & 63) == 0) {
+            if (R <= 2 && cs == 1 && (((size_t)kk * wsz) & 63) == 0) {
                 // Decode: once per cache line, ask for the line PREFETCH_BYTES ahead into L2.
                 _mm_prefetch(mm_pf_addr(wr[c], (size_t)kk * wsz, (size_t)k * wsz, C), _MM_HINT_T1);
             }
@@ -327,7 +324,7 @@ XC_AVX2_INLINE void mm_tile(const mm_job *jb, int i0, int j0, const int R, const
     for (int r = 0; r < R; r++) {
 #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
-            mm_store(jb, i0 + r, j0 + c, xc_simd_hsum(acc[r][c]));
+            mm_store(jb, i0 + r, j0 + c * cs, xc_simd_hsum(acc[r][c]));
         }
     }
 }
@@ -358,7 +355,8 @@ XC_AVX2_INLINE void mm_b16_block(__m256 acc[TILE_R][TILE_C], const float *const 
 }
 
 /* One R x C tile with bf16 weights (the bf16 order of the contract); x comes from jb->xp. */
-XC_AVX2_INLINE void mm_tile_b16(const mm_job *jb, int i0, int j0, const int R, const int C) {
+XC_AVX2_INLINE void mm_tile_b16(const mm_job *jb, int i0, int j0, const int R, const int C,
+                                const int cs) {
     const int k = jb->k;
     const int k16 = k & ~15;
     const float *xr[TILE_R];
@@ -370,7 +368,7 @@ XC_AVX2_INLINE void mm_tile_b16(const mm_job *jb, int i0, int j0, const int R, c
     }
 #pragma GCC unroll 8
     for (int c = 0; c < C; c++) {
-        wr[c] = (const uint16_t *)jb->w + (size_t)(j0 + c) * (size_t)k;
+        wr[c] = (const uint16_t *)jb->w + (size_t)(j0 + c * cs) * (size_t)k;
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
@@ -381,13 +379,12 @@ XC_AVX2_INLINE void mm_tile_b16(const mm_job *jb, int i0, int j0, const int R, c
     }
     int kk = 0;
     if (MM_DEC_LOOPS && R == 1 && C == 8) {
-        // Decode: a cache line (32 weights) per row per step, one L2 prefetch per line, each
-        // row's 16-block widened and consumed at once (8 accumulators, 2 x vectors, the mask and
-        // one weight vector live: no spills). Per row the even half still precedes the odd half.
+        // Decode: a cache line (32 weights) per row per step, each row's 16-block widened and
+        // consumed at once (8 accumulators, 2 x vectors, the mask and one weight vector live: no
+        // spills); no software prefetch (see MM_DEC_LOOPS). Per row the even half still precedes
+        // the odd half.
         const __m256i odd = _mm256_set1_epi32((int)0xffff0000u);
-        const size_t rb = (size_t)k * 2;
         for (; kk + 32 <= k16; kk += 32) {
-            mm_pf_dec_lines(wr[0], (size_t)kk * 2, rb);
 #pragma GCC unroll 2
             for (int b = 0; b < 32; b += 16) {
                 __m256 xe = _mm256_loadu_ps(xr[0] + kk + b),
@@ -403,7 +400,7 @@ XC_AVX2_INLINE void mm_tile_b16(const mm_job *jb, int i0, int j0, const int R, c
             }
         }
     }
-    if (R <= 2) {
+    if (R <= 2 && cs == 1) {
         // Decode: a cache line (32 weights) per row per step, with one L2 prefetch per line.
         for (; kk + 32 <= k16; kk += 32) {
 #pragma GCC unroll 8
@@ -431,7 +428,7 @@ XC_AVX2_INLINE void mm_tile_b16(const mm_job *jb, int i0, int j0, const int R, c
     for (int r = 0; r < R; r++) {
 #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
-            mm_store(jb, i0 + r, j0 + c, xc_simd_hsum(acc[r][c]));
+            mm_store(jb, i0 + r, j0 + c * cs, xc_simd_hsum(acc[r][c]));
         }
     }
 }
@@ -442,9 +439,9 @@ typedef void (*mm_tile_fn)(const mm_job *jb, int i0, int j0);
 #define MM_TILE_DEF(NAME, WT, R, C)                                                                \
     static XC_AVX2_FN void mm_tile_##NAME##_##R##x##C(const mm_job *jb, int i0, int j0) {          \
         if (WT == XC_DTYPE_BF16) {                                                                 \
-            mm_tile_b16(jb, i0, j0, R, C);                                                         \
+            mm_tile_b16(jb, i0, j0, R, C, 1);                                                      \
         } else {                                                                                   \
-            mm_tile(jb, i0, j0, R, C, WT);                                                         \
+            mm_tile(jb, i0, j0, R, C, WT, 1);                                                      \
         }                                                                                          \
     }
 #define MM_TILE_ROW(NAME, WT, R)                                                                   \
@@ -481,9 +478,45 @@ MM_TILE_ALL(bf16, XC_DTYPE_BF16)
 static const mm_tile_fn mm_tiles[3][TILE_R][TILE_C] = {MM_TILE_TAB(f32), MM_TILE_TAB(f16),
                                                        MM_TILE_TAB(bf16)};
 
+/* Decode (m = 1) 1 x 8 tiles whose weight rows lie cs rows apart: j0, j0 + cs, ..., j0 + 7 cs. */
+static XC_AVX2_FN void mm_dec_bf16(const mm_job *jb, int j0, int cs) {
+    mm_tile_b16(jb, 0, j0, 1, 8, cs);
+}
+
+static XC_AVX2_FN void mm_dec_f16(const mm_job *jb, int j0, int cs) {
+    mm_tile(jb, 0, j0, 1, 8, XC_DTYPE_F16, cs);
+}
+
+/* Decode, columns [j0, j1): blocks of 8 g consecutive weight rows, each read as g tiles whose 8
+ * rows lie g rows apart (tile t of a block: rows t, t + g, ..., t + 7 g), so each of the 8 row
+ * streams runs on through g consecutive rows (about MM_DEC_STREAM bytes) instead of ending after
+ * one row; the rows left over (fewer than 8) go through a narrower tile. Only the grouping of
+ * outputs into tiles changes, never an output's chain. */
+static void mm_cols_dec(const mm_job *jb, int j0, int j1) {
+    size_t row_bytes = (size_t)jb->k * 2;
+    int gmax = row_bytes >= MM_DEC_STREAM ? 1 : (int)(MM_DEC_STREAM / row_bytes);
+    void (*fn)(const mm_job *, int, int) = jb->wt == XC_DTYPE_BF16 ? mm_dec_bf16 : mm_dec_f16;
+    int j = j0;
+    while (j1 - j >= 8) {
+        int g = (j1 - j) / 8 < gmax ? (j1 - j) / 8 : gmax;
+        for (int t = 0; t < g; t++) {
+            fn(jb, j + t, g);
+        }
+        j += 8 * g;
+    }
+    if (j < j1) {
+        mm_tiles[jb->wt][0][j1 - j - 1](jb, 0, j);
+    }
+}
+
 /* Columns [j0, j1): column groups that stay in L2, row tiles over all of m inside each group. */
 static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
     const mm_tile_fn(*tab)[TILE_C] = mm_tiles[jb->wt];
+    if (MM_DEC_LOOPS && jb->m == 1 && jb->tile_c == 8 &&
+        (jb->wt == XC_DTYPE_BF16 || jb->wt == XC_DTYPE_F16)) {
+        mm_cols_dec(jb, j0, j1);
+        return;
+    }
     for (int g0 = j0; g0 < j1; g0 += jb->group) {
         int g1 = g0 + jb->group < j1 ? g0 + jb->group : j1;
         for (int i0 = 0; i0 < jb->m; i0 += TILE_R) {
@@ -871,8 +904,11 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
     if (threads > 1 && fmas >= PARALLEL_MIN_FMAS) {
         // A few tasks per thread so a thread slowed by another process does not hold the rest
         // up; chunks are whole tiles so the split never splits a tile (not needed for the
-        // order, but keeps tiles full).
-        n_tasks = threads * 4;
+        // order, but keeps tiles full). Decode (m = 1) takes 16 per thread: a matmul there is
+        // about a millisecond, and with 4 the thread that finished first waited for the other
+        // at the end of each (perf of a 2-thread bf16 decode on the Zen 3 machine: the pool's
+        // spin at 3.7-5.9 % of the streaming loop's samples with 4, 1.7-2.9 % with 16).
+        n_tasks = threads * (jb.m == 1 ? MM_DEC_TASKS : 4);
         int max_tasks = (jb.n + jb.tile_c - 1) / jb.tile_c;
         n_tasks = n_tasks < max_tasks ? n_tasks : max_tasks;
     }
