@@ -70,10 +70,10 @@
  * 1 GiB stream of 8-row tiles of 8 KiB rows with this loop's bf16 widening and FMAs, best of 7
  * interleaved rounds): 23.4 GB/s without prefetch against 19.6 with one L2 prefetch per line
  * 6 KiB ahead (the earlier scheme; 2-32 KiB ahead and L1 / non-temporal hints 17-21), f16 24.8
- * against 21.1. The other decode tiles (R <= 2: m = 2, and tiles narrower than 8) still
- * prefetch every weight row this far ahead into L2, once per cache line; past a row's end the
- * target moves to the same row of the next tile (mm_pf_addr), which the thread streams next
- * (without it they measured the same at m = 2, within the noise). */
+ * against 21.1. m = 2 runs the same strided 2 x 8 tiles (mm_cols_dec) without prefetch. The
+ * other decode tiles (tiles narrower than 8, and a block of one tile) still prefetch every
+ * weight row this far ahead into L2, once per cache line; past a row's end the target moves to
+ * the same row of the next tile (mm_pf_addr), which the thread streams next. */
 #ifndef MM_DEC_LOOPS
 #define MM_DEC_LOOPS 1 /* the dedicated 1 x 8 decode loops (0: the generic tiles) */
 #endif
@@ -478,7 +478,7 @@ MM_TILE_ALL(bf16, XC_DTYPE_BF16)
 static const mm_tile_fn mm_tiles[3][TILE_R][TILE_C] = {MM_TILE_TAB(f32), MM_TILE_TAB(f16),
                                                        MM_TILE_TAB(bf16)};
 
-/* Decode (m = 1) 1 x 8 tiles whose weight rows lie cs rows apart: j0, j0 + cs, ..., j0 + 7 cs. */
+/* Decode 1 x 8 tiles (m = 1) whose weight rows lie cs rows apart: j0, j0 + cs, ..., j0 + 7 cs. */
 static XC_AVX2_FN void mm_dec_bf16(const mm_job *jb, int j0, int cs) {
     mm_tile_b16(jb, 0, j0, 1, 8, cs);
 }
@@ -487,15 +487,26 @@ static XC_AVX2_FN void mm_dec_f16(const mm_job *jb, int j0, int cs) {
     mm_tile(jb, 0, j0, 1, 8, XC_DTYPE_F16, cs);
 }
 
-/* Decode, columns [j0, j1): blocks of 8 g consecutive weight rows, each read as g tiles whose 8
- * rows lie g rows apart (tile t of a block: rows t, t + g, ..., t + 7 g), so each of the 8 row
- * streams runs on through g consecutive rows (about MM_DEC_STREAM bytes) instead of ending after
- * one row; the rows left over (fewer than 8) go through a narrower tile. Only the grouping of
- * outputs into tiles changes, never an output's chain. */
+/* The same for m = 2 (two sequences decoding in one micro-batch): 2 x 8 tiles. */
+static XC_AVX2_FN void mm_dec2_bf16(const mm_job *jb, int j0, int cs) {
+    mm_tile_b16(jb, 0, j0, 2, 8, cs);
+}
+
+static XC_AVX2_FN void mm_dec2_f16(const mm_job *jb, int j0, int cs) {
+    mm_tile(jb, 0, j0, 2, 8, XC_DTYPE_F16, cs);
+}
+
+/* Decode (m = 1 or 2), columns [j0, j1): blocks of 8 g consecutive weight rows, each read as g
+ * tiles whose 8 rows lie g rows apart (tile t of a block: rows t, t + g, ..., t + 7 g), so each of
+ * the 8 row streams runs on through g consecutive rows (about MM_DEC_STREAM bytes) instead of
+ * ending after one row; the rows left over (fewer than 8) go through a narrower tile. Only the
+ * grouping of outputs into tiles changes, never an output's chain. */
 static void mm_cols_dec(const mm_job *jb, int j0, int j1) {
     size_t row_bytes = (size_t)jb->k * 2;
     int gmax = row_bytes >= MM_DEC_STREAM ? 1 : (int)(MM_DEC_STREAM / row_bytes);
-    void (*fn)(const mm_job *, int, int) = jb->wt == XC_DTYPE_BF16 ? mm_dec_bf16 : mm_dec_f16;
+    void (*fn)(const mm_job *, int, int) =
+        jb->m == 1 ? (jb->wt == XC_DTYPE_BF16 ? mm_dec_bf16 : mm_dec_f16)
+                   : (jb->wt == XC_DTYPE_BF16 ? mm_dec2_bf16 : mm_dec2_f16);
     int j = j0;
     while (j1 - j >= 8) {
         int g = (j1 - j) / 8 < gmax ? (j1 - j) / 8 : gmax;
@@ -505,14 +516,14 @@ static void mm_cols_dec(const mm_job *jb, int j0, int j1) {
         j += 8 * g;
     }
     if (j < j1) {
-        mm_tiles[jb->wt][0][j1 - j - 1](jb, 0, j);
+        mm_tiles[jb->wt][jb->m - 1][j1 - j - 1](jb, 0, j);
     }
 }
 
 /* Columns [j0, j1): column groups that stay in L2, row tiles over all of m inside each group. */
 static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
     const mm_tile_fn(*tab)[TILE_C] = mm_tiles[jb->wt];
-    if (MM_DEC_LOOPS && jb->m == 1 && jb->tile_c == 8 &&
+    if (MM_DEC_LOOPS && jb->m <= 2 && jb->tile_c == 8 &&
         (jb->wt == XC_DTYPE_BF16 || jb->wt == XC_DTYPE_F16)) {
         mm_cols_dec(jb, j0, j1);
         return;

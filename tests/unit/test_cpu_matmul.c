@@ -300,12 +300,13 @@ static void test_cpu_matmul_batch_invariant_scalar(void **state) {
  * 4-row tile, several 48-row weight panels per task (one thread), several 1024-wide panels and
  * 512-wide k-blocks with a padded tail (and f16 past k = 8192, where it takes the packed path):
  * every row equals the row computed alone by the decode tiles, bit for bit, on 1 and 2 threads,
- * and the scalar kernel. The 301 x 4100 case also gives the decode several blocks of strided
- * tiles (8200-byte rows: 31 rows per stream) with a smaller last block and a narrow tile. */
+ * and the scalar kernel. The 301 x 4100 cases also give the decode several blocks of strided
+ * tiles (8200-byte rows: 31 rows per stream) with a smaller last block and a narrow tile, as
+ * rows alone (m = 1) and as the m = 2 batch (2 x 8 strided tiles). */
 static void test_cpu_matmul_packed_blocks_invariant(void **state) {
     (void)state;
     static const int shapes[][3] = {
-        {133, 157, 600}, {261, 53, 1100}, {21, 50, 8203}, {17, 301, 4100}};
+        {133, 157, 600}, {261, 53, 1100}, {21, 50, 8203}, {17, 301, 4100}, {2, 301, 4100}};
     xc_backend *be1 = make_backend_isa(1, false), *be2 = make_backend_isa(2, false);
     xc_backend *sc = make_backend_isa(2, true);
     uint64_t s = 4242;
