@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "xc_bench_ckpt.h"
@@ -82,6 +83,7 @@ typedef struct bm_conf {
     const char *weights, *dir, *threads, *pp;
     int tg;
     int reps;
+    bool paired;
 } bm_conf;
 
 static const xc_conf_entry bm_entries[] = {
@@ -99,6 +101,10 @@ static const xc_conf_entry bm_entries[] = {
     XC_CONF_STR("pp", NULL, bm_conf, pp, "128,512", NULL, "prompt lengths for prefill"),
     XC_CONF_INT("tg", NULL, bm_conf, tg, 128, 2, 4096, "generated tokens for decode"),
     XC_CONF_INT("reps", NULL, bm_conf, reps, 2, 1, 100, "repetitions (best is printed)"),
+    XC_CONF_BOOL("paired", NULL, bm_conf, paired, false,
+                 "one more decode run with a read-bandwidth sample after every step: decode's "
+                 "share of the reads taken between its own steps (about 3 reads of the 1 GiB "
+                 "buffer per step, so about 20 s more per thread count)"),
 };
 
 static const xc_conf_spec bm_spec = {
@@ -143,6 +149,49 @@ static xc_status run_gen(xc_engine *e, int32_t *ids, int n_prompt, int n_new, tg
     *total_s = xc_now_s() - t0;
     xc_free(out);
     return st;
+}
+
+/* --paired: after every decode step (the callback runs between steps, on the generating thread)
+ * one bandwidth sample with the same thread count; the step times exclude the samples. */
+typedef struct tg_paired {
+    xc_backend *be;
+    xc_kbench_bw *bwb;
+    double t_start; /* when the current step began (after the last sample) */
+    double step_s;  /* decode seconds over the counted steps */
+    double inv_bw;  /* sum of 1 / sample GB/s */
+    double *shares; /* per counted step: step GB/s over the sample after it */
+    double step_gb; /* GB a step reads */
+    int n, n_tok;   /* counted steps, tokens seen */
+    xc_status st;
+} tg_paired;
+
+static bool tg_paired_tick(void *user, int32_t tok) {
+    (void)tok;
+    tg_paired *p = user;
+    double now = xc_now_s();
+    if (p->n_tok++ > 0) {
+        // Not the first token (its time is the prefill's): one decode step ended now.
+        double dt = now - p->t_start;
+        // The engine's idle workers spin for up to about a millisecond before they sleep; let
+        // them, so they do not take a core from the sample.
+        struct timespec ts = {0, 3000000};
+        nanosleep(&ts, NULL);
+        double g = 0;
+        p->st = xc_kbench_bw_sample(p->be, p->bwb, &g);
+        if (p->st != XC_OK || g <= 0) {
+            return false;
+        }
+        p->step_s += dt;
+        p->inv_bw += 1.0 / g;
+        p->shares[p->n++] = p->step_gb / dt / g;
+    }
+    p->t_start = xc_now_s();
+    return true;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
 /* One more measurement of the read bandwidth into *best (kept if higher); nothing without a
@@ -282,18 +331,57 @@ int xc_cmd_bench_model(int argc, char **argv) {
             }
             bw_pass(be, bwb, 1, &bw);
         }
-        xc_kbench_bw_destroy(bwb);
-        xc_backend_destroy(be);
+        /* average KV bytes read per step: K and V of every layer up to the mean position */
+        double kv = 2.0 * c.layers * (c.tg / 2.0) * kv_width * sizeof(float);
         if (st == XC_OK) {
-            /* average KV bytes read per step: K and V of every layer up to the mean position */
-            double kv = 2.0 * c.layers * (c.tg / 2.0) * kv_width * sizeof(float);
             double gbps = best_tps * (step_bytes + kv) / 1e9;
             char name[16], roof[32];
             snprintf(name, sizeof name, "tg%d", c.tg);
             snprintf(roof, sizeof roof, "%.0f%% of %.1f", bw > 0 ? 100.0 * gbps / bw : 0.0, bw);
             printf("%-8s %8d %12.2f %10.2f %10.1f %10s\n", name, threads[ti], best_tps,
                    1e3 / best_tps, gbps, roof);
-        } else {
+        }
+        if (st == XC_OK && c.paired && be && bwb) {
+            tg_paired p = {.be = be, .bwb = bwb, .step_gb = (step_bytes + kv) / 1e9};
+            p.shares = xc_malloc((size_t)c.tg * sizeof(double));
+            if (!p.shares) {
+                st = xc_errf(XC_ERR_NOMEM, "out of memory");
+            } else {
+                xc_prompt pr = {.ids = ids, .n = 1};
+                xc_gen_params g = {.sampling = {.greedy = true,
+                                                .temperature = 1,
+                                                .top_p = 1,
+                                                .repetition_penalty = 1},
+                                   .max_new_tokens = c.tg};
+                int32_t *out = xc_malloc((size_t)c.tg * sizeof(int32_t));
+                int n_out = 0;
+                st = out ? xc_engine_generate(e, &pr, &g, tg_paired_tick, &p, out, &n_out, NULL)
+                         : xc_errf(XC_ERR_NOMEM, "out of memory");
+                xc_free(out);
+                if (st == XC_OK && p.st != XC_OK) {
+                    st = p.st;
+                }
+                if (st == XC_OK && p.n > 0) {
+                    // Both sides aggregated the same way: bytes over summed seconds.
+                    double dec = p.n * p.step_gb / p.step_s, ref = p.n / p.inv_bw;
+                    qsort(p.shares, (size_t)p.n, sizeof(double), cmp_double);
+                    char name[24], roof[32];
+                    snprintf(name, sizeof name, "tg%d-p", c.tg);
+                    snprintf(roof, sizeof roof, "%.0f%% of %.1f", 100.0 * dec / ref, ref);
+                    printf("%-8s %8d %12.2f %10.2f %10.1f %10s  (paired: %d steps, median step "
+                           "%.0f%%, 10th-90th %.0f-%.0f%%)\n",
+                           name, threads[ti], p.n / p.step_s, 1e3 * p.step_s / p.n, dec, roof, p.n,
+                           100.0 * p.shares[p.n / 2], 100.0 * p.shares[p.n / 10],
+                           100.0 * p.shares[p.n * 9 / 10]);
+                }
+            }
+            xc_free(p.shares);
+        } else if (st == XC_OK && c.paired) {
+            printf("tg%d-p: no paired run (the bandwidth buffer could not be allocated)\n", c.tg);
+        }
+        xc_kbench_bw_destroy(bwb);
+        xc_backend_destroy(be);
+        if (st != XC_OK) {
             xc_cli_report("bench model", "run", st);
             rc = 1;
         }

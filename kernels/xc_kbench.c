@@ -171,12 +171,15 @@ xc_status xc_kbench_bw_create(size_t bytes, xc_kbench_bw **out) {
     return XC_OK;
 }
 
-xc_status xc_kbench_bw_run(xc_backend *be, xc_kbench_bw *bw, int passes, double *gbps) {
+static xc_status kb_bw_passes(xc_backend *be, xc_kbench_bw *bw, int passes, bool warm_up,
+                              double *gbps) {
     if (passes < 1) {
         return xc_errf(XC_ERR_ARG, "read bandwidth: passes %d < 1", passes);
     }
     kb_read r = {.buf = bw->buf, .bytes = bw->bytes};
-    kb_read_all(be, &r); /* warm-up: TLB, threads awake */
+    if (warm_up) {
+        kb_read_all(be, &r); /* TLB, threads awake */
+    }
     double best = 1e30;
     for (int p = 0; p < passes; p++) {
         // A pass reads the buffer once with every pattern; the fastest read counts.
@@ -189,6 +192,14 @@ xc_status xc_kbench_bw_run(xc_backend *be, xc_kbench_bw *bw, int passes, double 
     }
     *gbps = (double)bw->bytes / best * 1e-9;
     return XC_OK;
+}
+
+xc_status xc_kbench_bw_run(xc_backend *be, xc_kbench_bw *bw, int passes, double *gbps) {
+    return kb_bw_passes(be, bw, passes, true, gbps);
+}
+
+xc_status xc_kbench_bw_sample(xc_backend *be, xc_kbench_bw *bw, double *gbps) {
+    return kb_bw_passes(be, bw, 1, false, gbps);
 }
 
 xc_status xc_kbench_read_bw(xc_backend *be, size_t bytes, int passes, double *gbps) {

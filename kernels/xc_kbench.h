@@ -20,6 +20,9 @@ xc_status xc_kbench_read_bw(xc_backend *be, size_t bytes, int passes, double *gb
 typedef struct xc_kbench_bw xc_kbench_bw;
 xc_status xc_kbench_bw_create(size_t bytes, xc_kbench_bw **out);
 xc_status xc_kbench_bw_run(xc_backend *be, xc_kbench_bw *bw, int passes, double *gbps);
+/* One pass (every pattern once, the fastest counts) without the warm-up read: a short sample
+ * (about 3 reads of the buffer) to take between the steps of a measurement it is paired with. */
+xc_status xc_kbench_bw_sample(xc_backend *be, xc_kbench_bw *bw, double *gbps);
 void xc_kbench_bw_destroy(xc_kbench_bw *bw);
 
 /* Threads of a CPU backend, including the caller (what n_threads = 0 resolved to). */

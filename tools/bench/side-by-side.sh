@@ -18,6 +18,9 @@
 #     --python PY         a python3 with the gguf package and numpy (default python3)
 #     --lock FILE         hold this lock (flock) around each round's runs of one weight type, so
 #                         other benchmarks on a shared machine wait (default: none)
+#     --paired            also run xcpipe's decode with a read-bandwidth sample after every step
+#                         (`bench model --paired`, about 20 s more per run) and print its share
+#                         of those samples per round
 # Needs: python3 with `gguf` (pip install gguf) to write the GGUF; nothing from llama.cpp at build.
 set -euo pipefail
 
@@ -25,7 +28,7 @@ die() { echo "side-by-side.sh: $*" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 LB="" XC="$root/build/bin/xcpipe" WEIGHTS="bf16,f16" THREADS="1,2" ROUNDS=3 REPS=3 PP=512 TG=128
-VOCAB=32000 LAYERS=3 DIR=/tmp/xcpipe-side-by-side PY=python3 LOCK=""
+VOCAB=32000 LAYERS=3 DIR=/tmp/xcpipe-side-by-side PY=python3 LOCK="" PAIRED=()
 while [ $# -gt 0 ]; do
     case "$1" in
     --llama-bench) LB=${2:-}; shift 2 ;;
@@ -41,7 +44,8 @@ while [ $# -gt 0 ]; do
     --dir) DIR=${2:-}; shift 2 ;;
     --python) PY=${2:-}; shift 2 ;;
     --lock) LOCK=${2:-}; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --paired) PAIRED=(--paired); shift ;;
+    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -82,7 +86,8 @@ for r in $(seq 1 "$ROUNDS"); do
                 2>/dev/null | sed "s/^/LB $r $w $t /" >>"$raw"
             echo "round $r: $w, $t thread(s): xcpipe bench model ..." >&2
             "$XC" bench model --weights "$w" --layers "$LAYERS" --vocab "$VOCAB" --threads "$t" \
-                --pp "$PP" --tg "$TG" --reps "$REPS" --dir "$DIR/xc-l$LAYERS-v$VOCAB-$w" 2>/dev/null |
+                --pp "$PP" --tg "$TG" --reps "$REPS" --dir "$DIR/xc-l$LAYERS-v$VOCAB-$w" \
+                ${PAIRED[@]+"${PAIRED[@]}"} 2>/dev/null |
                 sed "s/^/XC $r $w $t /" >>"$raw"
         done
         if [ -n "$LOCK" ]; then
@@ -101,6 +106,7 @@ bw = {}
 share = {}  # (w, t, round) -> bytes per token, read bandwidth; llama.cpp's tg of that round
 lb_tg = {}
 rr = {}  # (w, t, round, kind) -> {"XC": tok/s, "LB": tok/s}: the per-round ratios
+paired = {}  # (w, t) -> per round: xcpipe's decode against the reads between its own steps
 for line in open(raw):
     side, r, w, t, rest = line.rstrip("\n").split(" ", 4)
     if side == "LB":
@@ -116,6 +122,9 @@ for line in open(raw):
             lb_tg[(w, t, r)] = best
     else:
         f = rest.split()
+        if f and f[0] == f"tg{tg}-p" and len(f) >= 8:
+            # "tg128-p T tok/s ms GB/s NN% of REF (paired: ...)"
+            paired.setdefault((w, t), []).append(f"{f[4]} GB/s, {f[5]} of {f[7]}")
         if f and f[0] in (f"pp{pp}", f"tg{tg}") and len(f) >= 3:
             res.setdefault(("XC", w, t, f[0][:2]), []).append(float(f[2]))
             rr.setdefault((w, t, r, f[0][:2]), {})["XC"] = float(f[2])
@@ -147,6 +156,8 @@ for w, t in keys:
     print(f"ratios per round, {w} {t} thread(s) (pp; tg): " + "; ".join(parts))
 for (w, t), v in sorted(bw.items()):
     print(f"xcpipe decode {w} {t} thread(s), GB/s and share of the read bandwidth per round: " + "; ".join(v))
+for (w, t), v in sorted(paired.items()):
+    print(f"xcpipe decode {w} {t} thread(s), paired (a read after every step), GB/s and share of those reads per round: " + "; ".join(v))
 # llama.cpp's own share: its tg tokens/s times the bytes a token reads (the same shapes; xcpipe's
 # bytes per token, weights plus the f32 KV it reads), over the bandwidth xcpipe measured in
 # that round
