@@ -132,20 +132,21 @@ static bool tg_tick(void *user, int32_t tok) {
     return true;
 }
 
-static xc_status run_gen(xc_engine *e, int32_t *ids, int n_prompt, int n_new, tg_timer *t,
-                         double *total_s) {
+/* Greedy generation of n_new tokens after n_prompt ids; cb(user, token) after every token (it may
+ * do its own timing); *total_s: the whole call. */
+static xc_status run_gen(xc_engine *e, int32_t *ids, int n_prompt, int n_new,
+                         bool (*cb)(void *, int32_t), void *user, double *total_s) {
     xc_prompt p = {.ids = ids, .n = n_prompt};
     xc_gen_params g = {
         .sampling = {.greedy = true, .temperature = 1, .top_p = 1, .repetition_penalty = 1},
         .max_new_tokens = n_new};
     int32_t *out = xc_malloc((size_t)n_new * sizeof(int32_t));
     if (!out) {
-        return XC_ERR_NOMEM;
+        return xc_errf(XC_ERR_NOMEM, "out of memory");
     }
     int n_out = 0;
-    memset(t, 0, sizeof *t);
     double t0 = xc_now_s();
-    xc_status st = xc_engine_generate(e, &p, &g, tg_tick, t, out, &n_out, NULL);
+    xc_status st = xc_engine_generate(e, &p, &g, cb, user, out, &n_out, NULL);
     *total_s = xc_now_s() - t0;
     xc_free(out);
     return st;
@@ -178,8 +179,8 @@ static bool tg_paired_tick(void *user, int32_t tok) {
         nanosleep(&ts, NULL);
         double g = 0;
         p->st = xc_kbench_bw_sample(p->be, p->bwb, &g);
-        if (p->st != XC_OK || g <= 0) {
-            return false;
+        if (p->st != XC_OK) {
+            return false; /* ends the run; the caller reports p->st */
         }
         p->step_s += dt;
         p->inv_bw += 1.0 / g;
@@ -310,7 +311,8 @@ int xc_cmd_bench_model(int argc, char **argv) {
             for (int r = 0; r < c.reps && st == XC_OK; r++) {
                 tg_timer t;
                 double total = 0;
-                st = run_gen(e, ids, pps[k], 1, &t, &total);
+                memset(&t, 0, sizeof t);
+                st = run_gen(e, ids, pps[k], 1, tg_tick, &t, &total);
                 best = total < best ? total : best;
             }
             if (st == XC_OK) {
@@ -324,7 +326,8 @@ int xc_cmd_bench_model(int argc, char **argv) {
         for (int r = 0; r < c.reps && st == XC_OK; r++) {
             tg_timer t;
             double total = 0;
-            st = run_gen(e, ids, 1, c.tg, &t, &total);
+            memset(&t, 0, sizeof t);
+            st = run_gen(e, ids, 1, c.tg, tg_tick, &t, &total);
             if (st == XC_OK && t.n > 1) {
                 double tps = (t.n - 1) / (t.t_last - t.t_first);
                 best_tps = tps > best_tps ? tps : best_tps;
@@ -347,17 +350,8 @@ int xc_cmd_bench_model(int argc, char **argv) {
             if (!p.shares) {
                 st = xc_errf(XC_ERR_NOMEM, "out of memory");
             } else {
-                xc_prompt pr = {.ids = ids, .n = 1};
-                xc_gen_params g = {.sampling = {.greedy = true,
-                                                .temperature = 1,
-                                                .top_p = 1,
-                                                .repetition_penalty = 1},
-                                   .max_new_tokens = c.tg};
-                int32_t *out = xc_malloc((size_t)c.tg * sizeof(int32_t));
-                int n_out = 0;
-                st = out ? xc_engine_generate(e, &pr, &g, tg_paired_tick, &p, out, &n_out, NULL)
-                         : xc_errf(XC_ERR_NOMEM, "out of memory");
-                xc_free(out);
+                double total = 0;
+                st = run_gen(e, ids, 1, c.tg, tg_paired_tick, &p, &total);
                 if (st == XC_OK && p.st != XC_OK) {
                     st = p.st;
                 }
