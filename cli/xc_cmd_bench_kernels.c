@@ -44,8 +44,9 @@ static const xc_conf_spec kb_spec = {
                "4096x6144, wo 4096x4096, w1/w3 4096x14336, w2 14336x4096) and prints ms, GFLOP/s, "
                "GB/s of weights and, for M = 1, the fraction of the read bandwidth measured here "
                "with the same thread count (M = 1 calls alternate with bandwidth passes, 2 x iters "
-               "of each, "
-               "best kept). Caches are flushed before every timed call.",
+               "of each, best kept), for M > 1 the fraction of the FMA peak measured here (8-lane "
+               "FMA chains in registers, re-measured after every case, best kept). Caches are "
+               "flushed before every timed call.",
     .entries = kb_entries,
     .n_entries = sizeof kb_entries / sizeof kb_entries[0],
 };
@@ -110,6 +111,7 @@ typedef struct kb_run {
     int threads;
     xc_kbench_bw *bw;
     double bw1, bwn; /* best read bandwidth with 1 and with `threads` threads, GB/s */
+    double peak;     /* best FMA peak with `threads` threads, GFLOP/s (0: not measured) */
     kb_row rows[KB_MAX_ROWS];
     int n_rows;
 } kb_run;
@@ -170,6 +172,12 @@ static int kb_run_dtype(kb_run *run, xc_dtype wt, const int *ms, int n_ms, int m
                 st = kb_run_decode(run, mm, &r);
             } else {
                 st = xc_kbench_mm_run(run->be, mm, ms[i], c->iters, false, false, &r);
+                // the compute ceiling, re-measured beside every GEMM case (it drifts as well)
+                double g = 0;
+                if (st == XC_OK && run->peak > 0 && xc_kbench_fma_peak(run->be, 1, &g) == XC_OK &&
+                    g > run->peak) {
+                    run->peak = g;
+                }
             }
             if (st != XC_OK) {
                 break;
@@ -202,8 +210,13 @@ static void kb_print(const kb_run *run) {
     if (run->threads > 1) {
         printf(", %d threads %.1f GB/s", run->threads, run->bwn);
     }
+    if (run->peak > 0) {
+        printf("\nFMA peak (8-lane FMA chains in registers, %d threads; best of 3 passes at the "
+               "start and of one pass after each M > 1 case): %.1f GFLOP/s",
+               run->threads, run->peak);
+    }
     printf("\n\n%-6s %-11s %5s  %-11s %3s %9s %9s %8s %7s\n", "layer", "k x n", "M", "weights",
-           "thr", "ms", "GFLOP/s", "GB/s(w)", "%bw");
+           "thr", "ms", "GFLOP/s", "GB/s(w)", "%roof");
     for (int i = 0; i < run->n_rows; i++) {
         const kb_row *w = &run->rows[i];
         char dims[32];
@@ -212,11 +225,14 @@ static void kb_print(const kb_run *run) {
                w->kind, run->threads, w->r.ms, w->r.gflops, w->r.wgbps);
         if (w->m == 1) {
             printf(" %6.1f%%", 100.0 * w->r.wgbps / run->bwn);
+        } else if (run->peak > 0) {
+            printf(" %6.1f%%", 100.0 * w->r.gflops / run->peak);
         }
         printf("\n");
     }
-    printf("\n%%bw = GB/s of weights / best read bandwidth with the same thread count (%d), M = 1 "
-           "only.\n",
+    printf("\n%%roof = at M = 1, GB/s of weights / best read bandwidth with the same thread count "
+           "(%d); at M > 1, GFLOP/s / the FMA peak with the same threads (not measured without "
+           "AVX2/FMA).\n",
            run->threads);
 }
 
@@ -258,6 +274,9 @@ int xc_cmd_bench_kernels(int argc, char **argv) {
         (st = kb_measure_bw(run, c.bw_passes)) != XC_OK) {
         xc_cli_report("bench kernels", "read bandwidth", st);
         goto out;
+    }
+    if (xc_kbench_fma_peak(run->be, 3, &run->peak) != XC_OK) {
+        run->peak = 0; /* no AVX2/FMA: the %roof column stays empty for M > 1 */
     }
     static const xc_dtype all[3] = {XC_DTYPE_BF16, XC_DTYPE_F16, XC_DTYPE_F32};
     for (int d = 0; d < 3; d++) {

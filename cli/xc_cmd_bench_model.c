@@ -268,6 +268,11 @@ int xc_cmd_bench_model(int argc, char **argv) {
     double step_bytes =
         layer_w * c.layers + (double)c.vocab * c.hidden * esz + (double)(c.hidden + c.hidden) * esz;
     int kv_width = c.kv_heads * (c.hidden / c.heads);
+    /* FLOPs of one prefill of n tokens, as the engine runs it (and llama.cpp too): every layer's
+     * matmuls on all rows, but the last layer's attention, wo, FFN and the head on the last row
+     * alone; attention 4 hidden FLOPs per (query, key) pair, causal */
+    double w_qkv = (double)(c.heads + 2 * c.kv_heads) * (c.hidden / c.heads) * c.hidden;
+    double w_rest = (double)c.hidden * c.hidden + 3.0 * c.inter * c.hidden;
     printf("model: %d layers, hidden %d, heads %d/%d, FFN %d, vocab %d, PLoRA r %d, %s weights; "
            "decode reads %.3f GB of weights per token\n",
            c.layers, c.hidden, c.heads, c.kv_heads, c.inter, c.vocab, c.rank, c.weights,
@@ -306,6 +311,11 @@ int xc_cmd_bench_model(int argc, char **argv) {
             xc_kbench_bw_create((size_t)1 << 30, &bwb) == XC_OK) {
             bw_pass(be, bwb, 3, &bw);
         }
+        /* The compute ceiling of prefill: the FMA peak with the same threads, best of 3 passes
+         * now and of one pass after each prefill repetition (the clock and the other tenants of
+         * a shared host move it as they move the bandwidth). */
+        double peak = 0;
+        bool have_peak = be && xc_kbench_fma_peak(be, 3, &peak) == XC_OK;
         for (int k = 0; k < n_pp && st == XC_OK; k++) {
             double best = 1e30;
             for (int r = 0; r < c.reps && st == XC_OK; r++) {
@@ -314,12 +324,25 @@ int xc_cmd_bench_model(int argc, char **argv) {
                 memset(&t, 0, sizeof t);
                 st = run_gen(e, ids, pps[k], 1, tg_tick, &t, &total);
                 best = total < best ? total : best;
+                double g = 0;
+                if (have_peak && xc_kbench_fma_peak(be, 1, &g) == XC_OK && g > peak) {
+                    peak = g;
+                }
             }
             if (st == XC_OK) {
-                char name[16];
+                char name[16], comp[96] = "";
+                double n = pps[k];
+                double flops = 2.0 * (w_qkv + w_rest) * n * (c.layers - 1) +
+                               2.0 * c.hidden * n * (n + 1) * (c.layers - 1) + 2.0 * w_qkv * n +
+                               4.0 * c.hidden * n + 2.0 * w_rest + 2.0 * (double)c.vocab * c.hidden;
+                if (have_peak) {
+                    snprintf(comp, sizeof comp,
+                             "  (compute: %.4g GFLOP/s, %.0f%% of the FMA peak %.1f)",
+                             flops / best * 1e-9, 100.0 * flops / best * 1e-9 / peak, peak);
+                }
                 snprintf(name, sizeof name, "pp%d", pps[k]);
-                printf("%-8s %8d %12.1f %10.2f %10s %10s\n", name, threads[ti], pps[k] / best,
-                       1e3 * best / pps[k], "", "");
+                printf("%-8s %8d %12.1f %10.2f %10s %10s%s\n", name, threads[ti], pps[k] / best,
+                       1e3 * best / pps[k], "", "", comp);
             }
         }
         double best_tps = 0;

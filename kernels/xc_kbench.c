@@ -214,6 +214,77 @@ int xc_kbench_threads(const xc_backend *be) {
     return xc_cpu_n_threads(be);
 }
 
+/* ---- FMA peak ---- */
+
+/* The compute ceiling the prefill GEMMs run against: per thread, KB_FMA_CHAINS independent
+ * 8-lane FMA chains in registers (enough to cover the FMA latency on both FMA pipes), no loads.
+ * a = a * b + c with b just under 1 keeps every value finite and normal. */
+#define KB_FMA_CHAINS 12
+#define KB_FMA_ITERS  (1 << 21) /* per task and pass: 2^21 x 12 FMAs, about 16 ms at 3 GHz */
+
+typedef struct kb_fma {
+    float sinks[64]; /* per task, so the chains are not optimised away */
+} kb_fma;
+
+#if XC_KB_X86
+__attribute__((target("avx2,fma"))) static float kb_fma_avx2(long iters, float seed) {
+    const __m256 b = _mm256_set1_ps(0.99999f), c = _mm256_set1_ps(seed * 1e-6f);
+    __m256 a[KB_FMA_CHAINS];
+    for (int j = 0; j < KB_FMA_CHAINS; j++) {
+        a[j] = _mm256_set1_ps(seed + (float)j * 0.25f);
+    }
+    for (long i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < KB_FMA_CHAINS; j++) {
+            a[j] = _mm256_fmadd_ps(a[j], b, c);
+        }
+    }
+    __m256 s = a[0];
+    for (int j = 1; j < KB_FMA_CHAINS; j++) {
+        s = _mm256_add_ps(s, a[j]);
+    }
+    return _mm256_cvtss_f32(s);
+}
+
+static void kb_fma_task(void *arg, int t, int n_tasks) {
+    (void)n_tasks;
+    kb_fma *f = arg;
+    f->sinks[t % 64] += kb_fma_avx2(KB_FMA_ITERS, 1.0f + (float)t);
+}
+#endif
+
+xc_status xc_kbench_fma_peak(xc_backend *be, int passes, double *gflops) {
+    if (passes < 1) {
+        return xc_errf(XC_ERR_ARG, "FMA peak: passes %d < 1", passes);
+    }
+#if XC_KB_X86
+    if (!xc_cpu_simd(be)) {
+        return xc_errf(XC_ERR_UNSUPPORTED, "FMA peak: the CPU backend runs without AVX2/FMA");
+    }
+    int n = xc_cpu_n_threads(be);
+    n = n > 64 ? 64 : n;
+    kb_fma f;
+    memset(&f, 0, sizeof f);
+    xc_cpu_parallel(be, n, kb_fma_task, &f); /* clocks up, threads awake */
+    double best = 1e30;
+    for (int p = 0; p < passes; p++) {
+        double t0 = xc_now_s();
+        xc_cpu_parallel(be, n, kb_fma_task, &f);
+        double dt = xc_now_s() - t0;
+        best = dt < best ? dt : best;
+    }
+    volatile float sink = f.sinks[0]; /* the chains' results are used */
+    (void)sink;
+    // 16 FLOP per 8-lane FMA
+    *gflops = (double)n * KB_FMA_ITERS * KB_FMA_CHAINS * 16.0 / best * 1e-9;
+    return XC_OK;
+#else
+    (void)be;
+    (void)gflops;
+    return xc_errf(XC_ERR_UNSUPPORTED, "FMA peak: x86 AVX2/FMA only");
+#endif
+}
+
 /* ---- matmul ---- */
 
 struct xc_kbench_mm {

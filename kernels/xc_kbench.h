@@ -25,6 +25,12 @@ xc_status xc_kbench_bw_run(xc_backend *be, xc_kbench_bw *bw, int passes, double 
 xc_status xc_kbench_bw_sample(xc_backend *be, xc_kbench_bw *bw, double *gbps);
 void xc_kbench_bw_destroy(xc_kbench_bw *bw);
 
+/* The CPU backend's FMA peak in GFLOP/s with its threads: every thread runs 12 independent 8-lane
+ * FMA chains in registers (no memory traffic) for about 16 ms; one untimed run, then the fastest
+ * of `passes` timed runs. The ceiling the prefill GEMMs (8-lane FMA chains) are compared with.
+ * XC_ERR_ARG for passes < 1, XC_ERR_UNSUPPORTED without AVX2/FMA (or off x86). */
+xc_status xc_kbench_fma_peak(xc_backend *be, int passes, double *gflops);
+
 /* Threads of a CPU backend, including the caller (what n_threads = 0 resolved to). */
 int xc_kbench_threads(const xc_backend *be);
 

@@ -8,10 +8,27 @@ set -euo pipefail
 xcpipe=$1
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-out=$(timeout 150 "$xcpipe" bench model --layers 1 --hidden 64 --heads 4 --kv-heads 2 --inter 128 \
+out=$(timeout 150 "$xcpipe" bench model --layers 2 --hidden 64 --heads 4 --kv-heads 2 --inter 128 \
     --vocab 64 --rank 8 --threads 1 --pp 8 --tg 6 --reps 1 --paired --dir "$dir/ckpt")
 echo "$out"
 grep -qE '^pp8 +1 +[0-9.]+ ' <<<"$out" || { echo "FAIL: no pp8 line"; exit 1; }
+# the prefill's compute against the FMA peak (x86 with AVX2/FMA): the FLOPs per prompt token
+# implied by the line are the model's, counted here from the shapes (2 layers; the last one runs
+# its attention query, wo, the FFN and the head on the last row only), and the share is the
+# printed GFLOP/s over the printed peak
+if grep -q avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
+    line=$(grep -E '^pp8 .*\(compute: ' <<<"$out") || { echo "FAIL: no compute figures on pp8"; exit 1; }
+    awk '{
+        # pp8 1 tok/s ms (compute: G GFLOP/s, NN% of the FMA peak P)
+        tps = $3; g = $6; share = $8 + 0; peak = $13 + 0
+        qkv = (4 + 2 * 2) * 16 * 64; rest = 64 * 64 + 3 * 128 * 64; n = 8
+        want = (2 * (qkv + rest) * n + 2 * 64 * n * (n + 1) + 2 * qkv * n + 4 * 64 * n + 2 * rest + 2 * 64 * 64) / n
+        got = g * 1e9 / tps
+        if (!(tps > 0 && g > 0 && peak > 0)) { print "FAIL: rates " $0; exit 1 }
+        if (got < want * 0.97 || got > want * 1.03) { print "FAIL: " got " FLOP per token, want " want; exit 1 }
+        if (share < 100 * g / peak - 1 || share > 100 * g / peak + 1) { print "FAIL: share " share "% is not " g " of " peak; exit 1 }
+    }' <<<"$line"
+fi
 grep -qE '^tg6 +1 +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9]+% of [0-9.]+$' <<<"$out" ||
     { echo "FAIL: no tg6 line with its share of the read bandwidth"; exit 1; }
 line=$(grep -E '^tg6-p ' <<<"$out") || { echo "FAIL: no paired line"; exit 1; }

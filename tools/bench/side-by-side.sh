@@ -3,6 +3,9 @@
 # shapes (default: 3 layers of InternLM2-7B, 32,000-row head), in interleaved rounds, printing
 # prompt (pp) and generation (tg) tokens/s and their ratio, median of the rounds (each side's
 # best repetition in a round). llama.cpp is not a dependency: pass the llama-bench you built.
+# Also per round: decode's GB/s against the read bandwidth xcpipe measured in that run, and
+# prefill's GFLOP/s against the FMA peak xcpipe measured around its prefill repetitions (each
+# program's own FLOPs: llama.cpp's last layer runs attention and wo on every prompt row).
 #
 #   tools/bench/side-by-side.sh --llama-bench /path/to/llama-bench [options]
 #     --xcpipe PATH       xcpipe binary (default build/bin/xcpipe)
@@ -99,12 +102,14 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 "$PY" - "$raw" "$PP" "$TG" <<'PY'
-import json, statistics, sys
+import json, re, statistics, sys
 raw, pp, tg = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 res = {}  # (side, w, t, kind) -> [per-round best]
 bw = {}
 share = {}  # (w, t, round) -> bytes per token, read bandwidth; llama.cpp's tg of that round
 lb_tg = {}
+lb_pp = {}
+fma = {}  # (w, t, round) -> FLOPs per prompt token, FMA peak (xcpipe's pp line)
 rr = {}  # (w, t, round, kind) -> {"XC": tok/s, "LB": tok/s}: the per-round ratios
 paired = {}  # (w, t) -> per round: xcpipe's decode against the reads between its own steps
 for line in open(raw):
@@ -120,11 +125,17 @@ for line in open(raw):
         rr.setdefault((w, t, r, kind), {})["LB"] = best
         if kind == "tg":
             lb_tg[(w, t, r)] = best
+        else:
+            lb_pp[(w, t, r)] = best
     else:
         f = rest.split()
         if f and f[0] == f"tg{tg}-p" and len(f) >= 8:
             # "tg128-p T tok/s ms GB/s NN% of REF (paired: ...)"
             paired.setdefault((w, t), []).append(f"{f[4]} GB/s, {f[5]} of {f[7]}")
+        m = re.search(r"\(compute: ([0-9.]+) GFLOP/s, [0-9]+% of the FMA peak ([0-9.]+)\)", rest)
+        if f and f[0] == f"pp{pp}" and m and float(f[2]) > 0:
+            # "pp512 T tok/s ms (compute: G GFLOP/s, NN% of the FMA peak P)"
+            fma[(w, t, r)] = (float(m.group(1)) / float(f[2]), float(m.group(2)))
         if f and f[0] in (f"pp{pp}", f"tg{tg}") and len(f) >= 3:
             res.setdefault(("XC", w, t, f[0][:2]), []).append(float(f[2]))
             rr.setdefault((w, t, r, f[0][:2]), {})["XC"] = float(f[2])
@@ -168,4 +179,19 @@ for (w, t, r), d in sorted(share.items()):
         lbs.setdefault((w, t), []).append(f"{g:.1f} GB/s, {100 * g / d['bw']:.0f}% of {d['bw']:.1f}")
 for (w, t), v in sorted(lbs.items()):
     print(f"llama.cpp decode {w} {t} thread(s), GB/s and share of the same read bandwidth per round: " + "; ".join(v))
+# prefill against the FMA peak xcpipe measured in the same run (best of passes around its
+# prefill repetitions). FLOPs per prompt token: xcpipe's from its pp line; llama.cpp runs the same
+# graph except that its last layer takes every row (not the last one alone) through attention
+# and wo before it keeps the last row for the FFN: that much more (bench model's hidden width)
+HIDDEN = 4096
+lb_extra = (2 * HIDDEN * HIDDEN * (pp - 1) + 2 * HIDDEN * pp * (pp + 1) - 4 * HIDDEN * pp) / pp / 1e9  # GFLOP per token
+cmp = {}
+for (w, t, r), (fpt, peak) in sorted(fma.items(), key=lambda i: (i[0][0], int(i[0][1]), int(i[0][2]))):
+    for side, tps, f in (("xcpipe", dict(rr.get((w, t, r, "pp"), {})).get("XC"), fpt),
+                         ("llama.cpp", lb_pp.get((w, t, r)), fpt + lb_extra)):
+        if tps:
+            g = tps * f
+            cmp.setdefault((side, w, t), []).append(f"{g:.1f} GFLOP/s, {100 * g / peak:.0f}% of {peak:.1f}")
+for (side, w, t), v in sorted(cmp.items(), key=lambda i: (i[0][1], int(i[0][2]), i[0][0] != "xcpipe")):
+    print(f"{side} prefill {w} {t} thread(s), GFLOP/s and share of the FMA peak per round: " + "; ".join(v))
 PY
