@@ -199,6 +199,25 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* FLOPs of a prefill of n tokens in forwards of `chunk` rows, as the engine runs it: in each
+ * forward every layer's matmuls on all its rows, but the last layer's attention, wo, FFN and the
+ * head on the forward's last row alone; attention 4 hidden FLOPs per (query, key) pair, causal,
+ * over the keys cached before the forward too. (llama.cpp's last layer also takes every row
+ * through attention and wo: tools/bench/side-by-side.sh adds that for its figure.) */
+static double bm_prefill_flops(const bm_conf *c, int n, int chunk) {
+    double w_qkv = (double)(c->heads + 2 * c->kv_heads) * (c->hidden / c->heads) * c->hidden;
+    double w_rest = (double)c->hidden * c->hidden + 3.0 * c->inter * c->hidden;
+    double f = 0;
+    for (int p = 0; p < n; p += chunk) {
+        int s = n - p < chunk ? n - p : chunk;
+        double pairs = (double)s * p + (double)s * (s + 1) / 2; /* queries p .. p + s - 1 */
+        f += (c->layers - 1) * (2.0 * (w_qkv + w_rest) * s + 4.0 * c->hidden * pairs);
+        f += 2.0 * w_qkv * s + 4.0 * c->hidden * (p + s) + 2.0 * w_rest +
+             2.0 * (double)c->vocab * c->hidden;
+    }
+    return f;
+}
+
 /* One more measurement of the read bandwidth into *best (kept if higher); nothing without a
  * buffer (its allocation failed: the roofline column then says 0). */
 static void bw_pass(xc_backend *be, xc_kbench_bw *bwb, int passes, double *best) {
@@ -272,11 +291,6 @@ int xc_cmd_bench_model(int argc, char **argv) {
     double step_bytes =
         layer_w * c.layers + (double)c.vocab * c.hidden * esz + (double)(c.hidden + c.hidden) * esz;
     int kv_width = c.kv_heads * (c.hidden / c.heads);
-    /* FLOPs of one prefill of n tokens, as the engine runs it (and llama.cpp too): every layer's
-     * matmuls on all rows, but the last layer's attention, wo, FFN and the head on the last row
-     * alone; attention 4 hidden FLOPs per (query, key) pair, causal */
-    double w_qkv = (double)(c.heads + 2 * c.kv_heads) * (c.hidden / c.heads) * c.hidden;
-    double w_rest = (double)c.hidden * c.hidden + 3.0 * c.inter * c.hidden;
     printf("model: %d layers, hidden %d, heads %d/%d, FFN %d, vocab %d, PLoRA r %d, %s weights; "
            "decode reads %.3f GB of weights per token\n",
            c.layers, c.hidden, c.heads, c.kv_heads, c.inter, c.vocab, c.rank, c.weights,
@@ -335,10 +349,7 @@ int xc_cmd_bench_model(int argc, char **argv) {
             }
             if (st == XC_OK) {
                 char name[16], comp[96] = "";
-                double n = pps[k];
-                double flops = 2.0 * (w_qkv + w_rest) * n * (c.layers - 1) +
-                               2.0 * c.hidden * n * (n + 1) * (c.layers - 1) + 2.0 * w_qkv * n +
-                               4.0 * c.hidden * n + 2.0 * w_rest + 2.0 * (double)c.vocab * c.hidden;
+                double flops = bm_prefill_flops(&c, pps[k], ec.chunk);
                 if (have_peak) {
                     snprintf(comp, sizeof comp,
                              "  (compute: %.4g GFLOP/s, %.0f%% of the FMA peak %.1f)",
