@@ -103,8 +103,8 @@ static const xc_conf_entry bm_entries[] = {
     XC_CONF_INT("tg", NULL, bm_conf, tg, 128, 2, 4096, "generated tokens for decode"),
     XC_CONF_INT("reps", NULL, bm_conf, reps, 2, 1, 100, "repetitions (best is printed)"),
     XC_CONF_INT("chunk", NULL, bm_conf, chunk, 0, 0, 65536,
-                "prefill rows per forward (0 = the longest --pp: one forward per prompt; the "
-                "engine's own default is 256)"),
+                "prefill rows per forward (0, or more than the longest --pp: one forward per "
+                "prompt; the engine's own default is 256)"),
     XC_CONF_BOOL("paired", NULL, bm_conf, paired, false,
                  "one more decode run with a read-bandwidth sample after every step: decode's "
                  "share of the reads taken between its own steps (about 3 reads of the 1 GiB "
@@ -309,7 +309,7 @@ int xc_cmd_bench_model(int argc, char **argv) {
         xc_engine_conf ec = {.model_dir = dir,
                              .n_threads = threads[ti],
                              .max_context = max_pp + c.tg + 8,
-                             .chunk = c.chunk > 0 ? c.chunk : max_pp,
+                             .chunk = c.chunk > 0 && c.chunk < max_pp ? c.chunk : max_pp,
                              .no_vision = true};
         xc_engine *e = NULL;
         st = xc_engine_create(&ec, &e);
