@@ -18,8 +18,9 @@
  * slower (82 against 90 GFLOP/s per core at m = 256) because the AND mask takes the last register.
  * Tiles only reuse a loaded weight vector across several x rows and a loaded x vector across
  * several weight rows; each (i, j) keeps its own accumulator. For m >= 16 (prefill) bf16, f32 and
- * long-k f16 weights go through the packed-panel GEMM below (weights widened to f32 once per
- * panel, k-blocked, accumulators saved between k-blocks): the same chains, so the same bits.
+ * long-k f16 weights go through the packed GEMM below (bf16 and f32 weights widened to f32 once
+ * per panel, f16 widened in the micro-kernel; k-blocked, accumulators saved between k-blocks):
+ * the same chains, so the same bits.
  * Threads split the output columns, which never changes an element's order. The scalar fallback
  * performs the same operations with fmaf, so it is bit-identical to the AVX2 path (slow where the
  * CPU lacks FMA, but deterministic everywhere).
@@ -82,6 +83,19 @@
 #endif
 #ifndef MM_DEC_TASKS
 #define MM_DEC_TASKS 16 /* parallel tasks per thread for m = 1 */
+#endif
+/* Prefill on the register tiles (f16 at k <= 8192): x is taken in blocks of MM_ROW_BLOCK rows,
+ * each block through every column group, so the x a group re-reads from beyond L2 is 2 MiB (128
+ * rows at k = 4096) instead of all of it (8 MiB at m = 512), which the rest of the forward's
+ * activations and the other tenants of the shared L3 push out; the weights are read from DRAM
+ * once per block instead of once (2 bytes per 128 rows: 0.016 B per multiply-add, against x's 4
+ * bytes per 24-row group, 0.17). Measured on the 2-core Zen 3 machine, f16, m = 512, best of 4
+ * interleaved rounds of `bench kernels` (7 December 2026, 04:20 UTC): at k = 4096
+ * 1.02-1.11x on one thread, 1.04-1.15x on two; `bench model` pp512 over 11 interleaved rounds,
+ * median tokens/s 83.3 against 79.9 (one thread) and 152.1 against 147.2 (two); 64 and 96 rows
+ * were no better than 128. Only the order of the tiles changes, never an output's chain. */
+#ifndef MM_ROW_BLOCK
+#define MM_ROW_BLOCK 128 /* x rows per row block of the register tiles (multiple of TILE_R) */
 #endif
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES 6144
@@ -528,13 +542,16 @@ static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
         mm_cols_dec(jb, j0, j1);
         return;
     }
-    for (int g0 = j0; g0 < j1; g0 += jb->group) {
-        int g1 = g0 + jb->group < j1 ? g0 + jb->group : j1;
-        for (int i0 = 0; i0 < jb->m; i0 += TILE_R) {
-            int r = jb->m - i0 < TILE_R ? jb->m - i0 : TILE_R;
-            for (int c0 = g0; c0 < g1; c0 += jb->tile_c) {
-                int c = g1 - c0 < jb->tile_c ? g1 - c0 : jb->tile_c;
-                tab[r - 1][c - 1](jb, i0, c0);
+    for (int b0 = 0; b0 < jb->m; b0 += MM_ROW_BLOCK) {
+        int b1 = b0 + MM_ROW_BLOCK < jb->m ? b0 + MM_ROW_BLOCK : jb->m;
+        for (int g0 = j0; g0 < j1; g0 += jb->group) {
+            int g1 = g0 + jb->group < j1 ? g0 + jb->group : j1;
+            for (int i0 = b0; i0 < b1; i0 += TILE_R) {
+                int r = b1 - i0 < TILE_R ? b1 - i0 : TILE_R;
+                for (int c0 = g0; c0 < g1; c0 += jb->tile_c) {
+                    int c = g1 - c0 < jb->tile_c ? g1 - c0 : jb->tile_c;
+                    tab[r - 1][c - 1](jb, i0, c0);
+                }
             }
         }
     }
@@ -550,8 +567,9 @@ static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
  *    rows in L1, one hardware-prefetch stream); rows are padded to mp (multiple of 4, zero rows
  *    never stored) and columns to ldxp (k rounded up to 8; bf16: 16) with zeros;
  *  - per PK_G weight rows and PK_KS-wide k superblock the weights are widened once to an f32
- *    panel ([tile of 3 rows][step][row][8]; shift/AND for bf16, vcvtph2ps for f16): the widening
- *    leaves the inner loop, which is 12 FMAs, 4 x loads and 3 panel loads per step;
+ *    panel ([tile of 3 rows][step][row][8]; shift/AND for bf16): the widening leaves the inner
+ *    loop, which is 12 FMAs, 4 x loads and 3 panel loads per step; f16 weights (k % 8 == 0)
+ *    skip the panel and are widened in the loop (pk_micro_f16: 3 vcvtph2ps loads per step);
  *  - the row tiles of a PK_MC-row block then walk the panel (L2-resident) one after the other;
  *    a row tile's PK_KC-wide x block stays in L1 while the PK_G / 3 column tiles pass over it,
  *    and the next block is prefetched into L1 a share per column tile; the 12 accumulators of a
@@ -573,6 +591,9 @@ static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
 #endif
 #ifndef PK_G
 #define PK_G 48 /* weight rows per panel: multiple of PK_C */
+#endif
+#ifndef PK_F16_DIRECT
+#define PK_F16_DIRECT 1 /* f16 (k % 8 == 0): the micro-kernel widens the weights in place */
 #endif
 #ifndef PK_MC
 #define PK_MC 256 /* rows per row block (bounds the accumulator block): multiple of PK_R */
@@ -687,6 +708,60 @@ static XC_AVX2_FN void pk_micro(const float *xt, const float *panel, int kc, flo
     _mm256_store_ps(acc + 11 * 8, a32);
 }
 
+/* The same 4x3 micro-kernel with f16 weights read in place (no f32 panel): p0..p2 point at the
+ * three weight rows' elements of this k-block (kc / 8 steps of 8 halves), widened in the loop
+ * with vcvtph2ps, which runs beside the FMAs; the weights cross L2 at 2 bytes instead of the
+ * panel's 4, and the panel's widening pass goes. The same FMAs in the same order, so the same
+ * bits. Measured (Zen 3, one thread, m = 512, f16 w2 14336x4096, `bench kernels`, best of 3-4
+ * interleaved rounds, two runs): 1.02-1.04x against the f32 panel; at k = 4096 it loses to the
+ * register tiles (0.94-0.98x), which keep that case. */
+static XC_AVX2_FN void pk_micro_f16(const float *xt, const uint16_t *p0, const uint16_t *p1,
+                                    const uint16_t *p2, int kc, float *acc, bool first) {
+    __m256 a00, a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32;
+    if (first) {
+        a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = _mm256_setzero_ps();
+    } else {
+        a00 = _mm256_load_ps(acc + 0 * 8);
+        a01 = _mm256_load_ps(acc + 1 * 8);
+        a02 = _mm256_load_ps(acc + 2 * 8);
+        a10 = _mm256_load_ps(acc + 3 * 8);
+        a11 = _mm256_load_ps(acc + 4 * 8);
+        a12 = _mm256_load_ps(acc + 5 * 8);
+        a20 = _mm256_load_ps(acc + 6 * 8);
+        a21 = _mm256_load_ps(acc + 7 * 8);
+        a22 = _mm256_load_ps(acc + 8 * 8);
+        a30 = _mm256_load_ps(acc + 9 * 8);
+        a31 = _mm256_load_ps(acc + 10 * 8);
+        a32 = _mm256_load_ps(acc + 11 * 8);
+    }
+    for (int s = 0; s < kc; s += 8) {
+        __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p0 + s))),
+               w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p1 + s))),
+               w2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p2 + s)));
+        __m256 xv = _mm256_load_ps(xt);
+        PK_FMA_ROW(0, xv)
+        xv = _mm256_load_ps(xt + 8);
+        PK_FMA_ROW(1, xv)
+        xv = _mm256_load_ps(xt + 16);
+        PK_FMA_ROW(2, xv)
+        xv = _mm256_load_ps(xt + 24);
+        PK_FMA_ROW(3, xv)
+        xt += PK_R * 8;
+    }
+    _mm256_store_ps(acc + 0 * 8, a00);
+    _mm256_store_ps(acc + 1 * 8, a01);
+    _mm256_store_ps(acc + 2 * 8, a02);
+    _mm256_store_ps(acc + 3 * 8, a10);
+    _mm256_store_ps(acc + 4 * 8, a11);
+    _mm256_store_ps(acc + 5 * 8, a12);
+    _mm256_store_ps(acc + 6 * 8, a20);
+    _mm256_store_ps(acc + 7 * 8, a21);
+    _mm256_store_ps(acc + 8 * 8, a22);
+    _mm256_store_ps(acc + 9 * 8, a30);
+    _mm256_store_ps(acc + 10 * 8, a31);
+    _mm256_store_ps(acc + 11 * 8, a32);
+}
+
 /* Floats of one task's scratch: the panel (PK_G x PK_KS at most) and the accumulator block
  * (PK_MC rows x PK_G columns x 8 lanes at most). */
 static size_t pk_scratch_floats(const mm_job *jb) {
@@ -702,6 +777,10 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
     const size_t tile_floats = (size_t)PK_R * jb->ldxp; /* one row tile of xq */
     float *panel = scratch;
     float *accb = scratch + (size_t)PK_G * (size_t)(kp < PK_KS ? kp : PK_KS);
+    // f16 with k a multiple of 8 (the padded tail would need a panel): no panel, the
+    // micro-kernel widens the weight rows in place; a column tile past j1 repeats row j1 - 1,
+    // whose outputs are not stored.
+    const bool direct = PK_F16_DIRECT && jb->wt == XC_DTYPE_F16 && jb->k % 8 == 0;
     for (int i0 = 0; i0 < jb->mp; i0 += PK_MC) {
         int mc = jb->mp - i0 < PK_MC ? jb->mp - i0 : PK_MC;
         for (int g0 = j0; g0 < j1; g0 += PK_G) {
@@ -710,7 +789,7 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
             for (int ks = 0; ks < kp; ks += PK_KS) {
                 int kl = kp - ks < PK_KS ? kp - ks : PK_KS;
                 bool last = ks + kl >= kp;
-                for (int t = 0; t < nt; t++) {
+                for (int t = 0; t < nt && !direct; t++) {
                     pk_pack_tile(jb, g0 + t * PK_C, j1, ks, kl, panel + (size_t)t * PK_C * kl);
                 }
                 // The next panel's weights (next superblock, or the next group's first one) are
@@ -755,8 +834,19 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
                                         col,
                                     _MM_HINT_T1);
                             }
-                            pk_micro(xt, panel + (size_t)t * PK_C * kl + (size_t)kb * PK_C, kc,
-                                     ab + (size_t)t * PK_R * PK_C * 8, ks + kb == 0);
+                            if (direct) {
+                                const uint16_t *wp[PK_C];
+                                for (int c = 0; c < PK_C; c++) {
+                                    int row = g0 + t * PK_C + c < j1 ? g0 + t * PK_C + c : j1 - 1;
+                                    wp[c] = (const uint16_t *)jb->w + (size_t)row * (size_t)jb->k +
+                                            (size_t)(ks + kb);
+                                }
+                                pk_micro_f16(xt, wp[0], wp[1], wp[2], kc,
+                                             ab + (size_t)t * PK_R * PK_C * 8, ks + kb == 0);
+                            } else {
+                                pk_micro(xt, panel + (size_t)t * PK_C * kl + (size_t)kb * PK_C, kc,
+                                         ab + (size_t)t * PK_R * PK_C * 8, ks + kb == 0);
+                            }
                         }
                     }
                     if (!last) {

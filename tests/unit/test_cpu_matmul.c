@@ -298,15 +298,17 @@ static void test_cpu_matmul_batch_invariant_scalar(void **state) {
 
 /* The packed prefill GEMM (m >= 16) in its blocked cases: several 256-row blocks with a partial
  * 4-row tile, several 48-row weight panels per task (one thread), several 1024-wide panels and
- * 512-wide k-blocks with a padded tail (and f16 past k = 8192, where it takes the packed path):
+ * 512-wide k-blocks with a padded tail (and f16 past k = 8192, where it takes the packed path:
+ * with k % 8 == 0 its weights are widened in the micro-kernel, a partial column tile included;
+ * f16 at k <= 8192 runs the register tiles in 128-row blocks, three of them at m = 261):
  * every row equals the row computed alone by the decode tiles, bit for bit, on 1 and 2 threads,
  * and the scalar kernel. The 301 x 4100 cases also give the decode several blocks of strided
  * tiles (8200-byte rows: 31 rows per stream) with a smaller last block and a narrow tile, as
  * rows alone (m = 1) and as the m = 2 batch (2 x 8 strided tiles). */
 static void test_cpu_matmul_packed_blocks_invariant(void **state) {
     (void)state;
-    static const int shapes[][3] = {
-        {133, 157, 600}, {261, 53, 1100}, {21, 50, 8203}, {17, 301, 4100}, {2, 301, 4100}};
+    static const int shapes[][3] = {{133, 157, 600}, {261, 53, 1100}, {21, 50, 8203},
+                                    {21, 50, 8200},  {17, 301, 4100}, {2, 301, 4100}};
     xc_backend *be1 = make_backend_isa(1, false), *be2 = make_backend_isa(2, false);
     xc_backend *sc = make_backend_isa(2, true);
     uint64_t s = 4242;
