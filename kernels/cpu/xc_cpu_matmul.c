@@ -90,7 +90,7 @@
  * activations and the other tenants of the shared L3 push out; the weights are read from DRAM
  * once per block instead of once (2 bytes per 128 rows: 0.016 B per multiply-add, against x's 4
  * bytes per 24-row group, 0.17). Measured on the 2-core Zen 3 machine, f16, m = 512, best of 4
- * interleaved rounds of `bench kernels` (7 December 2026, 04:20 UTC): at k = 4096
+ * interleaved rounds of `bench kernels` (7 December 2026, 03:50 UTC): at k = 4096
  * 1.02-1.11x on one thread, 1.04-1.15x on two; `bench model` pp512 over 11 interleaved rounds,
  * median tokens/s 83.3 against 79.9 (one thread) and 152.1 against 147.2 (two); 64 and 96 rows
  * were no better than 128. Only the order of the tiles changes, never an output's chain. */
