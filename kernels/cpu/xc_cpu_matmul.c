@@ -658,28 +658,47 @@ static XC_AVX2_FN void pk_pack_tile(const mm_job *jb, int j, int jend, int kb, i
     a##R##1 = _mm256_fmadd_ps(XV, w1, a##R##1);                                                    \
     a##R##2 = _mm256_fmadd_ps(XV, w2, a##R##2);
 
+/* The 12 accumulators a<row><col> of a micro-kernel call, named so they stay in registers:
+ * zeroed on a row tile's first k-block (first), otherwise loaded from acc; stored back after. */
+#define PK_ACC_LOAD                                                                                \
+    __m256 a00, a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32;                             \
+    if (first) {                                                                                   \
+        a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 =                    \
+            _mm256_setzero_ps();                                                                   \
+    } else {                                                                                       \
+        a00 = _mm256_load_ps(acc + 0 * 8);                                                         \
+        a01 = _mm256_load_ps(acc + 1 * 8);                                                         \
+        a02 = _mm256_load_ps(acc + 2 * 8);                                                         \
+        a10 = _mm256_load_ps(acc + 3 * 8);                                                         \
+        a11 = _mm256_load_ps(acc + 4 * 8);                                                         \
+        a12 = _mm256_load_ps(acc + 5 * 8);                                                         \
+        a20 = _mm256_load_ps(acc + 6 * 8);                                                         \
+        a21 = _mm256_load_ps(acc + 7 * 8);                                                         \
+        a22 = _mm256_load_ps(acc + 8 * 8);                                                         \
+        a30 = _mm256_load_ps(acc + 9 * 8);                                                         \
+        a31 = _mm256_load_ps(acc + 10 * 8);                                                        \
+        a32 = _mm256_load_ps(acc + 11 * 8);                                                        \
+    }
+#define PK_ACC_STORE                                                                               \
+    _mm256_store_ps(acc + 0 * 8, a00);                                                             \
+    _mm256_store_ps(acc + 1 * 8, a01);                                                             \
+    _mm256_store_ps(acc + 2 * 8, a02);                                                             \
+    _mm256_store_ps(acc + 3 * 8, a10);                                                             \
+    _mm256_store_ps(acc + 4 * 8, a11);                                                             \
+    _mm256_store_ps(acc + 5 * 8, a12);                                                             \
+    _mm256_store_ps(acc + 6 * 8, a20);                                                             \
+    _mm256_store_ps(acc + 7 * 8, a21);                                                             \
+    _mm256_store_ps(acc + 8 * 8, a22);                                                             \
+    _mm256_store_ps(acc + 9 * 8, a30);                                                             \
+    _mm256_store_ps(acc + 10 * 8, a31);                                                            \
+    _mm256_store_ps(acc + 11 * 8, a32);
+
 /* The 4x3 micro-kernel over one k-block: acc (12 vectors) is loaded (or zeroed on the first
  * block), kc / 8 steps of 12 FMAs, and stored back. xt: the row tile's block ([step][row][8]);
  * panel: the column tile's block ([step][row][8]). */
 static XC_AVX2_FN void pk_micro(const float *xt, const float *panel, int kc, float *acc,
                                 bool first) {
-    __m256 a00, a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32;
-    if (first) {
-        a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = _mm256_setzero_ps();
-    } else {
-        a00 = _mm256_load_ps(acc + 0 * 8);
-        a01 = _mm256_load_ps(acc + 1 * 8);
-        a02 = _mm256_load_ps(acc + 2 * 8);
-        a10 = _mm256_load_ps(acc + 3 * 8);
-        a11 = _mm256_load_ps(acc + 4 * 8);
-        a12 = _mm256_load_ps(acc + 5 * 8);
-        a20 = _mm256_load_ps(acc + 6 * 8);
-        a21 = _mm256_load_ps(acc + 7 * 8);
-        a22 = _mm256_load_ps(acc + 8 * 8);
-        a30 = _mm256_load_ps(acc + 9 * 8);
-        a31 = _mm256_load_ps(acc + 10 * 8);
-        a32 = _mm256_load_ps(acc + 11 * 8);
-    }
+    PK_ACC_LOAD
     for (int s = 0; s < kc / 8; s++) {
         __m256 w0 = _mm256_load_ps(panel), w1 = _mm256_load_ps(panel + 8),
                w2 = _mm256_load_ps(panel + 16);
@@ -694,18 +713,7 @@ static XC_AVX2_FN void pk_micro(const float *xt, const float *panel, int kc, flo
         PK_FMA_ROW(3, xv)
         xt += PK_R * 8;
     }
-    _mm256_store_ps(acc + 0 * 8, a00);
-    _mm256_store_ps(acc + 1 * 8, a01);
-    _mm256_store_ps(acc + 2 * 8, a02);
-    _mm256_store_ps(acc + 3 * 8, a10);
-    _mm256_store_ps(acc + 4 * 8, a11);
-    _mm256_store_ps(acc + 5 * 8, a12);
-    _mm256_store_ps(acc + 6 * 8, a20);
-    _mm256_store_ps(acc + 7 * 8, a21);
-    _mm256_store_ps(acc + 8 * 8, a22);
-    _mm256_store_ps(acc + 9 * 8, a30);
-    _mm256_store_ps(acc + 10 * 8, a31);
-    _mm256_store_ps(acc + 11 * 8, a32);
+    PK_ACC_STORE
 }
 
 /* The same 4x3 micro-kernel with f16 weights read in place (no f32 panel): p0..p2 point at the
@@ -714,26 +722,11 @@ static XC_AVX2_FN void pk_micro(const float *xt, const float *panel, int kc, flo
  * panel's 4, and the panel's widening pass goes. The same FMAs in the same order, so the same
  * bits. Measured (Zen 3, one thread, m = 512, f16 w2 14336x4096, `bench kernels`, best of 3-4
  * interleaved rounds, two runs): 1.02-1.04x against the f32 panel; at k = 4096 it loses to the
- * register tiles (0.94-0.98x), which keep that case. */
+ * register tiles (0.90-0.98x over k-blocks of 256-1024 and groups of 24-96 rows), which keep
+ * that case. */
 static XC_AVX2_FN void pk_micro_f16(const float *xt, const uint16_t *p0, const uint16_t *p1,
                                     const uint16_t *p2, int kc, float *acc, bool first) {
-    __m256 a00, a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32;
-    if (first) {
-        a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = _mm256_setzero_ps();
-    } else {
-        a00 = _mm256_load_ps(acc + 0 * 8);
-        a01 = _mm256_load_ps(acc + 1 * 8);
-        a02 = _mm256_load_ps(acc + 2 * 8);
-        a10 = _mm256_load_ps(acc + 3 * 8);
-        a11 = _mm256_load_ps(acc + 4 * 8);
-        a12 = _mm256_load_ps(acc + 5 * 8);
-        a20 = _mm256_load_ps(acc + 6 * 8);
-        a21 = _mm256_load_ps(acc + 7 * 8);
-        a22 = _mm256_load_ps(acc + 8 * 8);
-        a30 = _mm256_load_ps(acc + 9 * 8);
-        a31 = _mm256_load_ps(acc + 10 * 8);
-        a32 = _mm256_load_ps(acc + 11 * 8);
-    }
+    PK_ACC_LOAD
     for (int s = 0; s < kc; s += 8) {
         __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p0 + s))),
                w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p1 + s))),
@@ -748,18 +741,7 @@ static XC_AVX2_FN void pk_micro_f16(const float *xt, const uint16_t *p0, const u
         PK_FMA_ROW(3, xv)
         xt += PK_R * 8;
     }
-    _mm256_store_ps(acc + 0 * 8, a00);
-    _mm256_store_ps(acc + 1 * 8, a01);
-    _mm256_store_ps(acc + 2 * 8, a02);
-    _mm256_store_ps(acc + 3 * 8, a10);
-    _mm256_store_ps(acc + 4 * 8, a11);
-    _mm256_store_ps(acc + 5 * 8, a12);
-    _mm256_store_ps(acc + 6 * 8, a20);
-    _mm256_store_ps(acc + 7 * 8, a21);
-    _mm256_store_ps(acc + 8 * 8, a22);
-    _mm256_store_ps(acc + 9 * 8, a30);
-    _mm256_store_ps(acc + 10 * 8, a31);
-    _mm256_store_ps(acc + 11 * 8, a32);
+    PK_ACC_STORE
 }
 
 /* Floats of one task's scratch: the panel (PK_G x PK_KS at most) and the accumulator block
