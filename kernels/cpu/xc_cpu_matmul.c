@@ -126,6 +126,7 @@ typedef struct mm_job {
     int group;       /* weight rows per L2 column group (multiple of tile_c) */
     int col_chunk;   /* output columns per parallel task */
     bool packed;     /* prefill: the packed-panel GEMM (xp holds x padded to mp rows) */
+    bool f16_direct; /* packed, f16, k % 8 == 0: no panel, pk_micro_f16 widens rows in place */
     int mp;          /* m rounded up to PK_R (packed path) */
 } mm_job;
 
@@ -658,6 +659,20 @@ static XC_AVX2_FN void pk_pack_tile(const mm_job *jb, int j, int jend, int kb, i
     a##R##1 = _mm256_fmadd_ps(XV, w1, a##R##1);                                                    \
     a##R##2 = _mm256_fmadd_ps(XV, w2, a##R##2);
 
+/* One step's 12 FMAs: the 4 rows' x vectors at xt against w0..w2; xt moves to the next step. */
+#define PK_X_STEP                                                                                  \
+    {                                                                                              \
+        __m256 xv = _mm256_load_ps(xt);                                                            \
+        PK_FMA_ROW(0, xv)                                                                          \
+        xv = _mm256_load_ps(xt + 8);                                                               \
+        PK_FMA_ROW(1, xv)                                                                          \
+        xv = _mm256_load_ps(xt + 16);                                                              \
+        PK_FMA_ROW(2, xv)                                                                          \
+        xv = _mm256_load_ps(xt + 24);                                                              \
+        PK_FMA_ROW(3, xv)                                                                          \
+        xt += PK_R * 8;                                                                            \
+    }
+
 /* The 12 accumulators a<row><col> of a micro-kernel call, named so they stay in registers:
  * zeroed on a row tile's first k-block (first), otherwise loaded from acc; stored back after. */
 #define PK_ACC_LOAD                                                                                \
@@ -703,15 +718,7 @@ static XC_AVX2_FN void pk_micro(const float *xt, const float *panel, int kc, flo
         __m256 w0 = _mm256_load_ps(panel), w1 = _mm256_load_ps(panel + 8),
                w2 = _mm256_load_ps(panel + 16);
         panel += PK_C * 8;
-        __m256 xv = _mm256_load_ps(xt);
-        PK_FMA_ROW(0, xv)
-        xv = _mm256_load_ps(xt + 8);
-        PK_FMA_ROW(1, xv)
-        xv = _mm256_load_ps(xt + 16);
-        PK_FMA_ROW(2, xv)
-        xv = _mm256_load_ps(xt + 24);
-        PK_FMA_ROW(3, xv)
-        xt += PK_R * 8;
+        PK_X_STEP
     }
     PK_ACC_STORE
 }
@@ -731,23 +738,15 @@ static XC_AVX2_FN void pk_micro_f16(const float *xt, const uint16_t *p0, const u
         __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p0 + s))),
                w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p1 + s))),
                w2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p2 + s)));
-        __m256 xv = _mm256_load_ps(xt);
-        PK_FMA_ROW(0, xv)
-        xv = _mm256_load_ps(xt + 8);
-        PK_FMA_ROW(1, xv)
-        xv = _mm256_load_ps(xt + 16);
-        PK_FMA_ROW(2, xv)
-        xv = _mm256_load_ps(xt + 24);
-        PK_FMA_ROW(3, xv)
-        xt += PK_R * 8;
+        PK_X_STEP
     }
     PK_ACC_STORE
 }
 
-/* Floats of one task's scratch: the panel (PK_G x PK_KS at most) and the accumulator block
- * (PK_MC rows x PK_G columns x 8 lanes at most). */
+/* Floats of one task's scratch: the panel (PK_G x PK_KS at most; none for f16_direct) and the
+ * accumulator block (PK_MC rows x PK_G columns x 8 lanes at most). */
 static size_t pk_scratch_floats(const mm_job *jb) {
-    size_t ks = jb->ldxp < PK_KS ? jb->ldxp : PK_KS;
+    size_t ks = jb->f16_direct ? 0 : jb->ldxp < PK_KS ? jb->ldxp : PK_KS;
     size_t mc = (size_t)(jb->mp < PK_MC ? jb->mp : PK_MC);
     return (size_t)PK_G * ks + mc * PK_G * 8;
 }
@@ -758,11 +757,8 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
     const size_t wsz = xc_dtype_size(jb->wt);
     const size_t tile_floats = (size_t)PK_R * jb->ldxp; /* one row tile of xq */
     float *panel = scratch;
-    float *accb = scratch + (size_t)PK_G * (size_t)(kp < PK_KS ? kp : PK_KS);
-    // f16 with k a multiple of 8 (the padded tail would need a panel): no panel, the
-    // micro-kernel widens the weight rows in place; a column tile past j1 repeats row j1 - 1,
-    // whose outputs are not stored.
-    const bool direct = PK_F16_DIRECT && jb->wt == XC_DTYPE_F16 && jb->k % 8 == 0;
+    const bool direct = jb->f16_direct;
+    float *accb = scratch + (direct ? 0 : (size_t)PK_G * (size_t)(kp < PK_KS ? kp : PK_KS));
     for (int i0 = 0; i0 < jb->mp; i0 += PK_MC) {
         int mc = jb->mp - i0 < PK_MC ? jb->mp - i0 : PK_MC;
         for (int g0 = j0; g0 < j1; g0 += PK_G) {
@@ -817,6 +813,7 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
                                     _MM_HINT_T1);
                             }
                             if (direct) {
+                                // A column tile past j1 repeats row j1 - 1 (outputs not stored).
                                 const uint16_t *wp[PK_C];
                                 for (int c = 0; c < PK_C; c++) {
                                     int row = g0 + t * PK_C + c < j1 ? g0 + t * PK_C + c : j1 - 1;
@@ -1014,6 +1011,8 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
     if (t.avx2 && jb.m >= PK_MIN_M && pk_wanted) {
         // Prefill: the packed GEMM over x padded to whole 4-row tiles and 8 (bf16: 16) columns.
         jb.packed = true;
+        // f16 with k a multiple of 8 (a padded tail would need a panel) skips the f32 panel.
+        jb.f16_direct = PK_F16_DIRECT && jb.wt == XC_DTYPE_F16 && jb.k % 8 == 0;
         jb.mp = (jb.m + PK_R - 1) / PK_R * PK_R;
         size_t pad = jb.wt == XC_DTYPE_BF16 ? 16 : 8;
         jb.ldxp = ((size_t)jb.k + pad - 1) & ~(pad - 1);
