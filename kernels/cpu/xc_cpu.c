@@ -45,6 +45,33 @@ typedef struct xc_cpu_ctx {
 /* Set on pool threads and on a caller while it runs tasks: a nested parallel call runs inline. */
 static _Thread_local bool tl_in_pool;
 
+typedef struct xc_cpu_scratch_buf {
+    void *p;
+    size_t cap;
+} xc_cpu_scratch_buf;
+
+static _Thread_local xc_cpu_scratch_buf tl_scratch[XC_CPU_SCRATCH_SLOTS];
+
+void *xc_cpu_scratch(int slot, size_t bytes) {
+    if (slot < 0 || slot >= XC_CPU_SCRATCH_SLOTS) {
+        return NULL;
+    }
+    xc_cpu_scratch_buf *b = &tl_scratch[slot];
+    if (bytes > b->cap || !b->p) {
+        xc_aligned_free(b->p);
+        b->p = xc_aligned_alloc(bytes ? bytes : 1);
+        b->cap = b->p ? bytes : 0;
+    }
+    return b->p;
+}
+
+void xc_cpu_scratch_release(void) {
+    for (int i = 0; i < XC_CPU_SCRATCH_SLOTS; i++) {
+        xc_aligned_free(tl_scratch[i].p);
+        tl_scratch[i] = (xc_cpu_scratch_buf){0};
+    }
+}
+
 static inline void xc_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -88,6 +115,7 @@ static void *xc_cpu_worker(void *p) {
         }
         if (atomic_load(&c->stop)) {
             pthread_mutex_unlock(&c->mu);
+            xc_cpu_scratch_release();
             return NULL;
         }
         /* Snapshot the job under the mutex; claims are tagged with g so a stale snapshot can
@@ -162,6 +190,7 @@ static void xc_cpu_close(xc_backend *be) {
     atomic_store(&c->stop, true);
     pthread_cond_broadcast(&c->work);
     pthread_mutex_unlock(&c->mu);
+    xc_cpu_scratch_release();
     for (int i = 0; i < c->n_started; i++) {
         pthread_join(c->workers[i], NULL);
     }
@@ -840,7 +869,7 @@ static xc_status xc_cpu_plora(xc_backend *be, const xc_plora_args *a) {
     if (max_rows == 0 || a->scale == 0.0f) {
         return XC_OK;
     }
-    float *t = xc_malloc((size_t)max_rows * (size_t)a->rank * sizeof *t);
+    float *t = xc_cpu_scratch(XC_CPU_SCRATCH_OP, (size_t)max_rows * (size_t)a->rank * sizeof *t);
     if (!t) {
         return xc_errf(XC_ERR_NOMEM, "plora: out of memory for %d x %d", max_rows, a->rank);
     }
@@ -877,7 +906,6 @@ static xc_status xc_cpu_plora(xc_backend *be, const xc_plora_args *a) {
             st = xc_cpu_matmul(be, &up);
         }
     }
-    xc_free(t);
     return st;
 }
 

@@ -13,6 +13,22 @@ void xc_cpu_parallel(xc_backend *be, int n_tasks, xc_cpu_task_fn fn, void *arg);
 /* Threads in the pool, including the caller (>= 1). */
 int xc_cpu_n_threads(const xc_backend *be);
 
+/* Per-thread scratch: one grow-only, 64-byte aligned buffer per slot and OS thread, kept between
+ * calls, so a prefill matmul does not map and fault in fresh memory every time (a 512-row w2 packs
+ * 29 MiB of x; first-touch costs about 0.6 ms per MiB in the VMs we measure on). Contents are not
+ * kept when a buffer grows. Returns NULL when out of memory (the old buffer is freed). Pool workers
+ * free theirs when they exit; a caller thread's are freed by xc_cpu_scratch_release (the backend's
+ * close calls it). */
+enum {
+    XC_CPU_SCRATCH_XPACK, /* matmul: x packed once per call (the calling thread) */
+    XC_CPU_SCRATCH_TASK,  /* matmul: a packed-GEMM task's panel and accumulators */
+    XC_CPU_SCRATCH_OP,    /* an op's own temporary around its matmuls (PLoRA's x A^T) */
+    XC_CPU_SCRATCH_SLOTS
+};
+
+void *xc_cpu_scratch(int slot, size_t bytes);
+void xc_cpu_scratch_release(void);
+
 /* y = alpha * x @ w^T (+ bias) (+ y): the fast, batch-invariant CPU matmul (xc_cpu_matmul.c). */
 xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a);
 

@@ -107,6 +107,13 @@
 
 /* Below this many multiply-adds the pool's wake-up costs more than it saves. */
 #define PARALLEL_MIN_FMAS (1 << 16)
+/* Tasks per thread for m > 1. The pool hands tasks out dynamically, so the thread that is ahead
+ * takes the next one; what is left is the wait for the last task. Measured (Zen 3, 2 threads, f16
+ * `bench model --pp 512`, 3 runs each, with a timer around the pool): the threads were idle for
+ * 3.5-5.7 % of the GEMMs' time with 4 tasks per thread and 1.1-2.4 % with 16. */
+#ifndef MM_PF_TASKS
+#define MM_PF_TASKS 16
+#endif
 
 /* A validated, normalised matmul (dense strides resolved, alpha resolved). */
 typedef struct mm_job {
@@ -126,7 +133,7 @@ typedef struct mm_job {
     int group;       /* weight rows per L2 column group (multiple of tile_c) */
     int col_chunk;   /* output columns per parallel task */
     bool packed;     /* prefill: the packed-panel GEMM (xp holds x padded to mp rows) */
-    bool f16_direct; /* packed, f16, k % 8 == 0: no panel, pk_micro_f16 widens rows in place */
+    bool f16_panel;  /* packed, f16: the panel keeps the halves (pk_micro_h16 widens them) */
     int mp;          /* m rounded up to PK_R (packed path) */
 } mm_job;
 
@@ -569,8 +576,9 @@ static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
  *    never stored) and columns to ldxp (k rounded up to 8; bf16: 16) with zeros;
  *  - per PK_G weight rows and PK_KS-wide k superblock the weights are widened once to an f32
  *    panel ([tile of 3 rows][step][row][8]; shift/AND for bf16): the widening leaves the inner
- *    loop, which is 12 FMAs, 4 x loads and 3 panel loads per step; f16 weights (k % 8 == 0)
- *    skip the panel and are widened in the loop (pk_micro_f16: 3 vcvtph2ps loads per step);
+ *    loop, which is 12 FMAs, 4 x loads and 3 panel loads per step; f16 weights are copied as
+ *    halves into the same layout and widened in the loop (pk_micro_h16: 3 vcvtph2ps loads per
+ *    step), so the panel crosses L2 at 2 bytes per weight;
  *  - the row tiles of a PK_MC-row block then walk the panel (L2-resident) one after the other;
  *    a row tile's PK_KC-wide x block stays in L1 while the PK_G / 3 column tiles pass over it,
  *    and the next block is prefetched into L1 a share per column tile; the 12 accumulators of a
@@ -592,9 +600,6 @@ static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
 #endif
 #ifndef PK_G
 #define PK_G 48 /* weight rows per panel: multiple of PK_C */
-#endif
-#ifndef PK_F16_DIRECT
-#define PK_F16_DIRECT 1 /* f16 (k % 8 == 0): the micro-kernel widens the weights in place */
 #endif
 #ifndef PK_MC
 #define PK_MC 256 /* rows per row block (bounds the accumulator block): multiple of PK_R */
@@ -650,6 +655,37 @@ static XC_AVX2_FN void pk_pack_tile(const mm_job *jb, int j, int jend, int kb, i
                 }
                 _mm256_storeu_ps(o + s * PK_C * 8, v);
             }
+        }
+    }
+}
+
+/* f16 rows [j, j + 3) (rows >= jend are zero), elements [kb, kb + kc), into a half panel: for
+ * each 8-step the 3 rows' 8 halves side by side (zero past k). */
+static XC_AVX2_FN void pk_pack_tile_h16(const mm_job *jb, int j, int jend, int kb, int kc,
+                                        uint16_t *panel) {
+    const int k = jb->k;
+    for (int c = 0; c < PK_C; c++) {
+        uint16_t *o = panel + c * 8;
+        if (j + c >= jend) {
+            for (int s = 0; s < kc / 8; s++) {
+                _mm_store_si128((__m128i *)(o + s * PK_C * 8), _mm_setzero_si128());
+            }
+            continue;
+        }
+        const uint16_t *wr = (const uint16_t *)jb->w + (size_t)(j + c) * (size_t)k;
+        for (int s = 0; s < kc / 8; s++) {
+            int e = kb + s * 8;
+            __m128i v;
+            if (e + 8 <= k) {
+                v = _mm_loadu_si128((const __m128i *)(wr + e));
+            } else {
+                uint16_t t[8] = {0};
+                if (e < k) {
+                    memcpy(t, wr + e, (size_t)(k - e) * sizeof(uint16_t));
+                }
+                v = _mm_loadu_si128((const __m128i *)t);
+            }
+            _mm_store_si128((__m128i *)(o + s * PK_C * 8), v);
         }
     }
 }
@@ -723,30 +759,30 @@ static XC_AVX2_FN void pk_micro(const float *xt, const float *panel, int kc, flo
     PK_ACC_STORE
 }
 
-/* The same 4x3 micro-kernel with f16 weights read in place (no f32 panel): p0..p2 point at the
- * three weight rows' elements of this k-block (kc / 8 steps of 8 halves), widened in the loop
- * with vcvtph2ps, which runs beside the FMAs; the weights cross L2 at 2 bytes instead of the
- * panel's 4, and the panel's widening pass goes. The same FMAs in the same order, so the same
- * bits. Measured (Zen 3, one thread, m = 512, f16 w2 14336x4096, `bench kernels`, best of 3-4
- * interleaved rounds, two runs): 1.02-1.04x against the f32 panel; at k = 4096 it loses to the
- * register tiles (0.90-0.98x over k-blocks of 256-1024 and groups of 24-96 rows), which keep
- * that case. */
-static XC_AVX2_FN void pk_micro_f16(const float *xt, const uint16_t *p0, const uint16_t *p1,
-                                    const uint16_t *p2, int kc, float *acc, bool first) {
+/* The same 4x3 micro-kernel on a panel of f16 halves (pk_pack_tile_h16), widened in the loop with
+ * vcvtph2ps, which runs beside the FMAs: the panel crosses L2 at 2 bytes per weight instead of 4
+ * and the packing is a copy. The same FMAs in the same order, so the same bits. Measured (Zen 3,
+ * m = 512, f16 w2 14336x4096, `bench kernels`, best of 3 interleaved rounds): 1.05x at one
+ * thread and 1.07x at two against widening the rows in place (no panel), which had itself been
+ * 1.02-1.04x against the f32 panel; at k = 4096 it reaches 0.93-0.97x of the register tiles at
+ * one thread and 0.96-1.00x at two, so those keep that case. */
+static XC_AVX2_FN void pk_micro_h16(const float *xt, const uint16_t *panel, int kc, float *acc,
+                                    bool first) {
     PK_ACC_LOAD
-    for (int s = 0; s < kc; s += 8) {
-        __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p0 + s))),
-               w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p1 + s))),
-               w2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p2 + s)));
+    for (int s = 0; s < kc / 8; s++) {
+        __m256 w0 = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)panel)),
+               w1 = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(panel + 8))),
+               w2 = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(panel + 16)));
+        panel += PK_C * 8;
         PK_X_STEP
     }
     PK_ACC_STORE
 }
 
-/* Floats of one task's scratch: the panel (PK_G x PK_KS at most; none for f16_direct) and the
- * accumulator block (PK_MC rows x PK_G columns x 8 lanes at most). */
+/* Floats of one task's scratch: the panel (PK_G x PK_KS floats at most; halves for f16, in the
+ * same room) and the accumulator block (PK_MC rows x PK_G columns x 8 lanes at most). */
 static size_t pk_scratch_floats(const mm_job *jb) {
-    size_t ks = jb->f16_direct ? 0 : jb->ldxp < PK_KS ? jb->ldxp : PK_KS;
+    size_t ks = jb->ldxp < PK_KS ? jb->ldxp : PK_KS;
     size_t mc = (size_t)(jb->mp < PK_MC ? jb->mp : PK_MC);
     return (size_t)PK_G * ks + mc * PK_G * 8;
 }
@@ -757,8 +793,7 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
     const size_t wsz = xc_dtype_size(jb->wt);
     const size_t tile_floats = (size_t)PK_R * jb->ldxp; /* one row tile of xq */
     float *panel = scratch;
-    const bool direct = jb->f16_direct;
-    float *accb = scratch + (direct ? 0 : (size_t)PK_G * (size_t)(kp < PK_KS ? kp : PK_KS));
+    float *accb = scratch + (size_t)PK_G * (size_t)(kp < PK_KS ? kp : PK_KS);
     for (int i0 = 0; i0 < jb->mp; i0 += PK_MC) {
         int mc = jb->mp - i0 < PK_MC ? jb->mp - i0 : PK_MC;
         for (int g0 = j0; g0 < j1; g0 += PK_G) {
@@ -767,8 +802,13 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
             for (int ks = 0; ks < kp; ks += PK_KS) {
                 int kl = kp - ks < PK_KS ? kp - ks : PK_KS;
                 bool last = ks + kl >= kp;
-                for (int t = 0; t < nt && !direct; t++) {
-                    pk_pack_tile(jb, g0 + t * PK_C, j1, ks, kl, panel + (size_t)t * PK_C * kl);
+                for (int t = 0; t < nt; t++) {
+                    if (jb->f16_panel) {
+                        pk_pack_tile_h16(jb, g0 + t * PK_C, j1, ks, kl,
+                                         (uint16_t *)panel + (size_t)t * PK_C * kl);
+                    } else {
+                        pk_pack_tile(jb, g0 + t * PK_C, j1, ks, kl, panel + (size_t)t * PK_C * kl);
+                    }
                 }
                 // The next panel's weights (next superblock, or the next group's first one) are
                 // prefetched into L2 a share per micro-kernel call, so its packing does not wait
@@ -812,16 +852,11 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
                                         col,
                                     _MM_HINT_T1);
                             }
-                            if (direct) {
-                                // A column tile past j1 repeats row j1 - 1 (outputs not stored).
-                                const uint16_t *wp[PK_C];
-                                for (int c = 0; c < PK_C; c++) {
-                                    int row = g0 + t * PK_C + c < j1 ? g0 + t * PK_C + c : j1 - 1;
-                                    wp[c] = (const uint16_t *)jb->w + (size_t)row * (size_t)jb->k +
-                                            (size_t)(ks + kb);
-                                }
-                                pk_micro_f16(xt, wp[0], wp[1], wp[2], kc,
-                                             ab + (size_t)t * PK_R * PK_C * 8, ks + kb == 0);
+                            if (jb->f16_panel) {
+                                pk_micro_h16(xt,
+                                             (const uint16_t *)panel + (size_t)t * PK_C * kl +
+                                                 (size_t)kb * PK_C,
+                                             kc, ab + (size_t)t * PK_R * PK_C * 8, ks + kb == 0);
                             } else {
                                 pk_micro(xt, panel + (size_t)t * PK_C * kl + (size_t)kb * PK_C, kc,
                                          ab + (size_t)t * PK_R * PK_C * 8, ks + kb == 0);
@@ -932,14 +967,13 @@ static void mm_run_task(void *arg, int task, int n_tasks) {
     }
 #if XC_MM_X86
     if (t->avx2 && jb->packed) {
-        float *scratch = xc_aligned_alloc(pk_scratch_floats(jb) * sizeof(float));
+        float *scratch = xc_cpu_scratch(XC_CPU_SCRATCH_TASK, pk_scratch_floats(jb) * sizeof(float));
         if (!scratch) {
-            // Out of memory for 100-odd KiB of scratch: the register tiles give the same bits.
+            // Out of memory for about 600 KiB of scratch: the register tiles give the same bits.
             mm_cols_avx2(jb, j0, j1);
             return;
         }
         pk_cols(jb, j0, j1, scratch);
-        xc_aligned_free(scratch);
         return;
     }
     if (t->avx2) {
@@ -982,13 +1016,14 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
     double fmas = (double)jb.m * jb.n * jb.k;
     int n_tasks = 1;
     if (threads > 1 && fmas >= PARALLEL_MIN_FMAS) {
-        // A few tasks per thread so a thread slowed by another process does not hold the rest
+        // Several tasks per thread so a thread slowed by another process does not hold the rest
         // up; chunks are whole tiles so the split never splits a tile (not needed for the
         // order, but keeps tiles full). Decode (m = 1) takes 16 per thread: a matmul there is
         // about a millisecond, and with 4 the thread that finished first waited for the other
         // at the end of each (perf of a 2-thread bf16 decode on the Zen 3 machine: the pool's
-        // spin at 3.7-5.9 % of the streaming loop's samples with 4, 1.7-2.9 % with 16).
-        n_tasks = threads * (jb.m == 1 ? MM_DEC_TASKS : 4);
+        // spin at 3.7-5.9 % of the streaming loop's samples with 4, 1.7-2.9 % with 16). Prefill
+        // takes MM_PF_TASKS for the same reason.
+        n_tasks = threads * (jb.m == 1 ? MM_DEC_TASKS : MM_PF_TASKS);
         int max_tasks = (jb.n + jb.tile_c - 1) / jb.tile_c;
         n_tasks = n_tasks < max_tasks ? n_tasks : max_tasks;
     }
@@ -999,9 +1034,8 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
 
     mm_task t = {.jb = &jb, .avx2 = XC_MM_X86 && xc_cpu_simd(be)};
     // The bf16 kernel reads x deinterleaved per 16-block (see the contract); decode-sized x fits
-    // a stack buffer, larger x is packed into the heap once per call.
+    // a stack buffer, larger x is packed once per call into this thread's scratch.
     float stack_xp[MM_XP_STACK];
-    float *heap_xp = NULL, *pk_xp = NULL;
 #if XC_MM_X86
     // f16 weights with k <= 8192 stay on the register tiles: vcvtph2ps in the loop costs less
     // there than the panel round trip (measured on the Zen 3 machine, one thread, m = 512, k =
@@ -1011,13 +1045,12 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
     if (t.avx2 && jb.m >= PK_MIN_M && pk_wanted) {
         // Prefill: the packed GEMM over x padded to whole 4-row tiles and 8 (bf16: 16) columns.
         jb.packed = true;
-        // f16 with k a multiple of 8 (a padded tail would need a panel) skips the f32 panel.
-        jb.f16_direct = PK_F16_DIRECT && jb.wt == XC_DTYPE_F16 && jb.k % 8 == 0;
+        jb.f16_panel = jb.wt == XC_DTYPE_F16; /* a panel of halves, not floats */
         jb.mp = (jb.m + PK_R - 1) / PK_R * PK_R;
         size_t pad = jb.wt == XC_DTYPE_BF16 ? 16 : 8;
         jb.ldxp = ((size_t)jb.k + pad - 1) & ~(pad - 1);
         size_t nxp = jb.ldxp * (size_t)jb.mp;
-        pk_xp = xc_aligned_alloc(nxp * sizeof(float));
+        float *pk_xp = xc_cpu_scratch(XC_CPU_SCRATCH_XPACK, nxp * sizeof(float));
         if (!pk_xp) {
             return xc_errf(XC_ERR_NOMEM, "matmul: out of memory packing x (%zu floats)", nxp);
         }
@@ -1035,17 +1068,14 @@ xc_status xc_cpu_matmul(xc_backend *be, const xc_matmul_args *a) {
         size_t nxp = jb.ldxp * (size_t)jb.m;
         float *xp = stack_xp;
         if (nxp > MM_XP_STACK) {
-            heap_xp = xc_malloc(nxp * sizeof(float));
-            if (!heap_xp) {
+            xp = xc_cpu_scratch(XC_CPU_SCRATCH_XPACK, nxp * sizeof(float));
+            if (!xp) {
                 return xc_errf(XC_ERR_NOMEM, "matmul: out of memory packing x (%zu floats)", nxp);
             }
-            xp = heap_xp;
         }
         mm_pack_x16(&jb, xp);
         jb.xp = xp;
     }
     xc_cpu_parallel(be, n_tasks, mm_run_task, &t);
-    xc_free(heap_xp);
-    xc_aligned_free(pk_xp);
     return XC_OK;
 }

@@ -2,6 +2,7 @@
  * (xc_ref_matmul) for f32/f16/bf16 weights, bit-exact batch invariance (m = 1..64, any position,
  * 1 or 2 threads), the scalar fallback against the AVX2 path, and argument errors. */
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -299,7 +300,8 @@ static void test_cpu_matmul_batch_invariant_scalar(void **state) {
 /* The packed prefill GEMM (m >= 16) in its blocked cases: several 256-row blocks with a partial
  * 4-row tile, several 48-row weight panels per task (one thread), several 1024-wide panels and
  * 512-wide k-blocks with a padded tail (and f16 past k = 8192, where it takes the packed path:
- * with k % 8 == 0 its weights are widened in the micro-kernel, a partial column tile included;
+ * its weights are copied into a panel of halves and widened in the micro-kernel, a padded tail
+ * and a partial column tile included;
  * f16 at k <= 8192 runs the register tiles in 128-row blocks, three of them at m = 261):
  * every row equals the row computed alone by the decode tiles, bit for bit, on 1 and 2 threads,
  * and the scalar kernel. The 301 x 4100 cases also give the decode several blocks of strided
@@ -431,6 +433,49 @@ static void test_cpu_matmul_rejects_bad_args(void **state) {
     xc_backend_destroy(be);
 }
 
+/* The per-thread scratch the matmul packs into: aligned, kept while big enough, grown when not,
+ * one buffer per slot, another thread's own; bad slots are refused. */
+static void *scratch_other_thread(void *arg) {
+    (void)arg;
+    void *p = xc_cpu_scratch(XC_CPU_SCRATCH_TASK, 4096);
+    if (p) {
+        memset(p, 0x5a, 4096);
+    }
+    void *keep = p;
+    xc_cpu_scratch_release();
+    return keep;
+}
+
+static void test_cpu_scratch_per_thread(void **state) {
+    (void)state;
+    assert_null(xc_cpu_scratch(-1, 64));
+    assert_null(xc_cpu_scratch(XC_CPU_SCRATCH_SLOTS, 64));
+    unsigned char *a = xc_cpu_scratch(XC_CPU_SCRATCH_TASK, 1000);
+    assert_non_null(a);
+    assert_int_equal((uintptr_t)a % 64, 0);
+    memset(a, 1, 1000);
+    assert_ptr_equal(xc_cpu_scratch(XC_CPU_SCRATCH_TASK, 1000), a);
+    assert_ptr_equal(xc_cpu_scratch(XC_CPU_SCRATCH_TASK, 10), a); /* smaller: the same buffer */
+    unsigned char *b = xc_cpu_scratch(XC_CPU_SCRATCH_XPACK, 1000);
+    assert_non_null(b);
+    assert_ptr_not_equal(a, b);
+    unsigned char *big = xc_cpu_scratch(XC_CPU_SCRATCH_TASK, (size_t)3 << 20); /* grows */
+    assert_non_null(big);
+    assert_int_equal((uintptr_t)big % 64, 0);
+    memset(big, 2, (size_t)3 << 20); /* all of it is ours (ASan would see an overflow) */
+    assert_ptr_equal(xc_cpu_scratch(XC_CPU_SCRATCH_TASK, 1000), big);
+    /* Another thread gets its own buffer while this one's stays in place. */
+    pthread_t th;
+    void *theirs = NULL;
+    assert_int_equal(pthread_create(&th, NULL, scratch_other_thread, NULL), 0);
+    assert_int_equal(pthread_join(th, &theirs), 0);
+    assert_non_null(theirs);
+    assert_ptr_not_equal(theirs, big);
+    assert_int_equal(big[0], 2);
+    assert_int_equal(big[((size_t)3 << 20) - 1], 2);
+    xc_cpu_scratch_release();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cpu_matmul_matches_reference),
@@ -439,6 +484,7 @@ int main(void) {
         cmocka_unit_test(test_cpu_matmul_batch_invariant_scalar),
         cmocka_unit_test(test_cpu_matmul_packed_blocks_invariant),
         cmocka_unit_test(test_cpu_matmul_rejects_bad_args),
+        cmocka_unit_test(test_cpu_scratch_per_thread),
     };
     return cmocka_run_group_tests(tests, xc_test_hooks_setup, xc_test_hooks_teardown);
 }
