@@ -52,12 +52,32 @@ typedef struct xc_cpu_scratch_buf {
 
 static _Thread_local xc_cpu_scratch_buf tl_scratch[XC_CPU_SCRATCH_SLOTS];
 
+/* A thread that allocated scratch sets this key, so its buffers are freed when it exits (a thread
+ * that ran a backend and ended without closing it, as a worker's serving thread may). */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static bool scratch_key_ok;
+
+static void scratch_at_exit(void *unused) {
+    (void)unused;
+    xc_cpu_scratch_release();
+}
+
+static void scratch_key_init(void) {
+    scratch_key_ok = pthread_key_create(&scratch_key, scratch_at_exit) == 0;
+}
+
 void *xc_cpu_scratch(int slot, size_t bytes) {
     if (slot < 0 || slot >= XC_CPU_SCRATCH_SLOTS) {
         return NULL;
     }
     xc_cpu_scratch_buf *b = &tl_scratch[slot];
     if (bytes > b->cap || !b->p) {
+        pthread_once(&scratch_once, scratch_key_init);
+        if (!scratch_key_ok || (!pthread_getspecific(scratch_key) &&
+                                pthread_setspecific(scratch_key, tl_scratch) != 0)) {
+            return NULL; /* could not arrange the free at thread exit */
+        }
         xc_aligned_free(b->p);
         b->p = xc_aligned_alloc(bytes ? bytes : 1);
         b->cap = b->p ? bytes : 0;
@@ -69,6 +89,9 @@ void xc_cpu_scratch_release(void) {
     for (int i = 0; i < XC_CPU_SCRATCH_SLOTS; i++) {
         xc_aligned_free(tl_scratch[i].p);
         tl_scratch[i] = (xc_cpu_scratch_buf){0};
+    }
+    if (scratch_key_ok) {
+        pthread_setspecific(scratch_key, NULL);
     }
 }
 

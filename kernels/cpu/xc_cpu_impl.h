@@ -16,9 +16,9 @@ int xc_cpu_n_threads(const xc_backend *be);
 /* Per-thread scratch: one grow-only, 64-byte aligned buffer per slot and OS thread, kept between
  * calls, so a prefill matmul does not map and fault in fresh memory every time (a 512-row w2 packs
  * 29 MiB of x; first-touch costs about 0.6 ms per MiB in the VMs we measure on). Contents are not
- * kept when a buffer grows. Returns NULL when out of memory (the old buffer is freed). Pool workers
- * free theirs when they exit; a caller thread's are freed by xc_cpu_scratch_release (the backend's
- * close calls it). */
+ * kept when a buffer grows. Returns NULL when out of memory (the old buffer is freed). A thread's
+ * buffers are freed when it exits (a pthread key's destructor) or by xc_cpu_scratch_release (the
+ * backend's close calls it for the closing thread). */
 enum {
     XC_CPU_SCRATCH_XPACK, /* matmul: x packed once per call (the calling thread) */
     XC_CPU_SCRATCH_TASK,  /* matmul: a packed-GEMM task's panel and accumulators */
