@@ -606,18 +606,39 @@ static void mm_cols_avx2(const mm_job *jb, int j0, int j1) {
 #endif
 
 /* Widens weight rows [j, j + 3) (rows >= jend are zero), elements [kb, kb + kc) of the padded
- * k range, into one tile's panel: for each 8-step s, rows c = 0..2 as 8 floats each. */
+ * k range, into one tile's panel: for each 8-step s, rows c = 0..2 as 8 floats each; with
+ * jb->f16_panel the f16 rows are copied as 8 halves each instead (zero past k). */
 static XC_AVX2_FN void pk_pack_tile(const mm_job *jb, int j, int jend, int kb, int kc,
-                                    float *panel) {
+                                    void *panel) {
     const int k = jb->k;
+    const size_t es = jb->f16_panel ? sizeof(uint16_t) : sizeof(float); /* panel element */
     for (int c = 0; c < PK_C; c++) {
-        float *o = panel + c * 8;
         if (j + c >= jend) {
             for (int s = 0; s < kc / 8; s++) {
-                _mm256_storeu_ps(o + s * PK_C * 8, _mm256_setzero_ps());
+                memset((char *)panel + ((size_t)s * PK_C + (size_t)c) * 8 * es, 0, 8 * es);
             }
             continue;
         }
+        if (jb->f16_panel) {
+            uint16_t *o = (uint16_t *)panel + c * 8;
+            const uint16_t *wr = (const uint16_t *)jb->w + (size_t)(j + c) * (size_t)k;
+            for (int s = 0; s < kc / 8; s++) {
+                int e = kb + s * 8;
+                __m128i v;
+                if (e + 8 <= k) {
+                    v = _mm_loadu_si128((const __m128i *)(wr + e));
+                } else {
+                    uint16_t t[8] = {0};
+                    if (e < k) {
+                        memcpy(t, wr + e, (size_t)(k - e) * sizeof(uint16_t));
+                    }
+                    v = _mm_loadu_si128((const __m128i *)t);
+                }
+                _mm_store_si128((__m128i *)(o + s * PK_C * 8), v);
+            }
+            continue;
+        }
+        float *o = (float *)panel + c * 8;
         if (jb->wt == XC_DTYPE_BF16) {
             const uint16_t *wr = (const uint16_t *)jb->w + (size_t)(j + c) * (size_t)k;
             const __m256i odd = _mm256_set1_epi32((int)0xffff0000u);
@@ -655,37 +676,6 @@ static XC_AVX2_FN void pk_pack_tile(const mm_job *jb, int j, int jend, int kb, i
                 }
                 _mm256_storeu_ps(o + s * PK_C * 8, v);
             }
-        }
-    }
-}
-
-/* f16 rows [j, j + 3) (rows >= jend are zero), elements [kb, kb + kc), into a half panel: for
- * each 8-step the 3 rows' 8 halves side by side (zero past k). */
-static XC_AVX2_FN void pk_pack_tile_h16(const mm_job *jb, int j, int jend, int kb, int kc,
-                                        uint16_t *panel) {
-    const int k = jb->k;
-    for (int c = 0; c < PK_C; c++) {
-        uint16_t *o = panel + c * 8;
-        if (j + c >= jend) {
-            for (int s = 0; s < kc / 8; s++) {
-                _mm_store_si128((__m128i *)(o + s * PK_C * 8), _mm_setzero_si128());
-            }
-            continue;
-        }
-        const uint16_t *wr = (const uint16_t *)jb->w + (size_t)(j + c) * (size_t)k;
-        for (int s = 0; s < kc / 8; s++) {
-            int e = kb + s * 8;
-            __m128i v;
-            if (e + 8 <= k) {
-                v = _mm_loadu_si128((const __m128i *)(wr + e));
-            } else {
-                uint16_t t[8] = {0};
-                if (e < k) {
-                    memcpy(t, wr + e, (size_t)(k - e) * sizeof(uint16_t));
-                }
-                v = _mm_loadu_si128((const __m128i *)t);
-            }
-            _mm_store_si128((__m128i *)(o + s * PK_C * 8), v);
         }
     }
 }
@@ -759,13 +749,13 @@ static XC_AVX2_FN void pk_micro(const float *xt, const float *panel, int kc, flo
     PK_ACC_STORE
 }
 
-/* The same 4x3 micro-kernel on a panel of f16 halves (pk_pack_tile_h16), widened in the loop with
- * vcvtph2ps, which runs beside the FMAs: the panel crosses L2 at 2 bytes per weight instead of 4
- * and the packing is a copy. The same FMAs in the same order, so the same bits. Measured (Zen 3,
- * m = 512, f16 w2 14336x4096, `bench kernels`, best of 3 interleaved rounds): 1.05x at one
- * thread and 1.07x at two against widening the rows in place (no panel), which had itself been
- * 1.02-1.04x against the f32 panel; at k = 4096 it reaches 0.93-0.97x of the register tiles at
- * one thread and 0.96-1.00x at two, so those keep that case. */
+/* The same 4x3 micro-kernel on a panel of f16 halves (pk_pack_tile with f16_panel), widened in the
+ * loop with vcvtph2ps, which runs beside the FMAs: the panel crosses L2 at 2 bytes per weight
+ * instead of 4 and the packing is a copy. The same FMAs in the same order, so the same bits.
+ * Measured (Zen 3, m = 512, f16 w2 14336x4096, `bench kernels`, best of 3 interleaved
+ * rounds): 1.05x at one thread and 1.07x at two against widening the rows in place (no panel),
+ * which had itself been 1.02-1.04x against the f32 panel; at k = 4096 it reaches 0.93-0.97x of the
+ * register tiles at one thread and 0.96-1.00x at two, so those keep that case. */
 static XC_AVX2_FN void pk_micro_h16(const float *xt, const uint16_t *panel, int kc, float *acc,
                                     bool first) {
     PK_ACC_LOAD
@@ -793,6 +783,7 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
     const size_t wsz = xc_dtype_size(jb->wt);
     const size_t tile_floats = (size_t)PK_R * jb->ldxp; /* one row tile of xq */
     float *panel = scratch;
+    const size_t pes = jb->f16_panel ? sizeof(uint16_t) : sizeof(float); /* panel element */
     float *accb = scratch + (size_t)PK_G * (size_t)(kp < PK_KS ? kp : PK_KS);
     for (int i0 = 0; i0 < jb->mp; i0 += PK_MC) {
         int mc = jb->mp - i0 < PK_MC ? jb->mp - i0 : PK_MC;
@@ -803,12 +794,8 @@ static XC_AVX2_FN void pk_cols(const mm_job *jb, int j0, int j1, float *scratch)
                 int kl = kp - ks < PK_KS ? kp - ks : PK_KS;
                 bool last = ks + kl >= kp;
                 for (int t = 0; t < nt; t++) {
-                    if (jb->f16_panel) {
-                        pk_pack_tile_h16(jb, g0 + t * PK_C, j1, ks, kl,
-                                         (uint16_t *)panel + (size_t)t * PK_C * kl);
-                    } else {
-                        pk_pack_tile(jb, g0 + t * PK_C, j1, ks, kl, panel + (size_t)t * PK_C * kl);
-                    }
+                    pk_pack_tile(jb, g0 + t * PK_C, j1, ks, kl,
+                                 (char *)panel + (size_t)t * PK_C * (size_t)kl * pes);
                 }
                 // The next panel's weights (next superblock, or the next group's first one) are
                 // prefetched into L2 a share per micro-kernel call, so its packing does not wait
